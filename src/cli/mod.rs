@@ -1,0 +1,26 @@
+//! Sub-commands. Each lives in its own file with its `Args` and `run`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prescale",
+    version,
+    about = "Scale batch compute before demand arrives, at the lowest price that meets deadlines and budgets",
+    long_about = "prescale reads scheduler events (job submissions and completions, price ticks), \
+forecasts demand per compute environment, and decides each environment's capacity and instance mix \
+ahead of need. Run `prescale backtest` to compare scaling policies on the bundled sample trace."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    // one line per sub-command; keep alphabetical to ease merges
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {}
+}

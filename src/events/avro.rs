@@ -1,0 +1,382 @@
+//! Avro codec for events and commands: single-object datums (the Kafka
+//! message value), optionally framed the Confluent Schema Registry way
+//! (magic byte 0 + 4-byte big-endian schema id).
+
+use super::*;
+use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value, Schema};
+use std::sync::OnceLock;
+
+/// Why a record could not be decoded or encoded. Names the schema and, where
+/// Avro tells us, the field.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("{schema}: {message}")]
+    Avro { schema: &'static str, message: String },
+    #[error("{schema}: field `{field}`: {message}")]
+    Invalid {
+        schema: &'static str,
+        field: &'static str,
+        message: String,
+    },
+    #[error("unknown topic `{0}`: cannot tell which schema applies")]
+    UnknownTopic(String),
+    #[error("Confluent framing: {0}")]
+    Framing(String),
+}
+
+/// The schemas this crate speaks, parsed once.
+pub struct Schemas {
+    pub job_submitted: Schema,
+    pub job_completed: Schema,
+    pub price_tick: Schema,
+    pub budget_allocation: Schema,
+    pub scaling_command: Schema,
+    pub preemption_command: Schema,
+}
+
+pub const JOB_SUBMITTED_AVSC: &str = include_str!("../../schemas/job_submitted.avsc");
+pub const JOB_COMPLETED_AVSC: &str = include_str!("../../schemas/job_completed.avsc");
+pub const PRICE_TICK_AVSC: &str = include_str!("../../schemas/price_tick.avsc");
+pub const BUDGET_ALLOCATION_AVSC: &str = include_str!("../../schemas/budget_allocation.avsc");
+pub const SCALING_COMMAND_AVSC: &str = include_str!("../../schemas/scaling_command.avsc");
+pub const PREEMPTION_COMMAND_AVSC: &str = include_str!("../../schemas/preemption_command.avsc");
+
+/// The parsed schemas (they are compiled into the binary, so parsing cannot fail
+/// at run time unless the files in `schemas/` are broken, which a test checks).
+pub fn schemas() -> &'static Schemas {
+    static S: OnceLock<Schemas> = OnceLock::new();
+    S.get_or_init(|| {
+        let p = |s: &str| Schema::parse_str(s).expect("bundled schema parses");
+        Schemas {
+            job_submitted: p(JOB_SUBMITTED_AVSC),
+            job_completed: p(JOB_COMPLETED_AVSC),
+            price_tick: p(PRICE_TICK_AVSC),
+            budget_allocation: p(BUDGET_ALLOCATION_AVSC),
+            scaling_command: p(SCALING_COMMAND_AVSC),
+            preemption_command: p(PREEMPTION_COMMAND_AVSC),
+        }
+    })
+}
+
+fn encode<T: Serialize>(name: &'static str, schema: &Schema, v: &T) -> Result<Vec<u8>, CodecError> {
+    let err = |e: apache_avro::Error| CodecError::Avro {
+        schema: name,
+        message: e.to_string(),
+    };
+    let value = to_value(v).map_err(err)?;
+    let value = value.resolve(schema).map_err(err)?;
+    to_avro_datum(schema, value).map_err(err)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    name: &'static str,
+    schema: &Schema,
+    mut bytes: &[u8],
+) -> Result<T, CodecError> {
+    let err = |e: apache_avro::Error| CodecError::Avro {
+        schema: name,
+        message: e.to_string(),
+    };
+    let value = from_avro_datum(schema, &mut bytes, None).map_err(err)?;
+    if !bytes.is_empty() {
+        return Err(CodecError::Avro {
+            schema: name,
+            message: format!("{} trailing bytes after the record", bytes.len()),
+        });
+    }
+    from_value(&value).map_err(err)
+}
+
+/// Encode an input event as the Avro datum of its topic's schema.
+pub fn encode_event(ev: &Event) -> Result<Vec<u8>, CodecError> {
+    let s = schemas();
+    match ev {
+        Event::JobSubmitted(e) => encode("JobSubmitted", &s.job_submitted, e),
+        Event::JobCompleted(e) => encode("JobCompleted", &s.job_completed, e),
+        Event::PriceTick(e) => encode("PriceTick", &s.price_tick, e),
+        Event::BudgetAllocation(e) => encode("BudgetAllocation", &s.budget_allocation, e),
+    }
+}
+
+/// Which kind of input a topic carries. Topic names are configurable, so the
+/// service maps its configured names onto these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    JobSubmitted,
+    JobCompleted,
+    PriceTick,
+    BudgetAllocation,
+}
+
+impl EventKind {
+    /// The kind carried by a default-named topic.
+    pub fn from_default_topic(topic: &str) -> Result<Self, CodecError> {
+        Ok(match topic {
+            topics::JOB_SUBMISSION => EventKind::JobSubmitted,
+            topics::JOB_COMPLETION => EventKind::JobCompleted,
+            topics::PRICE_TICK => EventKind::PriceTick,
+            topics::BUDGET_ALLOCATION => EventKind::BudgetAllocation,
+            other => return Err(CodecError::UnknownTopic(other.to_string())),
+        })
+    }
+}
+
+/// Decode one input record and validate it (finite numbers, non-negative
+/// resources, ordered times), so bad records are rejected at the edge with the
+/// field named rather than corrupting state.
+pub fn decode_event(kind: EventKind, bytes: &[u8]) -> Result<Event, CodecError> {
+    let s = schemas();
+    let ev = match kind {
+        EventKind::JobSubmitted => {
+            Event::JobSubmitted(decode("JobSubmitted", &s.job_submitted, bytes)?)
+        }
+        EventKind::JobCompleted => {
+            Event::JobCompleted(decode("JobCompleted", &s.job_completed, bytes)?)
+        }
+        EventKind::PriceTick => Event::PriceTick(decode("PriceTick", &s.price_tick, bytes)?),
+        EventKind::BudgetAllocation => {
+            Event::BudgetAllocation(decode("BudgetAllocation", &s.budget_allocation, bytes)?)
+        }
+    };
+    validate(&ev)?;
+    Ok(ev)
+}
+
+/// Check the invariants Avro's types cannot express.
+pub fn validate(ev: &Event) -> Result<(), CodecError> {
+    fn bad(schema: &'static str, field: &'static str, message: String) -> CodecError {
+        CodecError::Invalid {
+            schema,
+            field,
+            message,
+        }
+    }
+    match ev {
+        Event::JobSubmitted(e) => {
+            const S: &str = "JobSubmitted";
+            if e.job_id.is_empty() {
+                return Err(bad(S, "job_id", "must not be empty".into()));
+            }
+            if !(e.vcpus.is_finite() && e.vcpus >= 0.0) {
+                return Err(bad(S, "vcpus", format!("must be a finite number >= 0, got {}", e.vcpus)));
+            }
+            if e.memory_mib < 0 {
+                return Err(bad(S, "memory_mib", format!("must be >= 0, got {}", e.memory_mib)));
+            }
+            if e.gpus < 0 {
+                return Err(bad(S, "gpus", format!("must be >= 0, got {}", e.gpus)));
+            }
+            if let Some(r) = e.estimated_runtime_s {
+                if r < 0 {
+                    return Err(bad(S, "estimated_runtime_s", format!("must be >= 0, got {r}")));
+                }
+            }
+            if let Some(b) = e.budget_usd {
+                if !(b.is_finite() && b >= 0.0) {
+                    return Err(bad(S, "budget_usd", format!("must be a finite number >= 0, got {b}")));
+                }
+            }
+        }
+        Event::JobCompleted(e) => {
+            const S: &str = "JobCompleted";
+            if e.job_id.is_empty() {
+                return Err(bad(S, "job_id", "must not be empty".into()));
+            }
+            if e.finished_at < e.started_at {
+                return Err(bad(
+                    S,
+                    "finished_at",
+                    format!("{} is before started_at {}", e.finished_at, e.started_at),
+                ));
+            }
+            if !(e.vcpu_seconds.is_finite() && e.vcpu_seconds >= 0.0) {
+                return Err(bad(S, "vcpu_seconds", format!("must be a finite number >= 0, got {}", e.vcpu_seconds)));
+            }
+        }
+        Event::PriceTick(e) => {
+            const S: &str = "PriceTick";
+            if !(e.usd_per_hour.is_finite() && e.usd_per_hour >= 0.0) {
+                return Err(bad(S, "usd_per_hour", format!("must be a finite number >= 0, got {}", e.usd_per_hour)));
+            }
+            if e.instance_type.is_empty() {
+                return Err(bad(S, "instance_type", "must not be empty".into()));
+            }
+        }
+        Event::BudgetAllocation(e) => {
+            const S: &str = "BudgetAllocation";
+            if !e.usd.is_finite() {
+                return Err(bad(S, "usd", format!("must be finite, got {}", e.usd)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encode a command as the Avro datum of its schema.
+pub fn encode_command(c: &Command) -> Result<Vec<u8>, CodecError> {
+    let s = schemas();
+    match c {
+        Command::Scaling(c) => encode("ScalingCommand", &s.scaling_command, c),
+        Command::Preemption(c) => encode("PreemptionCommand", &s.preemption_command, c),
+    }
+}
+
+/// Decode a command from the topic kind it came from.
+pub fn decode_scaling(bytes: &[u8]) -> Result<ScalingCommand, CodecError> {
+    decode("ScalingCommand", &schemas().scaling_command, bytes)
+}
+
+pub fn decode_preemption(bytes: &[u8]) -> Result<PreemptionCommand, CodecError> {
+    decode("PreemptionCommand", &schemas().preemption_command, bytes)
+}
+
+/// Prefix a datum with Confluent's wire header (magic byte 0, schema id).
+pub fn confluent_frame(schema_id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(datum.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// Strip Confluent's wire header, returning the schema id and the datum.
+pub fn confluent_unframe(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    if bytes.len() < 5 {
+        return Err(CodecError::Framing(format!(
+            "message of {} bytes is shorter than the 5-byte header",
+            bytes.len()
+        )));
+    }
+    if bytes[0] != 0 {
+        return Err(CodecError::Framing(format!(
+            "magic byte is {} (expected 0)",
+            bytes[0]
+        )));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[5..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_job() -> JobSubmitted {
+        JobSubmitted {
+            job_id: "j1".into(),
+            submitted_at: 1_000,
+            compute_environment: "ce-a".into(),
+            job_type: "batch".into(),
+            project: "p".into(),
+            user: "u".into(),
+            priority: 3,
+            vcpus: 4.0,
+            memory_mib: 8192,
+            gpus: 0,
+            estimated_runtime_s: Some(60),
+            budget_usd: None,
+            deadline: Some(100_000),
+            elasticity: true,
+        }
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let evs = vec![
+            Event::JobSubmitted(sample_job()),
+            Event::JobCompleted(JobCompleted {
+                job_id: "j1".into(),
+                compute_environment: "ce-a".into(),
+                started_at: 2_000,
+                finished_at: 62_000,
+                status: JobStatus::Succeeded,
+                instance_type: Some("m5.large".into()),
+                market: Some(Market::Spot),
+                region: None,
+                vcpu_seconds: 240.0,
+                max_memory_mib: None,
+            }),
+            Event::PriceTick(PriceTick {
+                at: 5,
+                provider: "aws".into(),
+                region: "us-east-1".into(),
+                zone: Some("use1-az1".into()),
+                instance_type: "m5.large".into(),
+                market: Market::OnDemand,
+                usd_per_hour: 0.096,
+            }),
+            Event::BudgetAllocation(BudgetAllocation {
+                at: 0,
+                scope: BudgetScope::Project,
+                id: "p".into(),
+                usd: 10.0,
+                period: None,
+            }),
+        ];
+        for ev in evs {
+            let kind = match &ev {
+                Event::JobSubmitted(_) => EventKind::JobSubmitted,
+                Event::JobCompleted(_) => EventKind::JobCompleted,
+                Event::PriceTick(_) => EventKind::PriceTick,
+                Event::BudgetAllocation(_) => EventKind::BudgetAllocation,
+            };
+            let bytes = encode_event(&ev).unwrap();
+            assert_eq!(decode_event(kind, &bytes).unwrap(), ev);
+        }
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let c = ScalingCommand {
+            command_id: command_id(&["ce-a", "1"]),
+            issued_at: 7,
+            compute_environment: "ce-a".into(),
+            min_vcpus: 1,
+            desired_vcpus: 2,
+            max_vcpus: 3,
+            instance_mix: vec![InstanceAllocation {
+                instance_type: "m5.large".into(),
+                market: Market::Spot,
+                region: "us-east-1".into(),
+                count: 2,
+            }],
+            constraints: [("max_usd_per_job".to_string(), "1.5".to_string())].into(),
+            forecast: vec![QuantileValue { quantile: 0.5, vcpus: 2.0 }],
+            reason: "test".into(),
+        };
+        let b = encode_command(&Command::Scaling(c.clone())).unwrap();
+        assert_eq!(decode_scaling(&b).unwrap(), c);
+        let p = PreemptionCommand {
+            command_id: "x".into(),
+            issued_at: 1,
+            job_id: "j".into(),
+            compute_environment: "ce".into(),
+            action: PreemptionAction::Preempt,
+            reason: "budget".into(),
+        };
+        let b = encode_command(&Command::Preemption(p.clone())).unwrap();
+        assert_eq!(decode_preemption(&b).unwrap(), p);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_event(EventKind::JobSubmitted, &[0xff, 0xff, 0x01]).is_err());
+        assert!(decode_event(EventKind::PriceTick, &[]).is_err());
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut j = sample_job();
+        j.vcpus = -1.0;
+        let b = encode_event(&Event::JobSubmitted(j)).unwrap();
+        let e = decode_event(EventKind::JobSubmitted, &b).unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+    }
+
+    #[test]
+    fn confluent_framing() {
+        let f = confluent_frame(42, b"abc");
+        assert_eq!(confluent_unframe(&f).unwrap(), (42, &b"abc"[..]));
+        assert!(confluent_unframe(b"\x01abcd").is_err());
+    }
+}

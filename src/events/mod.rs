@@ -1,0 +1,270 @@
+//! The event model: what producers publish (jobs, prices, budget allocations)
+//! and what prescale publishes (scaling and preemption commands).
+//!
+//! Field names follow the Avro schemas in `schemas/*.avsc`; `avro` holds the
+//! codec and `file` the events file (recorded topics) format. Times are
+//! milliseconds since the Unix epoch (`timestamp-millis` in Avro).
+
+pub mod avro;
+pub mod file;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Milliseconds since the Unix epoch (event time).
+pub type Millis = i64;
+
+/// Default topic names (configurable in the service).
+pub mod topics {
+    pub const JOB_SUBMISSION: &str = "job-submission";
+    pub const JOB_COMPLETION: &str = "job-completion";
+    pub const PRICE_TICK: &str = "price-tick";
+    pub const BUDGET_ALLOCATION: &str = "budget-allocation";
+    pub const SCALING_COMMAND: &str = "scaling-command";
+    pub const PREEMPTION_COMMAND: &str = "preemption-command";
+}
+
+/// Where capacity is bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Market {
+    Spot,
+    OnDemand,
+    Reserved,
+}
+
+impl Market {
+    pub const ALL: [Market; 3] = [Market::Spot, Market::OnDemand, Market::Reserved];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::Spot => "SPOT",
+            Market::OnDemand => "ON_DEMAND",
+            Market::Reserved => "RESERVED",
+        }
+    }
+}
+
+impl std::fmt::Display for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Market {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().replace('-', "_").as_str() {
+            "SPOT" => Ok(Market::Spot),
+            "ON_DEMAND" | "ONDEMAND" => Ok(Market::OnDemand),
+            "RESERVED" => Ok(Market::Reserved),
+            other => Err(format!(
+                "unknown market `{other}` (expected SPOT, ON_DEMAND or RESERVED)"
+            )),
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+    Preempted,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSubmitted {
+    pub job_id: String,
+    pub submitted_at: Millis,
+    pub compute_environment: String,
+    pub job_type: String,
+    pub project: String,
+    pub user: String,
+    /// Higher is more important.
+    pub priority: i32,
+    pub vcpus: f64,
+    pub memory_mib: i64,
+    pub gpus: i32,
+    pub estimated_runtime_s: Option<i64>,
+    pub budget_usd: Option<f64>,
+    pub deadline: Option<Millis>,
+    /// May be scaled up/down (or shrunk before preemption) while running.
+    pub elasticity: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCompleted {
+    pub job_id: String,
+    pub compute_environment: String,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub status: JobStatus,
+    pub instance_type: Option<String>,
+    pub market: Option<Market>,
+    pub region: Option<String>,
+    pub vcpu_seconds: f64,
+    pub max_memory_mib: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceTick {
+    pub at: Millis,
+    pub provider: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub instance_type: String,
+    pub market: Market,
+    pub usd_per_hour: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BudgetScope {
+    Job,
+    Project,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetAllocation {
+    pub at: Millis,
+    pub scope: BudgetScope,
+    pub id: String,
+    pub usd: f64,
+    pub period: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceAllocation {
+    pub instance_type: String,
+    pub market: Market,
+    pub region: String,
+    pub count: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantileValue {
+    pub quantile: f64,
+    pub vcpus: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingCommand {
+    /// Deterministic from environment and tick, so actuators can apply each once.
+    pub command_id: String,
+    pub issued_at: Millis,
+    pub compute_environment: String,
+    pub min_vcpus: i64,
+    pub desired_vcpus: i64,
+    pub max_vcpus: i64,
+    pub instance_mix: Vec<InstanceAllocation>,
+    pub constraints: BTreeMap<String, String>,
+    pub forecast: Vec<QuantileValue>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PreemptionAction {
+    Queue,
+    Preempt,
+    Migrate,
+    Resume,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptionCommand {
+    pub command_id: String,
+    pub issued_at: Millis,
+    pub job_id: String,
+    pub compute_environment: String,
+    pub action: PreemptionAction,
+    pub reason: String,
+}
+
+/// An input event, as read from one of the input topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    JobSubmitted(JobSubmitted),
+    JobCompleted(JobCompleted),
+    PriceTick(PriceTick),
+    BudgetAllocation(BudgetAllocation),
+}
+
+impl Event {
+    /// Event time.
+    pub fn time(&self) -> Millis {
+        match self {
+            Event::JobSubmitted(e) => e.submitted_at,
+            Event::JobCompleted(e) => e.finished_at,
+            Event::PriceTick(e) => e.at,
+            Event::BudgetAllocation(e) => e.at,
+        }
+    }
+
+    /// The default topic this event travels on.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Event::JobSubmitted(_) => topics::JOB_SUBMISSION,
+            Event::JobCompleted(_) => topics::JOB_COMPLETION,
+            Event::PriceTick(_) => topics::PRICE_TICK,
+            Event::BudgetAllocation(_) => topics::BUDGET_ALLOCATION,
+        }
+    }
+
+    /// The Kafka key: jobs by compute environment (so one owner sees a whole
+    /// environment), prices by instance type, budgets by scope id.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::JobSubmitted(e) => &e.compute_environment,
+            Event::JobCompleted(e) => &e.compute_environment,
+            Event::PriceTick(e) => &e.instance_type,
+            Event::BudgetAllocation(e) => &e.id,
+        }
+    }
+}
+
+/// An output command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Command {
+    Scaling(ScalingCommand),
+    Preemption(PreemptionCommand),
+}
+
+impl Command {
+    pub fn id(&self) -> &str {
+        match self {
+            Command::Scaling(c) => &c.command_id,
+            Command::Preemption(c) => &c.command_id,
+        }
+    }
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Command::Scaling(_) => topics::SCALING_COMMAND,
+            Command::Preemption(_) => topics::PREEMPTION_COMMAND,
+        }
+    }
+    pub fn key(&self) -> &str {
+        match self {
+            Command::Scaling(c) => &c.compute_environment,
+            Command::Preemption(c) => &c.compute_environment,
+        }
+    }
+}
+
+/// A deterministic command id: the same inputs always give the same id, so a
+/// restarted instance re-issues commands that actuators can de-duplicate.
+pub fn command_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..12])
+}

@@ -1,0 +1,9 @@
+//! prescale: forecasts batch demand from scheduler events and decides, ahead of
+//! need, the cheapest capacity that keeps deadlines and budgets.
+//!
+//! The pure decision core (`state`, `forecast`, `pricing`, `planner`,
+//! `budget`, `engine`) does no I/O, so the live service and the backtest
+//! (`sim`) run exactly the same code. Adapters live in `io` and `import`.
+
+pub mod events;
+pub mod forecast;
