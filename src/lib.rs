@@ -9,3 +9,4 @@ pub mod events;
 pub mod forecast;
 pub mod planner;
 pub mod policy;
+pub mod budget;
