@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod forecast;
+pub mod train;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "prescale",
@@ -19,8 +22,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Evaluate forecasters on a trace (rolling origin, after the training cut).
+    Forecast(forecast::ForecastArgs),
+    /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Train(a) => train::run(a),
+    }
 }

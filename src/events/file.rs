@@ -81,7 +81,7 @@ impl<W: Write> EventsWriter<W> {
         // parsed schema per writer is the simplest way to own it.
         let schema: &'static Schema = Box::leak(Box::new(envelope_schema()));
         EventsWriter {
-            writer: Writer::with_codec(schema, w, Codec::Deflate(Default::default())),
+            writer: Writer::with_codec(schema, w, Codec::Deflate(Default::default())).expect("deflate writer"),
         }
     }
 

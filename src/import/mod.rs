@@ -1,0 +1,3 @@
+//! Importers: public traces and exports → events.
+
+pub mod alibaba;
