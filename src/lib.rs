@@ -7,3 +7,6 @@
 
 pub mod events;
 pub mod forecast;
+pub mod report;
+pub mod store;
+pub mod telemetry;

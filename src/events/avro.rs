@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("{schema}: {message}")]
-    Avro { schema: &'static str, message: String },
+    Avro {
+        schema: &'static str,
+        message: String,
+    },
     #[error("{schema}: field `{field}`: {message}")]
     Invalid {
         schema: &'static str,
@@ -158,22 +161,38 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
                 return Err(bad(S, "job_id", "must not be empty".into()));
             }
             if !(e.vcpus.is_finite() && e.vcpus >= 0.0) {
-                return Err(bad(S, "vcpus", format!("must be a finite number >= 0, got {}", e.vcpus)));
+                return Err(bad(
+                    S,
+                    "vcpus",
+                    format!("must be a finite number >= 0, got {}", e.vcpus),
+                ));
             }
             if e.memory_mib < 0 {
-                return Err(bad(S, "memory_mib", format!("must be >= 0, got {}", e.memory_mib)));
+                return Err(bad(
+                    S,
+                    "memory_mib",
+                    format!("must be >= 0, got {}", e.memory_mib),
+                ));
             }
             if e.gpus < 0 {
                 return Err(bad(S, "gpus", format!("must be >= 0, got {}", e.gpus)));
             }
             if let Some(r) = e.estimated_runtime_s {
                 if r < 0 {
-                    return Err(bad(S, "estimated_runtime_s", format!("must be >= 0, got {r}")));
+                    return Err(bad(
+                        S,
+                        "estimated_runtime_s",
+                        format!("must be >= 0, got {r}"),
+                    ));
                 }
             }
             if let Some(b) = e.budget_usd {
                 if !(b.is_finite() && b >= 0.0) {
-                    return Err(bad(S, "budget_usd", format!("must be a finite number >= 0, got {b}")));
+                    return Err(bad(
+                        S,
+                        "budget_usd",
+                        format!("must be a finite number >= 0, got {b}"),
+                    ));
                 }
             }
         }
@@ -190,13 +209,21 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
                 ));
             }
             if !(e.vcpu_seconds.is_finite() && e.vcpu_seconds >= 0.0) {
-                return Err(bad(S, "vcpu_seconds", format!("must be a finite number >= 0, got {}", e.vcpu_seconds)));
+                return Err(bad(
+                    S,
+                    "vcpu_seconds",
+                    format!("must be a finite number >= 0, got {}", e.vcpu_seconds),
+                ));
             }
         }
         Event::PriceTick(e) => {
             const S: &str = "PriceTick";
             if !(e.usd_per_hour.is_finite() && e.usd_per_hour >= 0.0) {
-                return Err(bad(S, "usd_per_hour", format!("must be a finite number >= 0, got {}", e.usd_per_hour)));
+                return Err(bad(
+                    S,
+                    "usd_per_hour",
+                    format!("must be a finite number >= 0, got {}", e.usd_per_hour),
+                ));
             }
             if e.instance_type.is_empty() {
                 return Err(bad(S, "instance_type", "must not be empty".into()));
@@ -341,7 +368,10 @@ mod tests {
                 count: 2,
             }],
             constraints: [("max_usd_per_job".to_string(), "1.5".to_string())].into(),
-            forecast: vec![QuantileValue { quantile: 0.5, vcpus: 2.0 }],
+            forecast: vec![QuantileValue {
+                quantile: 0.5,
+                vcpus: 2.0,
+            }],
             reason: "test".into(),
         };
         let b = encode_command(&Command::Scaling(c.clone())).unwrap();
