@@ -11,3 +11,6 @@ pub mod forecast;
 pub mod import;
 pub mod pricing;
 pub mod state;
+pub mod report;
+pub mod store;
+pub mod telemetry;
