@@ -8,7 +8,10 @@
 pub mod engine;
 pub mod events;
 pub mod forecast;
+pub mod budget;
 pub mod import;
+pub mod planner;
+pub mod policy;
 pub mod pricing;
 pub mod state;
 pub mod report;
