@@ -14,3 +14,6 @@ pub mod planner;
 pub mod policy;
 pub mod pricing;
 pub mod state;
+pub mod report;
+pub mod store;
+pub mod telemetry;

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 mod import;
+pub mod forecast;
+pub mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,10 +25,16 @@ pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
+    /// Evaluate forecasters on a trace (rolling origin, after the training cut).
+    Forecast(forecast::ForecastArgs),
+    /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Import(a) => import::run(a),
+        Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Train(a) => train::run(a),
     }
 }
