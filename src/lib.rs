@@ -17,3 +17,4 @@ pub mod state;
 pub mod report;
 pub mod store;
 pub mod telemetry;
+pub mod api;
