@@ -180,8 +180,10 @@ fn candidates<'a>(req: &InstanceRequest, offers: &'a [Offer], now: Millis) -> Ve
             })
         })
         .collect();
-    out.sort_by(|a, b| a.offer.pool_key().cmp(&b.offer.pool_key()));
-    out
+    let mut keyed: Vec<(String, Cand<'a>)> =
+        out.into_iter().map(|c| (c.offer.pool_key(), c)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, c)| c).collect()
 }
 
 /// Instances of `o` alone that cover the demand (None if it cannot: a
