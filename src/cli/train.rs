@@ -1,7 +1,9 @@
 //! `prescale train`: fit the shared LSTM on a trace and write a checkpoint
 //! plus a model card into `models/NAME/`.
 
-use super::forecast::{load_events, loss_bar, on_progress, parse_duration_ms, series_for, TraceFormat};
+use super::forecast::{
+    load_events, loss_bar, on_progress, parse_duration_ms, series_for, TraceFormat,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prescale::forecast::lstm::{self, DeviceChoice, LstmConfig};
@@ -139,7 +141,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "train_s": rep.train_s,
         },
     });
-    std::fs::write(a.out.join("model_card.json"), serde_json::to_string_pretty(&card)?)?;
+    std::fs::write(
+        a.out.join("model_card.json"),
+        serde_json::to_string_pretty(&card)?,
+    )?;
     println!(
         "trained on {} series ({} windows) in {:.1}s: final loss {:.4}, validation coverage {:.3} → {:.3} calibrated; wrote {}",
         series.len(),

@@ -81,7 +81,11 @@ pub fn demand_series(events: &[Event], bucket_ms: i64) -> Vec<DemandSeries> {
                 });
                 j.env = s.compute_environment.clone();
                 j.submit = s.submitted_at;
-                j.size = [s.vcpus.max(0.0), s.memory_mib.max(0) as f64, s.gpus.max(0) as f64];
+                j.size = [
+                    s.vcpus.max(0.0),
+                    s.memory_mib.max(0) as f64,
+                    s.gpus.max(0) as f64,
+                ];
             }
             Event::JobCompleted(c) => {
                 t_max = t_max.max(c.finished_at);
@@ -114,9 +118,12 @@ pub fn demand_series(events: &[Event], bucket_ms: i64) -> Vec<DemandSeries> {
         if b <= a {
             continue;
         }
-        acc.entry(j.env.clone())
-            .or_insert_with(|| Acc::new(n))
-            .add(a - start, b - start, bucket_ms, &j.size);
+        acc.entry(j.env.clone()).or_insert_with(|| Acc::new(n)).add(
+            a - start,
+            b - start,
+            bucket_ms,
+            &j.size,
+        );
     }
     let mut out = Vec::new();
     for (env, a) in acc {

@@ -148,7 +148,11 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .iter()
         .map(|row| row.first().copied().unwrap_or(0.0))
         .fold(f64::INFINITY, f64::min);
-    let low_floor = if low_floor.is_finite() { low_floor } else { 0.0 };
+    let low_floor = if low_floor.is_finite() {
+        low_floor
+    } else {
+        0.0
+    };
     let upper = window
         .iter()
         .map(|row| row.last().copied().unwrap_or(0.0))
@@ -186,8 +190,7 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 
     // 2. Scale-in cool-down.
     if let Some(prev) = input.previous {
-        if prev.desired_vcpus > desired
-            && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
+        if prev.desired_vcpus > desired && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
         {
             let _ = write!(
                 reason,
@@ -206,7 +209,10 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .filter(|o| o.market == Market::Reserved)
         .map(|o| o.vcpus * o.available.unwrap_or(0).max(0) as f64)
         .sum();
-    let mut min = p.min_vcpus.max(low_floor.floor() as i64).max(reserved_v as i64);
+    let mut min = p
+        .min_vcpus
+        .max(low_floor.floor() as i64)
+        .max(reserved_v as i64);
     if let Some(cap) = p.max_vcpus {
         if desired > cap {
             let _ = write!(reason, "; capped by max_vcpus {cap}");

@@ -313,7 +313,7 @@ impl DemandState {
                 series.values.push(v);
                 series.submissions.push(acc.map_or(0, |a| a.submissions));
                 let cap = self.cfg.history_buckets.max(1);
-                if series.values.len() >= 2 * cap {
+                if series.values.len() >= cap.saturating_mul(2) {
                     let drop = series.values.len() - cap;
                     series.values.drain(..drop);
                     series.submissions.drain(..drop);
