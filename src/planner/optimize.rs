@@ -52,6 +52,14 @@ pub struct InstanceRequest {
     pub max_spot_pool_share: f64,
     /// How many ranked alternatives to return besides the optimum.
     pub alternatives: usize,
+    /// Spot risk: base interruption rate and measured per-pool overrides
+    /// (see [`super::RiskModel`]); applied by [`super::optimal_instances`].
+    pub spot_interruption_rate_per_h: f64,
+    pub interruption_rates: std::collections::BTreeMap<String, f64>,
+    /// Prices older than this are stale (see [`super::market`]).
+    pub max_price_age_s: i64,
+    /// Already-paid capacity the request may use first.
+    pub reserved: Vec<crate::policy::ReservedInstances>,
 }
 
 impl Default for InstanceRequest {
@@ -72,6 +80,10 @@ impl Default for InstanceRequest {
             restart_overhead_s: 120,
             max_spot_pool_share: 0.5,
             alternatives: 5,
+            spot_interruption_rate_per_h: 0.05,
+            interruption_rates: std::collections::BTreeMap::new(),
+            max_price_age_s: 6 * 3600,
+            reserved: Vec::new(),
         }
     }
 }
