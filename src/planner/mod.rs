@@ -483,17 +483,25 @@ impl crate::engine::CapacityPlanner for CostAwarePlanner {
             bucket_ms: req.bucket_ms,
             forecast: req.forecast,
             queued_vcpus: 0.0,
-            running_vcpus: req.outstanding_vcpus,
-            top_priority: None,
-            deadline_pressure: false,
-            memory_mib_per_vcpu: 2048.0,
-            gpus_per_vcpu: 0.0,
+            running_vcpus: req.outstanding.vcpus,
+            top_priority: req.outstanding.top_priority,
+            deadline_pressure: req.outstanding.deadline_pressure,
+            memory_mib_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.memory_mib / req.outstanding.vcpus
+            } else {
+                2048.0
+            },
+            gpus_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.gpus / req.outstanding.vcpus
+            } else {
+                0.0
+            },
             policy,
             book: req.book,
             catalog: req.catalog,
             reserved: &[],
-            budget_headroom_usd_per_h: None,
-            previous: None,
+            budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
+            previous: req.previous,
             interruption_rates: &self.interruption_rates,
         });
         crate::engine::PlanDecision {
@@ -503,7 +511,12 @@ impl crate::engine::CapacityPlanner for CostAwarePlanner {
             instance_mix: out.instance_mix,
             constraints: out.constraints,
             reason: out.reason,
+            usd_per_vcpu_hour: out.usd_per_vcpu_hour,
         }
+    }
+
+    fn policy(&self, env: &str) -> Option<&EnvPolicy> {
+        Some(self.policy.for_env(env))
     }
 }
 
