@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod import;
 pub mod forecast;
 pub mod train;
 
@@ -22,6 +23,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Turn public traces and price histories into events files.
+    Import(import::ImportArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
@@ -30,6 +33,7 @@ pub enum Cmd {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Import(a) => import::run(a),
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Train(a) => train::run(a),
     }
