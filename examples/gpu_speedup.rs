@@ -20,7 +20,9 @@ fn main() {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(40);
     let path = Path::new(trace);
     let events = if prescale::events::file::is_events_file(path) {
-        prescale::events::file::read_events(path, true).map(|d| d.events).unwrap_or_default()
+        prescale::events::file::read_events(path, true)
+            .map(|d| d.events)
+            .unwrap_or_default()
     } else if prescale::import::alibaba::is_alibaba_csv(path) {
         prescale::import::alibaba::read_alibaba(path, &Default::default())
             .map(|i| i.events)
@@ -30,7 +32,9 @@ fn main() {
             env_from: prescale::import::swf::SwfKey::Queue,
             ..Default::default()
         };
-        prescale::import::swf::read_swf(path, &opts).map(|i| i.events).unwrap_or_default()
+        prescale::import::swf::read_swf(path, &opts)
+            .map(|i| i.events)
+            .unwrap_or_default()
     };
     let series = demand_series(&events, 300_000);
     let hist: Vec<History<'_>> = series.iter().map(|s| s.history()).collect();

@@ -171,9 +171,11 @@ pub fn trim_last_days(series: &mut [DemandSeries], days: Option<f64>) {
 pub fn loss_bar(total: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} training [{bar:30}] {pos}/{len} steps {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} training [{bar:30}] {pos}/{len} steps {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb
 }
@@ -181,7 +183,11 @@ pub fn loss_bar(total: u64) -> ProgressBar {
 pub fn on_progress(pb: &ProgressBar) -> impl FnMut(Progress) + '_ {
     let mut ema = f64::NAN;
     move |p: Progress| {
-        ema = if ema.is_nan() { p.loss } else { 0.95 * ema + 0.05 * p.loss };
+        ema = if ema.is_nan() {
+            p.loss
+        } else {
+            0.95 * ema + 0.05 * p.loss
+        };
         pb.set_position(p.step as u64);
         pb.set_message(format!("epoch {} loss {ema:.4}", p.epoch + 1));
     }

@@ -145,7 +145,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "train_s": rep.train_s,
         },
     });
-    std::fs::write(a.out.join("model_card.json"), serde_json::to_string_pretty(&card)?)?;
+    std::fs::write(
+        a.out.join("model_card.json"),
+        serde_json::to_string_pretty(&card)?,
+    )?;
     println!(
         "trained on {} series ({} windows) in {:.1}s: final loss {:.4}, validation coverage {:.3} → {:.3} calibrated; wrote {}",
         series.len(),

@@ -304,7 +304,8 @@ impl Net {
         let (mask, mono) = monotone_mats(cfg);
         let mask = t2(&mask, 1, nq, &d);
         let mono = t2(&mono, nq, nq, &d);
-        let inc = raw.clone().mul(mask.clone()) + softplus(raw, 1.0).mul(mask.neg().add_scalar(1.0));
+        let inc =
+            raw.clone().mul(mask.clone()) + softplus(raw, 1.0).mul(mask.neg().add_scalar(1.0));
         inc.matmul(mono).reshape([bsz, cfg.horizon, nq])
     }
 }
@@ -362,7 +363,11 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
     }
     let win = &y[n - cfg.window..];
     let mean = win.iter().sum::<f64>() / cfg.window as f64;
-    let scale = if mean > 1e-9 && mean.is_finite() { mean } else { 1.0 };
+    let scale = if mean > 1e-9 && mean.is_finite() {
+        mean
+    } else {
+        1.0
+    };
     let last = y[n - 1];
     let mut steps = Vec::with_capacity(cfg.window * STEP_FEATURES);
     for (i, &v) in win.iter().enumerate() {
@@ -389,7 +394,11 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
                 c += 1;
             }
         }
-        let d7 = if c > 0 { (s / c as f64 - last) / scale } else { 0.0 };
+        let d7 = if c > 0 {
+            (s / c as f64 - last) / scale
+        } else {
+            0.0
+        };
         extra.push(d1.clamp(-50.0, 50.0) as f32);
         extra.push(d7.clamp(-50.0, 50.0) as f32);
     }
@@ -615,10 +624,8 @@ pub fn train(
                 }
             }
             let b = cfg.batch;
-            let x = Tensor::<3>::from_data(
-                TensorData::new(steps, [b, cfg.window, STEP_FEATURES]),
-                &ad,
-            );
+            let x =
+                Tensor::<3>::from_data(TensorData::new(steps, [b, cfg.window, STEP_FEATURES]), &ad);
             let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, e]), &ad);
             let y = Tensor::<3>::from_data(TensorData::new(target, [b, cfg.horizon, 1]), &ad);
             let tau = Tensor::<3>::from_data(TensorData::new(taus.clone(), [1, 1, nq]), &ad);
@@ -837,7 +844,10 @@ impl LstmForecaster {
         }
         let b = histories.len();
         let net = Net::from_weights(&self.weights, cfg, device);
-        let x = Tensor::<3>::from_data(TensorData::new(steps, [b, cfg.window, STEP_FEATURES]), device);
+        let x = Tensor::<3>::from_data(
+            TensorData::new(steps, [b, cfg.window, STEP_FEATURES]),
+            device,
+        );
         let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, cfg.extra()]), device);
         Some(to_vec(net.forward(x, ex, cfg)))
     }
@@ -966,7 +976,10 @@ struct Checkpoint {
 fn interpolate(trained: &[f64], row: &[f64], want: &[f64]) -> Vec<f64> {
     want.iter()
         .map(|&q| {
-            let j = trained.iter().position(|&t| t >= q - 1e-12).unwrap_or(trained.len() - 1);
+            let j = trained
+                .iter()
+                .position(|&t| t >= q - 1e-12)
+                .unwrap_or(trained.len() - 1);
             if (trained[j] - q).abs() < 1e-12 || j == 0 {
                 return row[j];
             }
@@ -984,9 +997,9 @@ impl Forecaster for LstmForecaster {
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
         let cfg = &self.config;
-        let in_range = quantiles.iter().all(|&q| {
-            q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12
-        });
+        let in_range = quantiles
+            .iter()
+            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
         let usable = history.bucket_ms == cfg.bucket_ms
             && horizon <= cfg.horizon
             && in_range
@@ -1066,7 +1079,9 @@ pub(crate) mod tests {
         let steps: Vec<f32> = (0..cfg.window * STEP_FEATURES)
             .map(|_| rng.random_range(-3.0..3.0))
             .collect();
-        let extra: Vec<f32> = (0..cfg.extra()).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let extra: Vec<f32> = (0..cfg.extra())
+            .map(|_| rng.random_range(-3.0..3.0))
+            .collect();
         let z = forward_one(&w, &cfg, &steps, &extra);
         for row in z.chunks_exact(5) {
             assert!(row.windows(2).all(|p| p[0] < p[1]), "{row:?}");
@@ -1082,7 +1097,9 @@ pub(crate) mod tests {
             bucket_ms: m.config.bucket_ms,
             values: &v[..100],
         };
-        let burn = m.burn_forward(&[h], &burn_device(DeviceChoice::Cpu).unwrap()).unwrap();
+        let burn = m
+            .burn_forward(&[h], &burn_device(DeviceChoice::Cpu).unwrap())
+            .unwrap();
         let (plain, _, _) = m.raw(h.values, h.start).unwrap();
         assert_eq!(burn.len(), plain.len());
         for (a, b) in burn.iter().zip(&plain) {
@@ -1130,7 +1147,10 @@ pub(crate) mod tests {
             bucket_ms: m.config.bucket_ms,
             values: &v,
         };
-        assert_eq!(m.forecast(&h, 4, &[0.1, 0.5, 0.9]), back.forecast(&h, 4, &[0.1, 0.5, 0.9]));
+        assert_eq!(
+            m.forecast(&h, 4, &[0.1, 0.5, 0.9]),
+            back.forecast(&h, 4, &[0.1, 0.5, 0.9])
+        );
     }
 
     #[test]
@@ -1142,11 +1162,17 @@ pub(crate) mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         // truncated file
         std::fs::write(&p, &text[..text.len() / 2]).unwrap();
-        assert!(matches!(LstmForecaster::load(&p), Err(ForecastError::Corrupt { .. })));
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
         // one weight changed: checksum catches it
         let edited = text.replacen("\"wx\":[", "\"wx\":[9.5,", 1);
         std::fs::write(&p, edited).unwrap();
-        assert!(matches!(LstmForecaster::load(&p), Err(ForecastError::Corrupt { .. })));
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
         // missing file
         assert!(matches!(
             LstmForecaster::load(&dir.path().join("none.json")),

@@ -168,7 +168,10 @@ fn num(row: &csv::StringRecord, idx: &[usize; 10], k: usize) -> Result<f64, Fiel
         .parse()
         .map_err(|_| (COLS[k], format!("not a number: {raw:?}")))?;
     if !v.is_finite() || v < 0.0 {
-        return Err((COLS[k], format!("must be a non-negative number, got {raw:?}")));
+        return Err((
+            COLS[k],
+            format!("must be a non-negative number, got {raw:?}"),
+        ));
     }
     Ok(v)
 }
@@ -196,7 +199,10 @@ fn row_events(
         Some(_) => Some(num(row, idx, 9)?),
     };
     if deleted < created {
-        return Err(("deletion_time", format!("{deleted} is before creation_time {created}")));
+        return Err((
+            "deletion_time",
+            format!("{deleted} is before creation_time {created}"),
+        ));
     }
     let env = if !spec.is_empty() && spec != "nan" {
         spec.to_string()
@@ -226,7 +232,11 @@ fn row_events(
         job_id: name.to_string(),
         submitted_at: ms(created),
         compute_environment: env.clone(),
-        job_type: if qos.is_empty() { "unknown".into() } else { qos.to_string() },
+        job_type: if qos.is_empty() {
+            "unknown".into()
+        } else {
+            qos.to_string()
+        },
         project: "alibaba".into(),
         user: "alibaba".into(),
         priority,
@@ -270,8 +280,14 @@ mod tests {
         let Event::JobSubmitted(s) = &out.events[0] else {
             panic!()
         };
-        assert_eq!((s.vcpus, s.gpus, s.compute_environment.as_str()), (12.0, 1, "gpu"));
-        let cpu_env = out.events.iter().any(|e| matches!(e, Event::JobSubmitted(s) if s.compute_environment == "cpu"));
+        assert_eq!(
+            (s.vcpus, s.gpus, s.compute_environment.as_str()),
+            (12.0, 1, "gpu")
+        );
+        let cpu_env = out
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::JobSubmitted(s) if s.compute_environment == "cpu"));
         assert!(cpu_env);
     }
 
