@@ -41,6 +41,12 @@ pub const STEP_FEATURES: usize = 5;
 /// Checkpoint format marker and version.
 pub const FORMAT: &str = "prescale-lstm";
 pub const VERSION: u32 = 1;
+/// Cap on validation origins used for calibration.
+const MAX_VAL_ORIGINS: usize = 4000;
+
+/// A validation origin with its normalised forecast: (series, origin,
+/// quantiles `[horizon * Q]`, last value, scale).
+type ValRow = (usize, usize, Vec<f32>, f64, f64);
 
 /// Hyper-parameters and data shape of the LSTM. Stored in the checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +87,8 @@ impl Default for LstmConfig {
             quantiles: vec![0.1, 0.5, 0.9],
             bucket_ms: 300_000,
             season: 288,
-            epochs: 8,
-            steps_per_epoch: 120,
+            epochs: 6,
+            steps_per_epoch: 100,
             batch: 64,
             lr: 3e-3,
             seed: 42,
@@ -576,6 +582,11 @@ pub fn train(
             t += 1;
         }
     }
+    // calibration needs a few thousand origins, not every one
+    if val_idx.len() > MAX_VAL_ORIGINS {
+        let step = val_idx.len().div_ceil(MAX_VAL_ORIGINS);
+        val_idx = val_idx.into_iter().step_by(step).collect();
+    }
     if train_idx.is_empty() {
         return Err(ForecastError::NoData(format!(
             "no series has {} buckets before its validation slice",
@@ -652,9 +663,10 @@ pub fn train(
         calibration: vec![1.0; cfg.horizon * nq],
         fallback: Ets::default(),
     };
-    let raw_cov = model.val_coverage(series, &val_idx);
-    model.calibration = model.calibrate(series, &val_idx);
-    let cal_cov = model.val_coverage(series, &val_idx);
+    let val = model.raw_batch(series, &val_idx, &dev);
+    let raw_cov = model.val_coverage(series, &val);
+    model.calibration = model.calibrate(series, &val);
+    let cal_cov = model.val_coverage(series, &val);
     let report = TrainReport {
         series: series.len(),
         train_windows: train_idx.len(),
@@ -680,6 +692,40 @@ impl LstmForecaster {
     /// Denormalised, calibrated `[h][q]` at the trained levels.
     fn predict_trained(&self, y: &[f64], start: Millis) -> Option<Vec<Vec<f64>>> {
         let (z, last, scale) = self.raw(y, start)?;
+        Some(self.denormalise(&z, last, scale))
+    }
+
+    /// Normalised forecasts of many origins through burn in batches (fast
+    /// for calibration over thousands of origins).
+    fn raw_batch(&self, series: &[History<'_>], idx: &[(u32, u32)], dev: &Device) -> Vec<ValRow> {
+        let per = self.config.horizon * self.config.nq();
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(512) {
+            let hs: Vec<History<'_>> = chunk
+                .iter()
+                .map(|&(si, t)| {
+                    let s = &series[si as usize];
+                    History {
+                        values: &s.values[..t as usize],
+                        ..*s
+                    }
+                })
+                .collect();
+            let Some(z) = self.burn_forward(&hs, dev) else {
+                continue;
+            };
+            for (k, (&(si, t), h)) in chunk.iter().zip(&hs).enumerate() {
+                if let Some(inp) = inputs(h.values, h.start, &self.config) {
+                    let zk = z[k * per..(k + 1) * per].to_vec();
+                    out.push((si as usize, t as usize, zk, inp.last, inp.scale));
+                }
+            }
+        }
+        out
+    }
+
+    /// Calibrated, denormalised `[h][q]` rows from normalised quantiles.
+    fn denormalise(&self, z: &[f32], last: f64, scale: f64) -> Vec<Vec<f64>> {
         let nq = self.config.nq();
         let a = self.config.anchor();
         let mut out = Vec::with_capacity(self.config.horizon);
@@ -702,23 +748,19 @@ impl LstmForecaster {
             r.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             out.push(r);
         }
-        Some(out)
+        out
     }
 
     /// Split-conformal style factors per (horizon, quantile): for each
     /// non-anchor level, the factor `k` that makes `anchor + k·(q − anchor)`
     /// hold the nominal share of validation targets below it.
-    fn calibrate(&self, series: &[History<'_>], val: &[(u32, u32)]) -> Vec<f32> {
+    fn calibrate(&self, series: &[History<'_>], val: &[ValRow]) -> Vec<f32> {
         let cfg = &self.config;
         let nq = cfg.nq();
         let a = cfg.anchor();
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cfg.horizon * nq];
-        for &(si, t) in val {
-            let s = &series[si as usize];
-            let t = t as usize;
-            let Some((z, last, scale)) = self.raw(&s.values[..t], s.start) else {
-                continue;
-            };
+        for (si, t, z, last, scale) in val {
+            let (s, t, last, scale) = (&series[*si], *t, *last, *scale);
             for h in 0..cfg.horizon {
                 let y = (s.values[t + h] - last) / scale;
                 let za = z[h * nq + a] as f64;
@@ -751,18 +793,15 @@ impl LstmForecaster {
     }
 
     /// Coverage of the outermost central interval on the validation origins.
-    fn val_coverage(&self, series: &[History<'_>], val: &[(u32, u32)]) -> f64 {
+    fn val_coverage(&self, series: &[History<'_>], val: &[ValRow]) -> f64 {
         let pairs = super::metrics::interval_pairs(&self.config.quantiles);
         let Some(&(lo, hi, _)) = pairs.first() else {
             return f64::NAN;
         };
         let (mut inside, mut total) = (0usize, 0usize);
-        for &(si, t) in val {
-            let s = &series[si as usize];
-            let t = t as usize;
-            let Some(p) = self.predict_trained(&s.values[..t], s.start) else {
-                continue;
-            };
+        for (si, t, z, last, scale) in val {
+            let (s, t) = (&series[*si], *t);
+            let p = self.denormalise(z, *last, *scale);
             for (h, row) in p.iter().enumerate() {
                 let y = s.values[t + h];
                 total += 1;
