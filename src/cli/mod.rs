@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod forecast;
 mod import;
+pub mod serve;
 pub mod train;
 
 #[derive(Debug, Parser)]
@@ -27,6 +28,8 @@ pub enum Cmd {
     Import(import::ImportArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
+    /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
+    Serve(serve::ServeArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
     Train(train::TrainArgs),
 }
@@ -35,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Import(a) => import::run(a),
         Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
     }
 }
