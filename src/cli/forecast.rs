@@ -71,6 +71,10 @@ pub struct EvalArgs {
     /// Skip bad records in the trace (counted) instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Use only the last N days of the trace (for traces whose activity is
+    /// concentrated at the end, like the Alibaba pod snapshot).
+    #[arg(long)]
+    pub last_days: Option<f64>,
 }
 
 /// Parse `5m`, `300s`, `1h`, `2d` or plain seconds into milliseconds.
@@ -125,12 +129,21 @@ pub fn load_events(path: &Path, format: TraceFormat, skip_bad: bool) -> Result<V
     }
 }
 
-fn load_swf(path: &Path, _skip_bad: bool) -> Result<Vec<Event>> {
-    bail!(
-        "{}: SWF input needs the shared SWF importer (import::swf); convert it to an events file \
-         with `prescale import swf` and pass that",
-        path.display()
-    )
+/// SWF through the shared importer; the compute environment is the queue
+/// (RICC has one partition and two queues), job type the size class.
+fn load_swf(path: &Path, skip_bad: bool) -> Result<Vec<Event>> {
+    use prescale::import::swf::{read_swf, SwfKey, SwfOptions};
+    let opts = SwfOptions {
+        env_from: SwfKey::Queue,
+        job_type_from: SwfKey::Size,
+        skip_bad,
+        ..SwfOptions::default()
+    };
+    let imp = read_swf(path, &opts)?;
+    if imp.report.skipped_bad_lines > 0 {
+        eprintln!("skipped {} bad lines", imp.report.skipped_bad_lines);
+    }
+    Ok(imp.events)
 }
 
 /// Events → demand series of the selected metrics.
@@ -141,13 +154,28 @@ pub fn series_for(events: &[Event], bucket_ms: i64, metrics: &[String]) -> Vec<D
         .collect()
 }
 
+/// Keep only the last `days` days of every series (they share one axis).
+pub fn trim_last_days(series: &mut [DemandSeries], days: Option<f64>) {
+    let Some(days) = days else { return };
+    for s in series.iter_mut() {
+        let keep = ((days * 86_400_000.0) / s.bucket_ms as f64).ceil() as usize;
+        if s.values.len() > keep {
+            let drop = s.values.len() - keep;
+            s.values.drain(..drop);
+            s.start += drop as i64 * s.bucket_ms;
+        }
+    }
+}
+
 /// A progress bar that shows the training loss.
 pub fn loss_bar(total: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} training [{bar:30}] {pos}/{len} steps {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} training [{bar:30}] {pos}/{len} steps {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb
 }
@@ -155,7 +183,11 @@ pub fn loss_bar(total: u64) -> ProgressBar {
 pub fn on_progress(pb: &ProgressBar) -> impl FnMut(Progress) + '_ {
     let mut ema = f64::NAN;
     move |p: Progress| {
-        ema = if ema.is_nan() { p.loss } else { 0.95 * ema + 0.05 * p.loss };
+        ema = if ema.is_nan() {
+            p.loss
+        } else {
+            0.95 * ema + 0.05 * p.loss
+        };
         pb.set_position(p.step as u64);
         pb.set_message(format!("epoch {} loss {ema:.4}", p.epoch + 1));
     }
@@ -173,7 +205,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
     let events = load_events(&a.trace, a.format, a.skip_bad)?;
-    let series = series_for(&events, bucket_ms, &a.metrics);
+    let mut series = series_for(&events, bucket_ms, &a.metrics);
+    trim_last_days(&mut series, a.last_days);
     let mut cfg = EvalConfig::new(bucket_ms, horizon);
     cfg.quantiles = a.quantiles.clone();
     cfg.train_frac = a.train_frac;

@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
-mod import;
 pub mod forecast;
+mod import;
 pub mod serve;
 pub mod train;
 

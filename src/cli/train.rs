@@ -1,7 +1,9 @@
 //! `prescale train`: fit the shared LSTM on a trace and write a checkpoint
 //! plus a model card into `models/NAME/`.
 
-use super::forecast::{load_events, loss_bar, on_progress, parse_duration_ms, series_for, TraceFormat};
+use super::forecast::{
+    load_events, loss_bar, on_progress, parse_duration_ms, series_for, trim_last_days, TraceFormat,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prescale::forecast::lstm::{self, DeviceChoice, LstmConfig};
@@ -47,6 +49,9 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long)]
     pub skip_bad: bool,
+    /// Use only the last N days of the trace.
+    #[arg(long)]
+    pub last_days: Option<f64>,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -55,7 +60,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
     let events = load_events(&a.trace, a.format, a.skip_bad)?;
-    let series = series_for(&events, bucket_ms, &a.metrics);
+    let mut series = series_for(&events, bucket_ms, &a.metrics);
+    trim_last_days(&mut series, a.last_days);
     if series.is_empty() {
         bail!("{}: no demand series in the trace", a.trace.display());
     }
@@ -139,7 +145,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "train_s": rep.train_s,
         },
     });
-    std::fs::write(a.out.join("model_card.json"), serde_json::to_string_pretty(&card)?)?;
+    std::fs::write(
+        a.out.join("model_card.json"),
+        serde_json::to_string_pretty(&card)?,
+    )?;
     println!(
         "trained on {} series ({} windows) in {:.1}s: final loss {:.4}, validation coverage {:.3} → {:.3} calibrated; wrote {}",
         series.len(),

@@ -96,7 +96,9 @@ pub fn evaluate(
 ) -> Result<EvalOutcome, ForecastError> {
     super::check_quantiles(&cfg.quantiles)?;
     let Some(first) = all.first() else {
-        return Err(ForecastError::NoData("the trace yields no demand series".into()));
+        return Err(ForecastError::NoData(
+            "the trace yields no demand series".into(),
+        ));
     };
     let bucket_ms = first.bucket_ms;
     let m = season_buckets(bucket_ms);

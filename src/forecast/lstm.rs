@@ -41,6 +41,12 @@ pub const STEP_FEATURES: usize = 5;
 /// Checkpoint format marker and version.
 pub const FORMAT: &str = "prescale-lstm";
 pub const VERSION: u32 = 1;
+/// Cap on validation origins used for calibration.
+const MAX_VAL_ORIGINS: usize = 4000;
+
+/// A validation origin with its normalised forecast: (series, origin,
+/// quantiles `[horizon * Q]`, last value, scale).
+type ValRow = (usize, usize, Vec<f32>, f64, f64);
 
 /// Hyper-parameters and data shape of the LSTM. Stored in the checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +87,8 @@ impl Default for LstmConfig {
             quantiles: vec![0.1, 0.5, 0.9],
             bucket_ms: 300_000,
             season: 288,
-            epochs: 8,
-            steps_per_epoch: 120,
+            epochs: 6,
+            steps_per_epoch: 100,
             batch: 64,
             lr: 3e-3,
             seed: 42,
@@ -298,7 +304,8 @@ impl Net {
         let (mask, mono) = monotone_mats(cfg);
         let mask = t2(&mask, 1, nq, &d);
         let mono = t2(&mono, nq, nq, &d);
-        let inc = raw.clone().mul(mask.clone()) + softplus(raw, 1.0).mul(mask.neg().add_scalar(1.0));
+        let inc =
+            raw.clone().mul(mask.clone()) + softplus(raw, 1.0).mul(mask.neg().add_scalar(1.0));
         inc.matmul(mono).reshape([bsz, cfg.horizon, nq])
     }
 }
@@ -356,7 +363,11 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
     }
     let win = &y[n - cfg.window..];
     let mean = win.iter().sum::<f64>() / cfg.window as f64;
-    let scale = if mean > 1e-9 && mean.is_finite() { mean } else { 1.0 };
+    let scale = if mean > 1e-9 && mean.is_finite() {
+        mean
+    } else {
+        1.0
+    };
     let last = y[n - 1];
     let mut steps = Vec::with_capacity(cfg.window * STEP_FEATURES);
     for (i, &v) in win.iter().enumerate() {
@@ -383,7 +394,11 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
                 c += 1;
             }
         }
-        let d7 = if c > 0 { (s / c as f64 - last) / scale } else { 0.0 };
+        let d7 = if c > 0 {
+            (s / c as f64 - last) / scale
+        } else {
+            0.0
+        };
         extra.push(d1.clamp(-50.0, 50.0) as f32);
         extra.push(d7.clamp(-50.0, 50.0) as f32);
     }
@@ -567,6 +582,11 @@ pub fn train(
             t += 1;
         }
     }
+    // calibration needs a few thousand origins, not every one
+    if val_idx.len() > MAX_VAL_ORIGINS {
+        let step = val_idx.len().div_ceil(MAX_VAL_ORIGINS);
+        val_idx = val_idx.into_iter().step_by(step).collect();
+    }
     if train_idx.is_empty() {
         return Err(ForecastError::NoData(format!(
             "no series has {} buckets before its validation slice",
@@ -604,10 +624,8 @@ pub fn train(
                 }
             }
             let b = cfg.batch;
-            let x = Tensor::<3>::from_data(
-                TensorData::new(steps, [b, cfg.window, STEP_FEATURES]),
-                &ad,
-            );
+            let x =
+                Tensor::<3>::from_data(TensorData::new(steps, [b, cfg.window, STEP_FEATURES]), &ad);
             let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, e]), &ad);
             let y = Tensor::<3>::from_data(TensorData::new(target, [b, cfg.horizon, 1]), &ad);
             let tau = Tensor::<3>::from_data(TensorData::new(taus.clone(), [1, 1, nq]), &ad);
@@ -645,9 +663,10 @@ pub fn train(
         calibration: vec![1.0; cfg.horizon * nq],
         fallback: Ets::default(),
     };
-    let raw_cov = model.val_coverage(series, &val_idx);
-    model.calibration = model.calibrate(series, &val_idx);
-    let cal_cov = model.val_coverage(series, &val_idx);
+    let val = model.raw_batch(series, &val_idx, &dev);
+    let raw_cov = model.val_coverage(series, &val);
+    model.calibration = model.calibrate(series, &val);
+    let cal_cov = model.val_coverage(series, &val);
     let report = TrainReport {
         series: series.len(),
         train_windows: train_idx.len(),
@@ -673,6 +692,40 @@ impl LstmForecaster {
     /// Denormalised, calibrated `[h][q]` at the trained levels.
     fn predict_trained(&self, y: &[f64], start: Millis) -> Option<Vec<Vec<f64>>> {
         let (z, last, scale) = self.raw(y, start)?;
+        Some(self.denormalise(&z, last, scale))
+    }
+
+    /// Normalised forecasts of many origins through burn in batches (fast
+    /// for calibration over thousands of origins).
+    fn raw_batch(&self, series: &[History<'_>], idx: &[(u32, u32)], dev: &Device) -> Vec<ValRow> {
+        let per = self.config.horizon * self.config.nq();
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(512) {
+            let hs: Vec<History<'_>> = chunk
+                .iter()
+                .map(|&(si, t)| {
+                    let s = &series[si as usize];
+                    History {
+                        values: &s.values[..t as usize],
+                        ..*s
+                    }
+                })
+                .collect();
+            let Some(z) = self.burn_forward(&hs, dev) else {
+                continue;
+            };
+            for (k, (&(si, t), h)) in chunk.iter().zip(&hs).enumerate() {
+                if let Some(inp) = inputs(h.values, h.start, &self.config) {
+                    let zk = z[k * per..(k + 1) * per].to_vec();
+                    out.push((si as usize, t as usize, zk, inp.last, inp.scale));
+                }
+            }
+        }
+        out
+    }
+
+    /// Calibrated, denormalised `[h][q]` rows from normalised quantiles.
+    fn denormalise(&self, z: &[f32], last: f64, scale: f64) -> Vec<Vec<f64>> {
         let nq = self.config.nq();
         let a = self.config.anchor();
         let mut out = Vec::with_capacity(self.config.horizon);
@@ -695,23 +748,19 @@ impl LstmForecaster {
             r.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             out.push(r);
         }
-        Some(out)
+        out
     }
 
     /// Split-conformal style factors per (horizon, quantile): for each
     /// non-anchor level, the factor `k` that makes `anchor + k·(q − anchor)`
     /// hold the nominal share of validation targets below it.
-    fn calibrate(&self, series: &[History<'_>], val: &[(u32, u32)]) -> Vec<f32> {
+    fn calibrate(&self, series: &[History<'_>], val: &[ValRow]) -> Vec<f32> {
         let cfg = &self.config;
         let nq = cfg.nq();
         let a = cfg.anchor();
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cfg.horizon * nq];
-        for &(si, t) in val {
-            let s = &series[si as usize];
-            let t = t as usize;
-            let Some((z, last, scale)) = self.raw(&s.values[..t], s.start) else {
-                continue;
-            };
+        for (si, t, z, last, scale) in val {
+            let (s, t, last, scale) = (&series[*si], *t, *last, *scale);
             for h in 0..cfg.horizon {
                 let y = (s.values[t + h] - last) / scale;
                 let za = z[h * nq + a] as f64;
@@ -744,18 +793,15 @@ impl LstmForecaster {
     }
 
     /// Coverage of the outermost central interval on the validation origins.
-    fn val_coverage(&self, series: &[History<'_>], val: &[(u32, u32)]) -> f64 {
+    fn val_coverage(&self, series: &[History<'_>], val: &[ValRow]) -> f64 {
         let pairs = super::metrics::interval_pairs(&self.config.quantiles);
         let Some(&(lo, hi, _)) = pairs.first() else {
             return f64::NAN;
         };
         let (mut inside, mut total) = (0usize, 0usize);
-        for &(si, t) in val {
-            let s = &series[si as usize];
-            let t = t as usize;
-            let Some(p) = self.predict_trained(&s.values[..t], s.start) else {
-                continue;
-            };
+        for (si, t, z, last, scale) in val {
+            let (s, t) = (&series[*si], *t);
+            let p = self.denormalise(z, *last, *scale);
             for (h, row) in p.iter().enumerate() {
                 let y = s.values[t + h];
                 total += 1;
@@ -798,7 +844,10 @@ impl LstmForecaster {
         }
         let b = histories.len();
         let net = Net::from_weights(&self.weights, cfg, device);
-        let x = Tensor::<3>::from_data(TensorData::new(steps, [b, cfg.window, STEP_FEATURES]), device);
+        let x = Tensor::<3>::from_data(
+            TensorData::new(steps, [b, cfg.window, STEP_FEATURES]),
+            device,
+        );
         let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, cfg.extra()]), device);
         Some(to_vec(net.forward(x, ex, cfg)))
     }
@@ -927,7 +976,10 @@ struct Checkpoint {
 fn interpolate(trained: &[f64], row: &[f64], want: &[f64]) -> Vec<f64> {
     want.iter()
         .map(|&q| {
-            let j = trained.iter().position(|&t| t >= q - 1e-12).unwrap_or(trained.len() - 1);
+            let j = trained
+                .iter()
+                .position(|&t| t >= q - 1e-12)
+                .unwrap_or(trained.len() - 1);
             if (trained[j] - q).abs() < 1e-12 || j == 0 {
                 return row[j];
             }
@@ -945,9 +997,9 @@ impl Forecaster for LstmForecaster {
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
         let cfg = &self.config;
-        let in_range = quantiles.iter().all(|&q| {
-            q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12
-        });
+        let in_range = quantiles
+            .iter()
+            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
         let usable = history.bucket_ms == cfg.bucket_ms
             && horizon <= cfg.horizon
             && in_range
@@ -1027,7 +1079,9 @@ pub(crate) mod tests {
         let steps: Vec<f32> = (0..cfg.window * STEP_FEATURES)
             .map(|_| rng.random_range(-3.0..3.0))
             .collect();
-        let extra: Vec<f32> = (0..cfg.extra()).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let extra: Vec<f32> = (0..cfg.extra())
+            .map(|_| rng.random_range(-3.0..3.0))
+            .collect();
         let z = forward_one(&w, &cfg, &steps, &extra);
         for row in z.chunks_exact(5) {
             assert!(row.windows(2).all(|p| p[0] < p[1]), "{row:?}");
@@ -1043,7 +1097,9 @@ pub(crate) mod tests {
             bucket_ms: m.config.bucket_ms,
             values: &v[..100],
         };
-        let burn = m.burn_forward(&[h], &burn_device(DeviceChoice::Cpu).unwrap()).unwrap();
+        let burn = m
+            .burn_forward(&[h], &burn_device(DeviceChoice::Cpu).unwrap())
+            .unwrap();
         let (plain, _, _) = m.raw(h.values, h.start).unwrap();
         assert_eq!(burn.len(), plain.len());
         for (a, b) in burn.iter().zip(&plain) {
@@ -1091,7 +1147,10 @@ pub(crate) mod tests {
             bucket_ms: m.config.bucket_ms,
             values: &v,
         };
-        assert_eq!(m.forecast(&h, 4, &[0.1, 0.5, 0.9]), back.forecast(&h, 4, &[0.1, 0.5, 0.9]));
+        assert_eq!(
+            m.forecast(&h, 4, &[0.1, 0.5, 0.9]),
+            back.forecast(&h, 4, &[0.1, 0.5, 0.9])
+        );
     }
 
     #[test]
@@ -1103,11 +1162,17 @@ pub(crate) mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         // truncated file
         std::fs::write(&p, &text[..text.len() / 2]).unwrap();
-        assert!(matches!(LstmForecaster::load(&p), Err(ForecastError::Corrupt { .. })));
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
         // one weight changed: checksum catches it
         let edited = text.replacen("\"wx\":[", "\"wx\":[9.5,", 1);
         std::fs::write(&p, edited).unwrap();
-        assert!(matches!(LstmForecaster::load(&p), Err(ForecastError::Corrupt { .. })));
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
         // missing file
         assert!(matches!(
             LstmForecaster::load(&dir.path().join("none.json")),

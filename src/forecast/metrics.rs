@@ -17,7 +17,9 @@ pub fn seasonal_naive_mae(train: &[f64], m: usize) -> Option<f64> {
         return None;
     }
     let n = train.len() - m;
-    let s: f64 = (m..train.len()).map(|t| (train[t] - train[t - m]).abs()).sum();
+    let s: f64 = (m..train.len())
+        .map(|t| (train[t] - train[t - m]).abs())
+        .sum();
     Some(s / n as f64)
 }
 
@@ -39,7 +41,10 @@ pub fn interval_pairs(quantiles: &[f64]) -> Vec<(usize, usize, f64)> {
         if lo >= 0.5 {
             continue;
         }
-        if let Some(j) = quantiles.iter().position(|&hi| (hi - (1.0 - lo)).abs() < 1e-9) {
+        if let Some(j) = quantiles
+            .iter()
+            .position(|&hi| (hi - (1.0 - lo)).abs() < 1e-9)
+        {
             out.push((i, j, ((1.0 - 2.0 * lo) * 1e6).round() / 1e6));
         }
     }

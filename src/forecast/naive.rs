@@ -87,7 +87,12 @@ impl Forecaster for SeasonalNaive {
             let last = y[n - 1];
             for h in 1..=horizon {
                 let e = Self::errors(y, h.min(n.saturating_sub(1)).max(1), self.error_window);
-                values.push(quantiles.iter().map(|&q| last + sorted_quantile(&e, q)).collect());
+                values.push(
+                    quantiles
+                        .iter()
+                        .map(|&q| last + sorted_quantile(&e, q))
+                        .collect(),
+                );
             }
         }
         tidy_rows(&mut values);
@@ -131,7 +136,9 @@ mod tests {
     #[test]
     fn quantiles_come_from_seasonal_errors() {
         // season 2 with errors +-1 alternating → p10 < p50 < p90 around the point
-        let v: Vec<f64> = (0..40).map(|i| 10.0 + (i / 2 % 2) as f64 * 2.0 - 1.0).collect();
+        let v: Vec<f64> = (0..40)
+            .map(|i| 10.0 + (i / 2 % 2) as f64 * 2.0 - 1.0)
+            .collect();
         let f = SeasonalNaive::with_season(2).forecast(&hist(&v), 2, &[0.1, 0.5, 0.9]);
         for r in &f.values {
             assert!(r[0] < r[2], "{r:?}");

@@ -3,13 +3,13 @@
 //! (demand exists as soon as it is queued — that is what capacity must meet)
 //! until its `JobCompleted.finished_at`; a job with no completion counts until
 //! the end of the data. Each bucket holds the time-average over the bucket, so
-//! a job covering half a bucket adds half its size.
-//!
-//! This is a batch helper for training and evaluation; the live service gets
-//! the same quantity from the event-time state store.
+//! a job covering half a bucket adds half its size. The arithmetic is the
+//! state store's (`crate::state`), so training sees exactly what the live
+//! service will forecast from.
 
 use crate::events::{Event, Millis};
-use std::collections::{BTreeMap, HashMap};
+use crate::state::{self, StateConfig};
+use std::collections::BTreeMap;
 
 /// Which resource a series measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,126 +53,59 @@ impl DemandSeries {
     }
 }
 
-struct Job {
-    env: String,
-    submit: Millis,
-    finish: Option<Millis>,
-    size: [f64; 3],
-}
-
-/// Build series for every environment and metric that is not all zero. All
-/// series share one time axis (`start` = first submission rounded down to a
-/// bucket; end = last event time rounded up).
+/// Build per-environment series (summed over job types) for every metric
+/// that is not all zero, from the shared event-time state
+/// ([`crate::state::demand_series`]), on one common time axis (earlier
+/// environments' starts pad later ones with zeros).
 pub fn demand_series(events: &[Event], bucket_ms: i64) -> Vec<DemandSeries> {
-    let bucket_ms = bucket_ms.max(1);
-    let mut jobs: HashMap<&str, Job> = HashMap::new();
-    let mut t_min = Millis::MAX;
-    let mut t_max = Millis::MIN;
-    for ev in events {
-        match ev {
-            Event::JobSubmitted(s) => {
-                t_min = t_min.min(s.submitted_at);
-                t_max = t_max.max(s.submitted_at);
-                let j = jobs.entry(s.job_id.as_str()).or_insert(Job {
-                    env: String::new(),
-                    submit: s.submitted_at,
-                    finish: None,
-                    size: [0.0; 3],
-                });
-                j.env = s.compute_environment.clone();
-                j.submit = s.submitted_at;
-                j.size = [s.vcpus.max(0.0), s.memory_mib.max(0) as f64, s.gpus.max(0) as f64];
-            }
-            Event::JobCompleted(c) => {
-                t_max = t_max.max(c.finished_at);
-                let j = jobs.entry(c.job_id.as_str()).or_insert(Job {
-                    env: c.compute_environment.clone(),
-                    submit: Millis::MAX,
-                    finish: None,
-                    size: [0.0; 3],
-                });
-                j.finish = Some(c.finished_at);
-            }
-            _ => {}
-        }
-    }
-    if t_min == Millis::MAX || t_max < t_min {
+    let cfg = StateConfig {
+        bucket_ms: bucket_ms.max(1),
+        history_buckets: 1 << 40,
+        ..StateConfig::default()
+    };
+    let raw = state::demand_series(events, &cfg);
+    if raw.is_empty() {
         return Vec::new();
     }
-    let start = t_min.div_euclid(bucket_ms) * bucket_ms;
-    let end = (t_max.div_euclid(bucket_ms) + 1) * bucket_ms;
+    let bucket_ms = cfg.bucket_ms;
+    let start = raw.iter().map(|s| s.start).min().unwrap_or(0);
+    let end = raw
+        .iter()
+        .map(|s| s.start + s.values.len() as i64 * bucket_ms)
+        .max()
+        .unwrap_or(start);
     let n = ((end - start) / bucket_ms) as usize;
-    // per environment and metric: direct partial-bucket amounts plus a
-    // difference array for fully covered buckets (O(1) per job, O(n) total)
-    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
-    for j in jobs.values() {
-        if j.submit == Millis::MAX {
-            continue; // completion without submission: size unknown
+    let mut by_env: BTreeMap<&str, [Vec<f64>; 3]> = BTreeMap::new();
+    for s in &raw {
+        let acc = by_env
+            .entry(&s.compute_environment)
+            .or_insert_with(|| [vec![0.0; n], vec![0.0; n], vec![0.0; n]]);
+        let off = ((s.start - start) / bucket_ms) as usize;
+        for (i, v) in s.values.iter().enumerate() {
+            if off + i < n {
+                for k in 0..3 {
+                    acc[k][off + i] += v[k];
+                }
+            }
         }
-        let a = j.submit.max(start);
-        let b = j.finish.unwrap_or(end).clamp(a, end);
-        if b <= a {
-            continue;
-        }
-        acc.entry(j.env.clone())
-            .or_insert_with(|| Acc::new(n))
-            .add(a - start, b - start, bucket_ms, &j.size);
     }
     let mut out = Vec::new();
-    for (env, a) in acc {
-        for (mi, metric) in Metric::ALL.iter().enumerate() {
-            let mut run = 0.0;
-            let v: Vec<f64> = (0..n)
-                .map(|i| {
-                    run += a.diff[mi][i];
-                    a.part[mi][i] + run
-                })
-                .collect();
-            if v.iter().all(|&x| x == 0.0) {
+    for (env, arrs) in by_env {
+        for (k, metric) in Metric::ALL.iter().enumerate() {
+            if arrs[k].iter().all(|&x| x == 0.0) {
                 continue;
             }
             out.push(DemandSeries {
                 key: format!("{env}/{}", metric.as_str()),
-                environment: env.clone(),
+                environment: env.to_string(),
                 metric: *metric,
                 start,
                 bucket_ms,
-                values: v,
+                values: arrs[k].clone(),
             });
         }
     }
     out
-}
-
-struct Acc {
-    part: [Vec<f64>; 3],
-    diff: [Vec<f64>; 3],
-}
-
-impl Acc {
-    fn new(n: usize) -> Self {
-        let z = || vec![0.0; n + 1];
-        Self {
-            part: [z(), z(), z()],
-            diff: [z(), z(), z()],
-        }
-    }
-
-    /// Add a job covering `[a, b)` (ms from the series start).
-    fn add(&mut self, a: i64, b: i64, w: i64, size: &[f64; 3]) {
-        let ia = (a / w) as usize;
-        let ib = (b / w) as usize; // bucket holding the exclusive end
-        for k in 0..3 {
-            if ia == ib {
-                self.part[k][ia] += size[k] * (b - a) as f64 / w as f64;
-                continue;
-            }
-            self.part[k][ia] += size[k] * ((ia as i64 + 1) * w - a) as f64 / w as f64;
-            self.part[k][ib] += size[k] * (b - ib as i64 * w) as f64 / w as f64;
-            self.diff[k][ia + 1] += size[k];
-            self.diff[k][ib] -= size[k];
-        }
-    }
 }
 
 #[cfg(test)]

@@ -168,7 +168,10 @@ fn num(row: &csv::StringRecord, idx: &[usize; 10], k: usize) -> Result<f64, Fiel
         .parse()
         .map_err(|_| (COLS[k], format!("not a number: {raw:?}")))?;
     if !v.is_finite() || v < 0.0 {
-        return Err((COLS[k], format!("must be a non-negative number, got {raw:?}")));
+        return Err((
+            COLS[k],
+            format!("must be a non-negative number, got {raw:?}"),
+        ));
     }
     Ok(v)
 }
@@ -190,9 +193,16 @@ fn row_events(
     let phase = row.get(idx[6]).unwrap_or("").trim();
     let created = num(row, idx, 7)?;
     let deleted = num(row, idx, 8)?;
-    let scheduled = num(row, idx, 9)?;
+    // empty for pods never scheduled (Pending): they never started
+    let scheduled = match row.get(idx[9]).map(str::trim) {
+        None | Some("") => None,
+        Some(_) => Some(num(row, idx, 9)?),
+    };
     if deleted < created {
-        return Err(("deletion_time", format!("{deleted} is before creation_time {created}")));
+        return Err((
+            "deletion_time",
+            format!("{deleted} is before creation_time {created}"),
+        ));
     }
     let env = if !spec.is_empty() && spec != "nan" {
         spec.to_string()
@@ -214,12 +224,19 @@ fn row_events(
         other => return Err(("pod_phase", format!("unknown phase {other:?}"))),
     };
     let ms = |s: f64| epoch_ms + (s * 1000.0).round() as i64;
-    let start = if scheduled > 0.0 { scheduled.max(created) } else { created };
+    let start = match scheduled {
+        Some(t) => t.clamp(created, deleted),
+        None => deleted,
+    };
     let sub = Event::JobSubmitted(JobSubmitted {
         job_id: name.to_string(),
         submitted_at: ms(created),
         compute_environment: env.clone(),
-        job_type: if qos.is_empty() { "unknown".into() } else { qos.to_string() },
+        job_type: if qos.is_empty() {
+            "unknown".into()
+        } else {
+            qos.to_string()
+        },
         project: "alibaba".into(),
         user: "alibaba".into(),
         priority,
@@ -255,16 +272,22 @@ mod tests {
     #[test]
     fn maps_rows_to_events() {
         let text = format!(
-            "{HEAD}p0,12000,16384,1,1000,,LS,Running,0,100,0\np1,4000,1024,0,0,,BE,Failed,10,20,12\n"
+            "{HEAD}p0,12000,16384,1,1000,,LS,Running,0,100,0\np1,4000,1024,0,0,,BE,Failed,10,20,12\np2,1000,10,0,0,,BE,Pending,5,30,\n"
         );
         let out = parse(text.as_bytes(), "t.csv", &AlibabaOptions::default()).unwrap();
-        assert_eq!(out.report.jobs, 2);
-        assert_eq!(out.events.len(), 4);
+        assert_eq!(out.report.jobs, 3);
+        assert_eq!(out.events.len(), 6);
         let Event::JobSubmitted(s) = &out.events[0] else {
             panic!()
         };
-        assert_eq!((s.vcpus, s.gpus, s.compute_environment.as_str()), (12.0, 1, "gpu"));
-        let cpu_env = out.events.iter().any(|e| matches!(e, Event::JobSubmitted(s) if s.compute_environment == "cpu"));
+        assert_eq!(
+            (s.vcpus, s.gpus, s.compute_environment.as_str()),
+            (12.0, 1, "gpu")
+        );
+        let cpu_env = out
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::JobSubmitted(s) if s.compute_environment == "cpu"));
         assert!(cpu_env);
     }
 

@@ -42,7 +42,10 @@ pub fn offers_from_book(
         (view.markets.is_empty() || view.markets.contains(&m))
             && (view.regions.is_empty() || view.regions.iter().any(|r| r == region))
             && (view.providers.is_empty()
-                || view.providers.iter().any(|p| p.eq_ignore_ascii_case(provider)))
+                || view
+                    .providers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(provider)))
             && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
     };
     let mut out = Vec::new();

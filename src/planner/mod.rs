@@ -156,7 +156,11 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .iter()
         .map(|row| row.first().copied().unwrap_or(0.0))
         .fold(f64::INFINITY, f64::min);
-    let low_floor = if low_floor.is_finite() { low_floor } else { 0.0 };
+    let low_floor = if low_floor.is_finite() {
+        low_floor
+    } else {
+        0.0
+    };
     let upper = window
         .iter()
         .map(|row| row.last().copied().unwrap_or(0.0))
@@ -194,8 +198,7 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 
     // 2. Scale-in cool-down.
     if let Some(prev) = input.previous {
-        if prev.desired_vcpus > desired
-            && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
+        if prev.desired_vcpus > desired && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
         {
             let _ = write!(
                 reason,
@@ -214,7 +217,10 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .filter(|o| o.market == Market::Reserved)
         .map(|o| o.vcpus * o.available.unwrap_or(0).max(0) as f64)
         .sum();
-    let mut min = p.min_vcpus.max(low_floor.floor() as i64).max(reserved_v as i64);
+    let mut min = p
+        .min_vcpus
+        .max(low_floor.floor() as i64)
+        .max(reserved_v as i64);
     if let Some(cap) = p.max_vcpus {
         if desired > cap {
             let _ = write!(reason, "; capped by max_vcpus {cap}");
@@ -477,17 +483,25 @@ impl crate::engine::CapacityPlanner for CostAwarePlanner {
             bucket_ms: req.bucket_ms,
             forecast: req.forecast,
             queued_vcpus: 0.0,
-            running_vcpus: req.outstanding_vcpus,
-            top_priority: None,
-            deadline_pressure: false,
-            memory_mib_per_vcpu: 2048.0,
-            gpus_per_vcpu: 0.0,
+            running_vcpus: req.outstanding.vcpus,
+            top_priority: req.outstanding.top_priority,
+            deadline_pressure: req.outstanding.deadline_pressure,
+            memory_mib_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.memory_mib / req.outstanding.vcpus
+            } else {
+                2048.0
+            },
+            gpus_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.gpus / req.outstanding.vcpus
+            } else {
+                0.0
+            },
             policy,
             book: req.book,
             catalog: req.catalog,
             reserved: &[],
-            budget_headroom_usd_per_h: None,
-            previous: None,
+            budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
+            previous: req.previous,
             interruption_rates: &self.interruption_rates,
         });
         crate::engine::PlanDecision {
@@ -497,7 +511,12 @@ impl crate::engine::CapacityPlanner for CostAwarePlanner {
             instance_mix: out.instance_mix,
             constraints: out.constraints,
             reason: out.reason,
+            usd_per_vcpu_hour: out.usd_per_vcpu_hour,
         }
+    }
+
+    fn policy(&self, env: &str) -> Option<&EnvPolicy> {
+        Some(self.policy.for_env(env))
     }
 }
 

@@ -18,9 +18,7 @@
 
 use super::offers::{filter_offers, Offer};
 use crate::events::{Market, Millis};
-use good_lp::{
-    constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel,
-};
+use good_lp::{constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel};
 use serde::{Deserialize, Serialize};
 
 /// Above this many candidate pools the fleet MILP keeps only the cheapest
@@ -384,7 +382,14 @@ fn solve_fleet(
     let mut vars = ProblemVariables::new();
     let x: Vec<_> = sel
         .iter()
-        .map(|c| vars.add(variable().integer().min(0).max(c.ub.min(i32::MAX as i64) as f64)))
+        .map(|c| {
+            vars.add(
+                variable()
+                    .integer()
+                    .min(0)
+                    .max(c.ub.min(i32::MAX as i64) as f64),
+            )
+        })
         .collect();
     let mut obj = Expression::from(0.0);
     let (mut ev, mut em, mut eg, mut elist, mut ecost) = (
@@ -459,7 +464,6 @@ pub(crate) mod tests_support {
             stale: false,
         }
     }
-
 }
 
 #[cfg(test)]
@@ -525,7 +529,8 @@ mod tests {
             let n = rng.random_range(2..=4);
             let mut offers = Vec::new();
             for i in 0..n {
-                let market = [Market::Spot, Market::OnDemand, Market::Reserved][rng.random_range(0..3)];
+                let market =
+                    [Market::Spot, Market::OnDemand, Market::Reserved][rng.random_range(0..3)];
                 let v = [1.0, 2.0, 4.0, 8.0][rng.random_range(0..4)];
                 let mut o = offer(
                     &format!("t{i}"),
