@@ -116,6 +116,13 @@ pub struct EnvPolicy {
     pub max_price_age_s: i64,
     /// Instance types the planner may use (empty means any with a price).
     pub instance_types: Vec<String>,
+    /// Smallest instance (vCPUs) the fleet may use: keeps fleets to a
+    /// manageable number of machines and fits wide jobs (0 = any).
+    pub min_instance_vcpus: f64,
+    /// CPU architectures the workloads run on (`amd64`, `arm64`); empty = any.
+    pub architectures: Vec<String>,
+    /// Leave out burstable (CPU-credit) instance types.
+    pub exclude_burstable: bool,
 }
 
 impl Default for EnvPolicy {
@@ -142,6 +149,9 @@ impl Default for EnvPolicy {
             max_spot_pool_share: 0.5,
             max_price_age_s: 6 * 3600,
             instance_types: Vec::new(),
+            min_instance_vcpus: 0.0,
+            architectures: vec!["amd64".to_string()],
+            exclude_burstable: true,
         }
     }
 }
@@ -261,6 +271,12 @@ impl EnvPolicy {
                     return Err((k.into(), format!("must be a positive amount, got {v}")));
                 }
             }
+        }
+        if !(self.min_instance_vcpus.is_finite() && self.min_instance_vcpus >= 0.0) {
+            return Err((
+                "min_instance_vcpus".into(),
+                format!("must be >= 0, got {}", self.min_instance_vcpus),
+            ));
         }
         if self.markets.is_empty() {
             return Err((

@@ -97,7 +97,8 @@ pub fn document() -> Value {
                     "duration_s": {"type": "integer"}, "deadline": {"type": "integer", "description": "epoch ms"},
                     "fleet": {"type": "boolean", "description": "Allow several instances; default one instance if any fits, else a fleet"},
                     "compute_environment": {"type": "string", "description": "Apply this environment's policy"},
-                    "alternatives": {"type": "integer", "default": 5}}},
+                    "alternatives": {"type": "integer", "default": 5},
+                    "architectures": {"type": "array", "items": {"type": "string"}, "default": ["amd64"]}}},
                 "ChosenPool": {"type": "object", "properties": {
                     "provider": {"type": "string"}, "region": {"type": "string"}, "zone": {"type": ["string", "null"]},
                     "instance_type": {"type": "string"}, "market": {"type": "string"}, "count": {"type": "integer"},

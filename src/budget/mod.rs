@@ -177,6 +177,12 @@ pub struct Decision {
 pub struct Ledger {
     pub accounts: BTreeMap<String, Account>,
     pub jobs: BTreeMap<String, JobRecord>,
+    /// How far ahead `enforce` looks: a running job is counted for at least
+    /// its spend rate over this window, even beyond its commitment, so a job
+    /// costlier than expected is stopped *before* its scope overruns. Set it
+    /// to the decision tick (the engine's bucket width); 0 disables.
+    #[serde(default)]
+    pub lookahead_ms: i64,
 }
 
 pub fn scope_str(s: BudgetScope) -> &'static str {
@@ -412,16 +418,38 @@ impl Ledger {
         self.accrue(now);
         let mut out = Vec::new();
         let mut touched: Vec<String> = Vec::new();
+        // Spend expected within the look-ahead beyond each job's commitment,
+        // summed per account in one pass over the jobs.
+        let look_h = self.lookahead_ms.max(0) as f64 / HOUR_MS;
+        let beyond = |j: &JobRecord| {
+            if j.state == JobState::Running {
+                (j.usd_per_hour * look_h - j.committed).max(0.0)
+            } else {
+                0.0
+            }
+        };
+        let mut extra: BTreeMap<String, f64> = BTreeMap::new();
+        if look_h > 0.0 {
+            for j in self.jobs.values() {
+                let x = beyond(j);
+                if x > 0.0 {
+                    for k in job_scopes(j) {
+                        *extra.entry(k).or_default() += x;
+                    }
+                }
+            }
+        }
         let keys: Vec<String> = self.accounts.keys().cloned().collect();
         for key in keys {
             loop {
                 let Some(acc) = self.accounts.get(&key) else {
                     break;
                 };
-                if acc.overrun() <= EPS {
+                let ahead = extra.get(&key).copied().unwrap_or(0.0);
+                if acc.spent + acc.committed + ahead - acc.allocated <= EPS {
                     break;
                 }
-                let (allocated, used) = (acc.allocated, acc.spent + acc.committed);
+                let (allocated, used) = (acc.allocated, acc.spent + acc.committed + ahead);
                 let victim = self
                     .jobs
                     .values()
@@ -448,6 +476,14 @@ impl Ledger {
                 let Some(mut j) = self.jobs.remove(&id) else {
                     break;
                 };
+                let x = beyond(&j);
+                if x > 0.0 {
+                    for k in job_scopes(&j) {
+                        if let Some(e) = extra.get_mut(&k) {
+                            *e = (*e - x).max(0.0);
+                        }
+                    }
+                }
                 self.release(&mut j);
                 j.state = JobState::Preempted;
                 j.usd_per_hour = 0.0;
@@ -753,6 +789,21 @@ mod tests {
         let ids: Vec<&str> = later.iter().map(|c| c.job_id.as_str()).collect();
         assert_eq!(ids, vec!["mid", "hi"]);
         assert!(l.overrun_usd() > 0.0);
+    }
+
+    #[test]
+    fn lookahead_stops_costly_work_before_the_overrun() {
+        let mut l = Ledger::new();
+        l.lookahead_ms = 300_000;
+        alloc(&mut l, 10.0);
+        // expected $1, but it burns $60/h: $5 per 5-minute tick
+        l.on_submit(&job("burner", 0, false, 0), 1.0, OverBudget::Queue);
+        l.on_start("burner", 0, 60.0);
+        assert!(l.enforce(300_000).is_empty()); // $5 spent, $5 ahead: fits
+        let cmds = l.enforce(360_000); // $6 spent + $5 ahead > $10
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].action, PreemptionAction::Preempt);
+        assert_eq!(l.overrun_usd(), 0.0);
     }
 
     #[test]

@@ -254,6 +254,8 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         restart_overhead_s: p.restart_overhead_s,
         max_spot_pool_share: p.max_spot_pool_share,
         alternatives: 0,
+        architectures: p.architectures.clone(),
+        exclude_burstable: p.exclude_burstable,
         ..InstanceRequest::default()
     };
     let solve = |v: i64, cap: Option<f64>| rank_offers(&request(v, cap), &offers, input.now);
@@ -433,6 +435,10 @@ pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
             reserved: &reserved,
         },
     );
+    let offers: Vec<Offer> = offers
+        .into_iter()
+        .filter(|o| o.market == Market::Reserved || o.vcpus >= p.min_instance_vcpus)
+        .collect();
     plan_with_offers(input, &offers)
 }
 

@@ -18,6 +18,9 @@ pub struct Offer {
     pub vcpus: f64,
     pub memory_mib: i64,
     pub gpus: i32,
+    /// CPU architecture from the catalogue (`amd64`, `arm64`).
+    #[serde(default)]
+    pub arch: String,
     /// List price. For reserved capacity this is the (already paid) nominal
     /// rate: reported, but its marginal cost is 0.
     pub usd_per_hour: f64,
@@ -163,6 +166,35 @@ pub fn filter_offers(
         })
         .filter(|o| types.is_empty() || types.iter().any(|t| t == &o.instance_type))
         .cloned()
+        .collect()
+}
+
+/// Canonical architecture name (`x86_64` → `amd64`, `aarch64` → `arm64`).
+pub fn canonical_arch(a: &str) -> String {
+    match a.to_ascii_lowercase().as_str() {
+        "x86_64" | "x86-64" | "amd64" => "amd64".into(),
+        "aarch64" | "arm64" => "arm64".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Burstable types (AWS `t2`, `t3`, `t3a`, `t4g`...) run on CPU credits and
+/// throttle under sustained batch load, so fleets avoid them by default.
+pub fn is_burstable(instance_type: &str) -> bool {
+    let b = instance_type.as_bytes();
+    b.len() > 1 && b[0] == b't' && b[1].is_ascii_digit()
+}
+
+/// Keeps offers whose architecture is allowed (empty: any; offers with an
+/// unknown architecture pass) and, if asked, drops burstable types.
+pub fn filter_shape(offers: Vec<Offer>, archs: &[String], exclude_burstable: bool) -> Vec<Offer> {
+    let archs: Vec<String> = archs.iter().map(|a| canonical_arch(a)).collect();
+    offers
+        .into_iter()
+        .filter(|o| {
+            archs.is_empty() || o.arch.is_empty() || archs.contains(&canonical_arch(&o.arch))
+        })
+        .filter(|o| !(exclude_burstable && is_burstable(&o.instance_type)))
         .collect()
 }
 

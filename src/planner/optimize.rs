@@ -16,7 +16,7 @@
 //! Single-instance mode (a job that must fit on one machine) is an exact
 //! linear scan. See `docs/planner.md` for why and the complexity.
 
-use super::offers::{filter_offers, Offer};
+use super::offers::{filter_offers, filter_shape, Offer};
 use crate::events::{Market, Millis};
 use good_lp::{constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,10 @@ pub struct InstanceRequest {
     pub max_price_age_s: i64,
     /// Already-paid capacity the request may use first.
     pub reserved: Vec<crate::policy::ReservedInstances>,
+    /// Allowed CPU architectures (`amd64`, `arm64`); empty = any.
+    pub architectures: Vec<String>,
+    /// Leave out burstable (CPU-credit) types.
+    pub exclude_burstable: bool,
 }
 
 impl Default for InstanceRequest {
@@ -84,6 +88,8 @@ impl Default for InstanceRequest {
             interruption_rates: std::collections::BTreeMap::new(),
             max_price_age_s: 6 * 3600,
             reserved: Vec::new(),
+            architectures: vec!["amd64".to_string()],
+            exclude_burstable: true,
         }
     }
 }
@@ -126,8 +132,14 @@ pub struct RankedChoice {
     /// Expected cost of running the demand for its duration.
     pub expected_job_usd: f64,
     /// "milp" (optimum over a fleet), "exact-scan" (single instance) or
-    /// "single-pool" (an alternative using only one pool).
+    /// "single-pool" (an alternative using only one pool), or "lp-rounded"
+    /// (a large fleet: LP relaxation rounded, see `lp_bound_usd_per_hour`).
     pub method: String,
+    /// For "lp-rounded": the LP relaxation's risk-adjusted USD/h, a lower
+    /// bound on the optimum; the answer is within
+    /// `expected_usd_per_hour - lp_bound_usd_per_hour` of optimal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lp_bound_usd_per_hour: Option<f64>,
 }
 
 /// Per-offer data the solver needs, computed once.
@@ -248,6 +260,7 @@ fn choice_from(cands: &[&Cand<'_>], counts: &[i64], t_h: f64, method: &str) -> R
         expected_usd_per_hour: exp,
         expected_job_usd: exp * t_h,
         method: method.to_string(),
+        lp_bound_usd_per_hour: None,
     }
 }
 
@@ -269,12 +282,16 @@ fn tie(o: &Offer) -> f64 {
 /// first, then up to `req.alternatives` single-pool alternatives by
 /// expected cost. Empty when nothing is feasible.
 pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<RankedChoice> {
-    let offers = filter_offers(
-        offers,
-        &req.markets,
-        &req.regions,
-        &req.providers,
-        &req.instance_types,
+    let offers = filter_shape(
+        filter_offers(
+            offers,
+            &req.markets,
+            &req.regions,
+            &req.providers,
+            &req.instance_types,
+        ),
+        &req.architectures,
+        req.exclude_burstable,
     );
     let cands = candidates(req, &offers, now);
     let t_h = req.duration_h();
@@ -322,7 +339,15 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
         if out.len() > req.alternatives {
             break;
         }
-        if out.iter().any(|o| o.pools == ch.pools) {
+        // One alternative per (type, market, region): other zones of the
+        // same pool add nothing to the choice a user makes.
+        let sig = |c: &RankedChoice| {
+            c.pools
+                .iter()
+                .map(|p| (p.instance_type.clone(), p.market, p.region.clone()))
+                .collect::<Vec<_>>()
+        };
+        if out.iter().any(|o| sig(o) == sig(&ch)) {
             continue;
         }
         out.push(ch);
@@ -379,16 +404,45 @@ fn solve_fleet(
     if sel.is_empty() {
         return None;
     }
+    // Exact MILP when the integer search space is small; otherwise the LP
+    // relaxation rounded to a feasible fleet (gap reported, see docs).
+    let space: f64 = sel.iter().map(|c| (c.ub as f64 + 1.0).ln()).sum();
+    let exact = space <= (EXACT_SEARCH_SPACE as f64).ln();
+    let lp = solve_model(req, &sel, t_h, !exact)?;
+    if exact {
+        let ch = choice_from(&sel, &lp.counts, t_h, "milp");
+        return feasible(req, &sel, &lp.counts).then_some(ch);
+    }
+    let counts = round_lp(req, &sel, &lp.values, t_h)?;
+    let mut ch = choice_from(&sel, &counts, t_h, "lp-rounded");
+    ch.lp_bound_usd_per_hour = Some(lp.objective);
+    Some(ch)
+}
+
+/// Above this many integer points (Π (ub_i + 1)) the fleet is solved by
+/// LP relaxation + rounding instead of branch and bound.
+pub const EXACT_SEARCH_SPACE: u64 = 2_000_000;
+
+struct ModelSolution {
+    values: Vec<f64>,
+    counts: Vec<i64>,
+    /// Objective without the tie-break (risk-adjusted USD/h).
+    objective: f64,
+}
+
+/// Builds and solves the fleet program; `relaxed` drops integrality.
+fn solve_model(
+    req: &InstanceRequest,
+    sel: &[&Cand<'_>],
+    t_h: f64,
+    relaxed: bool,
+) -> Option<ModelSolution> {
     let mut vars = ProblemVariables::new();
     let x: Vec<_> = sel
         .iter()
         .map(|c| {
-            vars.add(
-                variable()
-                    .integer()
-                    .min(0)
-                    .max(c.ub.min(i32::MAX as i64) as f64),
-            )
+            let v = variable().min(0).max(c.ub.min(i32::MAX as i64) as f64);
+            vars.add(if relaxed { v } else { v.integer() })
         })
         .collect();
     let mut obj = Expression::from(0.0);
@@ -418,10 +472,9 @@ fn solve_fleet(
         model = model.with(constraint!(eg >= req.gpus as f64));
     }
     if req.vcpus > 0.0 {
-        let share = req.max_spot_pool_share.clamp(1e-6, 1.0) * req.vcpus;
         for (c, &xi) in sel.iter().zip(&x) {
             if c.offer.market == Market::Spot {
-                let cap = share.max(c.offer.vcpus);
+                let cap = share_cap(req, c.offer);
                 model = model.with(constraint!(c.offer.vcpus * xi <= cap));
             }
         }
@@ -433,13 +486,123 @@ fn solve_fleet(
         model = model.with(constraint!(ecost <= cap + 1e-9));
     }
     let sol = model.solve().ok()?;
-    let counts: Vec<i64> = x.iter().map(|&v| sol.value(v).round() as i64).collect();
-    let ch = choice_from(&sel, &counts, t_h, "milp");
-    // Guard against solver tolerance: the rounded answer must be feasible.
-    let covers = ch.vcpus + 1e-6 >= req.vcpus
-        && ch.memory_mib >= req.memory_mib
-        && ch.gpus >= req.gpus as i64;
-    (covers && within_caps(req, &ch)).then_some(ch)
+    let values: Vec<f64> = x.iter().map(|&v| sol.value(v).max(0.0)).collect();
+    let counts: Vec<i64> = values.iter().map(|v| v.round() as i64).collect();
+    let objective = sel.iter().zip(&values).map(|(c, v)| c.cost * v).sum();
+    Some(ModelSolution {
+        values,
+        counts,
+        objective,
+    })
+}
+
+fn share_cap(req: &InstanceRequest, o: &Offer) -> f64 {
+    (req.max_spot_pool_share.clamp(1e-6, 1.0) * req.vcpus).max(o.vcpus)
+}
+
+/// Every constraint of the program holds for `counts` (guards against
+/// solver tolerances and checks rounded answers).
+fn feasible(req: &InstanceRequest, sel: &[&Cand<'_>], counts: &[i64]) -> bool {
+    let t_h = req.duration_h();
+    let (mut v, mut m, mut g, mut list, mut cost) = (0.0, 0i64, 0i64, 0.0, 0.0);
+    for (c, &n) in sel.iter().zip(counts) {
+        if n < 0 || n > c.ub {
+            return false;
+        }
+        if c.offer.market == Market::Spot
+            && req.vcpus > 0.0
+            && c.offer.vcpus * n as f64 > share_cap(req, c.offer) + 1e-9
+        {
+            return false;
+        }
+        v += c.offer.vcpus * n as f64;
+        m += c.offer.memory_mib * n;
+        g += c.offer.gpus as i64 * n;
+        list += c.list * n as f64;
+        cost += c.cost * n as f64;
+    }
+    v + 1e-6 >= req.vcpus
+        && m >= req.memory_mib
+        && g >= req.gpus as i64
+        && req.max_usd_per_hour.is_none_or(|cap| list <= cap + 1e-9)
+        && req.max_usd_per_job.is_none_or(|cap| cost * t_h <= cap + 1e-9)
+}
+
+/// Rounds an LP optimum to a feasible integer fleet: floor every count,
+/// then add, one instance at a time, the pool with the lowest cost per
+/// share of the remaining deficit that keeps every cap; finally drop
+/// instances (dearest first) that are no longer needed. Deterministic; the
+/// result is within a few instances' cost of the LP bound.
+fn round_lp(req: &InstanceRequest, sel: &[&Cand<'_>], lp: &[f64], t_h: f64) -> Option<Vec<i64>> {
+    let mut x: Vec<i64> = lp.iter().map(|v| (v + 1e-7).floor() as i64).collect();
+    let need = [req.vcpus, req.memory_mib as f64, req.gpus as f64];
+    let res = |c: &Cand<'_>| [c.offer.vcpus, c.offer.memory_mib as f64, c.offer.gpus as f64];
+    let totals = |x: &[i64]| {
+        let mut t = [0.0f64; 3];
+        let (mut list, mut cost) = (0.0, 0.0);
+        for (c, &n) in sel.iter().zip(x) {
+            let r = res(c);
+            for d in 0..3 {
+                t[d] += r[d] * n as f64;
+            }
+            list += c.list * n as f64;
+            cost += c.cost * n as f64;
+        }
+        (t, list, cost)
+    };
+    for _ in 0..100_000 {
+        let (t, list, cost) = totals(&x);
+        let deficit: Vec<f64> = (0..3).map(|d| (need[d] - t[d]).max(0.0)).collect();
+        if deficit.iter().all(|&d| d <= 1e-6) {
+            break;
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for (i, c) in sel.iter().enumerate() {
+            if x[i] >= c.ub {
+                continue;
+            }
+            if c.offer.market == Market::Spot
+                && req.vcpus > 0.0
+                && c.offer.vcpus * (x[i] + 1) as f64 > share_cap(req, c.offer) + 1e-9
+            {
+                continue;
+            }
+            if req.max_usd_per_hour.is_some_and(|cap| list + c.list > cap + 1e-9)
+                || req
+                    .max_usd_per_job
+                    .is_some_and(|cap| (cost + c.cost) * t_h > cap + 1e-9)
+            {
+                continue;
+            }
+            let r = res(c);
+            let covered: f64 = (0..3)
+                .filter(|&d| deficit[d] > 0.0)
+                .map(|d| r[d].min(deficit[d]) / need[d])
+                .sum();
+            if covered <= 0.0 {
+                continue;
+            }
+            let score = (c.cost + tie(c.offer)) / covered;
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
+            }
+        }
+        let (_, i) = best?;
+        x[i] += 1;
+    }
+    // Trim: dearest pools first.
+    let mut order: Vec<usize> = (0..sel.len()).collect();
+    order.sort_by(|&a, &b| sel[b].cost.total_cmp(&sel[a].cost).then(a.cmp(&b)));
+    for i in order {
+        while x[i] > 0 {
+            x[i] -= 1;
+            if !feasible(req, sel, &x) {
+                x[i] += 1;
+                break;
+            }
+        }
+    }
+    feasible(req, sel, &x).then_some(x)
 }
 
 #[cfg(test)]
@@ -456,6 +619,7 @@ pub(crate) mod tests_support {
             vcpus: v,
             memory_mib: mem,
             gpus: g,
+            arch: "amd64".into(),
             usd_per_hour: p,
             on_demand_usd_per_hour: None,
             interruption_rate_per_h: 0.0,
@@ -533,7 +697,7 @@ mod tests {
                     [Market::Spot, Market::OnDemand, Market::Reserved][rng.random_range(0..3)];
                 let v = [1.0, 2.0, 4.0, 8.0][rng.random_range(0..4)];
                 let mut o = offer(
-                    &format!("t{i}"),
+                    &format!("c{i}"),
                     market,
                     v,
                     (v as i64) * [1024, 2048, 4096][rng.random_range(0..3)],
@@ -573,6 +737,39 @@ mod tests {
             }
         }
         assert!(checked > 50, "too few feasible cases ({checked})");
+    }
+
+    #[test]
+    fn large_fleet_is_rounded_close_to_the_lp_bound() {
+        let mut offers = Vec::new();
+        for i in 0..60 {
+            let v = [2.0, 4.0, 8.0, 16.0][i % 4];
+            let mut o = offer(
+                &format!("c{i}"),
+                if i % 3 == 0 { Market::OnDemand } else { Market::Spot },
+                v,
+                (v as i64) * 4096,
+                0,
+                v * (if i % 3 == 0 { 0.05 } else { 0.015 } + 0.0005 * i as f64),
+            );
+            o.zone = Some(format!("z{}", i % 5));
+            o.interruption_rate_per_h = 0.05;
+            offers.push(o);
+        }
+        let req = InstanceRequest {
+            vcpus: 5000.0,
+            memory_mib: 5000 * 2048,
+            fleet: true,
+            max_spot_pool_share: 0.2,
+            ..Default::default()
+        };
+        let best = &rank_offers(&req, &offers, 0)[0];
+        assert_eq!(best.method, "lp-rounded");
+        assert!(best.vcpus >= 5000.0);
+        let bound = best.lp_bound_usd_per_hour.unwrap();
+        // within the price of two of the largest instances of the bound
+        assert!(best.expected_usd_per_hour - bound <= 2.0 * 16.0 * 0.1, "{best:?}");
+        assert!(best.pools.len() >= 5, "diversified: {best:?}");
     }
 
     #[test]
