@@ -119,6 +119,9 @@ impl RiskModel {
         if o.market != Market::Spot {
             return 0.0;
         }
+        if self.overrides.is_empty() {
+            return self.price_rate(o);
+        }
         let keys = [
             o.pool_key(),
             format!("{}/{}", o.region, o.instance_type),
@@ -129,6 +132,10 @@ impl RiskModel {
                 return r.max(0.0);
             }
         }
+        self.price_rate(o)
+    }
+
+    fn price_rate(&self, o: &Offer) -> f64 {
         match o.on_demand_usd_per_hour {
             Some(od) if od > 0.0 => {
                 self.base_rate_per_h * ((o.usd_per_hour / od) / 0.35).clamp(0.5, 4.0)
@@ -147,13 +154,13 @@ impl RiskModel {
 
 /// Filters an offer list by allowed markets/regions/providers/types
 /// (empty lists allow everything).
-pub fn filter_offers(
-    offers: &[Offer],
+pub fn filter_offers<'a>(
+    offers: &'a [Offer],
     markets: &[Market],
     regions: &[String],
     providers: &[String],
     types: &[String],
-) -> Vec<Offer> {
+) -> Vec<&'a Offer> {
     offers
         .iter()
         .filter(|o| markets.is_empty() || markets.contains(&o.market))
@@ -165,7 +172,6 @@ pub fn filter_offers(
                     .any(|p| p.eq_ignore_ascii_case(&o.provider))
         })
         .filter(|o| types.is_empty() || types.iter().any(|t| t == &o.instance_type))
-        .cloned()
         .collect()
 }
 
@@ -187,7 +193,11 @@ pub fn is_burstable(instance_type: &str) -> bool {
 
 /// Keeps offers whose architecture is allowed (empty: any; offers with an
 /// unknown architecture pass) and, if asked, drops burstable types.
-pub fn filter_shape(offers: Vec<Offer>, archs: &[String], exclude_burstable: bool) -> Vec<Offer> {
+pub fn filter_shape<'a>(
+    offers: Vec<&'a Offer>,
+    archs: &[String],
+    exclude_burstable: bool,
+) -> Vec<&'a Offer> {
     let archs: Vec<String> = archs.iter().map(|a| canonical_arch(a)).collect();
     offers
         .into_iter()

@@ -150,12 +150,13 @@ struct Cand<'a> {
     ub: i64,
 }
 
-fn candidates<'a>(req: &InstanceRequest, offers: &'a [Offer], now: Millis) -> Vec<Cand<'a>> {
+fn candidates<'a>(req: &InstanceRequest, offers: &[&'a Offer], now: Millis) -> Vec<Cand<'a>> {
     let t_h = req.duration_h();
     let r_s = req.restart_overhead_s.max(0) as f64;
     let avail_h = req.deadline.map(|d| (d - now) as f64 / 3.6e6);
     let mut out: Vec<Cand<'a>> = offers
         .iter()
+        .copied()
         .filter(|o| o.vcpus > 0.0 && o.usd_per_hour.is_finite() && o.usd_per_hour >= 0.0)
         .filter_map(|o| {
             let cost = o.expected_usd_per_hour(t_h * 3600.0, r_s);
@@ -190,10 +191,20 @@ fn candidates<'a>(req: &InstanceRequest, offers: &'a [Offer], now: Millis) -> Ve
             })
         })
         .collect();
-    let mut keyed: Vec<(String, Cand<'a>)> =
-        out.into_iter().map(|c| (c.offer.pool_key(), c)).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
-    keyed.into_iter().map(|(_, c)| c).collect()
+    // Pool-key order without building key strings.
+    out.sort_by(|a, b| {
+        let k = |o: &'a Offer| {
+            (
+                o.provider.as_str(),
+                o.region.as_str(),
+                o.zone.as_deref().unwrap_or("-"),
+                o.instance_type.as_str(),
+                o.market,
+            )
+        };
+        k(a.offer).cmp(&k(b.offer))
+    });
+    out
 }
 
 /// Instances of `o` alone that cover the demand (None if it cannot: a
@@ -264,14 +275,6 @@ fn choice_from(cands: &[&Cand<'_>], counts: &[i64], t_h: f64, method: &str) -> R
     }
 }
 
-fn within_caps(req: &InstanceRequest, c: &RankedChoice) -> bool {
-    req.max_usd_per_hour
-        .is_none_or(|cap| c.usd_per_hour <= cap + 1e-9)
-        && req
-            .max_usd_per_job
-            .is_none_or(|cap| c.expected_job_usd <= cap + 1e-9)
-}
-
 /// Tie-break: among equal expected costs prefer fewer resources bought
 /// (less overshoot), then the pool key order (deterministic).
 fn tie(o: &Offer) -> f64 {
@@ -300,8 +303,9 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
         c.rank = 1;
         return vec![c];
     }
-    // Stand-alone answers: each pool covering the demand by itself.
-    let mut alone: Vec<(RankedChoice, usize)> = Vec::new();
+    // Stand-alone answers: each pool covering the demand by itself, as
+    // (count, expected USD/h, candidate index); materialised lazily.
+    let mut alone: Vec<(i64, f64, usize)> = Vec::new();
     for (i, c) in cands.iter().enumerate() {
         let Some(n) = needed_alone(req, c.offer) else {
             continue;
@@ -309,36 +313,42 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
         if n > c.ub {
             continue;
         }
-        let method = if req.fleet {
-            "single-pool"
-        } else {
-            "exact-scan"
-        };
-        let ch = choice_from(&[c], &[n], t_h, method);
-        if within_caps(req, &ch) {
-            alone.push((ch, i));
+        let (list, exp) = (c.list * n as f64, c.cost * n as f64);
+        let ok = req.max_usd_per_hour.is_none_or(|cap| list <= cap + 1e-9)
+            && req
+                .max_usd_per_job
+                .is_none_or(|cap| exp * t_h <= cap + 1e-9);
+        if ok {
+            alone.push((n, exp, i));
         }
     }
     alone.sort_by(|a, b| {
-        (a.0.expected_usd_per_hour + tie(cands[a.1].offer))
-            .total_cmp(&(b.0.expected_usd_per_hour + tie(cands[b.1].offer)))
-            .then(a.1.cmp(&b.1))
+        (a.1 + tie(cands[a.2].offer) * a.0 as f64)
+            .total_cmp(&(b.1 + tie(cands[b.2].offer) * b.0 as f64))
+            .then(a.2.cmp(&b.2))
     });
+    let method = if req.fleet {
+        "single-pool"
+    } else {
+        "exact-scan"
+    };
+    let materialise = |&(n, _, i): &(i64, f64, usize)| choice_from(&[&cands[i]], &[n], t_h, method);
     let mut out = Vec::new();
     if req.fleet {
         if let Some(best) = solve_fleet(req, &cands, &alone) {
             out.push(best);
         }
-    } else if let Some((first, _)) = alone.first() {
-        out.push(first.clone());
+    } else if let Some(first) = alone.first() {
+        out.push(materialise(first));
     }
     if out.is_empty() {
         return out;
     }
-    for (ch, _) in alone.into_iter() {
+    for a in &alone {
         if out.len() > req.alternatives {
             break;
         }
+        let ch = materialise(a);
         // One alternative per (type, market, region): other zones of the
         // same pool add nothing to the choice a user makes.
         let sig = |c: &RankedChoice| {
@@ -362,7 +372,7 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
 fn solve_fleet(
     req: &InstanceRequest,
     cands: &[Cand<'_>],
-    alone: &[(RankedChoice, usize)],
+    alone: &[(i64, f64, usize)],
 ) -> Option<RankedChoice> {
     let t_h = req.duration_h();
     // Candidate pruning: exact below the threshold; above it, keep the
@@ -377,7 +387,7 @@ fn solve_fleet(
             .filter(|(_, c)| c.offer.market == Market::Reserved)
             .map(|(i, _)| i)
             .collect();
-        for (_, i) in alone {
+        for (_, _, i) in alone {
             if k.len() >= MAX_MILP_OFFERS {
                 break;
             }
@@ -525,7 +535,9 @@ fn feasible(req: &InstanceRequest, sel: &[&Cand<'_>], counts: &[i64]) -> bool {
         && m >= req.memory_mib
         && g >= req.gpus as i64
         && req.max_usd_per_hour.is_none_or(|cap| list <= cap + 1e-9)
-        && req.max_usd_per_job.is_none_or(|cap| cost * t_h <= cap + 1e-9)
+        && req
+            .max_usd_per_job
+            .is_none_or(|cap| cost * t_h <= cap + 1e-9)
 }
 
 /// Rounds an LP optimum to a feasible integer fleet: floor every count,
@@ -536,7 +548,13 @@ fn feasible(req: &InstanceRequest, sel: &[&Cand<'_>], counts: &[i64]) -> bool {
 fn round_lp(req: &InstanceRequest, sel: &[&Cand<'_>], lp: &[f64], t_h: f64) -> Option<Vec<i64>> {
     let mut x: Vec<i64> = lp.iter().map(|v| (v + 1e-7).floor() as i64).collect();
     let need = [req.vcpus, req.memory_mib as f64, req.gpus as f64];
-    let res = |c: &Cand<'_>| [c.offer.vcpus, c.offer.memory_mib as f64, c.offer.gpus as f64];
+    let res = |c: &Cand<'_>| {
+        [
+            c.offer.vcpus,
+            c.offer.memory_mib as f64,
+            c.offer.gpus as f64,
+        ]
+    };
     let totals = |x: &[i64]| {
         let mut t = [0.0f64; 3];
         let (mut list, mut cost) = (0.0, 0.0);
@@ -567,7 +585,9 @@ fn round_lp(req: &InstanceRequest, sel: &[&Cand<'_>], lp: &[f64], t_h: f64) -> O
             {
                 continue;
             }
-            if req.max_usd_per_hour.is_some_and(|cap| list + c.list > cap + 1e-9)
+            if req
+                .max_usd_per_hour
+                .is_some_and(|cap| list + c.list > cap + 1e-9)
                 || req
                     .max_usd_per_job
                     .is_some_and(|cap| (cost + c.cost) * t_h > cap + 1e-9)
@@ -640,7 +660,7 @@ mod tests {
     /// Enumerates every count vector (small cases) and returns the least
     /// expected cost meeting all constraints of the MILP.
     fn brute_force(req: &InstanceRequest, offers: &[Offer]) -> Option<f64> {
-        let cands = candidates(req, offers, 0);
+        let cands = candidates(req, &offers.iter().collect::<Vec<_>>(), 0);
         let t_h = req.duration_h();
         let mut best: Option<f64> = None;
         let mut counts = vec![0i64; cands.len()];
@@ -746,7 +766,11 @@ mod tests {
             let v = [2.0, 4.0, 8.0, 16.0][i % 4];
             let mut o = offer(
                 &format!("c{i}"),
-                if i % 3 == 0 { Market::OnDemand } else { Market::Spot },
+                if i % 3 == 0 {
+                    Market::OnDemand
+                } else {
+                    Market::Spot
+                },
                 v,
                 (v as i64) * 4096,
                 0,
@@ -768,7 +792,10 @@ mod tests {
         assert!(best.vcpus >= 5000.0);
         let bound = best.lp_bound_usd_per_hour.unwrap();
         // within the price of two of the largest instances of the bound
-        assert!(best.expected_usd_per_hour - bound <= 2.0 * 16.0 * 0.1, "{best:?}");
+        assert!(
+            best.expected_usd_per_hour - bound <= 2.0 * 16.0 * 0.1,
+            "{best:?}"
+        );
         assert!(best.pools.len() >= 5, "diversified: {best:?}");
     }
 
