@@ -517,7 +517,7 @@ pub async fn allocate_budget(
         period: r.period.clone(),
     };
     let view = match st.ledger.on_allocation(&alloc) {
-        Ok(acc) => AccountView::from(&*acc),
+        Ok(acc) => AccountView::from(acc),
         Err(e @ BudgetError::Period { .. }) => {
             return Err(ApiError::bad_field("period", e.to_string()))
         }

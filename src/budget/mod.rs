@@ -86,11 +86,8 @@ impl Period {
             Period::Total => return 1.0,
             Period::Day => self.window_start(t) + DAY_MS,
             Period::Week => self.window_start(t) + 7 * DAY_MS,
-            Period::Month => {
-                // the start of the month that holds t + 32 days' month start
-                let next = Period::Month.window_start(self.window_start(t) + 32 * DAY_MS);
-                next
-            }
+            // 32 days after a month's start always lies in the next month.
+            Period::Month => Period::Month.window_start(self.window_start(t) + 32 * DAY_MS),
         };
         ((end - t) as f64 / HOUR_MS).max(1.0 / 60.0)
     }
@@ -441,10 +438,7 @@ impl Ledger {
         }
         let keys: Vec<String> = self.accounts.keys().cloned().collect();
         for key in keys {
-            loop {
-                let Some(acc) = self.accounts.get(&key) else {
-                    break;
-                };
+            while let Some(acc) = self.accounts.get(&key) {
                 let ahead = extra.get(&key).copied().unwrap_or(0.0);
                 if acc.spent + acc.committed + ahead - acc.allocated <= EPS {
                     break;
