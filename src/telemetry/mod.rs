@@ -6,6 +6,7 @@
 //! Names of metrics, spans and their fields are documented in
 //! `docs/telemetry.md`; keep them stable, dashboards depend on them.
 
+pub mod http;
 pub mod metrics;
 pub mod otel;
 pub mod spans;
