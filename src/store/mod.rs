@@ -19,8 +19,8 @@ pub mod writer;
 
 pub use points::measurement;
 pub use reader::{
-    demand_history_blocking, read_demand_history, InfluxReader, Series, SeriesQuery, StoreFlavor,
-    StoreReader, VictoriaMetricsReader,
+    demand_history_blocking, read_demand_history, DemandHistory, InfluxReader, Series, SeriesQuery,
+    StoreFlavor, StoreReader, VictoriaMetricsReader,
 };
 pub use writer::{Overflow, StoreConfig, StoreHandle, StoreStats, StoreWriter};
 

@@ -54,6 +54,10 @@ pub struct Series {
     pub points: Vec<(Millis, f64)>,
 }
 
+/// Demand per compute environment: `(environment, [(epoch ms, vCPUs)])`,
+/// sorted by environment, points ascending.
+pub type DemandHistory = Vec<(String, Vec<(Millis, f64)>)>;
+
 /// Reads series from a time-series store.
 pub trait StoreReader {
     /// All series matching `q`, points sorted by time.
@@ -68,7 +72,7 @@ pub async fn read_demand_history<R: StoreReader + Sync>(
     reader: &R,
     start: Millis,
     end: Millis,
-) -> Result<Vec<(String, Vec<(Millis, f64)>)>, StoreError> {
+) -> Result<DemandHistory, StoreError> {
     let series = reader
         .read(&SeriesQuery::new(measurement::DEMAND, "vcpus", start, end))
         .await?;
@@ -110,7 +114,7 @@ pub fn demand_history_blocking(
     flavor: StoreFlavor,
     start: Millis,
     end: Millis,
-) -> Result<Vec<(String, Vec<(Millis, f64)>)>, StoreError> {
+) -> Result<DemandHistory, StoreError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
