@@ -5,6 +5,10 @@
 //! `budget`, `engine`) does no I/O, so the live service and the backtest
 //! (`sim`) run exactly the same code. Adapters live in `io` and `import`.
 
+pub mod engine;
 pub mod events;
 pub mod forecast;
+pub mod import;
+pub mod pricing;
 pub mod sim;
+pub mod state;

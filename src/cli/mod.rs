@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod import;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "prescale",
@@ -19,8 +21,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Turn public traces and price histories into events files.
+    Import(import::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Import(a) => import::run(a),
+    }
 }
