@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod backtest;
+mod bench;
 mod import;
 
 #[derive(Debug, Parser)]
@@ -21,12 +23,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
+    Backtest(backtest::BacktestArgs),
+    /// Throughput benchmarks (events/s).
+    Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Backtest(a) => backtest::run(a),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
     }
 }

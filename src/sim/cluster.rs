@@ -184,6 +184,9 @@ struct JobState {
     placed: Vec<u32>,
     finished: Option<Millis>,
     queued: bool,
+    /// Spot interruptions suffered; past `SimConfig::spot_retries` the job
+    /// only runs on on-demand capacity.
+    interrupted: u32,
 }
 
 /// The smallest split of a job whose part fits some instance type.
@@ -267,6 +270,7 @@ impl<'a> Cluster<'a> {
                 placed: Vec::new(),
                 finished: None,
                 queued: false,
+                interrupted: 0,
             });
         }
         let npools = prices.pools.len();
@@ -346,7 +350,9 @@ impl<'a> Cluster<'a> {
             // Past the trace with nothing running or booting and the
             // scheduler settled, no job can start any more: the run is over
             // (what remains are idle checks, samples and floor churn).
-            if t > self.horizon && self.running_jobs == 0 && self.booting == 0 && !self.dirty {
+            if (t > self.horizon && self.running_jobs == 0 && self.booting == 0 && !self.dirty)
+                || t > self.horizon.saturating_add(self.cfg.max_tail_ms)
+            {
                 self.heap.push(Reverse((t, rank, 0, ev)));
                 break;
             }
@@ -500,6 +506,7 @@ impl<'a> Cluster<'a> {
                 self.jobs[j as usize].runtime_ms
             };
             self.stats.preemptions += 1;
+            self.js[j as usize].interrupted += 1;
             self.enqueue(j);
         }
         self.terminate(t, i);
@@ -631,8 +638,24 @@ impl<'a> Cluster<'a> {
 
     fn maintain_floors(&mut self, t: Millis) {
         for p in 0..self.floor_target.len() {
-            let (want, have) = (self.floor_target[p], self.floor_alive[p]);
+            let (want, mut have) = (self.floor_target[p], self.floor_alive[p]);
             if have < want {
+                // Re-pin instances of the pool released earlier and still
+                // alive (ready ones first) before launching new ones.
+                let mut spare: Vec<u32> = self
+                    .alive
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.insts[i as usize].pool == p && !self.insts[i as usize].pinned)
+                    .collect();
+                spare.sort_by_key(|&i| (!self.insts[i as usize].ready, i));
+                for i in spare.into_iter().take((want - have) as usize) {
+                    let inst = &mut self.insts[i as usize];
+                    inst.pinned = true;
+                    // Invalidate a pending idle check.
+                    inst.idle_epoch += 1;
+                    have += 1;
+                }
                 for _ in have..want {
                     let id = self.launch(p, t);
                     self.insts[id as usize].pinned = true;
@@ -682,9 +705,10 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             chosen.clear();
+            let od_only = s.interrupted > self.cfg.spot_retries;
             for &i in &self.alive {
                 let inst = &self.insts[i as usize];
-                if inst.ready && Self::fits(inst, s) {
+                if inst.ready && Self::fits(inst, s) && !(od_only && self.prices.pools[inst.pool].market == Market::Spot) {
                     chosen.push(i);
                     if chosen.len() == s.parts as usize {
                         break;
@@ -738,12 +762,15 @@ impl<'a> Cluster<'a> {
     /// absorb get new instances, BEST_FIT.
     fn top_up(&mut self, t: Millis) {
         // Free capacity of booting instances, reserved virtually.
-        let mut virt: Vec<(i64, i64, i32)> = self
+        let mut virt: Vec<(i64, i64, i32, bool)> = self
             .alive
             .iter()
             .map(|&i| &self.insts[i as usize])
             .filter(|inst| !inst.ready)
-            .map(|inst| (inst.free_mcpu, inst.free_mem, inst.free_gpu))
+            .map(|inst| {
+                let spot = self.prices.pools[inst.pool].market == Market::Spot;
+                (inst.free_mcpu, inst.free_mem, inst.free_gpu, spot)
+            })
             .collect();
         let queued: Vec<u32> = self.queue.iter().map(|k| k.2).collect();
         let mut behind: i64 = queued.iter().map(|&j| self.jobs[j as usize].mcpu).sum();
@@ -755,11 +782,12 @@ impl<'a> Cluster<'a> {
         for j in queued {
             let s = &self.js[j as usize];
             let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
+            let od_only = s.interrupted > self.cfg.spot_retries;
             let aggregate = behind;
             behind -= self.jobs[j as usize].mcpu;
             let mut slots: Vec<usize> = Vec::new();
             for (k, v) in virt.iter().enumerate() {
-                if v.0 >= pm && v.1 >= pmem && v.2 >= pg {
+                if v.0 >= pm && v.1 >= pmem && v.2 >= pg && !(od_only && v.3) {
                     slots.push(k);
                     if slots.len() == parts {
                         break;
@@ -768,7 +796,8 @@ impl<'a> Cluster<'a> {
             }
             if slots.len() < parts {
                 let missing = parts - slots.len();
-                let Some(pool) = self.best_fit(&pools, pm, pmem, pg, aggregate, t) else {
+                let from = if od_only { &self.od_pools } else { &pools };
+                let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, t) else {
                     continue;
                 };
                 let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64 * 1000 * missing as i64;
@@ -778,7 +807,8 @@ impl<'a> Cluster<'a> {
                 for _ in 0..missing {
                     let id = self.launch(pool, t);
                     let inst = &self.insts[id as usize];
-                    virt.push((inst.free_mcpu, inst.free_mem, inst.free_gpu));
+                    let spot = self.prices.pools[pool].market == Market::Spot;
+                    virt.push((inst.free_mcpu, inst.free_mem, inst.free_gpu, spot));
                     slots.push(virt.len() - 1);
                 }
             }

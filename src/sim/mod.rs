@@ -15,6 +15,7 @@
 //! I/O (the CLI reads the files and writes the outputs).
 
 pub mod cluster;
+pub mod inputs;
 pub mod oracle;
 pub mod policy;
 pub mod prices;
@@ -53,6 +54,14 @@ pub struct SimConfig {
     pub max_vcpus: Option<i64>,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
     pub static_vcpus: Option<i64>,
+    /// Spot interruptions a job may suffer before it is only placed on
+    /// on-demand capacity (what a Batch retry strategy that falls back to an
+    /// on-demand queue does; without it a long rigid job on spot can restart
+    /// forever).
+    pub spot_retries: u32,
+    /// The simulation stops this long after the last trace event even if
+    /// jobs are still queued or running (they count as unfinished).
+    pub max_tail_ms: Millis,
     /// RNG seed (spot interruptions).
     pub seed: u64,
 }
@@ -69,6 +78,8 @@ impl Default for SimConfig {
             bucket_ms: 300_000,
             max_vcpus: None,
             static_vcpus: None,
+            spot_retries: 1,
+            max_tail_ms: 30 * 86_400_000,
             seed: 42,
         }
     }

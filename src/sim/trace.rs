@@ -177,3 +177,35 @@ mod tests {
         assert_eq!(m, vec![1.0, 1.0, 0.0]);
     }
 }
+
+/// Re-time recorded completions as an elastic cloud would have produced
+/// them: `started_at = submitted_at`, `finished_at = submitted_at + runtime`.
+///
+/// Why: a trace from a saturated on-premises cluster (RICC waited days at
+/// times) records *its* queueing in the completion times. Fed as-is, the
+/// engine would count that backlog as demand and the simulated cloud (where
+/// jobs start within a boot delay) would be provisioned for a queue it never
+/// has. Runtimes are unchanged. Returns how many completions were re-timed.
+pub fn retime_without_queueing(events: &mut [Event]) -> u64 {
+    let mut submitted: HashMap<String, Millis> = HashMap::new();
+    for ev in events.iter() {
+        if let Event::JobSubmitted(s) = ev {
+            submitted.entry(s.job_id.clone()).or_insert(s.submitted_at);
+        }
+    }
+    let mut n = 0;
+    for ev in events.iter_mut() {
+        if let Event::JobCompleted(c) = ev {
+            if let Some(&sub) = submitted.get(&c.job_id) {
+                let rt = (c.finished_at - c.started_at).max(0);
+                if c.started_at != sub {
+                    n += 1;
+                }
+                c.started_at = sub;
+                c.finished_at = sub + rt;
+            }
+        }
+    }
+    events.sort_by_key(|e| e.time());
+    n
+}
