@@ -92,7 +92,7 @@ impl<W: Write> EventsWriter<W> {
             ("key".into(), Value::String(m.key.clone())),
             ("payload".into(), Value::Bytes(m.payload.clone())),
         ]);
-        self.writer.append(v)?;
+        self.writer.append_value(v)?;
         Ok(())
     }
 
