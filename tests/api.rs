@@ -123,10 +123,7 @@ async fn post(s: &Server, path: &str, body: &str, token: Option<&str>) -> (u16, 
     let resp = r.send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 async fn get(s: &Server, path: &str, token: Option<&str>) -> (u16, String) {
@@ -152,11 +149,7 @@ async fn endpoints_auth_validation_and_limits() {
     assert_eq!(h["price_pools"], json!(3));
 
     // 401 without or with a wrong token, on every protected route
-    for path in [
-        "/predict_demand",
-        "/get_optimal_instance",
-        "/allocate_budget",
-    ] {
+    for path in ["/predict_demand", "/get_optimal_instance", "/allocate_budget"] {
         assert_eq!(post(&s, path, "{}", None).await.0, 401, "{path}");
         assert_eq!(post(&s, path, "{}", Some("nope")).await.0, 401, "{path}");
     }
@@ -231,42 +224,14 @@ async fn endpoints_auth_validation_and_limits() {
         ("/get_optimal_instance", r#"{"vcpus":"two"}"#, "vcpus"),
         ("/get_optimal_instance", r#"{"memory_mib":1024}"#, "vcpus"),
         ("/get_optimal_instance", r#"{"vcpus":-1}"#, "vcpus"),
-        (
-            "/get_optimal_instance",
-            r#"{"vcpus":2,"markets":["MOON"]}"#,
-            "markets[0]",
-        ),
-        (
-            "/get_optimal_instance",
-            r#"{"vcpus":2,"colour":"red"}"#,
-            "colour",
-        ),
+        ("/get_optimal_instance", r#"{"vcpus":2,"markets":["MOON"]}"#, "markets[0]"),
+        ("/get_optimal_instance", r#"{"vcpus":2,"colour":"red"}"#, "colour"),
         ("/get_optimal_instance", r#"{"vcpus": 2,"#, "body"),
-        (
-            "/predict_demand",
-            r#"{"compute_environment":"ricc","quantiles":[0.9,0.1]}"#,
-            "quantiles",
-        ),
-        (
-            "/predict_demand",
-            r#"{"compute_environment":"ricc","horizon_s":"soon"}"#,
-            "horizon_s",
-        ),
-        (
-            "/predict_demand",
-            r#"{"job":{"job_id":"x"}}"#,
-            "job.submitted_at",
-        ),
-        (
-            "/allocate_budget",
-            r#"{"scope":"team","id":"x","usd":1}"#,
-            "scope",
-        ),
-        (
-            "/allocate_budget",
-            r#"{"scope":"user","id":"x","usd":1,"period":"fortnight"}"#,
-            "period",
-        ),
+        ("/predict_demand", r#"{"compute_environment":"ricc","quantiles":[0.9,0.1]}"#, "quantiles"),
+        ("/predict_demand", r#"{"compute_environment":"ricc","horizon_s":"soon"}"#, "horizon_s"),
+        ("/predict_demand", r#"{"job":{"job_id":"x"}}"#, "job.submitted_at"),
+        ("/allocate_budget", r#"{"scope":"team","id":"x","usd":1}"#, "scope"),
+        ("/allocate_budget", r#"{"scope":"user","id":"x","usd":1,"period":"fortnight"}"#, "period"),
         ("/allocate_budget", r#"{"scope":"user","id":"x"}"#, "usd"),
     ] {
         let (st, v) = post(&s, path, body, tok).await;
@@ -275,13 +240,7 @@ async fn endpoints_auth_validation_and_limits() {
         assert!(!v["error"].as_str().unwrap().is_empty());
     }
     // unknown environment: 404 naming the field
-    let (st, v) = post(
-        &s,
-        "/predict_demand",
-        r#"{"compute_environment":"nope"}"#,
-        tok,
-    )
-    .await;
+    let (st, v) = post(&s, "/predict_demand", r#"{"compute_environment":"nope"}"#, tok).await;
     assert_eq!(st, 404);
     assert_eq!(v["field"], json!("compute_environment"));
 

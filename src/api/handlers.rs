@@ -35,10 +35,7 @@ fn finite_pos(field: &str, v: f64) -> Result<(), ApiError> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(ApiError::bad_field(
-            field,
-            format!("must be a positive number, got {v}"),
-        ))
+        Err(ApiError::bad_field(field, format!("must be a positive number, got {v}")))
     }
 }
 
@@ -118,7 +115,8 @@ pub async fn predict_demand(
 ) -> Res<PredictResponse> {
     let req: PredictRequest = ApiError::decode(&body(b)?)?;
     let quantiles = req.quantiles.clone().unwrap_or_else(|| vec![0.1, 0.5, 0.9]);
-    check_quantiles(&quantiles).map_err(|e| ApiError::bad_field("quantiles", e.to_string()))?;
+    check_quantiles(&quantiles)
+        .map_err(|e| ApiError::bad_field("quantiles", e.to_string()))?;
     match (&req.compute_environment, &req.job) {
         (Some(_), Some(_)) => Err(ApiError::bad_field(
             "job",
@@ -190,22 +188,12 @@ fn predict_env(
     let steps: Vec<DemandStep> = (0..horizon)
         .map(|h| DemandStep {
             at: origin + h as i64 * bucket_ms,
-            vcpus: (0..quantiles.len())
-                .map(|q| get(&per_res[0], h, q))
-                .collect(),
-            memory_mib: (0..quantiles.len())
-                .map(|q| get(&per_res[1], h, q))
-                .collect(),
-            gpus: (0..quantiles.len())
-                .map(|q| get(&per_res[2], h, q))
-                .collect(),
+            vcpus: (0..quantiles.len()).map(|q| get(&per_res[0], h, q)).collect(),
+            memory_mib: (0..quantiles.len()).map(|q| get(&per_res[1], h, q)).collect(),
+            gpus: (0..quantiles.len()).map(|q| get(&per_res[2], h, q)).collect(),
         })
         .collect();
-    let peak = |r: usize, q: usize| {
-        (0..horizon)
-            .map(|h| get(&per_res[r], h, q))
-            .fold(0.0, f64::max)
-    };
+    let peak = |r: usize, q: usize| (0..horizon).map(|h| get(&per_res[r], h, q)).fold(0.0, f64::max);
     Ok(PredictResponse {
         compute_environment: env.to_string(),
         forecaster: app.forecaster.name().to_string(),
@@ -423,7 +411,9 @@ pub async fn get_optimal_instance(
                 .then(b.instance_type.cmp(&a.instance_type))
         })
         .cloned()
-        .ok_or_else(|| ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, "empty choice", None))?;
+        .ok_or_else(|| {
+            ApiError::status(StatusCode::UNPROCESSABLE_ENTITY, "empty choice", None)
+        })?;
     Ok(Json(OptimalResponse {
         instance_type: main.instance_type,
         market: main.market,
@@ -496,10 +486,7 @@ pub async fn allocate_budget(
         return Err(ApiError::bad_field("id", "must not be empty"));
     }
     if !(r.usd.is_finite() && r.usd >= 0.0) {
-        return Err(ApiError::bad_field(
-            "usd",
-            format!("must be >= 0, got {}", r.usd),
-        ));
+        return Err(ApiError::bad_field("usd", format!("must be >= 0, got {}", r.usd)));
     }
     let mut st = app.write();
     let alloc = BudgetAllocation {
@@ -511,12 +498,8 @@ pub async fn allocate_budget(
     };
     let view = match st.ledger.on_allocation(&alloc) {
         Ok(acc) => AccountView::from(&*acc),
-        Err(e @ BudgetError::Period { .. }) => {
-            return Err(ApiError::bad_field("period", e.to_string()))
-        }
-        Err(e @ BudgetError::Amount { .. }) => {
-            return Err(ApiError::bad_field("usd", e.to_string()))
-        }
+        Err(e @ BudgetError::Period { .. }) => return Err(ApiError::bad_field("period", e.to_string())),
+        Err(e @ BudgetError::Amount { .. }) => return Err(ApiError::bad_field("usd", e.to_string())),
     };
     drop(st);
     crate::telemetry::metrics().set_budget(&view.scope, &view.id, view.allocated, view.spent);

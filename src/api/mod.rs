@@ -46,11 +46,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        state: ServiceState,
-        forecaster: Arc<dyn Forecaster>,
-        token: Option<String>,
-    ) -> Self {
+    pub fn new(state: ServiceState, forecaster: Arc<dyn Forecaster>, token: Option<String>) -> Self {
         AppState {
             state: RwLock::new(state),
             forecaster,
@@ -74,10 +70,7 @@ impl AppState {
 pub fn router(app: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
         .route("/predict_demand", post(handlers::predict_demand))
-        .route(
-            "/get_optimal_instance",
-            post(handlers::get_optimal_instance),
-        )
+        .route("/get_optimal_instance", post(handlers::get_optimal_instance))
         .route("/allocate_budget", post(handlers::allocate_budget))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))

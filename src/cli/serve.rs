@@ -64,10 +64,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         Some(p) => {
             let (f, err) = load_or_fallback(p, cfg.bucket_ms, 12);
             if let Some(e) = err {
-                eprintln!(
-                    "model {}: {e}; using the statistical forecaster",
-                    p.display()
-                );
+                eprintln!("model {}: {e}; using the statistical forecaster", p.display());
             }
             Arc::new(f)
         }

@@ -90,12 +90,9 @@ impl Series {
             ..Default::default()
         };
         for i in 0..n {
-            out.capacity_vcpus
-                .push(get(&self.capacity_vcpus, i) + get(&o.capacity_vcpus, i));
-            out.busy_vcpus
-                .push(get(&self.busy_vcpus, i) + get(&o.busy_vcpus, i));
-            out.queued_vcpus
-                .push(get(&self.queued_vcpus, i) + get(&o.queued_vcpus, i));
+            out.capacity_vcpus.push(get(&self.capacity_vcpus, i) + get(&o.capacity_vcpus, i));
+            out.busy_vcpus.push(get(&self.busy_vcpus, i) + get(&o.busy_vcpus, i));
+            out.queued_vcpus.push(get(&self.queued_vcpus, i) + get(&o.queued_vcpus, i));
             let a = self.cum_cost_usd.get(i).copied().unwrap_or(last_self);
             let b = o.cum_cost_usd.get(i).copied().unwrap_or(last_o);
             out.cum_cost_usd.push(a + b);
@@ -193,12 +190,7 @@ struct JobState {
 }
 
 /// The smallest split of a job whose part fits some instance type.
-pub fn gang_parts(
-    prices: &SimPrices,
-    mcpu: i64,
-    mem: i64,
-    gpus: i32,
-) -> Option<(u32, i64, i64, i32)> {
+pub fn gang_parts(prices: &SimPrices, mcpu: i64, mem: i64, gpus: i32) -> Option<(u32, i64, i64, i32)> {
     let max_mcpu = prices.types.iter().map(|t| t.vcpus as i64 * 1000).max()?;
     let lower = ((mcpu + max_mcpu - 1) / max_mcpu).max(1);
     for k in lower..=lower.saturating_mul(4).max(64) {
@@ -265,8 +257,7 @@ impl<'a> Cluster<'a> {
             .collect();
         let mut js = Vec::with_capacity(jobs.len());
         for j in &jobs {
-            let (parts, pm, pmem, pg) =
-                gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
+            let (parts, pm, pmem, pg) = gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
             js.push(JobState {
                 parts,
                 part_mcpu: pm,
@@ -335,11 +326,7 @@ impl<'a> Cluster<'a> {
             let t = self.jobs[i].submit;
             self.push(t, Ev::Submit(i as u32));
         }
-        let first = self
-            .jobs
-            .first()
-            .map(|j| j.submit)
-            .unwrap_or(self.stats.series.start);
+        let first = self.jobs.first().map(|j| j.submit).unwrap_or(self.stats.series.start);
         match self.mode.clone() {
             Mode::Static { pool, count } => {
                 let t0 = first.min(self.stats.series.start) - self.cfg.boot_delay_ms;
@@ -415,8 +402,7 @@ impl<'a> Cluster<'a> {
             if s.finished.is_some() {
                 st.jobs_completed += 1;
             }
-            st.waits_ms
-                .push(s.first_start.unwrap_or(end).max(j.submit) - j.submit);
+            st.waits_ms.push(s.first_start.unwrap_or(end).max(j.submit) - j.submit);
             if let Some(d) = j.deadline {
                 st.deadline_jobs += 1;
                 if s.finished.is_none_or(|f| f > d) {
@@ -528,9 +514,7 @@ impl<'a> Cluster<'a> {
     }
 
     fn on_command(&mut self, _t: Millis, c: u32) {
-        let Mode::Commanded { commands } = self.mode else {
-            return;
-        };
+        let Mode::Commanded { commands } = self.mode else { return };
         let cmd = &commands[c as usize];
         self.floor_target.iter_mut().for_each(|x| *x = 0);
         for &(p, n) in &cmd.floor {
@@ -543,8 +527,7 @@ impl<'a> Cluster<'a> {
 
     fn on_idle(&mut self, t: Millis, i: u32, e: u32) {
         let inst = &self.insts[i as usize];
-        if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e
-        {
+        if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e {
             self.terminate(t, i);
         }
     }
@@ -553,9 +536,7 @@ impl<'a> Cluster<'a> {
         let mut cost = self.cost_closed;
         for &i in &self.alive {
             let inst = &self.insts[i as usize];
-            cost += self.prices.pools[inst.pool]
-                .curve
-                .integral(inst.launched, t);
+            cost += self.prices.pools[inst.pool].curve.integral(inst.launched, t);
         }
         let s = &mut self.stats.series;
         s.capacity_vcpus.push(self.alive_mcpu as f64 / 1000.0);
@@ -563,11 +544,7 @@ impl<'a> Cluster<'a> {
         s.queued_vcpus.push(self.queued_mcpu as f64 / 1000.0);
         s.cum_cost_usd.push(cost);
         let next = t + self.cfg.bucket_ms;
-        if next <= self.horizon
-            || self.running_jobs > 0
-            || !self.queue.is_empty()
-            || self.booting > 0
-        {
+        if next <= self.horizon || self.running_jobs > 0 || !self.queue.is_empty() || self.booting > 0 {
             self.push(next, Ev::Sample);
         }
     }
@@ -731,10 +708,7 @@ impl<'a> Cluster<'a> {
             let od_only = s.interrupted > self.cfg.spot_retries;
             for &i in &self.alive {
                 let inst = &self.insts[i as usize];
-                if inst.ready
-                    && Self::fits(inst, s)
-                    && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
-                {
+                if inst.ready && Self::fits(inst, s) && !(od_only && self.prices.pools[inst.pool].market == Market::Spot) {
                     chosen.push(i);
                     if chosen.len() == s.parts as usize {
                         break;
@@ -826,9 +800,7 @@ impl<'a> Cluster<'a> {
                 let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, t) else {
                     continue;
                 };
-                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64
-                    * 1000
-                    * missing as i64;
+                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64 * 1000 * missing as i64;
                 if self.max_mcpu.is_some_and(|m| self.alive_mcpu + add > m) {
                     continue;
                 }
@@ -851,15 +823,7 @@ impl<'a> Cluster<'a> {
     /// BEST_FIT: among pools whose type fits the part, the lowest price per
     /// *useful* vCPU (a type larger than the queued demand wastes the rest),
     /// then the smaller type, then the pool order.
-    fn best_fit(
-        &self,
-        pools: &[usize],
-        pm: i64,
-        pmem: i64,
-        pg: i32,
-        aggregate: i64,
-        t: Millis,
-    ) -> Option<usize> {
+    fn best_fit(&self, pools: &[usize], pm: i64, pmem: i64, pg: i32, aggregate: i64, t: Millis) -> Option<usize> {
         let mut best: Option<(f64, i64, usize)> = None;
         for &p in pools {
             let pool = &self.prices.pools[p];
