@@ -263,9 +263,13 @@ impl EnvPolicy {
             }
         }
         if self.markets.is_empty() {
-            return Err(("markets".into(), "at least one market must be allowed".into()));
+            return Err((
+                "markets".into(),
+                "at least one market must be allowed".into(),
+            ));
         }
-        if !(self.spot_interruption_rate_per_h.is_finite() && self.spot_interruption_rate_per_h >= 0.0)
+        if !(self.spot_interruption_rate_per_h.is_finite()
+            && self.spot_interruption_rate_per_h >= 0.0)
         {
             return Err((
                 "spot_interruption_rate_per_h".into(),
@@ -397,8 +401,7 @@ fn parse_env(tbl: &toml::Table, prefix: &str) -> Result<EnvPolicy, (String, Stri
         };
         (join_key(prefix, &key), inner)
     })?;
-    p.validate()
-        .map_err(|(k, r)| (join_key(prefix, &k), r))?;
+    p.validate().map_err(|(k, r)| (join_key(prefix, &k), r))?;
     Ok(p)
 }
 
@@ -480,14 +483,18 @@ reserved = [{ region = "us-east-1", instance_type = "g5.xlarge", count = 2 }]
 
     #[test]
     fn wrong_type_is_named() {
-        let e = bad("[defaults]\nquantile_by_priority = { high = \"lots\", normal = 0.5, low = 0.1 }\n");
+        let e = bad(
+            "[defaults]\nquantile_by_priority = { high = \"lots\", normal = 0.5, low = 0.1 }\n",
+        );
         assert_eq!(e.key, "defaults.quantile_by_priority.high");
         assert!(e.reason.contains("invalid type"), "{e}");
     }
 
     #[test]
     fn out_of_range_quantile_is_named() {
-        let e = bad("[environments.x]\nquantile_by_priority = { high = 1.5, normal = 0.5, low = 0.1 }\n");
+        let e = bad(
+            "[environments.x]\nquantile_by_priority = { high = 1.5, normal = 0.5, low = 0.1 }\n",
+        );
         assert_eq!(e.key, "environments.x.quantile_by_priority.high");
         assert!(e.reason.contains("between 0 and 1"), "{e}");
     }

@@ -33,7 +33,9 @@ pub enum BudgetError {
         id: String,
         period: String,
     },
-    #[error("budget allocation {scope}:{id}: field `usd`: must be a finite amount >= 0, got {usd}")]
+    #[error(
+        "budget allocation {scope}:{id}: field `usd`: must be a finite amount >= 0, got {usd}"
+    )]
     Amount { scope: String, id: String, usd: f64 },
 }
 
@@ -385,7 +387,10 @@ impl Ledger {
         self.roll(c.finished_at);
         if let Some(j) = self.jobs.get(&c.job_id) {
             if j.state == JobState::Running && j.accrued_to < c.finished_at {
-                let mut j = self.jobs.remove(&c.job_id).unwrap_or_else(|| unreachable!());
+                let mut j = self
+                    .jobs
+                    .remove(&c.job_id)
+                    .unwrap_or_else(|| unreachable!());
                 let amount = j.usd_per_hour * (c.finished_at - j.accrued_to) as f64 / HOUR_MS;
                 j.accrued_to = c.finished_at;
                 self.charge(&mut j, amount);
@@ -425,8 +430,18 @@ impl Ledger {
                             && job_scopes(j).contains(&key)
                     })
                     .min_by(|a, b| {
-                        (!a.elastic, a.priority, std::cmp::Reverse(a.submitted_at), &a.job_id)
-                            .cmp(&(!b.elastic, b.priority, std::cmp::Reverse(b.submitted_at), &b.job_id))
+                        (
+                            !a.elastic,
+                            a.priority,
+                            std::cmp::Reverse(a.submitted_at),
+                            &a.job_id,
+                        )
+                            .cmp(&(
+                                !b.elastic,
+                                b.priority,
+                                std::cmp::Reverse(b.submitted_at),
+                                &b.job_id,
+                            ))
                     })
                     .map(|j| j.job_id.clone());
                 let Some(id) = victim else { break };
@@ -666,7 +681,10 @@ mod tests {
         let mut j = job("d", 0, false, 4);
         j.budget_usd = Some(1.0);
         let mut l2 = Ledger::new();
-        assert_eq!(l2.on_submit(&j, 2.0, OverBudget::Queue).verdict, Verdict::Queue);
+        assert_eq!(
+            l2.on_submit(&j, 2.0, OverBudget::Queue).verdict,
+            Verdict::Queue
+        );
     }
 
     #[test]
@@ -704,8 +722,17 @@ mod tests {
     fn overrun_preempts_elastic_first_then_lowest_priority() {
         let mut l = Ledger::new();
         alloc(&mut l, 100.0);
-        for (id, prio, el) in [("hi", 5, false), ("lo", -2, false), ("el", 3, true), ("mid", 0, false)] {
-            assert_eq!(l.on_submit(&job(id, prio, el, 1), 20.0, OverBudget::Queue).verdict, Verdict::Admit);
+        for (id, prio, el) in [
+            ("hi", 5, false),
+            ("lo", -2, false),
+            ("el", 3, true),
+            ("mid", 0, false),
+        ] {
+            assert_eq!(
+                l.on_submit(&job(id, prio, el, 1), 20.0, OverBudget::Queue)
+                    .verdict,
+                Verdict::Admit
+            );
             l.on_start(id, 1, 25.0);
         }
         // The budget is cut to $45: $80 committed must shrink by >= $35.
@@ -770,7 +797,8 @@ mod tests {
         l.on_submit(&job("a", 0, false, 0), 9.0, OverBudget::Queue);
         l.on_spend("a", 9.0, 10);
         assert_eq!(
-            l.on_submit(&job("b", 0, false, 20), 5.0, OverBudget::Queue).verdict,
+            l.on_submit(&job("b", 0, false, 20), 5.0, OverBudget::Queue)
+                .verdict,
             Verdict::Queue
         );
         // next day: spend resets, b resumes

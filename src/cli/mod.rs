@@ -2,8 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
-mod import;
 pub mod forecast;
+mod backtest;
+mod bench;
+mod import;
+pub mod serve;
 pub mod train;
 
 #[derive(Debug, Parser)]
@@ -23,18 +26,27 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
+    Backtest(backtest::BacktestArgs),
+    /// Throughput benchmarks (events/s).
+    Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
+    /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
+    Serve(serve::ServeArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
     Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Backtest(a) => backtest::run(a),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
         Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
     }
 }

@@ -5,15 +5,18 @@
 //! always give the same plan and the same `reason` text (the engine hashes
 //! commands by their inputs). See `docs/planner.md`.
 
+pub mod market;
 pub mod offers;
 pub mod optimize;
 
+pub use market::{offers_from_book, MarketView};
 pub use offers::{spot_slowdown, Offer, RiskModel};
 pub use optimize::{rank_offers, ChosenPool, InstanceRequest, RankedChoice};
 
 use crate::events::{InstanceAllocation, Market, Millis, QuantileValue};
 use crate::forecast::Forecast;
-use crate::policy::{EnvPolicy, PriorityClass};
+use crate::policy::{EnvPolicy, PolicyFile, PriorityClass, ReservedInstances};
+use crate::pricing::{Catalog, PriceBook};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +51,11 @@ pub struct PlanInput<'a> {
     pub memory_mib_per_vcpu: f64,
     pub gpus_per_vcpu: f64,
     pub policy: &'a EnvPolicy,
+    pub book: &'a PriceBook,
+    pub catalog: &'a Catalog,
+    /// Already-paid instances of this environment, besides the policy's
+    /// own `reserved` list (e.g. from an inventory feed).
+    pub reserved: &'a [ReservedInstances],
     /// USD/h the environment may still burn within its budgets (None: no
     /// budget applies). Reserved capacity does not burn.
     pub budget_headroom_usd_per_h: Option<f64>,
@@ -148,7 +156,11 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .iter()
         .map(|row| row.first().copied().unwrap_or(0.0))
         .fold(f64::INFINITY, f64::min);
-    let low_floor = if low_floor.is_finite() { low_floor } else { 0.0 };
+    let low_floor = if low_floor.is_finite() {
+        low_floor
+    } else {
+        0.0
+    };
     let upper = window
         .iter()
         .map(|row| row.last().copied().unwrap_or(0.0))
@@ -186,8 +198,7 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 
     // 2. Scale-in cool-down.
     if let Some(prev) = input.previous {
-        if prev.desired_vcpus > desired
-            && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
+        if prev.desired_vcpus > desired && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
         {
             let _ = write!(
                 reason,
@@ -206,7 +217,10 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         .filter(|o| o.market == Market::Reserved)
         .map(|o| o.vcpus * o.available.unwrap_or(0).max(0) as f64)
         .sum();
-    let mut min = p.min_vcpus.max(low_floor.floor() as i64).max(reserved_v as i64);
+    let mut min = p
+        .min_vcpus
+        .max(low_floor.floor() as i64)
+        .max(reserved_v as i64);
     if let Some(cap) = p.max_vcpus {
         if desired > cap {
             let _ = write!(reason, "; capped by max_vcpus {cap}");
@@ -240,6 +254,7 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         restart_overhead_s: p.restart_overhead_s,
         max_spot_pool_share: p.max_spot_pool_share,
         alternatives: 0,
+        ..InstanceRequest::default()
     };
     let solve = |v: i64, cap: Option<f64>| rank_offers(&request(v, cap), &offers, input.now);
     let uncapped = solve(desired, None).into_iter().next();
@@ -398,6 +413,113 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
     }
 }
 
+/// Plans one environment: builds the offers allowed by its policy from the
+/// price book and catalogue (stale prices flagged, reserved capacity
+/// added) and decides min/desired/max vCPUs and the instance mix.
+pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
+    let p = input.policy;
+    let mut reserved = p.reserved.clone();
+    reserved.extend(input.reserved.iter().cloned());
+    let offers = offers_from_book(
+        input.book,
+        input.catalog,
+        input.now,
+        &MarketView {
+            max_price_age_ms: p.max_price_age_s * 1000,
+            markets: &p.markets,
+            regions: &p.regions,
+            providers: &p.providers,
+            instance_types: &p.instance_types,
+            reserved: &reserved,
+        },
+    );
+    plan_with_offers(input, &offers)
+}
+
+/// The cheapest expected-cost instances for a demand, optimum first, then
+/// ranked single-pool alternatives; empty when nothing allowed fits.
+pub fn optimal_instances(
+    req: &InstanceRequest,
+    book: &PriceBook,
+    catalog: &Catalog,
+    now: Millis,
+) -> Vec<RankedChoice> {
+    let mut offers = offers_from_book(
+        book,
+        catalog,
+        now,
+        &MarketView {
+            max_price_age_ms: req.max_price_age_s.max(1) * 1000,
+            markets: &req.markets,
+            regions: &req.regions,
+            providers: &req.providers,
+            instance_types: &req.instance_types,
+            reserved: &req.reserved,
+        },
+    );
+    let mut risk = RiskModel::new(req.spot_interruption_rate_per_h);
+    risk.overrides = req.interruption_rates.clone();
+    risk.apply(&mut offers);
+    rank_offers(req, &offers, now)
+}
+
+/// The engine's [`crate::engine::CapacityPlanner`] backed by this planner
+/// and a policy file. The engine's request carries only outstanding vCPUs
+/// (submitted, not completed), so they are treated as running work with an
+/// empty queue (the forecast covers the same quantity, so nothing is counted
+/// twice), at normal priority, with 2 GiB per vCPU and no GPUs.
+#[derive(Debug, Clone, Default)]
+pub struct CostAwarePlanner {
+    pub policy: PolicyFile,
+    pub interruption_rates: BTreeMap<String, f64>,
+}
+
+impl crate::engine::CapacityPlanner for CostAwarePlanner {
+    fn plan(&self, req: &crate::engine::PlanRequest<'_>) -> crate::engine::PlanDecision {
+        let policy = self.policy.for_env(req.compute_environment);
+        let out = plan_environment(&PlanInput {
+            env: req.compute_environment,
+            now: req.now,
+            bucket_ms: req.bucket_ms,
+            forecast: req.forecast,
+            queued_vcpus: 0.0,
+            running_vcpus: req.outstanding.vcpus,
+            top_priority: req.outstanding.top_priority,
+            deadline_pressure: req.outstanding.deadline_pressure,
+            memory_mib_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.memory_mib / req.outstanding.vcpus
+            } else {
+                2048.0
+            },
+            gpus_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.gpus / req.outstanding.vcpus
+            } else {
+                0.0
+            },
+            policy,
+            book: req.book,
+            catalog: req.catalog,
+            reserved: &[],
+            budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
+            previous: req.previous,
+            interruption_rates: &self.interruption_rates,
+        });
+        crate::engine::PlanDecision {
+            min_vcpus: out.min_vcpus,
+            desired_vcpus: out.desired_vcpus,
+            max_vcpus: out.max_vcpus,
+            instance_mix: out.instance_mix,
+            constraints: out.constraints,
+            reason: out.reason,
+            usd_per_vcpu_hour: out.usd_per_vcpu_hour,
+        }
+    }
+
+    fn policy(&self, env: &str) -> Option<&EnvPolicy> {
+        Some(self.policy.for_env(env))
+    }
+}
+
 fn vcpus_of(offers: &[Offer], p: &ChosenPool) -> f64 {
     offers
         .iter()
@@ -425,6 +547,8 @@ mod tests {
         p: &'a EnvPolicy,
         rates: &'a BTreeMap<String, f64>,
     ) -> PlanInput<'a> {
+        static BOOK: std::sync::OnceLock<PriceBook> = std::sync::OnceLock::new();
+        static CAT: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
         PlanInput {
             env: "ricc",
             now: 1_000_000,
@@ -437,6 +561,9 @@ mod tests {
             memory_mib_per_vcpu: 2048.0,
             gpus_per_vcpu: 0.0,
             policy: p,
+            book: BOOK.get_or_init(PriceBook::new),
+            catalog: CAT.get_or_init(Catalog::default),
+            reserved: &[],
             budget_headroom_usd_per_h: None,
             previous: None,
             interruption_rates: rates,

@@ -156,7 +156,10 @@ pub fn filter_offers(
         .filter(|o| markets.is_empty() || markets.contains(&o.market))
         .filter(|o| regions.is_empty() || regions.iter().any(|r| r == &o.region))
         .filter(|o| {
-            providers.is_empty() || providers.iter().any(|p| p.eq_ignore_ascii_case(&o.provider))
+            providers.is_empty()
+                || providers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(&o.provider))
         })
         .filter(|o| types.is_empty() || types.iter().any(|t| t == &o.instance_type))
         .cloned()

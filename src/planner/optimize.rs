@@ -18,9 +18,7 @@
 
 use super::offers::{filter_offers, Offer};
 use crate::events::{Market, Millis};
-use good_lp::{
-    constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel,
-};
+use good_lp::{constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel};
 use serde::{Deserialize, Serialize};
 
 /// Above this many candidate pools the fleet MILP keeps only the cheapest
@@ -54,6 +52,14 @@ pub struct InstanceRequest {
     pub max_spot_pool_share: f64,
     /// How many ranked alternatives to return besides the optimum.
     pub alternatives: usize,
+    /// Spot risk: base interruption rate and measured per-pool overrides
+    /// (see [`super::RiskModel`]); applied by [`super::optimal_instances`].
+    pub spot_interruption_rate_per_h: f64,
+    pub interruption_rates: std::collections::BTreeMap<String, f64>,
+    /// Prices older than this are stale (see [`super::market`]).
+    pub max_price_age_s: i64,
+    /// Already-paid capacity the request may use first.
+    pub reserved: Vec<crate::policy::ReservedInstances>,
 }
 
 impl Default for InstanceRequest {
@@ -74,6 +80,10 @@ impl Default for InstanceRequest {
             restart_overhead_s: 120,
             max_spot_pool_share: 0.5,
             alternatives: 5,
+            spot_interruption_rate_per_h: 0.05,
+            interruption_rates: std::collections::BTreeMap::new(),
+            max_price_age_s: 6 * 3600,
+            reserved: Vec::new(),
         }
     }
 }
@@ -370,7 +380,14 @@ fn solve_fleet(
     let mut vars = ProblemVariables::new();
     let x: Vec<_> = sel
         .iter()
-        .map(|c| vars.add(variable().integer().min(0).max(c.ub.min(i32::MAX as i64) as f64)))
+        .map(|c| {
+            vars.add(
+                variable()
+                    .integer()
+                    .min(0)
+                    .max(c.ub.min(i32::MAX as i64) as f64),
+            )
+        })
         .collect();
     let mut obj = Expression::from(0.0);
     let (mut ev, mut em, mut eg, mut elist, mut ecost) = (
@@ -445,7 +462,6 @@ pub(crate) mod tests_support {
             stale: false,
         }
     }
-
 }
 
 #[cfg(test)]
@@ -511,7 +527,8 @@ mod tests {
             let n = rng.random_range(2..=4);
             let mut offers = Vec::new();
             for i in 0..n {
-                let market = [Market::Spot, Market::OnDemand, Market::Reserved][rng.random_range(0..3)];
+                let market =
+                    [Market::Spot, Market::OnDemand, Market::Reserved][rng.random_range(0..3)];
                 let v = [1.0, 2.0, 4.0, 8.0][rng.random_range(0..4)];
                 let mut o = offer(
                     &format!("t{i}"),

@@ -38,6 +38,31 @@ pub mod measurement {
     ];
 }
 
+/// Fields written per measurement (`decision` also carries one
+/// `forecast_p<NN>` per quantile the command used).
+pub const FIELDS: &[(&str, &[&str])] = &[
+    (
+        measurement::DEMAND,
+        &["vcpus", "memory_mib", "gpus", "submissions"],
+    ),
+    (measurement::FORECAST, &["vcpus"]),
+    (measurement::PRICE, &["usd_per_hour"]),
+    (
+        measurement::DECISION,
+        &["min_vcpus", "desired_vcpus", "max_vcpus", "instances"],
+    ),
+    (measurement::PREEMPTION, &["jobs"]),
+    (
+        measurement::CAPACITY,
+        &["vcpus", "booting_vcpus", "instances"],
+    ),
+    (measurement::SPEND, &["usd_total", "usd_per_hour"]),
+    (
+        measurement::BUDGET,
+        &["allocated_usd", "committed_usd", "spent_usd"],
+    ),
+];
+
 /// Tag names.
 pub mod tag {
     pub const COMPUTE_ENVIRONMENT: &str = "compute_environment";

@@ -42,7 +42,7 @@ pub fn tick(tick_at: i64, compute_environment: &str) -> Span {
 
 /// `forecast` child span of the current span; `series` = number of series forecast.
 pub fn forecast(series: usize) -> Span {
-    tracing::info_span!("forecast", series)
+    tracing::info_span!("forecast", series = series as i64)
 }
 
 /// `plan` child span of the current span.
@@ -57,10 +57,11 @@ pub fn budget() -> Span {
 
 /// `publish` child span of the current span; `commands` = commands published.
 pub fn publish(commands: usize) -> Span {
-    tracing::info_span!("publish", commands)
+    tracing::info_span!("publish", commands = commands as i64)
 }
 
 /// Record how many commands a tick produced on its root span.
 pub fn record_commands(tick_span: &Span, commands: usize) {
-    tick_span.record("commands", commands);
+    // i64, not usize: OpenTelemetry has no unsigned type and would export a string.
+    tick_span.record("commands", commands as i64);
 }
