@@ -75,6 +75,9 @@ pub struct EvalArgs {
     /// concentrated at the end, like the Alibaba pod snapshot).
     #[arg(long)]
     pub last_days: Option<f64>,
+    /// Also score a per-series selector over the three models.
+    #[arg(long)]
+    pub selector: bool,
 }
 
 /// Parse `5m`, `300s`, `1h`, `2d` or plain seconds into milliseconds.
@@ -211,6 +214,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     cfg.quantiles = a.quantiles.clone();
     cfg.train_frac = a.train_frac;
     cfg.device = device;
+    cfg.selector = a.selector;
     cfg.lstm.seed = a.seed;
     if let Some(e) = a.epochs {
         cfg.lstm.epochs = e;

@@ -17,9 +17,10 @@
 use super::lstm::{self, DeviceChoice, LstmConfig, LstmForecaster, Progress, TrainReport};
 use super::metrics::{interval_pairs, level_key, pinball, seasonal_naive_mae, smape_term};
 use super::series::DemandSeries;
-use super::{season_buckets, Ets, ForecastError, Forecaster, History, SeasonalNaive};
+use super::{season_buckets, Ets, ForecastError, Forecaster, History, SeasonalNaive, Selector};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Evaluation settings.
@@ -32,6 +33,9 @@ pub struct EvalConfig {
     pub stride: usize,
     pub lstm: LstmConfig,
     pub device: DeviceChoice,
+    /// Also score a `selector` over the three models (per series by recent
+    /// error); costs about four times the others' forecasts.
+    pub selector: bool,
 }
 
 impl EvalConfig {
@@ -47,6 +51,7 @@ impl EvalConfig {
             stride: horizon.max(1),
             lstm,
             device: DeviceChoice::Cpu,
+            selector: false,
         }
     }
 }
@@ -144,11 +149,19 @@ pub fn evaluate(
 
     let snaive = SeasonalNaive::default();
     let ets = Ets::default();
-    let models: [(&str, &dyn Forecaster, f64); 3] = [
+    let selector = Selector::new(vec![
+        Arc::new(snaive.clone()),
+        Arc::new(ets.clone()),
+        Arc::new(lstm_model.clone()),
+    ]);
+    let mut models: Vec<(&str, &dyn Forecaster, f64)> = vec![
         ("seasonal_naive", &snaive, 0.0),
         ("ets", &ets, 0.0),
         ("lstm", &lstm_model, lstm_fit),
     ];
+    if cfg.selector {
+        models.push(("selector", &selector, lstm_fit));
+    }
     // history handed to each forecast: enough for every model's needs
     // (a week of seasonal errors / seasonal features, plus the window)
     let max_hist = 8 * m + lcfg.window;

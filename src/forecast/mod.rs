@@ -43,12 +43,14 @@ pub mod eval;
 pub mod lstm;
 pub mod metrics;
 pub mod naive;
+pub mod select;
 pub mod series;
 pub mod shared;
 pub mod stat;
 
 pub use lstm::{LstmConfig, LstmForecaster, TrainReport};
 pub use naive::SeasonalNaive;
+pub use select::Selector;
 pub use shared::{load_or_fallback, FallbackForecaster, SharedForecaster};
 pub use stat::Ets;
 

@@ -83,8 +83,8 @@ pub fn demand_series(events: &[Event], bucket_ms: i64) -> Vec<DemandSeries> {
         let off = ((s.start - start) / bucket_ms) as usize;
         for (i, v) in s.values.iter().enumerate() {
             if off + i < n {
-                for k in 0..3 {
-                    acc[k][off + i] += v[k];
+                for (a, x) in acc.iter_mut().zip(v) {
+                    a[off + i] += x;
                 }
             }
         }

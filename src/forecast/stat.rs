@@ -44,16 +44,17 @@ impl Ets {
         let mut out = vec![vec![0.0; quantiles.len()]; horizon];
         for (qi, &q) in quantiles.iter().enumerate() {
             if (q - 0.5).abs() < 1e-12 {
-                for h in 0..horizon {
-                    out[h][qi] = point[h];
+                for (row, p) in out.iter_mut().zip(&point) {
+                    row[qi] = *p;
                 }
                 continue;
             }
             let level = (2.0 * q - 1.0).abs();
             let f = fitted.predict(horizon, Some(level)).ok()?;
             let iv = f.intervals?;
-            for h in 0..horizon {
-                out[h][qi] = if q < 0.5 { iv.lower[h] } else { iv.upper[h] };
+            let side = if q < 0.5 { &iv.lower } else { &iv.upper };
+            for (row, v) in out.iter_mut().zip(side) {
+                row[qi] = *v;
             }
         }
         if out.iter().flatten().any(|v| !v.is_finite()) {
