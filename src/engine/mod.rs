@@ -193,10 +193,8 @@ impl Engine {
         let applied = self.st.demand.apply(ev, &mut ticks);
         match ev {
             Event::PriceTick(p) => self.st.book.apply(p),
-            Event::BudgetAllocation(a) => {
-                if self.st.ledger.on_allocation(a).is_err() {
-                    self.st.counters.rejected_budget_allocations += 1;
-                }
+            Event::BudgetAllocation(a) if self.st.ledger.on_allocation(a).is_err() => {
+                self.st.counters.rejected_budget_allocations += 1;
             }
             Event::JobSubmitted(j)
                 if applied == Applied::Accepted && !self.st.ledger.accounts.is_empty() =>
