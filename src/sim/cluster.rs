@@ -187,6 +187,46 @@ struct JobState {
     /// Spot interruptions suffered; past `SimConfig::spot_retries` the job
     /// only runs on on-demand capacity.
     interrupted: u32,
+    /// Spot is worth it for this job: its expected cost on spot, restarts
+    /// included, is below on-demand (see [`spot_worth_it`]).
+    spot_ok: bool,
+}
+
+/// Is spot cheaper in expectation than on-demand for a job of `est_ms`?
+///
+/// A rigid job interrupted at rate `λ` per hour restarts from zero, so its
+/// expected time to finish `T` hours of work is `(e^{λT} − 1) / λ`; an
+/// elastic job keeps its progress and only pays the re-boot (ignored here).
+/// Spot wins when that stretch times the spot/on-demand price ratio is
+/// below 1. The estimate is the submitter's (requested time), never the
+/// trace's actual runtime; without one, an hour is assumed.
+pub fn spot_worth_it(est_ms: Option<Millis>, elastic: bool, rate_per_h: f64, spot_to_od: f64) -> bool {
+    if elastic || rate_per_h <= 0.0 {
+        return spot_to_od < 1.0;
+    }
+    let t = est_ms.unwrap_or(3_600_000) as f64 / 3_600_000.0;
+    let x = rate_per_h * t;
+    let stretch = if x < 1e-9 { 1.0 } else { x.exp_m1() / x };
+    stretch * spot_to_od < 1.0
+}
+
+/// Median over spot pools of (mean spot price ÷ the type's on-demand price).
+fn spot_to_on_demand(prices: &SimPrices) -> f64 {
+    let mut r: Vec<f64> = prices
+        .pools
+        .iter()
+        .filter(|p| p.market == Market::Spot)
+        .filter_map(|p| {
+            let od = prices.on_demand_pool(p.ty)?;
+            let odp = prices.pools[od].curve.at(0);
+            (odp > 0.0).then(|| p.curve.mean_all() / odp)
+        })
+        .collect();
+    if r.is_empty() {
+        return 1.0;
+    }
+    r.sort_by(|a, b| a.total_cmp(b));
+    r[r.len() / 2]
 }
 
 /// The smallest split of a job whose part fits some instance type.
@@ -255,6 +295,7 @@ impl<'a> Cluster<'a> {
         let od_pools = (0..prices.pools.len())
             .filter(|&p| prices.pools[p].market == Market::OnDemand)
             .collect();
+        let spot_ratio = spot_to_on_demand(prices);
         let mut js = Vec::with_capacity(jobs.len());
         for j in &jobs {
             let (parts, pm, pmem, pg) = gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
@@ -271,6 +312,7 @@ impl<'a> Cluster<'a> {
                 finished: None,
                 queued: false,
                 interrupted: 0,
+                spot_ok: spot_worth_it(j.est_runtime_ms, j.elastic, cfg.spot_interruptions_per_hour, spot_ratio),
             });
         }
         let npools = prices.pools.len();
@@ -705,7 +747,7 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             chosen.clear();
-            let od_only = s.interrupted > self.cfg.spot_retries;
+            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
             for &i in &self.alive {
                 let inst = &self.insts[i as usize];
                 if inst.ready && Self::fits(inst, s) && !(od_only && self.prices.pools[inst.pool].market == Market::Spot) {
@@ -782,7 +824,7 @@ impl<'a> Cluster<'a> {
         for j in queued {
             let s = &self.js[j as usize];
             let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
-            let od_only = s.interrupted > self.cfg.spot_retries;
+            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
             let aggregate = behind;
             behind -= self.jobs[j as usize].mcpu;
             let mut slots: Vec<usize> = Vec::new();

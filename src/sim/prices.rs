@@ -122,6 +122,12 @@ impl PriceCurve {
         }
     }
 
+    /// Mean price over the curve's own span (the point price if one point).
+    pub fn mean_all(&self) -> f64 {
+        let (a, b) = (self.times[0], *self.times.last().expect("non-empty"));
+        self.mean(a, b)
+    }
+
     pub fn points(&self) -> usize {
         self.times.len()
     }

@@ -46,6 +46,7 @@ fn job(id: &str, submit: i64, vcpus: i64, runtime_s: i64, priority: i32) -> SimJ
         memory_mib: 512 * vcpus,
         gpus: 0,
         runtime_ms: runtime_s * 1000,
+        est_runtime_ms: Some(runtime_s * 1000),
         deadline: Some(submit + 2 * runtime_s * 1000 + 300_000),
         elastic: false,
         cancelled_in_queue: false,

@@ -20,6 +20,9 @@ pub struct SimJob {
     pub memory_mib: i64,
     pub gpus: i32,
     pub runtime_ms: Millis,
+    /// The submitter's runtime estimate (SWF requested time), which a
+    /// scheduler may use; the actual runtime stays hidden from decisions.
+    pub est_runtime_ms: Option<Millis>,
     pub deadline: Option<Millis>,
     pub elastic: bool,
     /// Cancelled before it ever ran (a zero-length cancelled record): it
@@ -104,6 +107,7 @@ impl Workload {
                 memory_mib: s.memory_mib.max(0),
                 gpus: s.gpus.max(0),
                 runtime_ms,
+                est_runtime_ms: s.estimated_runtime_s.map(|e| e.max(0) * 1000),
                 deadline: s.deadline,
                 elastic: s.elasticity,
                 cancelled_in_queue: cancelled,
