@@ -86,7 +86,11 @@ fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let base = prepare(None, None, None, false, None, false)?;
-    let jobs: Vec<&Event> = base.events.iter().filter(|e| !matches!(e, Event::PriceTick(_))).collect();
+    let jobs: Vec<&Event> = base
+        .events
+        .iter()
+        .filter(|e| !matches!(e, Event::PriceTick(_)))
+        .collect();
     let first = jobs.first().map(|e| e.time()).unwrap_or(0);
     let last = jobs.last().map(|e| e.time()).unwrap_or(0);
     let span = (last - first) + 3_600_000;
@@ -135,7 +139,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         ok
     });
-    println!("  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)", n / t_dec, t_dec);
+    println!(
+        "  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)",
+        n / t_dec,
+        t_dec
+    );
 
     let (t_state, ticks_seen) = best(a.repeat, || {
         let mut st = DemandState::new(StateConfig::default());
@@ -177,7 +185,12 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     // Dense layout: the same copies overlaid on the sample's own span (ids
     // suffixed, times shifted by k seconds), i.e. a busier deployment with the
     // same decision ticks. Shows the per-event cost once ticks amortise.
-    let mut dense: Vec<Event> = base.events.iter().filter(|e| matches!(e, Event::PriceTick(_))).cloned().collect();
+    let mut dense: Vec<Event> = base
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PriceTick(_)))
+        .cloned()
+        .collect();
     for k in 0..a.scale.max(1) {
         dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
     }
@@ -225,11 +238,14 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             for env in 0..workload.envs.len() {
                 let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
                 let mode = if commanded {
-                    Mode::Commanded { commands: &floors[env] }
+                    Mode::Commanded {
+                        commands: &floors[env],
+                    }
                 } else {
                     Mode::Reactive
                 };
-                let st = Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
+                let st =
+                    Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
                 total += st.sim_events;
             }
             total

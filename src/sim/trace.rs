@@ -88,7 +88,12 @@ impl Workload {
             let (runtime_ms, cancelled, ts, tf) = match rec {
                 Some((st, fin, status)) => {
                     let rt = (fin - st).max(0);
-                    (rt, status == JobStatus::Cancelled && rt == 0, Some(st), Some(fin))
+                    (
+                        rt,
+                        status == JobStatus::Cancelled && rt == 0,
+                        Some(st),
+                        Some(fin),
+                    )
                 }
                 None => match s.estimated_runtime_s {
                     Some(e) => (e.max(0) * 1000, false, None, None),
@@ -116,7 +121,8 @@ impl Workload {
             });
         }
         w.orphan_completions = done.keys().filter(|k| !seen.contains_key(*k)).count() as u64;
-        w.jobs.sort_by(|a, b| a.submit.cmp(&b.submit).then_with(|| a.id.cmp(&b.id)));
+        w.jobs
+            .sort_by(|a, b| a.submit.cmp(&b.submit).then_with(|| a.id.cmp(&b.id)));
         w
     }
 
@@ -124,7 +130,13 @@ impl Workload {
     /// time-weighted mean of vCPUs of jobs that were queued or running
     /// (submitted, not yet finished). This is what a perfect forecaster would
     /// predict and what the plot shows as demand.
-    pub fn demand_series(&self, env: Option<usize>, start: Millis, bucket_ms: i64, n: usize) -> Vec<f64> {
+    pub fn demand_series(
+        &self,
+        env: Option<usize>,
+        start: Millis,
+        bucket_ms: i64,
+        n: usize,
+    ) -> Vec<f64> {
         let mut deltas: Vec<(Millis, i64)> = Vec::new();
         for j in &self.jobs {
             if env.is_some_and(|e| e != j.env) || j.cancelled_in_queue {
@@ -142,7 +154,12 @@ impl Workload {
 
 /// Time-weighted mean per bucket of a step function given as `(time, delta)`
 /// changes (milli-units in, units out).
-pub fn bucket_means(deltas: &mut [(Millis, i64)], start: Millis, bucket_ms: i64, n: usize) -> Vec<f64> {
+pub fn bucket_means(
+    deltas: &mut [(Millis, i64)],
+    start: Millis,
+    bucket_ms: i64,
+    n: usize,
+) -> Vec<f64> {
     deltas.sort_unstable();
     let mut out = vec![0.0; n];
     let mut level: i64 = 0;
