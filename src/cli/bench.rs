@@ -235,11 +235,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     for (name, commanded) in [("reactive", false), ("predictive", true)] {
         let (t_sim, sim_events) = best(a.repeat, || {
             let mut total = 0u64;
-            for env in 0..workload.envs.len() {
+            for (env, env_floors) in floors.iter().enumerate() {
                 let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
                 let mode = if commanded {
                     Mode::Commanded {
-                        commands: &floors[env],
+                        commands: env_floors,
                     }
                 } else {
                     Mode::Reactive

@@ -307,7 +307,7 @@ pub fn run_backtest(
         };
         let mut total = RunStats::default();
         let mut series: Option<Series> = None;
-        for env in 0..w.envs.len() {
+        for (env, env_cmds) in cmds.iter().enumerate() {
             let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
             let mode = match kind {
                 PolicyKind::Reactive => Mode::Reactive,
@@ -315,9 +315,9 @@ pub fn run_backtest(
                     Some((pool, count)) => Mode::Static { pool, count },
                     None => return Err(SimError::NoInstanceTypes),
                 },
-                PolicyKind::Predictive | PolicyKind::Oracle => Mode::Commanded {
-                    commands: &cmds[env],
-                },
+                PolicyKind::Predictive | PolicyKind::Oracle => {
+                    Mode::Commanded { commands: env_cmds }
+                }
             };
             let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
             let st = Cluster::new(

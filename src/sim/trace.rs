@@ -186,19 +186,6 @@ pub fn bucket_means(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_means_weights_by_time() {
-        // 2 vCPU from 0.5 to 1.5 buckets.
-        let mut d = vec![(50, 2000), (150, -2000)];
-        let m = bucket_means(&mut d, 0, 100, 3);
-        assert_eq!(m, vec![1.0, 1.0, 0.0]);
-    }
-}
-
 /// Re-time recorded completions as an elastic cloud would have produced
 /// them: `started_at = submitted_at`, `finished_at = submitted_at + runtime`.
 ///
@@ -229,4 +216,17 @@ pub fn retime_without_queueing(events: &mut [Event]) -> u64 {
     }
     events.sort_by_key(|e| e.time());
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_means_weights_by_time() {
+        // 2 vCPU from 0.5 to 1.5 buckets.
+        let mut d = vec![(50, 2000), (150, -2000)];
+        let m = bucket_means(&mut d, 0, 100, 3);
+        assert_eq!(m, vec![1.0, 1.0, 0.0]);
+    }
 }
