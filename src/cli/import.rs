@@ -65,7 +65,10 @@ pub struct PricesArgs {
     pub skip_bad: bool,
 }
 
-fn write_events(path: &std::path::Path, events: impl Iterator<Item = Event>) -> anyhow::Result<u64> {
+fn write_events(
+    path: &std::path::Path,
+    events: impl Iterator<Item = Event>,
+) -> anyhow::Result<u64> {
     let mut w = EventsWriter::create(path)?;
     let mut n = 0;
     for ev in events {

@@ -2,9 +2,12 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod forecast;
 mod backtest;
 mod bench;
 mod import;
+pub mod serve;
+pub mod train;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +32,12 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
+    /// Evaluate forecasters on a trace (rolling origin, after the training cut).
+    Forecast(forecast::ForecastArgs),
+    /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
+    Serve(serve::ServeArgs),
+    /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
+        Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Serve(a) => serve::run(a),
+        Cmd::Train(a) => train::run(a),
     }
 }

@@ -26,7 +26,7 @@ impl CapacityPlanner for Median {
         let v = r.forecast.values[0][1].ceil() as i64;
         PlanDecision {
             min_vcpus: v,
-            desired_vcpus: v.max(r.outstanding_vcpus.ceil() as i64),
+            desired_vcpus: v.max(r.outstanding.vcpus.ceil() as i64),
             max_vcpus: 1000,
             instance_mix: vec![InstanceAllocation {
                 instance_type: "m5.large".into(),
@@ -36,6 +36,7 @@ impl CapacityPlanner for Median {
             }],
             constraints: Default::default(),
             reason: format!("p50 {v}"),
+            usd_per_vcpu_hour: 0.05,
         }
     }
 }
@@ -125,4 +126,32 @@ fn restore_from_snapshot_continues_identically() {
         b.handle(ev, &mut out);
     }
     assert_eq!(out, out_full);
+}
+
+#[test]
+fn over_budget_submission_is_queued_with_a_command() {
+    use crate::events::{BudgetAllocation, BudgetScope, PreemptionAction};
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.handle(
+        &Event::BudgetAllocation(BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd: 0.01,
+            period: None,
+        }),
+        &mut out,
+    );
+    // 100 vCPUs for an hour at 0.048 USD/vCPU-h is far above 0.01 USD.
+    e.handle(&job("big", MIN, 100.0), &mut out);
+    let queued: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Preemption(p) if p.action == PreemptionAction::Queue => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), 1, "{out:?}");
+    assert_eq!(queued[0].job_id, "big");
 }

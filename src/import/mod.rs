@@ -1,6 +1,7 @@
 //! Importers: turn public traces and price histories (the producers' side)
 //! into prescale events. They read files; the decision core never does.
 
+pub mod alibaba;
 pub mod prices;
 pub mod swf;
 

@@ -65,6 +65,18 @@ pub struct OutstandingJob {
     pub series: usize,
 }
 
+/// Outstanding work of one environment (see [`DemandState::environment_summary`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvSummary {
+    pub jobs: u64,
+    pub vcpus: f64,
+    pub memory_mib: f64,
+    pub gpus: f64,
+    pub top_priority: Option<i32>,
+    /// Some job's deadline is within the lead time plus its estimated run time.
+    pub deadline_pressure: bool,
+}
+
 /// Closed bucket values of one series, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Series {
@@ -313,7 +325,7 @@ impl DemandState {
                 series.values.push(v);
                 series.submissions.push(acc.map_or(0, |a| a.submissions));
                 let cap = self.cfg.history_buckets.max(1);
-                if series.values.len() >= 2 * cap {
+                if series.values.len() >= cap.saturating_mul(2) {
                     let drop = series.values.len() - cap;
                     series.values.drain(..drop);
                     series.submissions.drain(..drop);
@@ -382,6 +394,33 @@ impl DemandState {
             }
         }
         r
+    }
+
+    /// One pass over an environment's outstanding jobs: what the planner
+    /// needs to know about the work waiting or running there.
+    pub fn environment_summary(&self, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
+        let mut s = EnvSummary::default();
+        for o in self.outstanding.values() {
+            let j = &o.job;
+            if j.compute_environment != env {
+                continue;
+            }
+            s.jobs += 1;
+            s.vcpus += j.vcpus;
+            s.memory_mib += j.memory_mib as f64;
+            s.gpus += j.gpus as f64;
+            s.top_priority = Some(
+                s.top_priority
+                    .map_or(j.priority, |p: i32| p.max(j.priority)),
+            );
+            if let Some(d) = j.deadline {
+                let need = lead_ms + j.estimated_runtime_s.unwrap_or(0) * 1000;
+                if d - now <= need {
+                    s.deadline_pressure = true;
+                }
+            }
+        }
+        s
     }
 
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {
