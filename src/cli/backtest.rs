@@ -418,6 +418,11 @@ mod interim {
             });
             offers.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
             let chosen: Vec<_> = offers.into_iter().take(self.pools).collect();
+            let usd_per_vcpu_hour = if chosen.is_empty() {
+                0.0
+            } else {
+                chosen.iter().map(|c| c.0).sum::<f64>() / chosen.len() as f64
+            };
             let mut mix = Vec::new();
             let mut vcpus = 0i64;
             if target > 0.0 && !chosen.is_empty() {
@@ -439,6 +444,7 @@ mod interim {
                 max_vcpus: 0,
                 instance_mix: mix,
                 constraints: Default::default(),
+                usd_per_vcpu_hour,
                 reason: format!("interim floor: p50 peak over lead time {target:.1} vCPU on cheapest spot pools"),
             }
         }
