@@ -28,10 +28,21 @@ fn sample_backtest_writes_table_json_and_plot_deterministically() {
     let b = dir.path().join("b.json");
     let svg = dir.path().join("p.svg");
     let out = backtest(
-        &["--seed", "7", "--json", a.to_str().unwrap(), "--plot", svg.to_str().unwrap()],
+        &[
+            "--seed",
+            "7",
+            "--json",
+            a.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
         dir.path(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     for p in ["reactive", "static", "predictive", "oracle"] {
         assert!(stdout.contains(p), "table lacks {p}: {stdout}");
@@ -69,21 +80,36 @@ fn sample_backtest_writes_table_json_and_plot_deterministically() {
     }
     // Reactive buys on-demand only and pays boots.
     assert_eq!(
-        pol["reactive"]["cost_by_market"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        pol["reactive"]["cost_by_market"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         vec!["ON_DEMAND"]
     );
     assert!(pol["reactive"]["queue_wait_p95_s"].as_f64().unwrap() >= 120.0);
     let head = std::fs::read_to_string(&svg).unwrap();
-    assert!(head.starts_with("<svg") && head.contains("Cumulative cost"), "not an SVG plot");
+    assert!(
+        head.starts_with("<svg") && head.contains("Cumulative cost"),
+        "not an SVG plot"
+    );
 
     let out = backtest(&["--seed", "7", "--json", b.to_str().unwrap()], dir.path());
     assert!(out.status.success());
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, different JSON");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same seed, different JSON"
+    );
 }
 
 /// The first `n` jobs of the bundled SWF sample (header kept), as text.
 fn sample_swf(n: usize) -> Vec<String> {
-    let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/ricc-2010-2-excerpt.swf.gz")).unwrap();
+    let gz = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/ricc-2010-2-excerpt.swf.gz"
+    ))
+    .unwrap();
     let mut text = String::new();
     flate2::read::MultiGzDecoder::new(&gz[..])
         .read_to_string(&mut text)
@@ -118,15 +144,34 @@ fn corrupted_line_fails_with_file_line_and_field_unless_skip_bad() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.swf"), "{err}");
-    assert!(err.contains(&format!(":{}", idx + 1)), "no line number {}: {err}", idx + 1);
-    assert!(err.contains("run_time") || err.contains("field 4"), "no field: {err}");
+    assert!(
+        err.contains(&format!(":{}", idx + 1)),
+        "no line number {}: {err}",
+        idx + 1
+    );
+    assert!(
+        err.contains("run_time") || err.contains("field 4"),
+        "no field: {err}"
+    );
 
     let j = dir.path().join("skip.json");
     let out = backtest(
-        &["--trace", p, "--policies", "reactive,static", "--skip-bad", "--json", j.to_str().unwrap()],
+        &[
+            "--trace",
+            p,
+            "--policies",
+            "reactive,static",
+            "--skip-bad",
+            "--json",
+            j.to_str().unwrap(),
+        ],
         dir.path(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&j);
     assert_eq!(v["trace"]["skipped_records"], 1);
     assert_eq!(v["trace"]["jobs"], 299);

@@ -17,7 +17,10 @@ use prescale::import::swf::{parse_swf, read_swf, SwfOptions, SwfReport};
 use prescale::pricing::{tile_onto, Catalog, TileOptions};
 use prescale::sim::inputs::{sim_prices, EngineSource};
 use prescale::sim::trace::retime_without_queueing;
-use prescale::sim::{run_backtest, BacktestInput, OracleForecaster, PolicyKind, SimConfig, SimPrices, TraceInfo, Workload};
+use prescale::sim::{
+    run_backtest, BacktestInput, OracleForecaster, PolicyKind, SimConfig, SimPrices, TraceInfo,
+    Workload,
+};
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -169,7 +172,10 @@ pub fn prepare(
             info.skipped_records += imp.report.skipped_bad_lines;
             (imp.ticks, p.display().to_string())
         }
-        None if !spot_in_trace.is_empty() => (spot_in_trace, "(price ticks in the events file)".to_string()),
+        None if !spot_in_trace.is_empty() => (
+            spot_in_trace,
+            "(price ticks in the events file)".to_string(),
+        ),
         None => {
             let imp = parse_prices(BufReader::new(SAMPLE_PRICES), SAMPLE_PRICES_NAME, &popts)?;
             (imp.ticks, format!("{SAMPLE_PRICES_NAME} (bundled)"))
@@ -189,7 +195,8 @@ pub fn prepare(
         events.sort_by_key(|e| e.time());
     } else {
         let n = retime_without_queueing(&mut events);
-        info.import_notes.insert("completions_retimed_without_queueing".into(), n);
+        info.import_notes
+            .insert("completions_retimed_without_queueing".into(), n);
     }
     let start = events.first().map(|e| e.time()).unwrap_or(0);
     let end = events.last().map(|e| e.time()).unwrap_or(0);
@@ -302,11 +309,14 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     );
     print!("{}", report.table());
     if let Some(p) = &a.json {
-        std::fs::write(p, report.to_json() + "\n").with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
     if let Some(p) = &a.plot {
-        let svg = report.plot_svg().map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+        let svg = report
+            .plot_svg()
+            .map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
         std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
@@ -326,7 +336,10 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
 /// the forecast median over the provisioning lead time on the cheapest spot
 /// pools per vCPU. Both are simple on purpose; they are replaced, not tuned.
 pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
-    (Arc::new(interim::DailyNaive), Arc::new(interim::SpotFloor::default()))
+    (
+        Arc::new(interim::DailyNaive),
+        Arc::new(interim::SpotFloor::default()),
+    )
 }
 
 mod interim {
@@ -393,13 +406,31 @@ mod interim {
                 .filter(|o| o.pool.market == Market::Spot)
                 .filter_map(|o| {
                     let s = r.catalog.spec(&o.pool.instance_type)?;
-                    (s.gpus == 0 && s.vcpus >= 16.0 && s.memory_mib as f64 >= self.min_mib_per_vcpu * s.vcpus)
-                        .then(|| (o.usd_per_hour / s.vcpus, o.pool.instance_type.clone(), o.pool.region.clone(), s.vcpus))
+                    (s.gpus == 0
+                        && s.vcpus >= 16.0
+                        && s.memory_mib as f64 >= self.min_mib_per_vcpu * s.vcpus)
+                        .then(|| {
+                            (
+                                o.usd_per_hour / s.vcpus,
+                                o.pool.instance_type.clone(),
+                                o.pool.region.clone(),
+                                s.vcpus,
+                            )
+                        })
                 })
                 .collect();
-            offers.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)).then_with(|| a.2.cmp(&b.2)));
+            offers.sort_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then_with(|| a.1.cmp(&b.1))
+                    .then_with(|| a.2.cmp(&b.2))
+            });
             offers.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
             let chosen: Vec<_> = offers.into_iter().take(self.pools).collect();
+            let usd_per_vcpu_hour = if chosen.is_empty() {
+                0.0
+            } else {
+                chosen.iter().map(|c| c.0).sum::<f64>() / chosen.len() as f64
+            };
             let mut mix = Vec::new();
             let mut vcpus = 0i64;
             if target > 0.0 && !chosen.is_empty() {
@@ -421,6 +452,7 @@ mod interim {
                 max_vcpus: 0,
                 instance_mix: mix,
                 constraints: Default::default(),
+                usd_per_vcpu_hour,
                 reason: format!("interim floor: p50 peak over lead time {target:.1} vCPU on cheapest spot pools"),
             }
         }

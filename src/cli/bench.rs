@@ -86,7 +86,11 @@ fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let base = prepare(None, None, None, false, None, false)?;
-    let jobs: Vec<&Event> = base.events.iter().filter(|e| !matches!(e, Event::PriceTick(_))).collect();
+    let jobs: Vec<&Event> = base
+        .events
+        .iter()
+        .filter(|e| !matches!(e, Event::PriceTick(_)))
+        .collect();
     let first = jobs.first().map(|e| e.time()).unwrap_or(0);
     let last = jobs.last().map(|e| e.time()).unwrap_or(0);
     let span = (last - first) + 3_600_000;
@@ -135,7 +139,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         ok
     });
-    println!("  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)", n / t_dec, t_dec);
+    println!(
+        "  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)",
+        n / t_dec,
+        t_dec
+    );
 
     let (t_state, ticks_seen) = best(a.repeat, || {
         let mut st = DemandState::new(StateConfig::default());
@@ -174,6 +182,45 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         cmds.len()
     );
 
+    // Dense layout: the same copies overlaid on the sample's own span (ids
+    // suffixed, times shifted by k seconds), i.e. a busier deployment with the
+    // same decision ticks. Shows the per-event cost once ticks amortise.
+    let mut dense: Vec<Event> = base
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PriceTick(_)))
+        .cloned()
+        .collect();
+    for k in 0..a.scale.max(1) {
+        dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
+    }
+    dense.sort_by_key(|e| e.time());
+    let dmsgs: Vec<(EventKind, Vec<u8>)> = dense
+        .iter()
+        .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
+        .collect::<Result<_, prescale::events::avro::CodecError>>()
+        .context("encoding the dense sample")?;
+    let (t_dense, dcmds) = best(a.repeat, || {
+        let mut engine = make_engine(base.catalog.clone(), None);
+        let mut out: Vec<Command> = Vec::new();
+        for (k, b) in &dmsgs {
+            if let Ok(ev) = decode_event(*k, b) {
+                engine.handle(&ev, &mut out);
+            }
+        }
+        engine.finish(&mut out);
+        (out.len(), engine.counters().ticks)
+    });
+    println!(
+        "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {} ticks, {} commands) — {}x jobs on the sample's own span",
+        dmsgs.len() as f64 / t_dense,
+        t_dense,
+        dmsgs.len(),
+        dcmds.1,
+        dcmds.0,
+        a.scale
+    );
+
     let workload = Workload::from_events(&all);
     let cfg = SimConfig::default();
     let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
@@ -188,14 +235,17 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     for (name, commanded) in [("reactive", false), ("predictive", true)] {
         let (t_sim, sim_events) = best(a.repeat, || {
             let mut total = 0u64;
-            for env in 0..workload.envs.len() {
+            for (env, env_floors) in floors.iter().enumerate() {
                 let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
                 let mode = if commanded {
-                    Mode::Commanded { commands: &floors[env] }
+                    Mode::Commanded {
+                        commands: env_floors,
+                    }
                 } else {
                     Mode::Reactive
                 };
-                let st = Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
+                let st =
+                    Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
                 total += st.sim_events;
             }
             total

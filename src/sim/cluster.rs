@@ -90,9 +90,12 @@ impl Series {
             ..Default::default()
         };
         for i in 0..n {
-            out.capacity_vcpus.push(get(&self.capacity_vcpus, i) + get(&o.capacity_vcpus, i));
-            out.busy_vcpus.push(get(&self.busy_vcpus, i) + get(&o.busy_vcpus, i));
-            out.queued_vcpus.push(get(&self.queued_vcpus, i) + get(&o.queued_vcpus, i));
+            out.capacity_vcpus
+                .push(get(&self.capacity_vcpus, i) + get(&o.capacity_vcpus, i));
+            out.busy_vcpus
+                .push(get(&self.busy_vcpus, i) + get(&o.busy_vcpus, i));
+            out.queued_vcpus
+                .push(get(&self.queued_vcpus, i) + get(&o.queued_vcpus, i));
             let a = self.cum_cost_usd.get(i).copied().unwrap_or(last_self);
             let b = o.cum_cost_usd.get(i).copied().unwrap_or(last_o);
             out.cum_cost_usd.push(a + b);
@@ -187,10 +190,60 @@ struct JobState {
     /// Spot interruptions suffered; past `SimConfig::spot_retries` the job
     /// only runs on on-demand capacity.
     interrupted: u32,
+    /// Spot is worth it for this job: its expected cost on spot, restarts
+    /// included, is below on-demand (see [`spot_worth_it`]).
+    spot_ok: bool,
+}
+
+/// Is spot cheaper in expectation than on-demand for a job of `est_ms`?
+///
+/// A rigid job interrupted at rate `λ` per hour restarts from zero, so its
+/// expected time to finish `T` hours of work is `(e^{λT} − 1) / λ`; an
+/// elastic job keeps its progress and only pays the re-boot (ignored here).
+/// Spot wins when that stretch times the spot/on-demand price ratio is
+/// below 1. The estimate is the submitter's (requested time), never the
+/// trace's actual runtime; without one, an hour is assumed.
+pub fn spot_worth_it(
+    est_ms: Option<Millis>,
+    elastic: bool,
+    rate_per_h: f64,
+    spot_to_od: f64,
+) -> bool {
+    if elastic || rate_per_h <= 0.0 {
+        return spot_to_od < 1.0;
+    }
+    let t = est_ms.unwrap_or(3_600_000) as f64 / 3_600_000.0;
+    let x = rate_per_h * t;
+    let stretch = if x < 1e-9 { 1.0 } else { x.exp_m1() / x };
+    stretch * spot_to_od < 1.0
+}
+
+/// Median over spot pools of (mean spot price ÷ the type's on-demand price).
+fn spot_to_on_demand(prices: &SimPrices) -> f64 {
+    let mut r: Vec<f64> = prices
+        .pools
+        .iter()
+        .filter(|p| p.market == Market::Spot)
+        .filter_map(|p| {
+            let od = prices.on_demand_pool(p.ty)?;
+            let odp = prices.pools[od].curve.at(0);
+            (odp > 0.0).then(|| p.curve.mean_all() / odp)
+        })
+        .collect();
+    if r.is_empty() {
+        return 1.0;
+    }
+    r.sort_by(|a, b| a.total_cmp(b));
+    r[r.len() / 2]
 }
 
 /// The smallest split of a job whose part fits some instance type.
-pub fn gang_parts(prices: &SimPrices, mcpu: i64, mem: i64, gpus: i32) -> Option<(u32, i64, i64, i32)> {
+pub fn gang_parts(
+    prices: &SimPrices,
+    mcpu: i64,
+    mem: i64,
+    gpus: i32,
+) -> Option<(u32, i64, i64, i32)> {
     let max_mcpu = prices.types.iter().map(|t| t.vcpus as i64 * 1000).max()?;
     let lower = ((mcpu + max_mcpu - 1) / max_mcpu).max(1);
     for k in lower..=lower.saturating_mul(4).max(64) {
@@ -255,9 +308,11 @@ impl<'a> Cluster<'a> {
         let od_pools = (0..prices.pools.len())
             .filter(|&p| prices.pools[p].market == Market::OnDemand)
             .collect();
+        let spot_ratio = spot_to_on_demand(prices);
         let mut js = Vec::with_capacity(jobs.len());
         for j in &jobs {
-            let (parts, pm, pmem, pg) = gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
+            let (parts, pm, pmem, pg) =
+                gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
             js.push(JobState {
                 parts,
                 part_mcpu: pm,
@@ -271,6 +326,12 @@ impl<'a> Cluster<'a> {
                 finished: None,
                 queued: false,
                 interrupted: 0,
+                spot_ok: spot_worth_it(
+                    j.est_runtime_ms,
+                    j.elastic,
+                    cfg.spot_interruptions_per_hour,
+                    spot_ratio,
+                ),
             });
         }
         let npools = prices.pools.len();
@@ -326,7 +387,11 @@ impl<'a> Cluster<'a> {
             let t = self.jobs[i].submit;
             self.push(t, Ev::Submit(i as u32));
         }
-        let first = self.jobs.first().map(|j| j.submit).unwrap_or(self.stats.series.start);
+        let first = self
+            .jobs
+            .first()
+            .map(|j| j.submit)
+            .unwrap_or(self.stats.series.start);
         match self.mode.clone() {
             Mode::Static { pool, count } => {
                 let t0 = first.min(self.stats.series.start) - self.cfg.boot_delay_ms;
@@ -402,7 +467,8 @@ impl<'a> Cluster<'a> {
             if s.finished.is_some() {
                 st.jobs_completed += 1;
             }
-            st.waits_ms.push(s.first_start.unwrap_or(end).max(j.submit) - j.submit);
+            st.waits_ms
+                .push(s.first_start.unwrap_or(end).max(j.submit) - j.submit);
             if let Some(d) = j.deadline {
                 st.deadline_jobs += 1;
                 if s.finished.is_none_or(|f| f > d) {
@@ -514,7 +580,9 @@ impl<'a> Cluster<'a> {
     }
 
     fn on_command(&mut self, _t: Millis, c: u32) {
-        let Mode::Commanded { commands } = self.mode else { return };
+        let Mode::Commanded { commands } = self.mode else {
+            return;
+        };
         let cmd = &commands[c as usize];
         self.floor_target.iter_mut().for_each(|x| *x = 0);
         for &(p, n) in &cmd.floor {
@@ -527,7 +595,8 @@ impl<'a> Cluster<'a> {
 
     fn on_idle(&mut self, t: Millis, i: u32, e: u32) {
         let inst = &self.insts[i as usize];
-        if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e {
+        if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e
+        {
             self.terminate(t, i);
         }
     }
@@ -536,7 +605,9 @@ impl<'a> Cluster<'a> {
         let mut cost = self.cost_closed;
         for &i in &self.alive {
             let inst = &self.insts[i as usize];
-            cost += self.prices.pools[inst.pool].curve.integral(inst.launched, t);
+            cost += self.prices.pools[inst.pool]
+                .curve
+                .integral(inst.launched, t);
         }
         let s = &mut self.stats.series;
         s.capacity_vcpus.push(self.alive_mcpu as f64 / 1000.0);
@@ -544,7 +615,11 @@ impl<'a> Cluster<'a> {
         s.queued_vcpus.push(self.queued_mcpu as f64 / 1000.0);
         s.cum_cost_usd.push(cost);
         let next = t + self.cfg.bucket_ms;
-        if next <= self.horizon || self.running_jobs > 0 || !self.queue.is_empty() || self.booting > 0 {
+        if next <= self.horizon
+            || self.running_jobs > 0
+            || !self.queue.is_empty()
+            || self.booting > 0
+        {
             self.push(next, Ev::Sample);
         }
     }
@@ -705,10 +780,13 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             chosen.clear();
-            let od_only = s.interrupted > self.cfg.spot_retries;
+            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
             for &i in &self.alive {
                 let inst = &self.insts[i as usize];
-                if inst.ready && Self::fits(inst, s) && !(od_only && self.prices.pools[inst.pool].market == Market::Spot) {
+                if inst.ready
+                    && Self::fits(inst, s)
+                    && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
+                {
                     chosen.push(i);
                     if chosen.len() == s.parts as usize {
                         break;
@@ -782,7 +860,7 @@ impl<'a> Cluster<'a> {
         for j in queued {
             let s = &self.js[j as usize];
             let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
-            let od_only = s.interrupted > self.cfg.spot_retries;
+            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
             let aggregate = behind;
             behind -= self.jobs[j as usize].mcpu;
             let mut slots: Vec<usize> = Vec::new();
@@ -800,7 +878,9 @@ impl<'a> Cluster<'a> {
                 let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, t) else {
                     continue;
                 };
-                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64 * 1000 * missing as i64;
+                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64
+                    * 1000
+                    * missing as i64;
                 if self.max_mcpu.is_some_and(|m| self.alive_mcpu + add > m) {
                     continue;
                 }
@@ -823,7 +903,15 @@ impl<'a> Cluster<'a> {
     /// BEST_FIT: among pools whose type fits the part, the lowest price per
     /// *useful* vCPU (a type larger than the queued demand wastes the rest),
     /// then the smaller type, then the pool order.
-    fn best_fit(&self, pools: &[usize], pm: i64, pmem: i64, pg: i32, aggregate: i64, t: Millis) -> Option<usize> {
+    fn best_fit(
+        &self,
+        pools: &[usize],
+        pm: i64,
+        pmem: i64,
+        pg: i32,
+        aggregate: i64,
+        t: Millis,
+    ) -> Option<usize> {
         let mut best: Option<(f64, i64, usize)> = None;
         for &p in pools {
             let pool = &self.prices.pools[p];

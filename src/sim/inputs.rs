@@ -32,7 +32,9 @@ pub fn sim_prices(catalog: &Catalog, spot: &[PriceTick]) -> SimPrices {
             .push(t);
     }
     for ((itype, region), mut ticks) in groups {
-        let Some(spec) = catalog.spec(itype) else { continue };
+        let Some(spec) = catalog.spec(itype) else {
+            continue;
+        };
         ticks.sort_by_key(|t| t.at);
         let mut latest: BTreeMap<&str, f64> = BTreeMap::new();
         let mut pts: Vec<(Millis, f64)> = Vec::with_capacity(ticks.len());
@@ -66,7 +68,11 @@ pub struct EngineSource<F: Fn(Option<Arc<dyn Forecaster>>) -> Engine> {
 }
 
 impl<F: Fn(Option<Arc<dyn Forecaster>>) -> Engine> CommandSource for EngineSource<F> {
-    fn commands(&self, events: &[Event], forecaster: Option<Arc<dyn Forecaster>>) -> Vec<ScalingCommand> {
+    fn commands(
+        &self,
+        events: &[Event],
+        forecaster: Option<Arc<dyn Forecaster>>,
+    ) -> Vec<ScalingCommand> {
         let mut engine = (self.make)(forecaster);
         let mut out = Vec::new();
         for ev in events {

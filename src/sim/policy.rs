@@ -72,7 +72,11 @@ impl PolicyKind {
 /// every input event in time order. `forecaster` overrides the engine's own
 /// (the oracle passes [`super::OracleForecaster`]).
 pub trait CommandSource {
-    fn commands(&self, events: &[Event], forecaster: Option<Arc<dyn Forecaster>>) -> Vec<ScalingCommand>;
+    fn commands(
+        &self,
+        events: &[Event],
+        forecaster: Option<Arc<dyn Forecaster>>,
+    ) -> Vec<ScalingCommand>;
 }
 
 /// Everything one backtest needs.
@@ -126,14 +130,19 @@ pub fn floor_commands(
             }
             // Reserved capacity is modelled as on-demand priced (already paid
             // capacity has no separate pool in the simulator).
-            let market = if a.market == Market::Reserved { Market::OnDemand } else { a.market };
+            let market = if a.market == Market::Reserved {
+                Market::OnDemand
+            } else {
+                a.market
+            };
             let pool = prices
                 .pool(&a.instance_type, market, &a.region)
                 .or_else(|| prices.any_pool(&a.instance_type, market));
             match pool {
                 Some(p) => {
                     *floor.entry(p).or_insert(0) += a.count as u32;
-                    floor_mcpu += prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
+                    floor_mcpu +=
+                        prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
                 }
                 None => unknown += 1,
             }
@@ -152,8 +161,10 @@ pub fn floor_commands(
                 floor.keys().copied().collect()
             };
             let best = cands.into_iter().min_by(|&a, &b| {
-                let pa = prices.pools[a].curve.at(c.issued_at) / prices.types[prices.pools[a].ty].vcpus as f64;
-                let pb = prices.pools[b].curve.at(c.issued_at) / prices.types[prices.pools[b].ty].vcpus as f64;
+                let pa = prices.pools[a].curve.at(c.issued_at)
+                    / prices.types[prices.pools[a].ty].vcpus as f64;
+                let pb = prices.pools[b].curve.at(c.issued_at)
+                    / prices.types[prices.pools[b].ty].vcpus as f64;
                 pa.total_cmp(&pb).then(a.cmp(&b))
             });
             if let Some(p) = best {
@@ -188,7 +199,12 @@ pub fn floor_commands(
 /// The static fleet of one environment: the cheapest on-demand type per
 /// vCPU that can host the 99th-percentile job (so nearly every job fits one
 /// instance), `ceil(p90 demand / its vCPUs)` instances.
-pub fn static_fleet(workload: &Workload, env: usize, prices: &SimPrices, cfg: &SimConfig) -> Option<(usize, u32)> {
+pub fn static_fleet(
+    workload: &Workload,
+    env: usize,
+    prices: &SimPrices,
+    cfg: &SimConfig,
+) -> Option<(usize, u32)> {
     let jobs: Vec<_> = workload.jobs.iter().filter(|j| j.env == env).collect();
     let mut mcpus: Vec<f64> = jobs.iter().map(|j| j.mcpu as f64).collect();
     let mut mems: Vec<f64> = jobs.iter().map(|j| j.memory_mib as f64).collect();
@@ -202,7 +218,9 @@ pub fn static_fleet(workload: &Workload, env: usize, prices: &SimPrices, cfg: &S
         let ty = &prices.types[pool.ty];
         let tm = ty.vcpus as i64 * 1000;
         // A part of a gang job is at most one instance; hosting min(job, type).
-        let fits = tm >= need_m.min(biggest_mcpu(prices)) && ty.memory_mib as f64 >= need_mem as f64 * (tm.min(need_m.max(1)) as f64 / need_m.max(1) as f64);
+        let fits = tm >= need_m.min(biggest_mcpu(prices))
+            && ty.memory_mib as f64
+                >= need_mem as f64 * (tm.min(need_m.max(1)) as f64 / need_m.max(1) as f64);
         if !fits {
             continue;
         }
@@ -230,16 +248,29 @@ pub fn static_fleet(workload: &Workload, env: usize, prices: &SimPrices, cfg: &S
 }
 
 fn biggest_mcpu(prices: &SimPrices) -> i64 {
-    prices.types.iter().map(|t| t.vcpus as i64 * 1000).max().unwrap_or(0)
+    prices
+        .types
+        .iter()
+        .map(|t| t.vcpus as i64 * 1000)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Run every requested policy and assemble the report.
-pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Result<BacktestReport, SimError> {
+pub fn run_backtest(
+    input: &BacktestInput<'_>,
+    progress: &dyn Fn(&str),
+) -> Result<BacktestReport, SimError> {
     let w = input.workload;
     if w.jobs.is_empty() {
         return Err(SimError::EmptyTrace);
     }
-    if !input.prices.pools.iter().any(|p| p.market == Market::OnDemand) {
+    if !input
+        .prices
+        .pools
+        .iter()
+        .any(|p| p.market == Market::OnDemand)
+    {
         return Err(SimError::NoInstanceTypes);
     }
     let cfg = input.cfg;
@@ -262,7 +293,11 @@ pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Resul
         progress(kind.name());
         let (cmds, n_cmds, unknown) = match kind {
             PolicyKind::Predictive | PolicyKind::Oracle => {
-                let fc = if kind == PolicyKind::Oracle { input.oracle.clone() } else { None };
+                let fc = if kind == PolicyKind::Oracle {
+                    input.oracle.clone()
+                } else {
+                    None
+                };
                 let raw = input.source.commands(input.events, fc);
                 let n = raw.len() as u64;
                 let (f, u) = floor_commands(&raw, w, input.prices);
@@ -272,7 +307,7 @@ pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Resul
         };
         let mut total = RunStats::default();
         let mut series: Option<Series> = None;
-        for env in 0..w.envs.len() {
+        for (env, env_cmds) in cmds.iter().enumerate() {
             let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
             let mode = match kind {
                 PolicyKind::Reactive => Mode::Reactive,
@@ -280,10 +315,21 @@ pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Resul
                     Some((pool, count)) => Mode::Static { pool, count },
                     None => return Err(SimError::NoInstanceTypes),
                 },
-                PolicyKind::Predictive | PolicyKind::Oracle => Mode::Commanded { commands: &cmds[env] },
+                PolicyKind::Predictive | PolicyKind::Oracle => {
+                    Mode::Commanded { commands: env_cmds }
+                }
             };
             let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
-            let st = Cluster::new(cfg, input.prices, jobs, mode, seed, series_start, w.last_event).run();
+            let st = Cluster::new(
+                cfg,
+                input.prices,
+                jobs,
+                mode,
+                seed,
+                series_start,
+                w.last_event,
+            )
+            .run();
             merge(&mut total, &st);
             match &mut series {
                 None => series = Some(st.series.clone()),
@@ -291,9 +337,10 @@ pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Resul
             }
         }
         let series = series.unwrap_or_default();
-        report
-            .policies
-            .insert(kind.name().to_string(), PolicyReport::from_stats(&total, n_cmds, unknown));
+        report.policies.insert(
+            kind.name().to_string(),
+            PolicyReport::from_stats(&total, n_cmds, unknown),
+        );
         report.series.insert(kind.name().to_string(), series);
     }
     Ok(report)

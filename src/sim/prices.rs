@@ -122,6 +122,12 @@ impl PriceCurve {
         }
     }
 
+    /// Mean price over the curve's own span (the point price if one point).
+    pub fn mean_all(&self) -> f64 {
+        let (a, b) = (self.times[0], *self.times.last().expect("non-empty"));
+        self.mean(a, b)
+    }
+
     pub fn points(&self) -> usize {
         self.times.len()
     }
@@ -173,7 +179,13 @@ impl SimPrices {
 
     /// Add a pool for a known type. Spike times are computed against the
     /// type's on-demand price, so add on-demand pools first.
-    pub fn add_pool(&mut self, ty: usize, market: Market, region: &str, curve: PriceCurve) -> usize {
+    pub fn add_pool(
+        &mut self,
+        ty: usize,
+        market: Market,
+        region: &str,
+        curve: PriceCurve,
+    ) -> usize {
         let key = (self.types[ty].name.clone(), market, region.to_string());
         let spikes = match (market, self.od_pool[ty]) {
             (Market::Spot, Some(od)) => {
@@ -247,12 +259,18 @@ mod tests {
             memory_mib: 8192,
             gpus: 0,
         });
-        p.add_pool(t, Market::OnDemand, "us-east-1", PriceCurve::constant(0.096));
+        p.add_pool(
+            t,
+            Market::OnDemand,
+            "us-east-1",
+            PriceCurve::constant(0.096),
+        );
         let s = p.add_pool(
             t,
             Market::Spot,
             "us-east-1",
-            PriceCurve::from_points(vec![(0, 0.03), (10, 0.2), (20, 0.3), (30, 0.03), (40, 0.1)]).unwrap(),
+            PriceCurve::from_points(vec![(0, 0.03), (10, 0.2), (20, 0.3), (30, 0.03), (40, 0.1)])
+                .unwrap(),
         );
         assert_eq!(p.pools[s].spikes, vec![10, 40]);
         assert_eq!(p.pool("m5.large", Market::Spot, "us-east-1"), Some(s));

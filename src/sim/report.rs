@@ -127,7 +127,17 @@ impl BacktestReport {
         let mut s = String::new();
         s.push_str(&format!(
             "{:<11} {:>12} {:>8} {:>10} {:>10} {:>6} {:>7} {:>9} {:>8} {:>10} {:>10}\n",
-            "policy", "cost_usd", "vs_react", "miss_rate", "wait_p50", "wait_p95", "util", "completed", "preempt", "spot_usd", "od_usd"
+            "policy",
+            "cost_usd",
+            "vs_react",
+            "miss_rate",
+            "wait_p50",
+            "wait_p95",
+            "util",
+            "completed",
+            "preempt",
+            "spot_usd",
+            "od_usd"
         ));
         let base = self.policies.get("reactive").map(|r| r.cost_usd);
         let order = ["reactive", "static", "predictive", "oracle"];
@@ -167,7 +177,9 @@ impl BacktestReport {
             let root = SVGBackend::with_string(&mut buf, (1100, 800)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| e.to_string())?;
             let (top, bottom) = root.split_vertically(440);
-            let hours = |s: &Series, i: usize| (s.start - self.demand.start + i as i64 * s.bucket_ms) as f64 / 3_600_000.0;
+            let hours = |s: &Series, i: usize| {
+                (s.start - self.demand.start + i as i64 * s.bucket_ms) as f64 / 3_600_000.0
+            };
             let mut x_max: f64 = 1.0;
             let mut y_max: f64 = 1.0;
             let mut c_max: f64 = 1.0;
@@ -199,17 +211,28 @@ impl BacktestReport {
                 .map_err(|e| e.to_string())?;
             let d = &self.demand;
             cap.draw_series(AreaSeries::new(
-                d.busy_vcpus.iter().enumerate().map(|(i, v)| (hours(d, i), *v)),
+                d.busy_vcpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (hours(d, i), *v)),
                 0.0,
                 RGBColor(200, 200, 200).mix(0.6),
             ))
             .map_err(|e| e.to_string())?
             .label("demand (outstanding jobs)")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(200, 200, 200).filled()));
+            .legend(|(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 15, y + 5)],
+                    RGBColor(200, 200, 200).filled(),
+                )
+            });
             for (k, (name, s)) in self.series.iter().enumerate() {
                 let color = palette[k % palette.len()];
                 cap.draw_series(LineSeries::new(
-                    s.capacity_vcpus.iter().enumerate().map(|(i, v)| (hours(s, i), *v)),
+                    s.capacity_vcpus
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (hours(s, i), *v)),
                     color.stroke_width(1),
                 ))
                 .map_err(|e| e.to_string())?
@@ -236,7 +259,10 @@ impl BacktestReport {
             for (k, (name, s)) in self.series.iter().enumerate() {
                 let color = palette[k % palette.len()];
                 cost.draw_series(LineSeries::new(
-                    s.cum_cost_usd.iter().enumerate().map(|(i, v)| (hours(s, i), *v)),
+                    s.cum_cost_usd
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (hours(s, i), *v)),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?

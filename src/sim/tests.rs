@@ -46,6 +46,7 @@ fn job(id: &str, submit: i64, vcpus: i64, runtime_s: i64, priority: i32) -> SimJ
         memory_mib: 512 * vcpus,
         gpus: 0,
         runtime_ms: runtime_s * 1000,
+        est_runtime_ms: Some(runtime_s * 1000),
         deadline: Some(submit + 2 * runtime_s * 1000 + 300_000),
         elastic: false,
         cancelled_in_queue: false,
@@ -73,10 +74,18 @@ fn billing_is_per_second_with_a_minimum() {
     };
     // 10 s of work on one small instance: billed the 60 s minimum.
     let st = run(&cfg, &p, &[job("a", 0, 2, 10, 0)], Mode::Reactive, 1);
-    assert!((cost(&st) - 0.10 * 60.0 / 3600.0).abs() < 1e-12, "{}", cost(&st));
+    assert!(
+        (cost(&st) - 0.10 * 60.0 / 3600.0).abs() < 1e-12,
+        "{}",
+        cost(&st)
+    );
     // 1000 s: billed per second.
     let st = run(&cfg, &p, &[job("a", 0, 2, 1000, 0)], Mode::Reactive, 1);
-    assert!((cost(&st) - 0.10 * 1000.0 / 3600.0).abs() < 1e-12, "{}", cost(&st));
+    assert!(
+        (cost(&st) - 0.10 * 1000.0 / 3600.0).abs() < 1e-12,
+        "{}",
+        cost(&st)
+    );
     assert_eq!(st.jobs_completed, 1);
     assert!((st.busy_mcpu_ms / st.billed_mcpu_ms - 1.0).abs() < 1e-12);
 }
@@ -105,11 +114,23 @@ fn spot_is_billed_along_its_price_curve() {
         max_mcpu: None,
     }];
     let jobs = [job("a", 0, 2, 7200, 0)];
-    let st = Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, 1, 0, 0).run();
+    let st = Cluster::new(
+        &cfg,
+        &p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &cmds },
+        1,
+        0,
+        0,
+    )
+    .run();
     // The floor instance lives until the last job finishes (2 h): 1 h at
     // 0.03 + 1 h at 0.06.
     assert!((cost(&st) - 0.09).abs() < 1e-9, "{}", cost(&st));
-    assert_eq!(st.cost_by_market.get(&Market::Spot).copied().unwrap_or(0.0), cost(&st));
+    assert_eq!(
+        st.cost_by_market.get(&Market::Spot).copied().unwrap_or(0.0),
+        cost(&st)
+    );
 }
 
 #[test]
@@ -141,7 +162,9 @@ fn reactive_best_fit_sizes_to_the_queue() {
     let cfg = SimConfig::default();
     // Four 2-vCPU jobs at once: one 8-vCPU instance is as cheap per vCPU as
     // four small ones; the tie goes to the smaller type, so 4 small.
-    let jobs: Vec<SimJob> = (0..4).map(|i| job(&format!("j{i}"), 0, 2, 600, 0)).collect();
+    let jobs: Vec<SimJob> = (0..4)
+        .map(|i| job(&format!("j{i}"), 0, 2, 600, 0))
+        .collect();
     let st = run(&cfg, &p, &jobs, Mode::Reactive, 1);
     assert_eq!(st.instances_launched, 4);
     assert!(st.waits_ms.iter().all(|&w| w == 120_000));
@@ -173,7 +196,16 @@ fn packing_follows_priority_then_submit_time_and_backfills() {
         job("wide", 1000, 4, 100, 9),
         job("narrow", 2000, 2, 100, 0),
     ];
-    let st = run(&cfg, &p, &jobs, Mode::Static { pool: pool_b, count: 1 }, 1);
+    let st = run(
+        &cfg,
+        &p,
+        &jobs,
+        Mode::Static {
+            pool: pool_b,
+            count: 1,
+        },
+        1,
+    );
     assert_eq!(st.waits_ms, vec![0, 999_000, 0]);
 }
 
@@ -201,19 +233,33 @@ fn spot_floor_run(seed: u64, elastic: bool) -> RunStats {
         burst_pools: vec![pool],
         max_mcpu: None,
     }];
-    let mut jobs: Vec<SimJob> = (0..6).map(|i| job(&format!("j{i}"), 600_000 * i, 8, 3600, 0)).collect();
+    let mut jobs: Vec<SimJob> = (0..6)
+        .map(|i| job(&format!("j{i}"), 600_000 * i, 8, 3600, 0))
+        .collect();
     for j in &mut jobs {
         j.elastic = elastic;
     }
     let h = jobs.last().unwrap().submit;
-    Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, seed, 0, h).run()
+    Cluster::new(
+        &cfg,
+        &p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &cmds },
+        seed,
+        0,
+        h,
+    )
+    .run()
 }
 
 #[test]
 fn spot_interruptions_restart_jobs_deterministically() {
     let a = spot_floor_run(7, false);
     let b = spot_floor_run(7, false);
-    assert!(a.preemptions > 0, "rate 2/h over hours of work must interrupt");
+    assert!(
+        a.preemptions > 0,
+        "rate 2/h over hours of work must interrupt"
+    );
     assert_eq!(a.preemptions, b.preemptions);
     assert_eq!(cost(&a), cost(&b));
     assert_eq!(a.waits_ms, b.waits_ms);
@@ -262,7 +308,16 @@ fn price_spike_above_on_demand_reclaims_spot() {
         max_mcpu: None,
     }];
     let jobs = [job("a", 0, 2, 3600, 0)];
-    let st = Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, 1, 0, 0).run();
+    let st = Cluster::new(
+        &cfg,
+        &p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &cmds },
+        1,
+        0,
+        0,
+    )
+    .run();
     assert_eq!(st.preemptions, 1);
     assert_eq!(st.jobs_completed, 1);
     assert_eq!(st.end, 1_800_000 + 3_600_000);
@@ -364,18 +419,29 @@ fn policies_side_by_side_on_a_tiny_trace() {
     assert_eq!(r.jobs_completed, 32);
     // Predictive pre-booted the capacity: no wait, and spot is cheaper.
     assert_eq!(pr.queue_wait_p50_s, 0.0);
-    assert!(pr.cost_usd < 0.5 * r.cost_usd, "{} vs {}", pr.cost_usd, r.cost_usd);
+    assert!(
+        pr.cost_usd < 0.5 * r.cost_usd,
+        "{} vs {}",
+        pr.cost_usd,
+        r.cost_usd
+    );
     assert!(pr.cost_by_market.contains_key("SPOT"));
     assert!(pr.deadline_miss_rate <= r.deadline_miss_rate);
     // Static: p90 of demand (64 vCPU during bursts, half the time) → a fixed
     // on-demand fleet that is up the whole time: no boots, lower utilisation.
     assert_eq!(s.queue_wait_p50_s, 0.0);
     assert!(s.utilization < r.utilization);
-    assert_eq!(s.cost_by_market.keys().collect::<Vec<_>>(), vec!["ON_DEMAND"]);
+    assert_eq!(
+        s.cost_by_market.keys().collect::<Vec<_>>(),
+        vec!["ON_DEMAND"]
+    );
     // Same input, same report.
     let again = run_backtest(&input, &|_| {}).unwrap();
     assert_eq!(rep.to_json(), again.to_json());
-    assert_eq!(rep.series["reactive"].capacity_vcpus.len(), again.series["reactive"].capacity_vcpus.len());
+    assert_eq!(
+        rep.series["reactive"].capacity_vcpus.len(),
+        again.series["reactive"].capacity_vcpus.len()
+    );
 }
 
 #[test]
@@ -390,5 +456,8 @@ fn floor_commands_pad_to_desired_and_follow_markets() {
     // 8 vCPU named, padded with the cheapest per vCPU of the mix: 3 × big.
     assert_eq!(f[0][0].floor, vec![(spot_big, 3)]);
     // Top-up from the spot market only.
-    assert!(f[0][0].burst_pools.iter().all(|&q| p.pools[q].market == Market::Spot));
+    assert!(f[0][0]
+        .burst_pools
+        .iter()
+        .all(|&q| p.pools[q].market == Market::Spot));
 }

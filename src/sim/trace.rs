@@ -20,6 +20,9 @@ pub struct SimJob {
     pub memory_mib: i64,
     pub gpus: i32,
     pub runtime_ms: Millis,
+    /// The submitter's runtime estimate (SWF requested time), which a
+    /// scheduler may use; the actual runtime stays hidden from decisions.
+    pub est_runtime_ms: Option<Millis>,
     pub deadline: Option<Millis>,
     pub elastic: bool,
     /// Cancelled before it ever ran (a zero-length cancelled record): it
@@ -85,7 +88,12 @@ impl Workload {
             let (runtime_ms, cancelled, ts, tf) = match rec {
                 Some((st, fin, status)) => {
                     let rt = (fin - st).max(0);
-                    (rt, status == JobStatus::Cancelled && rt == 0, Some(st), Some(fin))
+                    (
+                        rt,
+                        status == JobStatus::Cancelled && rt == 0,
+                        Some(st),
+                        Some(fin),
+                    )
                 }
                 None => match s.estimated_runtime_s {
                     Some(e) => (e.max(0) * 1000, false, None, None),
@@ -104,6 +112,7 @@ impl Workload {
                 memory_mib: s.memory_mib.max(0),
                 gpus: s.gpus.max(0),
                 runtime_ms,
+                est_runtime_ms: s.estimated_runtime_s.map(|e| e.max(0) * 1000),
                 deadline: s.deadline,
                 elastic: s.elasticity,
                 cancelled_in_queue: cancelled,
@@ -112,7 +121,8 @@ impl Workload {
             });
         }
         w.orphan_completions = done.keys().filter(|k| !seen.contains_key(*k)).count() as u64;
-        w.jobs.sort_by(|a, b| a.submit.cmp(&b.submit).then_with(|| a.id.cmp(&b.id)));
+        w.jobs
+            .sort_by(|a, b| a.submit.cmp(&b.submit).then_with(|| a.id.cmp(&b.id)));
         w
     }
 
@@ -120,7 +130,13 @@ impl Workload {
     /// time-weighted mean of vCPUs of jobs that were queued or running
     /// (submitted, not yet finished). This is what a perfect forecaster would
     /// predict and what the plot shows as demand.
-    pub fn demand_series(&self, env: Option<usize>, start: Millis, bucket_ms: i64, n: usize) -> Vec<f64> {
+    pub fn demand_series(
+        &self,
+        env: Option<usize>,
+        start: Millis,
+        bucket_ms: i64,
+        n: usize,
+    ) -> Vec<f64> {
         let mut deltas: Vec<(Millis, i64)> = Vec::new();
         for j in &self.jobs {
             if env.is_some_and(|e| e != j.env) || j.cancelled_in_queue {
@@ -138,7 +154,12 @@ impl Workload {
 
 /// Time-weighted mean per bucket of a step function given as `(time, delta)`
 /// changes (milli-units in, units out).
-pub fn bucket_means(deltas: &mut [(Millis, i64)], start: Millis, bucket_ms: i64, n: usize) -> Vec<f64> {
+pub fn bucket_means(
+    deltas: &mut [(Millis, i64)],
+    start: Millis,
+    bucket_ms: i64,
+    n: usize,
+) -> Vec<f64> {
     deltas.sort_unstable();
     let mut out = vec![0.0; n];
     let mut level: i64 = 0;
@@ -163,19 +184,6 @@ pub fn bucket_means(deltas: &mut [(Millis, i64)], start: Millis, bucket_ms: i64,
         *slot = acc / bucket_ms as f64 / 1000.0;
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_means_weights_by_time() {
-        // 2 vCPU from 0.5 to 1.5 buckets.
-        let mut d = vec![(50, 2000), (150, -2000)];
-        let m = bucket_means(&mut d, 0, 100, 3);
-        assert_eq!(m, vec![1.0, 1.0, 0.0]);
-    }
 }
 
 /// Re-time recorded completions as an elastic cloud would have produced
@@ -208,4 +216,17 @@ pub fn retime_without_queueing(events: &mut [Event]) -> u64 {
     }
     events.sort_by_key(|e| e.time());
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_means_weights_by_time() {
+        // 2 vCPU from 0.5 to 1.5 buckets.
+        let mut d = vec![(50, 2000), (150, -2000)];
+        let m = bucket_means(&mut d, 0, 100, 3);
+        assert_eq!(m, vec![1.0, 1.0, 0.0]);
+    }
 }
