@@ -5,6 +5,7 @@
 //! `budget`, `engine`) does no I/O, so the live service and the backtest
 //! (`sim`) run exactly the same code. Adapters live in `io` and `import`.
 
+pub mod api;
 pub mod budget;
 pub mod engine;
 pub mod events;
@@ -18,4 +19,3 @@ pub mod sim;
 pub mod state;
 pub mod store;
 pub mod telemetry;
-pub mod api;

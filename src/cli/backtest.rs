@@ -321,7 +321,8 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         println!("wrote {}", p.display());
     }
     if let Some(p) = &a.html {
-        let page = prescale::report::html::backtest(&report).map_err(|e| anyhow::anyhow!("HTML report: {e}"))?;
+        let page = prescale::report::html::backtest(&report)
+            .map_err(|e| anyhow::anyhow!("HTML report: {e}"))?;
         std::fs::write(p, page).with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
@@ -336,43 +337,23 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
 /// the forecast median over the provisioning lead time on the cheapest spot
 /// pools per vCPU. Both are simple on purpose; they are replaced, not tuned.
 pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
-    (
-        Arc::new(interim::DailyNaive),
-        Arc::new(interim::SpotFloor::default()),
-    )
+    (forecaster(), Arc::new(interim::SpotFloor::default()))
+}
+
+/// The shipped LSTM (`models/lstm`), or the statistical model when the
+/// checkpoint is missing, corrupt or made for another bucket/horizon.
+fn forecaster() -> Arc<dyn Forecaster> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lstm/model.json");
+    let (f, err) = prescale::forecast::shared::load_or_fallback(&path, 300_000, 12);
+    if let Some(e) = err {
+        eprintln!("forecaster: {e}; using the statistical model (ETS)");
+    }
+    Arc::new(f)
 }
 
 mod interim {
     use prescale::engine::{CapacityPlanner, PlanDecision, PlanRequest};
     use prescale::events::{InstanceAllocation, Market};
-    use prescale::forecast::{Forecast, Forecaster, History};
-
-    pub struct DailyNaive;
-
-    impl Forecaster for DailyNaive {
-        fn name(&self) -> &str {
-            "daily_naive"
-        }
-        fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
-            let season = (86_400_000 / h.bucket_ms.max(1)) as usize;
-            let n = h.values.len();
-            let values = (0..horizon)
-                .map(|k| {
-                    let v = if n >= season && season > k {
-                        h.values[n - season + k]
-                    } else {
-                        h.values.last().copied().unwrap_or(0.0)
-                    };
-                    vec![v; q.len()]
-                })
-                .collect();
-            Forecast {
-                quantiles: q.to_vec(),
-                values,
-            }
-        }
-    }
-
     pub struct SpotFloor {
         pub lead_buckets: usize,
         pub pools: usize,

@@ -2,9 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
-pub mod forecast;
 mod backtest;
 mod bench;
+pub mod forecast;
 mod import;
 pub mod serve;
 pub mod train;
