@@ -7,3 +7,5 @@
 
 pub mod events;
 pub mod forecast;
+pub mod checkpoint;
+pub mod io;
