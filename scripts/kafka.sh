@@ -54,7 +54,7 @@ kafka_answers() {
 }
 
 kafka_wait() {
-    local deadline=$((SECONDS + WAIT_S))
+    local deadline=$((SECONDS + KAFKA_WAIT_S))
     until kafka_answers; do
         if [[ -f "$KAFKA_DIR/tansu.pid" ]] && ! kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
             _kafka_log "broker exited; last log lines:"
@@ -103,6 +103,7 @@ kafka_start() {
     if [[ -f "$KAFKA_DIR/tansu.pid" ]] && kill -0 "$(cat "$KAFKA_DIR/tansu.pid")" 2>/dev/null; then
         _kafka_log "already running (pid $(cat "$KAFKA_DIR/tansu.pid")) on $KAFKA_URL"
         kafka_wait
+        kafka_topics ""
         export PRESCALE_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
         return 0
     fi

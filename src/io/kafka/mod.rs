@@ -9,6 +9,7 @@
 //! - [`service`]: the `prescale run` loop (consume → decode → engine →
 //!   publish, with dead letters, checkpoints and rebalances).
 
+pub mod brain;
 pub mod client;
 pub mod codec;
 pub mod config;

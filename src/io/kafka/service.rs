@@ -242,7 +242,7 @@ pub async fn run(
             stats.rebalances.fetch_add(1, Ordering::Relaxed);
             active = None;
             if !plan.assignment.is_empty() {
-                let a = activate(cfg, factory, &prices, &price_topic, plan, &stats)?;
+                let a = activate(factory, &prices, &price_topic, plan, &stats)?;
                 restored |= a.1;
                 active = Some(a.0);
             } else {
@@ -341,7 +341,6 @@ pub async fn run(
 /// Build the state for a new assignment: restore or start fresh, and point
 /// the price consumer at the matching offsets.
 fn activate(
-    cfg: &KafkaConfig,
     factory: &dyn BrainFactory,
     prices: &StreamConsumer,
     price_topic: &str,
