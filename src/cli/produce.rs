@@ -5,10 +5,9 @@
 
 use super::run::KafkaArgs;
 use anyhow::{bail, Context};
-use prescale::events::avro::EventKind;
 use prescale::events::file::{is_events_file, read_messages, RecordedMessage};
 use prescale::io::kafka::client::ensure_topics;
-use prescale::io::kafka::codec::{frame_input, headers};
+use prescale::io::kafka::produce::{publish_messages, Pace};
 use prescale::io::kafka::publish::Publisher;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -70,26 +69,11 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let publisher = Publisher::new(&cfg)?;
     let started = Instant::now();
     let total = msgs.len();
-    for (i, m) in msgs.iter().enumerate() {
-        let topic = cfg
-            .topics
-            .configured(&m.topic)
-            .with_context(|| format!("record {i}: unknown topic `{}`", m.topic))?;
-        let kind = EventKind::from_default_topic(&m.topic).ok();
-        let payload = match kind {
-            Some(k) => frame_input(&cfg, k, m.payload.clone()),
-            None => m.payload.clone(),
-        };
-        if let Some(rate) = args.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
-        let seq = i.to_string();
-        publisher.send(&topic, m.key.as_bytes(), &payload, &[(headers::SEQ, seq.as_bytes())], None)?;
-    }
+    let pace = match args.rate {
+        Some(r) => Pace::Rate(r),
+        None => Pace::AsFastAsPossible,
+    };
+    publish_messages(&cfg, &publisher, &msgs, 0, pace)?;
     publisher.flush(Duration::from_secs(120))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -157,6 +157,11 @@ pub struct KafkaConfig {
     pub checkpoint_interval_ms: u64,
     /// Partitions for topics that `--create-topics` makes.
     pub partitions: i32,
+    /// How long (ms) an event waits for partitions that look idle before it
+    /// is released to the engine (see `merge`). 0 favours latency; live
+    /// deployments that need replay-identical ordering across partitions
+    /// set it above the producers' skew.
+    pub merge_idle_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -171,6 +176,7 @@ impl Default for KafkaConfig {
             checkpoint_dir: PathBuf::from("prescale-state"),
             checkpoint_interval_ms: 1_000,
             partitions: 3,
+            merge_idle_ms: 0,
         }
     }
 }

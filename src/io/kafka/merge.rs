@@ -8,7 +8,12 @@
 //! `(event time, producer sequence, kind, partition, offset)` — but only once
 //! every partition either has a buffered head or is caught up with the broker
 //! (nothing more to read). A partition still fetching therefore holds the
-//! merge back; an idle partition does not.
+//! merge back; an idle partition does not — after a grace period
+//! (`idle`, wall-clock, like Kafka Streams' `max.task.idle.ms`): "caught up"
+//! is only as fresh as the last fetch, so with live producers an event of
+//! another partition may be in flight. Topics replayed after they were
+//! written merge identically whatever the grace; live input merges
+//! identically when the grace exceeds the producers' skew across partitions.
 //!
 //! The merger also tracks, per partition, the offset *after the last event
 //! released to the engine*. That, not the consumer position, is what a
@@ -18,6 +23,7 @@
 use crate::events::avro::EventKind;
 use crate::events::{Event, Millis};
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 /// A topic-partition.
 pub type Tp = (String, i32);
@@ -61,6 +67,7 @@ struct Entry {
     /// `None`: a message that was dead-lettered; it only advances the offset.
     item: Option<(OrderKey, Event)>,
     produced_at: Option<i64>,
+    arrived: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -132,17 +139,32 @@ impl Merger {
 
     /// Buffer a decoded event read at `offset`. Returns false (and ignores it)
     /// when the partition is not assigned or the offset was already seen.
-    pub fn push(&mut self, tp: Tp, offset: i64, key: OrderKey, event: Event, produced_at: Option<i64>) -> bool {
-        self.push_entry(tp, offset, Some((key, event)), produced_at)
+    pub fn push(
+        &mut self,
+        tp: Tp,
+        offset: i64,
+        key: OrderKey,
+        event: Event,
+        produced_at: Option<i64>,
+        now: Instant,
+    ) -> bool {
+        self.push_entry(tp, offset, Some((key, event)), produced_at, now)
     }
 
     /// Record a message that was dead-lettered: it is consumed in order but
     /// never reaches the engine.
-    pub fn push_skipped(&mut self, tp: Tp, offset: i64) -> bool {
-        self.push_entry(tp, offset, None, None)
+    pub fn push_skipped(&mut self, tp: Tp, offset: i64, now: Instant) -> bool {
+        self.push_entry(tp, offset, None, None, now)
     }
 
-    fn push_entry(&mut self, tp: Tp, offset: i64, item: Option<(OrderKey, Event)>, produced_at: Option<i64>) -> bool {
+    fn push_entry(
+        &mut self,
+        tp: Tp,
+        offset: i64,
+        item: Option<(OrderKey, Event)>,
+        produced_at: Option<i64>,
+        arrived: Instant,
+    ) -> bool {
         let Some(p) = self.parts.get_mut(&tp) else {
             return false;
         };
@@ -157,6 +179,7 @@ impl Merger {
             offset,
             item,
             produced_at,
+            arrived,
         });
         p.settle();
         true
@@ -165,18 +188,25 @@ impl Merger {
     /// Release the next event in merge order, if every partition allows it.
     /// `caught_up(topic, partition, next_offset)` answers whether a partition
     /// with nothing buffered has nothing more to read from the broker
-    /// (`next_offset` is `None` before anything was read).
-    pub fn pop(&mut self, mut caught_up: impl FnMut(&str, i32, Option<i64>) -> bool) -> Option<Released> {
-        let mut best: Option<&Tp> = None;
-        let mut best_key: Option<&OrderKey> = None;
+    /// (`next_offset` is `None` before anything was read); while any
+    /// partition is empty, the head must also have waited `idle`.
+    pub fn pop(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        mut caught_up: impl FnMut(&str, i32, Option<i64>) -> bool,
+    ) -> Option<Released> {
+        let mut best: Option<(&Tp, &OrderKey, Instant)> = None;
+        let mut any_empty = false;
         for (tp, p) in &self.parts {
             match p.queue.front() {
                 Some(Entry {
-                    item: Some((k, _)), ..
+                    item: Some((k, _)),
+                    arrived,
+                    ..
                 }) => {
-                    if best_key.is_none_or(|b| k < b) {
-                        best = Some(tp);
-                        best_key = Some(k);
+                    if best.is_none_or(|(_, b, _)| k < b) {
+                        best = Some((tp, k, *arrived));
                     }
                 }
                 Some(Entry { item: None, .. }) => unreachable!("settled queues start with an event"),
@@ -184,15 +214,21 @@ impl Merger {
                     if !caught_up(&tp.0, tp.1, p.received) {
                         return None;
                     }
+                    any_empty = true;
                 }
             }
         }
-        let tp = best?.clone();
+        let (tp, _, arrived) = best?;
+        if any_empty && now.saturating_duration_since(arrived) < idle {
+            return None;
+        }
+        let tp = tp.clone();
         let p = self.parts.get_mut(&tp).expect("chosen partition exists");
         let Entry {
             offset,
             item,
             produced_at,
+            ..
         } = p.queue.pop_front().expect("chosen head exists");
         let (_, event) = item.expect("chosen head is an event");
         p.released = Some(offset + 1);
@@ -249,7 +285,7 @@ mod tests {
     fn push(m: &mut Merger, t: &str, p: i32, off: i64, time: Millis, seq: Option<u64>) {
         let e = ev(time, &format!("{t}{p}@{off}"));
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, seq, p, off);
-        assert!(m.push(tp(t, p), off, k, e, None));
+        assert!(m.push(tp(t, p), off, k, e, None, Instant::now()));
     }
 
     fn id(r: &Released) -> String {
@@ -264,12 +300,24 @@ mod tests {
         let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None)]);
         push(&mut m, "a", 0, 0, 10, None);
         // Partition 1 has nothing yet and is still fetching: hold.
-        assert!(m.pop(|_, _, _| false).is_none());
+        assert!(m.pop(Instant::now(), Duration::ZERO, |_, _, _| false).is_none());
         // Once it is known to be idle, release.
-        let r = m.pop(|_, _, _| true).unwrap();
+        let r = m.pop(Instant::now(), Duration::ZERO, |_, _, _| true).unwrap();
         assert_eq!(id(&r), "a0@0");
         assert_eq!(m.offsets()["a"][&0], 1);
         assert!(!m.offsets()["a"].contains_key(&1));
+    }
+
+    #[test]
+    fn idle_partitions_hold_the_merge_for_the_grace_period() {
+        let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None)]);
+        let t0 = Instant::now();
+        let e = ev(10, "x");
+        let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 0);
+        assert!(m.push(tp("a", 0), 0, k, e, None, t0));
+        let grace = Duration::from_millis(50);
+        assert!(m.pop(t0 + Duration::from_millis(10), grace, |_, _, _| true).is_none());
+        assert!(m.pop(t0 + grace, grace, |_, _, _| true).is_some());
     }
 
     #[test]
@@ -287,7 +335,7 @@ mod tests {
                 push(&mut m, t, p, off, time, seq);
             }
             let mut out = Vec::new();
-            while let Some(r) = m.pop(|_, _, _| true) {
+            while let Some(r) = m.pop(Instant::now(), Duration::ZERO, |_, _, _| true) {
                 out.push(id(&r));
             }
             results.push(out);
@@ -299,16 +347,16 @@ mod tests {
     #[test]
     fn skipped_messages_advance_offsets_and_duplicates_are_ignored() {
         let mut m = Merger::new([(tp("a", 0), Some(4))]);
-        assert!(m.push_skipped(tp("a", 0), 4));
+        assert!(m.push_skipped(tp("a", 0), 4, Instant::now()));
         assert_eq!(m.offsets()["a"][&0], 5);
         push(&mut m, "a", 0, 5, 1, None);
-        assert!(m.push_skipped(tp("a", 0), 6));
+        assert!(m.push_skipped(tp("a", 0), 6, Instant::now()));
         let e = ev(0, "dup");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 5);
-        assert!(!m.push(tp("a", 0), 5, k, e, None), "offset 5 was already read");
-        assert!(!m.push_skipped(tp("zz", 0), 0), "unassigned");
+        assert!(!m.push(tp("a", 0), 5, k, e, None, Instant::now()), "offset 5 was already read");
+        assert!(!m.push_skipped(tp("zz", 0), 0, Instant::now()), "unassigned");
         assert_eq!(m.buffered(), 1);
-        let r = m.pop(|_, _, _| true).unwrap();
+        let r = m.pop(Instant::now(), Duration::ZERO, |_, _, _| true).unwrap();
         assert_eq!(r.offset, 5);
         // The skipped message behind it is settled too.
         assert_eq!(m.offsets()["a"][&0], 7);

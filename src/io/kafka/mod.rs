@@ -14,6 +14,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod merge;
+pub mod produce;
 pub mod publish;
 pub mod service;
 

@@ -80,6 +80,8 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub checkpoints: AtomicU64,
     pub rebalances: AtomicU64,
+    /// Input partitions (group topics) currently owned.
+    pub assigned: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,7 +200,12 @@ pub async fn run(
     let mut finished = false;
     let mut out: Vec<Command> = Vec::new();
     let mut last_input = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.checkpoint_interval_ms.clamp(10, 60_000)));
+    let merge_idle = Duration::from_millis(cfg.merge_idle_ms);
+    let checkpoint_every = Duration::from_millis(cfg.checkpoint_interval_ms.max(10));
+    let mut last_checkpoint = Instant::now();
+    // The timer drains events held by the merge grace and checkpoints.
+    let period = checkpoint_every.min(Duration::from_millis(cfg.merge_idle_ms.clamp(10, 1_000)));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sink = Sink {
         cfg,
@@ -240,6 +247,7 @@ pub async fn run(
         let plan = group.context().plan.lock().expect("plan lock").take();
         if let Some(plan) = plan {
             stats.rebalances.fetch_add(1, Ordering::Relaxed);
+            stats.assigned.store(plan.assignment.len() as u64, Ordering::Relaxed);
             active = None;
             if !plan.assignment.is_empty() {
                 let a = activate(factory, &prices, &price_topic, plan, &stats)?;
@@ -268,20 +276,20 @@ pub async fn run(
                         let seq = seq_header(&m);
                         let key = OrderKey::new(&ev, kind, seq, m.partition(), m.offset());
                         let ts = m.timestamp().to_millis();
-                        a.merger.push(tp, m.offset(), key, ev, ts);
+                        a.merger.push(tp, m.offset(), key, ev, ts, Instant::now());
                     }
                     Err(e) => {
                         dead_letter(cfg, &publisher, &m, &e.to_string())?;
                         stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        a.merger.push_skipped(tp, m.offset());
+                        a.merger.push_skipped(tp, m.offset(), Instant::now());
                         a.dirty = true;
                     }
                 }
-                drain(a, &mut out, &sink, caught!())?;
+                drain(a, &mut out, &sink, merge_idle, caught!())?;
             }
             Step::Msg(Err(RdError::PartitionEOF(_))) => {
                 if let Some(a) = active.as_mut() {
-                    drain(a, &mut out, &sink, caught!())?;
+                    drain(a, &mut out, &sink, merge_idle, caught!())?;
                 }
             }
             Step::Msg(Err(e)) => {
@@ -291,12 +299,16 @@ pub async fn run(
             }
             Step::Tick => {
                 if let Some(a) = active.as_mut() {
-                    drain(a, &mut out, &sink, caught!())?;
-                    if a.dirty {
+                    drain(a, &mut out, &sink, merge_idle, caught!())?;
+                    if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
                         save(cfg, &group, &publisher, a, &stats)?;
+                        last_checkpoint = Instant::now();
                     }
                     if let Some(idle) = opts.exit_when_idle {
-                        if last_input.elapsed() >= idle && a.merger.drained(caught!()) {
+                        // Only after input was seen: an instance waiting for
+                        // a producer is not done.
+                        let seen = stats.messages.load(Ordering::Relaxed) > 0;
+                        if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
                             a.brain.finish(&mut out);
                             sink.publish(&mut out, None)?;
                             save(cfg, &group, &publisher, a, &stats)?;
@@ -456,9 +468,11 @@ fn drain(
     a: &mut Active,
     out: &mut Vec<Command>,
     sink: &Sink<'_>,
+    merge_idle: Duration,
     mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
 ) -> Result<(), KafkaError> {
-    while let Some(r) = a.merger.pop(&mut caught) {
+    let now = Instant::now();
+    while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
         a.brain.handle(&r.event, out);
         a.dirty = true;
         sink.stats.events.fetch_add(1, Ordering::Relaxed);
