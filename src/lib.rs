@@ -5,7 +5,18 @@
 //! `budget`, `engine`) does no I/O, so the live service and the backtest
 //! (`sim`) run exactly the same code. Adapters live in `io` and `import`.
 
+pub mod budget;
+pub mod engine;
 pub mod events;
 pub mod forecast;
+pub mod import;
+pub mod planner;
+pub mod policy;
+pub mod pricing;
+pub mod report;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod api;
 pub mod checkpoint;
 pub mod io;

@@ -2,6 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod forecast;
+mod import;
+pub mod serve;
+pub mod train;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "prescale",
@@ -19,8 +24,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Turn public traces and price histories into events files.
+    Import(import::ImportArgs),
+    /// Evaluate forecasters on a trace (rolling origin, after the training cut).
+    Forecast(forecast::ForecastArgs),
+    /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
+    Serve(serve::ServeArgs),
+    /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {}
+    match cli.cmd {
+        Cmd::Import(a) => import::run(a),
+        Cmd::Forecast(a) => forecast::run(a),
+        Cmd::Serve(a) => serve::run(a),
+        Cmd::Train(a) => train::run(a),
+    }
 }

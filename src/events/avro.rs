@@ -3,7 +3,9 @@
 //! (magic byte 0 + 4-byte big-endian schema id).
 
 use super::*;
-use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value, Schema};
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
 use std::sync::OnceLock;
 
 /// Why a record could not be decoded or encoded. Names the schema and, where
@@ -11,7 +13,10 @@ use std::sync::OnceLock;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("{schema}: {message}")]
-    Avro { schema: &'static str, message: String },
+    Avro {
+        schema: &'static str,
+        message: String,
+    },
     #[error("{schema}: field `{field}`: {message}")]
     Invalid {
         schema: &'static str,
@@ -58,43 +63,83 @@ pub fn schemas() -> &'static Schemas {
     })
 }
 
-fn encode<T: Serialize>(name: &'static str, schema: &Schema, v: &T) -> Result<Vec<u8>, CodecError> {
-    let err = |e: apache_avro::Error| CodecError::Avro {
-        schema: name,
-        message: e.to_string(),
-    };
-    let value = to_value(v).map_err(err)?;
-    let value = value.resolve(schema).map_err(err)?;
-    to_avro_datum(schema, value).map_err(err)
+/// A schema with its (pre-resolved) datum reader and writer. The schema-aware
+/// serde paths skip the intermediate `Value`, which roughly doubles throughput.
+struct Codec {
+    name: &'static str,
+    reader: GenericDatumReader<'static>,
+    writer: GenericDatumWriter<'static>,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    name: &'static str,
-    schema: &Schema,
-    mut bytes: &[u8],
-) -> Result<T, CodecError> {
-    let err = |e: apache_avro::Error| CodecError::Avro {
-        schema: name,
-        message: e.to_string(),
-    };
-    let value = from_avro_datum(schema, &mut bytes, None).map_err(err)?;
-    if !bytes.is_empty() {
-        return Err(CodecError::Avro {
-            schema: name,
-            message: format!("{} trailing bytes after the record", bytes.len()),
-        });
+struct Codecs {
+    job_submitted: Codec,
+    job_completed: Codec,
+    price_tick: Codec,
+    budget_allocation: Codec,
+    scaling_command: Codec,
+    preemption_command: Codec,
+}
+
+fn codecs() -> &'static Codecs {
+    static C: OnceLock<Codecs> = OnceLock::new();
+    C.get_or_init(|| {
+        let s = schemas();
+        let c = |name: &'static str, schema: &'static Schema| Codec {
+            name,
+            reader: GenericDatumReader::builder(schema)
+                .build()
+                .expect("bundled schema resolves"),
+            writer: GenericDatumWriter::builder(schema)
+                .build()
+                .expect("bundled schema resolves"),
+        };
+        Codecs {
+            job_submitted: c("JobSubmitted", &s.job_submitted),
+            job_completed: c("JobCompleted", &s.job_completed),
+            price_tick: c("PriceTick", &s.price_tick),
+            budget_allocation: c("BudgetAllocation", &s.budget_allocation),
+            scaling_command: c("ScalingCommand", &s.scaling_command),
+            preemption_command: c("PreemptionCommand", &s.preemption_command),
+        }
+    })
+}
+
+impl Codec {
+    fn encode<T: Serialize>(&self, v: &T) -> Result<Vec<u8>, CodecError> {
+        self.writer
+            .write_ser_to_vec(v)
+            .map_err(|e| CodecError::Avro {
+                schema: self.name,
+                message: e.to_string(),
+            })
     }
-    from_value(&value).map_err(err)
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, mut bytes: &[u8]) -> Result<T, CodecError> {
+        let v = self
+            .reader
+            .read_deser(&mut bytes)
+            .map_err(|e| CodecError::Avro {
+                schema: self.name,
+                message: e.to_string(),
+            })?;
+        if !bytes.is_empty() {
+            return Err(CodecError::Avro {
+                schema: self.name,
+                message: format!("{} trailing bytes after the record", bytes.len()),
+            });
+        }
+        Ok(v)
+    }
 }
 
 /// Encode an input event as the Avro datum of its topic's schema.
 pub fn encode_event(ev: &Event) -> Result<Vec<u8>, CodecError> {
-    let s = schemas();
+    let c = codecs();
     match ev {
-        Event::JobSubmitted(e) => encode("JobSubmitted", &s.job_submitted, e),
-        Event::JobCompleted(e) => encode("JobCompleted", &s.job_completed, e),
-        Event::PriceTick(e) => encode("PriceTick", &s.price_tick, e),
-        Event::BudgetAllocation(e) => encode("BudgetAllocation", &s.budget_allocation, e),
+        Event::JobSubmitted(e) => c.job_submitted.encode(e),
+        Event::JobCompleted(e) => c.job_completed.encode(e),
+        Event::PriceTick(e) => c.price_tick.encode(e),
+        Event::BudgetAllocation(e) => c.budget_allocation.encode(e),
     }
 }
 
@@ -125,18 +170,12 @@ impl EventKind {
 /// resources, ordered times), so bad records are rejected at the edge with the
 /// field named rather than corrupting state.
 pub fn decode_event(kind: EventKind, bytes: &[u8]) -> Result<Event, CodecError> {
-    let s = schemas();
+    let c = codecs();
     let ev = match kind {
-        EventKind::JobSubmitted => {
-            Event::JobSubmitted(decode("JobSubmitted", &s.job_submitted, bytes)?)
-        }
-        EventKind::JobCompleted => {
-            Event::JobCompleted(decode("JobCompleted", &s.job_completed, bytes)?)
-        }
-        EventKind::PriceTick => Event::PriceTick(decode("PriceTick", &s.price_tick, bytes)?),
-        EventKind::BudgetAllocation => {
-            Event::BudgetAllocation(decode("BudgetAllocation", &s.budget_allocation, bytes)?)
-        }
+        EventKind::JobSubmitted => Event::JobSubmitted(c.job_submitted.decode(bytes)?),
+        EventKind::JobCompleted => Event::JobCompleted(c.job_completed.decode(bytes)?),
+        EventKind::PriceTick => Event::PriceTick(c.price_tick.decode(bytes)?),
+        EventKind::BudgetAllocation => Event::BudgetAllocation(c.budget_allocation.decode(bytes)?),
     };
     validate(&ev)?;
     Ok(ev)
@@ -158,22 +197,38 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
                 return Err(bad(S, "job_id", "must not be empty".into()));
             }
             if !(e.vcpus.is_finite() && e.vcpus >= 0.0) {
-                return Err(bad(S, "vcpus", format!("must be a finite number >= 0, got {}", e.vcpus)));
+                return Err(bad(
+                    S,
+                    "vcpus",
+                    format!("must be a finite number >= 0, got {}", e.vcpus),
+                ));
             }
             if e.memory_mib < 0 {
-                return Err(bad(S, "memory_mib", format!("must be >= 0, got {}", e.memory_mib)));
+                return Err(bad(
+                    S,
+                    "memory_mib",
+                    format!("must be >= 0, got {}", e.memory_mib),
+                ));
             }
             if e.gpus < 0 {
                 return Err(bad(S, "gpus", format!("must be >= 0, got {}", e.gpus)));
             }
             if let Some(r) = e.estimated_runtime_s {
                 if r < 0 {
-                    return Err(bad(S, "estimated_runtime_s", format!("must be >= 0, got {r}")));
+                    return Err(bad(
+                        S,
+                        "estimated_runtime_s",
+                        format!("must be >= 0, got {r}"),
+                    ));
                 }
             }
             if let Some(b) = e.budget_usd {
                 if !(b.is_finite() && b >= 0.0) {
-                    return Err(bad(S, "budget_usd", format!("must be a finite number >= 0, got {b}")));
+                    return Err(bad(
+                        S,
+                        "budget_usd",
+                        format!("must be a finite number >= 0, got {b}"),
+                    ));
                 }
             }
         }
@@ -190,13 +245,21 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
                 ));
             }
             if !(e.vcpu_seconds.is_finite() && e.vcpu_seconds >= 0.0) {
-                return Err(bad(S, "vcpu_seconds", format!("must be a finite number >= 0, got {}", e.vcpu_seconds)));
+                return Err(bad(
+                    S,
+                    "vcpu_seconds",
+                    format!("must be a finite number >= 0, got {}", e.vcpu_seconds),
+                ));
             }
         }
         Event::PriceTick(e) => {
             const S: &str = "PriceTick";
             if !(e.usd_per_hour.is_finite() && e.usd_per_hour >= 0.0) {
-                return Err(bad(S, "usd_per_hour", format!("must be a finite number >= 0, got {}", e.usd_per_hour)));
+                return Err(bad(
+                    S,
+                    "usd_per_hour",
+                    format!("must be a finite number >= 0, got {}", e.usd_per_hour),
+                ));
             }
             if e.instance_type.is_empty() {
                 return Err(bad(S, "instance_type", "must not be empty".into()));
@@ -214,20 +277,20 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
 
 /// Encode a command as the Avro datum of its schema.
 pub fn encode_command(c: &Command) -> Result<Vec<u8>, CodecError> {
-    let s = schemas();
+    let k = codecs();
     match c {
-        Command::Scaling(c) => encode("ScalingCommand", &s.scaling_command, c),
-        Command::Preemption(c) => encode("PreemptionCommand", &s.preemption_command, c),
+        Command::Scaling(c) => k.scaling_command.encode(c),
+        Command::Preemption(c) => k.preemption_command.encode(c),
     }
 }
 
 /// Decode a command from the topic kind it came from.
 pub fn decode_scaling(bytes: &[u8]) -> Result<ScalingCommand, CodecError> {
-    decode("ScalingCommand", &schemas().scaling_command, bytes)
+    codecs().scaling_command.decode(bytes)
 }
 
 pub fn decode_preemption(bytes: &[u8]) -> Result<PreemptionCommand, CodecError> {
-    decode("PreemptionCommand", &schemas().preemption_command, bytes)
+    codecs().preemption_command.decode(bytes)
 }
 
 /// Prefix a datum with Confluent's wire header (magic byte 0, schema id).
@@ -341,7 +404,10 @@ mod tests {
                 count: 2,
             }],
             constraints: [("max_usd_per_job".to_string(), "1.5".to_string())].into(),
-            forecast: vec![QuantileValue { quantile: 0.5, vcpus: 2.0 }],
+            forecast: vec![QuantileValue {
+                quantile: 0.5,
+                vcpus: 2.0,
+            }],
             reason: "test".into(),
         };
         let b = encode_command(&Command::Scaling(c.clone())).unwrap();

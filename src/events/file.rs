@@ -81,7 +81,8 @@ impl<W: Write> EventsWriter<W> {
         // parsed schema per writer is the simplest way to own it.
         let schema: &'static Schema = Box::leak(Box::new(envelope_schema()));
         EventsWriter {
-            writer: Writer::with_codec(schema, w, Codec::Deflate(Default::default())),
+            writer: Writer::with_codec(schema, w, Codec::Deflate(Default::default()))
+                .expect("envelope schema is valid"),
         }
     }
 
@@ -91,7 +92,7 @@ impl<W: Write> EventsWriter<W> {
             ("key".into(), Value::String(m.key.clone())),
             ("payload".into(), Value::Bytes(m.payload.clone())),
         ]);
-        self.writer.append(v)?;
+        self.writer.append_value(v)?;
         Ok(())
     }
 
@@ -147,7 +148,11 @@ pub fn read_messages(path: &Path) -> Result<Vec<RecordedMessage>, FileError> {
             }
         }
         match (topic, key, payload) {
-            (Some(topic), Some(key), Some(payload)) => out.push(RecordedMessage { topic, key, payload }),
+            (Some(topic), Some(key), Some(payload)) => out.push(RecordedMessage {
+                topic,
+                key,
+                payload,
+            }),
             _ => {
                 return Err(FileError::Format {
                     path: p,

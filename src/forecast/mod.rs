@@ -38,3 +38,89 @@ pub trait Forecaster: Send + Sync {
     /// Forecast `horizon` buckets ahead at the given ascending quantile levels.
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast;
 }
+
+pub mod eval;
+pub mod lstm;
+pub mod metrics;
+pub mod naive;
+pub mod series;
+pub mod shared;
+pub mod stat;
+
+pub use lstm::{LstmConfig, LstmForecaster, TrainReport};
+pub use naive::SeasonalNaive;
+pub use shared::{load_or_fallback, FallbackForecaster, SharedForecaster};
+pub use stat::Ets;
+
+/// One day in milliseconds: the default season of the statistical models,
+/// because batch demand follows the working day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Errors of the forecasting layer. Checkpoint problems are typed so callers
+/// can fall back to the statistical model instead of crashing.
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    #[error("checkpoint {path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: not a prescale LSTM checkpoint: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("checkpoint {path}: mismatched: {reason}")]
+    Mismatch { path: String, reason: String },
+    #[error("training: {0}")]
+    Training(String),
+    #[error("no series to train on: {0}")]
+    NoData(String),
+    #[error("device {0} is not available in this build (enable the `gpu` cargo feature)")]
+    DeviceUnavailable(String),
+    #[error("invalid quantiles {0:?}: need ascending levels strictly between 0 and 1")]
+    BadQuantiles(Vec<f64>),
+}
+
+/// Season length in buckets for a bucket width (one day), at least 1.
+pub fn season_buckets(bucket_ms: i64) -> usize {
+    if bucket_ms <= 0 {
+        return 1;
+    }
+    ((DAY_MS / bucket_ms).max(1)) as usize
+}
+
+/// Validate quantile levels: ascending, strictly inside (0, 1).
+pub fn check_quantiles(q: &[f64]) -> Result<(), ForecastError> {
+    let ok = !q.is_empty()
+        && q.iter().all(|&x| x > 0.0 && x < 1.0 && x.is_finite())
+        && q.windows(2).all(|w| w[0] < w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(ForecastError::BadQuantiles(q.to_vec()))
+    }
+}
+
+/// Empirical quantile (linear interpolation) of an already sorted slice.
+pub(crate) fn sorted_quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = p.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let w = pos - lo as f64;
+    sorted[lo] * (1.0 - w) + sorted[hi] * w
+}
+
+/// Make every horizon row ascending and non-negative (demand cannot be
+/// negative; clamping at zero keeps the order).
+pub(crate) fn tidy_rows(values: &mut [Vec<f64>]) {
+    for row in values.iter_mut() {
+        for v in row.iter_mut() {
+            if !v.is_finite() || *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+        row.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP API (axum): the planner, forecaster and budget ledger over HTTP.
+//!
+//! Routes: `POST /predict_demand`, `POST /get_optimal_instance`,
+//! `POST /allocate_budget`, `GET /healthz`, `GET /metrics` (Prometheus text
+//! from the shared telemetry registry), `GET /openapi.json`.
+//!
+//! Every route except `/healthz` requires `Authorization: Bearer <token>`
+//! (401 otherwise). Bodies above the configured limit get 413. Invalid JSON
+//! gets 400 with `{"error": "...", "field": "..."}` naming the offending
+//! field (`body` for syntax errors). Handlers hold the state lock only for
+//! pure computations, never across an await.
+
+mod error;
+mod handlers;
+pub mod openapi;
+mod state;
+
+pub use error::ApiError;
+pub use state::{ServiceState, RUNTIME_SAMPLES};
+
+use crate::events::BudgetAllocation;
+use crate::forecast::Forecaster;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+/// Default request body limit (64 KiB: every request is a small JSON object).
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Called with each allocation accepted over HTTP, so a Kafka adapter can
+/// publish it on the budget-allocation topic for the other instances.
+pub type AllocationHook = Arc<dyn Fn(&BudgetAllocation) + Send + Sync>;
+
+/// The API's shared state.
+pub struct AppState {
+    state: RwLock<ServiceState>,
+    pub forecaster: Arc<dyn Forecaster>,
+    /// Required bearer token; `None` disables auth (only with an explicit
+    /// opt-out in `prescale serve`).
+    pub token: Option<String>,
+    pub on_allocation: Option<AllocationHook>,
+}
+
+impl AppState {
+    pub fn new(state: ServiceState, forecaster: Arc<dyn Forecaster>, token: Option<String>) -> Self {
+        AppState {
+            state: RwLock::new(state),
+            forecaster,
+            token,
+            on_allocation: None,
+        }
+    }
+
+    /// Read access (a poisoned lock still holds consistent data: every
+    /// mutation is a single pure call).
+    pub fn read(&self) -> RwLockReadGuard<'_, ServiceState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, ServiceState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Builds the router with auth, body limit and request metrics.
+pub fn router(app: Arc<AppState>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/predict_demand", post(handlers::predict_demand))
+        .route("/get_optimal_instance", post(handlers::get_optimal_instance))
+        .route("/allocate_budget", post(handlers::allocate_budget))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/healthz", get(handlers::healthz))
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(observe))
+        .with_state(app)
+}
+
+/// Serves the router on a bound listener until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(listener, app).await
+}
+
+/// Constant-time comparison, so response timing does not leak the token.
+fn token_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let open = req.uri().path() == "/healthz";
+    if let (Some(token), false) = (&app.token, open) {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| token_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            let mut r = ApiError::unauthorized().into_response();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    crate::telemetry::metrics().observe_api_request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        t0.elapsed().as_secs_f64(),
+    );
+    resp
+}

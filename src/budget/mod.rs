@@ -1,0 +1,812 @@
+//! Budget ledgers: per job, project and user, per period, the amount
+//! allocated, the amount committed (expected cost of admitted work not yet
+//! spent) and the amount spent (running instance-seconds × price).
+//!
+//! The ledger decides, and says why, as commands: a submission that would
+//! overrun a budget is queued (QUEUE) or refused (PREEMPT of the pending job,
+//! when the policy says `refuse`); when spend plus commitments overrun, the
+//! scope's work is preempted, elastic jobs first and then lowest priority
+//! first; queued or preempted work is resumed (RESUME) when budget frees up;
+//! elastic work moves (MIGRATE) when a clearly cheaper market appears.
+//!
+//! Pure and deterministic: BTreeMaps only, event time only, command ids from
+//! `events::command_id` over the decision's inputs. Serde-serialisable so the
+//! engine can checkpoint it.
+
+use crate::events::{
+    command_id, BudgetAllocation, BudgetScope, JobCompleted, JobSubmitted, Millis,
+    PreemptionAction, PreemptionCommand,
+};
+use crate::policy::OverBudget;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const EPS: f64 = 1e-9;
+const HOUR_MS: f64 = 3_600_000.0;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BudgetError {
+    #[error("budget allocation {scope}:{id}: field `period`: unknown period `{period}` (expected total, day, week or month)")]
+    Period {
+        scope: String,
+        id: String,
+        period: String,
+    },
+    #[error(
+        "budget allocation {scope}:{id}: field `usd`: must be a finite amount >= 0, got {usd}"
+    )]
+    Amount { scope: String, id: String, usd: f64 },
+}
+
+/// Budget period: spend resets at each UTC window start; `Total` never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    #[default]
+    Total,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub fn parse(s: Option<&str>) -> Option<Period> {
+        match s.map(|x| x.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("total") | Some("all") => Some(Period::Total),
+            Some("day") | Some("daily") => Some(Period::Day),
+            Some("week") | Some("weekly") => Some(Period::Week),
+            Some("month") | Some("monthly") => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    /// Start of the window holding `t` (UTC; weeks start on Monday).
+    pub fn window_start(self, t: Millis) -> Millis {
+        match self {
+            Period::Total => i64::MIN,
+            Period::Day => t.div_euclid(DAY_MS) * DAY_MS,
+            // 1970-01-01 was a Thursday: Monday-based weeks are offset 3 days.
+            Period::Week => (t + 3 * DAY_MS).div_euclid(7 * DAY_MS) * 7 * DAY_MS - 3 * DAY_MS,
+            Period::Month => {
+                use chrono::{DateTime, Datelike, TimeZone, Utc};
+                let d = DateTime::<Utc>::from_timestamp_millis(t).unwrap_or_default();
+                Utc.with_ymd_and_hms(d.year(), d.month(), 1, 0, 0, 0)
+                    .single()
+                    .map(|x| x.timestamp_millis())
+                    .unwrap_or(t)
+            }
+        }
+    }
+
+    /// Hours left in the window holding `t` (Total: one hour — a total
+    /// budget may be spent at most at the rate that uses it up in an hour).
+    pub fn hours_left(self, t: Millis) -> f64 {
+        let end = match self {
+            Period::Total => return 1.0,
+            Period::Day => self.window_start(t) + DAY_MS,
+            Period::Week => self.window_start(t) + 7 * DAY_MS,
+            Period::Month => {
+                // the start of the month that holds t + 32 days' month start
+                let next = Period::Month.window_start(self.window_start(t) + 32 * DAY_MS);
+                next
+            }
+        };
+        ((end - t) as f64 / HOUR_MS).max(1.0 / 60.0)
+    }
+}
+
+/// One budget: a scope and id, e.g. `project:climate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub scope: BudgetScope,
+    pub id: String,
+    pub period: Period,
+    pub window_start: Millis,
+    pub allocated: f64,
+    /// Expected cost of admitted work, not yet spent.
+    pub committed: f64,
+    pub spent: f64,
+}
+
+impl Account {
+    pub fn remaining(&self) -> f64 {
+        self.allocated - self.spent - self.committed
+    }
+    pub fn overrun(&self) -> f64 {
+        (self.spent + self.committed - self.allocated).max(0.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Admitted, committed, not yet started.
+    Admitted,
+    Running,
+    /// Held for budget (QUEUE).
+    Queued,
+    /// Stopped for budget (PREEMPT); may be resumed.
+    Preempted,
+    Refused,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub compute_environment: String,
+    pub project: String,
+    pub user: String,
+    pub priority: i32,
+    pub elastic: bool,
+    pub vcpus: f64,
+    pub submitted_at: Millis,
+    /// Expected cost of the whole job when admitted.
+    pub expected_cost: f64,
+    /// Part of `expected_cost` still committed in the job's accounts.
+    pub committed: f64,
+    pub spent: f64,
+    pub state: JobState,
+    /// Current spend rate while running (instances × price).
+    pub usd_per_hour: f64,
+    pub accrued_to: Millis,
+}
+
+/// What happened to a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Admit,
+    Queue,
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The account that blocked it (`project:x`), if any.
+    pub scope: Option<String>,
+    pub reason: String,
+    /// QUEUE for a queued job; PREEMPT (of the pending job) for a refusal.
+    pub command: Option<PreemptionCommand>,
+}
+
+/// The ledger. Accounts are keyed `scope:id` (`job:…`, `project:…`, `user:…`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub accounts: BTreeMap<String, Account>,
+    pub jobs: BTreeMap<String, JobRecord>,
+}
+
+pub fn scope_str(s: BudgetScope) -> &'static str {
+    match s {
+        BudgetScope::Job => "job",
+        BudgetScope::Project => "project",
+        BudgetScope::User => "user",
+    }
+}
+
+pub fn account_key(s: BudgetScope, id: &str) -> String {
+    format!("{}:{id}", scope_str(s))
+}
+
+fn usd(x: f64) -> String {
+    format!("${x:.2}")
+}
+
+fn cmd(
+    now: Millis,
+    job: &JobRecord,
+    action: PreemptionAction,
+    reason: String,
+) -> PreemptionCommand {
+    let a = format!("{action:?}");
+    PreemptionCommand {
+        command_id: command_id(&["preemption", &a, &job.job_id, &now.to_string()]),
+        issued_at: now,
+        job_id: job.job_id.clone(),
+        compute_environment: job.compute_environment.clone(),
+        action,
+        reason,
+    }
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn account(&self, scope: BudgetScope, id: &str) -> Option<&Account> {
+        self.accounts.get(&account_key(scope, id))
+    }
+
+    /// Sets (replaces) an allocation. Changing the period restarts the
+    /// window; spend within the current window is kept otherwise.
+    pub fn on_allocation(&mut self, a: &BudgetAllocation) -> Result<&Account, BudgetError> {
+        let period = Period::parse(a.period.as_deref()).ok_or_else(|| BudgetError::Period {
+            scope: scope_str(a.scope).into(),
+            id: a.id.clone(),
+            period: a.period.clone().unwrap_or_default(),
+        })?;
+        if !(a.usd.is_finite() && a.usd >= 0.0) {
+            return Err(BudgetError::Amount {
+                scope: scope_str(a.scope).into(),
+                id: a.id.clone(),
+                usd: a.usd,
+            });
+        }
+        let key = account_key(a.scope, &a.id);
+        let committed: f64 = self
+            .jobs
+            .values()
+            .filter(|j| job_scopes(j).contains(&key))
+            .map(|j| j.committed)
+            .sum();
+        let acc = self.accounts.entry(key).or_insert_with(|| Account {
+            scope: a.scope,
+            id: a.id.clone(),
+            period,
+            window_start: period.window_start(a.at),
+            allocated: 0.0,
+            committed,
+            spent: 0.0,
+        });
+        if acc.period != period {
+            acc.period = period;
+            acc.window_start = period.window_start(a.at);
+            acc.spent = 0.0;
+        }
+        acc.allocated = a.usd;
+        Ok(acc)
+    }
+
+    /// Decides a submission whose expected cost is `expected_cost`.
+    pub fn on_submit(
+        &mut self,
+        job: &JobSubmitted,
+        expected_cost: f64,
+        over: OverBudget,
+    ) -> Decision {
+        let now = job.submitted_at;
+        self.roll(now);
+        if let Some(b) = job.budget_usd {
+            let key = account_key(BudgetScope::Job, &job.job_id);
+            self.accounts.entry(key).or_insert_with(|| Account {
+                scope: BudgetScope::Job,
+                id: job.job_id.clone(),
+                period: Period::Total,
+                window_start: i64::MIN,
+                allocated: b.max(0.0),
+                committed: 0.0,
+                spent: 0.0,
+            });
+        }
+        let expected_cost = expected_cost.max(0.0);
+        let mut rec = JobRecord {
+            job_id: job.job_id.clone(),
+            compute_environment: job.compute_environment.clone(),
+            project: job.project.clone(),
+            user: job.user.clone(),
+            priority: job.priority,
+            elastic: job.elasticity,
+            vcpus: job.vcpus,
+            submitted_at: now,
+            expected_cost,
+            committed: 0.0,
+            spent: 0.0,
+            state: JobState::Admitted,
+            usd_per_hour: 0.0,
+            accrued_to: now,
+        };
+        match self.blocking_account(&rec, expected_cost) {
+            None => {
+                self.commit(&mut rec, expected_cost);
+                self.jobs.insert(rec.job_id.clone(), rec);
+                Decision {
+                    verdict: Verdict::Admit,
+                    scope: None,
+                    reason: format!("admitted: expected cost {}", usd(expected_cost)),
+                    command: None,
+                }
+            }
+            Some((key, remaining)) => {
+                let (verdict, action, state, what) = match over {
+                    OverBudget::Queue => (
+                        Verdict::Queue,
+                        PreemptionAction::Queue,
+                        JobState::Queued,
+                        "queued until budget frees up",
+                    ),
+                    OverBudget::Refuse => (
+                        Verdict::Refuse,
+                        PreemptionAction::Preempt,
+                        JobState::Refused,
+                        "refused by policy (over_budget = refuse)",
+                    ),
+                };
+                let reason = format!(
+                    "budget: {key} has {} left, job expects {}: {what}",
+                    usd(remaining),
+                    usd(expected_cost)
+                );
+                rec.state = state;
+                let c = cmd(now, &rec, action, reason.clone());
+                self.jobs.insert(rec.job_id.clone(), rec);
+                Decision {
+                    verdict,
+                    scope: Some(key),
+                    reason,
+                    command: Some(c),
+                }
+            }
+        }
+    }
+
+    /// A job started running at `usd_per_hour` (instances × price).
+    pub fn on_start(&mut self, job_id: &str, at: Millis, usd_per_hour: f64) {
+        if let Some(j) = self.jobs.get_mut(job_id) {
+            j.state = JobState::Running;
+            j.usd_per_hour = usd_per_hour.max(0.0);
+            j.accrued_to = at;
+        }
+    }
+
+    /// Charges `usd` of spend to a job's accounts (moving it from committed
+    /// to spent). Unknown jobs are ignored (returns false).
+    pub fn on_spend(&mut self, job_id: &str, usd_amount: f64, at: Millis) -> bool {
+        self.roll(at);
+        let Some(mut j) = self.jobs.remove(job_id) else {
+            return false;
+        };
+        self.charge(&mut j, usd_amount.max(0.0));
+        self.jobs.insert(j.job_id.clone(), j);
+        true
+    }
+
+    /// Accrues running jobs' spend up to `now` (rate × elapsed).
+    pub fn accrue(&mut self, now: Millis) {
+        let ids: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.accrued_to < now)
+            .map(|j| j.job_id.clone())
+            .collect();
+        for id in ids {
+            if let Some(mut j) = self.jobs.remove(&id) {
+                let amount = j.usd_per_hour * (now - j.accrued_to) as f64 / HOUR_MS;
+                j.accrued_to = now;
+                self.charge(&mut j, amount);
+                self.jobs.insert(id, j);
+            }
+        }
+    }
+
+    /// A job finished: accrue to its end, release what stays committed.
+    pub fn on_complete(&mut self, c: &JobCompleted) {
+        self.roll(c.finished_at);
+        if let Some(j) = self.jobs.get(&c.job_id) {
+            if j.state == JobState::Running && j.accrued_to < c.finished_at {
+                let mut j = self
+                    .jobs
+                    .remove(&c.job_id)
+                    .unwrap_or_else(|| unreachable!());
+                let amount = j.usd_per_hour * (c.finished_at - j.accrued_to) as f64 / HOUR_MS;
+                j.accrued_to = c.finished_at;
+                self.charge(&mut j, amount);
+                self.jobs.insert(j.job_id.clone(), j);
+            }
+        }
+        if let Some(mut j) = self.jobs.remove(&c.job_id) {
+            self.release(&mut j);
+            j.state = JobState::Done;
+            // Finished jobs leave the ledger; their spend stays in accounts.
+        }
+    }
+
+    /// Budget enforcement at `now`: preempt work of overrun scopes (elastic
+    /// first, then lowest priority, newest first), then resume held work
+    /// (highest priority, oldest first) that now fits.
+    pub fn enforce(&mut self, now: Millis) -> Vec<PreemptionCommand> {
+        self.roll(now);
+        self.accrue(now);
+        let mut out = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        let keys: Vec<String> = self.accounts.keys().cloned().collect();
+        for key in keys {
+            loop {
+                let Some(acc) = self.accounts.get(&key) else {
+                    break;
+                };
+                if acc.overrun() <= EPS {
+                    break;
+                }
+                let (allocated, used) = (acc.allocated, acc.spent + acc.committed);
+                let victim = self
+                    .jobs
+                    .values()
+                    .filter(|j| {
+                        matches!(j.state, JobState::Running | JobState::Admitted)
+                            && job_scopes(j).contains(&key)
+                    })
+                    .min_by(|a, b| {
+                        (
+                            !a.elastic,
+                            a.priority,
+                            std::cmp::Reverse(a.submitted_at),
+                            &a.job_id,
+                        )
+                            .cmp(&(
+                                !b.elastic,
+                                b.priority,
+                                std::cmp::Reverse(b.submitted_at),
+                                &b.job_id,
+                            ))
+                    })
+                    .map(|j| j.job_id.clone());
+                let Some(id) = victim else { break };
+                let Some(mut j) = self.jobs.remove(&id) else {
+                    break;
+                };
+                self.release(&mut j);
+                j.state = JobState::Preempted;
+                j.usd_per_hour = 0.0;
+                let how = if j.elastic {
+                    "shrinking elastic job first (keeps its progress)"
+                } else {
+                    "preempting lowest-priority work"
+                };
+                let reason = format!(
+                    "budget: {key} would overrun ({} used+committed of {}): {how} (priority {})",
+                    usd(used),
+                    usd(allocated),
+                    j.priority
+                );
+                out.push(cmd(now, &j, PreemptionAction::Preempt, reason));
+                touched.push(id.clone());
+                self.jobs.insert(id, j);
+            }
+        }
+        // Resume held work that fits, most important first.
+        let mut held: Vec<&JobRecord> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Queued | JobState::Preempted))
+            .filter(|j| !touched.contains(&j.job_id))
+            .collect();
+        held.sort_by(|a, b| {
+            (std::cmp::Reverse(a.priority), a.submitted_at, &a.job_id).cmp(&(
+                std::cmp::Reverse(b.priority),
+                b.submitted_at,
+                &b.job_id,
+            ))
+        });
+        let held: Vec<String> = held.into_iter().map(|j| j.job_id.clone()).collect();
+        for id in held {
+            let Some(mut j) = self.jobs.remove(&id) else {
+                continue;
+            };
+            let need = self.cost_to_finish(&j);
+            if self.blocking_account(&j, need).is_none() {
+                self.commit(&mut j, need);
+                let was = if j.state == JobState::Queued {
+                    "queued"
+                } else {
+                    "preempted"
+                };
+                j.state = JobState::Admitted;
+                let reason = format!(
+                    "budget freed: resuming {was} job (expected {} more)",
+                    usd(need)
+                );
+                out.push(cmd(now, &j, PreemptionAction::Resume, reason));
+            }
+            self.jobs.insert(id, j);
+        }
+        out
+    }
+
+    /// Moves running elastic jobs of `env` to cheaper capacity when the best
+    /// current rate per vCPU-hour is at least `min_saving` (fraction) below
+    /// what they pay. Non-elastic jobs would lose their work, so stay.
+    pub fn migrations(
+        &mut self,
+        now: Millis,
+        env: &str,
+        best_usd_per_vcpu_hour: f64,
+        best_pool: &str,
+        min_saving: f64,
+    ) -> Vec<PreemptionCommand> {
+        let mut out = Vec::new();
+        for j in self.jobs.values_mut() {
+            if j.compute_environment != env
+                || j.state != JobState::Running
+                || !j.elastic
+                || j.vcpus <= 0.0
+            {
+                continue;
+            }
+            let new_rate = best_usd_per_vcpu_hour * j.vcpus;
+            if new_rate < j.usd_per_hour * (1.0 - min_saving) {
+                let reason = format!(
+                    "cheaper capacity: {best_pool} at {}/h vs {}/h now",
+                    usd(new_rate),
+                    usd(j.usd_per_hour)
+                );
+                out.push(cmd(now, j, PreemptionAction::Migrate, reason));
+                j.usd_per_hour = new_rate;
+            }
+        }
+        out
+    }
+
+    /// Sum of spend beyond allocation over all accounts (the backtest's
+    /// `budget_overrun_usd`).
+    pub fn overrun_usd(&self) -> f64 {
+        self.accounts
+            .values()
+            .map(|a| (a.spent - a.allocated).max(0.0))
+            .sum()
+    }
+
+    /// USD/h the given accounts can still sustain: for each account, its
+    /// remaining budget over the hours left in its window; the tightest
+    /// wins. None when none of them has a budget.
+    pub fn headroom_usd_per_h(&self, keys: &[String], now: Millis) -> Option<f64> {
+        keys.iter()
+            .filter_map(|k| self.accounts.get(k))
+            .map(|a| a.remaining().max(0.0) / a.period.hours_left(now))
+            .reduce(f64::min)
+    }
+
+    fn cost_to_finish(&self, j: &JobRecord) -> f64 {
+        if j.elastic {
+            (j.expected_cost - j.spent).max(0.0)
+        } else {
+            j.expected_cost
+        }
+    }
+
+    /// The first of the job's accounts (job, project, user) that cannot
+    /// take `amount` more, with its remaining budget.
+    fn blocking_account(&self, j: &JobRecord, amount: f64) -> Option<(String, f64)> {
+        job_scopes(j).into_iter().find_map(|k| {
+            let a = self.accounts.get(&k)?;
+            (a.remaining() + EPS < amount).then(|| (k, a.remaining()))
+        })
+    }
+
+    fn commit(&mut self, j: &mut JobRecord, amount: f64) {
+        for k in job_scopes(j) {
+            if let Some(a) = self.accounts.get_mut(&k) {
+                a.committed += amount;
+            }
+        }
+        j.committed += amount;
+    }
+
+    fn release(&mut self, j: &mut JobRecord) {
+        for k in job_scopes(j) {
+            if let Some(a) = self.accounts.get_mut(&k) {
+                a.committed = (a.committed - j.committed).max(0.0);
+            }
+        }
+        j.committed = 0.0;
+    }
+
+    fn charge(&mut self, j: &mut JobRecord, amount: f64) {
+        let from_commit = amount.min(j.committed);
+        for k in job_scopes(j) {
+            if let Some(a) = self.accounts.get_mut(&k) {
+                a.spent += amount;
+                a.committed = (a.committed - from_commit).max(0.0);
+            }
+        }
+        j.committed -= from_commit;
+        j.spent += amount;
+    }
+
+    /// Starts new windows for periodic accounts whose window has passed.
+    fn roll(&mut self, now: Millis) {
+        for a in self.accounts.values_mut() {
+            let w = a.period.window_start(now);
+            if w > a.window_start {
+                a.window_start = w;
+                a.spent = 0.0;
+            }
+        }
+    }
+}
+
+fn job_scopes(j: &JobRecord) -> [String; 3] {
+    [
+        account_key(BudgetScope::Job, &j.job_id),
+        account_key(BudgetScope::Project, &j.project),
+        account_key(BudgetScope::User, &j.user),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::JobStatus;
+
+    fn job(id: &str, prio: i32, elastic: bool, at: Millis) -> JobSubmitted {
+        JobSubmitted {
+            job_id: id.into(),
+            submitted_at: at,
+            compute_environment: "ricc".into(),
+            job_type: "batch".into(),
+            project: "p".into(),
+            user: "u".into(),
+            priority: prio,
+            vcpus: 4.0,
+            memory_mib: 4096,
+            gpus: 0,
+            estimated_runtime_s: Some(3600),
+            budget_usd: None,
+            deadline: None,
+            elasticity: elastic,
+        }
+    }
+
+    fn alloc(l: &mut Ledger, usd: f64) {
+        l.on_allocation(&BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd,
+            period: None,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn submissions_over_budget_queue_or_refuse() {
+        let mut l = Ledger::new();
+        alloc(&mut l, 10.0);
+        let d = l.on_submit(&job("a", 0, false, 1), 6.0, OverBudget::Queue);
+        assert_eq!(d.verdict, Verdict::Admit);
+        let d = l.on_submit(&job("b", 0, false, 2), 6.0, OverBudget::Queue);
+        assert_eq!(d.verdict, Verdict::Queue);
+        assert_eq!(d.scope.as_deref(), Some("project:p"));
+        let c = d.command.unwrap();
+        assert_eq!(c.action, PreemptionAction::Queue);
+        assert!(c.reason.contains("project:p"));
+        let d = l.on_submit(&job("c", 0, false, 3), 6.0, OverBudget::Refuse);
+        assert_eq!(d.verdict, Verdict::Refuse);
+        let acc = l.account(BudgetScope::Project, "p").unwrap();
+        assert_eq!(acc.committed, 6.0);
+        // a job's own budget_usd is a job-scope budget
+        let mut j = job("d", 0, false, 4);
+        j.budget_usd = Some(1.0);
+        let mut l2 = Ledger::new();
+        assert_eq!(
+            l2.on_submit(&j, 2.0, OverBudget::Queue).verdict,
+            Verdict::Queue
+        );
+    }
+
+    #[test]
+    fn completion_frees_budget_and_resumes_by_priority() {
+        let mut l = Ledger::new();
+        alloc(&mut l, 10.0);
+        l.on_submit(&job("a", 0, false, 1), 8.0, OverBudget::Queue);
+        l.on_start("a", 1, 4.0);
+        l.on_submit(&job("lo", -1, false, 2), 5.0, OverBudget::Queue);
+        l.on_submit(&job("hi", 5, false, 3), 5.0, OverBudget::Queue);
+        assert!(l.enforce(10).is_empty());
+        // a finishes after 30 min: spent $2, releases the rest
+        l.on_complete(&JobCompleted {
+            job_id: "a".into(),
+            compute_environment: "ricc".into(),
+            started_at: 1,
+            finished_at: 1 + 1_800_000,
+            status: JobStatus::Succeeded,
+            instance_type: None,
+            market: None,
+            region: None,
+            vcpu_seconds: 0.0,
+            max_memory_mib: None,
+        });
+        let acc = l.account(BudgetScope::Project, "p").unwrap();
+        assert!((acc.spent - 2.0).abs() < 1e-9 && acc.committed == 0.0);
+        let cmds = l.enforce(1_800_002);
+        // $8 left: only one $5 job fits, the high-priority one
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].job_id, "hi");
+        assert_eq!(cmds[0].action, PreemptionAction::Resume);
+    }
+
+    #[test]
+    fn overrun_preempts_elastic_first_then_lowest_priority() {
+        let mut l = Ledger::new();
+        alloc(&mut l, 100.0);
+        for (id, prio, el) in [
+            ("hi", 5, false),
+            ("lo", -2, false),
+            ("el", 3, true),
+            ("mid", 0, false),
+        ] {
+            assert_eq!(
+                l.on_submit(&job(id, prio, el, 1), 20.0, OverBudget::Queue)
+                    .verdict,
+                Verdict::Admit
+            );
+            l.on_start(id, 1, 25.0);
+        }
+        // The budget is cut to $45: $80 committed must shrink by >= $35.
+        alloc(&mut l, 45.0);
+        let cmds = l.enforce(2);
+        let ids: Vec<&str> = cmds.iter().map(|c| c.job_id.as_str()).collect();
+        assert_eq!(ids, vec!["el", "lo"]);
+        assert!(cmds.iter().all(|c| c.action == PreemptionAction::Preempt));
+        assert!(cmds[0].reason.contains("elastic"));
+        let acc = l.account(BudgetScope::Project, "p").unwrap();
+        assert!(acc.spent + acc.committed <= 45.0 + 1e-9);
+        // ids are deterministic
+        let mut l2 = l.clone();
+        assert_eq!(l2.enforce(2), l.clone().enforce(2));
+        // Spend accrues beyond expectations: after an hour hi and mid have
+        // spent $25 each ($50 > $45): the lower priority goes first.
+        let later = l.enforce(2 + 3_600_000);
+        let ids: Vec<&str> = later.iter().map(|c| c.job_id.as_str()).collect();
+        assert_eq!(ids, vec!["mid", "hi"]);
+        assert!(l.overrun_usd() > 0.0);
+    }
+
+    #[test]
+    fn migrate_moves_elastic_to_cheaper_market() {
+        let mut l = Ledger::new();
+        l.on_submit(&job("el", 0, true, 1), 1.0, OverBudget::Queue);
+        l.on_start("el", 1, 0.8);
+        l.on_submit(&job("rigid", 0, false, 1), 1.0, OverBudget::Queue);
+        l.on_start("rigid", 1, 0.8);
+        let cmds = l.migrations(5, "ricc", 0.05, "aws/us-east-1/-/c5.xlarge/SPOT", 0.2);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].job_id, "el");
+        assert_eq!(cmds[0].action, PreemptionAction::Migrate);
+        assert!(l.migrations(6, "ricc", 0.05, "x", 0.2).is_empty());
+    }
+
+    #[test]
+    fn periods_roll_and_bad_periods_fail() {
+        assert_eq!(Period::Day.window_start(DAY_MS + 5), DAY_MS);
+        // 1970-01-05 was a Monday
+        assert_eq!(Period::Week.window_start(6 * DAY_MS), 4 * DAY_MS);
+        assert_eq!(Period::Month.window_start(40 * DAY_MS), 31 * DAY_MS);
+        let mut l = Ledger::new();
+        let e = l
+            .on_allocation(&BudgetAllocation {
+                at: 0,
+                scope: BudgetScope::User,
+                id: "x".into(),
+                usd: 1.0,
+                period: Some("fortnight".into()),
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("period"));
+        l.on_allocation(&BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd: 10.0,
+            period: Some("day".into()),
+        })
+        .unwrap();
+        l.on_submit(&job("a", 0, false, 0), 9.0, OverBudget::Queue);
+        l.on_spend("a", 9.0, 10);
+        assert_eq!(
+            l.on_submit(&job("b", 0, false, 20), 5.0, OverBudget::Queue)
+                .verdict,
+            Verdict::Queue
+        );
+        // next day: spend resets, b resumes
+        let cmds = l.enforce(DAY_MS + 1);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].action, PreemptionAction::Resume);
+        let ser = serde_json::to_string(&l).unwrap();
+        let back: Ledger = serde_json::from_str(&ser).unwrap();
+        assert_eq!(back, l);
+    }
+}

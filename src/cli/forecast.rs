@@ -1,0 +1,277 @@
+//! `prescale forecast eval`: rolling-origin evaluation of the forecasters on
+//! a trace, after the training cut. Also holds the trace loading shared with
+//! `prescale train`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use prescale::events::Event;
+use prescale::forecast::eval::{evaluate, EvalConfig};
+use prescale::forecast::lstm::{DeviceChoice, Progress};
+use prescale::forecast::series::{demand_series, DemandSeries};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormat {
+    /// By content: events file, Alibaba pod CSV (by header), else SWF.
+    Auto,
+    Swf,
+    Events,
+    Alibaba,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForecastCmd {
+    /// Rolling-origin evaluation of seasonal naive, ETS and the LSTM.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    #[command(subcommand)]
+    pub cmd: ForecastCmd,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// SWF log (plain or .gz), events file or Alibaba pod CSV.
+    #[arg(long)]
+    pub trace: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: TraceFormat,
+    /// Bucket width (e.g. 5m, 300s, 1h).
+    #[arg(long, default_value = "5m")]
+    pub bucket: String,
+    /// Forecast horizon (e.g. 1h).
+    #[arg(long, default_value = "1h")]
+    pub horizon: String,
+    /// Fraction of the trace before the training cut.
+    #[arg(long, default_value_t = 0.7)]
+    pub train_frac: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Quantile levels.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
+    pub quantiles: Vec<f64>,
+    /// Buckets between forecast origins (default: the horizon).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// LSTM training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Which series: comma list of vcpus, memory_mib, gpus.
+    #[arg(long, value_delimiter = ',', default_value = "vcpus,memory_mib,gpus")]
+    pub metrics: Vec<String>,
+    /// cpu, or gpu (needs the `gpu` cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Skip bad records in the trace (counted) instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Use only the last N days of the trace (for traces whose activity is
+    /// concentrated at the end, like the Alibaba pod snapshot).
+    #[arg(long)]
+    pub last_days: Option<f64>,
+}
+
+/// Parse `5m`, `300s`, `1h`, `2d` or plain seconds into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("bad duration unit in {s:?} (ms, s, m, h, d)"),
+    };
+    if n <= 0 {
+        bail!("duration {s:?} must be positive");
+    }
+    Ok(n * mult)
+}
+
+/// Read a trace into events.
+pub fn load_events(path: &Path, format: TraceFormat, skip_bad: bool) -> Result<Vec<Event>> {
+    use prescale::events::file::{is_events_file, read_events};
+    use prescale::import::alibaba::{is_alibaba_csv, read_alibaba, AlibabaOptions};
+    let format = match format {
+        TraceFormat::Auto if is_events_file(path) => TraceFormat::Events,
+        TraceFormat::Auto if is_alibaba_csv(path) => TraceFormat::Alibaba,
+        TraceFormat::Auto => TraceFormat::Swf,
+        f => f,
+    };
+    match format {
+        TraceFormat::Events => {
+            let d = read_events(path, skip_bad)?;
+            if !d.bad.is_empty() {
+                eprintln!("skipped {} bad records", d.bad.len());
+            }
+            Ok(d.events)
+        }
+        TraceFormat::Alibaba => {
+            let opts = AlibabaOptions {
+                skip_bad,
+                ..Default::default()
+            };
+            let imp = read_alibaba(path, &opts)?;
+            if !imp.report.bad.is_empty() {
+                eprintln!("skipped {} bad rows", imp.report.bad.len());
+            }
+            Ok(imp.events)
+        }
+        TraceFormat::Swf | TraceFormat::Auto => load_swf(path, skip_bad),
+    }
+}
+
+/// SWF through the shared importer; the compute environment is the queue
+/// (RICC has one partition and two queues), job type the size class.
+fn load_swf(path: &Path, skip_bad: bool) -> Result<Vec<Event>> {
+    use prescale::import::swf::{read_swf, SwfKey, SwfOptions};
+    let opts = SwfOptions {
+        env_from: SwfKey::Queue,
+        job_type_from: SwfKey::Size,
+        skip_bad,
+        ..SwfOptions::default()
+    };
+    let imp = read_swf(path, &opts)?;
+    if imp.report.skipped_bad_lines > 0 {
+        eprintln!("skipped {} bad lines", imp.report.skipped_bad_lines);
+    }
+    Ok(imp.events)
+}
+
+/// Events → demand series of the selected metrics.
+pub fn series_for(events: &[Event], bucket_ms: i64, metrics: &[String]) -> Vec<DemandSeries> {
+    demand_series(events, bucket_ms)
+        .into_iter()
+        .filter(|s| metrics.iter().any(|m| m == s.metric.as_str()))
+        .collect()
+}
+
+/// Keep only the last `days` days of every series (they share one axis).
+pub fn trim_last_days(series: &mut [DemandSeries], days: Option<f64>) {
+    let Some(days) = days else { return };
+    for s in series.iter_mut() {
+        let keep = ((days * 86_400_000.0) / s.bucket_ms as f64).ceil() as usize;
+        if s.values.len() > keep {
+            let drop = s.values.len() - keep;
+            s.values.drain(..drop);
+            s.start += drop as i64 * s.bucket_ms;
+        }
+    }
+}
+
+/// A progress bar that shows the training loss.
+pub fn loss_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} training [{bar:30}] {pos}/{len} steps {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+pub fn on_progress(pb: &ProgressBar) -> impl FnMut(Progress) + '_ {
+    let mut ema = f64::NAN;
+    move |p: Progress| {
+        ema = if ema.is_nan() {
+            p.loss
+        } else {
+            0.95 * ema + 0.05 * p.loss
+        };
+        pb.set_position(p.step as u64);
+        pb.set_message(format!("epoch {} loss {ema:.4}", p.epoch + 1));
+    }
+}
+
+pub fn run(args: ForecastArgs) -> Result<()> {
+    match args.cmd {
+        ForecastCmd::Eval(a) => eval(a),
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let bucket_ms = parse_duration_ms(&a.bucket)?;
+    let horizon_ms = parse_duration_ms(&a.horizon)?;
+    let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
+    let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
+    let events = load_events(&a.trace, a.format, a.skip_bad)?;
+    let mut series = series_for(&events, bucket_ms, &a.metrics);
+    trim_last_days(&mut series, a.last_days);
+    let mut cfg = EvalConfig::new(bucket_ms, horizon);
+    cfg.quantiles = a.quantiles.clone();
+    cfg.train_frac = a.train_frac;
+    cfg.device = device;
+    cfg.lstm.seed = a.seed;
+    if let Some(e) = a.epochs {
+        cfg.lstm.epochs = e;
+    }
+    if let Some(s) = a.stride {
+        cfg.stride = s;
+    }
+    eprintln!(
+        "{}: {} events → {} series of {} buckets",
+        a.trace.display(),
+        events.len(),
+        series.len(),
+        series.first().map(|s| s.values.len()).unwrap_or(0)
+    );
+    let pb = loss_bar((cfg.lstm.epochs * cfg.lstm.steps_per_epoch) as u64);
+    let out = {
+        let mut cb = on_progress(&pb);
+        evaluate(&series, &cfg, &mut cb)?
+    };
+    pb.finish_and_clear();
+    eprintln!(
+        "evaluated {} series ({} skipped as constant before the cut: {:?}), {} origins; \
+         LSTM trained in {:.1}s, validation coverage {:.3} raw → {:.3} calibrated",
+        out.evaluated.len(),
+        out.skipped.len(),
+        out.skipped,
+        out.origins,
+        out.train.train_s,
+        out.train.val_coverage_raw,
+        out.train.val_coverage_calibrated
+    );
+    println!(
+        "{:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>12}",
+        "model", "MASE", "sMAPE%", "pinball", "cov80", "fit_s", "us/series"
+    );
+    for (name, m) in &out.report.models {
+        println!(
+            "{:<16} {:>8.4} {:>8.2} {:>9.4} {:>8.3} {:>8.2} {:>12.1}",
+            name,
+            m.mase,
+            m.smape,
+            m.pinball,
+            m.coverage.get("0.8").copied().unwrap_or(f64::NAN),
+            m.fit_s,
+            m.predict_us_per_series
+        );
+    }
+    if let (Some(l), Some(s)) = (
+        out.report.models.get("lstm"),
+        out.report.models.get("seasonal_naive"),
+    ) {
+        println!("lstm / seasonal_naive MASE ratio: {:.3}", l.mase / s.mase);
+    }
+    let json = serde_json::to_string_pretty(&out.report)?;
+    if let Some(p) = &a.json {
+        if let Some(d) = p.parent() {
+            if !d.as_os_str().is_empty() {
+                std::fs::create_dir_all(d)?;
+            }
+        }
+        std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The one brain: turns input events into commands. The live service (Kafka)
+//! and the backtest feed it the same events in the same order and get the same
+//! commands, byte for byte, because it reads no clock and does no I/O:
+//! decisions happen on event-time ticks, when the watermark closes a bucket.
+//!
+//! On each tick, per compute environment (sorted, so output order is stable):
+//! forecast demand over the horizon, ask the planner for capacity and an
+//! instance mix, and emit a [`ScalingCommand`] when the decision changed.
+
+use crate::budget::Ledger;
+use crate::events::{command_id, Command, Event, Millis, QuantileValue, ScalingCommand};
+use crate::forecast::{Forecast, Forecaster, History};
+use crate::planner::{expected_job_cost, PreviousPlan};
+use crate::policy::{EnvPolicy, OverBudget};
+use crate::pricing::{Catalog, PriceBook};
+use crate::state::{Applied, DemandState, EnvSummary, StateConfig, StateCounters, VCPU};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineConfig {
+    pub state: StateConfig,
+    /// Forecast horizon in buckets.
+    pub horizon_buckets: usize,
+    /// Quantile levels forecast (ascending).
+    pub quantiles: Vec<f64>,
+    /// Buckets of history handed to the forecaster at most.
+    pub max_history_buckets: usize,
+    /// Provisioning lead time (instance boot and scheduler reaction): work
+    /// whose deadline falls within it puts the environment under pressure.
+    pub lead_time_ms: i64,
+    /// USD per vCPU-hour assumed for a job's expected cost before the
+    /// environment has a plan (about on-demand general purpose).
+    pub default_usd_per_vcpu_hour: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            state: StateConfig::default(),
+            horizon_buckets: 12,
+            quantiles: vec![0.1, 0.5, 0.9],
+            max_history_buckets: 7 * 288,
+            lead_time_ms: 10 * 60_000,
+            default_usd_per_vcpu_hour: 0.048,
+        }
+    }
+}
+
+/// What the planner is asked on each tick for one environment.
+#[derive(Debug)]
+pub struct PlanRequest<'a> {
+    pub compute_environment: &'a str,
+    pub now: Millis,
+    pub bucket_ms: i64,
+    pub forecast: &'a Forecast,
+    /// Jobs submitted and not completed in this environment.
+    pub outstanding: &'a EnvSummary,
+    pub book: &'a PriceBook,
+    pub catalog: &'a Catalog,
+    /// USD/h the environment's budgets can still sustain (None: no budget applies).
+    pub budget_headroom_usd_per_h: Option<f64>,
+    /// What the previous tick decided.
+    pub previous: Option<PreviousPlan>,
+}
+
+/// The planner's answer (becomes a [`ScalingCommand`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanDecision {
+    pub min_vcpus: i64,
+    pub desired_vcpus: i64,
+    pub max_vcpus: i64,
+    pub instance_mix: Vec<crate::events::InstanceAllocation>,
+    pub constraints: BTreeMap<String, String>,
+    pub reason: String,
+    /// Expected cost of a vCPU-hour on this plan (prices new jobs' budget commitments).
+    pub usd_per_vcpu_hour: f64,
+}
+
+/// Capacity planning strategy; pure and deterministic.
+pub trait CapacityPlanner: Send + Sync {
+    fn plan(&self, req: &PlanRequest<'_>) -> PlanDecision;
+
+    /// The user policy of an environment, when this planner has one
+    /// (decides what happens to over-budget submissions).
+    fn policy(&self, _env: &str) -> Option<&EnvPolicy> {
+        None
+    }
+}
+
+/// Counters the engine keeps (exposed as metrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineCounters {
+    pub events: u64,
+    pub ticks: u64,
+    pub scaling_commands: u64,
+    pub preemption_commands: u64,
+    pub rejected_budget_allocations: u64,
+}
+
+/// Everything that must survive a restart (checkpointed with input offsets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineState {
+    pub demand: DemandState,
+    pub book: PriceBook,
+    /// Last decision per environment, to emit only changes.
+    last: BTreeMap<String, (i64, i64, i64, String)>,
+    previous: BTreeMap<String, PreviousPlan>,
+    usd_per_vcpu_hour: BTreeMap<String, f64>,
+    /// Budgets. Jobs are tracked once any budget exists (before that there
+    /// is nothing to enforce, and the hot path stays cheap).
+    pub ledger: Ledger,
+    pub counters: EngineCounters,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    st: EngineState,
+    catalog: Arc<Catalog>,
+    forecaster: Arc<dyn Forecaster>,
+    planner: Arc<dyn CapacityPlanner>,
+    ticks: Vec<Millis>,
+}
+
+impl Engine {
+    pub fn new(
+        cfg: EngineConfig,
+        catalog: Arc<Catalog>,
+        forecaster: Arc<dyn Forecaster>,
+        planner: Arc<dyn CapacityPlanner>,
+    ) -> Self {
+        let st = EngineState {
+            demand: DemandState::new(cfg.state.clone()),
+            book: PriceBook::new(),
+            last: BTreeMap::new(),
+            previous: BTreeMap::new(),
+            usd_per_vcpu_hour: BTreeMap::new(),
+            ledger: Ledger::default(),
+            counters: EngineCounters::default(),
+        };
+        Self::restore(cfg, st, catalog, forecaster, planner)
+    }
+
+    /// Resume from a checkpointed state.
+    pub fn restore(
+        cfg: EngineConfig,
+        st: EngineState,
+        catalog: Arc<Catalog>,
+        forecaster: Arc<dyn Forecaster>,
+        planner: Arc<dyn CapacityPlanner>,
+    ) -> Self {
+        Engine {
+            cfg,
+            st,
+            catalog,
+            forecaster,
+            planner,
+            ticks: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> &EngineState {
+        &self.st
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn counters(&self) -> &EngineCounters {
+        &self.st.counters
+    }
+
+    pub fn state_counters(&self) -> &StateCounters {
+        self.st.demand.counters()
+    }
+
+    /// Swap the forecaster (e.g. after retraining); state is untouched.
+    pub fn set_forecaster(&mut self, f: Arc<dyn Forecaster>) {
+        self.forecaster = f;
+    }
+
+    /// Apply one input event; append any commands it triggers.
+    pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
+        self.st.counters.events += 1;
+        self.ticks.clear();
+        let mut ticks = std::mem::take(&mut self.ticks);
+        let applied = self.st.demand.apply(ev, &mut ticks);
+        match ev {
+            Event::PriceTick(p) => self.st.book.apply(p),
+            Event::BudgetAllocation(a) => {
+                if self.st.ledger.on_allocation(a).is_err() {
+                    self.st.counters.rejected_budget_allocations += 1;
+                }
+            }
+            Event::JobSubmitted(j)
+                if applied == Applied::Accepted && !self.st.ledger.accounts.is_empty() =>
+            {
+                let rate = self
+                    .st
+                    .usd_per_vcpu_hour
+                    .get(&j.compute_environment)
+                    .copied()
+                    .unwrap_or(self.cfg.default_usd_per_vcpu_hour);
+                let cost = expected_job_cost(j.vcpus, j.estimated_runtime_s, rate);
+                let over = self
+                    .planner
+                    .policy(&j.compute_environment)
+                    .map_or(OverBudget::Queue, |p| p.over_budget);
+                let d = self.st.ledger.on_submit(j, cost, over);
+                // prescale provisions ahead of demand, so admitted work is
+                // charged as running from submission.
+                self.st
+                    .ledger
+                    .on_start(&j.job_id, j.submitted_at, j.vcpus * rate);
+                if let Some(c) = d.command {
+                    self.st.counters.preemption_commands += 1;
+                    out.push(Command::Preemption(c));
+                }
+            }
+            Event::JobCompleted(c) if applied == Applied::Accepted => self.st.ledger.on_complete(c),
+            _ => {}
+        }
+        for &t in &ticks {
+            self.decide(t, out);
+        }
+        self.ticks = ticks;
+    }
+
+    /// End of input: close every open bucket and decide on each tick.
+    pub fn finish(&mut self, out: &mut Vec<Command>) {
+        let mut ticks = Vec::new();
+        self.st.demand.flush(&mut ticks);
+        for t in ticks {
+            self.decide(t, out);
+        }
+    }
+
+    /// Forecast one environment's vCPU demand from its closed history.
+    pub fn forecast_environment(&self, env: &str) -> Option<Forecast> {
+        let (start, values) = self.st.demand.environment_history(env, VCPU);
+        if values.is_empty() {
+            return None;
+        }
+        let n = values.len().min(self.cfg.max_history_buckets);
+        let off = values.len() - n;
+        let h = History {
+            key: env,
+            start: start + off as i64 * self.cfg.state.bucket_ms,
+            bucket_ms: self.cfg.state.bucket_ms,
+            values: &values[off..],
+        };
+        Some(
+            self.forecaster
+                .forecast(&h, self.cfg.horizon_buckets, &self.cfg.quantiles),
+        )
+    }
+
+    fn decide(&mut self, now: Millis, out: &mut Vec<Command>) {
+        self.st.counters.ticks += 1;
+        if !self.st.ledger.accounts.is_empty() {
+            self.st.ledger.accrue(now);
+            for c in self.st.ledger.enforce(now) {
+                self.st.counters.preemption_commands += 1;
+                out.push(Command::Preemption(c));
+            }
+        }
+        let envs: Vec<String> = self
+            .st
+            .demand
+            .environments()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for env in envs {
+            let Some(forecast) = self.forecast_environment(&env) else {
+                continue;
+            };
+            let summary = self
+                .st
+                .demand
+                .environment_summary(&env, now, self.cfg.lead_time_ms);
+            let headroom = self.budget_headroom(&env, now);
+            let d = self.planner.plan(&PlanRequest {
+                compute_environment: &env,
+                now,
+                bucket_ms: self.cfg.state.bucket_ms,
+                forecast: &forecast,
+                outstanding: &summary,
+                book: &self.st.book,
+                catalog: &self.catalog,
+                budget_headroom_usd_per_h: headroom,
+                previous: self.st.previous.get(&env).copied(),
+            });
+            let raised_at = match self.st.previous.get(&env) {
+                Some(p) if p.desired_vcpus >= d.desired_vcpus => p.raised_at,
+                _ => now,
+            };
+            self.st.previous.insert(
+                env.clone(),
+                PreviousPlan {
+                    desired_vcpus: d.desired_vcpus,
+                    raised_at,
+                },
+            );
+            if d.usd_per_vcpu_hour > 0.0 {
+                self.st
+                    .usd_per_vcpu_hour
+                    .insert(env.clone(), d.usd_per_vcpu_hour);
+            }
+            let mix_sig: String = d
+                .instance_mix
+                .iter()
+                .map(|a| format!("{}:{}:{}:{};", a.instance_type, a.market, a.region, a.count))
+                .collect();
+            let sig = (d.min_vcpus, d.desired_vcpus, d.max_vcpus, mix_sig);
+            if self.st.last.get(&env) == Some(&sig) {
+                continue;
+            }
+            self.st.last.insert(env.clone(), sig);
+            let first_step = forecast.values.first().cloned().unwrap_or_default();
+            self.st.counters.scaling_commands += 1;
+            out.push(Command::Scaling(ScalingCommand {
+                command_id: command_id(&["scale", &env, &now.to_string()]),
+                issued_at: now,
+                compute_environment: env,
+                min_vcpus: d.min_vcpus,
+                desired_vcpus: d.desired_vcpus,
+                max_vcpus: d.max_vcpus,
+                instance_mix: d.instance_mix,
+                constraints: d.constraints,
+                forecast: forecast
+                    .quantiles
+                    .iter()
+                    .zip(first_step)
+                    .map(|(&quantile, vcpus)| QuantileValue { quantile, vcpus })
+                    .collect(),
+                reason: d.reason,
+            }));
+        }
+    }
+}
+
+impl Engine {
+    /// The budget headroom of the projects and users with work in `env`.
+    fn budget_headroom(&self, env: &str, now: Millis) -> Option<f64> {
+        if self.st.ledger.accounts.is_empty() {
+            return None;
+        }
+        let mut keys: Vec<String> = self
+            .st
+            .demand
+            .outstanding_jobs()
+            .filter(|o| o.job.compute_environment == env)
+            .flat_map(|o| {
+                [
+                    crate::budget::account_key(crate::events::BudgetScope::Project, &o.job.project),
+                    crate::budget::account_key(crate::events::BudgetScope::User, &o.job.user),
+                ]
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.st.ledger.headroom_usd_per_h(&keys, now)
+    }
+}
+
+#[cfg(test)]
+mod tests;

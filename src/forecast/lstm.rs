@@ -1,0 +1,1197 @@
+//! The burn LSTM forecaster: one model shared by every series, trained with
+//! pinball loss to give non-crossing multi-horizon quantiles.
+//!
+//! Design (see `docs/forecasting.md` for the why):
+//! - **Inputs, per series normalised.** A window of `window` buckets divided
+//!   by the window mean `s` (so vCPU and MiB series, big and small
+//!   environments, look alike), plus calendar features (hour of day, day of
+//!   week as sin/cos). The head also sees, per horizon step, the value one day
+//!   earlier and the mean of the same time of day over up to a week, both as
+//!   deltas to the last value in units of `s`, the last level and `ln s`.
+//! - **Output.** Per horizon step, the anchor quantile (nearest 0.5) as a
+//!   delta from the last value in units of `s`, and the other quantiles as
+//!   cumulative softplus increments away from it: quantiles cannot cross.
+//! - **Calibration.** After training, a held-out validation slice (the last
+//!   `val_frac` of the training data) gives per (horizon, quantile) factors
+//!   that stretch or shrink each quantile's distance from the anchor so that
+//!   its empirical level matches the nominal one (split-conformal style).
+//! - **Training** uses burn (autodiff, Adam) on the ndarray CPU backend, or
+//!   wgpu with the `gpu` feature. **Inference** of one series runs the same
+//!   arithmetic in plain Rust on the trained weights: a 48-step LSTM is a few
+//!   hundred thousand multiply-adds, and burn's per-op dispatch would dominate
+//!   the sub-millisecond budget. A test checks both paths agree.
+
+use super::{
+    check_quantiles, season_buckets, Ets, Forecast, ForecastError, Forecaster, History, DAY_MS,
+};
+use crate::events::Millis;
+use burn::module::Param;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::activation::{relu, sigmoid, softplus, tanh};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Instant;
+
+/// Features per input time step: value, sin/cos hour of day, sin/cos day of week.
+pub const STEP_FEATURES: usize = 5;
+/// Checkpoint format marker and version.
+pub const FORMAT: &str = "prescale-lstm";
+pub const VERSION: u32 = 1;
+/// Cap on validation origins used for calibration.
+const MAX_VAL_ORIGINS: usize = 4000;
+
+/// A validation origin with its normalised forecast: (series, origin,
+/// quantiles `[horizon * Q]`, last value, scale).
+type ValRow = (usize, usize, Vec<f32>, f64, f64);
+
+/// Hyper-parameters and data shape of the LSTM. Stored in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LstmConfig {
+    /// Input window in buckets (default 48 = 4 h of 5-min buckets).
+    pub window: usize,
+    /// LSTM hidden size.
+    pub hidden: usize,
+    /// Hidden size of the output head.
+    pub head_hidden: usize,
+    /// Buckets ahead (default 12 = 1 h).
+    pub horizon: usize,
+    /// Quantile levels, ascending.
+    pub quantiles: Vec<f64>,
+    /// Bucket width the model was trained on; calendar features depend on it.
+    pub bucket_ms: i64,
+    /// Season in buckets for the seasonal head features (one day).
+    pub season: usize,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Fraction of each training series kept aside for interval calibration.
+    pub val_frac: f64,
+    /// Training targets (deltas in units of the window mean) are clipped to
+    /// ±this, so a burst after an idle window does not dominate the loss.
+    pub target_clip: f64,
+}
+
+impl Default for LstmConfig {
+    fn default() -> Self {
+        Self {
+            window: 48,
+            hidden: 32,
+            head_hidden: 64,
+            horizon: 12,
+            quantiles: vec![0.1, 0.5, 0.9],
+            bucket_ms: 300_000,
+            season: 288,
+            epochs: 6,
+            steps_per_epoch: 100,
+            batch: 64,
+            lr: 3e-3,
+            seed: 42,
+            val_frac: 0.2,
+            target_clip: 20.0,
+        }
+    }
+}
+
+impl LstmConfig {
+    /// Config for a bucket width: season follows (one day of buckets).
+    pub fn for_bucket(bucket_ms: i64) -> Self {
+        Self {
+            bucket_ms,
+            season: season_buckets(bucket_ms),
+            ..Self::default()
+        }
+    }
+
+    fn extra(&self) -> usize {
+        2 * self.horizon + 2
+    }
+
+    fn nq(&self) -> usize {
+        self.quantiles.len()
+    }
+
+    /// Index of the anchor quantile (closest to the median).
+    fn anchor(&self) -> usize {
+        let mut best = 0;
+        for (i, q) in self.quantiles.iter().enumerate() {
+            if (q - 0.5).abs() < (self.quantiles[best] - 0.5).abs() {
+                best = i;
+            }
+        }
+        best
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        check_quantiles(&self.quantiles).map_err(|e| e.to_string())?;
+        if self.window < 2 || self.hidden == 0 || self.head_hidden == 0 || self.horizon == 0 {
+            return Err("window >= 2, hidden, head_hidden and horizon > 0 required".into());
+        }
+        if self.bucket_ms <= 0 || self.season == 0 {
+            return Err("bucket_ms and season must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Trained weights, row-major `[in, out]` matrices as burn's `x @ W` uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Weights {
+    pub wx: Vec<f32>,
+    pub wh: Vec<f32>,
+    pub b: Vec<f32>,
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+}
+
+impl Weights {
+    fn shapes(cfg: &LstmConfig) -> [(&'static str, usize, usize); 7] {
+        let h4 = 4 * cfg.hidden;
+        let hin = cfg.hidden + cfg.extra();
+        let out = cfg.horizon * cfg.nq();
+        [
+            ("wx", STEP_FEATURES, h4),
+            ("wh", cfg.hidden, h4),
+            ("b", 1, h4),
+            ("w1", hin, cfg.head_hidden),
+            ("b1", 1, cfg.head_hidden),
+            ("w2", cfg.head_hidden, out),
+            ("b2", 1, out),
+        ]
+    }
+
+    fn parts(&self) -> [&Vec<f32>; 7] {
+        [
+            &self.wx, &self.wh, &self.b, &self.w1, &self.b1, &self.w2, &self.b2,
+        ]
+    }
+
+    /// Seeded init: uniform(±1/sqrt(fan_in)); forget-gate bias 1 so the
+    /// cell remembers by default.
+    fn init(cfg: &LstmConfig, rng: &mut ChaCha8Rng) -> Self {
+        let mut mat = |rows: usize, cols: usize, fan_in: usize| -> Vec<f32> {
+            let k = 1.0 / (fan_in as f32).sqrt();
+            (0..rows * cols).map(|_| rng.random_range(-k..k)).collect()
+        };
+        let h = cfg.hidden;
+        let hin = h + cfg.extra();
+        let out = cfg.horizon * cfg.nq();
+        let wx = mat(STEP_FEATURES, 4 * h, STEP_FEATURES + h);
+        let wh = mat(h, 4 * h, STEP_FEATURES + h);
+        let mut b = vec![0.0; 4 * h];
+        b[h..2 * h].iter_mut().for_each(|x| *x = 1.0);
+        let w1 = mat(hin, cfg.head_hidden, hin);
+        let b1 = vec![0.0; cfg.head_hidden];
+        let w2 = mat(cfg.head_hidden, out, cfg.head_hidden);
+        let b2 = vec![0.0; out];
+        Self {
+            wx,
+            wh,
+            b,
+            w1,
+            b1,
+            w2,
+            b2,
+        }
+    }
+
+    fn check(&self, cfg: &LstmConfig) -> Result<(), String> {
+        for ((name, r, c), v) in Self::shapes(cfg).iter().zip(self.parts()) {
+            if v.len() != r * c {
+                return Err(format!(
+                    "weight {name} has {} values, config needs {r}x{c}",
+                    v.len()
+                ));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("weight {name} holds a non-finite value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The burn module: an LSTM cell unrolled over the window and an MLP head.
+/// Parameters are plain tensors so the plain-Rust inference path can use the
+/// very same numbers.
+#[derive(Module, Debug)]
+pub struct Net {
+    wx: Param<Tensor<2>>,
+    wh: Param<Tensor<2>>,
+    b: Param<Tensor<1>>,
+    w1: Param<Tensor<2>>,
+    b1: Param<Tensor<1>>,
+    w2: Param<Tensor<2>>,
+    b2: Param<Tensor<1>>,
+}
+
+fn t2(v: &[f32], r: usize, c: usize, d: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [r, c]), d)
+}
+
+fn t1(v: &[f32], d: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), d)
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap_or_default()
+}
+
+impl Net {
+    pub fn from_weights(w: &Weights, cfg: &LstmConfig, d: &Device) -> Self {
+        let h4 = 4 * cfg.hidden;
+        let hin = cfg.hidden + cfg.extra();
+        let out = cfg.horizon * cfg.nq();
+        Self {
+            wx: Param::from_tensor(t2(&w.wx, STEP_FEATURES, h4, d)),
+            wh: Param::from_tensor(t2(&w.wh, cfg.hidden, h4, d)),
+            b: Param::from_tensor(t1(&w.b, d)),
+            w1: Param::from_tensor(t2(&w.w1, hin, cfg.head_hidden, d)),
+            b1: Param::from_tensor(t1(&w.b1, d)),
+            w2: Param::from_tensor(t2(&w.w2, cfg.head_hidden, out, d)),
+            b2: Param::from_tensor(t1(&w.b2, d)),
+        }
+    }
+
+    pub fn to_weights(&self) -> Weights {
+        Weights {
+            wx: to_vec(self.wx.val()),
+            wh: to_vec(self.wh.val()),
+            b: to_vec(self.b.val()),
+            w1: to_vec(self.w1.val()),
+            b1: to_vec(self.b1.val()),
+            w2: to_vec(self.w2.val()),
+            b2: to_vec(self.b2.val()),
+        }
+    }
+
+    /// `steps` [B, W, F], `extra` [B, E] → quantiles in normalised delta
+    /// units [B, horizon, Q], ascending along Q.
+    pub fn forward(&self, steps: Tensor<3>, extra: Tensor<2>, cfg: &LstmConfig) -> Tensor<3> {
+        let [bsz, w, f] = steps.dims();
+        let h = cfg.hidden;
+        let d = steps.device();
+        // one matmul for all input projections
+        let xw = steps
+            .reshape([bsz * w, f])
+            .matmul(self.wx.val())
+            .reshape([bsz, w, 4 * h])
+            .add(self.b.val().unsqueeze::<3>());
+        let mut hs: Tensor<2> = Tensor::zeros([bsz, h], &d);
+        let mut cs: Tensor<2> = Tensor::zeros([bsz, h], &d);
+        let wh = self.wh.val();
+        for t in 0..w {
+            let g = xw.clone().narrow(1, t, 1).reshape([bsz, 4 * h]) + hs.matmul(wh.clone());
+            let i = sigmoid(g.clone().narrow(1, 0, h));
+            let fg = sigmoid(g.clone().narrow(1, h, h));
+            let gg = tanh(g.clone().narrow(1, 2 * h, h));
+            let o = sigmoid(g.narrow(1, 3 * h, h));
+            cs = fg * cs + i * gg;
+            hs = o * tanh(cs.clone());
+        }
+        let z = Tensor::cat(vec![hs, extra], 1);
+        let z = relu(z.matmul(self.w1.val()).add(self.b1.val().unsqueeze::<2>()));
+        let raw = z.matmul(self.w2.val()).add(self.b2.val().unsqueeze::<2>());
+        let nq = cfg.nq();
+        let raw = raw.reshape([bsz * cfg.horizon, nq]);
+        let (mask, mono) = monotone_mats(cfg);
+        let mask = t2(&mask, 1, nq, &d);
+        let mono = t2(&mono, nq, nq, &d);
+        let inc =
+            raw.clone().mul(mask.clone()) + softplus(raw, 1.0).mul(mask.neg().add_scalar(1.0));
+        inc.matmul(mono).reshape([bsz, cfg.horizon, nq])
+    }
+}
+
+/// `mask` marks the anchor column (1) vs softplus columns (0); `mono` [Q, Q]
+/// sums increments outward from the anchor: `z = inc @ mono`.
+fn monotone_mats(cfg: &LstmConfig) -> (Vec<f32>, Vec<f32>) {
+    let nq = cfg.nq();
+    let a = cfg.anchor();
+    let mut mask = vec![0.0; nq];
+    mask[a] = 1.0;
+    let mut m = vec![0.0f32; nq * nq];
+    for q in 0..nq {
+        m[a * nq + q] = 1.0;
+        if q < a {
+            for j in q..a {
+                m[j * nq + q] = -1.0;
+            }
+        } else if q > a {
+            for j in a + 1..=q {
+                m[j * nq + q] = 1.0;
+            }
+        }
+    }
+    (mask, m)
+}
+
+/// Inputs of one forecast origin.
+struct Inputs {
+    steps: Vec<f32>,
+    extra: Vec<f32>,
+    last: f64,
+    scale: f64,
+}
+
+fn calendar(t: Millis) -> [f32; 4] {
+    use std::f64::consts::TAU;
+    let day = t.rem_euclid(DAY_MS) as f64 / DAY_MS as f64;
+    let days = t.div_euclid(DAY_MS);
+    let week = ((days + 3).rem_euclid(7)) as f64 / 7.0; // Monday = 0
+    [
+        (TAU * day).sin() as f32,
+        (TAU * day).cos() as f32,
+        (TAU * week).sin() as f32,
+        (TAU * week).cos() as f32,
+    ]
+}
+
+/// Build the inputs for a forecast made after `y` (history up to the origin,
+/// first bucket at `start`). `None` if shorter than the window.
+fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
+    let n = y.len();
+    if n < cfg.window {
+        return None;
+    }
+    let win = &y[n - cfg.window..];
+    let mean = win.iter().sum::<f64>() / cfg.window as f64;
+    let scale = if mean > 1e-9 && mean.is_finite() {
+        mean
+    } else {
+        1.0
+    };
+    let last = y[n - 1];
+    let mut steps = Vec::with_capacity(cfg.window * STEP_FEATURES);
+    for (i, &v) in win.iter().enumerate() {
+        let t = start + (n - cfg.window + i) as i64 * cfg.bucket_ms;
+        steps.push((v / scale - 1.0) as f32);
+        steps.extend_from_slice(&calendar(t));
+    }
+    let m = cfg.season;
+    let mut extra = Vec::with_capacity(cfg.extra());
+    for h in 1..=cfg.horizon {
+        // same time of day one day back (0 when history is shorter)
+        let idx = n as i64 + h as i64 - 1 - m as i64;
+        let d1 = if idx >= 0 {
+            (y[idx as usize] - last) / scale
+        } else {
+            0.0
+        };
+        // mean of the same time of day over up to 7 days
+        let (mut s, mut c) = (0.0, 0);
+        for k in 1..=7i64 {
+            let j = n as i64 + h as i64 - 1 - k * m as i64;
+            if j >= 0 {
+                s += y[j as usize];
+                c += 1;
+            }
+        }
+        let d7 = if c > 0 {
+            (s / c as f64 - last) / scale
+        } else {
+            0.0
+        };
+        extra.push(d1.clamp(-50.0, 50.0) as f32);
+        extra.push(d7.clamp(-50.0, 50.0) as f32);
+    }
+    extra.push((last / scale - 1.0).clamp(-50.0, 50.0) as f32);
+    extra.push((scale.ln().clamp(-30.0, 30.0) / 10.0) as f32);
+    Some(Inputs {
+        steps,
+        extra,
+        last,
+        scale,
+    })
+}
+
+fn sigm(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softplus_f(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `out[j] += sum_i x[i] * w[i, j]` for a row-major `[in, out]` matrix.
+fn gemv_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for (i, &xi) in x.iter().enumerate() {
+        if xi == 0.0 {
+            continue;
+        }
+        let row = &w[i * n..(i + 1) * n];
+        for (o, &wv) in out.iter_mut().zip(row) {
+            *o += xi * wv;
+        }
+    }
+}
+
+/// Plain-Rust forward of one origin: normalised quantiles `[horizon * Q]`.
+fn forward_one(w: &Weights, cfg: &LstmConfig, steps: &[f32], extra: &[f32]) -> Vec<f32> {
+    let h = cfg.hidden;
+    let mut hs = vec![0.0f32; h];
+    let mut cs = vec![0.0f32; h];
+    let mut g = vec![0.0f32; 4 * h];
+    for x in steps.chunks_exact(STEP_FEATURES) {
+        g.copy_from_slice(&w.b);
+        gemv_acc(x, &w.wx, &mut g);
+        gemv_acc(&hs, &w.wh, &mut g);
+        for k in 0..h {
+            let i = sigm(g[k]);
+            let f = sigm(g[h + k]);
+            let gg = g[2 * h + k].tanh();
+            let o = sigm(g[3 * h + k]);
+            cs[k] = f * cs[k] + i * gg;
+            hs[k] = o * cs[k].tanh();
+        }
+    }
+    let mut z1 = w.b1.clone();
+    gemv_acc(&hs, &w.w1[..h * cfg.head_hidden], &mut z1);
+    gemv_acc(extra, &w.w1[h * cfg.head_hidden..], &mut z1);
+    z1.iter_mut().for_each(|v| *v = v.max(0.0));
+    let mut raw = w.b2.clone();
+    gemv_acc(&z1, &w.w2, &mut raw);
+    let nq = cfg.nq();
+    let a = cfg.anchor();
+    let mut out = vec![0.0f32; raw.len()];
+    for (r, o) in raw.chunks_exact(nq).zip(out.chunks_exact_mut(nq)) {
+        o[a] = r[a];
+        for q in (0..a).rev() {
+            o[q] = o[q + 1] - softplus_f(r[q]);
+        }
+        for q in a + 1..nq {
+            o[q] = o[q - 1] + softplus_f(r[q]);
+        }
+    }
+    out
+}
+
+/// A trained LSTM forecaster (weights + calibration), with the statistical
+/// model as cold-start fallback.
+#[derive(Debug, Clone)]
+pub struct LstmForecaster {
+    pub config: LstmConfig,
+    pub weights: Weights,
+    /// Per (horizon, quantile) spread factors from calibration (1 = none).
+    pub calibration: Vec<f32>,
+    /// Used when the history is shorter than the window, the bucket width
+    /// differs from training, or more horizon / other levels are asked for.
+    pub fallback: Ets,
+}
+
+/// What training measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub series: usize,
+    pub train_windows: usize,
+    pub val_windows: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    /// Coverage of the outermost central interval on the validation slice,
+    /// before and after calibration.
+    pub val_coverage_raw: f64,
+    pub val_coverage_calibrated: f64,
+    pub train_s: f64,
+    pub device: String,
+}
+
+/// Progress callback payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub epoch: usize,
+    pub step: usize,
+    pub total_steps: usize,
+    pub loss: f64,
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "gpu" => Ok(Self::Gpu),
+            _ => Err(format!("unknown device {s:?} (cpu or gpu)")),
+        }
+    }
+}
+
+/// The burn device for a choice: ndarray on CPU, wgpu with the `gpu` feature.
+pub fn burn_device(choice: DeviceChoice) -> Result<Device, ForecastError> {
+    match choice {
+        #[allow(deprecated)] // ndarray is the CPU backend this crate is built with
+        DeviceChoice::Cpu => Ok(Device::ndarray()),
+        #[cfg(feature = "gpu")]
+        DeviceChoice::Gpu => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
+        #[cfg(not(feature = "gpu"))]
+        DeviceChoice::Gpu => Err(ForecastError::DeviceUnavailable("gpu".into())),
+    }
+}
+
+/// Train one shared model on every series (each `History` holds only data
+/// before the training cut). The last `val_frac` of each series is held out
+/// for calibration. Deterministic for a seed on the CPU backend.
+pub fn train(
+    series: &[History<'_>],
+    cfg: &LstmConfig,
+    device: DeviceChoice,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(LstmForecaster, TrainReport), ForecastError> {
+    cfg.validate().map_err(ForecastError::Training)?;
+    let t0 = Instant::now();
+    let dev = burn_device(device)?;
+    dev.seed(cfg.seed);
+    let ad = dev.clone().autodiff();
+    // (series, origin) pairs: origin T means history y[..T], targets y[T..T+H]
+    let mut train_idx: Vec<(u32, u32)> = Vec::new();
+    let mut val_idx: Vec<(u32, u32)> = Vec::new();
+    for (si, s) in series.iter().enumerate() {
+        if s.bucket_ms != cfg.bucket_ms {
+            return Err(ForecastError::Training(format!(
+                "series {} has bucket {} ms, config {} ms",
+                s.key, s.bucket_ms, cfg.bucket_ms
+            )));
+        }
+        let n = s.values.len();
+        let n_fit = ((n as f64) * (1.0 - cfg.val_frac)).floor() as usize;
+        for t in cfg.window..=n_fit.saturating_sub(cfg.horizon) {
+            train_idx.push((si as u32, t as u32));
+        }
+        let mut t = n_fit.max(cfg.window);
+        while t + cfg.horizon <= n {
+            val_idx.push((si as u32, t as u32));
+            t += 1;
+        }
+    }
+    // calibration needs a few thousand origins, not every one
+    if val_idx.len() > MAX_VAL_ORIGINS {
+        let step = val_idx.len().div_ceil(MAX_VAL_ORIGINS);
+        val_idx = val_idx.into_iter().step_by(step).collect();
+    }
+    if train_idx.is_empty() {
+        return Err(ForecastError::NoData(format!(
+            "no series has {} buckets before its validation slice",
+            cfg.window + cfg.horizon
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let init = Weights::init(cfg, &mut rng);
+    let mut net = Net::from_weights(&init, cfg, &ad);
+    let mut optim = AdamConfig::new()
+        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
+        .init();
+    let nq = cfg.nq();
+    let taus: Vec<f32> = cfg.quantiles.iter().map(|&q| q as f32).collect();
+    let total = cfg.epochs * cfg.steps_per_epoch;
+    let mut step = 0;
+    let mut final_loss = f64::NAN;
+    let e = cfg.extra();
+    for epoch in 0..cfg.epochs {
+        let mut ep_loss = 0.0;
+        for _ in 0..cfg.steps_per_epoch {
+            let mut steps = Vec::with_capacity(cfg.batch * cfg.window * STEP_FEATURES);
+            let mut extra = Vec::with_capacity(cfg.batch * e);
+            let mut target = Vec::with_capacity(cfg.batch * cfg.horizon);
+            for _ in 0..cfg.batch {
+                let (si, t) = train_idx[rng.random_range(0..train_idx.len())];
+                let s = &series[si as usize];
+                let t = t as usize;
+                let inp = inputs(&s.values[..t], s.start, cfg).expect("origin >= window");
+                steps.extend_from_slice(&inp.steps);
+                extra.extend_from_slice(&inp.extra);
+                for h in 0..cfg.horizon {
+                    let z = (s.values[t + h] - inp.last) / inp.scale;
+                    target.push(z.clamp(-cfg.target_clip, cfg.target_clip) as f32);
+                }
+            }
+            let b = cfg.batch;
+            let x =
+                Tensor::<3>::from_data(TensorData::new(steps, [b, cfg.window, STEP_FEATURES]), &ad);
+            let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, e]), &ad);
+            let y = Tensor::<3>::from_data(TensorData::new(target, [b, cfg.horizon, 1]), &ad);
+            let tau = Tensor::<3>::from_data(TensorData::new(taus.clone(), [1, 1, nq]), &ad);
+            let pred = net.forward(x, ex, cfg);
+            let diff = y.expand([b, cfg.horizon, nq]) - pred;
+            let loss = diff
+                .clone()
+                .mul(tau.clone())
+                .max_pair(diff.mul(tau.sub_scalar(1.0)))
+                .mean();
+            let lv = loss.clone().into_scalar::<f32>() as f64;
+            if !lv.is_finite() {
+                return Err(ForecastError::Training(format!(
+                    "loss became {lv} at step {step}; lower --lr"
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(cfg.lr, net, grads);
+            ep_loss += lv;
+            step += 1;
+            progress(Progress {
+                epoch,
+                step,
+                total_steps: total,
+                loss: lv,
+            });
+        }
+        final_loss = ep_loss / cfg.steps_per_epoch.max(1) as f64;
+    }
+    let weights = net.to_weights();
+    weights.check(cfg).map_err(ForecastError::Training)?;
+    let mut model = LstmForecaster {
+        config: cfg.clone(),
+        weights,
+        calibration: vec![1.0; cfg.horizon * nq],
+        fallback: Ets::default(),
+    };
+    let val = model.raw_batch(series, &val_idx, &dev);
+    let raw_cov = model.val_coverage(series, &val);
+    model.calibration = model.calibrate(series, &val);
+    let cal_cov = model.val_coverage(series, &val);
+    let report = TrainReport {
+        series: series.len(),
+        train_windows: train_idx.len(),
+        val_windows: val_idx.len(),
+        steps: step,
+        final_loss,
+        val_coverage_raw: raw_cov,
+        val_coverage_calibrated: cal_cov,
+        train_s: t0.elapsed().as_secs_f64(),
+        device: format!("{device:?}").to_lowercase(),
+    };
+    Ok((model, report))
+}
+
+impl LstmForecaster {
+    /// Normalised, uncalibrated quantiles and the inputs' last/scale.
+    fn raw(&self, y: &[f64], start: Millis) -> Option<(Vec<f32>, f64, f64)> {
+        let inp = inputs(y, start, &self.config)?;
+        let z = forward_one(&self.weights, &self.config, &inp.steps, &inp.extra);
+        Some((z, inp.last, inp.scale))
+    }
+
+    /// Denormalised, calibrated `[h][q]` at the trained levels.
+    fn predict_trained(&self, y: &[f64], start: Millis) -> Option<Vec<Vec<f64>>> {
+        let (z, last, scale) = self.raw(y, start)?;
+        Some(self.denormalise(&z, last, scale))
+    }
+
+    /// Normalised forecasts of many origins through burn in batches (fast
+    /// for calibration over thousands of origins).
+    fn raw_batch(&self, series: &[History<'_>], idx: &[(u32, u32)], dev: &Device) -> Vec<ValRow> {
+        let per = self.config.horizon * self.config.nq();
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(512) {
+            let hs: Vec<History<'_>> = chunk
+                .iter()
+                .map(|&(si, t)| {
+                    let s = &series[si as usize];
+                    History {
+                        values: &s.values[..t as usize],
+                        ..*s
+                    }
+                })
+                .collect();
+            let Some(z) = self.burn_forward(&hs, dev) else {
+                continue;
+            };
+            for (k, (&(si, t), h)) in chunk.iter().zip(&hs).enumerate() {
+                if let Some(inp) = inputs(h.values, h.start, &self.config) {
+                    let zk = z[k * per..(k + 1) * per].to_vec();
+                    out.push((si as usize, t as usize, zk, inp.last, inp.scale));
+                }
+            }
+        }
+        out
+    }
+
+    /// Calibrated, denormalised `[h][q]` rows from normalised quantiles.
+    fn denormalise(&self, z: &[f32], last: f64, scale: f64) -> Vec<Vec<f64>> {
+        let nq = self.config.nq();
+        let a = self.config.anchor();
+        let mut out = Vec::with_capacity(self.config.horizon);
+        for (h, row) in z.chunks_exact(nq).enumerate() {
+            let za = row[a] as f64;
+            let mut r: Vec<f64> = row
+                .iter()
+                .enumerate()
+                .map(|(q, &v)| {
+                    let k = self.calibration[h * nq + q] as f64;
+                    let zc = za + k * (v as f64 - za);
+                    last + scale * zc
+                })
+                .collect();
+            for v in r.iter_mut() {
+                if !v.is_finite() || *v < 0.0 {
+                    *v = 0.0;
+                }
+            }
+            r.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            out.push(r);
+        }
+        out
+    }
+
+    /// Split-conformal style factors per (horizon, quantile): for each
+    /// non-anchor level, the factor `k` that makes `anchor + k·(q − anchor)`
+    /// hold the nominal share of validation targets below it.
+    fn calibrate(&self, series: &[History<'_>], val: &[ValRow]) -> Vec<f32> {
+        let cfg = &self.config;
+        let nq = cfg.nq();
+        let a = cfg.anchor();
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cfg.horizon * nq];
+        for (si, t, z, last, scale) in val {
+            let (s, t, last, scale) = (&series[*si], *t, *last, *scale);
+            for h in 0..cfg.horizon {
+                let y = (s.values[t + h] - last) / scale;
+                let za = z[h * nq + a] as f64;
+                for q in 0..nq {
+                    if q == a {
+                        continue;
+                    }
+                    let d = z[h * nq + q] as f64 - za;
+                    if d.abs() > 1e-9 {
+                        ratios[h * nq + q].push((y - za) / d);
+                    }
+                }
+            }
+        }
+        let mut k = vec![1.0f32; cfg.horizon * nq];
+        for h in 0..cfg.horizon {
+            for q in 0..nq {
+                let r = &mut ratios[h * nq + q];
+                if q == a || r.len() < 20 {
+                    continue;
+                }
+                r.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+                let tau = cfg.quantiles[q];
+                let p = if q > a { tau } else { 1.0 - tau };
+                let kv = super::sorted_quantile(r, p);
+                k[h * nq + q] = kv.clamp(0.05, 50.0) as f32;
+            }
+        }
+        k
+    }
+
+    /// Coverage of the outermost central interval on the validation origins.
+    fn val_coverage(&self, series: &[History<'_>], val: &[ValRow]) -> f64 {
+        let pairs = super::metrics::interval_pairs(&self.config.quantiles);
+        let Some(&(lo, hi, _)) = pairs.first() else {
+            return f64::NAN;
+        };
+        let (mut inside, mut total) = (0usize, 0usize);
+        for (si, t, z, last, scale) in val {
+            let (s, t) = (&series[*si], *t);
+            let p = self.denormalise(z, *last, *scale);
+            for (h, row) in p.iter().enumerate() {
+                let y = s.values[t + h];
+                total += 1;
+                if row[lo] <= y && y <= row[hi] {
+                    inside += 1;
+                }
+            }
+        }
+        if total == 0 {
+            f64::NAN
+        } else {
+            inside as f64 / total as f64
+        }
+    }
+
+    /// Forecast many series at once (the decision tick's batch). Each series
+    /// is independent; the loop shares the weights in cache.
+    pub fn forecast_batch(
+        &self,
+        histories: &[History<'_>],
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Vec<Forecast> {
+        histories
+            .iter()
+            .map(|h| self.forecast(h, horizon, quantiles))
+            .collect()
+    }
+
+    /// Run the burn forward on a batch (used to check the plain path and by
+    /// the GPU build for batched inference). Returns normalised quantiles.
+    pub fn burn_forward(&self, histories: &[History<'_>], device: &Device) -> Option<Vec<f32>> {
+        let cfg = &self.config;
+        let mut steps = Vec::new();
+        let mut extra = Vec::new();
+        for h in histories {
+            let inp = inputs(h.values, h.start, cfg)?;
+            steps.extend(inp.steps);
+            extra.extend(inp.extra);
+        }
+        let b = histories.len();
+        let net = Net::from_weights(&self.weights, cfg, device);
+        let x = Tensor::<3>::from_data(
+            TensorData::new(steps, [b, cfg.window, STEP_FEATURES]),
+            device,
+        );
+        let ex = Tensor::<2>::from_data(TensorData::new(extra, [b, cfg.extra()]), device);
+        Some(to_vec(net.forward(x, ex, cfg)))
+    }
+
+    /// Save as a JSON checkpoint with a SHA-256 over its content, so a
+    /// truncated or edited file is detected on load.
+    pub fn save(&self, path: &Path) -> Result<(), ForecastError> {
+        let body = Body {
+            config: self.config.clone(),
+            weights: self.weights.clone(),
+            calibration: self.calibration.clone(),
+        };
+        let sha256 = body.digest();
+        let ck = Checkpoint {
+            format: FORMAT.into(),
+            version: VERSION,
+            sha256,
+            body,
+        };
+        let io = |source| ForecastError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+        }
+        let text = serde_json::to_string(&ck).map_err(|e| ForecastError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(path, text).map_err(io)
+    }
+
+    /// Load and verify a checkpoint (format, version, checksum, shapes).
+    pub fn load(path: &Path) -> Result<Self, ForecastError> {
+        let p = path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| ForecastError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let ck: Checkpoint = serde_json::from_slice(&text).map_err(|e| ForecastError::Corrupt {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        if ck.format != FORMAT {
+            return Err(ForecastError::Mismatch {
+                path: p,
+                reason: format!("format {:?}, expected {FORMAT:?}", ck.format),
+            });
+        }
+        if ck.version != VERSION {
+            return Err(ForecastError::Mismatch {
+                path: p,
+                reason: format!("version {}, this build reads {VERSION}", ck.version),
+            });
+        }
+        if ck.body.digest() != ck.sha256 {
+            return Err(ForecastError::Corrupt {
+                path: p,
+                reason: "checksum does not match the content".into(),
+            });
+        }
+        let b = ck.body;
+        b.config
+            .validate()
+            .and_then(|_| b.weights.check(&b.config))
+            .map_err(|reason| ForecastError::Mismatch {
+                path: p.clone(),
+                reason,
+            })?;
+        if b.calibration.len() != b.config.horizon * b.config.nq() {
+            return Err(ForecastError::Mismatch {
+                path: p,
+                reason: "calibration length does not match horizon x quantiles".into(),
+            });
+        }
+        Ok(Self {
+            config: b.config,
+            weights: b.weights,
+            calibration: b.calibration,
+            fallback: Ets::default(),
+        })
+    }
+
+    /// Check a loaded model fits how the caller will use it.
+    pub fn expect(&self, bucket_ms: i64, horizon: usize, path: &Path) -> Result<(), ForecastError> {
+        if self.config.bucket_ms != bucket_ms || self.config.horizon < horizon {
+            return Err(ForecastError::Mismatch {
+                path: path.display().to_string(),
+                reason: format!(
+                    "trained for bucket {} ms / horizon {}, asked for {} ms / {}",
+                    self.config.bucket_ms, self.config.horizon, bucket_ms, horizon
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    config: LstmConfig,
+    weights: Weights,
+    calibration: Vec<f32>,
+}
+
+impl Body {
+    fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    format: String,
+    version: u32,
+    sha256: String,
+    body: Body,
+}
+
+/// Linear interpolation of trained quantile rows at other levels inside the
+/// trained range.
+fn interpolate(trained: &[f64], row: &[f64], want: &[f64]) -> Vec<f64> {
+    want.iter()
+        .map(|&q| {
+            let j = trained
+                .iter()
+                .position(|&t| t >= q - 1e-12)
+                .unwrap_or(trained.len() - 1);
+            if (trained[j] - q).abs() < 1e-12 || j == 0 {
+                return row[j];
+            }
+            let (t0, t1) = (trained[j - 1], trained[j]);
+            let w = (q - t0) / (t1 - t0);
+            row[j - 1] * (1.0 - w) + row[j] * w
+        })
+        .collect()
+}
+
+impl Forecaster for LstmForecaster {
+    fn name(&self) -> &str {
+        "lstm"
+    }
+
+    fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
+        let cfg = &self.config;
+        let in_range = quantiles
+            .iter()
+            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
+        let usable = history.bucket_ms == cfg.bucket_ms
+            && horizon <= cfg.horizon
+            && in_range
+            && check_quantiles(quantiles).is_ok();
+        if usable {
+            if let Some(rows) = self.predict_trained(history.values, history.start) {
+                let mut values: Vec<Vec<f64>> = rows
+                    .into_iter()
+                    .take(horizon)
+                    .map(|r| interpolate(&cfg.quantiles, &r, quantiles))
+                    .collect();
+                super::tidy_rows(&mut values);
+                return Forecast {
+                    quantiles: quantiles.to_vec(),
+                    values,
+                };
+            }
+        }
+        self.fallback.forecast(history, horizon, quantiles)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn synthetic(n: usize, bucket_ms: i64, seed: u64) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let m = season_buckets(bucket_ms) as f64;
+        let mut level = 100.0;
+        (0..n)
+            .map(|i| {
+                level = (level + rng.random_range(-3.0..3.0_f64)).clamp(20.0, 300.0);
+                let day = (std::f64::consts::TAU * i as f64 / m).sin();
+                (level + 40.0 * day).max(0.0)
+            })
+            .collect()
+    }
+
+    fn tiny_cfg() -> LstmConfig {
+        LstmConfig {
+            window: 12,
+            hidden: 8,
+            head_hidden: 8,
+            horizon: 4,
+            bucket_ms: 3_600_000,
+            season: 24,
+            epochs: 2,
+            steps_per_epoch: 6,
+            batch: 8,
+            ..LstmConfig::default()
+        }
+    }
+
+    fn trained() -> (LstmForecaster, Vec<f64>) {
+        let cfg = tiny_cfg();
+        let v = synthetic(24 * 10, cfg.bucket_ms, 7);
+        let h = History {
+            key: "ce/vcpus",
+            start: 0,
+            bucket_ms: cfg.bucket_ms,
+            values: &v,
+        };
+        let (m, rep) = train(&[h], &cfg, DeviceChoice::Cpu, &mut |_| {}).unwrap();
+        assert_eq!(rep.steps, 12);
+        (m, v)
+    }
+
+    #[test]
+    fn monotone_matrix_never_crosses() {
+        let cfg = LstmConfig {
+            quantiles: vec![0.05, 0.1, 0.5, 0.9, 0.95],
+            ..tiny_cfg()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let w = Weights::init(&cfg, &mut rng);
+        let steps: Vec<f32> = (0..cfg.window * STEP_FEATURES)
+            .map(|_| rng.random_range(-3.0..3.0))
+            .collect();
+        let extra: Vec<f32> = (0..cfg.extra())
+            .map(|_| rng.random_range(-3.0..3.0))
+            .collect();
+        let z = forward_one(&w, &cfg, &steps, &extra);
+        for row in z.chunks_exact(5) {
+            assert!(row.windows(2).all(|p| p[0] < p[1]), "{row:?}");
+        }
+    }
+
+    #[test]
+    fn plain_path_matches_burn() {
+        let (m, v) = trained();
+        let h = History {
+            key: "k",
+            start: 0,
+            bucket_ms: m.config.bucket_ms,
+            values: &v[..100],
+        };
+        let burn = m
+            .burn_forward(&[h], &burn_device(DeviceChoice::Cpu).unwrap())
+            .unwrap();
+        let (plain, _, _) = m.raw(h.values, h.start).unwrap();
+        assert_eq!(burn.len(), plain.len());
+        for (a, b) in burn.iter().zip(&plain) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn quantiles_do_not_cross_and_fallback_on_short_history() {
+        let (m, v) = trained();
+        let h = History {
+            key: "k",
+            start: 0,
+            bucket_ms: m.config.bucket_ms,
+            values: &v,
+        };
+        let f = m.forecast(&h, 4, &[0.1, 0.5, 0.9]);
+        assert_eq!(f.values.len(), 4);
+        for r in &f.values {
+            assert!(r[0] <= r[1] && r[1] <= r[2], "{r:?}");
+        }
+        // interpolated level inside the trained range
+        let f2 = m.forecast(&h, 4, &[0.25, 0.5]);
+        assert!(f2.values[0][0] <= f2.values[0][1]);
+        // shorter than the window → statistical fallback, still a forecast
+        let short = History {
+            values: &v[..3],
+            ..h
+        };
+        assert_eq!(m.forecast(&short, 4, &[0.5]).values.len(), 4);
+    }
+
+    #[test]
+    fn checkpoint_round_trip_is_identical() {
+        let (m, v) = trained();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        m.save(&p).unwrap();
+        let back = LstmForecaster::load(&p).unwrap();
+        assert_eq!(back.weights, m.weights);
+        assert_eq!(back.calibration, m.calibration);
+        let h = History {
+            key: "k",
+            start: 0,
+            bucket_ms: m.config.bucket_ms,
+            values: &v,
+        };
+        assert_eq!(
+            m.forecast(&h, 4, &[0.1, 0.5, 0.9]),
+            back.forecast(&h, 4, &[0.1, 0.5, 0.9])
+        );
+    }
+
+    #[test]
+    fn corrupt_checkpoint_is_a_typed_error() {
+        let (m, _) = trained();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        m.save(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        // truncated file
+        std::fs::write(&p, &text[..text.len() / 2]).unwrap();
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
+        // one weight changed: checksum catches it
+        let edited = text.replacen("\"wx\":[", "\"wx\":[9.5,", 1);
+        std::fs::write(&p, edited).unwrap();
+        assert!(matches!(
+            LstmForecaster::load(&p),
+            Err(ForecastError::Corrupt { .. })
+        ));
+        // missing file
+        assert!(matches!(
+            LstmForecaster::load(&dir.path().join("none.json")),
+            Err(ForecastError::Io { .. })
+        ));
+        // wrong bucket width for the caller
+        assert!(matches!(
+            m.expect(300_000, 4, &p),
+            Err(ForecastError::Mismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn gpu_without_feature_is_an_error() {
+        if cfg!(not(feature = "gpu")) {
+            assert!(matches!(
+                burn_device(DeviceChoice::Gpu),
+                Err(ForecastError::DeviceUnavailable(_))
+            ));
+        }
+    }
+}

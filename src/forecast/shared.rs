@@ -1,0 +1,145 @@
+//! What the service holds: a forecaster that can be swapped while decisions
+//! keep running (periodic retraining), and loading with a safe fallback.
+
+use super::{Ets, Forecast, ForecastError, Forecaster, History, LstmForecaster};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// A hot-swappable forecaster. Readers clone the inner `Arc` under a read
+/// lock held for a few nanoseconds, so a swap never waits for a forecast and
+/// a forecast in flight finishes on the model it started with.
+///
+/// Service wiring: build the engine with `Arc::new(shared.clone())` as its
+/// `Arc<dyn Forecaster>`; on the retraining interval call
+/// [`crate::forecast::lstm::train`] on a blocking thread with the recent
+/// series and `shared.swap(Arc::new(model))`.
+#[derive(Clone)]
+pub struct SharedForecaster {
+    inner: Arc<RwLock<Arc<dyn Forecaster>>>,
+}
+
+impl SharedForecaster {
+    pub fn new(model: Arc<dyn Forecaster>) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(model)),
+        }
+    }
+
+    /// The model in use now.
+    pub fn current(&self) -> Arc<dyn Forecaster> {
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replace the model; returns the previous one.
+    pub fn swap(&self, model: Arc<dyn Forecaster>) -> Arc<dyn Forecaster> {
+        let mut g = match self.inner.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::replace(&mut *g, model)
+    }
+}
+
+impl std::fmt::Debug for SharedForecaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedForecaster({})", self.current().name())
+    }
+}
+
+impl Forecaster for SharedForecaster {
+    fn name(&self) -> &str {
+        // the name of a swappable model is not stable; say what it is
+        "shared"
+    }
+
+    fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
+        self.current().forecast(history, horizon, quantiles)
+    }
+}
+
+/// Either the LSTM or, when its checkpoint could not be used, the statistical
+/// model. Keeps the load error so the service can log and expose it.
+#[derive(Debug)]
+pub enum FallbackForecaster {
+    Lstm(Box<LstmForecaster>),
+    Statistical { model: Ets, error: Option<String> },
+}
+
+impl Forecaster for FallbackForecaster {
+    fn name(&self) -> &str {
+        match self {
+            Self::Lstm(m) => m.name(),
+            Self::Statistical { model, .. } => model.name(),
+        }
+    }
+
+    fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
+        match self {
+            Self::Lstm(m) => m.forecast(history, horizon, quantiles),
+            Self::Statistical { model, .. } => model.forecast(history, horizon, quantiles),
+        }
+    }
+}
+
+/// Load an LSTM checkpoint for use at `bucket_ms` / `horizon`; on any
+/// problem (missing, corrupt, mismatched) return the statistical model and
+/// the typed error instead of failing.
+pub fn load_or_fallback(
+    path: &Path,
+    bucket_ms: i64,
+    horizon: usize,
+) -> (FallbackForecaster, Option<ForecastError>) {
+    let loaded = LstmForecaster::load(path).and_then(|m| {
+        m.expect(bucket_ms, horizon, path)?;
+        Ok(m)
+    });
+    match loaded {
+        Ok(m) => (FallbackForecaster::Lstm(Box::new(m)), None),
+        Err(e) => (
+            FallbackForecaster::Statistical {
+                model: Ets::default(),
+                error: Some(e.to_string()),
+            },
+            Some(e),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::SeasonalNaive;
+
+    #[test]
+    fn swap_changes_the_model_in_use() {
+        let s = SharedForecaster::new(Arc::new(SeasonalNaive::default()));
+        assert_eq!(s.current().name(), "seasonal_naive");
+        let old = s.swap(Arc::new(Ets::default()));
+        assert_eq!(old.name(), "seasonal_naive");
+        assert_eq!(s.current().name(), "ets");
+    }
+
+    #[test]
+    fn corrupt_checkpoint_falls_back_to_statistical() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, b"{not json").unwrap();
+        let (f, err) = load_or_fallback(&p, 300_000, 12);
+        assert!(matches!(err, Some(ForecastError::Corrupt { .. })));
+        assert_eq!(f.name(), "ets");
+        let v: Vec<f64> = (0..100).map(|i| i as f64).collect();
+        let h = History {
+            key: "k",
+            start: 0,
+            bucket_ms: 300_000,
+            values: &v,
+        };
+        assert_eq!(f.forecast(&h, 12, &[0.1, 0.5, 0.9]).values.len(), 12);
+        let (f, err) = load_or_fallback(&dir.path().join("missing.json"), 300_000, 12);
+        assert!(matches!(err, Some(ForecastError::Io { .. })));
+        assert_eq!(f.name(), "ets");
+    }
+}

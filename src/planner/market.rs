@@ -1,0 +1,177 @@
+//! From the price book and catalogue to the planner's offers: shapes joined
+//! on, stale prices flagged and not trusted blindly, reserved capacity added
+//! as already-paid pools.
+
+use super::offers::Offer;
+use crate::events::{Market, Millis};
+use crate::policy::ReservedInstances;
+use crate::pricing::{Catalog, PriceBook};
+
+/// What to do with prices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketView<'a> {
+    /// Prices older than this are stale.
+    pub max_price_age_ms: i64,
+    pub markets: &'a [Market],
+    pub regions: &'a [String],
+    pub providers: &'a [String],
+    pub instance_types: &'a [String],
+    pub reserved: &'a [ReservedInstances],
+}
+
+/// Every pool the planner may buy from as of `now`.
+///
+/// Stale rule: a spot price not confirmed for `max_price_age_ms` is still
+/// offered (the pool probably exists) but priced at the type's on-demand
+/// price in that region, and flagged `stale`; without an on-demand price the
+/// pool is dropped. So a silent feed can make spot look no cheaper than
+/// on-demand, never cheaper than it is. On-demand ticks that go stale fall
+/// back to the catalogue list price when there is one; catalogue prices
+/// themselves never go stale.
+///
+/// Reserved instances become pools with `available = count` and their
+/// on-demand rate as nominal price (marginal cost 0). Types the catalogue
+/// has no shape for are skipped (the planner cannot size them).
+pub fn offers_from_book(
+    book: &PriceBook,
+    catalog: &Catalog,
+    now: Millis,
+    view: &MarketView<'_>,
+) -> Vec<Offer> {
+    let allowed = |m: Market, region: &str, provider: &str, itype: &str| {
+        (view.markets.is_empty() || view.markets.contains(&m))
+            && (view.regions.is_empty() || view.regions.iter().any(|r| r == region))
+            && (view.providers.is_empty()
+                || view
+                    .providers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(provider)))
+            && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
+    };
+    let mut out = Vec::new();
+    for o in book.offers(catalog, now) {
+        let k = &o.pool;
+        if k.market == Market::Reserved {
+            // Reserved capacity comes from the policy's inventory below.
+            continue;
+        }
+        if !allowed(k.market, &k.region, &k.provider, &k.instance_type) {
+            continue;
+        }
+        let Some(spec) = catalog.spec(&k.instance_type) else {
+            continue;
+        };
+        let od = catalog.ondemand_price(&k.region, &k.instance_type);
+        let stale = o.age_ms.is_some_and(|a| a > view.max_price_age_ms);
+        let price = match (stale, k.market) {
+            (false, _) => o.usd_per_hour,
+            (true, Market::Spot) => match od {
+                Some(p) => p.max(o.usd_per_hour),
+                None => continue,
+            },
+            (true, _) => od.unwrap_or(o.usd_per_hour),
+        };
+        if !(price.is_finite() && price >= 0.0) {
+            continue;
+        }
+        out.push(Offer {
+            provider: k.provider.clone(),
+            region: k.region.clone(),
+            zone: k.zone.clone(),
+            instance_type: k.instance_type.clone(),
+            market: k.market,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            gpus: spec.gpus,
+            usd_per_hour: price,
+            on_demand_usd_per_hour: od,
+            interruption_rate_per_h: 0.0,
+            available: None,
+            price_at: now - o.age_ms.unwrap_or(0),
+            stale,
+        });
+    }
+    if view.markets.is_empty() || view.markets.contains(&Market::Reserved) {
+        for r in view.reserved {
+            if r.count <= 0 || !allowed(Market::Reserved, &r.region, &r.provider, &r.instance_type)
+            {
+                continue;
+            }
+            let Some(spec) = catalog.spec(&r.instance_type) else {
+                continue;
+            };
+            let od = catalog.ondemand_price(&r.region, &r.instance_type);
+            out.push(Offer {
+                provider: r.provider.clone(),
+                region: r.region.clone(),
+                zone: None,
+                instance_type: r.instance_type.clone(),
+                market: Market::Reserved,
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+                gpus: spec.gpus,
+                usd_per_hour: od.unwrap_or(0.0),
+                on_demand_usd_per_hour: od,
+                interruption_rate_per_h: 0.0,
+                available: Some(r.count as i64),
+                price_at: now,
+                stale: false,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::PriceTick;
+
+    fn tick(at: Millis, itype: &str, p: f64) -> PriceTick {
+        PriceTick {
+            at,
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            zone: Some("use1-az1".into()),
+            instance_type: itype.into(),
+            market: Market::Spot,
+            usd_per_hour: p,
+        }
+    }
+
+    #[test]
+    fn stale_spot_is_priced_at_on_demand_and_reserved_added() {
+        let cat = Catalog::bundled();
+        let mut book = PriceBook::new();
+        book.apply(&tick(0, "m5.large", 0.03));
+        let reserved = vec![ReservedInstances {
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            instance_type: "c5.xlarge".into(),
+            count: 3,
+        }];
+        let view = MarketView {
+            max_price_age_ms: 3_600_000,
+            markets: &[],
+            regions: &[],
+            providers: &[],
+            instance_types: &["m5.large".to_string(), "c5.xlarge".to_string()],
+            reserved: &reserved,
+        };
+        let fresh = offers_from_book(&book, &cat, 1000, &view);
+        let spot = fresh.iter().find(|o| o.market == Market::Spot).unwrap();
+        assert_eq!(spot.usd_per_hour, 0.03);
+        assert!(!spot.stale);
+        assert_eq!(spot.vcpus, 2.0);
+        let res = fresh.iter().find(|o| o.market == Market::Reserved).unwrap();
+        assert_eq!(res.available, Some(3));
+        assert_eq!(res.marginal_usd_per_hour(), 0.0);
+        let old = offers_from_book(&book, &cat, 2 * 3_600_000, &view);
+        let spot = old.iter().find(|o| o.market == Market::Spot).unwrap();
+        assert!(spot.stale);
+        assert_eq!(
+            Some(spot.usd_per_hour),
+            cat.ondemand_price("us-east-1", "m5.large")
+        );
+    }
+}

@@ -1,0 +1,663 @@
+//! Cost-aware planning: turns a demand forecast, the queue, the policy and
+//! prices into an environment's capacity targets and instance mix.
+//!
+//! Pure: no I/O, no wall clock, no hash-map iteration, so the same inputs
+//! always give the same plan and the same `reason` text (the engine hashes
+//! commands by their inputs). See `docs/planner.md`.
+
+pub mod market;
+pub mod offers;
+pub mod optimize;
+
+pub use market::{offers_from_book, MarketView};
+pub use offers::{spot_slowdown, Offer, RiskModel};
+pub use optimize::{rank_offers, ChosenPool, InstanceRequest, RankedChoice};
+
+use crate::events::{InstanceAllocation, Market, Millis, QuantileValue};
+use crate::forecast::Forecast;
+use crate::policy::{EnvPolicy, PolicyFile, PriorityClass, ReservedInstances};
+use crate::pricing::{Catalog, PriceBook};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// What the previous tick decided, for the scale-in cool-down.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreviousPlan {
+    pub desired_vcpus: i64,
+    /// When `desired_vcpus` was last raised (event time).
+    pub raised_at: Millis,
+}
+
+/// Everything one planning decision depends on.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    pub env: &'a str,
+    /// Decision time (event time of the tick).
+    pub now: Millis,
+    /// Width of one forecast bucket.
+    pub bucket_ms: i64,
+    /// Concurrent vCPU demand forecast, `values[h][q]`, quantiles ascending.
+    pub forecast: &'a Forecast,
+    /// vCPUs of jobs submitted but not started / running now.
+    pub queued_vcpus: f64,
+    pub running_vcpus: f64,
+    /// Highest priority among queued and running jobs (None: idle).
+    pub top_priority: Option<i32>,
+    /// A queued or running job's deadline falls within the lead time plus
+    /// its runtime: provision at the high quantile.
+    pub deadline_pressure: bool,
+    /// Shape of the demand, from recent jobs (memory and GPUs per vCPU).
+    pub memory_mib_per_vcpu: f64,
+    pub gpus_per_vcpu: f64,
+    pub policy: &'a EnvPolicy,
+    pub book: &'a PriceBook,
+    pub catalog: &'a Catalog,
+    /// Already-paid instances of this environment, besides the policy's
+    /// own `reserved` list (e.g. from an inventory feed).
+    pub reserved: &'a [ReservedInstances],
+    /// USD/h the environment may still burn within its budgets (None: no
+    /// budget applies). Reserved capacity does not burn.
+    pub budget_headroom_usd_per_h: Option<f64>,
+    pub previous: Option<PreviousPlan>,
+    /// Measured spot interruption rates per pool (see [`RiskModel`]).
+    pub interruption_rates: &'a BTreeMap<String, f64>,
+}
+
+/// The decision for one environment at one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanOutput {
+    pub min_vcpus: i64,
+    pub desired_vcpus: i64,
+    pub max_vcpus: i64,
+    pub instance_mix: Vec<InstanceAllocation>,
+    pub constraints: BTreeMap<String, String>,
+    pub quantile_used: f64,
+    /// Peak of each forecast quantile over the lead time (for the
+    /// command's `forecast` field).
+    pub forecast_used: Vec<QuantileValue>,
+    /// Marginal list spend rate of the mix (reserved counts 0).
+    pub usd_per_hour: f64,
+    /// Risk-adjusted spend rate (spot slowdown included).
+    pub expected_usd_per_hour: f64,
+    /// Expected cost of one vCPU-hour of work on this mix; the engine uses
+    /// it for a submitted job's expected cost (budget commitment).
+    pub usd_per_vcpu_hour: f64,
+    pub reason: String,
+}
+
+/// Linear interpolation of a quantile level between forecast levels;
+/// clamps outside the forecast's range.
+pub fn quantile_value(levels: &[f64], values: &[f64], q: f64) -> f64 {
+    let n = levels.len().min(values.len());
+    if n == 0 {
+        return 0.0;
+    }
+    if q <= levels[0] {
+        return values[0];
+    }
+    for i in 1..n {
+        if q <= levels[i] {
+            let (l0, l1) = (levels[i - 1], levels[i]);
+            let w = if l1 > l0 { (q - l0) / (l1 - l0) } else { 1.0 };
+            return values[i - 1] + w * (values[i] - values[i - 1]);
+        }
+    }
+    values[n - 1]
+}
+
+fn fmt_num(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// Plans one environment over an explicit list of offers (reserved pools
+/// included, with `available` = count owned). [`plan_environment`] builds
+/// the offers from the price book and catalogue and calls this.
+pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
+    let p = input.policy;
+    let class = if input.deadline_pressure {
+        PriorityClass::High
+    } else {
+        input
+            .top_priority
+            .map(|pr| p.class_of(pr))
+            .unwrap_or(PriorityClass::Normal)
+    };
+    let q = p.quantile_for(class);
+    let mut reason = String::new();
+    let _ = write!(
+        reason,
+        "{}: {} priority{} -> q{:.2}",
+        input.env,
+        class.as_str(),
+        if input.deadline_pressure {
+            " (deadline pressure)"
+        } else {
+            ""
+        },
+        q
+    );
+
+    // 1. Demand over the provisioning lead time.
+    let f = input.forecast;
+    let lead_ms = p.lead_time_s.max(0) * 1000;
+    let h = if input.bucket_ms > 0 {
+        ((lead_ms + input.bucket_ms - 1) / input.bucket_ms).max(1) as usize
+    } else {
+        1
+    }
+    .min(f.values.len());
+    let window = &f.values[..h];
+    let peak_q = window
+        .iter()
+        .map(|row| quantile_value(&f.quantiles, row, q))
+        .fold(0.0f64, f64::max);
+    let low_floor = window
+        .iter()
+        .map(|row| row.first().copied().unwrap_or(0.0))
+        .fold(f64::INFINITY, f64::min);
+    let low_floor = if low_floor.is_finite() {
+        low_floor
+    } else {
+        0.0
+    };
+    let upper = window
+        .iter()
+        .map(|row| row.last().copied().unwrap_or(0.0))
+        .fold(0.0f64, f64::max);
+    let forecast_used: Vec<QuantileValue> = f
+        .quantiles
+        .iter()
+        .enumerate()
+        .map(|(i, &ql)| QuantileValue {
+            quantile: ql,
+            vcpus: window
+                .iter()
+                .map(|row| row.get(i).copied().unwrap_or(0.0))
+                .fold(0.0f64, f64::max),
+        })
+        .collect();
+    if h == 0 {
+        reason.push_str("; no forecast, following running work");
+    } else {
+        let _ = write!(
+            reason,
+            "; forecast peak {} vCPU over {} s",
+            fmt_num(peak_q),
+            p.lead_time_s
+        );
+    }
+    let base = peak_q.max(input.running_vcpus.max(0.0)) + input.queued_vcpus.max(0.0);
+    let _ = write!(
+        reason,
+        "; running {} + queued {}",
+        fmt_num(input.running_vcpus),
+        fmt_num(input.queued_vcpus)
+    );
+    let mut desired = base.ceil().max(0.0) as i64;
+
+    // 2. Scale-in cool-down.
+    if let Some(prev) = input.previous {
+        if prev.desired_vcpus > desired && input.now - prev.raised_at < p.scale_in_cooldown_s * 1000
+        {
+            let _ = write!(
+                reason,
+                "; held at {} (scale-in cool-down {} s, raised {} s ago)",
+                prev.desired_vcpus,
+                p.scale_in_cooldown_s,
+                (input.now - prev.raised_at) / 1000
+            );
+            desired = prev.desired_vcpus;
+        }
+    }
+
+    // 3. Reserved capacity (already paid) and floors.
+    let reserved_v: f64 = offers
+        .iter()
+        .filter(|o| o.market == Market::Reserved)
+        .map(|o| o.vcpus * o.available.unwrap_or(0).max(0) as f64)
+        .sum();
+    let mut min = p
+        .min_vcpus
+        .max(low_floor.floor() as i64)
+        .max(reserved_v as i64);
+    if let Some(cap) = p.max_vcpus {
+        if desired > cap {
+            let _ = write!(reason, "; capped by max_vcpus {cap}");
+            desired = cap;
+        }
+    }
+    desired = desired.max(p.min_vcpus);
+
+    // 4. Instance mix within the hourly spend cap.
+    let hourly_cap = match (p.max_usd_per_hour, input.budget_headroom_usd_per_h) {
+        (Some(a), Some(b)) => Some(a.min(b).max(0.0)),
+        (a, b) => a.or(b.map(|x| x.max(0.0))),
+    };
+    let mut risk = RiskModel::new(p.spot_interruption_rate_per_h);
+    risk.overrides = input.interruption_rates.clone();
+    let mut offers: Vec<Offer> = offers.to_vec();
+    risk.apply(&mut offers);
+    let request = |v: i64, cap: Option<f64>| InstanceRequest {
+        vcpus: v as f64,
+        memory_mib: (v as f64 * input.memory_mib_per_vcpu.max(0.0)).ceil() as i64,
+        gpus: (v as f64 * input.gpus_per_vcpu.max(0.0)).ceil() as i32,
+        duration_s: Some(p.typical_job_s),
+        deadline: None,
+        max_usd_per_hour: cap,
+        max_usd_per_job: None,
+        markets: p.markets.clone(),
+        regions: p.regions.clone(),
+        providers: p.providers.clone(),
+        instance_types: p.instance_types.clone(),
+        fleet: true,
+        restart_overhead_s: p.restart_overhead_s,
+        max_spot_pool_share: p.max_spot_pool_share,
+        alternatives: 0,
+        ..InstanceRequest::default()
+    };
+    let solve = |v: i64, cap: Option<f64>| rank_offers(&request(v, cap), &offers, input.now);
+    let uncapped = solve(desired, None).into_iter().next();
+    // List cost per non-reserved vCPU-hour of the unconstrained mix: how
+    // far a dollar of headroom goes.
+    let unit_list = uncapped.as_ref().and_then(|c| {
+        let paid_v: f64 = c
+            .pools
+            .iter()
+            .filter(|p| p.market != Market::Reserved)
+            .map(|p| p.count as f64 * vcpus_of(&offers, p))
+            .sum();
+        (paid_v > 0.0).then(|| c.usd_per_hour / paid_v)
+    });
+    let mut chosen = uncapped.clone();
+    if let (Some(cap), Some(c)) = (hourly_cap, &uncapped) {
+        if c.usd_per_hour > cap + 1e-9 {
+            let mut v = match unit_list {
+                Some(u) if u > 0.0 => (reserved_v + cap / u).floor() as i64,
+                _ => reserved_v as i64,
+            }
+            .min(desired);
+            chosen = None;
+            for _ in 0..12 {
+                if let Some(c) = solve(v, Some(cap)).into_iter().next() {
+                    chosen = Some(c);
+                    break;
+                }
+                if v == 0 {
+                    break;
+                }
+                v = (v as f64 * 0.9).floor() as i64;
+            }
+            let _ = write!(
+                reason,
+                "; budget caps spend at ${}/h -> desired {} instead of {}",
+                fmt_num(cap),
+                v,
+                desired
+            );
+            desired = v;
+        }
+    }
+    let mut instance_mix: Vec<InstanceAllocation> = Vec::new();
+    let (mut usd_h, mut exp_h) = (0.0, 0.0);
+    match &chosen {
+        Some(c) => {
+            usd_h = c.usd_per_hour;
+            exp_h = c.expected_usd_per_hour;
+            for pool in &c.pools {
+                match instance_mix.iter_mut().find(|a| {
+                    a.instance_type == pool.instance_type
+                        && a.market == pool.market
+                        && a.region == pool.region
+                }) {
+                    Some(a) => a.count += pool.count as i32,
+                    None => instance_mix.push(InstanceAllocation {
+                        instance_type: pool.instance_type.clone(),
+                        market: pool.market,
+                        region: pool.region.clone(),
+                        count: pool.count as i32,
+                    }),
+                }
+            }
+            if !c.pools.is_empty() {
+                let mut parts: Vec<String> = Vec::new();
+                for a in &instance_mix {
+                    parts.push(format!(
+                        "{}x {} {} {}",
+                        a.count, a.instance_type, a.market, a.region
+                    ));
+                }
+                let _ = write!(
+                    reason,
+                    "; mix {} at ${}/h list, ${}/h risk-adjusted",
+                    parts.join(", "),
+                    format_args!("{:.3}", usd_h),
+                    format_args!("{:.3}", exp_h)
+                );
+                let stale = c.pools.iter().filter(|p| p.stale_price).count();
+                if stale > 0 {
+                    let _ = write!(reason, "; {stale} pool(s) on stale prices");
+                }
+            }
+        }
+        None if desired > 0 => {
+            reason.push_str("; no allowed priced capacity fits: mix left to the scheduler");
+        }
+        None => {}
+    }
+    let mix_v = chosen.as_ref().map(|c| c.vcpus).unwrap_or(0.0);
+    let usd_per_vcpu_hour = if mix_v > 0.0 {
+        exp_h / mix_v
+    } else {
+        // Nothing bought: price work at the cheapest allowed on-demand rate.
+        offers
+            .iter()
+            .filter(|o| o.market == Market::OnDemand && o.vcpus > 0.0)
+            .map(|o| o.usd_per_hour / o.vcpus)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let usd_per_vcpu_hour = if usd_per_vcpu_hour.is_finite() {
+        usd_per_vcpu_hour
+    } else {
+        0.0
+    };
+
+    // 5. Ceiling: room for the scheduler to absorb forecast misses, within
+    // the policy and the budget.
+    let mut max = ((desired as f64).max(upper + input.queued_vcpus.max(0.0)) * 1.5).ceil() as i64;
+    if let Some(cap) = p.max_vcpus {
+        max = max.min(cap);
+    }
+    if let (Some(cap), Some(u)) = (hourly_cap, unit_list) {
+        if u > 0.0 {
+            max = max.min((reserved_v + cap / u).floor() as i64);
+        }
+    }
+    max = max.max(desired);
+    min = min.min(desired);
+    let _ = write!(reason, " => min {min} desired {desired} max {max}");
+
+    let mut constraints = BTreeMap::new();
+    if let Some(j) = p.max_usd_per_job {
+        constraints.insert("max_usd_per_job".to_string(), format!("{j}"));
+    }
+    if let Some(cap) = hourly_cap {
+        constraints.insert("max_usd_per_hour".to_string(), format!("{cap:.4}"));
+    }
+    constraints.insert(
+        "markets".to_string(),
+        p.markets
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    constraints.insert(
+        "serverless_burst".to_string(),
+        p.serverless_burst.to_string(),
+    );
+    constraints.insert("priority_class".to_string(), class.as_str().to_string());
+
+    PlanOutput {
+        min_vcpus: min,
+        desired_vcpus: desired,
+        max_vcpus: max,
+        instance_mix,
+        constraints,
+        quantile_used: q,
+        forecast_used,
+        usd_per_hour: usd_h,
+        expected_usd_per_hour: exp_h,
+        usd_per_vcpu_hour,
+        reason,
+    }
+}
+
+/// Plans one environment: builds the offers allowed by its policy from the
+/// price book and catalogue (stale prices flagged, reserved capacity
+/// added) and decides min/desired/max vCPUs and the instance mix.
+pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
+    let p = input.policy;
+    let mut reserved = p.reserved.clone();
+    reserved.extend(input.reserved.iter().cloned());
+    let offers = offers_from_book(
+        input.book,
+        input.catalog,
+        input.now,
+        &MarketView {
+            max_price_age_ms: p.max_price_age_s * 1000,
+            markets: &p.markets,
+            regions: &p.regions,
+            providers: &p.providers,
+            instance_types: &p.instance_types,
+            reserved: &reserved,
+        },
+    );
+    plan_with_offers(input, &offers)
+}
+
+/// The cheapest expected-cost instances for a demand, optimum first, then
+/// ranked single-pool alternatives; empty when nothing allowed fits.
+pub fn optimal_instances(
+    req: &InstanceRequest,
+    book: &PriceBook,
+    catalog: &Catalog,
+    now: Millis,
+) -> Vec<RankedChoice> {
+    let mut offers = offers_from_book(
+        book,
+        catalog,
+        now,
+        &MarketView {
+            max_price_age_ms: req.max_price_age_s.max(1) * 1000,
+            markets: &req.markets,
+            regions: &req.regions,
+            providers: &req.providers,
+            instance_types: &req.instance_types,
+            reserved: &req.reserved,
+        },
+    );
+    let mut risk = RiskModel::new(req.spot_interruption_rate_per_h);
+    risk.overrides = req.interruption_rates.clone();
+    risk.apply(&mut offers);
+    rank_offers(req, &offers, now)
+}
+
+/// The engine's [`crate::engine::CapacityPlanner`] backed by this planner
+/// and a policy file. The engine's request carries only outstanding vCPUs
+/// (submitted, not completed), so they are treated as running work with an
+/// empty queue (the forecast covers the same quantity, so nothing is counted
+/// twice), at normal priority, with 2 GiB per vCPU and no GPUs.
+#[derive(Debug, Clone, Default)]
+pub struct CostAwarePlanner {
+    pub policy: PolicyFile,
+    pub interruption_rates: BTreeMap<String, f64>,
+}
+
+impl crate::engine::CapacityPlanner for CostAwarePlanner {
+    fn plan(&self, req: &crate::engine::PlanRequest<'_>) -> crate::engine::PlanDecision {
+        let policy = self.policy.for_env(req.compute_environment);
+        let out = plan_environment(&PlanInput {
+            env: req.compute_environment,
+            now: req.now,
+            bucket_ms: req.bucket_ms,
+            forecast: req.forecast,
+            queued_vcpus: 0.0,
+            running_vcpus: req.outstanding.vcpus,
+            top_priority: req.outstanding.top_priority,
+            deadline_pressure: req.outstanding.deadline_pressure,
+            memory_mib_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.memory_mib / req.outstanding.vcpus
+            } else {
+                2048.0
+            },
+            gpus_per_vcpu: if req.outstanding.vcpus > 0.0 {
+                req.outstanding.gpus / req.outstanding.vcpus
+            } else {
+                0.0
+            },
+            policy,
+            book: req.book,
+            catalog: req.catalog,
+            reserved: &[],
+            budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
+            previous: req.previous,
+            interruption_rates: &self.interruption_rates,
+        });
+        crate::engine::PlanDecision {
+            min_vcpus: out.min_vcpus,
+            desired_vcpus: out.desired_vcpus,
+            max_vcpus: out.max_vcpus,
+            instance_mix: out.instance_mix,
+            constraints: out.constraints,
+            reason: out.reason,
+            usd_per_vcpu_hour: out.usd_per_vcpu_hour,
+        }
+    }
+
+    fn policy(&self, env: &str) -> Option<&EnvPolicy> {
+        Some(self.policy.for_env(env))
+    }
+}
+
+fn vcpus_of(offers: &[Offer], p: &ChosenPool) -> f64 {
+    offers
+        .iter()
+        .find(|o| {
+            o.instance_type == p.instance_type && o.region == p.region && o.market == p.market
+        })
+        .map(|o| o.vcpus)
+        .unwrap_or(0.0)
+}
+
+/// Expected cost of a job at a plan's `usd_per_vcpu_hour`: what the budget
+/// ledger commits on admission.
+pub fn expected_job_cost(vcpus: f64, runtime_s: Option<i64>, usd_per_vcpu_hour: f64) -> f64 {
+    let hours = runtime_s.unwrap_or(3600).max(0) as f64 / 3600.0;
+    vcpus.max(0.0) * hours * usd_per_vcpu_hour.max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::optimize::tests_support::offer;
+    use super::*;
+
+    fn input<'a>(
+        f: &'a Forecast,
+        p: &'a EnvPolicy,
+        rates: &'a BTreeMap<String, f64>,
+    ) -> PlanInput<'a> {
+        static BOOK: std::sync::OnceLock<PriceBook> = std::sync::OnceLock::new();
+        static CAT: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+        PlanInput {
+            env: "ricc",
+            now: 1_000_000,
+            bucket_ms: 300_000,
+            forecast: f,
+            queued_vcpus: 10.0,
+            running_vcpus: 40.0,
+            top_priority: Some(0),
+            deadline_pressure: false,
+            memory_mib_per_vcpu: 2048.0,
+            gpus_per_vcpu: 0.0,
+            policy: p,
+            book: BOOK.get_or_init(PriceBook::new),
+            catalog: CAT.get_or_init(Catalog::default),
+            reserved: &[],
+            budget_headroom_usd_per_h: None,
+            previous: None,
+            interruption_rates: rates,
+        }
+    }
+
+    fn fc() -> Forecast {
+        Forecast {
+            quantiles: vec![0.1, 0.5, 0.9],
+            values: vec![vec![30.0, 60.0, 90.0], vec![35.0, 70.0, 120.0]],
+        }
+    }
+
+    fn market_offers() -> Vec<Offer> {
+        let mut spot_a = offer("c5.xlarge", Market::Spot, 4.0, 8192, 0, 0.06);
+        spot_a.on_demand_usd_per_hour = Some(0.17);
+        let mut spot_b = offer("m5.xlarge", Market::Spot, 4.0, 16384, 0, 0.07);
+        spot_b.on_demand_usd_per_hour = Some(0.192);
+        let mut spot_c = spot_a.clone();
+        spot_c.region = "us-west-2".into();
+        vec![
+            spot_a,
+            spot_b,
+            spot_c,
+            offer("c5.xlarge", Market::OnDemand, 4.0, 8192, 0, 0.17),
+        ]
+    }
+
+    #[test]
+    fn quantile_by_priority_and_queue_drive_desired() {
+        let (f, p, r) = (fc(), EnvPolicy::default(), BTreeMap::new());
+        let out = plan_with_offers(&input(&f, &p, &r), &market_offers());
+        // lead 300 s = 1 bucket: p50 peak 60 (> running 40) + queued 10
+        assert_eq!(out.desired_vcpus, 70);
+        assert_eq!(out.quantile_used, 0.5);
+        assert_eq!(out.min_vcpus, 30);
+        let mix_v: i32 = out.instance_mix.iter().map(|a| a.count * 4).sum();
+        assert!(mix_v >= 70);
+        assert!(out.instance_mix.iter().all(|a| a.market == Market::Spot));
+        let mut inp = input(&f, &p, &r);
+        inp.top_priority = Some(5);
+        let hi = plan_with_offers(&inp, &market_offers());
+        assert_eq!(hi.quantile_used, 0.9);
+        assert_eq!(hi.desired_vcpus, 100);
+        assert!(hi.max_vcpus >= hi.desired_vcpus);
+        // deterministic reason
+        assert_eq!(hi.reason, plan_with_offers(&inp, &market_offers()).reason);
+    }
+
+    #[test]
+    fn cooldown_holds_scale_in_and_budget_caps() {
+        let (f, p, r) = (fc(), EnvPolicy::default(), BTreeMap::new());
+        let mut inp = input(&f, &p, &r);
+        inp.previous = Some(PreviousPlan {
+            desired_vcpus: 200,
+            raised_at: inp.now - 60_000,
+        });
+        let out = plan_with_offers(&inp, &market_offers());
+        assert_eq!(out.desired_vcpus, 200);
+        assert!(out.reason.contains("cool-down"));
+        let mut inp = input(&f, &p, &r);
+        inp.budget_headroom_usd_per_h = Some(0.6);
+        let out = plan_with_offers(&inp, &market_offers());
+        assert!(out.usd_per_hour <= 0.6 + 1e-9, "{out:?}");
+        assert!(out.desired_vcpus < 70);
+        assert!(out.max_vcpus <= 40 + 4);
+        assert!(out.reason.contains("budget caps"));
+    }
+
+    #[test]
+    fn reserved_counts_toward_min_and_is_free() {
+        let (f, p, r) = (fc(), EnvPolicy::default(), BTreeMap::new());
+        let mut offers = market_offers();
+        let mut res = offer("c5.xlarge", Market::Reserved, 4.0, 8192, 0, 0.17);
+        res.available = Some(10);
+        offers.push(res);
+        let out = plan_with_offers(&input(&f, &p, &r), &offers);
+        assert_eq!(out.min_vcpus, 40);
+        let reserved: i32 = out
+            .instance_mix
+            .iter()
+            .filter(|a| a.market == Market::Reserved)
+            .map(|a| a.count)
+            .sum();
+        assert_eq!(reserved, 10);
+    }
+
+    #[test]
+    fn interpolates_quantiles() {
+        let levels = [0.1, 0.5, 0.9];
+        let vals = [10.0, 20.0, 40.0];
+        assert_eq!(quantile_value(&levels, &vals, 0.5), 20.0);
+        assert_eq!(quantile_value(&levels, &vals, 0.7), 30.0);
+        assert_eq!(quantile_value(&levels, &vals, 0.99), 40.0);
+        assert_eq!(quantile_value(&levels, &vals, 0.01), 10.0);
+    }
+}

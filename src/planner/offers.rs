@@ -1,0 +1,183 @@
+//! Offers: one purchasable pool (provider, region, zone, instance type,
+//! market) with its shape, price and risk. The optimiser works on a plain
+//! slice of offers, so it is independent of where prices come from (price
+//! book, catalogue, a test).
+
+use crate::events::{Market, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One pool the planner may buy from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    pub provider: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub instance_type: String,
+    pub market: Market,
+    pub vcpus: f64,
+    pub memory_mib: i64,
+    pub gpus: i32,
+    /// List price. For reserved capacity this is the (already paid) nominal
+    /// rate: reported, but its marginal cost is 0.
+    pub usd_per_hour: f64,
+    /// On-demand price of the same type and region when known (the spot
+    /// risk model and stale-price fallback use it).
+    pub on_demand_usd_per_hour: Option<f64>,
+    /// Expected interruptions per instance-hour (0 for on-demand/reserved).
+    pub interruption_rate_per_h: f64,
+    /// How many instances the pool can supply (reserved: the count owned).
+    pub available: Option<i64>,
+    /// When the price was last observed (event time).
+    pub price_at: Millis,
+    /// The price is older than the policy's `max_price_age_s`.
+    pub stale: bool,
+}
+
+impl Offer {
+    /// Stable identity of the pool, used for sorting, diversification and
+    /// interruption-rate overrides: `provider/region/zone/type/MARKET`.
+    pub fn pool_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.provider,
+            self.region,
+            self.zone.as_deref().unwrap_or("-"),
+            self.instance_type,
+            self.market
+        )
+    }
+
+    /// Marginal list price: what buying one more hour of this pool adds to
+    /// the bill. Reserved capacity is already paid for.
+    pub fn marginal_usd_per_hour(&self) -> f64 {
+        match self.market {
+            Market::Reserved => 0.0,
+            _ => self.usd_per_hour,
+        }
+    }
+
+    /// Expected cost per hour of *useful* work for jobs of `job_s` seconds
+    /// that restart from scratch after an interruption (see
+    /// [`spot_slowdown`]).
+    pub fn expected_usd_per_hour(&self, job_s: f64, restart_s: f64) -> f64 {
+        self.marginal_usd_per_hour()
+            * spot_slowdown(self.effective_rate(), job_s / 3600.0, restart_s / 3600.0)
+    }
+
+    pub fn effective_rate(&self) -> f64 {
+        if self.market == Market::Spot {
+            self.interruption_rate_per_h
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Expected wall time to finish `t_h` hours of work that is lost on each
+/// interruption (Poisson, rate `lambda` per hour) and takes `r_h` hours to
+/// restart, divided by `t_h`: `(1/λ + r)(e^{λt} − 1) / t`. This is the
+/// classic restart-from-scratch result; it is 1 at λ = 0, ≈ 1 + λ(t/2 + r)
+/// for small λt, and grows exponentially for long jobs on risky pools —
+/// exactly the case where spot stops being cheap. Capped at 1e6 to stay
+/// finite (such a pool is never chosen).
+pub fn spot_slowdown(lambda: f64, t_h: f64, r_h: f64) -> f64 {
+    if lambda <= 0.0 || t_h <= 0.0 {
+        return 1.0;
+    }
+    let x = (lambda * t_h).min(40.0);
+    let f = (1.0 / lambda + r_h) * x.exp_m1() / t_h;
+    f.clamp(1.0, 1e6)
+}
+
+/// Interruption-rate model for spot pools.
+///
+/// Without observed interruptions, a pool's rate is the policy's base rate
+/// scaled by how close its spot price is to on-demand (a pool bid up towards
+/// on-demand is contended; AWS Spot Advisor shows the same correlation):
+/// `base × clamp((spot/od) / 0.35, 0.5, 4)`. Explicit overrides (by pool key,
+/// `region/type` or `type`) win, so an operator or the backtest can feed
+/// measured rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RiskModel {
+    pub base_rate_per_h: f64,
+    pub overrides: BTreeMap<String, f64>,
+}
+
+impl RiskModel {
+    pub fn new(base_rate_per_h: f64) -> Self {
+        RiskModel {
+            base_rate_per_h,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    pub fn rate_for(&self, o: &Offer) -> f64 {
+        if o.market != Market::Spot {
+            return 0.0;
+        }
+        let keys = [
+            o.pool_key(),
+            format!("{}/{}", o.region, o.instance_type),
+            o.instance_type.clone(),
+        ];
+        for k in &keys {
+            if let Some(r) = self.overrides.get(k) {
+                return r.max(0.0);
+            }
+        }
+        match o.on_demand_usd_per_hour {
+            Some(od) if od > 0.0 => {
+                self.base_rate_per_h * ((o.usd_per_hour / od) / 0.35).clamp(0.5, 4.0)
+            }
+            _ => self.base_rate_per_h,
+        }
+    }
+
+    /// Sets every offer's `interruption_rate_per_h` from this model.
+    pub fn apply(&self, offers: &mut [Offer]) {
+        for o in offers {
+            o.interruption_rate_per_h = self.rate_for(o);
+        }
+    }
+}
+
+/// Filters an offer list by allowed markets/regions/providers/types
+/// (empty lists allow everything).
+pub fn filter_offers(
+    offers: &[Offer],
+    markets: &[Market],
+    regions: &[String],
+    providers: &[String],
+    types: &[String],
+) -> Vec<Offer> {
+    offers
+        .iter()
+        .filter(|o| markets.is_empty() || markets.contains(&o.market))
+        .filter(|o| regions.is_empty() || regions.iter().any(|r| r == &o.region))
+        .filter(|o| {
+            providers.is_empty()
+                || providers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(&o.provider))
+        })
+        .filter(|o| types.is_empty() || types.iter().any(|t| t == &o.instance_type))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slowdown_is_one_without_risk_and_grows_with_rate() {
+        assert_eq!(spot_slowdown(0.0, 1.0, 0.1), 1.0);
+        let a = spot_slowdown(0.05, 1.0, 0.05);
+        let b = spot_slowdown(0.5, 1.0, 0.05);
+        assert!(a > 1.0 && b > a);
+        // small λt ≈ 1 + λ(t/2 + r)
+        assert!((a - (1.0 + 0.05 * (0.5 + 0.05))).abs() < 0.01);
+        assert!(spot_slowdown(100.0, 100.0, 1.0) <= 1e6);
+    }
+}

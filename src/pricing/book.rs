@@ -1,0 +1,312 @@
+//! The price book: every price tick per pool (provider, region, zone,
+//! instance type, market), queried "as of" an event time so the backtest and
+//! the live service see the same prices for the same input.
+
+use super::Catalog;
+use crate::events::{Market, Millis, PriceTick};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One price pool.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PoolKey {
+    pub provider: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub instance_type: String,
+    pub market: Market,
+}
+
+impl PoolKey {
+    pub fn of(t: &PriceTick) -> PoolKey {
+        PoolKey {
+            provider: t.provider.clone(),
+            region: t.region.clone(),
+            zone: t.zone.clone(),
+            instance_type: t.instance_type.clone(),
+            market: t.market,
+        }
+    }
+
+    fn id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.provider,
+            self.region,
+            self.zone.as_deref().unwrap_or("-"),
+            self.instance_type,
+            self.market
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pool {
+    key: PoolKey,
+    /// (time, USD/h), sorted by time.
+    ticks: Vec<(Millis, f64)>,
+}
+
+impl Pool {
+    fn at(&self, t: Millis) -> Option<(Millis, f64)> {
+        let i = self.ticks.partition_point(|(at, _)| *at <= t);
+        (i > 0).then(|| self.ticks[i - 1])
+    }
+}
+
+/// A price the planner may buy at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    pub pool: PoolKey,
+    pub usd_per_hour: f64,
+    /// Time since the price was last confirmed; `None` for catalogue prices,
+    /// which are list prices and do not go stale.
+    pub age_ms: Option<i64>,
+}
+
+/// Latest and historical prices. Serialisable (it is part of checkpoints).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PriceBook {
+    pools: BTreeMap<String, Pool>,
+    ticks_applied: u64,
+}
+
+impl PriceBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record a tick. Out-of-order ticks are inserted in time order; a tick
+    /// equal to one already held (same pool, time and price) is ignored, so
+    /// replays are idempotent.
+    pub fn apply(&mut self, tick: &PriceTick) {
+        let key = PoolKey::of(tick);
+        let pool = self.pools.entry(key.id()).or_insert_with(|| Pool {
+            key,
+            ticks: Vec::new(),
+        });
+        let v = (tick.at, tick.usd_per_hour);
+        match pool.ticks.last() {
+            Some(last) if last.0 <= tick.at => {
+                if *last != v {
+                    pool.ticks.push(v);
+                }
+            }
+            None => pool.ticks.push(v),
+            Some(_) => {
+                let i = pool.ticks.partition_point(|x| x.0 <= tick.at);
+                if i == 0 || pool.ticks[i - 1] != v {
+                    pool.ticks.insert(i, v);
+                }
+            }
+        }
+        self.ticks_applied += 1;
+    }
+
+    /// Price of a pool as of `t` (latest tick at or before it), with its time.
+    pub fn price_at(&self, key: &PoolKey, t: Millis) -> Option<(Millis, f64)> {
+        self.pools.get(&key.id())?.at(t)
+    }
+
+    /// The full history of a pool.
+    pub fn history(&self, key: &PoolKey) -> &[(Millis, f64)] {
+        self.pools
+            .get(&key.id())
+            .map(|p| p.ticks.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// All pools with a price as of `t`, plus the catalogue's on-demand
+    /// prices for (region, type) pairs that no ON_DEMAND tick overrides.
+    /// Deterministic order.
+    pub fn offers(&self, catalog: &Catalog, t: Millis) -> Vec<Offer> {
+        let mut out = Vec::new();
+        let mut ticked_ondemand = std::collections::BTreeSet::new();
+        for pool in self.pools.values() {
+            if let Some((at, p)) = pool.at(t) {
+                if pool.key.market == Market::OnDemand {
+                    ticked_ondemand
+                        .insert((pool.key.region.clone(), pool.key.instance_type.clone()));
+                }
+                out.push(Offer {
+                    pool: pool.key.clone(),
+                    usd_per_hour: p,
+                    age_ms: Some(t - at),
+                });
+            }
+        }
+        for (region, spec, p) in catalog.ondemand_offers() {
+            if ticked_ondemand.contains(&(region.to_string(), spec.name.clone())) {
+                continue;
+            }
+            out.push(Offer {
+                pool: PoolKey {
+                    provider: "aws".into(),
+                    region: region.to_string(),
+                    zone: None,
+                    instance_type: spec.name.clone(),
+                    market: Market::OnDemand,
+                },
+                usd_per_hour: p,
+                age_ms: None,
+            });
+        }
+        out
+    }
+
+    /// Drop history older than `t`, keeping each pool's last tick before it
+    /// (so prices as of `t` and later are unchanged). Bounds memory in the service.
+    pub fn prune_before(&mut self, t: Millis) {
+        for pool in self.pools.values_mut() {
+            let i = pool.ticks.partition_point(|x| x.0 < t);
+            if i > 1 {
+                pool.ticks.drain(..i - 1);
+            }
+        }
+    }
+
+    pub fn pools(&self) -> usize {
+        self.pools.len()
+    }
+
+    pub fn ticks_applied(&self) -> u64 {
+        self.ticks_applied
+    }
+}
+
+/// Which ticks to keep when tiling a history onto a trace.
+#[derive(Debug, Clone, Default)]
+pub struct TileOptions {
+    /// Keep only these regions (all when empty).
+    pub regions: Vec<String>,
+    /// Keep only instance types the catalogue knows (the planner cannot use others).
+    pub catalog_types_only: bool,
+}
+
+/// Time-shift and tile a price history onto a trace's time span.
+///
+/// Public spot histories are short (the bundled one covers about 6 hours of
+/// 2022) while job traces span months of other years. The rule: the history
+/// is shifted so that its first tick falls on `start`, then repeated with a
+/// period of its span rounded up to whole hours until `end`. Within each copy
+/// every pool follows its real recorded path; at each copy boundary a pool
+/// jumps back to its first recorded price. Ticks that repeat a pool's
+/// previous price are dropped (they carry no information).
+pub fn tile_onto(
+    ticks: &[PriceTick],
+    start: Millis,
+    end: Millis,
+    catalog: &Catalog,
+    opts: &TileOptions,
+) -> Vec<PriceTick> {
+    let keep: Vec<&PriceTick> = ticks
+        .iter()
+        .filter(|t| opts.regions.is_empty() || opts.regions.contains(&t.region))
+        .filter(|t| !opts.catalog_types_only || catalog.spec(&t.instance_type).is_some())
+        .collect();
+    let (Some(first), Some(last)) = (
+        keep.iter().map(|t| t.at).min(),
+        keep.iter().map(|t| t.at).max(),
+    ) else {
+        return Vec::new();
+    };
+    const HOUR: i64 = 3_600_000;
+    let period = ((last - first) / HOUR + 1) * HOUR;
+    let mut sorted = keep;
+    sorted.sort_by_key(|t| t.at);
+    let mut out = Vec::new();
+    let mut last_price: BTreeMap<String, f64> = BTreeMap::new();
+    let mut k = 0i64;
+    loop {
+        let base = start + k * period;
+        if base > end {
+            break;
+        }
+        for t in &sorted {
+            let at = base + (t.at - first);
+            if at > end {
+                break;
+            }
+            let id = PoolKey::of(t).id();
+            if last_price.get(&id) == Some(&t.usd_per_hour) {
+                continue;
+            }
+            last_price.insert(id, t.usd_per_hour);
+            let mut shifted = (*t).clone();
+            shifted.at = at;
+            out.push(shifted);
+        }
+        k += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(at: Millis, itype: &str, p: f64) -> PriceTick {
+        PriceTick {
+            at,
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            zone: Some("use1-az1".into()),
+            instance_type: itype.into(),
+            market: Market::Spot,
+            usd_per_hour: p,
+        }
+    }
+
+    #[test]
+    fn as_of_lookups_and_out_of_order() {
+        let mut b = PriceBook::new();
+        b.apply(&tick(100, "m5.large", 0.03));
+        b.apply(&tick(300, "m5.large", 0.05));
+        b.apply(&tick(200, "m5.large", 0.04));
+        b.apply(&tick(200, "m5.large", 0.04));
+        let k = PoolKey::of(&tick(0, "m5.large", 0.0));
+        assert_eq!(b.price_at(&k, 50), None);
+        assert_eq!(b.price_at(&k, 250), Some((200, 0.04)));
+        assert_eq!(b.history(&k).len(), 3);
+        b.prune_before(250);
+        assert_eq!(b.price_at(&k, 250), Some((200, 0.04)));
+        assert_eq!(b.history(&k).len(), 2);
+    }
+
+    #[test]
+    fn offers_include_catalogue_ondemand() {
+        let c = Catalog::bundled();
+        let mut b = PriceBook::new();
+        b.apply(&tick(0, "m5.large", 0.03));
+        let offers = b.offers(&c, 1000);
+        let spot = offers
+            .iter()
+            .find(|o| o.pool.market == Market::Spot)
+            .unwrap();
+        assert_eq!(spot.age_ms, Some(1000));
+        assert!(offers
+            .iter()
+            .any(|o| o.pool.market == Market::OnDemand && o.pool.instance_type == "m5.large"));
+    }
+
+    #[test]
+    fn tiling_shifts_and_repeats() {
+        let h = 3_600_000;
+        let ticks = vec![
+            tick(10 * h, "m5.large", 0.03),
+            tick(10 * h + h / 2, "m5.large", 0.04),
+        ];
+        let out = tile_onto(
+            &ticks,
+            0,
+            3 * h,
+            &Catalog::bundled(),
+            &TileOptions::default(),
+        );
+        let times: Vec<_> = out.iter().map(|t| t.at).collect();
+        assert_eq!(
+            times,
+            vec![0, h / 2, h, h + h / 2, 2 * h, 2 * h + h / 2, 3 * h]
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Reports people look at, rather than parse.
+
+pub mod html;

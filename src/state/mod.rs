@@ -1,0 +1,514 @@
+//! Event-time state: windowed demand per compute environment and job type.
+//!
+//! Demand is *concurrent* resources of outstanding jobs (submitted and not yet
+//! completed): vCPU, memory and GPUs, averaged over fixed buckets (default
+//! 5 min), plus submission counts. Buckets close when the watermark (maximum
+//! event time seen minus the allowed lateness) passes their end; each closed
+//! bucket boundary is a decision tick. Nothing here reads a clock, so the same
+//! events give the same series and ticks from a file or from Kafka.
+//!
+//! Late events (older than an already-closed bucket) are counted and applied
+//! to the oldest open bucket, so the demand level stays right and nothing is
+//! lost; duplicate submissions and completions (same job id) are counted and
+//! ignored.
+
+use crate::events::{Event, JobCompleted, JobSubmitted, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Resources tracked per series.
+pub const VCPU: usize = 0;
+pub const MEMORY_MIB: usize = 1;
+pub const GPUS: usize = 2;
+type Res = [f64; 3];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateConfig {
+    /// Bucket width (and decision tick interval).
+    pub bucket_ms: i64,
+    /// How far behind the newest event the watermark trails.
+    pub allowed_lateness_ms: i64,
+    /// Closed buckets kept per series (for forecasting).
+    pub history_buckets: usize,
+    /// How long completed job ids are remembered to catch duplicates.
+    pub dedup_window_ms: i64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            bucket_ms: 5 * 60_000,
+            allowed_lateness_ms: 60_000,
+            history_buckets: 14 * 288,
+            dedup_window_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// What happened to the events the state saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StateCounters {
+    pub submissions: u64,
+    pub completions: u64,
+    /// Arrived after their bucket had closed (applied to the oldest open bucket).
+    pub late: u64,
+    pub duplicate_submissions: u64,
+    pub duplicate_completions: u64,
+    /// Completions that arrived before their submission (held until it comes).
+    pub early_completions: u64,
+}
+
+/// A job that has been submitted and not completed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutstandingJob {
+    pub job: JobSubmitted,
+    pub series: usize,
+}
+
+/// Outstanding work of one environment (see [`DemandState::environment_summary`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvSummary {
+    pub jobs: u64,
+    pub vcpus: f64,
+    pub memory_mib: f64,
+    pub gpus: f64,
+    pub top_priority: Option<i32>,
+    /// Some job's deadline is within the lead time plus its estimated run time.
+    pub deadline_pressure: bool,
+}
+
+/// Closed bucket values of one series, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    pub compute_environment: String,
+    pub job_type: String,
+    /// Start time of `values[0]`.
+    pub start: Millis,
+    /// Time-averaged concurrent demand per bucket.
+    pub values: Vec<Res>,
+    /// Submissions per bucket.
+    pub submissions: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Acc {
+    /// Level change within the bucket.
+    delta: Res,
+    /// ∫ (change applied from its time to the bucket end) dt, in resource·ms.
+    area: Res,
+    submissions: u32,
+}
+
+/// The windowed demand store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemandState {
+    cfg: StateConfig,
+    max_event_time: Option<Millis>,
+    /// Index of the oldest open bucket (time / bucket_ms); `None` before the first event.
+    first_open: Option<i64>,
+    series: Vec<Series>,
+    #[serde(with = "map_as_vec")]
+    series_index: HashMap<(String, String), usize>,
+    /// Level at the start of the oldest open bucket, per series.
+    level: Vec<Res>,
+    /// Open buckets: bucket index → per-series accumulators.
+    open: BTreeMap<i64, BTreeMap<usize, Acc>>,
+    #[serde(with = "map_as_vec")]
+    outstanding: HashMap<String, OutstandingJob>,
+    #[serde(with = "map_as_vec")]
+    completed: HashMap<String, Millis>,
+    #[serde(with = "map_as_vec")]
+    early: HashMap<String, JobCompleted>,
+    counters: StateCounters,
+    /// Whether any bucket has closed (before that, early events extend the window back).
+    closed_any: bool,
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Accepted,
+    Duplicate,
+    /// Not a job event (prices, budgets): only moves the watermark.
+    Ignored,
+}
+
+impl DemandState {
+    pub fn new(cfg: StateConfig) -> Self {
+        assert!(cfg.bucket_ms > 0, "bucket width must be positive");
+        DemandState {
+            cfg,
+            max_event_time: None,
+            first_open: None,
+            series: Vec::new(),
+            series_index: HashMap::new(),
+            level: Vec::new(),
+            open: BTreeMap::new(),
+            outstanding: HashMap::new(),
+            completed: HashMap::new(),
+            early: HashMap::new(),
+            counters: StateCounters::default(),
+            closed_any: false,
+        }
+    }
+
+    pub fn config(&self) -> &StateConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &StateCounters {
+        &self.counters
+    }
+
+    /// Current watermark: no event older than this is expected.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.max_event_time
+            .map(|t| t - self.cfg.allowed_lateness_ms)
+    }
+
+    /// Apply one event and append to `ticks` the end time of every bucket the
+    /// watermark closed (in order). Each is a decision tick.
+    pub fn apply(&mut self, ev: &Event, ticks: &mut Vec<Millis>) -> Applied {
+        let t = ev.time();
+        if self.first_open.is_none() {
+            self.first_open = Some(t.div_euclid(self.cfg.bucket_ms));
+        }
+        let r = match ev {
+            Event::JobSubmitted(j) => self.submit(j),
+            Event::JobCompleted(c) => self.complete(c),
+            _ => Applied::Ignored,
+        };
+        if self.max_event_time.is_none_or(|m| t > m) {
+            self.max_event_time = Some(t);
+        }
+        self.close_until(self.watermark().unwrap_or(Millis::MIN), ticks);
+        r
+    }
+
+    /// Close every bucket (end of input): flushes all ticks up to and
+    /// including the bucket holding the newest event.
+    pub fn flush(&mut self, ticks: &mut Vec<Millis>) {
+        if let Some(m) = self.max_event_time {
+            let end = (m.div_euclid(self.cfg.bucket_ms) + 1) * self.cfg.bucket_ms;
+            self.close_until(end, ticks);
+        }
+    }
+
+    fn series_id(&mut self, env: &str, job_type: &str) -> usize {
+        if let Some(&i) = self
+            .series_index
+            .get(&(env.to_string(), job_type.to_string()))
+        {
+            return i;
+        }
+        let i = self.series.len();
+        let start = self.first_open.unwrap_or(0) * self.cfg.bucket_ms;
+        self.series.push(Series {
+            compute_environment: env.to_string(),
+            job_type: job_type.to_string(),
+            start,
+            values: Vec::new(),
+            submissions: Vec::new(),
+        });
+        self.level.push([0.0; 3]);
+        self.series_index
+            .insert((env.to_string(), job_type.to_string()), i);
+        i
+    }
+
+    /// Add `sign × job` to the level from time `t` on.
+    fn change(
+        &mut self,
+        series: usize,
+        t: Millis,
+        job: &JobSubmitted,
+        sign: f64,
+        submission: bool,
+    ) {
+        let b = self.cfg.bucket_ms;
+        let first_open = self.first_open.expect("set on first event");
+        let mut bucket = t.div_euclid(b);
+        let mut t = t;
+        if bucket < first_open && !self.closed_any {
+            // Nothing decided yet: the window simply starts earlier.
+            self.first_open = Some(bucket);
+            for s in &mut self.series {
+                s.start = bucket * b;
+            }
+        } else if bucket < first_open {
+            self.counters.late += 1;
+            bucket = first_open;
+            t = first_open * b;
+        }
+        let end = (bucket + 1) * b;
+        let res = [job.vcpus, job.memory_mib as f64, job.gpus as f64];
+        let acc = self
+            .open
+            .entry(bucket)
+            .or_default()
+            .entry(series)
+            .or_default();
+        for ((d, a), r) in acc.delta.iter_mut().zip(&mut acc.area).zip(res) {
+            *d += sign * r;
+            *a += sign * r * (end - t) as f64;
+        }
+        if submission {
+            acc.submissions += 1;
+        }
+    }
+
+    fn submit(&mut self, j: &JobSubmitted) -> Applied {
+        if self.outstanding.contains_key(&j.job_id) || self.completed.contains_key(&j.job_id) {
+            self.counters.duplicate_submissions += 1;
+            return Applied::Duplicate;
+        }
+        self.counters.submissions += 1;
+        let s = self.series_id(&j.compute_environment, &j.job_type);
+        self.change(s, j.submitted_at, j, 1.0, true);
+        self.outstanding.insert(
+            j.job_id.clone(),
+            OutstandingJob {
+                job: j.clone(),
+                series: s,
+            },
+        );
+        if let Some(c) = self.early.remove(&j.job_id) {
+            self.complete(&c);
+        }
+        Applied::Accepted
+    }
+
+    fn complete(&mut self, c: &JobCompleted) -> Applied {
+        let Some(o) = self.outstanding.remove(&c.job_id) else {
+            if self.completed.contains_key(&c.job_id) || self.early.contains_key(&c.job_id) {
+                self.counters.duplicate_completions += 1;
+                return Applied::Duplicate;
+            }
+            self.counters.early_completions += 1;
+            self.early.insert(c.job_id.clone(), c.clone());
+            return Applied::Accepted;
+        };
+        self.counters.completions += 1;
+        // A job counts as demand until it finishes, and never before it was submitted.
+        let t = c.finished_at.max(o.job.submitted_at);
+        self.change(o.series, t, &o.job, -1.0, false);
+        self.completed.insert(c.job_id.clone(), c.finished_at);
+        Applied::Accepted
+    }
+
+    fn close_until(&mut self, watermark: Millis, ticks: &mut Vec<Millis>) {
+        let b = self.cfg.bucket_ms;
+        let Some(mut first) = self.first_open else {
+            return;
+        };
+        while (first + 1) * b <= watermark {
+            let accs = self.open.remove(&first).unwrap_or_default();
+            for (s, series) in self.series.iter_mut().enumerate() {
+                let acc = accs.get(&s);
+                let lvl = &mut self.level[s];
+                let mut v = *lvl;
+                if let Some(a) = acc {
+                    for k in 0..3 {
+                        v[k] += a.area[k] / b as f64;
+                        lvl[k] += a.delta[k];
+                    }
+                }
+                // Clean float dust so an empty environment reads exactly 0.
+                for k in 0..3 {
+                    if v[k].abs() < 1e-9 {
+                        v[k] = 0.0;
+                    }
+                    if lvl[k].abs() < 1e-9 {
+                        lvl[k] = 0.0;
+                    }
+                }
+                series.values.push(v);
+                series.submissions.push(acc.map_or(0, |a| a.submissions));
+                let cap = self.cfg.history_buckets.max(1);
+                if series.values.len() >= cap.saturating_mul(2) {
+                    let drop = series.values.len() - cap;
+                    series.values.drain(..drop);
+                    series.submissions.drain(..drop);
+                    series.start += drop as i64 * b;
+                }
+            }
+            first += 1;
+            self.closed_any = true;
+            ticks.push(first * b);
+            if first % 288 == 0 {
+                let horizon = first * b - self.cfg.dedup_window_ms;
+                self.completed.retain(|_, t| *t >= horizon);
+            }
+        }
+        self.first_open = Some(first);
+    }
+
+    /// All series (one per compute environment and job type).
+    pub fn series(&self) -> &[Series] {
+        &self.series
+    }
+
+    /// Compute environments, sorted.
+    pub fn environments(&self) -> Vec<&str> {
+        let mut envs: Vec<&str> = self
+            .series
+            .iter()
+            .map(|s| s.compute_environment.as_str())
+            .collect();
+        envs.sort_unstable();
+        envs.dedup();
+        envs
+    }
+
+    /// Total closed history of one environment's resource (summed over job types).
+    /// Returns (start, values).
+    pub fn environment_history(&self, env: &str, resource: usize) -> (Millis, Vec<f64>) {
+        let parts: Vec<&Series> = self
+            .series
+            .iter()
+            .filter(|s| s.compute_environment == env)
+            .collect();
+        let Some(len) = parts.iter().map(|s| s.values.len()).min() else {
+            return (0, Vec::new());
+        };
+        let end = parts[0].start + parts[0].values.len() as i64 * self.cfg.bucket_ms;
+        let start = end - len as i64 * self.cfg.bucket_ms;
+        let mut out = vec![0.0; len];
+        for s in parts {
+            let off = s.values.len() - len;
+            for (o, v) in out.iter_mut().zip(&s.values[off..]) {
+                *o += v[resource];
+            }
+        }
+        (start, out)
+    }
+
+    /// Outstanding (queued or running) resources of an environment right now.
+    pub fn outstanding_in(&self, env: &str) -> Res {
+        let mut r = [0.0; 3];
+        for o in self.outstanding.values() {
+            if o.job.compute_environment == env {
+                r[VCPU] += o.job.vcpus;
+                r[MEMORY_MIB] += o.job.memory_mib as f64;
+                r[GPUS] += o.job.gpus as f64;
+            }
+        }
+        r
+    }
+
+    /// One pass over an environment's outstanding jobs: what the planner
+    /// needs to know about the work waiting or running there.
+    pub fn environment_summary(&self, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
+        let mut s = EnvSummary::default();
+        for o in self.outstanding.values() {
+            let j = &o.job;
+            if j.compute_environment != env {
+                continue;
+            }
+            s.jobs += 1;
+            s.vcpus += j.vcpus;
+            s.memory_mib += j.memory_mib as f64;
+            s.gpus += j.gpus as f64;
+            s.top_priority = Some(
+                s.top_priority
+                    .map_or(j.priority, |p: i32| p.max(j.priority)),
+            );
+            if let Some(d) = j.deadline {
+                let need = lead_ms + j.estimated_runtime_s.unwrap_or(0) * 1000;
+                if d - now <= need {
+                    s.deadline_pressure = true;
+                }
+            }
+        }
+        s
+    }
+
+    pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {
+        self.outstanding.get(job_id)
+    }
+
+    pub fn outstanding_jobs(&self) -> impl Iterator<Item = &OutstandingJob> {
+        self.outstanding.values()
+    }
+}
+
+/// Batch helper: the closed demand series of a whole event list, flushed to
+/// its end. Used by training and evaluation, which see files, not streams.
+pub fn demand_series(events: &[Event], cfg: &StateConfig) -> Vec<Series> {
+    let mut st = DemandState::new(cfg.clone());
+    let mut ticks = Vec::new();
+    for ev in events {
+        st.apply(ev, &mut ticks);
+        ticks.clear();
+    }
+    st.flush(&mut ticks);
+    st.series
+}
+
+/// Per-environment totals of [`demand_series`], sorted by environment:
+/// (environment, start, vCPU values).
+pub fn environment_vcpu_series(
+    series: &[Series],
+    bucket_ms: i64,
+) -> Vec<(String, Millis, Vec<f64>)> {
+    let mut by_env: BTreeMap<&str, (Millis, Vec<f64>)> = BTreeMap::new();
+    for s in series {
+        let e = by_env
+            .entry(&s.compute_environment)
+            .or_insert((s.start, Vec::new()));
+        // Series of one environment share their end; align on it.
+        let end_e = e.0 + e.1.len() as i64 * bucket_ms;
+        let end_s = s.start + s.values.len() as i64 * bucket_ms;
+        debug_assert!(e.1.is_empty() || end_e == end_s);
+        if s.values.len() > e.1.len() {
+            let mut v = vec![0.0; s.values.len() - e.1.len()];
+            v.extend_from_slice(&e.1);
+            e.1 = v;
+            e.0 = s.start;
+        }
+        let off = e.1.len() - s.values.len();
+        for (o, v) in e.1[off..].iter_mut().zip(&s.values) {
+            *o += v[VCPU];
+        }
+    }
+    by_env
+        .into_iter()
+        .map(|(k, (s, v))| (k.to_string(), s, v))
+        .collect()
+}
+
+/// Serialise string-keyed hash maps as sorted pairs, so snapshots are
+/// deterministic and JSON-friendly.
+mod map_as_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    pub fn serialize<K, V, S>(m: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+    where
+        K: Serialize + Ord,
+        V: Serialize,
+        S: Serializer,
+    {
+        let mut v: Vec<(&K, &V)> = m.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<HashMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::{done, job};
+}

@@ -1,0 +1,163 @@
+use super::*;
+use crate::events::{JobStatus, JobSubmitted};
+
+const MIN: i64 = 60_000;
+
+fn cfg() -> StateConfig {
+    StateConfig {
+        bucket_ms: 10 * MIN,
+        allowed_lateness_ms: MIN,
+        history_buckets: 100,
+        dedup_window_ms: 3_600_000,
+    }
+}
+
+pub(crate) fn job(id: &str, at: Millis, vcpus: f64) -> Event {
+    Event::JobSubmitted(JobSubmitted {
+        job_id: id.into(),
+        submitted_at: at,
+        compute_environment: "ce".into(),
+        job_type: "t".into(),
+        project: "p".into(),
+        user: "u".into(),
+        priority: 0,
+        vcpus,
+        memory_mib: 1024,
+        gpus: 0,
+        estimated_runtime_s: None,
+        budget_usd: None,
+        deadline: None,
+        elasticity: false,
+    })
+}
+
+pub(crate) fn done(id: &str, at: Millis) -> Event {
+    Event::JobCompleted(JobCompleted {
+        job_id: id.into(),
+        compute_environment: "ce".into(),
+        started_at: at,
+        finished_at: at,
+        status: JobStatus::Succeeded,
+        instance_type: None,
+        market: None,
+        region: None,
+        vcpu_seconds: 0.0,
+        max_memory_mib: None,
+    })
+}
+
+fn run(events: &[Event]) -> (DemandState, Vec<Millis>) {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    for e in events {
+        st.apply(e, &mut ticks);
+    }
+    (st, ticks)
+}
+
+#[test]
+fn time_weighted_concurrent_demand() {
+    // 4 vCPUs from minute 0 to 15: bucket [0,10) = 4, bucket [10,20) = 2 on average.
+    let (mut st, mut ticks) = run(&[
+        job("a", 0, 4.0),
+        done("a", 15 * MIN),
+        job("b", 31 * MIN, 1.0),
+    ]);
+    assert_eq!(ticks, vec![10 * MIN, 20 * MIN, 30 * MIN]);
+    st.flush(&mut ticks);
+    let v: Vec<f64> = st.series()[0].values.iter().map(|r| r[VCPU]).collect();
+    assert_eq!(v, vec![4.0, 2.0, 0.0, 0.9]);
+    assert_eq!(st.series()[0].submissions, vec![1, 0, 0, 1]);
+    assert_eq!(st.outstanding_in("ce")[VCPU], 1.0);
+}
+
+#[test]
+fn late_within_lateness_lands_in_its_bucket() {
+    // Watermark trails by 1 min: the event at 9:30 arriving after one at 10:00 still counts in [0,10).
+    let (mut st, mut ticks) = run(&[job("a", 10 * MIN, 1.0), job("b", 9 * MIN + 30_000, 2.0)]);
+    st.flush(&mut ticks);
+    assert_eq!(st.counters().late, 0);
+    let v = st.series()[0].values[0][VCPU];
+    assert!((v - 0.1).abs() < 1e-9, "{v}");
+}
+
+#[test]
+fn too_late_is_counted_and_not_lost() {
+    let (mut st, mut ticks) = run(&[
+        job("a", 0, 1.0),
+        job("b", 25 * MIN, 1.0),
+        job("c", 5 * MIN, 2.0),
+    ]);
+    assert_eq!(st.counters().late, 1);
+    st.flush(&mut ticks);
+    // c is applied from the start of the oldest open bucket [20,30): level 4 at the end.
+    assert_eq!(st.outstanding_in("ce")[VCPU], 4.0);
+    let last = st.series()[0].values.last().unwrap()[VCPU];
+    assert!((last - 3.5).abs() < 1e-9, "{last}");
+}
+
+#[test]
+fn duplicates_are_counted_and_ignored() {
+    let (st, _) = run(&[
+        job("a", 0, 1.0),
+        job("a", 0, 1.0),
+        done("a", MIN),
+        done("a", MIN),
+        job("a", 2 * MIN, 1.0),
+    ]);
+    let c = st.counters();
+    assert_eq!(c.submissions, 1);
+    assert_eq!(c.duplicate_submissions, 2);
+    assert_eq!(c.duplicate_completions, 1);
+    assert_eq!(st.outstanding_in("ce")[VCPU], 0.0);
+}
+
+#[test]
+fn completion_before_submission_is_held() {
+    let (st, _) = run(&[done("a", 5 * MIN), job("a", 4 * MIN, 2.0)]);
+    assert_eq!(st.counters().early_completions, 1);
+    assert_eq!(st.outstanding_in("ce")[VCPU], 0.0);
+}
+
+#[test]
+fn snapshot_round_trip_gives_same_future() {
+    let evs: Vec<Event> = (0..50)
+        .flat_map(|i| {
+            [
+                job(&format!("j{i}"), i * 3 * MIN, 1.0 + i as f64),
+                done(&format!("j{i}"), i * 3 * MIN + 20 * MIN),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let mut sorted = evs.clone();
+    sorted.sort_by_key(|e| e.time());
+    let (a_full, _) = run(&sorted);
+    let (mut half, mut ticks) = run(&sorted[..40]);
+    let json = serde_json::to_string(&half).unwrap();
+    let mut restored: DemandState = serde_json::from_str(&json).unwrap();
+    for e in &sorted[40..] {
+        half.apply(e, &mut ticks);
+        restored.apply(e, &mut ticks);
+    }
+    assert_eq!(
+        serde_json::to_string(&half).unwrap(),
+        serde_json::to_string(&restored).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_string(&a_full).unwrap(),
+        serde_json::to_string(&half).unwrap()
+    );
+}
+
+#[test]
+fn environment_totals_align_job_types() {
+    let mut evs = vec![job("a", 0, 1.0)];
+    if let Event::JobSubmitted(j) = &mut evs[0] {
+        j.job_type = "x".into();
+    }
+    evs.push(job("b", 25 * MIN, 2.0));
+    let s = demand_series(&evs, &cfg());
+    let env = environment_vcpu_series(&s, cfg().bucket_ms);
+    assert_eq!(env.len(), 1);
+    assert_eq!(env[0].2, vec![1.0, 1.0, 1.0 + 2.0 * 0.5]);
+}
