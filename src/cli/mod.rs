@@ -4,6 +4,10 @@ use clap::{Parser, Subcommand};
 
 pub mod forecast;
 mod import;
+pub mod bench_kafka;
+pub mod produce;
+pub mod run;
+pub mod tail;
 pub mod serve;
 pub mod train;
 
@@ -30,6 +34,10 @@ pub enum Cmd {
     Forecast(forecast::ForecastArgs),
     /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
     Serve(serve::ServeArgs),
+    /// Publish an events file, SWF trace or price history to the input topics.
+    Produce(produce::ProduceArgs),
+    /// Decode the command topics and print them as JSON lines.
+    Tail(tail::TailArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
     Train(train::TrainArgs),
 }
@@ -40,5 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
+        Cmd::Produce(a) => produce::run(a),
+        Cmd::Tail(a) => tail::run(a),
     }
 }

@@ -85,8 +85,21 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 /// SWF traces and price histories go through the same importers as
-/// `prescale import`, so a produced trace is exactly what the backtest reads.
+/// `prescale import` (default options), so a produced trace is what the
+/// backtest reads. A file is a trace when its name says `.swf`
+/// (`.swf.gz`), otherwise a price history.
 fn events_from_source(path: &Path, skip_bad: bool) -> anyhow::Result<Vec<prescale::events::Event>> {
-    let _ = skip_bad;
-    bail!("{}: not an events file (SWF/price import lands with the importers)", path.display())
+    use prescale::events::Event;
+    use prescale::import::prices::{read_prices, PriceOptions};
+    use prescale::import::swf::{read_swf, SwfOptions};
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if name.ends_with(".swf") || name.contains(".swf.") {
+        let imp = read_swf(path, &SwfOptions { skip_bad, ..Default::default() })?;
+        eprintln!("{}: {} events ({:?})", path.display(), imp.events.len(), imp.report);
+        Ok(imp.events)
+    } else {
+        let imp = read_prices(path, &PriceOptions { skip_bad, ..Default::default() })?;
+        eprintln!("{}: {} price ticks ({:?})", path.display(), imp.ticks.len(), imp.report);
+        Ok(imp.ticks.into_iter().map(Event::PriceTick).collect())
+    }
 }

@@ -3,7 +3,11 @@
 //! checkpoints state with the offsets it reflects.
 
 use anyhow::Context;
+use prescale::engine::{CapacityPlanner, EngineConfig};
+use prescale::forecast::Forecaster;
+use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::ensure_topics;
+use prescale::pricing::Catalog;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
 use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
 use std::path::PathBuf;
@@ -35,6 +39,11 @@ pub struct KafkaArgs {
     /// Snapshot interval in milliseconds.
     #[arg(long)]
     pub checkpoint_interval_ms: Option<u64>,
+    /// Grace (ms) an event waits for partitions that look idle before the
+    /// engine sees it (0: lowest latency; raise for replay-identical order of
+    /// live input across partitions).
+    #[arg(long)]
+    pub merge_idle_ms: Option<u64>,
     /// librdkafka property, as kcat takes it: -X security.protocol=SASL_SSL
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub property: Vec<String>,
@@ -57,6 +66,7 @@ impl KafkaArgs {
             }),
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_interval_ms: self.checkpoint_interval_ms,
+            merge_idle_ms: self.merge_idle_ms,
             ..Default::default()
         };
         if let Some(p) = &self.topic_prefix {
@@ -70,12 +80,34 @@ impl KafkaArgs {
     }
 }
 
+/// The forecaster and planner of the engine (`cli::backtest::decision_core`,
+/// passed in by `cli::run`, so the service and the backtest share it).
+pub type DecisionCore = fn(&Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>);
+
+/// The engine the service runs: the backtest's construction (same config,
+/// forecaster and planner), so a replay through Kafka decides what the
+/// backtest decides.
+pub fn engine_factory(catalog: Option<&std::path::Path>, core: DecisionCore) -> anyhow::Result<EngineFactory> {
+    let catalog = Arc::new(match catalog {
+        Some(p) => Catalog::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => Catalog::bundled(),
+    });
+    let (forecaster, planner) = core(&catalog);
+    Ok(EngineFactory {
+        config: EngineConfig::default(),
+        catalog,
+        forecaster,
+        planner,
+    })
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub engine: super::engine_args::EngineArgs,
+    /// On-demand catalogue CSV; default: the bundled one (as the backtest).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
     /// Instance name (defaults to host-pid).
     #[arg(long)]
     pub instance: Option<String>,
@@ -91,9 +123,9 @@ pub struct RunArgs {
     pub report: Option<PathBuf>,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
     let cfg = args.kafka.load()?;
-    let factory = args.engine.factory()?;
+    let factory = engine_factory(args.catalog.as_deref(), core)?;
     let instance = args
         .instance
         .clone()
@@ -125,7 +157,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = tx.send(Control::Stop).await;
         });
         let stats = Arc::new(Stats::default());
-        service::run(&cfg, factory.as_ref() as &dyn BrainFactory, &opts, rx, stats)
+        service::run(&cfg, &factory as &dyn BrainFactory, &opts, rx, stats)
             .await
             .context("prescale run")
     })?;

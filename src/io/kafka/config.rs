@@ -212,6 +212,8 @@ pub struct Overrides {
     pub checkpoint_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_idle_ms: Option<u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub topics: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

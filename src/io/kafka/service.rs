@@ -82,6 +82,10 @@ pub struct Stats {
     pub rebalances: AtomicU64,
     /// Input partitions (group topics) currently owned.
     pub assigned: AtomicU64,
+    /// When set, each applied event's produce→decided latency (ms) is
+    /// recorded in `latencies_ms` (benchmarks).
+    pub record_latency: std::sync::atomic::AtomicBool,
+    pub latencies_ms: Mutex<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -476,6 +480,12 @@ fn drain(
         a.brain.handle(&r.event, out);
         a.dirty = true;
         sink.stats.events.fetch_add(1, Ordering::Relaxed);
+        if let (true, Some(p)) = (sink.stats.record_latency.load(Ordering::Relaxed), r.produced_at) {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+            if let Ok(mut l) = sink.stats.latencies_ms.lock() {
+                l.push(now - p as f64);
+            }
+        }
         if !out.is_empty() {
             sink.publish(out, r.produced_at)?;
         }
