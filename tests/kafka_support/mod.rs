@@ -166,11 +166,12 @@ impl CapacityPlanner for Ceil {
         let v = r.forecast.values[0].last().copied().unwrap_or(0.0);
         PlanDecision {
             min_vcpus: v.floor() as i64,
-            desired_vcpus: (v.ceil() as i64).max(r.outstanding_vcpus.ceil() as i64),
+            desired_vcpus: (v.ceil() as i64).max(r.outstanding.vcpus.ceil() as i64),
             max_vcpus: 10_000,
             instance_mix: vec![],
             constraints: Default::default(),
             reason: format!("p90 {v:.17}"),
+            usd_per_vcpu_hour: 0.0,
         }
     }
 }

@@ -309,9 +309,9 @@ pub async fn run(
                         last_checkpoint = Instant::now();
                     }
                     if let Some(idle) = opts.exit_when_idle {
-                        // Only after input was seen: an instance waiting for
-                        // a producer is not done.
-                        let seen = stats.messages.load(Ordering::Relaxed) > 0;
+                        // Only after input was seen (or state restored): an
+                        // instance still waiting for a producer is not done.
+                        let seen = stats.messages.load(Ordering::Relaxed) > 0 || restored;
                         if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
                             a.brain.finish(&mut out);
                             sink.publish(&mut out, None)?;
