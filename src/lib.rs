@@ -14,6 +14,7 @@ pub mod planner;
 pub mod policy;
 pub mod pricing;
 pub mod report;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod telemetry;

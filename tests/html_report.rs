@@ -126,17 +126,94 @@ fn pixels(png: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     (info.width, info.height, px)
 }
 
+/// False (after a note) when the browser is missing and the caller allowed
+/// skipping; panics with instructions when it is missing otherwise.
+fn browser_available() -> bool {
+    if Path::new(CHROMIUM).exists() {
+        return true;
+    }
+    if std::env::var("PRESCALE_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {CHROMIUM} missing and PRESCALE_SKIP_BROWSER=1");
+        return false;
+    }
+    panic!(
+        "{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`, as scripts/test.sh does) \
+         or set PRESCALE_SKIP_BROWSER=1 to skip this screenshot test"
+    );
+}
+
+/// The page `prescale backtest --html` writes, built from a backtest report
+/// (two policies over two days of 5-minute buckets), opened in Chromium.
+#[test]
+fn backtest_html_page_shows_table_and_plot_in_headless_chromium() {
+    use prescale::sim::report::{BacktestReport, PolicyReport};
+    use prescale::sim::Series;
+    if !browser_available() {
+        return;
+    }
+    let n = 576;
+    let wave =
+        |i: usize, a: f64, b: f64| a + b * ((i as f64) / 288.0 * std::f64::consts::TAU).sin();
+    let series = |scale: f64, cost: f64| Series {
+        start: 0,
+        bucket_ms: 300_000,
+        capacity_vcpus: (0..n).map(|i| wave(i, 120.0, 80.0) * scale).collect(),
+        busy_vcpus: (0..n).map(|i| wave(i, 100.0, 70.0)).collect(),
+        queued_vcpus: vec![0.0; n],
+        cum_cost_usd: (0..n).map(|i| i as f64 * cost).collect(),
+    };
+    let mut report = BacktestReport::default();
+    report.trace.file = "data/ricc-2010-2-excerpt.swf.gz".into();
+    report.trace.jobs = 4000;
+    report.trace.span_s = n as f64 * 300.0;
+    report.demand = series(1.0, 0.0);
+    for (name, scale, cost) in [("reactive", 1.3, 0.5), ("predictive", 1.05, 0.3)] {
+        report.series.insert(name.into(), series(scale, cost));
+        report.policies.insert(
+            name.into(),
+            PolicyReport {
+                cost_usd: cost * n as f64,
+                jobs: 4000,
+                jobs_completed: 3990,
+                ..Default::default()
+            },
+        );
+    }
+    let html = prescale::report::html::backtest(&report).expect("page renders");
+    assert!(html.contains("<td>predictive</td>") && html.contains("<svg"));
+    let dir = tempfile::tempdir().unwrap();
+    let (html_path, png_path) = (
+        dir.path().join("backtest.html"),
+        dir.path().join("backtest.png"),
+    );
+    std::fs::write(&html_path, &html).unwrap();
+    screenshot(&html_path, &png_path, &dir.path().join("profile"));
+    if let Ok(keep) = std::env::var("PRESCALE_KEEP_SCREENSHOT") {
+        let _ = std::fs::create_dir_all(&keep);
+        let _ = std::fs::copy(&png_path, Path::new(&keep).join("backtest.png"));
+    }
+    let (_, _, px) = pixels(&png_path);
+    let distinct: std::collections::HashSet<[u8; 3]> = px.iter().copied().collect();
+    assert!(distinct.len() > 50, "page is nearly uniform");
+    // Policy lines use plotters' pure colours (red, blue first).
+    let red = px
+        .iter()
+        .filter(|p| p[0] > 200 && p[1] < 80 && p[2] < 80)
+        .count();
+    let blue = px
+        .iter()
+        .filter(|p| p[2] > 200 && p[0] < 80 && p[1] < 80)
+        .count();
+    assert!(
+        red > 300 && blue > 300,
+        "plot lines not visible: {red} red, {blue} blue pixels"
+    );
+}
+
 #[test]
 fn html_report_renders_with_visible_plot_in_headless_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        if std::env::var("PRESCALE_SKIP_BROWSER").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: {CHROMIUM} missing and PRESCALE_SKIP_BROWSER=1");
-            return;
-        }
-        panic!(
-            "{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`, as scripts/test.sh does) \
-             or set PRESCALE_SKIP_BROWSER=1 to skip this screenshot test"
-        );
+    if !browser_available() {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let html_path = dir.path().join("report.html");

@@ -12,7 +12,8 @@ use prescale::events::{
 use prescale::forecast::Forecast;
 use prescale::store::points::{self, Demand};
 use prescale::store::{
-    read_demand_history, SeriesQuery, StoreConfig, StoreReader, StoreWriter, VictoriaMetricsReader,
+    demand_history_blocking, read_demand_history, SeriesQuery, StoreConfig, StoreFlavor,
+    StoreReader, StoreWriter, VictoriaMetricsReader,
 };
 use prescale::telemetry::metrics::parse_samples;
 use prescale::telemetry::Metrics;
@@ -230,6 +231,25 @@ async fn training_history_comes_back_per_environment() {
         .await
         .unwrap();
     let mine: Vec<_> = hist.into_iter().filter(|(e, _)| envs.contains(e)).collect();
+    // The CLI's blocking entry point returns the same history.
+    let blocking = {
+        let cfg = StoreConfig {
+            url: url.clone(),
+            ..Default::default()
+        };
+        let (s, e) = (START + shift, START + shift + 288 * BUCKET_MS);
+        std::thread::spawn(move || {
+            demand_history_blocking(&cfg, StoreFlavor::VictoriaMetrics, s, e)
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+    };
+    let blocking: Vec<_> = blocking
+        .into_iter()
+        .filter(|(e, _)| envs.contains(e))
+        .collect();
+    assert_eq!(blocking, mine);
     assert_eq!(mine.len(), 2);
     for (env, pts) in mine {
         let want: Vec<(i64, f64)> = r.demand[&env]

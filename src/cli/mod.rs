@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 pub mod forecast;
+mod backtest;
+mod bench;
 mod import;
 pub mod bench_kafka;
 pub mod produce;
@@ -28,6 +30,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
+    Backtest(backtest::BacktestArgs),
+    /// Throughput benchmarks (events/s).
+    Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
@@ -44,6 +50,8 @@ pub enum Cmd {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Backtest(a) => backtest::run(a),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),

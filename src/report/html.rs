@@ -133,9 +133,10 @@ const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,
 h1{font-size:1.6rem;margin-bottom:.2rem}\
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;color:#4a5263;font-size:.9rem}\
 dl.meta dt{font-weight:600}dl.meta dd{margin:0}\
-table{border-collapse:collapse;margin:1rem 0;font-size:.92rem;width:100%}\
+.tw{overflow-x:auto;margin:1rem 0}\
+table{border-collapse:collapse;font-size:.85rem;width:100%}\
 caption{text-align:left;font-weight:600;padding:.4rem 0}\
-th,td{border-bottom:1px solid #dde1e8;padding:.35rem .6rem;text-align:right}\
+th,td{border-bottom:1px solid #dde1e8;padding:.3rem .45rem;text-align:right}\
 th:first-child,td:first-child{text-align:left}\
 thead th{background:#f3f5f8}\
 figure{margin:1.5rem 0}figure svg{max-width:100%;height:auto;display:block}\
@@ -163,7 +164,7 @@ pub fn render(report: &Report) -> String {
         h.push_str("</dl>\n");
     }
     for table in &report.tables {
-        h.push_str("<table>\n");
+        h.push_str("<div class=\"tw\"><table>\n");
         if !table.caption.is_empty() {
             let _ = writeln!(h, "<caption>{}</caption>", escape(&table.caption));
         }
@@ -179,7 +180,7 @@ pub fn render(report: &Report) -> String {
             }
             h.push_str("</tr>\n");
         }
-        h.push_str("</tbody>\n</table>\n");
+        h.push_str("</tbody>\n</table></div>\n");
     }
     for (i, f) in report.figures.iter().enumerate() {
         let _ = write!(
@@ -230,6 +231,91 @@ pub fn render_simple(
             })
             .collect(),
     })
+}
+
+/// The backtest page: trace facts, the per-policy table (the JSON report's
+/// metrics) and the demand/capacity/cost plot, for
+/// `prescale backtest --html OUT.html`.
+pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, String> {
+    let t = &report.trace;
+    let order = ["reactive", "static", "predictive", "oracle"];
+    let mut names: Vec<&String> = report.policies.keys().collect();
+    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+    let base = report.policies.get("reactive").map(|r| r.cost_usd);
+    let rows = names
+        .iter()
+        .map(|name| {
+            let p = &report.policies[*name];
+            let vs = match base {
+                Some(b) if b > 0.0 => format!("{:+.1} %", (p.cost_usd / b - 1.0) * 100.0),
+                _ => "–".into(),
+            };
+            vec![
+                name.to_string(),
+                format!("{:.2}", p.cost_usd),
+                vs,
+                format!("{:.4}", p.deadline_miss_rate),
+                format!("{:.0}", p.queue_wait_p50_s),
+                format!("{:.0}", p.queue_wait_p95_s),
+                format!("{:.3}", p.utilization),
+                format!("{}/{}", p.jobs_completed, p.jobs),
+                p.preemptions.to_string(),
+                format!(
+                    "{:.2}",
+                    p.cost_by_market.get("SPOT").copied().unwrap_or(0.0)
+                ),
+                format!(
+                    "{:.2}",
+                    p.cost_by_market.get("ON_DEMAND").copied().unwrap_or(0.0)
+                ),
+                format!("{:.2}", p.budget_overrun_usd),
+            ]
+        })
+        .collect();
+    let headers = [
+        "policy",
+        "cost_usd",
+        "vs reactive",
+        "deadline_miss_rate",
+        "queue_wait_p50_s",
+        "queue_wait_p95_s",
+        "utilization",
+        "jobs completed",
+        "preemptions",
+        "spot_usd",
+        "on_demand_usd",
+        "budget_overrun_usd",
+    ];
+    let svg = report.plot_svg()?;
+    Ok(render(&Report {
+        title: format!("prescale backtest — {}", t.file),
+        meta: vec![
+            ("trace".into(), t.file.clone()),
+            ("jobs".into(), t.jobs.to_string()),
+            (
+                "events".into(),
+                format!("{} ({} price ticks)", t.events, t.price_ticks),
+            ),
+            (
+                "compute environments".into(),
+                t.compute_environments.to_string(),
+            ),
+            ("span".into(), format!("{:.1} h", t.span_s / 3600.0)),
+            ("skipped records".into(), t.skipped_records.to_string()),
+            ("seed".into(), t.seed.to_string()),
+        ],
+        tables: vec![Table {
+            caption: "Scaling policies compared".into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows,
+        }],
+        figures: vec![Figure {
+            caption:
+                "Demand and each policy's capacity (vCPUs, top); cumulative cost (USD, bottom)"
+                    .into(),
+            svg,
+        }],
+    }))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ pub mod writer;
 
 pub use points::measurement;
 pub use reader::{
-    read_demand_history, InfluxReader, Series, SeriesQuery, StoreReader, VictoriaMetricsReader,
+    demand_history_blocking, read_demand_history, DemandHistory, InfluxReader, Series, SeriesQuery,
+    StoreFlavor, StoreReader, VictoriaMetricsReader,
 };
 pub use writer::{Overflow, StoreConfig, StoreHandle, StoreStats, StoreWriter};
 

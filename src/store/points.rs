@@ -79,31 +79,110 @@ pub mod tag {
     pub const ID: &str = "id";
 }
 
-/// Builds a point from tags and float fields, skipping non-finite fields.
+/// One point as a line of InfluxDB line protocol (with its trailing newline).
+///
+/// Why not `influxdb2::models::DataPoint`: that type holds two `BTreeMap`s of
+/// owned `String`s, about ten allocations per point, paid on the decision
+/// loop's thread. A `Point` is one `String` built in place, with the same
+/// escaping and ordering as `DataPoint` (sorted tag and field keys), and the
+/// writer sends the lines through the `influxdb2` client unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    line: String,
+}
+
+impl Point {
+    /// The line, newline-terminated.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    /// The measurement name (unescaped prefix up to the first unescaped `,` or space).
+    pub fn measurement(&self) -> &str {
+        let b = self.line.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => i += 2,
+                b',' | b' ' => break,
+                _ => i += 1,
+            }
+        }
+        &self.line[..i.min(b.len())]
+    }
+}
+
+impl From<DataPoint> for Point {
+    fn from(p: DataPoint) -> Self {
+        use influxdb2::models::WriteDataPoint;
+        let mut v = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = p.write_data_point_to(&mut v);
+        Point {
+            line: String::from_utf8_lossy(&v).into_owned(),
+        }
+    }
+}
+
+/// Appends `s` escaping the line-protocol delimiters `delims` with a
+/// backslash. Newlines cannot be carried at all; they become escaped spaces.
+fn push_escaped(out: &mut String, s: &str, delims: &[char]) {
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' => out.push_str("\\ "),
+            c if delims.contains(&c) => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+const MEASUREMENT_DELIMS: &[char] = &[',', ' '];
+const KEY_DELIMS: &[char] = &[',', '=', ' '];
+
+/// Builds a point from tags and float fields, skipping non-finite fields
+/// and empty tag values. Tags and fields must be given sorted by key.
 fn point(
     measurement: &str,
     at: Millis,
     tags: &[(&str, &str)],
     fields: &[(&str, f64)],
-) -> Option<DataPoint> {
-    let mut b = DataPoint::builder(measurement).timestamp(at);
-    let mut any = false;
-    for (k, v) in tags {
-        // Empty tag values are invalid line protocol; leave the tag out.
-        if !v.is_empty() {
-            b = b.tag(*k, *v);
-        }
-    }
-    for (k, v) in fields {
-        if v.is_finite() {
-            b = b.field(*k, *v);
-            any = true;
-        }
-    }
-    if !any {
+) -> Option<Point> {
+    use std::fmt::Write as _;
+    debug_assert!(
+        tags.windows(2).all(|w| w[0].0 < w[1].0),
+        "tags sorted: {tags:?}"
+    );
+    debug_assert!(
+        fields.windows(2).all(|w| w[0].0 < w[1].0),
+        "fields sorted: {fields:?}"
+    );
+    if !fields.iter().any(|(_, v)| v.is_finite()) {
         return None;
     }
-    b.build().ok()
+    let mut line = String::with_capacity(96);
+    push_escaped(&mut line, measurement, MEASUREMENT_DELIMS);
+    for (k, v) in tags {
+        if !v.is_empty() {
+            line.push(',');
+            push_escaped(&mut line, k, KEY_DELIMS);
+            line.push('=');
+            push_escaped(&mut line, v, KEY_DELIMS);
+        }
+    }
+    let mut first = true;
+    for (k, v) in fields {
+        if v.is_finite() {
+            line.push(if first { ' ' } else { ',' });
+            first = false;
+            push_escaped(&mut line, k, KEY_DELIMS);
+            let _ = write!(line, "={v}");
+        }
+    }
+    let _ = writeln!(line, " {at}");
+    Some(Point { line })
 }
 
 /// Observed demand of one bucket.
@@ -120,16 +199,16 @@ pub struct Demand {
 }
 
 /// `demand` point: fields `vcpus`, `memory_mib`, `gpus`, `submissions`.
-pub fn demand(compute_environment: &str, at: Millis, d: &Demand) -> Option<DataPoint> {
+pub fn demand(compute_environment: &str, at: Millis, d: &Demand) -> Option<Point> {
     point(
         measurement::DEMAND,
         at,
         &[(tag::COMPUTE_ENVIRONMENT, compute_environment)],
         &[
-            ("vcpus", d.vcpus),
-            ("memory_mib", d.memory_mib),
             ("gpus", d.gpus),
+            ("memory_mib", d.memory_mib),
             ("submissions", d.submissions),
+            ("vcpus", d.vcpus),
         ],
     )
 }
@@ -149,7 +228,7 @@ pub fn forecast(
     origin: Millis,
     bucket_ms: i64,
     f: &Forecast,
-) -> Vec<DataPoint> {
+) -> Vec<Point> {
     let qtags: Vec<String> = f.quantiles.iter().map(|q| quantile_tag(*q)).collect();
     let mut out = Vec::with_capacity(f.values.len() * f.quantiles.len());
     for (h, row) in f.values.iter().enumerate() {
@@ -162,9 +241,9 @@ pub fn forecast(
                 at,
                 &[
                     (tag::COMPUTE_ENVIRONMENT, compute_environment),
+                    (tag::HORIZON_S, &horizon),
                     (tag::MODEL, model),
                     (tag::QUANTILE, qt),
-                    (tag::HORIZON_S, &horizon),
                 ],
                 &[("vcpus", *v)],
             ) {
@@ -176,16 +255,16 @@ pub fn forecast(
 }
 
 /// `price` point from a price tick: field `usd_per_hour`.
-pub fn price(t: &PriceTick) -> Option<DataPoint> {
+pub fn price(t: &PriceTick) -> Option<Point> {
     point(
         measurement::PRICE,
         t.at,
         &[
+            (tag::INSTANCE_TYPE, &t.instance_type),
+            (tag::MARKET, t.market.as_str()),
             (tag::PROVIDER, &t.provider),
             (tag::REGION, &t.region),
             (tag::ZONE, t.zone.as_deref().unwrap_or("")),
-            (tag::INSTANCE_TYPE, &t.instance_type),
-            (tag::MARKET, t.market.as_str()),
         ],
         &[("usd_per_hour", t.usd_per_hour)],
     )
@@ -194,7 +273,7 @@ pub fn price(t: &PriceTick) -> Option<DataPoint> {
 /// `decision` point from a scaling command: fields `min_vcpus`,
 /// `desired_vcpus`, `max_vcpus`, `instances`, and `forecast_p<NN>` for each
 /// forecast quantile the command used (e.g. `forecast_p90`).
-pub fn scaling(c: &ScalingCommand) -> Option<DataPoint> {
+pub fn scaling(c: &ScalingCommand) -> Option<Point> {
     let instances: i64 = c.instance_mix.iter().map(|a| a.count as i64).sum();
     let mut fields: Vec<(String, f64)> = vec![
         ("min_vcpus".into(), c.min_vcpus as f64),
@@ -208,6 +287,8 @@ pub fn scaling(c: &ScalingCommand) -> Option<DataPoint> {
             q.vcpus,
         ));
     }
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields.dedup_by(|a, b| a.0 == b.0);
     let fields: Vec<(&str, f64)> = fields.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     point(
         measurement::DECISION,
@@ -220,7 +301,7 @@ pub fn scaling(c: &ScalingCommand) -> Option<DataPoint> {
 /// `preemption` points: commands grouped by (environment, action, issued_at),
 /// field `jobs` = how many jobs got that action in that tick. Grouping keeps
 /// job ids out of tags (unbounded cardinality) while still showing decisions.
-pub fn preemptions<'a>(cmds: impl IntoIterator<Item = &'a PreemptionCommand>) -> Vec<DataPoint> {
+pub fn preemptions<'a>(cmds: impl IntoIterator<Item = &'a PreemptionCommand>) -> Vec<Point> {
     let mut groups: BTreeMap<(&str, &'static str, Millis), f64> = BTreeMap::new();
     for c in cmds {
         *groups
@@ -233,7 +314,7 @@ pub fn preemptions<'a>(cmds: impl IntoIterator<Item = &'a PreemptionCommand>) ->
             point(
                 measurement::PREEMPTION,
                 at,
-                &[(tag::COMPUTE_ENVIRONMENT, env), (tag::ACTION, action)],
+                &[(tag::ACTION, action), (tag::COMPUTE_ENVIRONMENT, env)],
                 &[("jobs", n)],
             )
         })
@@ -261,8 +342,8 @@ pub fn command_kind(c: &Command) -> &'static str {
 
 /// Points for a batch of commands: one `decision` per scaling command plus
 /// grouped `preemption` points.
-pub fn commands(cmds: &[Command]) -> Vec<DataPoint> {
-    let mut out: Vec<DataPoint> = cmds
+pub fn commands(cmds: &[Command]) -> Vec<Point> {
+    let mut out: Vec<Point> = cmds
         .iter()
         .filter_map(|c| match c {
             Command::Scaling(s) => scaling(s),
@@ -284,15 +365,15 @@ pub fn capacity(
     vcpus: f64,
     booting_vcpus: f64,
     instances: f64,
-) -> Option<DataPoint> {
+) -> Option<Point> {
     point(
         measurement::CAPACITY,
         at,
         &[(tag::COMPUTE_ENVIRONMENT, compute_environment)],
         &[
-            ("vcpus", vcpus),
             ("booting_vcpus", booting_vcpus),
             ("instances", instances),
+            ("vcpus", vcpus),
         ],
     )
 }
@@ -304,12 +385,12 @@ pub fn spend(
     at: Millis,
     usd_total: f64,
     usd_per_hour: f64,
-) -> Option<DataPoint> {
+) -> Option<Point> {
     point(
         measurement::SPEND,
         at,
         &[(tag::COMPUTE_ENVIRONMENT, compute_environment)],
-        &[("usd_total", usd_total), ("usd_per_hour", usd_per_hour)],
+        &[("usd_per_hour", usd_per_hour), ("usd_total", usd_total)],
     )
 }
 
@@ -322,11 +403,11 @@ pub fn budget(
     allocated_usd: f64,
     committed_usd: f64,
     spent_usd: f64,
-) -> Option<DataPoint> {
+) -> Option<Point> {
     point(
         measurement::BUDGET,
         at,
-        &[(tag::SCOPE, scope), (tag::ID, id)],
+        &[(tag::ID, id), (tag::SCOPE, scope)],
         &[
             ("allocated_usd", allocated_usd),
             ("committed_usd", committed_usd),
@@ -335,13 +416,11 @@ pub fn budget(
     )
 }
 
-/// Serialises points as line protocol (what the writer sends).
-pub fn to_line_protocol(points: &[DataPoint], out: &mut Vec<u8>) -> std::io::Result<()> {
-    use influxdb2::models::WriteDataPoint;
+/// Concatenates points into a line-protocol body (what the writer sends).
+pub fn to_line_protocol(points: &[Point], out: &mut Vec<u8>) {
     for p in points {
-        p.write_data_point_to(&mut *out)?;
+        out.extend_from_slice(p.line.as_bytes());
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -349,10 +428,45 @@ mod tests {
     use super::*;
     use crate::events::{InstanceAllocation, Market, PreemptionAction, QuantileValue};
 
-    fn lp(points: &[DataPoint]) -> String {
+    fn lp(points: &[Point]) -> String {
         let mut v = Vec::new();
-        to_line_protocol(points, &mut v).unwrap();
+        to_line_protocol(points, &mut v);
         String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn same_line_as_influxdb2_data_point() {
+        let ours = point(
+            "m x",
+            7,
+            &[("a", "v,1"), ("b=c", "w x")],
+            &[("f", 1.5), ("g", -2.0)],
+        )
+        .unwrap();
+        let theirs = DataPoint::builder("m x")
+            .tag("b=c", "w x")
+            .tag("a", "v,1")
+            .field("g", -2.0)
+            .field("f", 1.5)
+            .timestamp(7)
+            .build()
+            .unwrap();
+        assert_eq!(ours, Point::from(theirs));
+        assert_eq!(ours.measurement(), "m\\ x");
+    }
+
+    #[test]
+    fn newlines_in_tags_cannot_break_the_line() {
+        let p = demand(
+            "a\nb",
+            1,
+            &Demand {
+                vcpus: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(p.line().matches('\n').count(), 1, "{:?}", p.line());
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Series {
     pub points: Vec<(Millis, f64)>,
 }
 
+/// Demand per compute environment: `(environment, [(epoch ms, vCPUs)])`,
+/// sorted by environment, points ascending.
+pub type DemandHistory = Vec<(String, Vec<(Millis, f64)>)>;
+
 /// Reads series from a time-series store.
 pub trait StoreReader {
     /// All series matching `q`, points sorted by time.
@@ -68,7 +72,7 @@ pub async fn read_demand_history<R: StoreReader + Sync>(
     reader: &R,
     start: Millis,
     end: Millis,
-) -> Result<Vec<(String, Vec<(Millis, f64)>)>, StoreError> {
+) -> Result<DemandHistory, StoreError> {
     let series = reader
         .read(&SeriesQuery::new(measurement::DEMAND, "vcpus", start, end))
         .await?;
@@ -89,6 +93,47 @@ pub async fn read_demand_history<R: StoreReader + Sync>(
             (k, v)
         })
         .collect())
+}
+
+/// Which server `prescale train --from-store` reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFlavor {
+    /// A real InfluxDB 2 (Flux query API).
+    #[default]
+    Influxdb2,
+    /// VictoriaMetrics (`/api/v1/export`), e.g. the test server.
+    VictoriaMetrics,
+}
+
+/// Blocking form of [`read_demand_history`] for the CLI: reads the store
+/// described by `cfg` (URL, org, token, bucket) on a private current-thread
+/// runtime. Call it from synchronous code only (not inside a tokio runtime).
+pub fn demand_history_blocking(
+    cfg: &super::StoreConfig,
+    flavor: StoreFlavor,
+    start: Millis,
+    end: Millis,
+) -> Result<DemandHistory, StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Config {
+            field: "runtime",
+            reason: e.to_string(),
+        })?;
+    rt.block_on(async {
+        match flavor {
+            StoreFlavor::Influxdb2 => {
+                let r = InfluxReader::new(&cfg.url, &cfg.org, &cfg.token, &cfg.bucket);
+                read_demand_history(&r, start, end).await
+            }
+            StoreFlavor::VictoriaMetrics => {
+                let r = VictoriaMetricsReader::new(&cfg.url);
+                read_demand_history(&r, start, end).await
+            }
+        }
+    })
 }
 
 fn sort_series(mut out: Vec<Series>) -> Vec<Series> {

@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use influxdb2::api::write::TimestampPrecision;
-use influxdb2::models::DataPoint;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::points::to_line_protocol;
+use super::points::{to_line_protocol, Point};
 use super::StoreError;
 use crate::telemetry::{DropReason, Metrics};
 
@@ -135,7 +134,7 @@ impl StoreConfig {
 }
 
 struct Shared {
-    queue: Mutex<VecDeque<DataPoint>>,
+    queue: Mutex<VecDeque<Point>>,
     notify: Notify,
     closed: AtomicBool,
     capacity: usize,
@@ -201,14 +200,14 @@ impl std::fmt::Debug for StoreHandle {
 
 impl StoreHandle {
     /// Queue one point (`None`, e.g. a point whose fields were all NaN, is ignored).
-    pub fn write(&self, point: impl Into<Option<DataPoint>>) {
+    pub fn write(&self, point: impl Into<Option<Point>>) {
         if let Some(p) = point.into() {
             self.write_all(std::iter::once(p));
         }
     }
 
     /// Queue many points under one lock.
-    pub fn write_all(&self, points: impl IntoIterator<Item = DataPoint>) {
+    pub fn write_all(&self, points: impl IntoIterator<Item = Point>) {
         let s = &*self.shared;
         if s.closed.load(Ordering::Relaxed) {
             let n = points.into_iter().count() as u64;
@@ -331,7 +330,7 @@ async fn run(shared: Arc<Shared>, client: influxdb2::Client, config: StoreConfig
     let mut body = Vec::with_capacity(config.batch_size * 96);
     loop {
         let closed = shared.closed.load(Ordering::SeqCst);
-        let batch: Vec<DataPoint> = {
+        let batch: Vec<Point> = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             let due = q.len() >= config.batch_size || closed || last_flush.elapsed() >= flush_every;
             if due {
@@ -361,11 +360,7 @@ async fn run(shared: Arc<Shared>, client: influxdb2::Client, config: StoreConfig
             .set_store_buffered(shared.queue.lock().map(|q| q.len()).unwrap_or(0) as i64);
         let n = batch.len() as u64;
         body.clear();
-        if let Err(e) = to_line_protocol(&batch, &mut body) {
-            tracing::warn!(error = %e, points = n, "cannot serialise points; dropping batch");
-            shared.drop_points(DropReason::WriteFailed, n);
-            continue;
-        }
+        to_line_protocol(&batch, &mut body);
         drop(batch);
         let mut attempt = 0u32;
         loop {
@@ -434,7 +429,7 @@ mod tests {
         Box::leak(Box::new(Metrics::new()))
     }
 
-    fn pt(i: i64) -> DataPoint {
+    fn pt(i: i64) -> Point {
         demand(
             "ce",
             i,

@@ -6,6 +6,7 @@
 //! Names of metrics, spans and their fields are documented in
 //! `docs/telemetry.md`; keep them stable, dashboards depend on them.
 
+pub mod http;
 pub mod metrics;
 pub mod otel;
 pub mod spans;
@@ -170,6 +171,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// The log-line layer for `format`, writing to `writer` (stderr in [`init`]).
+pub fn log_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+    }
+}
+
 /// Installs the global `tracing` subscriber (logs to stderr, plus the OTLP
 /// span layer when configured) and the OTLP metrics bridge over
 /// [`Metrics::global`]. Call once, early in `main`; keep the guard alive.
@@ -178,17 +196,7 @@ pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
         field: "log filter",
         reason: e.to_string(),
     })?;
-    let fmt = match cfg.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
+    let fmt = log_layer(cfg.log_format, std::io::stderr);
     let mut guard = TelemetryGuard::default();
     let otel_layer = match &cfg.otlp_endpoint {
         Some(endpoint) => {
@@ -220,6 +228,39 @@ pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line_with_the_current_span() {
+        let buf = Buf::default();
+        let b2 = buf.clone();
+        let sub =
+            tracing_subscriber::registry().with(log_layer(LogFormat::Json, move || b2.clone()));
+        tracing::subscriber::with_default(sub, || {
+            let tick = spans::tick(42, "ce-1");
+            let _e = tick.enter();
+            tracing::info!(commands = 3, "tick done");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = out.lines().next().expect("one log line");
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["fields"]["message"], "tick done");
+        assert_eq!(v["fields"]["commands"], 3);
+        assert_eq!(v["span"]["name"], "decision_tick");
+        assert_eq!(v["span"]["compute_environment"], "ce-1");
+    }
 
     #[test]
     fn log_format_parses_case_insensitively_and_rejects_unknown() {

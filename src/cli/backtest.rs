@@ -1,0 +1,428 @@
+//! `prescale backtest`: replay a trace with real prices through the decision
+//! engine and a simulated cluster, and compare scaling policies.
+//!
+//! With no arguments it runs the bundled sample (compiled into the binary,
+//! so it works from any directory): a RICC excerpt, a slice of real AWS spot
+//! prices and the on-demand catalogue subset in `data/`.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use prescale::engine::{CapacityPlanner, Engine, EngineConfig};
+use prescale::events::file::{is_events_file, read_events};
+use prescale::events::{Event, PriceTick};
+use prescale::forecast::Forecaster;
+use prescale::import::prices::{parse_prices, read_prices, PriceOptions};
+use prescale::import::swf::{parse_swf, read_swf, SwfOptions, SwfReport};
+use prescale::pricing::{tile_onto, Catalog, TileOptions};
+use prescale::sim::inputs::{sim_prices, EngineSource};
+use prescale::sim::trace::retime_without_queueing;
+use prescale::sim::{run_backtest, BacktestInput, OracleForecaster, PolicyKind, SimConfig, SimPrices, TraceInfo, Workload};
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const SAMPLE_TRACE: &[u8] = include_bytes!("../../data/ricc-2010-2-excerpt.swf.gz");
+pub const SAMPLE_TRACE_NAME: &str = "data/ricc-2010-2-excerpt.swf.gz";
+pub const SAMPLE_PRICES: &[u8] = include_bytes!("../../data/aws-spot-2022-05-31-us.tsv");
+pub const SAMPLE_PRICES_NAME: &str = "data/aws-spot-2022-05-31-us.tsv";
+pub const SAMPLE_CATALOG: &[u8] = include_bytes!("../../data/aws-ondemand-us-east-1.csv");
+pub const SAMPLE_CATALOG_NAME: &str = "data/aws-ondemand-us-east-1.csv";
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// SWF log (plain or .gz) or events file; default: the bundled RICC excerpt.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Spot price history (AWS TSV/CSV, plain/.gz/.zst); default: the bundled slice.
+    /// It is time-shifted and tiled onto the trace (see `pricing::tile_onto`).
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
+    /// On-demand catalogue CSV (Karpenter-derived format); default: the bundled subset.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Policies to compare, comma-separated.
+    #[arg(long, default_value = "reactive,static,predictive,oracle")]
+    pub policies: String,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot (demand, capacity, cumulative cost) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write a self-contained HTML report (table + plots) here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Seed of the simulator's RNG (spot interruptions).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Skip (and count) malformed trace/price records instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Instance boot delay, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub boot_delay_s: i64,
+    /// Idle time before an autoscaled instance is terminated, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout_s: i64,
+    /// Spot interruptions per instance-hour.
+    #[arg(long, default_value_t = 0.05)]
+    pub spot_rate: f64,
+    /// Static fleet size in vCPUs (default: p90 of the trace's demand).
+    #[arg(long)]
+    pub static_vcpus: Option<i64>,
+    /// Maximum vCPUs of an autoscaled environment (Batch maxvCpus).
+    #[arg(long)]
+    pub max_vcpus: Option<i64>,
+    /// Feed the engine the trace's recorded completion times (with the
+    /// source cluster's queueing) instead of re-timing them to start at
+    /// submission (see `sim::trace::retime_without_queueing`).
+    #[arg(long)]
+    pub keep_trace_waits: bool,
+    /// Import at most this many jobs of an SWF trace.
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
+}
+
+/// A trace, prices and catalogue ready to replay.
+pub struct Prepared {
+    /// Job events and tiled price ticks, in time order.
+    pub events: Vec<Event>,
+    pub workload: Workload,
+    pub prices: SimPrices,
+    pub catalog: Arc<Catalog>,
+    pub trace: TraceInfo,
+    /// The price ticks as read, before tiling (the bench re-tiles them).
+    pub raw_ticks: Vec<PriceTick>,
+}
+
+fn swf_notes(r: &SwfReport) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    m.insert("swf_lines".into(), r.lines);
+    m.insert("completed".into(), r.completed);
+    m.insert("failed".into(), r.failed);
+    m.insert("cancelled".into(), r.cancelled);
+    m.insert("cancelled_before_start".into(), r.cancelled_before_start);
+    m.insert("partial_lines".into(), r.partial_lines);
+    m.insert("skipped_unknown_runtime".into(), r.skipped_unknown_runtime);
+    m.insert("skipped_no_processors".into(), r.skipped_no_processors);
+    m
+}
+
+/// Load the trace (SWF or events file), prices and catalogue.
+pub fn prepare(
+    trace: Option<&Path>,
+    prices: Option<&Path>,
+    catalog: Option<&Path>,
+    skip_bad: bool,
+    max_jobs: Option<usize>,
+    keep_trace_waits: bool,
+) -> anyhow::Result<Prepared> {
+    let swf_opts = SwfOptions {
+        skip_bad,
+        max_jobs,
+        ..Default::default()
+    };
+    let mut info = TraceInfo::default();
+    let (mut events, spot_in_trace): (Vec<Event>, Vec<PriceTick>) = match trace {
+        None => {
+            let gz = flate2::read::MultiGzDecoder::new(SAMPLE_TRACE);
+            let imp = parse_swf(BufReader::new(gz), SAMPLE_TRACE_NAME, &swf_opts)?;
+            info.file = format!("{SAMPLE_TRACE_NAME} (bundled)");
+            info.format = "swf".into();
+            info.skipped_records = imp.report.skipped_bad_lines;
+            info.import_notes = swf_notes(&imp.report);
+            (imp.events, Vec::new())
+        }
+        Some(p) if is_events_file(p) => {
+            let d = read_events(p, skip_bad)?;
+            info.file = p.display().to_string();
+            info.format = "events".into();
+            info.skipped_records = d.bad.len() as u64;
+            let mut jobs = Vec::new();
+            let mut ticks = Vec::new();
+            for ev in d.events {
+                match ev {
+                    Event::PriceTick(t) => ticks.push(t),
+                    other => jobs.push(other),
+                }
+            }
+            (jobs, ticks)
+        }
+        Some(p) => {
+            let imp = read_swf(p, &swf_opts)?;
+            info.file = p.display().to_string();
+            info.format = "swf".into();
+            info.skipped_records = imp.report.skipped_bad_lines;
+            info.import_notes = swf_notes(&imp.report);
+            (imp.events, Vec::new())
+        }
+    };
+    let popts = PriceOptions {
+        skip_bad,
+        ..Default::default()
+    };
+    let (ticks, prices_name) = match prices {
+        Some(p) => {
+            let imp = read_prices(p, &popts)?;
+            info.skipped_records += imp.report.skipped_bad_lines;
+            (imp.ticks, p.display().to_string())
+        }
+        None if !spot_in_trace.is_empty() => (spot_in_trace, "(price ticks in the events file)".to_string()),
+        None => {
+            let imp = parse_prices(BufReader::new(SAMPLE_PRICES), SAMPLE_PRICES_NAME, &popts)?;
+            (imp.ticks, format!("{SAMPLE_PRICES_NAME} (bundled)"))
+        }
+    };
+    let (catalog, catalog_name) = match catalog {
+        Some(p) => (Catalog::load(p)?, p.display().to_string()),
+        None => (
+            Catalog::parse(SAMPLE_CATALOG, SAMPLE_CATALOG_NAME)?,
+            format!("{SAMPLE_CATALOG_NAME} (bundled)"),
+        ),
+    };
+    if catalog.is_empty() {
+        bail!("{catalog_name}: the catalogue has no instance types");
+    }
+    if keep_trace_waits {
+        events.sort_by_key(|e| e.time());
+    } else {
+        let n = retime_without_queueing(&mut events);
+        info.import_notes.insert("completions_retimed_without_queueing".into(), n);
+    }
+    let start = events.first().map(|e| e.time()).unwrap_or(0);
+    let end = events.last().map(|e| e.time()).unwrap_or(0);
+    let tiled = tile_onto(
+        &ticks,
+        start,
+        end,
+        &catalog,
+        &TileOptions {
+            regions: Vec::new(),
+            catalog_types_only: true,
+        },
+    );
+    let prices = sim_prices(&catalog, &tiled);
+    let workload = Workload::from_events(&events);
+    info.jobs = workload.jobs.len() as u64;
+    info.price_ticks = tiled.len() as u64;
+    info.compute_environments = workload.envs.len() as u64;
+    info.start_ms = start;
+    info.end_ms = end;
+    info.span_s = (end - start) as f64 / 1000.0;
+    info.prices = prices_name;
+    info.catalog = catalog_name;
+    // Prices first at equal times, so a decision at t sees the price at t.
+    let mut all: Vec<Event> = tiled.into_iter().map(Event::PriceTick).collect();
+    all.extend(events);
+    all.sort_by_key(|e| e.time());
+    info.events = all.len() as u64;
+    Ok(Prepared {
+        events: all,
+        workload,
+        prices,
+        catalog: Arc::new(catalog),
+        trace: info,
+        raw_ticks: ticks,
+    })
+}
+
+/// The engine the service runs, with its default forecaster and planner.
+pub fn make_engine(catalog: Arc<Catalog>, forecaster: Option<Arc<dyn Forecaster>>) -> Engine {
+    let (default_fc, planner) = decision_core(&catalog);
+    Engine::new(
+        EngineConfig::default(),
+        catalog,
+        forecaster.unwrap_or(default_fc),
+        planner,
+    )
+}
+
+pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
+    let policies = PolicyKind::parse_list(&a.policies)?;
+    if policies.is_empty() {
+        bail!("--policies: name at least one of reactive, static, predictive, oracle");
+    }
+    let prep = prepare(
+        a.trace.as_deref(),
+        a.prices.as_deref(),
+        a.catalog.as_deref(),
+        a.skip_bad,
+        a.max_jobs,
+        a.keep_trace_waits,
+    )?;
+    let mut trace = prep.trace.clone();
+    trace.seed = a.seed;
+    let cfg = SimConfig {
+        boot_delay_ms: a.boot_delay_s * 1000,
+        idle_timeout_ms: a.idle_timeout_s * 1000,
+        spot_interruptions_per_hour: a.spot_rate,
+        static_vcpus: a.static_vcpus,
+        max_vcpus: a.max_vcpus,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let catalog = prep.catalog.clone();
+    let source = EngineSource {
+        make: move |fc: Option<Arc<dyn Forecaster>>| make_engine(catalog.clone(), fc),
+    };
+    let oracle: Arc<dyn Forecaster> = Arc::new(OracleForecaster::from_workload(&prep.workload));
+    let input = BacktestInput {
+        events: &prep.events,
+        workload: &prep.workload,
+        prices: &prep.prices,
+        cfg: &cfg,
+        policies: &policies,
+        source: &source,
+        oracle: Some(oracle),
+        trace,
+    };
+    let bar = ProgressBar::new(policies.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+            .expect("static template"),
+    );
+    let report = run_backtest(&input, &|name| {
+        bar.set_message(format!("simulating {name}"));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let t = &report.trace;
+    println!(
+        "trace {}: {} jobs, {} events ({} price ticks), {} environment(s), {:.1} h, {} skipped records, seed {}",
+        t.file,
+        t.jobs,
+        t.events,
+        t.price_ticks,
+        t.compute_environments,
+        t.span_s / 3600.0,
+        t.skipped_records,
+        t.seed
+    );
+    print!("{}", report.table());
+    if let Some(p) = &a.json {
+        std::fs::write(p, report.to_json() + "\n").with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.plot {
+        let svg = report.plot_svg().map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+        std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.html {
+        let page = prescale::report::html::backtest(&report).map_err(|e| anyhow::anyhow!("HTML report: {e}"))?;
+        std::fs::write(p, page).with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// The forecaster and planner the engine runs with.
+///
+/// Interim until the forecasting (issue 3) and cost-aware planning (issue 4)
+/// work lands on main: a seasonal-naive forecaster (yesterday at this time,
+/// last value before a day of history) and a floor planner that pre-boots
+/// the forecast median over the provisioning lead time on the cheapest spot
+/// pools per vCPU. Both are simple on purpose; they are replaced, not tuned.
+pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
+    (Arc::new(interim::DailyNaive), Arc::new(interim::SpotFloor::default()))
+}
+
+mod interim {
+    use prescale::engine::{CapacityPlanner, PlanDecision, PlanRequest};
+    use prescale::events::{InstanceAllocation, Market};
+    use prescale::forecast::{Forecast, Forecaster, History};
+
+    pub struct DailyNaive;
+
+    impl Forecaster for DailyNaive {
+        fn name(&self) -> &str {
+            "daily_naive"
+        }
+        fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
+            let season = (86_400_000 / h.bucket_ms.max(1)) as usize;
+            let n = h.values.len();
+            let values = (0..horizon)
+                .map(|k| {
+                    let v = if n >= season && season > k {
+                        h.values[n - season + k]
+                    } else {
+                        h.values.last().copied().unwrap_or(0.0)
+                    };
+                    vec![v; q.len()]
+                })
+                .collect();
+            Forecast {
+                quantiles: q.to_vec(),
+                values,
+            }
+        }
+    }
+
+    pub struct SpotFloor {
+        pub lead_buckets: usize,
+        pub pools: usize,
+        pub min_mib_per_vcpu: f64,
+    }
+
+    impl Default for SpotFloor {
+        fn default() -> Self {
+            SpotFloor {
+                lead_buckets: 2,
+                pools: 3,
+                min_mib_per_vcpu: 2048.0,
+            }
+        }
+    }
+
+    impl CapacityPlanner for SpotFloor {
+        fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+            let f = r.forecast;
+            let mid = f.quantiles.iter().position(|&x| x >= 0.5).unwrap_or(0);
+            let target = f
+                .values
+                .iter()
+                .take(self.lead_buckets + 1)
+                .map(|row| row.get(mid).copied().unwrap_or(0.0))
+                .fold(0.0, f64::max);
+            let mut offers: Vec<(f64, String, String, f64)> = r
+                .book
+                .offers(r.catalog, r.now)
+                .into_iter()
+                .filter(|o| o.pool.market == Market::Spot)
+                .filter_map(|o| {
+                    let s = r.catalog.spec(&o.pool.instance_type)?;
+                    (s.gpus == 0 && s.vcpus >= 16.0 && s.memory_mib as f64 >= self.min_mib_per_vcpu * s.vcpus)
+                        .then(|| (o.usd_per_hour / s.vcpus, o.pool.instance_type.clone(), o.pool.region.clone(), s.vcpus))
+                })
+                .collect();
+            offers.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)).then_with(|| a.2.cmp(&b.2)));
+            offers.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
+            let chosen: Vec<_> = offers.into_iter().take(self.pools).collect();
+            let mut mix = Vec::new();
+            let mut vcpus = 0i64;
+            if target > 0.0 && !chosen.is_empty() {
+                let share = target / chosen.len() as f64;
+                for (_, t, region, v) in &chosen {
+                    let count = (share / v).ceil() as i32;
+                    vcpus += count as i64 * *v as i64;
+                    mix.push(InstanceAllocation {
+                        instance_type: t.clone(),
+                        market: Market::Spot,
+                        region: region.clone(),
+                        count,
+                    });
+                }
+            }
+            PlanDecision {
+                min_vcpus: vcpus,
+                desired_vcpus: vcpus,
+                max_vcpus: 0,
+                instance_mix: mix,
+                constraints: Default::default(),
+                reason: format!("interim floor: p50 peak over lead time {target:.1} vCPU on cheapest spot pools"),
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! `prescale bench replay`: replay throughput of the decision loop and of the
+//! simulator on the bundled sample scaled up. Prints figures; asserts nothing.
+//!
+//! The sample is scaled by repeating its jobs `--scale` times back to back
+//! (ids suffixed, times shifted by the sample's span), with the spot prices
+//! re-tiled onto the longer span. Each stage runs on one thread:
+//! - `decode`: Avro decode of every recorded message (what arrives from Kafka);
+//! - `decode+state`: plus the event-time demand state (windows, watermark);
+//! - `full loop`: decode → state → engine decisions (forecast + plan on each
+//!   tick), i.e. the service's whole per-event path without the broker;
+//! - `simulator`: the discrete-event cluster replaying the jobs (reactive,
+//!   and predictive with the commands of the full loop).
+
+use super::backtest::{make_engine, prepare};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use prescale::events::avro::{decode_event, encode_event, EventKind};
+use prescale::events::{Command, Event};
+use prescale::pricing::{tile_onto, TileOptions};
+use prescale::sim::inputs::sim_prices;
+use prescale::sim::policy::floor_commands;
+use prescale::sim::{Cluster, Mode, SimConfig, Workload};
+use prescale::state::{DemandState, StateConfig};
+use std::time::Instant;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Events/s of the full decision loop and of the simulator.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Repeat the bundled sample this many times.
+    #[arg(long, default_value_t = 20)]
+    pub scale: usize,
+    /// Timed repetitions of each stage (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    match a.what {
+        BenchCmd::Replay(r) => replay(r),
+    }
+}
+
+fn shift(ev: &Event, k: usize, dt: i64) -> Event {
+    let off = k as i64 * dt;
+    match ev {
+        Event::JobSubmitted(s) => {
+            let mut s = s.clone();
+            s.job_id = format!("{}-{k}", s.job_id);
+            s.submitted_at += off;
+            s.deadline = s.deadline.map(|d| d + off);
+            Event::JobSubmitted(s)
+        }
+        Event::JobCompleted(c) => {
+            let mut c = c.clone();
+            c.job_id = format!("{}-{k}", c.job_id);
+            c.started_at += off;
+            c.finished_at += off;
+            Event::JobCompleted(c)
+        }
+        other => other.clone(),
+    }
+}
+
+fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::INFINITY;
+    let mut out = None;
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        let r = f();
+        best = best.min(t.elapsed().as_secs_f64());
+        out = Some(r);
+    }
+    (best, out.expect("at least one run"))
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let base = prepare(None, None, None, false, None, false)?;
+    let jobs: Vec<&Event> = base.events.iter().filter(|e| !matches!(e, Event::PriceTick(_))).collect();
+    let first = jobs.first().map(|e| e.time()).unwrap_or(0);
+    let last = jobs.last().map(|e| e.time()).unwrap_or(0);
+    let span = (last - first) + 3_600_000;
+    let mut events: Vec<Event> = Vec::with_capacity(jobs.len() * a.scale);
+    for k in 0..a.scale.max(1) {
+        events.extend(jobs.iter().map(|e| shift(e, k, span)));
+    }
+    events.sort_by_key(|e| e.time());
+    let end = events.last().map(|e| e.time()).unwrap_or(0);
+    let ticks = tile_onto(
+        &base.raw_ticks,
+        first,
+        end,
+        &base.catalog,
+        &TileOptions {
+            regions: Vec::new(),
+            catalog_types_only: true,
+        },
+    );
+    let prices = sim_prices(&base.catalog, &ticks);
+    let mut all: Vec<Event> = ticks.into_iter().map(Event::PriceTick).collect();
+    all.extend(events);
+    all.sort_by_key(|e| e.time());
+    let msgs: Vec<(EventKind, Vec<u8>)> = all
+        .iter()
+        .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
+        .collect::<Result<_, prescale::events::avro::CodecError>>()
+        .context("encoding the scaled sample")?;
+    let n = msgs.len() as f64;
+    let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
+    println!(
+        "bench replay: bundled sample x{} = {} events ({} jobs, {:.1} MB Avro), span {:.1} days, one thread",
+        a.scale,
+        msgs.len(),
+        all.iter().filter(|e| matches!(e, Event::JobSubmitted(_))).count(),
+        bytes as f64 / 1e6,
+        (end - first) as f64 / 86_400_000.0
+    );
+
+    let (t_dec, ok) = best(a.repeat, || {
+        let mut ok = 0u64;
+        for (k, b) in &msgs {
+            if decode_event(*k, b).is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    println!("  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)", n / t_dec, t_dec);
+
+    let (t_state, ticks_seen) = best(a.repeat, || {
+        let mut st = DemandState::new(StateConfig::default());
+        let mut ticks = Vec::new();
+        let mut nt = 0usize;
+        for (k, b) in &msgs {
+            if let Ok(ev) = decode_event(*k, b) {
+                st.apply(&ev, &mut ticks);
+                nt += ticks.len();
+                ticks.clear();
+            }
+        }
+        nt
+    });
+    println!(
+        "  decode+state        {:>10.0} events/s  ({:.3} s, {ticks_seen} ticks)",
+        n / t_state,
+        t_state
+    );
+
+    let (t_full, cmds) = best(a.repeat, || {
+        let mut engine = make_engine(base.catalog.clone(), None);
+        let mut out: Vec<Command> = Vec::new();
+        for (k, b) in &msgs {
+            if let Ok(ev) = decode_event(*k, b) {
+                engine.handle(&ev, &mut out);
+            }
+        }
+        engine.finish(&mut out);
+        out
+    });
+    println!(
+        "  full loop           {:>10.0} events/s  ({:.3} s, {} commands) — decode → state → engine",
+        n / t_full,
+        t_full,
+        cmds.len()
+    );
+
+    let workload = Workload::from_events(&all);
+    let cfg = SimConfig::default();
+    let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
+    let scaling: Vec<_> = cmds
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Scaling(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let (floors, _) = floor_commands(&scaling, &workload, &prices);
+    for (name, commanded) in [("reactive", false), ("predictive", true)] {
+        let (t_sim, sim_events) = best(a.repeat, || {
+            let mut total = 0u64;
+            for env in 0..workload.envs.len() {
+                let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
+                let mode = if commanded {
+                    Mode::Commanded { commands: &floors[env] }
+                } else {
+                    Mode::Reactive
+                };
+                let st = Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
+                total += st.sim_events;
+            }
+            total
+        });
+        println!(
+            "  simulator {name:<10}{:>10.0} sim events/s ({:.3} s, {sim_events} sim events, {:.0} trace events/s)",
+            sim_events as f64 / t_sim,
+            t_sim,
+            n / t_sim
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,847 @@
+//! The discrete-event simulated cluster of one compute environment.
+//!
+//! Mechanics (DESIGN.md §7), the same for every policy so only the *decisions*
+//! differ between them:
+//! - **Boot delay**: a launched instance takes `boot_delay_ms` before it can
+//!   run jobs; it is billed from launch (EC2 bills the boot too).
+//! - **Billing**: per second at the pool's price curve (spot varies over
+//!   time, on-demand is constant) with a `min_billing_ms` minimum per
+//!   instance.
+//! - **Spot interruptions**: each spot instance draws, at launch, an
+//!   exponential time-to-interruption from a seeded ChaCha RNG at the pool's
+//!   hourly rate; with `interrupt_on_price_spike` it is also reclaimed when the
+//!   pool's price rises above the on-demand price. Jobs on it go back to the
+//!   queue: elastic jobs keep their progress, others restart from zero.
+//! - **Packing**: queued jobs are placed in priority order (higher first, then
+//!   submission time), with backfilling: a job that does not fit does not
+//!   block smaller ones behind it. First fit over instances in launch order.
+//! - **Gang rule**: a job larger than every instance type is split into `k`
+//!   equal parts (the smallest `k` whose part fits some type) that must start
+//!   together on `k` distinct instances — how MPI jobs such as RICC's run on
+//!   a cloud cluster.
+//! - **Autoscaling** (reactive, and the top-up in predictive/oracle): the
+//!   AWS Batch managed compute environment's behaviour: when runnable jobs do
+//!   not fit the running and booting capacity it launches instances chosen
+//!   BEST_FIT (the cheapest type per useful vCPU that fits the job, sized up
+//!   to the queued demand behind it), up to `max_vcpus`; an instance idle for
+//!   `idle_timeout_ms` is terminated.
+//! - **Floors** (predictive/oracle): a command sets, per pool, a number of
+//!   instances kept alive whether busy or not (pre-booted capacity); spot
+//!   floor instances that are reclaimed are replaced.
+
+use super::prices::SimPrices;
+use super::trace::SimJob;
+use super::SimConfig;
+use crate::events::{Market, Millis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// A capacity decision applied at `at` in commanded mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloorCommand {
+    pub at: Millis,
+    /// Instances kept alive per pool.
+    pub floor: Vec<(usize, u32)>,
+    /// Pools the top-up may launch from (empty: on-demand BEST_FIT).
+    pub burst_pools: Vec<usize>,
+    /// Cap on total capacity (milli-vCPUs), if any.
+    pub max_mcpu: Option<i64>,
+}
+
+/// How capacity is decided.
+#[derive(Debug, Clone)]
+pub enum Mode<'a> {
+    /// AWS Batch managed CE: capacity follows the queue.
+    Reactive,
+    /// A fixed fleet of `count` instances of `pool`, up for the whole run.
+    Static { pool: usize, count: u32 },
+    /// Floors from commands plus the reactive mechanism for what is beyond.
+    Commanded { commands: &'a [FloorCommand] },
+}
+
+/// Per-bucket samples of the cluster, for plots and reports.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Series {
+    pub start: Millis,
+    pub bucket_ms: i64,
+    /// Alive capacity (booting + ready) at the sample time.
+    pub capacity_vcpus: Vec<f64>,
+    /// vCPUs running jobs.
+    pub busy_vcpus: Vec<f64>,
+    /// vCPUs of queued jobs.
+    pub queued_vcpus: Vec<f64>,
+    /// Dollars spent up to the sample time.
+    pub cum_cost_usd: Vec<f64>,
+}
+
+impl Series {
+    /// Add another environment's series sample by sample (cost carries its
+    /// last value forward).
+    pub fn add(&mut self, o: &Series) {
+        let n = self.capacity_vcpus.len().max(o.capacity_vcpus.len());
+        let last_self = self.cum_cost_usd.last().copied().unwrap_or(0.0);
+        let last_o = o.cum_cost_usd.last().copied().unwrap_or(0.0);
+        let get = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0);
+        let mut out = Series {
+            start: self.start,
+            bucket_ms: self.bucket_ms,
+            ..Default::default()
+        };
+        for i in 0..n {
+            out.capacity_vcpus.push(get(&self.capacity_vcpus, i) + get(&o.capacity_vcpus, i));
+            out.busy_vcpus.push(get(&self.busy_vcpus, i) + get(&o.busy_vcpus, i));
+            out.queued_vcpus.push(get(&self.queued_vcpus, i) + get(&o.queued_vcpus, i));
+            let a = self.cum_cost_usd.get(i).copied().unwrap_or(last_self);
+            let b = o.cum_cost_usd.get(i).copied().unwrap_or(last_o);
+            out.cum_cost_usd.push(a + b);
+        }
+        *self = out;
+    }
+}
+
+/// What one environment's run measured.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub cost_by_market: BTreeMap<Market, f64>,
+    pub busy_mcpu_ms: f64,
+    pub billed_mcpu_ms: f64,
+    pub preemptions: u64,
+    pub instances_launched: u64,
+    /// Queue wait (first start − submit) per job that needed capacity; jobs
+    /// that never started count up to the end of the run.
+    pub waits_ms: Vec<i64>,
+    pub jobs: u64,
+    pub jobs_completed: u64,
+    pub deadline_jobs: u64,
+    pub deadline_missed: u64,
+    /// Events the simulator processed (for the bench).
+    pub sim_events: u64,
+    pub end: Millis,
+    pub series: Series,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Finish(u32, u32),
+    Interrupt(u32),
+    Ready(u32),
+    Command(u32),
+    Submit(u32),
+    Idle(u32, u32),
+    Sample,
+}
+
+impl Ev {
+    /// Order of events at the same instant: capacity is freed and gained
+    /// before decisions and arrivals; idle checks come after the scheduler
+    /// ran (so an arrival at the idle deadline keeps the instance); samples
+    /// see the settled state.
+    fn rank(self) -> u8 {
+        match self {
+            Ev::Finish(..) => 0,
+            Ev::Interrupt(_) => 1,
+            Ev::Ready(_) => 2,
+            Ev::Command(_) => 3,
+            Ev::Submit(_) => 4,
+            Ev::Idle(..) => 5,
+            Ev::Sample => 6,
+        }
+    }
+}
+
+const IDLE_RANK: u8 = 5;
+
+#[derive(Debug, Clone)]
+struct Inst {
+    pool: usize,
+    mcpu: i64,
+    launched: Millis,
+    ready: bool,
+    alive: bool,
+    /// Kept alive by a floor (commanded) or the static fleet.
+    pinned: bool,
+    free_mcpu: i64,
+    free_mem: i64,
+    free_gpu: i32,
+    jobs: Vec<u32>,
+    idle_since: Millis,
+    idle_epoch: u32,
+    alive_pos: usize,
+}
+
+#[derive(Debug, Clone)]
+struct JobState {
+    parts: u32,
+    part_mcpu: i64,
+    part_mem: i64,
+    part_gpu: i32,
+    remaining_ms: Millis,
+    first_start: Option<Millis>,
+    run_start: Millis,
+    epoch: u32,
+    placed: Vec<u32>,
+    finished: Option<Millis>,
+    queued: bool,
+    /// Spot interruptions suffered; past `SimConfig::spot_retries` the job
+    /// only runs on on-demand capacity.
+    interrupted: u32,
+}
+
+/// The smallest split of a job whose part fits some instance type.
+pub fn gang_parts(prices: &SimPrices, mcpu: i64, mem: i64, gpus: i32) -> Option<(u32, i64, i64, i32)> {
+    let max_mcpu = prices.types.iter().map(|t| t.vcpus as i64 * 1000).max()?;
+    let lower = ((mcpu + max_mcpu - 1) / max_mcpu).max(1);
+    for k in lower..=lower.saturating_mul(4).max(64) {
+        let pm = (mcpu + k - 1) / k;
+        let pmem = (mem + k - 1) / k;
+        let pg = (gpus as i64 + k - 1) / k;
+        if prices
+            .types
+            .iter()
+            .any(|t| t.vcpus as i64 * 1000 >= pm && t.memory_mib >= pmem && t.gpus as i64 >= pg)
+        {
+            return Some((k as u32, pm, pmem, pg as i32));
+        }
+    }
+    None
+}
+
+/// One compute environment's simulation.
+pub struct Cluster<'a> {
+    cfg: &'a SimConfig,
+    prices: &'a SimPrices,
+    jobs: Vec<&'a SimJob>,
+    js: Vec<JobState>,
+    insts: Vec<Inst>,
+    alive: Vec<u32>,
+    heap: BinaryHeap<Reverse<(Millis, u8, u64, Ev)>>,
+    seq: u64,
+    queue: BTreeSet<(Reverse<i32>, Millis, u32)>,
+    rng: ChaCha8Rng,
+    mode: Mode<'a>,
+    horizon: Millis,
+    // commanded mode
+    floor_target: Vec<u32>,
+    floor_alive: Vec<u32>,
+    burst_pools: Vec<usize>,
+    max_mcpu: Option<i64>,
+    od_pools: Vec<usize>,
+    // running totals
+    alive_mcpu: i64,
+    busy_mcpu: i64,
+    queued_mcpu: i64,
+    running_jobs: u64,
+    booting: u64,
+    last_finish: Millis,
+    dirty: bool,
+    stats: RunStats,
+    cost_closed: f64,
+}
+
+impl<'a> Cluster<'a> {
+    /// `jobs` are this environment's jobs; `horizon` the last trace event
+    /// time; `series_start` aligns the samples of every environment.
+    pub fn new(
+        cfg: &'a SimConfig,
+        prices: &'a SimPrices,
+        jobs: Vec<&'a SimJob>,
+        mode: Mode<'a>,
+        seed: u64,
+        series_start: Millis,
+        horizon: Millis,
+    ) -> Self {
+        let od_pools = (0..prices.pools.len())
+            .filter(|&p| prices.pools[p].market == Market::OnDemand)
+            .collect();
+        let mut js = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            let (parts, pm, pmem, pg) = gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
+            js.push(JobState {
+                parts,
+                part_mcpu: pm,
+                part_mem: pmem,
+                part_gpu: pg,
+                remaining_ms: j.runtime_ms,
+                first_start: None,
+                run_start: 0,
+                epoch: 0,
+                placed: Vec::new(),
+                finished: None,
+                queued: false,
+                interrupted: 0,
+            });
+        }
+        let npools = prices.pools.len();
+        Cluster {
+            cfg,
+            prices,
+            jobs,
+            js,
+            insts: Vec::new(),
+            alive: Vec::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            queue: BTreeSet::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            mode,
+            horizon,
+            floor_target: vec![0; npools],
+            floor_alive: vec![0; npools],
+            burst_pools: Vec::new(),
+            max_mcpu: cfg.max_vcpus.map(|v| v * 1000),
+            od_pools,
+            alive_mcpu: 0,
+            busy_mcpu: 0,
+            queued_mcpu: 0,
+            running_jobs: 0,
+            booting: 0,
+            last_finish: Millis::MIN,
+            dirty: false,
+            stats: RunStats {
+                series: Series {
+                    start: series_start,
+                    bucket_ms: cfg.bucket_ms,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            cost_closed: 0.0,
+        }
+    }
+
+    fn push(&mut self, t: Millis, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((t, ev.rank(), self.seq, ev)));
+    }
+
+    fn autoscaled(&self) -> bool {
+        !matches!(self.mode, Mode::Static { .. })
+    }
+
+    /// Run to completion and return the measurements.
+    pub fn run(mut self) -> RunStats {
+        for i in 0..self.jobs.len() {
+            let t = self.jobs[i].submit;
+            self.push(t, Ev::Submit(i as u32));
+        }
+        let first = self.jobs.first().map(|j| j.submit).unwrap_or(self.stats.series.start);
+        match self.mode.clone() {
+            Mode::Static { pool, count } => {
+                let t0 = first.min(self.stats.series.start) - self.cfg.boot_delay_ms;
+                for _ in 0..count {
+                    let id = self.launch(pool, t0);
+                    self.insts[id as usize].pinned = true;
+                }
+            }
+            Mode::Commanded { commands } => {
+                for (i, c) in commands.iter().enumerate() {
+                    self.push(c.at, Ev::Command(i as u32));
+                }
+            }
+            Mode::Reactive => {}
+        }
+        let s0 = self.stats.series.start;
+        self.push(s0, Ev::Sample);
+
+        let mut now = Millis::MIN;
+        while let Some(Reverse((t, rank, _, ev))) = self.heap.pop() {
+            // Past the trace with nothing running or booting and the
+            // scheduler settled, no job can start any more: the run is over
+            // (what remains are idle checks, samples and floor churn).
+            if (t > self.horizon && self.running_jobs == 0 && self.booting == 0 && !self.dirty)
+                || t > self.horizon.saturating_add(self.cfg.max_tail_ms)
+            {
+                self.heap.push(Reverse((t, rank, 0, ev)));
+                break;
+            }
+            now = t;
+            self.stats.sim_events += 1;
+            match ev {
+                Ev::Submit(j) => self.on_submit(j),
+                Ev::Finish(j, e) => self.on_finish(t, j, e),
+                Ev::Ready(i) => self.on_ready(t, i),
+                Ev::Interrupt(i) => self.on_interrupt(t, i),
+                Ev::Command(c) => self.on_command(t, c),
+                Ev::Idle(i, e) => self.on_idle(t, i, e),
+                Ev::Sample => self.on_sample(t),
+            }
+            let next = self.heap.peek().map(|Reverse((nt, nr, _, _))| (*nt, *nr));
+            let boundary = match next {
+                None => true,
+                Some((nt, nr)) => nt != t || (rank < IDLE_RANK && nr >= IDLE_RANK),
+            };
+            if boundary && self.dirty {
+                self.schedule(t);
+            }
+        }
+        self.close(now)
+    }
+
+    fn close(mut self, now: Millis) -> RunStats {
+        let end = now.max(self.horizon).max(self.last_finish);
+        let alive: Vec<u32> = self.alive.clone();
+        for i in alive {
+            let inst = &self.insts[i as usize];
+            let stop = if inst.pinned || !self.autoscaled() {
+                end
+            } else {
+                // Unpinned instances are idle here and would be scaled in.
+                inst.idle_since + self.cfg.idle_timeout_ms
+            };
+            self.terminate(stop.max(inst.launched), i);
+        }
+        let mut st = self.stats;
+        st.end = end;
+        st.jobs = self.jobs.len() as u64;
+        for (j, s) in self.jobs.iter().zip(&self.js) {
+            if j.cancelled_in_queue {
+                continue;
+            }
+            if s.finished.is_some() {
+                st.jobs_completed += 1;
+            }
+            st.waits_ms.push(s.first_start.unwrap_or(end).max(j.submit) - j.submit);
+            if let Some(d) = j.deadline {
+                st.deadline_jobs += 1;
+                if s.finished.is_none_or(|f| f > d) {
+                    st.deadline_missed += 1;
+                }
+            }
+        }
+        st
+    }
+
+    fn on_submit(&mut self, j: u32) {
+        let job = self.jobs[j as usize];
+        if job.cancelled_in_queue || self.js[j as usize].parts == 0 {
+            // Never needs capacity (or no type can host even a part of it: it
+            // stays unfinished and counts as missed).
+            return;
+        }
+        self.enqueue(j);
+    }
+
+    fn enqueue(&mut self, j: u32) {
+        let job = self.jobs[j as usize];
+        self.queue.insert((Reverse(job.priority), job.submit, j));
+        self.js[j as usize].queued = true;
+        self.queued_mcpu += job.mcpu;
+        self.dirty = true;
+    }
+
+    fn on_finish(&mut self, t: Millis, j: u32, epoch: u32) {
+        if self.js[j as usize].epoch != epoch || self.js[j as usize].finished.is_some() {
+            return;
+        }
+        self.stop_job(t, j);
+        self.js[j as usize].finished = Some(t);
+        self.last_finish = self.last_finish.max(t);
+    }
+
+    /// Release a running job's instances and account its busy time.
+    fn stop_job(&mut self, t: Millis, j: u32) {
+        let s = &mut self.js[j as usize];
+        let placed = std::mem::take(&mut s.placed);
+        let (pm, pmem, pg) = (s.part_mcpu, s.part_mem, s.part_gpu);
+        let ran = t - s.run_start;
+        s.epoch += 1;
+        self.stats.busy_mcpu_ms += (pm * placed.len() as i64) as f64 * ran as f64;
+        self.busy_mcpu -= self.jobs[j as usize].mcpu;
+        self.running_jobs -= 1;
+        for i in placed {
+            let inst = &mut self.insts[i as usize];
+            if !inst.alive {
+                continue;
+            }
+            inst.free_mcpu += pm;
+            inst.free_mem += pmem;
+            inst.free_gpu += pg;
+            if let Some(p) = inst.jobs.iter().position(|&x| x == j) {
+                inst.jobs.swap_remove(p);
+            }
+            if inst.jobs.is_empty() {
+                self.became_idle(t, i);
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn became_idle(&mut self, t: Millis, i: u32) {
+        let inst = &mut self.insts[i as usize];
+        inst.idle_since = t;
+        inst.idle_epoch += 1;
+        let (pinned, e) = (inst.pinned, inst.idle_epoch);
+        if self.autoscaled() && !pinned {
+            let at = t + self.cfg.idle_timeout_ms;
+            self.push(at, Ev::Idle(i, e));
+        }
+    }
+
+    fn on_ready(&mut self, t: Millis, i: u32) {
+        if !self.insts[i as usize].alive {
+            return;
+        }
+        self.insts[i as usize].ready = true;
+        self.booting -= 1;
+        self.became_idle(t, i);
+        self.dirty = true;
+    }
+
+    fn on_interrupt(&mut self, t: Millis, i: u32) {
+        if !self.insts[i as usize].alive {
+            return;
+        }
+        let jobs = self.insts[i as usize].jobs.clone();
+        for j in jobs {
+            let s = &self.js[j as usize];
+            let ran = t - s.run_start;
+            let elastic = self.jobs[j as usize].elastic;
+            self.stop_job(t, j);
+            let s = &mut self.js[j as usize];
+            s.remaining_ms = if elastic {
+                (s.remaining_ms - ran).max(0)
+            } else {
+                self.jobs[j as usize].runtime_ms
+            };
+            self.stats.preemptions += 1;
+            self.js[j as usize].interrupted += 1;
+            self.enqueue(j);
+        }
+        self.terminate(t, i);
+        self.dirty = true;
+    }
+
+    fn on_command(&mut self, _t: Millis, c: u32) {
+        let Mode::Commanded { commands } = self.mode else { return };
+        let cmd = &commands[c as usize];
+        self.floor_target.iter_mut().for_each(|x| *x = 0);
+        for &(p, n) in &cmd.floor {
+            self.floor_target[p] += n;
+        }
+        self.burst_pools = cmd.burst_pools.clone();
+        self.max_mcpu = cmd.max_mcpu.or(self.cfg.max_vcpus.map(|v| v * 1000));
+        self.dirty = true;
+    }
+
+    fn on_idle(&mut self, t: Millis, i: u32, e: u32) {
+        let inst = &self.insts[i as usize];
+        if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e {
+            self.terminate(t, i);
+        }
+    }
+
+    fn on_sample(&mut self, t: Millis) {
+        let mut cost = self.cost_closed;
+        for &i in &self.alive {
+            let inst = &self.insts[i as usize];
+            cost += self.prices.pools[inst.pool].curve.integral(inst.launched, t);
+        }
+        let s = &mut self.stats.series;
+        s.capacity_vcpus.push(self.alive_mcpu as f64 / 1000.0);
+        s.busy_vcpus.push(self.busy_mcpu as f64 / 1000.0);
+        s.queued_vcpus.push(self.queued_mcpu as f64 / 1000.0);
+        s.cum_cost_usd.push(cost);
+        let next = t + self.cfg.bucket_ms;
+        if next <= self.horizon || self.running_jobs > 0 || !self.queue.is_empty() || self.booting > 0 {
+            self.push(next, Ev::Sample);
+        }
+    }
+
+    fn launch(&mut self, pool: usize, t: Millis) -> u32 {
+        let ty = &self.prices.types[self.prices.pools[pool].ty];
+        let id = self.insts.len() as u32;
+        let mcpu = ty.vcpus as i64 * 1000;
+        self.insts.push(Inst {
+            pool,
+            mcpu,
+            launched: t,
+            ready: false,
+            alive: true,
+            pinned: false,
+            free_mcpu: mcpu,
+            free_mem: ty.memory_mib,
+            free_gpu: ty.gpus,
+            jobs: Vec::new(),
+            idle_since: t,
+            idle_epoch: 0,
+            alive_pos: self.alive.len(),
+        });
+        self.alive.push(id);
+        self.alive_mcpu += mcpu;
+        self.booting += 1;
+        self.stats.instances_launched += 1;
+        self.push(t + self.cfg.boot_delay_ms, Ev::Ready(id));
+        let p = &self.prices.pools[pool];
+        if p.market == Market::Spot {
+            let rate = self.cfg.spot_rate(&ty.name, &p.region);
+            let mut at = Millis::MAX;
+            if rate > 0.0 {
+                let u: f64 = self.rng.random::<f64>();
+                let hours = -(1.0 - u).ln() / rate;
+                at = t.saturating_add((hours * 3_600_000.0) as i64);
+            }
+            if self.cfg.interrupt_on_price_spike {
+                if let Some(&s) = p.spikes.iter().find(|&&s| s > t) {
+                    at = at.min(s);
+                }
+            }
+            if at != Millis::MAX {
+                self.push(at, Ev::Interrupt(id));
+            }
+        }
+        id
+    }
+
+    fn terminate(&mut self, t: Millis, i: u32) {
+        let inst = &mut self.insts[i as usize];
+        if !inst.alive {
+            return;
+        }
+        inst.alive = false;
+        if !inst.ready {
+            self.booting -= 1;
+        }
+        let billed_to = t.max(inst.launched + self.cfg.min_billing_ms);
+        let pool = &self.prices.pools[inst.pool];
+        let cost = pool.curve.integral(inst.launched, billed_to);
+        *self.stats.cost_by_market.entry(pool.market).or_insert(0.0) += cost;
+        self.cost_closed += cost;
+        self.stats.billed_mcpu_ms += (inst.mcpu * (billed_to - inst.launched)) as f64;
+        self.alive_mcpu -= inst.mcpu;
+        if inst.pinned && matches!(self.mode, Mode::Commanded { .. }) {
+            self.floor_alive[inst.pool] -= 1;
+        }
+        let pos = inst.alive_pos;
+        self.alive.swap_remove(pos);
+        if let Some(&moved) = self.alive.get(pos) {
+            self.insts[moved as usize].alive_pos = pos;
+        }
+    }
+
+    fn fits(inst: &Inst, s: &JobState) -> bool {
+        inst.free_mcpu >= s.part_mcpu && inst.free_mem >= s.part_mem && inst.free_gpu >= s.part_gpu
+    }
+
+    /// Floors, then placement, then the reactive top-up.
+    fn schedule(&mut self, t: Millis) {
+        self.dirty = false;
+        if matches!(self.mode, Mode::Commanded { .. }) {
+            self.maintain_floors(t);
+        }
+        self.place(t);
+        if self.autoscaled() && !self.queue.is_empty() {
+            self.top_up(t);
+        }
+    }
+
+    fn maintain_floors(&mut self, t: Millis) {
+        for p in 0..self.floor_target.len() {
+            let (want, mut have) = (self.floor_target[p], self.floor_alive[p]);
+            if have < want {
+                // Re-pin instances of the pool released earlier and still
+                // alive (ready ones first) before launching new ones.
+                let mut spare: Vec<u32> = self
+                    .alive
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.insts[i as usize].pool == p && !self.insts[i as usize].pinned)
+                    .collect();
+                spare.sort_by_key(|&i| (!self.insts[i as usize].ready, i));
+                for i in spare.into_iter().take((want - have) as usize) {
+                    let inst = &mut self.insts[i as usize];
+                    inst.pinned = true;
+                    // Invalidate a pending idle check.
+                    inst.idle_epoch += 1;
+                    have += 1;
+                }
+                for _ in have..want {
+                    let id = self.launch(p, t);
+                    self.insts[id as usize].pinned = true;
+                }
+                self.floor_alive[p] = want;
+            } else if have > want {
+                // Release the excess, idle ones first (youngest first), to the
+                // idle timeout.
+                let mut cands: Vec<u32> = self
+                    .alive
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.insts[i as usize].pool == p && self.insts[i as usize].pinned)
+                    .collect();
+                cands.sort_by_key(|&i| (!self.insts[i as usize].jobs.is_empty(), Reverse(i)));
+                for &i in cands.iter().take((have - want) as usize) {
+                    self.insts[i as usize].pinned = false;
+                    if self.insts[i as usize].ready && self.insts[i as usize].jobs.is_empty() {
+                        self.became_idle(t, i);
+                    }
+                }
+                self.floor_alive[p] = want;
+            }
+        }
+    }
+
+    fn place(&mut self, t: Millis) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let mut max_free = 0;
+        for &i in &self.alive {
+            let inst = &self.insts[i as usize];
+            if inst.ready {
+                max_free = max_free.max(inst.free_mcpu);
+            }
+        }
+        if max_free == 0 {
+            return;
+        }
+        let queued: Vec<(Reverse<i32>, Millis, u32)> = self.queue.iter().copied().collect();
+        let mut chosen: Vec<u32> = Vec::new();
+        for key in queued {
+            let j = key.2;
+            let s = &self.js[j as usize];
+            if s.part_mcpu > max_free {
+                continue;
+            }
+            chosen.clear();
+            let od_only = s.interrupted > self.cfg.spot_retries;
+            for &i in &self.alive {
+                let inst = &self.insts[i as usize];
+                if inst.ready && Self::fits(inst, s) && !(od_only && self.prices.pools[inst.pool].market == Market::Spot) {
+                    chosen.push(i);
+                    if chosen.len() == s.parts as usize {
+                        break;
+                    }
+                }
+            }
+            if chosen.len() < s.parts as usize {
+                continue;
+            }
+            self.queue.remove(&key);
+            let list = chosen.clone();
+            self.start_job(t, j, list);
+            max_free = 0;
+            for &i in &self.alive {
+                let inst = &self.insts[i as usize];
+                if inst.ready {
+                    max_free = max_free.max(inst.free_mcpu);
+                }
+            }
+            if max_free == 0 {
+                break;
+            }
+        }
+    }
+
+    fn start_job(&mut self, t: Millis, j: u32, insts: Vec<u32>) {
+        let job = self.jobs[j as usize];
+        let s = &mut self.js[j as usize];
+        s.queued = false;
+        s.run_start = t;
+        s.first_start.get_or_insert(t);
+        let (pm, pmem, pg) = (s.part_mcpu, s.part_mem, s.part_gpu);
+        let finish = t + s.remaining_ms;
+        let epoch = s.epoch;
+        for &i in &insts {
+            let inst = &mut self.insts[i as usize];
+            inst.free_mcpu -= pm;
+            inst.free_mem -= pmem;
+            inst.free_gpu -= pg;
+            inst.jobs.push(j);
+            inst.idle_epoch += 1;
+        }
+        self.js[j as usize].placed = insts;
+        self.queued_mcpu -= job.mcpu;
+        self.busy_mcpu += job.mcpu;
+        self.running_jobs += 1;
+        self.push(finish, Ev::Finish(j, epoch));
+    }
+
+    /// The reactive mechanism: queued jobs that the booting capacity cannot
+    /// absorb get new instances, BEST_FIT.
+    fn top_up(&mut self, t: Millis) {
+        // Free capacity of booting instances, reserved virtually.
+        let mut virt: Vec<(i64, i64, i32, bool)> = self
+            .alive
+            .iter()
+            .map(|&i| &self.insts[i as usize])
+            .filter(|inst| !inst.ready)
+            .map(|inst| {
+                let spot = self.prices.pools[inst.pool].market == Market::Spot;
+                (inst.free_mcpu, inst.free_mem, inst.free_gpu, spot)
+            })
+            .collect();
+        let queued: Vec<u32> = self.queue.iter().map(|k| k.2).collect();
+        let mut behind: i64 = queued.iter().map(|&j| self.jobs[j as usize].mcpu).sum();
+        let pools: Vec<usize> = if self.burst_pools.is_empty() {
+            self.od_pools.clone()
+        } else {
+            self.burst_pools.clone()
+        };
+        for j in queued {
+            let s = &self.js[j as usize];
+            let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
+            let od_only = s.interrupted > self.cfg.spot_retries;
+            let aggregate = behind;
+            behind -= self.jobs[j as usize].mcpu;
+            let mut slots: Vec<usize> = Vec::new();
+            for (k, v) in virt.iter().enumerate() {
+                if v.0 >= pm && v.1 >= pmem && v.2 >= pg && !(od_only && v.3) {
+                    slots.push(k);
+                    if slots.len() == parts {
+                        break;
+                    }
+                }
+            }
+            if slots.len() < parts {
+                let missing = parts - slots.len();
+                let from = if od_only { &self.od_pools } else { &pools };
+                let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, t) else {
+                    continue;
+                };
+                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64 * 1000 * missing as i64;
+                if self.max_mcpu.is_some_and(|m| self.alive_mcpu + add > m) {
+                    continue;
+                }
+                for _ in 0..missing {
+                    let id = self.launch(pool, t);
+                    let inst = &self.insts[id as usize];
+                    let spot = self.prices.pools[pool].market == Market::Spot;
+                    virt.push((inst.free_mcpu, inst.free_mem, inst.free_gpu, spot));
+                    slots.push(virt.len() - 1);
+                }
+            }
+            for k in slots {
+                virt[k].0 -= pm;
+                virt[k].1 -= pmem;
+                virt[k].2 -= pg;
+            }
+        }
+    }
+
+    /// BEST_FIT: among pools whose type fits the part, the lowest price per
+    /// *useful* vCPU (a type larger than the queued demand wastes the rest),
+    /// then the smaller type, then the pool order.
+    fn best_fit(&self, pools: &[usize], pm: i64, pmem: i64, pg: i32, aggregate: i64, t: Millis) -> Option<usize> {
+        let mut best: Option<(f64, i64, usize)> = None;
+        for &p in pools {
+            let pool = &self.prices.pools[p];
+            let ty = &self.prices.types[pool.ty];
+            let tm = ty.vcpus as i64 * 1000;
+            if tm < pm || ty.memory_mib < pmem || ty.gpus < pg {
+                continue;
+            }
+            let useful = tm.min(aggregate.max(pm)) as f64;
+            let score = pool.curve.at(t) / useful;
+            let better = match best {
+                None => true,
+                Some((bs, bm, _)) => score < bs - 1e-12 || ((score - bs).abs() <= 1e-12 && tm < bm),
+            };
+            if better {
+                best = Some((score, tm, p));
+            }
+        }
+        best.map(|b| b.2)
+    }
+}

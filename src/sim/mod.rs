@@ -1,0 +1,115 @@
+//! The backtest: a discrete-event simulated cluster that replays a trace
+//! under several scaling policies and reports what each would have cost.
+//!
+//! - [`trace`] joins submissions with completions into the jobs to replay;
+//! - [`prices`] holds the instance shapes and per-pool price curves;
+//! - [`cluster`] is the simulator of one compute environment (boot delay,
+//!   billing, spot interruptions, packing, autoscaling, floors);
+//! - [`policy`] turns each policy (`reactive`, `static`, `predictive`,
+//!   `oracle`) into cluster modes; `predictive` and `oracle` run the real
+//!   decision engine and apply its `ScalingCommand`s;
+//! - [`oracle`] is the forecaster that knows the future (lower-bound reference);
+//! - [`report`] is the result (JSON, table, SVG plot).
+//!
+//! Everything here is pure and deterministic for a given seed: no clock, no
+//! I/O (the CLI reads the files and writes the outputs).
+
+pub mod cluster;
+pub mod inputs;
+pub mod oracle;
+pub mod policy;
+pub mod prices;
+pub mod report;
+pub mod trace;
+
+pub use cluster::{Cluster, FloorCommand, Mode, RunStats, Series};
+pub use oracle::OracleForecaster;
+pub use policy::{run_backtest, BacktestInput, PolicyKind};
+pub use prices::{InstanceType, PriceCurve, SimPrices};
+pub use report::{BacktestReport, PolicyReport, TraceInfo};
+pub use trace::{SimJob, Workload};
+
+use crate::events::Millis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Simulator settings. Defaults follow AWS behaviour where one is documented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Launch → ready (EC2 boot + ECS agent registration), ms.
+    pub boot_delay_ms: Millis,
+    /// Per-second billing with this minimum per instance (EC2 Linux: 60 s).
+    pub min_billing_ms: Millis,
+    /// Idle time after which an autoscaled instance is terminated.
+    pub idle_timeout_ms: Millis,
+    /// Default spot interruption rate, per instance-hour.
+    pub spot_interruptions_per_hour: f64,
+    /// Per-pool overrides, keyed `instance_type` or `instance_type/region`.
+    pub spot_rate_overrides: BTreeMap<String, f64>,
+    /// Reclaim spot instances when their pool's price rises above on-demand.
+    pub interrupt_on_price_spike: bool,
+    /// Sampling interval of the reported time series.
+    pub bucket_ms: i64,
+    /// Maximum capacity of an autoscaled environment (Batch `maxvCpus`).
+    pub max_vcpus: Option<i64>,
+    /// Static fleet size in vCPUs (default: p90 of the trace's demand).
+    pub static_vcpus: Option<i64>,
+    /// Spot interruptions a job may suffer before it is only placed on
+    /// on-demand capacity (what a Batch retry strategy that falls back to an
+    /// on-demand queue does; without it a long rigid job on spot can restart
+    /// forever).
+    pub spot_retries: u32,
+    /// The simulation stops this long after the last trace event even if
+    /// jobs are still queued or running (they count as unfinished).
+    pub max_tail_ms: Millis,
+    /// RNG seed (spot interruptions).
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            boot_delay_ms: 120_000,
+            min_billing_ms: 60_000,
+            idle_timeout_ms: 600_000,
+            spot_interruptions_per_hour: 0.05,
+            spot_rate_overrides: BTreeMap::new(),
+            interrupt_on_price_spike: true,
+            bucket_ms: 300_000,
+            max_vcpus: None,
+            static_vcpus: None,
+            spot_retries: 1,
+            max_tail_ms: 30 * 86_400_000,
+            seed: 42,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Interruption rate per hour of a spot pool.
+    pub fn spot_rate(&self, instance_type: &str, region: &str) -> f64 {
+        if self.spot_rate_overrides.is_empty() {
+            return self.spot_interruptions_per_hour;
+        }
+        let k = format!("{instance_type}/{region}");
+        self.spot_rate_overrides
+            .get(&k)
+            .or_else(|| self.spot_rate_overrides.get(instance_type))
+            .copied()
+            .unwrap_or(self.spot_interruptions_per_hour)
+    }
+}
+
+/// Errors of the backtest's pure part.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("unknown policy `{0}` (expected reactive, static, predictive or oracle)")]
+    UnknownPolicy(String),
+    #[error("no instance types with on-demand prices: the catalogue is empty or has no region matching the prices")]
+    NoInstanceTypes,
+    #[error("the trace has no job submissions")]
+    EmptyTrace,
+}
+
+#[cfg(test)]
+mod tests;

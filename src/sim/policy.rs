@@ -1,0 +1,317 @@
+//! The policies compared by the backtest, all over the same jobs, prices and
+//! simulator mechanics:
+//!
+//! - `reactive`: an AWS Batch managed compute environment (on-demand,
+//!   BEST_FIT, `minvCpus` 0, scale-in after the idle timeout).
+//! - `static`: a fixed on-demand fleet sized at the p90 of the trace's
+//!   demand (or `SimConfig::static_vcpus`), up for the whole run.
+//! - `predictive`: every input event goes through the decision engine in
+//!   time order; each `ScalingCommand` is applied at its `issued_at`: its
+//!   `instance_mix` (padded up to `desired_vcpus`) becomes a floor of
+//!   pre-booted capacity, `max_vcpus` caps the environment, and the reactive
+//!   mechanism still covers queued jobs beyond the floor — as Batch does for
+//!   an environment configured by the command — launching BEST_FIT from the
+//!   markets the command's mix names (on-demand when it names none).
+//! - `oracle`: the same engine with [`super::OracleForecaster`], which knows
+//!   the future demand: a lower-bound reference for any forecaster.
+
+use super::cluster::{Cluster, FloorCommand, Mode, RunStats, Series};
+use super::prices::SimPrices;
+use super::report::{percentile, BacktestReport, PolicyReport, TraceInfo};
+use super::trace::Workload;
+use super::{SimConfig, SimError};
+use crate::events::{Event, Market, ScalingCommand};
+use crate::forecast::Forecaster;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PolicyKind {
+    Reactive,
+    Static,
+    Predictive,
+    Oracle,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Reactive,
+        PolicyKind::Static,
+        PolicyKind::Predictive,
+        PolicyKind::Oracle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Reactive => "reactive",
+            PolicyKind::Static => "static",
+            PolicyKind::Predictive => "predictive",
+            PolicyKind::Oracle => "oracle",
+        }
+    }
+
+    pub fn parse_list(s: &str) -> Result<Vec<PolicyKind>, SimError> {
+        let mut out = Vec::new();
+        for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let k = match p {
+                "reactive" => PolicyKind::Reactive,
+                "static" => PolicyKind::Static,
+                "predictive" => PolicyKind::Predictive,
+                "oracle" => PolicyKind::Oracle,
+                other => return Err(SimError::UnknownPolicy(other.to_string())),
+            };
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Where `predictive` and `oracle` get their decisions: the engine, fed
+/// every input event in time order. `forecaster` overrides the engine's own
+/// (the oracle passes [`super::OracleForecaster`]).
+pub trait CommandSource {
+    fn commands(&self, events: &[Event], forecaster: Option<Arc<dyn Forecaster>>) -> Vec<ScalingCommand>;
+}
+
+/// Everything one backtest needs.
+pub struct BacktestInput<'a> {
+    /// All input events, in time order (prices included).
+    pub events: &'a [Event],
+    pub workload: &'a Workload,
+    pub prices: &'a SimPrices,
+    pub cfg: &'a SimConfig,
+    pub policies: &'a [PolicyKind],
+    pub source: &'a dyn CommandSource,
+    /// The oracle's forecaster (built from the same events by the caller).
+    pub oracle: Option<Arc<dyn Forecaster>>,
+    pub trace: TraceInfo,
+}
+
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// Turn the engine's commands into per-environment floor commands.
+/// Returns them with the number of mix entries naming a pool the simulator
+/// does not know (those are priced as the closest known pool or dropped).
+pub fn floor_commands(
+    cmds: &[ScalingCommand],
+    workload: &Workload,
+    prices: &SimPrices,
+) -> (Vec<Vec<FloorCommand>>, u64) {
+    let mut out: Vec<Vec<FloorCommand>> = vec![Vec::new(); workload.envs.len()];
+    let mut unknown = 0u64;
+    for c in cmds {
+        let Ok(env) = workload.envs.binary_search(&c.compute_environment) else {
+            continue;
+        };
+        let mut floor: BTreeMap<usize, u32> = BTreeMap::new();
+        let mut markets: Vec<Market> = Vec::new();
+        let mut floor_mcpu: i64 = 0;
+        for a in &c.instance_mix {
+            if !markets.contains(&a.market) {
+                markets.push(a.market);
+            }
+            if a.count <= 0 {
+                continue;
+            }
+            // Reserved capacity is modelled as on-demand priced (already paid
+            // capacity has no separate pool in the simulator).
+            let market = if a.market == Market::Reserved { Market::OnDemand } else { a.market };
+            let pool = prices
+                .pool(&a.instance_type, market, &a.region)
+                .or_else(|| prices.any_pool(&a.instance_type, market));
+            match pool {
+                Some(p) => {
+                    *floor.entry(p).or_insert(0) += a.count as u32;
+                    floor_mcpu += prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
+                }
+                None => unknown += 1,
+            }
+        }
+        if markets.contains(&Market::Reserved) && !markets.contains(&Market::OnDemand) {
+            markets.push(Market::OnDemand);
+        }
+        // Pad up to desired_vcpus with the mix's cheapest pool per vCPU.
+        let want = c.desired_vcpus.max(c.min_vcpus).max(0) * 1000;
+        if floor_mcpu < want {
+            let cands: Vec<usize> = if floor.is_empty() {
+                (0..prices.pools.len())
+                    .filter(|&p| prices.pools[p].market == Market::OnDemand)
+                    .collect()
+            } else {
+                floor.keys().copied().collect()
+            };
+            let best = cands.into_iter().min_by(|&a, &b| {
+                let pa = prices.pools[a].curve.at(c.issued_at) / prices.types[prices.pools[a].ty].vcpus as f64;
+                let pb = prices.pools[b].curve.at(c.issued_at) / prices.types[prices.pools[b].ty].vcpus as f64;
+                pa.total_cmp(&pb).then(a.cmp(&b))
+            });
+            if let Some(p) = best {
+                let per = prices.types[prices.pools[p].ty].vcpus as i64 * 1000;
+                let n = (want - floor_mcpu + per - 1) / per;
+                *floor.entry(p).or_insert(0) += n as u32;
+            }
+        }
+        let burst_pools: Vec<usize> = if markets.is_empty() || markets == [Market::OnDemand] {
+            Vec::new()
+        } else {
+            (0..prices.pools.len())
+                .filter(|&p| {
+                    let m = prices.pools[p].market;
+                    markets.contains(&m)
+                })
+                .collect()
+        };
+        out[env].push(FloorCommand {
+            at: c.issued_at,
+            floor: floor.into_iter().collect(),
+            burst_pools,
+            max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
+        });
+    }
+    for v in &mut out {
+        v.sort_by_key(|c| c.at);
+    }
+    (out, unknown)
+}
+
+/// The static fleet of one environment: the cheapest on-demand type per
+/// vCPU that can host the 99th-percentile job (so nearly every job fits one
+/// instance), `ceil(p90 demand / its vCPUs)` instances.
+pub fn static_fleet(workload: &Workload, env: usize, prices: &SimPrices, cfg: &SimConfig) -> Option<(usize, u32)> {
+    let jobs: Vec<_> = workload.jobs.iter().filter(|j| j.env == env).collect();
+    let mut mcpus: Vec<f64> = jobs.iter().map(|j| j.mcpu as f64).collect();
+    let mut mems: Vec<f64> = jobs.iter().map(|j| j.memory_mib as f64).collect();
+    let need_m = percentile(&mut mcpus, 0.99) as i64;
+    let need_mem = percentile(&mut mems, 0.99) as i64;
+    let mut best: Option<(f64, i64, usize)> = None;
+    for (p, pool) in prices.pools.iter().enumerate() {
+        if pool.market != Market::OnDemand {
+            continue;
+        }
+        let ty = &prices.types[pool.ty];
+        let tm = ty.vcpus as i64 * 1000;
+        // A part of a gang job is at most one instance; hosting min(job, type).
+        let fits = tm >= need_m.min(biggest_mcpu(prices)) && ty.memory_mib as f64 >= need_mem as f64 * (tm.min(need_m.max(1)) as f64 / need_m.max(1) as f64);
+        if !fits {
+            continue;
+        }
+        let per = pool.curve.at(0) / ty.vcpus as f64;
+        let better = match best {
+            None => true,
+            Some((bp, bm, _)) => per < bp - 1e-12 || ((per - bp).abs() <= 1e-12 && tm > bm),
+        };
+        if better {
+            best = Some((per, tm, p));
+        }
+    }
+    let (_, tm, pool) = best?;
+    let vcpus = match cfg.static_vcpus {
+        Some(v) => v as f64,
+        None => {
+            let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
+            let n = ((workload.last_event - start) / cfg.bucket_ms + 1).max(1) as usize;
+            let mut d = workload.demand_series(Some(env), start, cfg.bucket_ms, n);
+            percentile(&mut d, 0.9)
+        }
+    };
+    let count = ((vcpus * 1000.0) / tm as f64).ceil().max(1.0) as u32;
+    Some((pool, count))
+}
+
+fn biggest_mcpu(prices: &SimPrices) -> i64 {
+    prices.types.iter().map(|t| t.vcpus as i64 * 1000).max().unwrap_or(0)
+}
+
+/// Run every requested policy and assemble the report.
+pub fn run_backtest(input: &BacktestInput<'_>, progress: &dyn Fn(&str)) -> Result<BacktestReport, SimError> {
+    let w = input.workload;
+    if w.jobs.is_empty() {
+        return Err(SimError::EmptyTrace);
+    }
+    if !input.prices.pools.iter().any(|p| p.market == Market::OnDemand) {
+        return Err(SimError::NoInstanceTypes);
+    }
+    let cfg = input.cfg;
+    let series_start = w.first_event - w.first_event.rem_euclid(cfg.bucket_ms);
+    let mut report = BacktestReport {
+        trace: input.trace.clone(),
+        policies: BTreeMap::new(),
+        series: BTreeMap::new(),
+        demand: Series::default(),
+    };
+    // Demand as recorded, on the same grid as the policies' samples.
+    let n = ((w.last_event - series_start) / cfg.bucket_ms + 1).max(1) as usize;
+    report.demand = Series {
+        start: series_start,
+        bucket_ms: cfg.bucket_ms,
+        busy_vcpus: w.demand_series(None, series_start, cfg.bucket_ms, n),
+        ..Default::default()
+    };
+    for &kind in input.policies {
+        progress(kind.name());
+        let (cmds, n_cmds, unknown) = match kind {
+            PolicyKind::Predictive | PolicyKind::Oracle => {
+                let fc = if kind == PolicyKind::Oracle { input.oracle.clone() } else { None };
+                let raw = input.source.commands(input.events, fc);
+                let n = raw.len() as u64;
+                let (f, u) = floor_commands(&raw, w, input.prices);
+                (f, n, u)
+            }
+            _ => (vec![Vec::new(); w.envs.len()], 0, 0),
+        };
+        let mut total = RunStats::default();
+        let mut series: Option<Series> = None;
+        for env in 0..w.envs.len() {
+            let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
+            let mode = match kind {
+                PolicyKind::Reactive => Mode::Reactive,
+                PolicyKind::Static => match static_fleet(w, env, input.prices, cfg) {
+                    Some((pool, count)) => Mode::Static { pool, count },
+                    None => return Err(SimError::NoInstanceTypes),
+                },
+                PolicyKind::Predictive | PolicyKind::Oracle => Mode::Commanded { commands: &cmds[env] },
+            };
+            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
+            let st = Cluster::new(cfg, input.prices, jobs, mode, seed, series_start, w.last_event).run();
+            merge(&mut total, &st);
+            match &mut series {
+                None => series = Some(st.series.clone()),
+                Some(s) => s.add(&st.series),
+            }
+        }
+        let series = series.unwrap_or_default();
+        report
+            .policies
+            .insert(kind.name().to_string(), PolicyReport::from_stats(&total, n_cmds, unknown));
+        report.series.insert(kind.name().to_string(), series);
+    }
+    Ok(report)
+}
+
+fn merge(total: &mut RunStats, st: &RunStats) {
+    for (m, c) in &st.cost_by_market {
+        *total.cost_by_market.entry(*m).or_insert(0.0) += c;
+    }
+    total.busy_mcpu_ms += st.busy_mcpu_ms;
+    total.billed_mcpu_ms += st.billed_mcpu_ms;
+    total.preemptions += st.preemptions;
+    total.instances_launched += st.instances_launched;
+    total.waits_ms.extend_from_slice(&st.waits_ms);
+    total.jobs += st.jobs;
+    total.jobs_completed += st.jobs_completed;
+    total.deadline_jobs += st.deadline_jobs;
+    total.deadline_missed += st.deadline_missed;
+    total.sim_events += st.sim_events;
+    total.end = total.end.max(st.end);
+}

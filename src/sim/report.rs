@@ -1,0 +1,256 @@
+//! The backtest's result: per-policy metrics (JSON and a table) and the time
+//! series behind the plot. JSON holds no wall-clock field and uses ordered
+//! maps, so two runs with the same seed give identical bytes.
+
+use super::cluster::{RunStats, Series};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What was replayed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TraceInfo {
+    pub file: String,
+    pub format: String,
+    pub prices: String,
+    pub catalog: String,
+    pub jobs: u64,
+    pub events: u64,
+    pub price_ticks: u64,
+    pub compute_environments: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub span_s: f64,
+    /// Bad records skipped with `--skip-bad` (0 otherwise: a bad record fails).
+    pub skipped_records: u64,
+    /// Records the importer handled by rule (cancelled before start, etc.).
+    pub import_notes: BTreeMap<String, u64>,
+    pub seed: u64,
+}
+
+/// One policy's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PolicyReport {
+    pub cost_usd: f64,
+    pub deadline_miss_rate: f64,
+    pub queue_wait_p50_s: f64,
+    pub queue_wait_p95_s: f64,
+    /// Busy vCPU-seconds over billed vCPU-seconds.
+    pub utilization: f64,
+    pub jobs: u64,
+    pub jobs_completed: u64,
+    pub cost_by_market: BTreeMap<String, f64>,
+    /// Job interruptions by spot reclaims (each restarts or resumes the job).
+    pub preemptions: u64,
+    /// Spend above budget allocations (0 until budgets are wired in).
+    pub budget_overrun_usd: f64,
+    pub instances_launched: u64,
+    pub vcpu_hours: f64,
+    /// Scaling commands applied (predictive and oracle).
+    pub commands: u64,
+    /// Instance-mix entries naming a pool the simulator has no price for.
+    pub unknown_pools: u64,
+}
+
+/// Round to 6 decimals so tiny float noise never shows in reports.
+fn r6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Nearest-rank percentile (`q` in 0..=1); sorts in place. 0 when empty.
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+impl PolicyReport {
+    pub fn from_stats(st: &RunStats, commands: u64, unknown_pools: u64) -> Self {
+        let cost: f64 = st.cost_by_market.values().sum();
+        let mut waits: Vec<f64> = st.waits_ms.iter().map(|&w| w as f64 / 1000.0).collect();
+        let p50 = percentile(&mut waits, 0.5);
+        let p95 = percentile(&mut waits, 0.95);
+        PolicyReport {
+            cost_usd: r6(cost),
+            deadline_miss_rate: if st.deadline_jobs == 0 {
+                0.0
+            } else {
+                r6(st.deadline_missed as f64 / st.deadline_jobs as f64)
+            },
+            queue_wait_p50_s: r6(p50),
+            queue_wait_p95_s: r6(p95),
+            utilization: if st.billed_mcpu_ms > 0.0 {
+                r6(st.busy_mcpu_ms / st.billed_mcpu_ms)
+            } else {
+                0.0
+            },
+            jobs: st.jobs,
+            jobs_completed: st.jobs_completed,
+            cost_by_market: st
+                .cost_by_market
+                .iter()
+                .map(|(m, c)| (m.as_str().to_string(), r6(*c)))
+                .collect(),
+            preemptions: st.preemptions,
+            budget_overrun_usd: 0.0,
+            instances_launched: st.instances_launched,
+            vcpu_hours: r6(st.billed_mcpu_ms / 1000.0 / 3_600_000.0),
+            commands,
+            unknown_pools,
+        }
+    }
+}
+
+/// The whole result. `series` and `demand` are kept for plots and HTML
+/// reports but left out of the JSON (they would dwarf it on long traces).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BacktestReport {
+    pub trace: TraceInfo,
+    pub policies: BTreeMap<String, PolicyReport>,
+    /// Per policy: capacity, busy, queued vCPUs and cumulative cost per bucket.
+    #[serde(skip)]
+    pub series: BTreeMap<String, Series>,
+    /// Demand as the trace recorded it (outstanding vCPUs) in `busy_vcpus`.
+    #[serde(skip)]
+    pub demand: Series,
+}
+
+impl BacktestReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+
+    /// A fixed-width table for the terminal.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "{:<11} {:>12} {:>8} {:>10} {:>10} {:>6} {:>7} {:>9} {:>8} {:>10} {:>10}\n",
+            "policy", "cost_usd", "vs_react", "miss_rate", "wait_p50", "wait_p95", "util", "completed", "preempt", "spot_usd", "od_usd"
+        ));
+        let base = self.policies.get("reactive").map(|r| r.cost_usd);
+        let order = ["reactive", "static", "predictive", "oracle"];
+        let mut names: Vec<&String> = self.policies.keys().collect();
+        names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+        for name in names {
+            let p = &self.policies[name];
+            let vs = match base {
+                Some(b) if b > 0.0 => format!("{:+.1}%", (p.cost_usd / b - 1.0) * 100.0),
+                _ => "-".into(),
+            };
+            s.push_str(&format!(
+                "{:<11} {:>12.2} {:>8} {:>10.4} {:>9.0}s {:>5.0}s {:>7.3} {:>4}/{:<4} {:>8} {:>10.2} {:>10.2}\n",
+                name,
+                p.cost_usd,
+                vs,
+                p.deadline_miss_rate,
+                p.queue_wait_p50_s,
+                p.queue_wait_p95_s,
+                p.utilization,
+                p.jobs_completed,
+                p.jobs,
+                p.preemptions,
+                p.cost_by_market.get("SPOT").copied().unwrap_or(0.0),
+                p.cost_by_market.get("ON_DEMAND").copied().unwrap_or(0.0),
+            ));
+        }
+        s
+    }
+
+    /// An SVG with two panels: demand and each policy's capacity (vCPUs),
+    /// and each policy's cumulative cost, over hours since the trace start.
+    pub fn plot_svg(&self) -> Result<String, String> {
+        use plotters::prelude::*;
+        let mut buf = String::new();
+        {
+            let root = SVGBackend::with_string(&mut buf, (1100, 800)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let (top, bottom) = root.split_vertically(440);
+            let hours = |s: &Series, i: usize| (s.start - self.demand.start + i as i64 * s.bucket_ms) as f64 / 3_600_000.0;
+            let mut x_max: f64 = 1.0;
+            let mut y_max: f64 = 1.0;
+            let mut c_max: f64 = 1.0;
+            for (i, v) in self.demand.busy_vcpus.iter().enumerate() {
+                x_max = x_max.max(hours(&self.demand, i));
+                y_max = y_max.max(*v);
+            }
+            for s in self.series.values() {
+                for (i, v) in s.capacity_vcpus.iter().enumerate() {
+                    x_max = x_max.max(hours(s, i));
+                    y_max = y_max.max(*v);
+                }
+                for v in &s.cum_cost_usd {
+                    c_max = c_max.max(*v);
+                }
+            }
+            let palette = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+            let mut cap = ChartBuilder::on(&top)
+                .caption("Demand and capacity (vCPUs)", ("sans-serif", 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max * 1.05)
+                .map_err(|e| e.to_string())?;
+            cap.configure_mesh()
+                .x_desc("hours since trace start")
+                .y_desc("vCPUs")
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let d = &self.demand;
+            cap.draw_series(AreaSeries::new(
+                d.busy_vcpus.iter().enumerate().map(|(i, v)| (hours(d, i), *v)),
+                0.0,
+                RGBColor(200, 200, 200).mix(0.6),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("demand (outstanding jobs)")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RGBColor(200, 200, 200).filled()));
+            for (k, (name, s)) in self.series.iter().enumerate() {
+                let color = palette[k % palette.len()];
+                cap.draw_series(LineSeries::new(
+                    s.capacity_vcpus.iter().enumerate().map(|(i, v)| (hours(s, i), *v)),
+                    color.stroke_width(1),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(format!("{name} capacity"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+            }
+            cap.configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let mut cost = ChartBuilder::on(&bottom)
+                .caption("Cumulative cost (USD)", ("sans-serif", 20))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..x_max, 0f64..c_max * 1.05)
+                .map_err(|e| e.to_string())?;
+            cost.configure_mesh()
+                .x_desc("hours since trace start")
+                .y_desc("USD")
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (k, (name, s)) in self.series.iter().enumerate() {
+                let color = palette[k % palette.len()];
+                cost.draw_series(LineSeries::new(
+                    s.cum_cost_usd.iter().enumerate().map(|(i, v)| (hours(s, i), *v)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+            }
+            cost.configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            root.present().map_err(|e| e.to_string())?;
+        }
+        Ok(buf)
+    }
+}

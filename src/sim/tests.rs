@@ -1,0 +1,394 @@
+//! Unit tests of the simulator's mechanics and of each policy on tiny,
+//! hand-made traces whose outcome can be worked out by hand.
+
+use super::cluster::{gang_parts, Cluster, FloorCommand, Mode, RunStats};
+use super::policy::{floor_commands, run_backtest, BacktestInput, CommandSource, PolicyKind};
+use super::prices::{InstanceType, PriceCurve, SimPrices};
+use super::report::TraceInfo;
+use super::trace::{SimJob, Workload};
+use super::SimConfig;
+use crate::events::{Event, InstanceAllocation, Market, ScalingCommand};
+use crate::forecast::Forecaster;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const H: i64 = 3_600_000;
+
+/// small: 2 vCPU, $0.10/h on-demand, $0.03/h spot; big: 8 vCPU, $0.40 / $0.12.
+fn prices() -> SimPrices {
+    let mut p = SimPrices::new();
+    let s = p.add_type(InstanceType {
+        name: "small".into(),
+        vcpus: 2,
+        memory_mib: 4096,
+        gpus: 0,
+    });
+    let b = p.add_type(InstanceType {
+        name: "big".into(),
+        vcpus: 8,
+        memory_mib: 16384,
+        gpus: 0,
+    });
+    p.add_pool(s, Market::OnDemand, "r", PriceCurve::constant(0.10));
+    p.add_pool(b, Market::OnDemand, "r", PriceCurve::constant(0.40));
+    p.add_pool(s, Market::Spot, "r", PriceCurve::constant(0.03));
+    p.add_pool(b, Market::Spot, "r", PriceCurve::constant(0.12));
+    p
+}
+
+fn job(id: &str, submit: i64, vcpus: i64, runtime_s: i64, priority: i32) -> SimJob {
+    SimJob {
+        id: id.into(),
+        env: 0,
+        submit,
+        priority,
+        mcpu: vcpus * 1000,
+        memory_mib: 512 * vcpus,
+        gpus: 0,
+        runtime_ms: runtime_s * 1000,
+        deadline: Some(submit + 2 * runtime_s * 1000 + 300_000),
+        elastic: false,
+        cancelled_in_queue: false,
+        trace_start: Some(submit),
+        trace_finish: Some(submit + runtime_s * 1000),
+    }
+}
+
+fn run(cfg: &SimConfig, p: &SimPrices, jobs: &[SimJob], mode: Mode<'_>, seed: u64) -> RunStats {
+    let horizon = jobs.iter().map(|j| j.submit).max().unwrap_or(0);
+    Cluster::new(cfg, p, jobs.iter().collect(), mode, seed, 0, horizon).run()
+}
+
+fn cost(st: &RunStats) -> f64 {
+    st.cost_by_market.values().sum()
+}
+
+#[test]
+fn billing_is_per_second_with_a_minimum() {
+    let p = prices();
+    let cfg = SimConfig {
+        boot_delay_ms: 0,
+        idle_timeout_ms: 0,
+        ..Default::default()
+    };
+    // 10 s of work on one small instance: billed the 60 s minimum.
+    let st = run(&cfg, &p, &[job("a", 0, 2, 10, 0)], Mode::Reactive, 1);
+    assert!((cost(&st) - 0.10 * 60.0 / 3600.0).abs() < 1e-12, "{}", cost(&st));
+    // 1000 s: billed per second.
+    let st = run(&cfg, &p, &[job("a", 0, 2, 1000, 0)], Mode::Reactive, 1);
+    assert!((cost(&st) - 0.10 * 1000.0 / 3600.0).abs() < 1e-12, "{}", cost(&st));
+    assert_eq!(st.jobs_completed, 1);
+    assert!((st.busy_mcpu_ms / st.billed_mcpu_ms - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn spot_is_billed_along_its_price_curve() {
+    let mut p = prices();
+    let s = p.type_index("small").unwrap();
+    // Spot doubles after one hour.
+    p.add_pool(
+        s,
+        Market::Spot,
+        "r",
+        PriceCurve::from_points(vec![(0, 0.03), (H, 0.06)]).unwrap(),
+    );
+    let pool = p.pool("small", Market::Spot, "r").unwrap();
+    let cfg = SimConfig {
+        boot_delay_ms: 0,
+        spot_interruptions_per_hour: 0.0,
+        ..Default::default()
+    };
+    let cmds = [FloorCommand {
+        at: 0,
+        floor: vec![(pool, 1)],
+        burst_pools: vec![pool],
+        max_mcpu: None,
+    }];
+    let jobs = [job("a", 0, 2, 7200, 0)];
+    let st = Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, 1, 0, 0).run();
+    // The floor instance lives until the last job finishes (2 h): 1 h at
+    // 0.03 + 1 h at 0.06.
+    assert!((cost(&st) - 0.09).abs() < 1e-9, "{}", cost(&st));
+    assert_eq!(st.cost_by_market.get(&Market::Spot).copied().unwrap_or(0.0), cost(&st));
+}
+
+#[test]
+fn reactive_pays_the_boot_delay_and_scales_in_after_idle_timeout() {
+    let p = prices();
+    let cfg = SimConfig::default();
+    let st = run(&cfg, &p, &[job("a", 0, 2, 600, 0)], Mode::Reactive, 1);
+    assert_eq!(st.waits_ms, vec![120_000]);
+    // Billed: boot 120 s + run 600 s + idle timeout 600 s on the cheapest fit.
+    let want = 0.10 * (120.0 + 600.0 + 600.0) / 3600.0;
+    assert!((cost(&st) - want).abs() < 1e-9, "{} vs {want}", cost(&st));
+    assert_eq!(st.instances_launched, 1);
+}
+
+#[test]
+fn reactive_reuses_an_idle_instance_before_its_timeout() {
+    let p = prices();
+    let cfg = SimConfig::default();
+    // Second job arrives 5 min after the first finished: same instance, no boot.
+    let jobs = [job("a", 0, 2, 60, 0), job("b", 480_000, 2, 60, 0)];
+    let st = run(&cfg, &p, &jobs, Mode::Reactive, 1);
+    assert_eq!(st.instances_launched, 1);
+    assert_eq!(st.waits_ms, vec![120_000, 0]);
+}
+
+#[test]
+fn reactive_best_fit_sizes_to_the_queue() {
+    let p = prices();
+    let cfg = SimConfig::default();
+    // Four 2-vCPU jobs at once: one 8-vCPU instance is as cheap per vCPU as
+    // four small ones; the tie goes to the smaller type, so 4 small.
+    let jobs: Vec<SimJob> = (0..4).map(|i| job(&format!("j{i}"), 0, 2, 600, 0)).collect();
+    let st = run(&cfg, &p, &jobs, Mode::Reactive, 1);
+    assert_eq!(st.instances_launched, 4);
+    assert!(st.waits_ms.iter().all(|&w| w == 120_000));
+    // A 6-vCPU job only fits the big type.
+    let st = run(&cfg, &p, &[job("x", 0, 6, 600, 0)], Mode::Reactive, 1);
+    assert_eq!(st.instances_launched, 1);
+    let want = 0.40 * (120.0 + 600.0 + 600.0) / 3600.0;
+    assert!((cost(&st) - want).abs() < 1e-9);
+}
+
+#[test]
+fn packing_follows_priority_then_submit_time_and_backfills() {
+    let p = prices();
+    let cfg = SimConfig::default();
+    let pool = p.pool("small", Market::OnDemand, "r").unwrap();
+    // One 2-vCPU instance; three 2-vCPU jobs arrive together.
+    let jobs = [
+        job("low", 0, 2, 100, 1),
+        job("high", 0, 2, 100, 5),
+        job("mid", 0, 2, 100, 3),
+    ];
+    let st = run(&cfg, &p, &jobs, Mode::Static { pool, count: 1 }, 1);
+    assert_eq!(st.waits_ms, vec![200_000, 0, 100_000]);
+
+    // Backfill: a job too big for the free space does not block a small one.
+    let pool_b = p.pool("big", Market::OnDemand, "r").unwrap();
+    let jobs = [
+        job("run", 0, 6, 1000, 0),
+        job("wide", 1000, 4, 100, 9),
+        job("narrow", 2000, 2, 100, 0),
+    ];
+    let st = run(&cfg, &p, &jobs, Mode::Static { pool: pool_b, count: 1 }, 1);
+    assert_eq!(st.waits_ms, vec![0, 999_000, 0]);
+}
+
+#[test]
+fn jobs_larger_than_any_type_run_as_a_gang() {
+    let p = prices();
+    assert_eq!(gang_parts(&p, 20_000, 4096, 0), Some((3, 6667, 1366, 0)));
+    let cfg = SimConfig::default();
+    let st = run(&cfg, &p, &[job("mpi", 0, 20, 600, 0)], Mode::Reactive, 1);
+    assert_eq!(st.instances_launched, 3);
+    assert_eq!(st.jobs_completed, 1);
+    assert_eq!(st.waits_ms, vec![120_000]);
+}
+
+fn spot_floor_run(seed: u64, elastic: bool) -> RunStats {
+    let p = prices();
+    let pool = p.pool("big", Market::Spot, "r").unwrap();
+    let cfg = SimConfig {
+        spot_interruptions_per_hour: 2.0,
+        ..Default::default()
+    };
+    let cmds = [FloorCommand {
+        at: 0,
+        floor: vec![(pool, 2)],
+        burst_pools: vec![pool],
+        max_mcpu: None,
+    }];
+    let mut jobs: Vec<SimJob> = (0..6).map(|i| job(&format!("j{i}"), 600_000 * i, 8, 3600, 0)).collect();
+    for j in &mut jobs {
+        j.elastic = elastic;
+    }
+    let h = jobs.last().unwrap().submit;
+    Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, seed, 0, h).run()
+}
+
+#[test]
+fn spot_interruptions_restart_jobs_deterministically() {
+    let a = spot_floor_run(7, false);
+    let b = spot_floor_run(7, false);
+    assert!(a.preemptions > 0, "rate 2/h over hours of work must interrupt");
+    assert_eq!(a.preemptions, b.preemptions);
+    assert_eq!(cost(&a), cost(&b));
+    assert_eq!(a.waits_ms, b.waits_ms);
+    assert_eq!(a.jobs_completed, 6);
+    let c = spot_floor_run(8, false);
+    assert!(c.preemptions != a.preemptions || cost(&c) != cost(&a));
+}
+
+#[test]
+fn elastic_jobs_keep_progress_when_interrupted() {
+    // Same seed, same interruptions at launch; elastic work is not redone.
+    let rigid = spot_floor_run(7, false);
+    let elastic = spot_floor_run(7, true);
+    assert!(rigid.preemptions > 0);
+    assert!(
+        elastic.busy_mcpu_ms < rigid.busy_mcpu_ms,
+        "elastic {} rigid {}",
+        elastic.busy_mcpu_ms,
+        rigid.busy_mcpu_ms
+    );
+    // Elastic busy time is exactly the work (6 jobs × 8 vCPU × 1 h).
+    assert!((elastic.busy_mcpu_ms - 6.0 * 8000.0 * H as f64).abs() < 1.0);
+}
+
+#[test]
+fn price_spike_above_on_demand_reclaims_spot() {
+    let mut p = prices();
+    let s = p.type_index("small").unwrap();
+    p.add_pool(
+        s,
+        Market::Spot,
+        "r",
+        PriceCurve::from_points(vec![(0, 0.03), (1_800_000, 0.5), (1_900_000, 0.03)]).unwrap(),
+    );
+    let pool = p.pool("small", Market::Spot, "r").unwrap();
+    assert_eq!(p.pools[pool].spikes, vec![1_800_000]);
+    let cfg = SimConfig {
+        spot_interruptions_per_hour: 0.0,
+        boot_delay_ms: 0,
+        ..Default::default()
+    };
+    let cmds = [FloorCommand {
+        at: 0,
+        floor: vec![(pool, 1)],
+        burst_pools: vec![pool],
+        max_mcpu: None,
+    }];
+    let jobs = [job("a", 0, 2, 3600, 0)];
+    let st = Cluster::new(&cfg, &p, jobs.iter().collect(), Mode::Commanded { commands: &cmds }, 1, 0, 0).run();
+    assert_eq!(st.preemptions, 1);
+    assert_eq!(st.jobs_completed, 1);
+    assert_eq!(st.end, 1_800_000 + 3_600_000);
+}
+
+#[test]
+fn deadline_misses_are_counted() {
+    let p = prices();
+    let pool = p.pool("small", Market::OnDemand, "r").unwrap();
+    let cfg = SimConfig::default();
+    let mut a = job("a", 0, 2, 1000, 0);
+    let mut b = job("b", 0, 2, 1000, 0);
+    a.deadline = Some(1_000_000);
+    b.deadline = Some(1_500_000); // starts at 1000 s, ends at 2000 s: missed
+    let st = run(&cfg, &p, &[a, b], Mode::Static { pool, count: 1 }, 1);
+    assert_eq!((st.deadline_jobs, st.deadline_missed), (2, 1));
+}
+
+/// Commands handed in by the test instead of the engine.
+struct Fixed(Vec<ScalingCommand>);
+
+impl CommandSource for Fixed {
+    fn commands(&self, _: &[Event], _: Option<Arc<dyn Forecaster>>) -> Vec<ScalingCommand> {
+        self.0.clone()
+    }
+}
+
+fn workload(jobs: Vec<SimJob>) -> Workload {
+    let last = jobs.iter().map(|j| j.submit).max().unwrap();
+    Workload {
+        first_event: 0,
+        last_event: last,
+        envs: vec!["ce".into()],
+        jobs,
+        ..Default::default()
+    }
+}
+
+fn prebook(at: i64, market: Market, count: i32) -> ScalingCommand {
+    ScalingCommand {
+        command_id: format!("c{at}"),
+        issued_at: at,
+        compute_environment: "ce".into(),
+        min_vcpus: 0,
+        desired_vcpus: 8 * count as i64,
+        max_vcpus: 0,
+        instance_mix: vec![InstanceAllocation {
+            instance_type: "big".into(),
+            market,
+            region: "r".into(),
+            count,
+        }],
+        constraints: BTreeMap::new(),
+        forecast: Vec::new(),
+        reason: "test".into(),
+    }
+}
+
+#[test]
+fn policies_side_by_side_on_a_tiny_trace() {
+    let p = prices();
+    // A burst of eight 8-vCPU one-hour jobs every two hours, known ahead.
+    let mut jobs = Vec::new();
+    for k in 0..4 {
+        for i in 0..8 {
+            jobs.push(job(&format!("j{k}-{i}"), k * 2 * H + 600_000, 8, 3600, 0));
+        }
+    }
+    let w = workload(jobs);
+    let cfg = SimConfig {
+        spot_interruptions_per_hour: 0.0,
+        ..Default::default()
+    };
+    // The "forecast": 8 big spot instances from 5 min before each burst.
+    let mut cmds = Vec::new();
+    for k in 0..4 {
+        cmds.push(prebook(k * 2 * H + 300_000, Market::Spot, 8));
+        cmds.push(prebook(k * 2 * H + 600_000 + H, Market::Spot, 0));
+    }
+    let src = Fixed(cmds);
+    let policies = PolicyKind::ALL;
+    let input = BacktestInput {
+        events: &[],
+        workload: &w,
+        prices: &p,
+        cfg: &cfg,
+        policies: &policies,
+        source: &src,
+        oracle: None,
+        trace: TraceInfo::default(),
+    };
+    let rep = run_backtest(&input, &|_| {}).unwrap();
+    let r = &rep.policies["reactive"];
+    let s = &rep.policies["static"];
+    let pr = &rep.policies["predictive"];
+    // Reactive pays a boot for every burst (instances idle 1 h > timeout).
+    assert_eq!(r.queue_wait_p50_s, 120.0);
+    assert_eq!(r.instances_launched, 32);
+    assert_eq!(r.jobs_completed, 32);
+    // Predictive pre-booted the capacity: no wait, and spot is cheaper.
+    assert_eq!(pr.queue_wait_p50_s, 0.0);
+    assert!(pr.cost_usd < 0.5 * r.cost_usd, "{} vs {}", pr.cost_usd, r.cost_usd);
+    assert!(pr.cost_by_market.contains_key("SPOT"));
+    assert!(pr.deadline_miss_rate <= r.deadline_miss_rate);
+    // Static: p90 of demand (64 vCPU during bursts, half the time) → a fixed
+    // on-demand fleet that is up the whole time: no boots, lower utilisation.
+    assert_eq!(s.queue_wait_p50_s, 0.0);
+    assert!(s.utilization < r.utilization);
+    assert_eq!(s.cost_by_market.keys().collect::<Vec<_>>(), vec!["ON_DEMAND"]);
+    // Same input, same report.
+    let again = run_backtest(&input, &|_| {}).unwrap();
+    assert_eq!(rep.to_json(), again.to_json());
+    assert_eq!(rep.series["reactive"].capacity_vcpus.len(), again.series["reactive"].capacity_vcpus.len());
+}
+
+#[test]
+fn floor_commands_pad_to_desired_and_follow_markets() {
+    let p = prices();
+    let w = workload(vec![job("a", 0, 2, 10, 0)]);
+    let mut c = prebook(0, Market::Spot, 1);
+    c.desired_vcpus = 20;
+    let (f, unknown) = floor_commands(&[c], &w, &p);
+    assert_eq!(unknown, 0);
+    let spot_big = p.pool("big", Market::Spot, "r").unwrap();
+    // 8 vCPU named, padded with the cheapest per vCPU of the mix: 3 × big.
+    assert_eq!(f[0][0].floor, vec![(spot_big, 3)]);
+    // Top-up from the spot market only.
+    assert!(f[0][0].burst_pools.iter().all(|&q| p.pools[q].market == Market::Spot));
+}
