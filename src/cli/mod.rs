@@ -42,6 +42,8 @@ pub enum Cmd {
     Serve(serve::ServeArgs),
     /// Publish an events file, SWF trace or price history to the input topics.
     Produce(produce::ProduceArgs),
+    /// The live service: consume input topics, decide, publish commands (Kafka).
+    Run(run::RunArgs),
     /// Decode the command topics and print them as JSON lines.
     Tail(tail::TailArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
@@ -57,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
         Cmd::Produce(a) => produce::run(a),
+        Cmd::Run(a) => run::run(a, backtest::decision_core),
         Cmd::Tail(a) => tail::run(a),
     }
 }
