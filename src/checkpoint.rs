@@ -69,7 +69,10 @@ pub fn assignment_id(group: &str, assignment: &[(String, i32)]) -> String {
 
 /// Where snapshots of one assignment live.
 pub fn path_for(dir: &Path, group: &str, assignment: &[(String, i32)]) -> PathBuf {
-    dir.join(format!("snapshot-{}.json", assignment_id(group, assignment)))
+    dir.join(format!(
+        "snapshot-{}.json",
+        assignment_id(group, assignment)
+    ))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -112,10 +115,11 @@ pub fn read(path: &Path) -> Result<Option<Snapshot>, CheckpointError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let snap: Snapshot =
+        serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Json {
+            path: path.display().to_string(),
+            source,
+        })?;
     Ok((snap.version == FORMAT_VERSION).then_some(snap))
 }
 

@@ -132,9 +132,22 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 fn fresh_topics(base: &KafkaConfig, tag: &str, partitions: i32) -> anyhow::Result<KafkaConfig> {
     let mut cfg = base.clone();
     let stamp = chrono::Utc::now().timestamp_millis();
-    cfg.topics.prefix = format!("{}bench-{tag}-{}-{stamp}.", base.topics.prefix, std::process::id());
-    cfg.group_id = format!("{}bench-{tag}-{}-{stamp}", base.topics.prefix, std::process::id());
-    let names: Vec<(String, i32)> = cfg.topics.all().into_iter().map(|t| (t, partitions)).collect();
+    cfg.topics.prefix = format!(
+        "{}bench-{tag}-{}-{stamp}.",
+        base.topics.prefix,
+        std::process::id()
+    );
+    cfg.group_id = format!(
+        "{}bench-{tag}-{}-{stamp}",
+        base.topics.prefix,
+        std::process::id()
+    );
+    let names: Vec<(String, i32)> = cfg
+        .topics
+        .all()
+        .into_iter()
+        .map(|t| (t, partitions))
+        .collect();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -177,12 +190,17 @@ fn spawn(
     factory: &EngineFactory,
     idle: Option<Duration>,
     stats: Arc<Stats>,
-) -> (tokio::sync::mpsc::Sender<Control>, std::thread::JoinHandle<anyhow::Result<service::RunReport>>) {
+) -> (
+    tokio::sync::mpsc::Sender<Control>,
+    std::thread::JoinHandle<anyhow::Result<service::RunReport>>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let cfg = cfg.clone();
     let factory = factory.clone();
     let h = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let opts = RunOptions {
             instance: "bench".into(),
             exit_when_idle: idle,
@@ -199,7 +217,12 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
     cfg.checkpoint_dir = scratch("tput")?;
     cfg.checkpoint_interval_ms = 1_000;
     let stats = Arc::new(Stats::default());
-    let (_tx, h) = spawn(&cfg, factory, Some(Duration::from_millis(500)), stats.clone());
+    let (_tx, h) = spawn(
+        &cfg,
+        factory,
+        Some(Duration::from_millis(500)),
+        stats.clone(),
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = None;
     loop {
@@ -216,7 +239,8 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         std::thread::sleep(Duration::from_micros(200));
     }
     let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
-    h.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+    h.join()
+        .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
     Ok(n as f64 / secs)
 }
 
@@ -235,12 +259,18 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     // 1 + 2: same topics, same messages.
     let cfg = fresh_topics(&base, "tput", args.partitions)?;
     let evs = synthetic(n, args.environments, 1_700_000_000_000, 1.0);
-    let msgs: Vec<RecordedMessage> = evs.iter().map(RecordedMessage::from_event).collect::<Result<_, _>>()?;
+    let msgs: Vec<RecordedMessage> = evs
+        .iter()
+        .map(RecordedMessage::from_event)
+        .collect::<Result<_, _>>()?;
     let publisher = Publisher::new(&cfg)?;
     let t = Instant::now();
     publish_messages(&cfg, &publisher, &msgs, 0, Pace::AsFastAsPossible)?;
     publisher.flush(Duration::from_secs(120))?;
-    println!("  produced {n} messages in {:.2}s", t.elapsed().as_secs_f64());
+    println!(
+        "  produced {n} messages in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     let raw = raw_consume(&cfg, n)?;
     println!("  raw rdkafka consume (no processing):  {raw:>12.0} msg/s");
     let full = full_path(&cfg, &factory, n)?;
@@ -280,7 +310,10 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
         let c: BaseConsumer = consumer_config(&rcfg, None).create()?;
         let mut tpl = TopicPartitionList::new();
-        for t in [rcfg.topics.scaling_command(), rcfg.topics.preemption_command()] {
+        for t in [
+            rcfg.topics.scaling_command(),
+            rcfg.topics.preemption_command(),
+        ] {
             for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
                 tpl.add_partition_offset(&t, p, Offset::Beginning)?;
             }
@@ -292,7 +325,11 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
                 let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
                 let ts = m
                     .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == headers::TRIGGER_TS).and_then(|h| h.value))
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == headers::TRIGGER_TS)
+                            .and_then(|h| h.value)
+                    })
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
                 if let Some(ts) = ts {
                     out.push(now - ts);
@@ -304,22 +341,33 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     let total = (args.rate * args.latency_secs as f64) as usize;
     let t0 = chrono::Utc::now().timestamp_millis();
     let live = synthetic(total, args.environments, t0, 1000.0 / args.rate);
-    let lmsgs: Vec<RecordedMessage> = live.iter().map(RecordedMessage::from_event).collect::<Result<_, _>>()?;
+    let lmsgs: Vec<RecordedMessage> = live
+        .iter()
+        .map(RecordedMessage::from_event)
+        .collect::<Result<_, _>>()?;
     let lp = Publisher::new(&cfg)?;
     publish_messages(&cfg, &lp, &lmsgs, 0, Pace::Rate(args.rate))?;
     lp.flush(Duration::from_secs(60))?;
     let settle = Instant::now();
-    while (stats.events.load(Ordering::Relaxed) as usize) < total && settle.elapsed() < Duration::from_secs(10) {
+    while (stats.events.load(Ordering::Relaxed) as usize) < total
+        && settle.elapsed() < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let _ = tx.blocking_send(Control::Stop);
-    h.join().map_err(|_| anyhow::anyhow!("service thread panicked"))??;
-    let mut cmd_lat = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    h.join()
+        .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+    let mut cmd_lat = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     let mut ev_lat = std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock"));
     let (e50, e99) = (percentile(&mut ev_lat, 0.5), percentile(&mut ev_lat, 0.99));
-    let (c50, c99) = (percentile(&mut cmd_lat, 0.5), percentile(&mut cmd_lat, 0.99));
+    let (c50, c99) = (
+        percentile(&mut cmd_lat, 0.5),
+        percentile(&mut cmd_lat, 0.99),
+    );
     println!(
         "  latency at {:.0} events/s for {} s ({} events):",
         args.rate, args.latency_secs, total
@@ -346,7 +394,8 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
                 "event_to_command_ms": {"p50": c50, "p99": c99, "n": cmd_lat.len()},
             }
         });
-        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

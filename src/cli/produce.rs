@@ -62,8 +62,15 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         }
     }
     if args.create_topics {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let names: Vec<(String, i32)> = cfg.topics.all().into_iter().map(|t| (t, cfg.partitions)).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let names: Vec<(String, i32)> = cfg
+            .topics
+            .all()
+            .into_iter()
+            .map(|t| (t, cfg.partitions))
+            .collect();
         rt.block_on(ensure_topics(&cfg, &names))?;
     }
     let publisher = Publisher::new(&cfg)?;
@@ -92,14 +99,39 @@ fn events_from_source(path: &Path, skip_bad: bool) -> anyhow::Result<Vec<prescal
     use prescale::events::Event;
     use prescale::import::prices::{read_prices, PriceOptions};
     use prescale::import::swf::{read_swf, SwfOptions};
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     if name.ends_with(".swf") || name.contains(".swf.") {
-        let imp = read_swf(path, &SwfOptions { skip_bad, ..Default::default() })?;
-        eprintln!("{}: {} events ({:?})", path.display(), imp.events.len(), imp.report);
+        let imp = read_swf(
+            path,
+            &SwfOptions {
+                skip_bad,
+                ..Default::default()
+            },
+        )?;
+        eprintln!(
+            "{}: {} events ({:?})",
+            path.display(),
+            imp.events.len(),
+            imp.report
+        );
         Ok(imp.events)
     } else {
-        let imp = read_prices(path, &PriceOptions { skip_bad, ..Default::default() })?;
-        eprintln!("{}: {} price ticks ({:?})", path.display(), imp.ticks.len(), imp.report);
+        let imp = read_prices(
+            path,
+            &PriceOptions {
+                skip_bad,
+                ..Default::default()
+            },
+        )?;
+        eprintln!(
+            "{}: {} price ticks ({:?})",
+            path.display(),
+            imp.ticks.len(),
+            imp.report
+        );
         Ok(imp.ticks.into_iter().map(Event::PriceTick).collect())
     }
 }

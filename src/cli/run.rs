@@ -7,9 +7,9 @@ use prescale::engine::{CapacityPlanner, EngineConfig};
 use prescale::forecast::Forecaster;
 use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::ensure_topics;
-use prescale::pricing::Catalog;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
 use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
+use prescale::pricing::Catalog;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,7 +87,10 @@ pub type DecisionCore = fn(&Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPl
 /// The engine the service runs: the backtest's construction (same config,
 /// forecaster and planner), so a replay through Kafka decides what the
 /// backtest decides.
-pub fn engine_factory(catalog: Option<&std::path::Path>, core: DecisionCore) -> anyhow::Result<EngineFactory> {
+pub fn engine_factory(
+    catalog: Option<&std::path::Path>,
+    core: DecisionCore,
+) -> anyhow::Result<EngineFactory> {
     let catalog = Arc::new(match catalog {
         Some(p) => Catalog::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => Catalog::bundled(),
@@ -140,16 +143,24 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
         .build()?;
     let report = rt.block_on(async {
         if args.create_topics {
-            let names: Vec<(String, i32)> = cfg.topics.all().into_iter().map(|t| (t, cfg.partitions)).collect();
-            ensure_topics(&cfg, &names).await.context("creating topics")?;
+            let names: Vec<(String, i32)> = cfg
+                .topics
+                .all()
+                .into_iter()
+                .map(|t| (t, cfg.partitions))
+                .collect();
+            ensure_topics(&cfg, &names)
+                .await
+                .context("creating topics")?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         // SIGINT/SIGTERM: checkpoint, then stop.
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -44,9 +44,15 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
     if !args.scaling_only {
         topics.push((cfg.topics.preemption_command(), false));
     }
-    let consumer: BaseConsumer = consumer_config(&cfg, None).create().context("creating consumer")?;
+    let consumer: BaseConsumer = consumer_config(&cfg, None)
+        .create()
+        .context("creating consumer")?;
     let mut tpl = TopicPartitionList::new();
-    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if args.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     let mut parts = Vec::new();
     for (t, _) in &topics {
         for p in partitions_of(consumer.client(), t, Duration::from_secs(10))? {
@@ -66,8 +72,15 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let scaling = topics.iter().find(|(t, _)| t == m.topic()).map(|(_, s)| *s).unwrap_or(true);
-                if let Some(e) = parts.iter_mut().find(|(t, p, _)| t == m.topic() && *p == m.partition()) {
+                let scaling = topics
+                    .iter()
+                    .find(|(t, _)| t == m.topic())
+                    .map(|(_, s)| *s)
+                    .unwrap_or(true);
+                if let Some(e) = parts
+                    .iter_mut()
+                    .find(|(t, p, _)| t == m.topic() && *p == m.partition())
+                {
                     e.2 = Some(m.offset() + 1);
                 }
                 match decode_output(&cfg, scaling, m.payload().unwrap_or(&[])) {
@@ -92,7 +105,9 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
                 // ones a moment before trusting "caught up" on empty topics.
                 if args.exit_at_end
                     && started.elapsed() > Duration::from_millis(300)
-                    && parts.iter().all(|(t, p, n)| caught_up(consumer.client(), t, *p, *n))
+                    && parts
+                        .iter()
+                        .all(|(t, p, n)| caught_up(consumer.client(), t, *p, *n))
                 {
                     break;
                 }

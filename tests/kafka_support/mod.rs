@@ -126,7 +126,11 @@ pub fn config(broker: &Broker, test: &str, state: &Path) -> KafkaConfig {
     };
     cfg.topics.prefix = format!("{test}-{}-{}.", std::process::id(), now_ms());
     // tansu holds a fetch for the full wait: keep it short.
-    cfg.properties.insert("fetch.wait.max.ms".into(), "10".into());
+    cfg.properties
+        .insert("fetch.wait.max.ms".into(), "10".into());
+    // A killed member is waited for at most this long at the next rebalance.
+    cfg.properties
+        .insert("max.poll.interval.ms".into(), "10000".into());
     cfg
 }
 
@@ -138,9 +142,13 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn create_topics(cfg: &KafkaConfig) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let names: Vec<(String, i32)> = cfg.topics.all().into_iter().map(|t| (t, 3)).collect();
-    rt.block_on(ensure_topics(cfg, &names)).expect("create topics");
+    rt.block_on(ensure_topics(cfg, &names))
+        .expect("create topics");
 }
 
 /// Forecast: history mean, scaled per quantile (float arithmetic that a
@@ -281,7 +289,10 @@ pub struct Published {
 /// caught up).
 pub fn read_commands(cfg: &KafkaConfig) -> Vec<Published> {
     let consumer: BaseConsumer = consumer_config(cfg, None).create().unwrap();
-    let topics = [(cfg.topics.scaling_command(), true), (cfg.topics.preemption_command(), false)];
+    let topics = [
+        (cfg.topics.scaling_command(), true),
+        (cfg.topics.preemption_command(), false),
+    ];
     let mut tpl = TopicPartitionList::new();
     let mut next: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
     for (t, _) in &topics {
@@ -294,22 +305,32 @@ pub fn read_commands(cfg: &KafkaConfig) -> Vec<Published> {
     let mut out = Vec::new();
     let started = Instant::now();
     loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "reading commands timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "reading commands timed out"
+        );
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 next.insert((m.topic().to_string(), m.partition()), Some(m.offset() + 1));
                 let scaling = m.topic() == topics[0].0;
-                let command = decode_output(cfg, scaling, m.payload().unwrap_or(&[])).expect("command decodes");
+                let command = decode_output(cfg, scaling, m.payload().unwrap_or(&[]))
+                    .expect("command decodes");
                 let instance = m
                     .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == headers::INSTANCE).and_then(|h| h.value))
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == headers::INSTANCE)
+                            .and_then(|h| h.value)
+                    })
                     .map(|v| String::from_utf8_lossy(v).to_string())
                     .unwrap_or_default();
                 out.push(Published { command, instance });
             }
             _ => {
                 if started.elapsed() > Duration::from_millis(500)
-                    && next.iter().all(|((t, p), n)| caught_up(consumer.client(), t, *p, *n))
+                    && next
+                        .iter()
+                        .all(|((t, p), n)| caught_up(consumer.client(), t, *p, *n))
                 {
                     return out;
                 }
@@ -333,7 +354,10 @@ pub fn distinct(published: &[Published]) -> BTreeMap<String, Command> {
 }
 
 pub fn by_id(cmds: &[Command]) -> BTreeMap<String, Command> {
-    let m: BTreeMap<String, Command> = cmds.iter().map(|c| (c.id().to_string(), c.clone())).collect();
+    let m: BTreeMap<String, Command> = cmds
+        .iter()
+        .map(|c| (c.id().to_string(), c.clone()))
+        .collect();
     assert_eq!(m.len(), cmds.len(), "the file replay itself repeats an id");
     m
 }
@@ -356,9 +380,13 @@ pub fn spawn_service(cfg: &KafkaConfig, instance: &str, idle: Duration) -> Runni
     };
     let st = stats.clone();
     let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let f = factory();
-        rt.block_on(run(&cfg, &f, &opts, rx, st)).expect("service run")
+        rt.block_on(run(&cfg, &f, &opts, rx, st))
+            .expect("service run")
     });
     Running {
         stats,
@@ -368,9 +396,15 @@ pub fn spawn_service(cfg: &KafkaConfig, instance: &str, idle: Duration) -> Runni
 }
 
 /// Publish events as `prescale produce` does (keys, sequence headers).
-pub fn produce(cfg: &KafkaConfig, evs: &[Event], first_seq: u64, pace: prescale::io::kafka::produce::Pace) {
+pub fn produce(
+    cfg: &KafkaConfig,
+    evs: &[Event],
+    first_seq: u64,
+    pace: prescale::io::kafka::produce::Pace,
+) {
     let p = prescale::io::kafka::publish::Publisher::new(cfg).unwrap();
-    prescale::io::kafka::produce::publish_messages(cfg, &p, &messages(evs), first_seq, pace).unwrap();
+    prescale::io::kafka::produce::publish_messages(cfg, &p, &messages(evs), first_seq, pace)
+        .unwrap();
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
@@ -386,11 +420,23 @@ pub fn assert_same(got: &BTreeMap<String, Command>, want: &BTreeMap<String, Comm
         ),
         Command::Preemption(p) => format!("{} {} {:?}", p.compute_environment, p.job_id, p.action),
     };
-    let missing: Vec<String> = want.iter().filter(|(k, _)| !got.contains_key(*k)).map(|(_, c)| short(c)).collect();
-    let extra: Vec<String> = got.iter().filter(|(k, _)| !want.contains_key(*k)).map(|(_, c)| short(c)).collect();
+    let missing: Vec<String> = want
+        .iter()
+        .filter(|(k, _)| !got.contains_key(*k))
+        .map(|(_, c)| short(c))
+        .collect();
+    let extra: Vec<String> = got
+        .iter()
+        .filter(|(k, _)| !want.contains_key(*k))
+        .map(|(_, c)| short(c))
+        .collect();
     let differ: Vec<String> = want
         .iter()
-        .filter_map(|(k, w)| got.get(k).filter(|g| *g != w).map(|g| format!("got {} want {}", short(g), short(w))))
+        .filter_map(|(k, w)| {
+            got.get(k)
+                .filter(|g| *g != w)
+                .map(|g| format!("got {} want {}", short(g), short(w)))
+        })
         .collect();
     panic!(
         "command sets differ: got {}, want {}\nmissing ({}): {:?}\nextra ({}): {:?}\ndifferent ({}): {:?}",

@@ -61,8 +61,9 @@ impl BrainFactory for EngineFactory {
         let engine = match restore {
             None => self.engine(),
             Some(v) => {
-                let st: EngineState = serde_json::from_value(v.clone())
-                    .map_err(|e| format!("snapshot engine state does not match this version: {e}"))?;
+                let st: EngineState = serde_json::from_value(v.clone()).map_err(|e| {
+                    format!("snapshot engine state does not match this version: {e}")
+                })?;
                 Engine::restore(
                     self.config.clone(),
                     st,
@@ -175,14 +176,19 @@ mod tests {
             }
             let snap = b.save().unwrap();
             // Through bytes, as the snapshot file does.
-            let snap: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&snap).unwrap()).unwrap();
+            let snap: serde_json::Value =
+                serde_json::from_slice(&serde_json::to_vec(&snap).unwrap()).unwrap();
             let mut b = f.create(Some(&snap)).unwrap();
             for ev in &evs[cut..] {
                 b.handle(ev, &mut got);
             }
             b.finish(&mut got);
             if got != want {
-                let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+                let i = got
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(got.len().min(want.len()));
                 panic!(
                     "cut at {cut}: {} vs {} commands, first difference at {i}:\n got {:?}\nwant {:?}",
                     got.len(),

@@ -51,6 +51,10 @@ pub fn consumer_config(cfg: &KafkaConfig, group: Option<&str>) -> ClientConfig {
             ("enable.partition.eof", "true"),
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
+            // The rebalance timeout: how long the coordinator waits for a
+            // member (e.g. one killed with SIGKILL) to rejoin. The loop polls
+            // continuously, so a short bound is safe and speeds recovery.
+            ("max.poll.interval.ms", "30000"),
             // Eager rebalancing: an instance gives up its whole assignment and
             // receives a new one, matching the per-assignment snapshots.
             ("partition.assignment.strategy", "range"),
@@ -79,7 +83,10 @@ pub async fn ensure_topics(cfg: &KafkaConfig, names: &[(String, i32)]) -> Result
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
         .collect();
     let res = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await?;
     for r in res {
         match r {
@@ -130,7 +137,11 @@ pub fn partitions_of<C: ClientContext>(
 
 /// The low and high watermarks librdkafka last saw for a partition in fetch
 /// responses (no network round trip). `None` before the first fetch.
-pub fn cached_watermarks<C: ClientContext>(client: &Client<C>, topic: &str, partition: i32) -> Option<(i64, i64)> {
+pub fn cached_watermarks<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
     let topic = CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: `native_ptr` is a live rd_kafka_t owned by `client`; the topic
@@ -154,7 +165,12 @@ pub fn cached_watermarks<C: ClientContext>(client: &Client<C>, topic: &str, part
 /// Whether a consumer has read everything the broker held at its last fetch
 /// of this partition. `next` is the next offset the consumer will return
 /// (`None`: it has returned nothing yet).
-pub fn caught_up<C: ClientContext>(client: &Client<C>, topic: &str, partition: i32, next: Option<i64>) -> bool {
+pub fn caught_up<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+    next: Option<i64>,
+) -> bool {
     match cached_watermarks(client, topic, partition) {
         None => false,
         Some((low, high)) => match next {

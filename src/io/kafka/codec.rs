@@ -81,7 +81,11 @@ pub fn encode_output(cfg: &KafkaConfig, c: &Command) -> Result<Vec<u8>, CodecErr
 
 /// Decode a command message from a scaling (`scaling == true`) or preemption
 /// topic.
-pub fn decode_output(cfg: &KafkaConfig, scaling: bool, value: &[u8]) -> Result<Command, CodecError> {
+pub fn decode_output(
+    cfg: &KafkaConfig,
+    scaling: bool,
+    value: &[u8],
+) -> Result<Command, CodecError> {
     let datum = match cfg.framing {
         Framing::Plain => value,
         Framing::Confluent => confluent_unframe(value)?.1,
@@ -114,12 +118,18 @@ mod tests {
     fn plain_and_confluent_round_trip() {
         let mut cfg = KafkaConfig::default();
         let b = encode_input(&cfg, EventKind::PriceTick, &tick()).unwrap();
-        assert_eq!(decode_input(&cfg, EventKind::PriceTick, &b).unwrap(), tick());
+        assert_eq!(
+            decode_input(&cfg, EventKind::PriceTick, &b).unwrap(),
+            tick()
+        );
         cfg.framing = Framing::Confluent;
         cfg.schema_ids.insert("price_tick".into(), 7);
         let b = encode_input(&cfg, EventKind::PriceTick, &tick()).unwrap();
         assert_eq!(&b[..5], &[0, 0, 0, 0, 7]);
-        assert_eq!(decode_input(&cfg, EventKind::PriceTick, &b).unwrap(), tick());
+        assert_eq!(
+            decode_input(&cfg, EventKind::PriceTick, &b).unwrap(),
+            tick()
+        );
         // A pinned id rejects other schemas' records.
         cfg.schema_ids.insert("price_tick".into(), 8);
         let e = decode_input(&cfg, EventKind::PriceTick, &b).unwrap_err();

@@ -295,12 +295,8 @@ price_tick = "prices"
             properties: [("fetch.wait.max.ms".to_string(), "10".to_string())].into(),
             ..Default::default()
         };
-        let c = KafkaConfig::load_with_env(
-            Some(&path),
-            &ov,
-            Env::prefixed("XTEST_").split("__"),
-        )
-        .unwrap();
+        let c = KafkaConfig::load_with_env(Some(&path), &ov, Env::prefixed("XTEST_").split("__"))
+            .unwrap();
         for (k, _) in env_vars {
             std::env::remove_var(k);
         }
@@ -321,9 +317,10 @@ price_tick = "prices"
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "checkpoint_interval_ms = \"soon\"\n").unwrap();
-        let e = KafkaConfig::load_with_env(Some(&path), &Overrides::default(), Env::prefixed("NOPE_"))
-            .unwrap_err()
-            .to_string();
+        let e =
+            KafkaConfig::load_with_env(Some(&path), &Overrides::default(), Env::prefixed("NOPE_"))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("checkpoint_interval_ms"), "{e}");
     }
 

@@ -209,7 +209,9 @@ impl Merger {
                         best = Some((tp, k, *arrived));
                     }
                 }
-                Some(Entry { item: None, .. }) => unreachable!("settled queues start with an event"),
+                Some(Entry { item: None, .. }) => {
+                    unreachable!("settled queues start with an event")
+                }
                 None => {
                     if !caught_up(&tp.0, tp.1, p.received) {
                         return None;
@@ -300,9 +302,13 @@ mod tests {
         let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None)]);
         push(&mut m, "a", 0, 0, 10, None);
         // Partition 1 has nothing yet and is still fetching: hold.
-        assert!(m.pop(Instant::now(), Duration::ZERO, |_, _, _| false).is_none());
+        assert!(m
+            .pop(Instant::now(), Duration::ZERO, |_, _, _| false)
+            .is_none());
         // Once it is known to be idle, release.
-        let r = m.pop(Instant::now(), Duration::ZERO, |_, _, _| true).unwrap();
+        let r = m
+            .pop(Instant::now(), Duration::ZERO, |_, _, _| true)
+            .unwrap();
         assert_eq!(id(&r), "a0@0");
         assert_eq!(m.offsets()["a"][&0], 1);
         assert!(!m.offsets()["a"].contains_key(&1));
@@ -316,13 +322,20 @@ mod tests {
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 0);
         assert!(m.push(tp("a", 0), 0, k, e, None, t0));
         let grace = Duration::from_millis(50);
-        assert!(m.pop(t0 + Duration::from_millis(10), grace, |_, _, _| true).is_none());
+        assert!(m
+            .pop(t0 + Duration::from_millis(10), grace, |_, _, _| true)
+            .is_none());
         assert!(m.pop(t0 + grace, grace, |_, _, _| true).is_some());
     }
 
     #[test]
     fn releases_in_event_time_then_sequence_order_whatever_the_arrival_order() {
-        let arrivals_a = [("a", 0, 0, 5, Some(3)), ("b", 0, 0, 5, Some(1)), ("a", 0, 1, 7, Some(4)), ("b", 0, 1, 6, Some(2))];
+        let arrivals_a = [
+            ("a", 0, 0, 5, Some(3)),
+            ("b", 0, 0, 5, Some(1)),
+            ("a", 0, 1, 7, Some(4)),
+            ("b", 0, 1, 6, Some(2)),
+        ];
         let mut arrivals_b = arrivals_a;
         arrivals_b.reverse();
         let mut results = Vec::new();
@@ -353,10 +366,18 @@ mod tests {
         assert!(m.push_skipped(tp("a", 0), 6, Instant::now()));
         let e = ev(0, "dup");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 5);
-        assert!(!m.push(tp("a", 0), 5, k, e, None, Instant::now()), "offset 5 was already read");
-        assert!(!m.push_skipped(tp("zz", 0), 0, Instant::now()), "unassigned");
+        assert!(
+            !m.push(tp("a", 0), 5, k, e, None, Instant::now()),
+            "offset 5 was already read"
+        );
+        assert!(
+            !m.push_skipped(tp("zz", 0), 0, Instant::now()),
+            "unassigned"
+        );
         assert_eq!(m.buffered(), 1);
-        let r = m.pop(Instant::now(), Duration::ZERO, |_, _, _| true).unwrap();
+        let r = m
+            .pop(Instant::now(), Duration::ZERO, |_, _, _| true)
+            .unwrap();
         assert_eq!(r.offset, 5);
         // The skipped message behind it is settled too.
         assert_eq!(m.offsets()["a"][&0], 7);

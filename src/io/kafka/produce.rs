@@ -30,10 +30,13 @@ pub fn publish_messages(
 ) -> Result<usize, KafkaError> {
     let started = Instant::now();
     for (i, m) in msgs.iter().enumerate() {
-        let topic = cfg.topics.configured(&m.topic).ok_or_else(|| KafkaError::Topic {
-            topic: m.topic.clone(),
-            message: format!("record {i}: not one of prescale's topics"),
-        })?;
+        let topic = cfg
+            .topics
+            .configured(&m.topic)
+            .ok_or_else(|| KafkaError::Topic {
+                topic: m.topic.clone(),
+                message: format!("record {i}: not one of prescale's topics"),
+            })?;
         let payload = match EventKind::from_default_topic(&m.topic) {
             Ok(k) => frame_input(cfg, k, m.payload.clone()),
             Err(_) => m.payload.clone(),
@@ -46,7 +49,13 @@ pub fn publish_messages(
             }
         }
         let seq = (first_seq + i as u64).to_string();
-        publisher.send(&topic, m.key.as_bytes(), &payload, &[(headers::SEQ, seq.as_bytes())], None)?;
+        publisher.send(
+            &topic,
+            m.key.as_bytes(),
+            &payload,
+            &[(headers::SEQ, seq.as_bytes())],
+            None,
+        )?;
     }
     Ok(msgs.len())
 }

@@ -49,7 +49,8 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(cfg: &KafkaConfig) -> Result<Self, KafkaError> {
         let counter = Arc::new(DeliveryCounter::default());
-        let producer = super::client::producer_config(cfg).create_with_context(Ctx(counter.clone()))?;
+        let producer =
+            super::client::producer_config(cfg).create_with_context(Ctx(counter.clone()))?;
         Ok(Publisher { producer, counter })
     }
 
@@ -65,7 +66,10 @@ impl Publisher {
     ) -> Result<(), KafkaError> {
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(*v) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
         }
         let mut rec = BaseRecord::to(topic).key(key).payload(payload).headers(h);
         if let Some(ts) = timestamp_ms {

@@ -118,7 +118,12 @@ struct GroupCtx {
 impl ClientContext for GroupCtx {}
 
 impl ConsumerContext for GroupCtx {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let assignment: Vec<Tp> = tpl
@@ -148,8 +153,15 @@ impl ConsumerContext for GroupCtx {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
-                tracing::info!(partitions = assignment.len(), restored = snapshot.is_some(), "assigned");
-                *self.plan.lock().expect("plan lock") = Some(Plan { assignment, snapshot });
+                tracing::info!(
+                    partitions = assignment.len(),
+                    restored = snapshot.is_some(),
+                    "assigned"
+                );
+                *self.plan.lock().expect("plan lock") = Some(Plan {
+                    assignment,
+                    snapshot,
+                });
             }
             _ => {
                 if let Err(e) = consumer.unassign() {
@@ -184,8 +196,13 @@ pub async fn run(
 ) -> Result<RunReport, KafkaError> {
     let topics = &cfg.topics;
     let price_topic = topics.price_tick();
-    let group_topics = [topics.job_submission(), topics.job_completion(), topics.budget_allocation()];
-    let kinds: BTreeMap<String, EventKind> = topics.inputs().into_iter().map(|(k, t)| (t, k)).collect();
+    let group_topics = [
+        topics.job_submission(),
+        topics.job_completion(),
+        topics.budget_allocation(),
+    ];
+    let kinds: BTreeMap<String, EventKind> =
+        topics.inputs().into_iter().map(|(k, t)| (t, k)).collect();
 
     let ctx = GroupCtx {
         dir: cfg.checkpoint_dir.clone(),
@@ -251,7 +268,9 @@ pub async fn run(
         let plan = group.context().plan.lock().expect("plan lock").take();
         if let Some(plan) = plan {
             stats.rebalances.fetch_add(1, Ordering::Relaxed);
-            stats.assigned.store(plan.assignment.len() as u64, Ordering::Relaxed);
+            stats
+                .assigned
+                .store(plan.assignment.len() as u64, Ordering::Relaxed);
             active = None;
             if !plan.assignment.is_empty() {
                 let a = activate(factory, &prices, &price_topic, plan, &stats)?;
@@ -273,7 +292,9 @@ pub async fn run(
                 if !a.merger.is_assigned(topic, m.partition()) {
                     continue;
                 }
-                let Some(&kind) = kinds.get(topic) else { continue };
+                let Some(&kind) = kinds.get(topic) else {
+                    continue;
+                };
                 let value = m.payload().unwrap_or(&[]);
                 match decode_input(cfg, kind, value) {
                     Ok(ev) => {
@@ -338,7 +359,12 @@ pub async fn run(
     publisher.flush(Duration::from_secs(30))?;
     let partitions = active
         .as_ref()
-        .map(|a| a.assignment.iter().map(|(t, p)| format!("{t}/{p}")).collect())
+        .map(|a| {
+            a.assignment
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}"))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(RunReport {
         instance: opts.instance.clone(),
@@ -367,7 +393,11 @@ fn activate(
     let brain = factory
         .create(plan.snapshot.as_ref().map(|s| &s.engine))
         .map_err(KafkaError::Engine)?;
-    let offsets = plan.snapshot.as_ref().map(|s| s.offsets.clone()).unwrap_or_default();
+    let offsets = plan
+        .snapshot
+        .as_ref()
+        .map(|s| s.offsets.clone())
+        .unwrap_or_default();
     if let Some(s) = &plan.snapshot {
         for (k, v) in &s.counters {
             let c = match k.as_str() {
@@ -383,7 +413,9 @@ fn activate(
     let mut tpl = TopicPartitionList::new();
     let start = |t: &str, p: i32| offsets.get(t).and_then(|m| m.get(&p)).copied();
     for p in &price_parts {
-        let off = start(price_topic, *p).map(Offset::Offset).unwrap_or(Offset::Beginning);
+        let off = start(price_topic, *p)
+            .map(Offset::Offset)
+            .unwrap_or(Offset::Beginning);
         tpl.add_partition_offset(price_topic, *p, off)?;
     }
     prices.assign(&tpl)?;
@@ -392,7 +424,11 @@ fn activate(
         .iter()
         .map(|(t, p)| ((t.clone(), *p), start(t, *p)))
         .collect();
-    all.extend(price_parts.iter().map(|p| ((price_topic.to_string(), *p), start(price_topic, *p))));
+    all.extend(
+        price_parts
+            .iter()
+            .map(|p| ((price_topic.to_string(), *p), start(price_topic, *p))),
+    );
     Ok((
         Active {
             assignment: plan.assignment,
@@ -415,11 +451,22 @@ fn seq_header(m: &BorrowedMessage<'_>) -> Option<u64> {
 
 /// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
 /// headers naming the error and where it came from.
-fn dead_letter(cfg: &KafkaConfig, p: &Publisher, m: &BorrowedMessage<'_>, error: &str) -> Result<(), KafkaError> {
+fn dead_letter(
+    cfg: &KafkaConfig,
+    p: &Publisher,
+    m: &BorrowedMessage<'_>,
+    error: &str,
+) -> Result<(), KafkaError> {
     let dlq = cfg.topics.dlq(m.topic());
     let partition = m.partition().to_string();
     let offset = m.offset().to_string();
-    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error, "dead-lettered");
+    tracing::warn!(
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        error,
+        "dead-lettered"
+    );
     p.send(
         &dlq,
         m.key().unwrap_or(&[]),
@@ -456,12 +503,15 @@ impl Sink<'_> {
                 Command::Preemption(_) => &self.preemption,
             };
             let value = encode_output(self.cfg, &c)?;
-            let mut h: Vec<(&str, &[u8])> =
-                vec![(headers::COMMAND_ID, c.id().as_bytes()), (headers::INSTANCE, &self.instance)];
+            let mut h: Vec<(&str, &[u8])> = vec![
+                (headers::COMMAND_ID, c.id().as_bytes()),
+                (headers::INSTANCE, &self.instance),
+            ];
             if let Some(ts) = &ts {
                 h.push((headers::TRIGGER_TS, ts.as_bytes()));
             }
-            self.publisher.send(topic, c.key().as_bytes(), &value, &h, None)?;
+            self.publisher
+                .send(topic, c.key().as_bytes(), &value, &h, None)?;
             self.stats.commands.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -480,7 +530,10 @@ fn drain(
         a.brain.handle(&r.event, out);
         a.dirty = true;
         sink.stats.events.fetch_add(1, Ordering::Relaxed);
-        if let (true, Some(p)) = (sink.stats.record_latency.load(Ordering::Relaxed), r.produced_at) {
+        if let (true, Some(p)) = (
+            sink.stats.record_latency.load(Ordering::Relaxed),
+            r.produced_at,
+        ) {
             let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
             if let Ok(mut l) = sink.stats.latencies_ms.lock() {
                 l.push(now - p as f64);
@@ -521,7 +574,10 @@ fn save(
         counters,
         written_at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    checkpoint::write(&checkpoint::path_for(&cfg.checkpoint_dir, &cfg.group_id, &a.assignment), &snap)?;
+    checkpoint::write(
+        &checkpoint::path_for(&cfg.checkpoint_dir, &cfg.group_id, &a.assignment),
+        &snap,
+    )?;
     let mut tpl = TopicPartitionList::new();
     for (t, p) in &a.assignment {
         if let Some(o) = offsets.get(t).and_then(|m| m.get(p)) {
