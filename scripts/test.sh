@@ -30,4 +30,7 @@ kafka_start
 tsdb_start
 
 echo "==> cargo test"
-cargo test --all-targets --locked -- --test-threads=2
+# Benches (criterion, harness = false) are compiled by `cargo check --benches`,
+# not run: their figures come from `cargo bench` / `prescale bench`.
+cargo check --benches --locked
+cargo test --locked --lib --bins --tests -- --test-threads=2

@@ -7,10 +7,12 @@
 
 pub mod api;
 pub mod budget;
+pub mod checkpoint;
 pub mod engine;
 pub mod events;
 pub mod forecast;
 pub mod import;
+pub mod io;
 pub mod planner;
 pub mod policy;
 pub mod pricing;

@@ -33,6 +33,8 @@ pub struct BenchArgs {
 pub enum BenchCmd {
     /// Events/s of the full decision loop and of the simulator.
     Replay(ReplayArgs),
+    /// Kafka: raw rdkafka consume rate vs prescale's full path, and produce→command latency.
+    Kafka(Box<super::bench_kafka::BenchKafkaArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +50,7 @@ pub struct ReplayArgs {
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.what {
         BenchCmd::Replay(r) => replay(r),
+        BenchCmd::Kafka(k) => super::bench_kafka::run(*k, super::backtest::decision_core),
     }
 }
 

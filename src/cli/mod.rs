@@ -4,9 +4,13 @@ use clap::{Parser, Subcommand};
 
 mod backtest;
 mod bench;
+pub mod bench_kafka;
 pub mod forecast;
 mod import;
+pub mod produce;
+pub mod run;
 pub mod serve;
+pub mod tail;
 pub mod train;
 
 #[derive(Debug, Parser)]
@@ -36,6 +40,12 @@ pub enum Cmd {
     Forecast(forecast::ForecastArgs),
     /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
     Serve(serve::ServeArgs),
+    /// Publish an events file, SWF trace or price history to the input topics.
+    Produce(produce::ProduceArgs),
+    /// The live service: consume input topics, decide, publish commands (Kafka).
+    Run(run::RunArgs),
+    /// Decode the command topics and print them as JSON lines.
+    Tail(tail::TailArgs),
     /// Train the LSTM forecaster on a trace; writes a checkpoint and model card.
     Train(train::TrainArgs),
 }
@@ -48,5 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
+        Cmd::Produce(a) => produce::run(a),
+        Cmd::Run(a) => run::run(a, backtest::decision_core),
+        Cmd::Tail(a) => tail::run(a),
     }
 }

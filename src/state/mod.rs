@@ -385,28 +385,25 @@ impl DemandState {
 
     /// Outstanding (queued or running) resources of an environment right now.
     pub fn outstanding_in(&self, env: &str) -> Res {
-        let mut r = [0.0; 3];
-        for o in self.outstanding.values() {
-            if o.job.compute_environment == env {
-                r[VCPU] += o.job.vcpus;
-                r[MEMORY_MIB] += o.job.memory_mib as f64;
-                r[GPUS] += o.job.gpus as f64;
-            }
-        }
-        r
+        let s = self.environment_summary(env, 0, 0);
+        [s.vcpus, s.memory_mib, s.gpus]
     }
 
     /// One pass over an environment's outstanding jobs: what the planner
     /// needs to know about the work waiting or running there.
     pub fn environment_summary(&self, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
         let mut s = EnvSummary::default();
+        // Sum vCPUs in integer milli-vCPUs: float sums over a hash map would
+        // depend on iteration order, and decisions must be reproducible
+        // across processes and restores.
+        let mut milli: i64 = 0;
         for o in self.outstanding.values() {
             let j = &o.job;
             if j.compute_environment != env {
                 continue;
             }
             s.jobs += 1;
-            s.vcpus += j.vcpus;
+            milli += (j.vcpus * 1000.0).round() as i64;
             s.memory_mib += j.memory_mib as f64;
             s.gpus += j.gpus as f64;
             s.top_priority = Some(
@@ -420,6 +417,7 @@ impl DemandState {
                 }
             }
         }
+        s.vcpus = milli as f64 / 1000.0;
         s
     }
 

@@ -1,0 +1,401 @@
+//! `prescale bench kafka`: on one broker and the same topics, (1) the raw
+//! consume rate of a plain rdkafka consumer doing nothing with the messages,
+//! (2) prescale's full path (consume → decode → merge → engine state →
+//! decisions → publish) over the same messages, and (3) at a steady input
+//! rate, the latency from an event's produce time to the decision it feeds
+//! and to the command it triggers arriving on the command topic.
+//!
+//! Figures are printed (and optionally written as JSON); nothing asserts on
+//! them, as timings depend on the machine.
+
+use super::run::KafkaArgs;
+use anyhow::{bail, Context};
+use prescale::engine::EngineConfig;
+use prescale::events::file::RecordedMessage;
+use prescale::events::*;
+use prescale::io::kafka::brain::EngineFactory;
+use prescale::io::kafka::client::{consumer_config, ensure_topics, partitions_of};
+use prescale::io::kafka::codec::headers;
+use prescale::io::kafka::config::KafkaConfig;
+use prescale::io::kafka::produce::{publish_messages, Pace};
+use prescale::io::kafka::publish::Publisher;
+use prescale::io::kafka::service::{self, Control, RunOptions, Stats};
+use prescale::state::StateConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchKafkaArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Messages in the throughput comparison.
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: usize,
+    /// Input rate (events/s) of the latency measurement.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Duration of the latency measurement.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// Compute environments in the synthetic input.
+    #[arg(long, default_value_t = 8)]
+    pub environments: usize,
+    /// Partitions per topic (topics are created fresh for the run).
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// On-demand catalogue CSV; default: the bundled one.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Also write the figures as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Synthetic input: per millisecond of event time one event, mostly job
+/// submissions spread over the environments, their completions, and a price
+/// tick every 100 events.
+fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
+    let mut v = Vec::with_capacity(n);
+    let mut i = 0usize;
+    let mut job = 0usize;
+    while v.len() < n {
+        let at = t0 + (i as f64 * step_ms) as i64;
+        if i % 100 == 0 {
+            v.push(Event::PriceTick(PriceTick {
+                at,
+                provider: "aws".into(),
+                region: "us-east-1".into(),
+                zone: None,
+                instance_type: ["m5.large", "c5.xlarge", "r5.2xlarge"][i / 100 % 3].into(),
+                market: Market::Spot,
+                usd_per_hour: 0.03 + (i % 7) as f64 * 0.001,
+            }));
+        } else if i % 3 == 2 && job > 50 {
+            let j = job - 50;
+            v.push(Event::JobCompleted(JobCompleted {
+                job_id: format!("job-{j}"),
+                compute_environment: format!("ce-{}", j % envs),
+                started_at: at - 1000,
+                finished_at: at,
+                status: JobStatus::Succeeded,
+                instance_type: Some("m5.large".into()),
+                market: Some(Market::Spot),
+                region: Some("us-east-1".into()),
+                vcpu_seconds: 2.0,
+                max_memory_mib: None,
+            }));
+        } else {
+            v.push(Event::JobSubmitted(JobSubmitted {
+                job_id: format!("job-{job}"),
+                submitted_at: at,
+                compute_environment: format!("ce-{}", job % envs),
+                job_type: "batch".into(),
+                project: format!("p{}", job % 5),
+                user: "u".into(),
+                priority: (job % 4) as i32,
+                vcpus: 1.0 + (job % 8) as f64,
+                memory_mib: 4096,
+                gpus: 0,
+                estimated_runtime_s: Some(600),
+                budget_usd: None,
+                deadline: None,
+                elasticity: false,
+            }));
+            job += 1;
+        }
+        i += 1;
+    }
+    v
+}
+
+/// A scratch directory for one benchmark phase's snapshots.
+fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("prescale-bench-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+fn fresh_topics(base: &KafkaConfig, tag: &str, partitions: i32) -> anyhow::Result<KafkaConfig> {
+    let mut cfg = base.clone();
+    let stamp = chrono::Utc::now().timestamp_millis();
+    cfg.topics.prefix = format!(
+        "{}bench-{tag}-{}-{stamp}.",
+        base.topics.prefix,
+        std::process::id()
+    );
+    cfg.group_id = format!(
+        "{}bench-{tag}-{}-{stamp}",
+        base.topics.prefix,
+        std::process::id()
+    );
+    let names: Vec<(String, i32)> = cfg
+        .topics
+        .all()
+        .into_iter()
+        .map(|t| (t, partitions))
+        .collect();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(ensure_topics(&cfg, &names))
+        .context("creating benchmark topics")?;
+    Ok(cfg)
+}
+
+/// Consume `n` messages from every input partition with no processing.
+fn raw_consume(cfg: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
+    let c: BaseConsumer = consumer_config(cfg, None).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (_, t) in cfg.topics.inputs() {
+        for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
+            tpl.add_partition_offset(&t, p, Offset::Beginning)?;
+        }
+    }
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut got = 0usize;
+    let mut bytes = 0usize;
+    let mut first = None;
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("raw consumer read only {got} of {n} messages");
+        }
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload_len();
+            got += 1;
+        }
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    std::hint::black_box(bytes);
+    Ok(n as f64 / secs)
+}
+
+fn spawn(
+    cfg: &KafkaConfig,
+    factory: &EngineFactory,
+    idle: Option<Duration>,
+    stats: Arc<Stats>,
+) -> (
+    tokio::sync::mpsc::Sender<Control>,
+    std::thread::JoinHandle<anyhow::Result<service::RunReport>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cfg = cfg.clone();
+    let factory = factory.clone();
+    let h = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let opts = RunOptions {
+            instance: "bench".into(),
+            exit_when_idle: idle,
+        };
+        Ok(rt.block_on(service::run(&cfg, &factory, &opts, rx, stats))?)
+    });
+    (tx, h)
+}
+
+/// The full path over `n` pre-produced messages: events/s from the first
+/// event applied to the last.
+fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Result<f64> {
+    let mut cfg = cfg.clone();
+    cfg.checkpoint_dir = scratch("tput")?;
+    cfg.checkpoint_interval_ms = 1_000;
+    let stats = Arc::new(Stats::default());
+    let (_tx, h) = spawn(
+        &cfg,
+        factory,
+        Some(Duration::from_millis(500)),
+        stats.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first = None;
+    loop {
+        let e = stats.events.load(Ordering::Relaxed) as usize;
+        if e > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if e >= n {
+            break;
+        }
+        if Instant::now() > deadline || h.is_finished() {
+            bail!("full path applied only {e} of {n} events");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    h.join()
+        .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+    Ok(n as f64 / secs)
+}
+
+pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
+    let factory = super::run::engine_factory(args.catalog.as_deref(), core)?;
+    let mut base = args.kafka.load()?;
+    base.properties
+        .entry("fetch.wait.max.ms".into())
+        .or_insert_with(|| "10".into());
+    let n = args.messages;
+    println!(
+        "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",
+        base.brokers, args.partitions, n, args.environments
+    );
+
+    // 1 + 2: same topics, same messages.
+    let cfg = fresh_topics(&base, "tput", args.partitions)?;
+    let evs = synthetic(n, args.environments, 1_700_000_000_000, 1.0);
+    let msgs: Vec<RecordedMessage> = evs
+        .iter()
+        .map(RecordedMessage::from_event)
+        .collect::<Result<_, _>>()?;
+    let publisher = Publisher::new(&cfg)?;
+    let t = Instant::now();
+    publish_messages(&cfg, &publisher, &msgs, 0, Pace::AsFastAsPossible)?;
+    publisher.flush(Duration::from_secs(120))?;
+    println!(
+        "  produced {n} messages in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let raw = raw_consume(&cfg, n)?;
+    println!("  raw rdkafka consume (no processing):  {raw:>12.0} msg/s");
+    let full = full_path(&cfg, &factory, n)?;
+    println!(
+        "  prescale full path (decode→state→decide→publish): {full:>12.0} msg/s  = {:.2}× raw (target ≥ 0.8×)",
+        full / raw
+    );
+
+    // 3: latency at a steady rate, event time = wall time, 1 s decision
+    // buckets so decisions (and commands) happen every second.
+    let cfg = fresh_topics(&base, "lat", args.partitions)?;
+    let mut lat_factory = factory.clone();
+    lat_factory.config = EngineConfig {
+        state: StateConfig {
+            bucket_ms: 1_000,
+            allowed_lateness_ms: 0,
+            ..Default::default()
+        },
+        ..factory.config.clone()
+    };
+    let mut lcfg = cfg.clone();
+    lcfg.checkpoint_dir = scratch("lat")?;
+    let stats = Arc::new(Stats::default());
+    stats.record_latency.store(true, Ordering::Relaxed);
+    let (tx, h) = spawn(&lcfg, &lat_factory, None, stats.clone());
+    let started = Instant::now();
+    while stats.assigned.load(Ordering::Relaxed) == 0 {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("service did not join its group");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Command receiver: produce-of-trigger → command arrival.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rcfg = cfg.clone();
+    let rstop = stop.clone();
+    let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let c: BaseConsumer = consumer_config(&rcfg, None).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for t in [
+            rcfg.topics.scaling_command(),
+            rcfg.topics.preemption_command(),
+        ] {
+            for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
+                tpl.add_partition_offset(&t, p, Offset::Beginning)?;
+            }
+        }
+        c.assign(&tpl)?;
+        let mut out = Vec::new();
+        while !rstop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+                let ts = m
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == headers::TRIGGER_TS)
+                            .and_then(|h| h.value)
+                    })
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
+                if let Some(ts) = ts {
+                    out.push(now - ts);
+                }
+            }
+        }
+        Ok(out)
+    });
+    let total = (args.rate * args.latency_secs as f64) as usize;
+    let t0 = chrono::Utc::now().timestamp_millis();
+    let live = synthetic(total, args.environments, t0, 1000.0 / args.rate);
+    let lmsgs: Vec<RecordedMessage> = live
+        .iter()
+        .map(RecordedMessage::from_event)
+        .collect::<Result<_, _>>()?;
+    let lp = Publisher::new(&cfg)?;
+    publish_messages(&cfg, &lp, &lmsgs, 0, Pace::Rate(args.rate))?;
+    lp.flush(Duration::from_secs(60))?;
+    let settle = Instant::now();
+    while (stats.events.load(Ordering::Relaxed) as usize) < total
+        && settle.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _ = tx.blocking_send(Control::Stop);
+    h.join()
+        .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
+    let mut cmd_lat = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let mut ev_lat = std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock"));
+    let (e50, e99) = (percentile(&mut ev_lat, 0.5), percentile(&mut ev_lat, 0.99));
+    let (c50, c99) = (
+        percentile(&mut cmd_lat, 0.5),
+        percentile(&mut cmd_lat, 0.99),
+    );
+    println!(
+        "  latency at {:.0} events/s for {} s ({} events):",
+        args.rate, args.latency_secs, total
+    );
+    println!(
+        "    produce → decided:           p50 {e50:>6.1} ms  p99 {e99:>6.1} ms  ({} events)",
+        ev_lat.len()
+    );
+    println!(
+        "    produce → command received:  p50 {c50:>6.1} ms  p99 {c99:>6.1} ms  ({} commands; target p99 < 50 ms)",
+        cmd_lat.len()
+    );
+    if let Some(p) = &args.json {
+        let j = serde_json::json!({
+            "messages": n,
+            "partitions": args.partitions,
+            "raw_consume_msgs_per_s": raw,
+            "full_path_msgs_per_s": full,
+            "full_over_raw": full / raw,
+            "latency": {
+                "rate_events_per_s": args.rate,
+                "seconds": args.latency_secs,
+                "event_to_decision_ms": {"p50": e50, "p99": e99, "n": ev_lat.len()},
+                "event_to_command_ms": {"p50": c50, "p99": c99, "n": cmd_lat.len()},
+            }
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `prescale run`: the live service. Consumes the input topics in a consumer
+//! group, feeds the same engine the backtest uses, publishes commands, and
+//! checkpoints state with the offsets it reflects.
+
+use anyhow::Context;
+use prescale::engine::{CapacityPlanner, EngineConfig};
+use prescale::forecast::Forecaster;
+use prescale::io::kafka::brain::EngineFactory;
+use prescale::io::kafka::client::ensure_topics;
+use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
+use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
+use prescale::pricing::Catalog;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connection flags shared by `run`, `produce`, `tail` and `bench kafka`.
+/// Precedence: `--config` file < `PRESCALE_KAFKA_*` environment < flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// TOML configuration file (see docs/service.md).
+    #[arg(long, env = "PRESCALE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Bootstrap servers (host:port,...).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Consumer group of the service instances.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Prefix for every default topic name.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Message framing: plain Avro or Confluent Schema Registry.
+    #[arg(long, value_enum)]
+    pub framing: Option<FramingArg>,
+    /// Snapshot directory.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Snapshot interval in milliseconds.
+    #[arg(long)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Grace (ms) an event waits for partitions that look idle before the
+    /// engine sees it (0: lowest latency; raise for replay-identical order of
+    /// live input across partitions).
+    #[arg(long)]
+    pub merge_idle_ms: Option<u64>,
+    /// librdkafka property, as kcat takes it: -X security.protocol=SASL_SSL
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub property: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FramingArg {
+    Plain,
+    Confluent,
+}
+
+impl KafkaArgs {
+    pub fn load(&self) -> anyhow::Result<KafkaConfig> {
+        let mut ov = Overrides {
+            brokers: self.brokers.clone(),
+            group_id: self.group.clone(),
+            framing: self.framing.map(|f| match f {
+                FramingArg::Plain => Framing::Plain,
+                FramingArg::Confluent => Framing::Confluent,
+            }),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            merge_idle_ms: self.merge_idle_ms,
+            ..Default::default()
+        };
+        if let Some(p) = &self.topic_prefix {
+            ov.topics.insert("prefix".into(), p.clone());
+        }
+        for x in &self.property {
+            let (k, v) = parse_property(x)?;
+            ov.properties.insert(k, v);
+        }
+        Ok(KafkaConfig::load(self.config.as_deref(), &ov)?)
+    }
+}
+
+/// The forecaster and planner of the engine (`cli::backtest::decision_core`,
+/// passed in by `cli::run`, so the service and the backtest share it).
+pub type DecisionCore = fn(&Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>);
+
+/// The engine the service runs: the backtest's construction (same config,
+/// forecaster and planner), so a replay through Kafka decides what the
+/// backtest decides.
+pub fn engine_factory(
+    catalog: Option<&std::path::Path>,
+    core: DecisionCore,
+) -> anyhow::Result<EngineFactory> {
+    let catalog = Arc::new(match catalog {
+        Some(p) => Catalog::load(p).with_context(|| format!("loading {}", p.display()))?,
+        None => Catalog::bundled(),
+    });
+    let (forecaster, planner) = core(&catalog);
+    Ok(EngineFactory {
+        config: EngineConfig::default(),
+        catalog,
+        forecaster,
+        planner,
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// On-demand catalogue CSV; default: the bundled one (as the backtest).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Instance name (defaults to host-pid).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Create the topics first (tansu does not auto-create them).
+    #[arg(long)]
+    pub create_topics: bool,
+    /// Stop once all input is read and nothing arrived for this many ms,
+    /// finishing the last buckets as a file replay does (replays, tests).
+    #[arg(long)]
+    pub exit_when_idle_ms: Option<u64>,
+    /// Write the run report (JSON) here as well as to stdout.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
+    let cfg = args.kafka.load()?;
+    let factory = engine_factory(args.catalog.as_deref(), core)?;
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("prescale-{}", std::process::id()));
+    let opts = RunOptions {
+        instance,
+        exit_when_idle: args.exit_when_idle_ms.map(Duration::from_millis),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        if args.create_topics {
+            let names: Vec<(String, i32)> = cfg
+                .topics
+                .all()
+                .into_iter()
+                .map(|t| (t, cfg.partitions))
+                .collect();
+            ensure_topics(&cfg, &names)
+                .await
+                .context("creating topics")?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // SIGINT/SIGTERM: checkpoint, then stop.
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(Control::Stop).await;
+        });
+        let stats = Arc::new(Stats::default());
+        service::run(&cfg, &factory as &dyn BrainFactory, &opts, rx, stats)
+            .await
+            .context("prescale run")
+    })?;
+    let json = serde_json::to_string(&report)?;
+    println!("{json}");
+    if let Some(p) = &args.report {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

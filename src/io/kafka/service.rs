@@ -1,0 +1,596 @@
+//! The `prescale run` loop: one `tokio::select!` over the group consumer
+//! (job submissions, completions, budget allocations), the price consumer
+//! (every price partition, no group: each instance needs all prices), a
+//! timer (checkpoints, idle detection) and a control channel.
+//!
+//! Per message: decode (bad → `<topic>.dlq` with error headers, counted) →
+//! deterministic merge ([`super::merge`]) → `Brain::handle` → commands
+//! published to the command topics, keyed by compute environment, with the
+//! command id in a header.
+//!
+//! Recovery: see [`crate::checkpoint`]. Rebalances are eager; on every new
+//! assignment the instance restores the snapshot of exactly that assignment
+//! if it has one, otherwise it starts a fresh engine and replays its
+//! partitions (and all prices) from the beginning. Commands re-decided during
+//! a replay carry the ids they had the first time.
+
+use super::client::{caught_up, consumer_config, partitions_of};
+use super::codec::{decode_input, encode_output, headers};
+use super::config::KafkaConfig;
+use super::merge::{Merger, OrderKey, Tp};
+use super::publish::Publisher;
+use super::KafkaError;
+use crate::checkpoint::{self, Snapshot};
+use crate::events::avro::EventKind;
+use crate::events::{Command, Event};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The decision core as the service sees it. `crate::engine::Engine`
+/// implements it (see `cli/run.rs`); keeping the loop generic keeps Kafka out
+/// of the core and lets the benchmark swap in a no-op brain.
+pub trait Brain: Send {
+    fn handle(&mut self, ev: &Event, out: &mut Vec<Command>);
+    /// End of input (only with `exit_when_idle`): flush what the last
+    /// buckets decide, as a file replay does at end of file.
+    fn finish(&mut self, out: &mut Vec<Command>);
+    fn save(&self) -> Result<serde_json::Value, String>;
+}
+
+/// Makes brains: fresh, or restored from a snapshot's engine state.
+pub trait BrainFactory: Send + Sync {
+    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String>;
+}
+
+/// Requests to a running service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Checkpoint now.
+    Checkpoint,
+    /// Checkpoint and stop.
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Instance name (diagnostics; a header on commands).
+    pub instance: String,
+    /// Stop after input has been idle (everything read, nothing buffered) for
+    /// this long, calling `Brain::finish` first. For replays and tests.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// Counters, shared so a caller (metrics, the benchmark) can read them live.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub events: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub commands: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub rebalances: AtomicU64,
+    /// Input partitions (group topics) currently owned.
+    pub assigned: AtomicU64,
+    /// When set, each applied event's produce→decided latency (ms) is
+    /// recorded in `latencies_ms` (benchmarks).
+    pub record_latency: std::sync::atomic::AtomicBool,
+    pub latencies_ms: Mutex<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub instance: String,
+    pub messages: u64,
+    pub events: u64,
+    pub dead_letters: u64,
+    pub commands: u64,
+    pub checkpoints: u64,
+    pub rebalances: u64,
+    pub restored_from_snapshot: bool,
+    pub partitions: Vec<String>,
+    pub finished: bool,
+}
+
+/// What the rebalance callback hands to the loop.
+#[derive(Debug)]
+struct Plan {
+    assignment: Vec<Tp>,
+    snapshot: Option<Snapshot>,
+}
+
+struct GroupCtx {
+    dir: PathBuf,
+    group: String,
+    plan: Mutex<Option<Plan>>,
+}
+
+impl ClientContext for GroupCtx {}
+
+impl ConsumerContext for GroupCtx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assignment: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                let path = checkpoint::path_for(&self.dir, &self.group, &assignment);
+                let snapshot = match checkpoint::read(&path) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring unreadable snapshot; replaying from the beginning");
+                        None
+                    }
+                };
+                // Seek every partition to what the restored state reflects,
+                // or to the beginning when there is no state.
+                for (t, p) in &assignment {
+                    let off = snapshot
+                        .as_ref()
+                        .and_then(|s| s.offsets.get(t))
+                        .and_then(|m| m.get(p))
+                        .map(|o| Offset::Offset(*o))
+                        .unwrap_or(Offset::Beginning);
+                    let _ = tpl.set_partition_offset(t, *p, off);
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+                tracing::info!(
+                    partitions = assignment.len(),
+                    restored = snapshot.is_some(),
+                    "assigned"
+                );
+                *self.plan.lock().expect("plan lock") = Some(Plan {
+                    assignment,
+                    snapshot,
+                });
+            }
+            _ => {
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+                tracing::info!("partitions revoked");
+                *self.plan.lock().expect("plan lock") = Some(Plan {
+                    assignment: Vec::new(),
+                    snapshot: None,
+                });
+            }
+        }
+    }
+}
+
+/// The per-assignment state of the loop.
+struct Active {
+    assignment: Vec<Tp>,
+    brain: Box<dyn Brain>,
+    merger: Merger,
+    dirty: bool,
+}
+
+/// Run the service until stopped (control channel, closed channel) or, with
+/// `exit_when_idle`, until input is exhausted.
+pub async fn run(
+    cfg: &KafkaConfig,
+    factory: &dyn BrainFactory,
+    opts: &RunOptions,
+    mut control: mpsc::Receiver<Control>,
+    stats: Arc<Stats>,
+) -> Result<RunReport, KafkaError> {
+    let topics = &cfg.topics;
+    let price_topic = topics.price_tick();
+    let group_topics = [
+        topics.job_submission(),
+        topics.job_completion(),
+        topics.budget_allocation(),
+    ];
+    let kinds: BTreeMap<String, EventKind> =
+        topics.inputs().into_iter().map(|(k, t)| (t, k)).collect();
+
+    let ctx = GroupCtx {
+        dir: cfg.checkpoint_dir.clone(),
+        group: cfg.group_id.clone(),
+        plan: Mutex::new(None),
+    };
+    let group: StreamConsumer<GroupCtx> =
+        consumer_config(cfg, Some(&cfg.group_id)).create_with_context(ctx)?;
+    let prices: StreamConsumer = consumer_config(cfg, None).create()?;
+    let refs: Vec<&str> = group_topics.iter().map(String::as_str).collect();
+    group.subscribe(&refs)?;
+    let publisher = Publisher::new(cfg)?;
+
+    let mut active: Option<Active> = None;
+    let mut restored = false;
+    let mut finished = false;
+    let mut out: Vec<Command> = Vec::new();
+    let mut last_input = Instant::now();
+    let merge_idle = Duration::from_millis(cfg.merge_idle_ms);
+    let checkpoint_every = Duration::from_millis(cfg.checkpoint_interval_ms.max(10));
+    let mut last_checkpoint = Instant::now();
+    // The timer drains events held by the merge grace and checkpoints.
+    let period = checkpoint_every.min(Duration::from_millis(cfg.merge_idle_ms.clamp(10, 1_000)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sink = Sink {
+        cfg,
+        publisher: &publisher,
+        scaling: topics.scaling_command(),
+        preemption: topics.preemption_command(),
+        instance: opts.instance.as_bytes().to_vec(),
+        stats: &stats,
+    };
+
+    // The merger's question, answered from librdkafka's cached watermarks.
+    macro_rules! caught {
+        () => {
+            |t: &str, p: i32, n: Option<i64>| {
+                if t == price_topic {
+                    caught_up(prices.client(), t, p, n)
+                } else {
+                    caught_up(group.client(), t, p, n)
+                }
+            }
+        };
+    }
+
+    enum Step<'a> {
+        Msg(Result<BorrowedMessage<'a>, RdError>),
+        Tick,
+        Ctl(Option<Control>),
+    }
+
+    loop {
+        let step = tokio::select! {
+            m = group.recv() => Step::Msg(m),
+            m = prices.recv() => Step::Msg(m),
+            _ = tick.tick() => Step::Tick,
+            c = control.recv() => Step::Ctl(c),
+        };
+
+        // A rebalance happened inside a poll: rebuild before anything else.
+        let plan = group.context().plan.lock().expect("plan lock").take();
+        if let Some(plan) = plan {
+            stats.rebalances.fetch_add(1, Ordering::Relaxed);
+            stats
+                .assigned
+                .store(plan.assignment.len() as u64, Ordering::Relaxed);
+            active = None;
+            if !plan.assignment.is_empty() {
+                let a = activate(factory, &prices, &price_topic, plan, &stats)?;
+                restored |= a.1;
+                active = Some(a.0);
+            } else {
+                prices.unassign()?;
+            }
+            last_input = Instant::now();
+        }
+
+        match step {
+            Step::Msg(Ok(m)) => {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+                last_input = Instant::now();
+                let Some(a) = active.as_mut() else { continue };
+                let topic = m.topic();
+                let tp: Tp = (topic.to_string(), m.partition());
+                if !a.merger.is_assigned(topic, m.partition()) {
+                    continue;
+                }
+                let Some(&kind) = kinds.get(topic) else {
+                    continue;
+                };
+                let value = m.payload().unwrap_or(&[]);
+                match decode_input(cfg, kind, value) {
+                    Ok(ev) => {
+                        let seq = seq_header(&m);
+                        let key = OrderKey::new(&ev, kind, seq, m.partition(), m.offset());
+                        let ts = m.timestamp().to_millis();
+                        a.merger.push(tp, m.offset(), key, ev, ts, Instant::now());
+                    }
+                    Err(e) => {
+                        dead_letter(cfg, &publisher, &m, &e.to_string())?;
+                        stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        a.merger.push_skipped(tp, m.offset(), Instant::now());
+                        a.dirty = true;
+                    }
+                }
+                drain(a, &mut out, &sink, merge_idle, caught!())?;
+            }
+            Step::Msg(Err(RdError::PartitionEOF(_))) => {
+                if let Some(a) = active.as_mut() {
+                    drain(a, &mut out, &sink, merge_idle, caught!())?;
+                }
+            }
+            Step::Msg(Err(e)) => {
+                // Transient client errors (broker down, coordinator moving)
+                // are retried by librdkafka; log and carry on.
+                tracing::warn!(error = %e, "consumer error");
+            }
+            Step::Tick => {
+                if let Some(a) = active.as_mut() {
+                    drain(a, &mut out, &sink, merge_idle, caught!())?;
+                    if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
+                        save(cfg, &group, &publisher, a, &stats)?;
+                        last_checkpoint = Instant::now();
+                    }
+                    if let Some(idle) = opts.exit_when_idle {
+                        // Only after input was seen (or state restored): an
+                        // instance still waiting for a producer is not done.
+                        let seen = stats.messages.load(Ordering::Relaxed) > 0 || restored;
+                        if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
+                            a.brain.finish(&mut out);
+                            sink.publish(&mut out, None)?;
+                            save(cfg, &group, &publisher, a, &stats)?;
+                            finished = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Step::Ctl(Some(Control::Checkpoint)) => {
+                if let Some(a) = active.as_mut() {
+                    save(cfg, &group, &publisher, a, &stats)?;
+                }
+            }
+            Step::Ctl(Some(Control::Stop)) | Step::Ctl(None) => {
+                if let Some(a) = active.as_mut() {
+                    save(cfg, &group, &publisher, a, &stats)?;
+                }
+                break;
+            }
+        }
+    }
+    publisher.flush(Duration::from_secs(30))?;
+    let partitions = active
+        .as_ref()
+        .map(|a| {
+            a.assignment
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(RunReport {
+        instance: opts.instance.clone(),
+        messages: stats.messages.load(Ordering::Relaxed),
+        events: stats.events.load(Ordering::Relaxed),
+        dead_letters: stats.dead_letters.load(Ordering::Relaxed),
+        commands: stats.commands.load(Ordering::Relaxed),
+        checkpoints: stats.checkpoints.load(Ordering::Relaxed),
+        rebalances: stats.rebalances.load(Ordering::Relaxed),
+        restored_from_snapshot: restored,
+        partitions,
+        finished,
+    })
+}
+
+/// Build the state for a new assignment: restore or start fresh, and point
+/// the price consumer at the matching offsets.
+fn activate(
+    factory: &dyn BrainFactory,
+    prices: &StreamConsumer,
+    price_topic: &str,
+    plan: Plan,
+    stats: &Stats,
+) -> Result<(Active, bool), KafkaError> {
+    let restored = plan.snapshot.is_some();
+    let brain = factory
+        .create(plan.snapshot.as_ref().map(|s| &s.engine))
+        .map_err(KafkaError::Engine)?;
+    let offsets = plan
+        .snapshot
+        .as_ref()
+        .map(|s| s.offsets.clone())
+        .unwrap_or_default();
+    if let Some(s) = &plan.snapshot {
+        for (k, v) in &s.counters {
+            let c = match k.as_str() {
+                "events" => &stats.events,
+                "dead_letters" => &stats.dead_letters,
+                "commands" => &stats.commands,
+                _ => continue,
+            };
+            c.store(*v, Ordering::Relaxed);
+        }
+    }
+    let price_parts = partitions_of(prices.client(), price_topic, Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let start = |t: &str, p: i32| offsets.get(t).and_then(|m| m.get(&p)).copied();
+    for p in &price_parts {
+        let off = start(price_topic, *p)
+            .map(Offset::Offset)
+            .unwrap_or(Offset::Beginning);
+        tpl.add_partition_offset(price_topic, *p, off)?;
+    }
+    prices.assign(&tpl)?;
+    let mut all: Vec<(Tp, Option<i64>)> = plan
+        .assignment
+        .iter()
+        .map(|(t, p)| ((t.clone(), *p), start(t, *p)))
+        .collect();
+    all.extend(
+        price_parts
+            .iter()
+            .map(|p| ((price_topic.to_string(), *p), start(price_topic, *p))),
+    );
+    Ok((
+        Active {
+            assignment: plan.assignment,
+            brain,
+            merger: Merger::new(all),
+            dirty: false,
+        },
+        restored,
+    ))
+}
+
+fn seq_header(m: &BorrowedMessage<'_>) -> Option<u64> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == headers::SEQ)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
+/// headers naming the error and where it came from.
+fn dead_letter(
+    cfg: &KafkaConfig,
+    p: &Publisher,
+    m: &BorrowedMessage<'_>,
+    error: &str,
+) -> Result<(), KafkaError> {
+    let dlq = cfg.topics.dlq(m.topic());
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    tracing::warn!(
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        error,
+        "dead-lettered"
+    );
+    p.send(
+        &dlq,
+        m.key().unwrap_or(&[]),
+        m.payload().unwrap_or(&[]),
+        &[
+            (headers::DLQ_ERROR, error.as_bytes()),
+            (headers::DLQ_TOPIC, m.topic().as_bytes()),
+            (headers::DLQ_PARTITION, partition.as_bytes()),
+            (headers::DLQ_OFFSET, offset.as_bytes()),
+        ],
+        None,
+    )
+}
+
+/// Where decided commands go.
+struct Sink<'a> {
+    cfg: &'a KafkaConfig,
+    publisher: &'a Publisher,
+    scaling: String,
+    preemption: String,
+    instance: Vec<u8>,
+    stats: &'a Stats,
+}
+
+impl Sink<'_> {
+    /// Publish and clear `out`. `trigger_ts` is the produce timestamp of the
+    /// input message whose arrival made the engine decide; it travels as a
+    /// header so latency can be measured end to end.
+    fn publish(&self, out: &mut Vec<Command>, trigger_ts: Option<i64>) -> Result<(), KafkaError> {
+        let ts = trigger_ts.map(|t| t.to_string());
+        for c in out.drain(..) {
+            let topic = match c {
+                Command::Scaling(_) => &self.scaling,
+                Command::Preemption(_) => &self.preemption,
+            };
+            let value = encode_output(self.cfg, &c)?;
+            let mut h: Vec<(&str, &[u8])> = vec![
+                (headers::COMMAND_ID, c.id().as_bytes()),
+                (headers::INSTANCE, &self.instance),
+            ];
+            if let Some(ts) = &ts {
+                h.push((headers::TRIGGER_TS, ts.as_bytes()));
+            }
+            self.publisher
+                .send(topic, c.key().as_bytes(), &value, &h, None)?;
+            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn drain(
+    a: &mut Active,
+    out: &mut Vec<Command>,
+    sink: &Sink<'_>,
+    merge_idle: Duration,
+    mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+) -> Result<(), KafkaError> {
+    let now = Instant::now();
+    while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
+        a.brain.handle(&r.event, out);
+        a.dirty = true;
+        sink.stats.events.fetch_add(1, Ordering::Relaxed);
+        if let (true, Some(p)) = (
+            sink.stats.record_latency.load(Ordering::Relaxed),
+            r.produced_at,
+        ) {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+            if let Ok(mut l) = sink.stats.latencies_ms.lock() {
+                l.push(now - p as f64);
+            }
+        }
+        if !out.is_empty() {
+            sink.publish(out, r.produced_at)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checkpoint: flush commands, snapshot atomically, then commit offsets.
+fn save(
+    cfg: &KafkaConfig,
+    group: &StreamConsumer<GroupCtx>,
+    p: &Publisher,
+    a: &mut Active,
+    stats: &Stats,
+) -> Result<(), KafkaError> {
+    p.flush(Duration::from_secs(60))?;
+    let offsets = a.merger.offsets();
+    let engine = a.brain.save().map_err(KafkaError::Engine)?;
+    let counters = [
+        ("events", &stats.events),
+        ("dead_letters", &stats.dead_letters),
+        ("commands", &stats.commands),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
+    .collect();
+    let snap = Snapshot {
+        version: checkpoint::FORMAT_VERSION,
+        group: cfg.group_id.clone(),
+        assignment: a.assignment.clone(),
+        offsets: offsets.clone(),
+        engine,
+        counters,
+        written_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    checkpoint::write(
+        &checkpoint::path_for(&cfg.checkpoint_dir, &cfg.group_id, &a.assignment),
+        &snap,
+    )?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in &a.assignment {
+        if let Some(o) = offsets.get(t).and_then(|m| m.get(p)) {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+        }
+    }
+    if tpl.count() > 0 {
+        // Informational for lag monitoring: positions come from snapshots.
+        if let Err(e) = group.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed (snapshot is authoritative)");
+        }
+    }
+    a.dirty = false;
+    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
