@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Write the run report (JSON) here as well as to stdout.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` (events in by topic, DLQ, decisions) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
@@ -152,6 +155,13 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
             ensure_topics(&cfg, &names)
                 .await
                 .context("creating topics")?;
+        }
+        if let Some(addr) = args.metrics_listen {
+            let (bound, _task) =
+                prescale::telemetry::http::serve_metrics(addr, prescale::telemetry::metrics())
+                    .await
+                    .with_context(|| format!("serving /metrics on {addr}"))?;
+            eprintln!("metrics on http://{bound}/metrics");
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         // SIGINT/SIGTERM: checkpoint, then stop.

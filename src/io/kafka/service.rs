@@ -298,6 +298,7 @@ pub async fn run(
                 let value = m.payload().unwrap_or(&[]);
                 match decode_input(cfg, kind, value) {
                     Ok(ev) => {
+                        crate::telemetry::metrics().inc_events_in(topic, 1);
                         let seq = seq_header(&m);
                         let key = OrderKey::new(&ev, kind, seq, m.partition(), m.offset());
                         let ts = m.timestamp().to_millis();
@@ -306,6 +307,7 @@ pub async fn run(
                     Err(e) => {
                         dead_letter(cfg, &publisher, &m, &e.to_string())?;
                         stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        crate::telemetry::metrics().inc_dlq(topic);
                         a.merger.push_skipped(tp, m.offset(), Instant::now());
                         a.dirty = true;
                     }
@@ -513,6 +515,8 @@ impl Sink<'_> {
             self.publisher
                 .send(topic, c.key().as_bytes(), &value, &h, None)?;
             self.stats.commands.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics()
+                .inc_decision(c.key(), crate::store::points::command_kind(&c));
         }
         Ok(())
     }
