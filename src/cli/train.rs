@@ -85,15 +85,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(w) = a.window {
         cfg.window = w;
     }
-    let hist: Vec<History<'_>> = series
-        .iter()
-        .map(|s| History {
-            key: &s.key,
-            start: s.start,
-            bucket_ms,
-            values: &s.values[..cut],
-        })
-        .collect();
+    let hist: Vec<History<'_>> = series.iter().map(|s| s.history_to(cut)).collect();
     let pb = loss_bar((cfg.epochs * cfg.steps_per_epoch) as u64);
     let (model, rep) = {
         let mut cb = on_progress(&pb);

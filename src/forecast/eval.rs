@@ -134,15 +134,7 @@ pub fn evaluate(
         bucket_ms,
         ..cfg.lstm.clone()
     };
-    let train_h: Vec<History<'_>> = series
-        .iter()
-        .map(|s| History {
-            key: &s.key,
-            start: s.start,
-            bucket_ms,
-            values: &s.values[..cut],
-        })
-        .collect();
+    let train_h: Vec<History<'_>> = series.iter().map(|s| s.history_to(cut)).collect();
     let t0 = Instant::now();
     let (lstm_model, train_rep) = lstm::train(&train_h, &lcfg, cfg.device, progress)?;
     let lstm_fit = t0.elapsed().as_secs_f64();

@@ -43,6 +43,16 @@ pub struct DemandSeries {
 }
 
 impl DemandSeries {
+    /// The first `end` buckets (data before a training cut).
+    pub fn history_to(&self, end: usize) -> super::History<'_> {
+        super::History {
+            key: &self.key,
+            start: self.start,
+            bucket_ms: self.bucket_ms,
+            values: &self.values[..end],
+        }
+    }
+
     pub fn history(&self) -> super::History<'_> {
         super::History {
             key: &self.key,
