@@ -309,7 +309,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     );
     print!("{}", report.table());
     if let Some(p) = &a.json {
-        std::fs::write(p, report.to_json() + "\n")
+        write_creating_dirs(p, report.to_json() + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
@@ -317,13 +317,13 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         let svg = report
             .plot_svg()
             .map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
-        std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
+        write_creating_dirs(p, svg).with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
     if let Some(p) = &a.html {
         let page = prescale::report::html::backtest(&report)
             .map_err(|e| anyhow::anyhow!("HTML report: {e}"))?;
-        std::fs::write(p, page).with_context(|| format!("writing {}", p.display()))?;
+        write_creating_dirs(p, page).with_context(|| format!("writing {}", p.display()))?;
         println!("wrote {}", p.display());
     }
     Ok(())
@@ -336,6 +336,15 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
 /// last value before a day of history) and a floor planner that pre-boots
 /// the forecast median over the provisioning lead time on the cheapest spot
 /// pools per vCPU. Both are simple on purpose; they are replaced, not tuned.
+/// Write an output file, creating its folder first (`--json out/x.json`
+/// works in a fresh clone).
+fn write_creating_dirs(p: &std::path::Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(p, contents)
+}
+
 pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
     (forecaster(), Arc::new(interim::SpotFloor::default()))
 }
