@@ -203,6 +203,11 @@ pub async fn run(
     ];
     let kinds: BTreeMap<String, EventKind> =
         topics.inputs().into_iter().map(|(k, t)| (t, k)).collect();
+    // Counter handles looked up once: the per-message path only increments.
+    let events_in: BTreeMap<&str, _> = kinds
+        .keys()
+        .map(|t| (t.as_str(), crate::telemetry::metrics().events_in(t)))
+        .collect();
 
     let ctx = GroupCtx {
         dir: cfg.checkpoint_dir.clone(),
@@ -298,7 +303,9 @@ pub async fn run(
                 let value = m.payload().unwrap_or(&[]);
                 match decode_input(cfg, kind, value) {
                     Ok(ev) => {
-                        crate::telemetry::metrics().inc_events_in(topic, 1);
+                        if let Some(c) = events_in.get(topic) {
+                            c.inc();
+                        }
                         let seq = seq_header(&m);
                         let key = OrderKey::new(&ev, kind, seq, m.partition(), m.offset());
                         let ts = m.timestamp().to_millis();
