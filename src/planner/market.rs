@@ -127,19 +127,7 @@ pub fn offers_from_book(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::PriceTick;
-
-    fn tick(at: Millis, itype: &str, p: f64) -> PriceTick {
-        PriceTick {
-            at,
-            provider: "aws".into(),
-            region: "us-east-1".into(),
-            zone: Some("use1-az1".into()),
-            instance_type: itype.into(),
-            market: Market::Spot,
-            usd_per_hour: p,
-        }
-    }
+    use crate::pricing::book::tests::tick;
 
     #[test]
     fn stale_spot_is_priced_at_on_demand_and_reserved_added() {

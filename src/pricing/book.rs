@@ -242,10 +242,11 @@ pub fn tile_onto(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tick(at: Millis, itype: &str, p: f64) -> PriceTick {
+    /// A us-east-1 spot tick (shared by the pricing and planner tests).
+    pub(crate) fn tick(at: Millis, itype: &str, p: f64) -> PriceTick {
         PriceTick {
             at,
             provider: "aws".into(),
