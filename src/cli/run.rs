@@ -8,8 +8,11 @@ use prescale::forecast::Forecaster;
 use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
+use prescale::io::kafka::extras::{ExtrasOverrides, ServiceExtras};
+use prescale::io::kafka::observe::ObservingFactory;
 use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
 use prescale::pricing::Catalog;
+use prescale::store::StoreWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,13 +127,51 @@ pub struct RunArgs {
     /// Write the run report (JSON) here as well as to stdout.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Serve Prometheus `/metrics` (events in by topic, DLQ, decisions) on this address.
+    /// Serve Prometheus `/metrics` (events in by topic, consumer lag, DLQ,
+    /// decisions, forecast error, spend, store drops) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Prediction store (InfluxDB 2 write API) base URL; also `[store] url`
+    /// in the config file or `PRESCALE_INFLUX_URL`. Unset: no store.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
+    /// Store organisation (`[store] org`, `PRESCALE_INFLUX_ORG`).
+    #[arg(long)]
+    pub store_org: Option<String>,
+    /// Store bucket (`[store] bucket`, `PRESCALE_INFLUX_BUCKET`).
+    #[arg(long)]
+    pub store_bucket: Option<String>,
+    /// Store API token (`[store] token`, `PRESCALE_INFLUX_TOKEN`).
+    #[arg(long)]
+    pub store_token: Option<String>,
+    /// Retrain the LSTM on the service's history every this many seconds
+    /// and hot-swap it in (`[retrain] interval_s`; 0, the default, is off).
+    #[arg(long, value_name = "SECONDS")]
+    pub retrain_interval_s: Option<u64>,
+    /// Where retrained checkpoints and model cards go (`[retrain] models_dir`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn extras(&self) -> anyhow::Result<ServiceExtras> {
+        Ok(ServiceExtras::load(
+            self.kafka.config.as_deref(),
+            &ExtrasOverrides {
+                store_url: self.store_url.clone(),
+                store_org: self.store_org.clone(),
+                store_bucket: self.store_bucket.clone(),
+                store_token: self.store_token.clone(),
+                retrain_interval_s: self.retrain_interval_s,
+                models_dir: self.models_dir.clone(),
+            },
+        )?)
+    }
 }
 
 pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
     let cfg = args.kafka.load()?;
+    let extras = args.extras()?;
     let factory = engine_factory(args.catalog.as_deref(), core)?;
     let instance = args
         .instance
@@ -177,12 +218,42 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
             }
             let _ = tx.send(Control::Stop).await;
         });
+        let metrics = prescale::telemetry::metrics();
+        let (store, writer) = match &extras.store {
+            Some(sc) => {
+                let (h, w) = StoreWriter::spawn(sc.clone(), metrics)
+                    .context("configuring the prediction store")?;
+                eprintln!("writing predictions to {} (bucket {})", sc.url, sc.bucket);
+                (Some(h), Some(w))
+            }
+            None => (None, None),
+        };
+        let observed = ObservingFactory::new(factory, store, &extras.retrain, metrics);
         let stats = Arc::new(Stats::default());
-        service::run(&cfg, &factory as &dyn BrainFactory, &opts, rx, stats)
+        let report = service::run(&cfg, &observed as &dyn BrainFactory, &opts, rx, stats)
             .await
-            .context("prescale run")
+            .context("prescale run");
+        // Flush what the store writer holds (bounded), whatever the outcome.
+        let store_stats = match writer {
+            Some(w) => Some(w.shutdown(Duration::from_secs(10)).await),
+            None => None,
+        };
+        anyhow::Ok((report?, store_stats))
     })?;
-    let json = serde_json::to_string(&report)?;
+    let (report, store_stats) = report;
+    let mut json = serde_json::to_value(&report)?;
+    if let (Some(s), Some(obj)) = (store_stats, json.as_object_mut()) {
+        obj.insert(
+            "store".into(),
+            serde_json::json!({
+                "accepted": s.accepted,
+                "written": s.written,
+                "dropped_buffer_full": s.dropped_buffer_full,
+                "dropped_write_failed": s.dropped_write_failed,
+            }),
+        );
+    }
+    let json = serde_json::to_string(&json)?;
     println!("{json}");
     if let Some(p) = &args.report {
         std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;

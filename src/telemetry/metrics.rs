@@ -133,6 +133,8 @@ pub struct Metrics {
     store_points_dropped: Family<ReasonLabels, Counter>,
     store_write_errors: Counter,
     store_buffered: Gauge,
+    model_swaps: Counter,
+    retrain_failures: Counter,
     api_requests: Family<ApiLabels, Counter>,
     api_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
 }
@@ -174,6 +176,8 @@ impl Metrics {
             store_points_dropped: Family::default(),
             store_write_errors: Counter::default(),
             store_buffered: Gauge::default(),
+            model_swaps: Counter::default(),
+            retrain_failures: Counter::default(),
             api_requests: Family::default(),
             api_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         };
@@ -252,6 +256,16 @@ impl Metrics {
             "prescale_store_buffered_points",
             "Points waiting in the store writer's buffer",
             m.store_buffered.clone(),
+        );
+        r.register(
+            "prescale_model_swaps",
+            "Retrained forecasters swapped into the running service",
+            m.model_swaps.clone(),
+        );
+        r.register(
+            "prescale_retrain_failures",
+            "Retrainings that failed (the model in use was kept)",
+            m.retrain_failures.clone(),
         );
         r.register(
             "prescale_api_requests",
@@ -370,6 +384,13 @@ impl Metrics {
         }
     }
 
+    /// Show an environment's spend counter (at 0 until it accrues).
+    pub fn touch_spend(&self, compute_environment: &str) {
+        let _ = self.spend_usd.get_or_create(&EnvLabels {
+            compute_environment: lv(compute_environment),
+        });
+    }
+
     /// Set a budget ledger's allocation and spend for the current period.
     pub fn set_budget(&self, scope: &str, id: &str, allocated_usd: f64, spent_usd: f64) {
         let l = BudgetLabels {
@@ -404,6 +425,24 @@ impl Metrics {
     /// Set how many points wait in the store writer's buffer.
     pub fn set_store_buffered(&self, n: i64) {
         self.store_buffered.set(n);
+    }
+
+    /// Show both store drop reasons from the start (at 0), so a dashboard
+    /// or alert sees the series before the first drop.
+    pub fn touch_store_dropped(&self) {
+        for r in [DropReason::BufferFull, DropReason::WriteFailed] {
+            self.add_store_dropped(r, 0);
+        }
+    }
+
+    /// Count one retrained model swapped in.
+    pub fn inc_model_swap(&self) {
+        self.model_swaps.inc();
+    }
+
+    /// Count one failed retraining.
+    pub fn inc_retrain_failure(&self) {
+        self.retrain_failures.inc();
     }
 
     /// Count one HTTP API request and its latency.
@@ -461,6 +500,8 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("prescale_store_points_dropped", "counter"),
     ("prescale_store_write_errors", "counter"),
     ("prescale_store_buffered_points", "gauge"),
+    ("prescale_model_swaps", "counter"),
+    ("prescale_retrain_failures", "counter"),
     ("prescale_api_requests", "counter"),
     ("prescale_api_request_duration_seconds", "histogram"),
 ];

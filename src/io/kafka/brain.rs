@@ -56,9 +56,10 @@ impl Brain for EngineBrain {
     }
 }
 
-impl BrainFactory for EngineFactory {
-    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
-        let engine = match restore {
+impl EngineFactory {
+    /// A fresh engine, or one restored from a snapshot's engine state.
+    pub fn engine_from(&self, restore: Option<&serde_json::Value>) -> Result<Engine, String> {
+        Ok(match restore {
             None => self.engine(),
             Some(v) => {
                 let st: EngineState = serde_json::from_value(v.clone()).map_err(|e| {
@@ -72,8 +73,13 @@ impl BrainFactory for EngineFactory {
                     self.planner.clone(),
                 )
             }
-        };
-        Ok(Box::new(EngineBrain(engine)))
+        })
+    }
+}
+
+impl BrainFactory for EngineFactory {
+    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
+        Ok(Box::new(EngineBrain(self.engine_from(restore)?)))
     }
 }
 

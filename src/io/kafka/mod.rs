@@ -6,6 +6,8 @@
 //! - [`merge`]: the deterministic event-time merge across partitions that
 //!   lets a Kafka replay give exactly a file replay's commands.
 //! - [`client`], [`publish`]: rdkafka plumbing.
+//! - [`observe`], [`extras`], [`lag`]: what the service reports (prediction
+//!   store, metrics) and periodic retraining, around the engine.
 //! - [`service`]: the `prescale run` loop (consume → decode → engine →
 //!   publish, with dead letters, checkpoints and rebalances).
 
@@ -13,7 +15,10 @@ pub mod brain;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod extras;
+pub mod lag;
 pub mod merge;
+pub mod observe;
 pub mod produce;
 pub mod publish;
 pub mod service;

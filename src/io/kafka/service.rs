@@ -185,6 +185,9 @@ struct Active {
     dirty: bool,
 }
 
+/// How often the timer refreshes `prescale_consumer_lag`.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Run the service until stopped (control channel, closed channel) or, with
 /// `exit_when_idle`, until input is exhausted.
 pub async fn run(
@@ -232,6 +235,9 @@ pub async fn run(
     // The timer drains events held by the merge grace and checkpoints.
     let period = checkpoint_every.min(Duration::from_millis(cfg.merge_idle_ms.clamp(10, 1_000)));
     let mut tick = tokio::time::interval(period);
+    let mut last_lag = Instant::now()
+        .checked_sub(LAG_EVERY)
+        .unwrap_or_else(Instant::now);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sink = Sink {
         cfg,
@@ -332,6 +338,11 @@ pub async fn run(
                 tracing::warn!(error = %e, "consumer error");
             }
             Step::Tick => {
+                if last_lag.elapsed() >= LAG_EVERY {
+                    super::lag::report(&group, crate::telemetry::metrics());
+                    super::lag::report(&prices, crate::telemetry::metrics());
+                    last_lag = Instant::now();
+                }
                 if let Some(a) = active.as_mut() {
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
                     if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
