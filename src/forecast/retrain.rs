@@ -84,6 +84,12 @@ impl RetrainSchedule {
         self.next_at.is_some()
     }
 
+    /// Whether the interval has passed and nothing runs (the cheap half of
+    /// [`Self::poll`], checked before counting history).
+    pub fn due(&self, now_ms: Millis, busy: bool) -> bool {
+        self.next_at.is_some_and(|n| !busy && now_ms >= n)
+    }
+
     /// Should a retraining start now? `busy`: one is still running;
     /// `buckets`: closed buckets of history available. When it answers yes
     /// the next one is scheduled an interval later.
@@ -173,7 +179,7 @@ impl Retrainer {
     /// retraining is due, and then only the history copy happens here; the
     /// training itself runs on a blocking thread.
     pub fn maybe_start(&mut self, state: &DemandState, now_ms: Millis) -> bool {
-        if !self.schedule.enabled() {
+        if !self.schedule.due(now_ms, self.busy()) {
             return false;
         }
         let buckets = state
@@ -401,6 +407,65 @@ mod tests {
         assert!(s
             .iter()
             .all(|x| x.values.len() >= 18 && x.bucket_ms == 1000));
+    }
+
+    #[test]
+    fn successful_training_writes_checkpoint_and_card_then_swaps() {
+        use crate::forecast::{Forecaster, LstmForecaster, SeasonalNaive};
+        let metrics: &'static crate::telemetry::Metrics =
+            Box::leak(Box::new(crate::telemetry::Metrics::new()));
+        let shared = SharedForecaster::new(Arc::new(SeasonalNaive::default()));
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f64> = (0..160)
+            .map(|i| 10.0 + 5.0 * ((i as f64) * 0.3).sin())
+            .collect();
+        let job = Job {
+            series: vec![DemandSeries {
+                key: "a/vcpus".into(),
+                environment: "a".into(),
+                metric: Metric::Vcpus,
+                start: 0,
+                bucket_ms: 300_000,
+                values: values.clone(),
+            }],
+            lstm: LstmConfig {
+                window: 12,
+                horizon: 3,
+                hidden: 4,
+                head_hidden: 4,
+                epochs: 1,
+                steps_per_epoch: 2,
+                batch: 8,
+                season: 24,
+                ..LstmConfig::default()
+            },
+            dir: dir.path().join("r"),
+            model: shared.clone(),
+            busy: Arc::new(AtomicBool::new(true)),
+            metrics,
+        };
+        job.run();
+        assert_eq!(shared.current().name(), "lstm");
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("r/model_card.json")).unwrap())
+                .unwrap();
+        assert_eq!(card["data"]["series"][0], "a/vcpus");
+        assert_eq!(card["window"]["horizon_buckets"], 3);
+        // the checkpoint on disk is the model in use
+        let loaded = LstmForecaster::load(&dir.path().join("r/model.json")).unwrap();
+        let h = History {
+            key: "a",
+            start: 0,
+            bucket_ms: 300_000,
+            values: &values,
+        };
+        assert_eq!(
+            loaded.forecast(&h, 3, &[0.1, 0.5, 0.9]),
+            shared.forecast(&h, 3, &[0.1, 0.5, 0.9])
+        );
+        let text = metrics.render();
+        assert!(text.contains("prescale_model_swaps_total 1"), "{text}");
+        assert!(text.contains("prescale_retrain_failures_total 0"), "{text}");
     }
 
     #[test]

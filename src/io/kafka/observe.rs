@@ -200,6 +200,10 @@ impl Brain for ObservingBrain {
         serde_json::to_value(self.engine.state())
             .map_err(|e| format!("serialising engine state: {e}"))
     }
+
+    fn on_timer(&mut self) {
+        self.maybe_retrain();
+    }
 }
 
 impl ObservingBrain {
@@ -258,16 +262,21 @@ impl ObservingBrain {
                     ));
                 }
             }
-            if let Some(r) = &self.retrainer {
-                let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
-                r.maybe_start(
-                    &self.engine.state().demand,
-                    chrono::Utc::now().timestamp_millis(),
-                );
-            }
+            self.maybe_retrain();
         }
         if let Some(s) = &self.store {
             s.write_all(pts);
+        }
+    }
+
+    /// Start a retraining on the engine's history when one is due.
+    fn maybe_retrain(&mut self) {
+        if let Some(r) = &self.retrainer {
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            r.maybe_start(
+                &self.engine.state().demand,
+                chrono::Utc::now().timestamp_millis(),
+            );
         }
     }
 

@@ -46,6 +46,9 @@ pub trait Brain: Send {
     /// buckets decide, as a file replay does at end of file.
     fn finish(&mut self, out: &mut Vec<Command>);
     fn save(&self) -> Result<serde_json::Value, String>;
+    /// The loop's timer fired (wall-clock work such as periodic
+    /// retraining, which must not wait for input to arrive).
+    fn on_timer(&mut self) {}
 }
 
 /// Makes brains: fresh, or restored from a snapshot's engine state.
@@ -344,6 +347,7 @@ pub async fn run(
                     last_lag = Instant::now();
                 }
                 if let Some(a) = active.as_mut() {
+                    a.brain.on_timer();
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
                     if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
                         save(cfg, &group, &publisher, a, &stats)?;
