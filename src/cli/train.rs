@@ -7,7 +7,9 @@ use super::forecast::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prescale::forecast::lstm::{self, DeviceChoice, LstmConfig};
+use prescale::forecast::series::{series_from_points, DemandSeries, Metric, StoredPoints};
 use prescale::forecast::History;
+use prescale::store::{demand_fields_blocking, StoreConfig, StoreFlavor};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -15,8 +17,36 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// SWF log (plain or .gz), events file or Alibaba pod CSV.
+    #[arg(
+        long,
+        required_unless_present = "from_store",
+        conflicts_with = "from_store"
+    )]
+    pub trace: Option<PathBuf>,
+    /// Train on the observed demand `prescale run` wrote to a prediction
+    /// store at this URL instead of a trace (measurement `demand`, see
+    /// docs/telemetry.md).
+    #[arg(long, value_name = "URL")]
+    pub from_store: Option<String>,
+    /// Which server `--from-store` is: a real InfluxDB 2 (Flux) or
+    /// VictoriaMetrics (its export API).
+    #[arg(long, value_enum, default_value = "influxdb2")]
+    pub store_flavor: StoreFlavorArg,
+    /// InfluxDB organisation (default `PRESCALE_INFLUX_ORG` or `prescale`).
     #[arg(long)]
-    pub trace: PathBuf,
+    pub store_org: Option<String>,
+    /// InfluxDB bucket (default `PRESCALE_INFLUX_BUCKET` or `prescale`).
+    #[arg(long)]
+    pub store_bucket: Option<String>,
+    /// InfluxDB token (default `PRESCALE_INFLUX_TOKEN` / `INFLUX_TOKEN`).
+    #[arg(long)]
+    pub store_token: Option<String>,
+    /// First point to read from the store: epoch ms or RFC 3339 (default: all).
+    #[arg(long)]
+    pub store_start: Option<String>,
+    /// Last point to read from the store: epoch ms or RFC 3339 (default: now).
+    #[arg(long)]
+    pub store_end: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub format: TraceFormat,
     /// Output directory: `model.json` (checkpoint) and `model_card.json`.
@@ -54,16 +84,111 @@ pub struct TrainArgs {
     pub last_days: Option<f64>,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StoreFlavorArg {
+    Influxdb2,
+    VictoriaMetrics,
+}
+
+/// Where the training history came from (for the model card).
+enum Source {
+    Trace { path: PathBuf, events: usize },
+    Store { url: String, bucket: String },
+}
+
+/// Epoch ms, or an RFC 3339 time.
+fn parse_time_ms(s: &str) -> Result<i64> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| d.timestamp_millis())
+        .with_context(|| format!("bad time {s:?}: expected epoch ms or RFC 3339"))
+}
+
+/// The demand series `prescale run` stored, on the `bucket_ms` grid.
+fn store_series(
+    a: &TrainArgs,
+    url: &str,
+    bucket_ms: i64,
+) -> Result<(Vec<DemandSeries>, StoreConfig)> {
+    let env = StoreConfig::from_env();
+    let d = StoreConfig::default();
+    let pick = |flag: &Option<String>, env: Option<&String>, def: &str| {
+        flag.clone()
+            .or_else(|| env.cloned())
+            .unwrap_or_else(|| def.to_string())
+    };
+    let cfg = StoreConfig {
+        url: url.to_string(),
+        org: pick(&a.store_org, env.as_ref().map(|e| &e.org), &d.org),
+        bucket: pick(&a.store_bucket, env.as_ref().map(|e| &e.bucket), &d.bucket),
+        token: pick(&a.store_token, env.as_ref().map(|e| &e.token), ""),
+        ..d
+    };
+    let start = a.store_start.as_deref().map(parse_time_ms).transpose()?;
+    let end = a.store_end.as_deref().map(parse_time_ms).transpose()?;
+    let flavor = match a.store_flavor {
+        StoreFlavorArg::Influxdb2 => StoreFlavor::Influxdb2,
+        StoreFlavorArg::VictoriaMetrics => StoreFlavor::VictoriaMetrics,
+    };
+    let metrics: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| a.metrics.iter().any(|x| x == m.as_str()))
+        .collect();
+    let fields: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
+    let hist = demand_fields_blocking(
+        &cfg,
+        flavor,
+        &fields,
+        start.unwrap_or(0),
+        end.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+    )
+    .with_context(|| format!("reading demand history from {url}"))?;
+    let points: Vec<StoredPoints> = metrics
+        .iter()
+        .zip(hist)
+        .flat_map(|(m, h)| h.into_iter().map(move |(env, p)| (env, *m, p)))
+        .collect();
+    Ok((series_from_points(&points, bucket_ms), cfg))
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let bucket_ms = parse_duration_ms(&a.bucket)?;
     let horizon_ms = parse_duration_ms(&a.horizon)?;
     let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
-    let events = load_events(&a.trace, a.format, a.skip_bad)?;
-    let mut series = series_for(&events, bucket_ms, &a.metrics);
+    let (mut series, source) = match (&a.trace, &a.from_store) {
+        (Some(trace), _) => {
+            let events = load_events(trace, a.format, a.skip_bad)?;
+            let series = series_for(&events, bucket_ms, &a.metrics);
+            let src = Source::Trace {
+                path: trace.clone(),
+                events: events.len(),
+            };
+            (series, src)
+        }
+        (None, Some(url)) => {
+            let (series, cfg) = store_series(&a, url, bucket_ms)?;
+            let src = Source::Store {
+                url: cfg.url,
+                bucket: cfg.bucket,
+            };
+            (series, src)
+        }
+        (None, None) => bail!("give --trace PATH or --from-store URL"),
+    };
     trim_last_days(&mut series, a.last_days);
     if series.is_empty() {
-        bail!("{}: no demand series in the trace", a.trace.display());
+        match &source {
+            Source::Trace { path, .. } => {
+                bail!("{}: no demand series in the trace", path.display())
+            }
+            Source::Store { url, bucket } => bail!(
+                "{url} (bucket {bucket}): no `demand` points in the time range; \
+                 does `prescale run` write there (see docs/telemetry.md)?"
+            ),
+        }
     }
     let n = series.iter().map(|s| s.values.len()).min().unwrap_or(0);
     let cut = ((n as f64) * a.train_frac.clamp(0.05, 1.0)).floor() as usize;
@@ -95,18 +220,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ck = a.out.join("model.json");
     model.save(&ck)?;
-    let trace_sha = std::fs::read(&a.trace)
-        .map(|b| hex::encode(Sha256::digest(b)))
-        .unwrap_or_default();
+    let source_json = match &source {
+        Source::Trace { path, events } => json!({
+            "trace": path.display().to_string(),
+            "trace_sha256": std::fs::read(path)
+                .map(|b| hex::encode(Sha256::digest(b)))
+                .unwrap_or_default(),
+            "events": events,
+        }),
+        Source::Store { url, bucket } => json!({
+            "store": url,
+            "store_bucket": bucket,
+            "measurement": "demand",
+        }),
+    };
     let start = series[0].start;
-    let card = json!({
+    let mut card = json!({
         "model": "prescale shared LSTM, pinball loss, calibrated quantiles",
         "checkpoint": "model.json",
         "prescale_version": env!("CARGO_PKG_VERSION"),
         "data": {
-            "trace": a.trace.display().to_string(),
-            "trace_sha256": trace_sha,
-            "events": events.len(),
             "series": series.iter().map(|s| s.key.clone()).collect::<Vec<_>>(),
             "bucket_ms": bucket_ms,
             "buckets": n,
@@ -137,6 +270,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "train_s": rep.train_s,
         },
     });
+    if let (Some(data), Some(src)) = (card["data"].as_object_mut(), source_json.as_object()) {
+        data.extend(src.clone());
+    }
     std::fs::write(
         a.out.join("model_card.json"),
         serde_json::to_string_pretty(&card)?,

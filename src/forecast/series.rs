@@ -118,6 +118,62 @@ pub fn demand_series(events: &[Event], bucket_ms: i64) -> Vec<DemandSeries> {
     out
 }
 
+/// Stored points of one environment and metric: `(environment, metric,
+/// [(epoch ms, value)])`.
+pub type StoredPoints = (String, Metric, Vec<(Millis, f64)>);
+
+/// Series from stored points (`prescale train --from-store`):
+/// `(environment, metric, [(epoch ms, value)])` put on one bucket grid of
+/// `bucket_ms` that starts at the earliest point's bucket. A bucket holds
+/// the mean of the points inside it (stored points of the same width map one
+/// to one; finer ones are averaged, which is the time average for equal
+/// spacing); buckets with no point are 0, as [`demand_series`] pads. Series
+/// that are all zero are left out.
+pub fn series_from_points(points: &[StoredPoints], bucket_ms: i64) -> Vec<DemandSeries> {
+    let bucket_ms = bucket_ms.max(1);
+    let times = points.iter().flat_map(|(_, _, p)| p.iter().map(|x| x.0));
+    let (Some(first), Some(last)) = (times.clone().min(), times.max()) else {
+        return Vec::new();
+    };
+    let start = first.div_euclid(bucket_ms) * bucket_ms;
+    let n = ((last.div_euclid(bucket_ms) * bucket_ms - start) / bucket_ms + 1) as usize;
+    let mut out = Vec::new();
+    for (env, metric, pts) in points {
+        let mut sum = vec![0.0; n];
+        let mut count = vec![0u32; n];
+        for (t, v) in pts {
+            if !v.is_finite() {
+                continue;
+            }
+            let i = ((t.div_euclid(bucket_ms) * bucket_ms - start) / bucket_ms) as usize;
+            sum[i] += v;
+            count[i] += 1;
+        }
+        let values: Vec<f64> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, c)| if *c > 0 { s / *c as f64 } else { 0.0 })
+            .collect();
+        if values.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        out.push(DemandSeries {
+            key: format!("{env}/{}", metric.as_str()),
+            environment: env.clone(),
+            metric: *metric,
+            start,
+            bucket_ms,
+            values,
+        });
+    }
+    out.sort_by(|a, b| {
+        a.environment
+            .cmp(&b.environment)
+            .then(a.metric.cmp(&b.metric))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +226,30 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].key, "q/vcpus");
         assert_eq!(s[0].values, vec![4.0, 4.0 + 1.0, 2.0 + 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn stored_points_go_on_one_grid() {
+        let pts = vec![
+            // environment b starts later and has a gap
+            ("b".to_string(), Metric::Vcpus, vec![(20, 2.0), (40, 4.0)]),
+            // a: two points per bucket of 10 are averaged
+            (
+                "a".to_string(),
+                Metric::Vcpus,
+                vec![(0, 1.0), (5, 3.0), (10, 5.0), (30, 1.0)],
+            ),
+            ("a".to_string(), Metric::Gpus, vec![(0, 0.0), (10, 0.0)]),
+            ("a".to_string(), Metric::MemoryMib, vec![(12, 8.0)]),
+        ];
+        let s = series_from_points(&pts, 10);
+        let keys: Vec<&str> = s.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, ["a/vcpus", "a/memory_mib", "b/vcpus"]);
+        assert!(s.iter().all(|x| x.start == 0 && x.values.len() == 5));
+        assert_eq!(s[0].values, vec![2.0, 5.0, 0.0, 1.0, 0.0]);
+        assert_eq!(s[1].values, vec![0.0, 8.0, 0.0, 0.0, 0.0]);
+        assert_eq!(s[2].values, vec![0.0, 0.0, 2.0, 0.0, 4.0]);
+        assert!(series_from_points(&[], 10).is_empty());
     }
 
     #[test]

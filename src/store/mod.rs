@@ -19,8 +19,9 @@ pub mod writer;
 
 pub use points::measurement;
 pub use reader::{
-    demand_history_blocking, read_demand_history, DemandHistory, InfluxReader, Series, SeriesQuery,
-    StoreFlavor, StoreReader, VictoriaMetricsReader,
+    demand_fields_blocking, demand_history_blocking, read_demand_field, read_demand_history,
+    DemandHistory, InfluxReader, Series, SeriesQuery, StoreFlavor, StoreReader,
+    VictoriaMetricsReader,
 };
 pub use writer::{Overflow, StoreConfig, StoreHandle, StoreStats, StoreWriter};
 

@@ -73,8 +73,20 @@ pub async fn read_demand_history<R: StoreReader + Sync>(
     start: Millis,
     end: Millis,
 ) -> Result<DemandHistory, StoreError> {
+    read_demand_field(reader, "vcpus", start, end).await
+}
+
+/// One field of the observed `demand` measurement (`vcpus`, `memory_mib`,
+/// `gpus`, `submissions`) per compute environment in `[start, end]`, shaped
+/// as [`read_demand_history`].
+pub async fn read_demand_field<R: StoreReader + Sync>(
+    reader: &R,
+    field: &str,
+    start: Millis,
+    end: Millis,
+) -> Result<DemandHistory, StoreError> {
     let series = reader
-        .read(&SeriesQuery::new(measurement::DEMAND, "vcpus", start, end))
+        .read(&SeriesQuery::new(measurement::DEMAND, field, start, end))
         .await?;
     let mut by_env: BTreeMap<String, Vec<(Millis, f64)>> = BTreeMap::new();
     for s in series {
@@ -115,6 +127,20 @@ pub fn demand_history_blocking(
     start: Millis,
     end: Millis,
 ) -> Result<DemandHistory, StoreError> {
+    let mut v = demand_fields_blocking(cfg, flavor, &["vcpus"], start, end)?;
+    Ok(v.pop().unwrap_or_default())
+}
+
+/// Blocking read of several `demand` fields (one [`DemandHistory`] per
+/// field, in the order asked), on one private current-thread runtime. Call
+/// it from synchronous code only (not inside a tokio runtime).
+pub fn demand_fields_blocking(
+    cfg: &super::StoreConfig,
+    flavor: StoreFlavor,
+    fields: &[&str],
+    start: Millis,
+    end: Millis,
+) -> Result<Vec<DemandHistory>, StoreError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,16 +149,20 @@ pub fn demand_history_blocking(
             reason: e.to_string(),
         })?;
     rt.block_on(async {
-        match flavor {
-            StoreFlavor::Influxdb2 => {
-                let r = InfluxReader::new(&cfg.url, &cfg.org, &cfg.token, &cfg.bucket);
-                read_demand_history(&r, start, end).await
-            }
-            StoreFlavor::VictoriaMetrics => {
-                let r = VictoriaMetricsReader::new(&cfg.url);
-                read_demand_history(&r, start, end).await
-            }
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields {
+            out.push(match flavor {
+                StoreFlavor::Influxdb2 => {
+                    let r = InfluxReader::new(&cfg.url, &cfg.org, &cfg.token, &cfg.bucket);
+                    read_demand_field(&r, f, start, end).await?
+                }
+                StoreFlavor::VictoriaMetrics => {
+                    let r = VictoriaMetricsReader::new(&cfg.url);
+                    read_demand_field(&r, f, start, end).await?
+                }
+            });
         }
+        Ok(out)
     })
 }
 
