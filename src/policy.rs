@@ -436,7 +436,7 @@ pub(crate) fn backticked_after(s: &str, marker: &str) -> Option<String> {
     Some(s[start..end].to_string())
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;

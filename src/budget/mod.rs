@@ -21,6 +21,9 @@ use crate::policy::OverBudget;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod file;
+pub use file::{BudgetFile, BudgetFileError};
+
 const EPS: f64 = 1e-9;
 const HOUR_MS: f64 = 3_600_000.0;
 const DAY_MS: i64 = 86_400_000;
@@ -76,6 +79,17 @@ impl Period {
                     .map(|x| x.timestamp_millis())
                     .unwrap_or(t)
             }
+        }
+    }
+
+    /// End (exclusive) of the window starting at `start` (`Total`: never).
+    pub fn window_end(self, start: Millis) -> Millis {
+        match self {
+            Period::Total => i64::MAX,
+            Period::Day => start + DAY_MS,
+            Period::Week => start + 7 * DAY_MS,
+            // 32 days after a month's start always lies in the next month.
+            Period::Month => Period::Month.window_start(start + 32 * DAY_MS),
         }
     }
 
