@@ -215,7 +215,10 @@ usd = 3.5
     fn invalid_files_name_file_key_and_reason() {
         let bad = |t: &str| BudgetFile::from_toml_str(t, "b.toml").unwrap_err();
         let e = bad("[project.p]\nusd = -1\n");
-        assert_eq!((e.file.as_str(), e.key.as_str()), ("b.toml", "project.p.usd"));
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("b.toml", "project.p.usd")
+        );
         assert!(e.to_string().contains(">= 0"), "{e}");
         let e = bad("[project.p]\nusd = \"ten\"\n");
         assert_eq!(e.key, "project.p.usd");

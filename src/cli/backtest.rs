@@ -8,6 +8,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use prescale::budget::BudgetFile;
 use prescale::engine::{CapacityPlanner, Engine, EngineConfig};
 use prescale::events::file::{is_events_file, read_events};
 use prescale::events::{Event, PriceTick};
@@ -86,6 +87,14 @@ pub struct BacktestArgs {
     /// Import at most this many jobs of an SWF trace.
     #[arg(long)]
     pub max_jobs: Option<usize>,
+    /// Budget allocations (TOML: `[project.<id>]` / `[user.<id>]` /
+    /// `[job.<id>]` tables with `usd` and optional `period` = total, day,
+    /// week or month). Given to the engine at the trace start; predictive and
+    /// oracle then run in a closed loop with the simulator and obey its
+    /// QUEUE/PREEMPT/RESUME commands, reactive and static ignore budgets.
+    /// The report adds budget_overrun_usd, budget_preemptions, etc.
+    #[arg(long, value_name = "FILE")]
+    pub budgets: Option<PathBuf>,
 }
 
 /// A trace, prices and catalogue ready to replay.
@@ -248,6 +257,10 @@ pub fn make_engine(catalog: Arc<Catalog>, forecaster: Option<Arc<dyn Forecaster>
 
 pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     let policies = PolicyKind::parse_list(&a.policies)?;
+    let budgets = match &a.budgets {
+        Some(p) => BudgetFile::load(p)?.allocations,
+        None => Vec::new(),
+    };
     if policies.is_empty() {
         bail!("--policies: name at least one of reactive, static, predictive, oracle");
     }
@@ -284,6 +297,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         source: &source,
         oracle: Some(oracle),
         trace,
+        budgets: &budgets,
     };
     let bar = ProgressBar::new(policies.len() as u64);
     bar.set_style(
@@ -308,6 +322,9 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         t.seed
     );
     print!("{}", report.table());
+    if !budgets.is_empty() {
+        print!("{}", report.budget_table());
+    }
     if let Some(p) = &a.json {
         write_creating_dirs(p, report.to_json() + "\n")
             .with_context(|| format!("writing {}", p.display()))?;

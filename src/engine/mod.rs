@@ -7,8 +7,10 @@
 //! forecast demand over the horizon, ask the planner for capacity and an
 //! instance mix, and emit a [`ScalingCommand`] when the decision changed.
 
-use crate::budget::Ledger;
-use crate::events::{command_id, Command, Event, Millis, QuantileValue, ScalingCommand};
+use crate::budget::{Ledger, Verdict};
+use crate::events::{
+    command_id, Command, Event, Millis, PreemptionAction, QuantileValue, ScalingCommand,
+};
 use crate::forecast::{Forecast, Forecaster, History};
 use crate::planner::{expected_job_cost, PreviousPlan};
 use crate::policy::{EnvPolicy, OverBudget};
@@ -33,6 +35,17 @@ pub struct EngineConfig {
     /// USD per vCPU-hour assumed for a job's expected cost before the
     /// environment has a plan (about on-demand general purpose).
     pub default_usd_per_vcpu_hour: f64,
+    /// The least USD per vCPU-hour budgets are charged, whatever the plan's
+    /// rate: work planned on spot may still run on on-demand (a reclaimed
+    /// job's retry, a job too long to be worth spot, a burst beyond the
+    /// mix), and a budget charged below what the work really costs would be
+    /// overrun before the ledger notices. About on-demand general purpose.
+    #[serde(default = "default_budget_floor")]
+    pub budget_floor_usd_per_vcpu_hour: f64,
+}
+
+fn default_budget_floor() -> f64 {
+    0.048
 }
 
 impl Default for EngineConfig {
@@ -44,6 +57,7 @@ impl Default for EngineConfig {
             max_history_buckets: 7 * 288,
             lead_time_ms: 10 * 60_000,
             default_usd_per_vcpu_hour: 0.048,
+            budget_floor_usd_per_vcpu_hour: default_budget_floor(),
         }
     }
 }
@@ -136,7 +150,12 @@ impl Engine {
             last: BTreeMap::new(),
             previous: BTreeMap::new(),
             usd_per_vcpu_hour: BTreeMap::new(),
-            ledger: Ledger::default(),
+            // Look one decision tick ahead: spend accrues between ticks, so
+            // work is stopped before, not after, its scope overruns.
+            ledger: Ledger {
+                lookahead_ms: cfg.state.bucket_ms,
+                ..Ledger::default()
+            },
             counters: EngineCounters::default(),
         };
         Self::restore(cfg, st, catalog, forecaster, planner)
@@ -199,12 +218,7 @@ impl Engine {
             Event::JobSubmitted(j)
                 if applied == Applied::Accepted && !self.st.ledger.accounts.is_empty() =>
             {
-                let rate = self
-                    .st
-                    .usd_per_vcpu_hour
-                    .get(&j.compute_environment)
-                    .copied()
-                    .unwrap_or(self.cfg.default_usd_per_vcpu_hour);
+                let rate = self.env_rate(&j.compute_environment);
                 let cost = expected_job_cost(j.vcpus, j.estimated_runtime_s, rate);
                 let over = self
                     .planner
@@ -212,10 +226,14 @@ impl Engine {
                     .map_or(OverBudget::Queue, |p| p.over_budget);
                 let d = self.st.ledger.on_submit(j, cost, over);
                 // prescale provisions ahead of demand, so admitted work is
-                // charged as running from submission.
-                self.st
-                    .ledger
-                    .on_start(&j.job_id, j.submitted_at, j.vcpus * rate);
+                // charged as running from submission (queue wait included:
+                // an upper bound on the time it is billed). Held work is not
+                // charged until it is resumed.
+                if d.verdict == Verdict::Admit {
+                    self.st
+                        .ledger
+                        .on_start(&j.job_id, j.submitted_at, j.vcpus * rate);
+                }
                 if let Some(c) = d.command {
                     self.st.counters.preemption_commands += 1;
                     out.push(Command::Preemption(c));
@@ -264,6 +282,12 @@ impl Engine {
         if !self.st.ledger.accounts.is_empty() {
             self.st.ledger.accrue(now);
             for c in self.st.ledger.enforce(now) {
+                if c.action == PreemptionAction::Resume {
+                    // Resumed work is charged as running again from now.
+                    let rate = self.env_rate(&c.compute_environment);
+                    let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
+                    self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
+                }
                 self.st.counters.preemption_commands += 1;
                 out.push(Command::Preemption(c));
             }
@@ -345,6 +369,18 @@ impl Engine {
 }
 
 impl Engine {
+    /// USD per vCPU-hour the ledger charges work in `env`: the current
+    /// plan's (the configured default before the first plan), never below
+    /// `budget_floor_usd_per_vcpu_hour`.
+    fn env_rate(&self, env: &str) -> f64 {
+        self.st
+            .usd_per_vcpu_hour
+            .get(env)
+            .copied()
+            .unwrap_or(self.cfg.default_usd_per_vcpu_hour)
+            .max(self.cfg.budget_floor_usd_per_vcpu_hour)
+    }
+
     /// The budget headroom of the projects and users with work in `env`.
     fn budget_headroom(&self, env: &str, now: Millis) -> Option<f64> {
         if self.st.ledger.accounts.is_empty() {

@@ -28,11 +28,23 @@
 //! - **Floors** (predictive/oracle): a command sets, per pool, a number of
 //!   instances kept alive whether busy or not (pre-booted capacity); spot
 //!   floor instances that are reclaimed are replaced.
+//! - **Budget commands** (predictive/oracle with budgets, applied by the
+//!   closed-loop runner through [`Cluster::apply_preemption`]): QUEUE holds
+//!   a job out of the queue until a RESUME (forever without one); PREEMPT
+//!   stops a running job and holds it (an elastic job keeps its progress, a
+//!   rigid one restarts from zero, as after a spot reclaim) or holds a job
+//!   that has not started; RESUME puts a held job back in the queue; MIGRATE
+//!   moves a running elastic job onto ready instances that are cheaper per
+//!   vCPU, when there are such instances with room (otherwise it stays).
+//! - **Spend per job** (for budgets): while a job runs it is charged its
+//!   vCPU share of each instance it occupies (`part vCPUs / instance vCPUs ×
+//!   price`), recorded as [`SpendSegment`]s; idle, booting and floor
+//!   capacity is the environment's overhead, charged to no budget.
 
 use super::prices::SimPrices;
 use super::trace::SimJob;
 use super::SimConfig;
-use crate::events::{Market, Millis};
+use crate::events::{Market, Millis, PreemptionAction};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -123,6 +135,53 @@ pub struct RunStats {
     pub sim_events: u64,
     pub end: Millis,
     pub series: Series,
+    /// What each job ran on, for budget accounting.
+    pub spend: Vec<SpendSegment>,
+    /// Running jobs stopped by a budget PREEMPT command.
+    pub budget_preemptions: u64,
+    /// Jobs held by a budget command (QUEUE, or PREEMPT before they
+    /// started) at least once.
+    pub budget_held: u64,
+    /// Elastic jobs moved to cheaper capacity by MIGRATE.
+    pub migrations: u64,
+}
+
+/// A stretch of time one part of a job ran on one instance: the job is
+/// charged `share ×` the instance's price over `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpendSegment {
+    /// Index of the job in the cluster's job list.
+    pub job: u32,
+    pub start: Millis,
+    pub end: Millis,
+    pub pool: usize,
+    /// Part vCPUs over the instance's vCPUs.
+    pub share: f64,
+}
+
+impl SpendSegment {
+    /// USD of the part of the segment inside `[from, to)`.
+    pub fn cost_within(&self, prices: &SimPrices, from: Millis, to: Millis) -> f64 {
+        let (a, b) = (self.start.max(from), self.end.min(to));
+        if b <= a {
+            return 0.0;
+        }
+        self.share * prices.pools[self.pool].curve.integral(a, b)
+    }
+}
+
+/// A job the simulator finished (the closed-loop runner turns it into the
+/// `JobCompleted` event the engine sees).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimCompletion {
+    /// Index of the job in the cluster's job list.
+    pub job: u32,
+    pub first_start: Millis,
+    pub finished_at: Millis,
+    /// Pool of the instance it finished on.
+    pub pool: Option<usize>,
+    /// vCPU-seconds it ran, lost work included.
+    pub vcpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +249,13 @@ struct JobState {
     /// Spot interruptions suffered; past `SimConfig::spot_retries` the job
     /// only runs on on-demand capacity.
     interrupted: u32,
+    /// Held by a budget command (QUEUE / PREEMPT) until RESUME.
+    held: bool,
+    held_once: bool,
+    submitted: bool,
+    /// Milliseconds run so far, lost work included.
+    ran_ms: i64,
+    last_pool: Option<usize>,
     /// Spot is worth it for this job: its expected cost on spot, restarts
     /// included, is below on-demand (see [`spot_worth_it`]).
     spot_ok: bool,
@@ -291,6 +357,11 @@ pub struct Cluster<'a> {
     dirty: bool,
     stats: RunStats,
     cost_closed: f64,
+    /// Time of the last processed event.
+    now: Millis,
+    /// The run is over (see [`Cluster::advance`]).
+    done: bool,
+    completions: Vec<SimCompletion>,
 }
 
 impl<'a> Cluster<'a> {
@@ -326,6 +397,11 @@ impl<'a> Cluster<'a> {
                 finished: None,
                 queued: false,
                 interrupted: 0,
+                held: false,
+                held_once: false,
+                submitted: false,
+                ran_ms: 0,
+                last_pool: None,
                 spot_ok: spot_worth_it(
                     j.est_runtime_ms,
                     j.elastic,
@@ -369,6 +445,9 @@ impl<'a> Cluster<'a> {
                 ..Default::default()
             },
             cost_closed: 0.0,
+            now: Millis::MIN,
+            done: false,
+            completions: Vec::new(),
         }
     }
 
@@ -383,6 +462,14 @@ impl<'a> Cluster<'a> {
 
     /// Run to completion and return the measurements.
     pub fn run(mut self) -> RunStats {
+        self.start();
+        self.advance(Millis::MAX);
+        self.finish()
+    }
+
+    /// Seed the event queue: submissions, the static fleet or the command
+    /// schedule, the first sample. Call once, before [`Cluster::advance`].
+    pub fn start(&mut self) {
         for i in 0..self.jobs.len() {
             let t = self.jobs[i].submit;
             self.push(t, Ev::Submit(i as u32));
@@ -409,19 +496,40 @@ impl<'a> Cluster<'a> {
         }
         let s0 = self.stats.series.start;
         self.push(s0, Ev::Sample);
+    }
 
-        let mut now = Millis::MIN;
-        while let Some(Reverse((t, rank, _, ev))) = self.heap.pop() {
-            // Past the trace with nothing running or booting and the
-            // scheduler settled, no job can start any more: the run is over
-            // (what remains are idle checks, samples and floor churn).
-            if (t > self.horizon && self.running_jobs == 0 && self.booting == 0 && !self.dirty)
-                || t > self.horizon.saturating_add(self.cfg.max_tail_ms)
-            {
-                self.heap.push(Reverse((t, rank, 0, ev)));
+    /// Past the trace with nothing running or booting and the scheduler
+    /// settled, no job can start any more: the run is over (what remains
+    /// are idle checks, samples and floor churn).
+    fn over(&self, t: Millis) -> bool {
+        (t > self.horizon && self.running_jobs == 0 && self.booting == 0 && !self.dirty)
+            || t > self.horizon.saturating_add(self.cfg.max_tail_ms)
+    }
+
+    /// Time of the next event to process; None once the run is over.
+    pub fn next_time(&mut self) -> Option<Millis> {
+        if self.done {
+            return None;
+        }
+        let t = self.heap.peek().map(|Reverse((t, ..))| *t)?;
+        if self.over(t) {
+            self.done = true;
+            return None;
+        }
+        Some(t)
+    }
+
+    /// Process every event at or before `until` (stops early when the run
+    /// is over). Finished jobs are kept for [`Cluster::take_completions`].
+    pub fn advance(&mut self, until: Millis) {
+        while let Some(t) = self.next_time() {
+            if t > until {
                 break;
             }
-            now = t;
+            let Some(Reverse((t, rank, _, ev))) = self.heap.pop() else {
+                break;
+            };
+            self.now = t;
             self.stats.sim_events += 1;
             match ev {
                 Ev::Submit(j) => self.on_submit(j),
@@ -441,11 +549,154 @@ impl<'a> Cluster<'a> {
                 self.schedule(t);
             }
         }
+    }
+
+    /// Jobs finished since the last call, in finishing order.
+    pub fn take_completions(&mut self) -> Vec<SimCompletion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// The jobs this cluster runs (indices of [`SpendSegment::job`] etc.).
+    pub fn jobs(&self) -> &[&'a SimJob] {
+        &self.jobs
+    }
+
+    /// End the run and return the measurements.
+    pub fn finish(self) -> RunStats {
+        let now = self.now;
         self.close(now)
+    }
+
+    /// Apply a scaling decision now (the closed-loop runner's way of giving
+    /// commands as they are issued, instead of a schedule known up front).
+    pub fn apply_floor(&mut self, t: Millis, cmd: &FloorCommand) {
+        self.set_floor(cmd);
+        self.settle(t);
+    }
+
+    /// Apply a budget command to job `j` (index in [`Cluster::jobs`]) at
+    /// `t`. Returns whether it changed anything (a RESUME of a job that is
+    /// not held, a command for a finished job, or a MIGRATE with no cheaper
+    /// room do not).
+    pub fn apply_preemption(&mut self, t: Millis, j: u32, action: PreemptionAction) -> bool {
+        let ji = j as usize;
+        if ji >= self.js.len() || self.js[ji].finished.is_some() {
+            return false;
+        }
+        let changed = match action {
+            PreemptionAction::Queue | PreemptionAction::Preempt => {
+                if !self.js[ji].placed.is_empty() {
+                    let ran = t - self.js[ji].run_start;
+                    self.stop_job(t, j);
+                    let elastic = self.jobs[ji].elastic;
+                    let s = &mut self.js[ji];
+                    s.remaining_ms = if elastic {
+                        (s.remaining_ms - ran).max(0)
+                    } else {
+                        self.jobs[ji].runtime_ms
+                    };
+                    self.stats.budget_preemptions += 1;
+                } else if self.js[ji].queued {
+                    self.dequeue(j);
+                }
+                let s = &mut self.js[ji];
+                let was = s.held;
+                s.held = true;
+                if !s.held_once {
+                    s.held_once = true;
+                    self.stats.budget_held += 1;
+                }
+                !was || action == PreemptionAction::Preempt
+            }
+            PreemptionAction::Resume => {
+                let s = &mut self.js[ji];
+                if !s.held {
+                    false
+                } else {
+                    s.held = false;
+                    if s.submitted && s.placed.is_empty() && !s.queued && s.parts > 0 {
+                        self.enqueue(j);
+                    }
+                    true
+                }
+            }
+            PreemptionAction::Migrate => self.migrate(t, j),
+        };
+        if changed {
+            // A resumed job may need capacity again after the run looked over.
+            self.done = false;
+            self.dirty = true;
+            self.settle(t);
+        }
+        changed
+    }
+
+    fn settle(&mut self, t: Millis) {
+        self.now = self.now.max(t);
+        if self.dirty {
+            self.schedule(t);
+        }
+    }
+
+    /// Move a running elastic job onto ready instances cheaper per vCPU
+    /// than the dearest it occupies now (one per part, with room).
+    fn migrate(&mut self, t: Millis, j: u32) -> bool {
+        let ji = j as usize;
+        if !self.jobs[ji].elastic || self.js[ji].placed.is_empty() {
+            return false;
+        }
+        let per_vcpu = |c: &Self, i: u32| {
+            let inst = &c.insts[i as usize];
+            c.prices.pools[inst.pool].curve.at(t) / inst.mcpu as f64
+        };
+        let now_rate = self.js[ji]
+            .placed
+            .iter()
+            .map(|&i| per_vcpu(self, i))
+            .fold(0.0, f64::max);
+        let s = &self.js[ji];
+        let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
+        let mut cands: Vec<(f64, u32)> = self
+            .alive
+            .iter()
+            .copied()
+            .filter(|i| !s.placed.contains(i))
+            .filter(|&i| {
+                let inst = &self.insts[i as usize];
+                inst.ready
+                    && Self::fits(inst, s)
+                    && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
+            })
+            .map(|i| (per_vcpu(self, i), i))
+            .filter(|&(r, _)| r < now_rate * (1.0 - 1e-9))
+            .collect();
+        if cands.len() < s.parts as usize {
+            return false;
+        }
+        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let to: Vec<u32> = cands
+            .into_iter()
+            .take(s.parts as usize)
+            .map(|c| c.1)
+            .collect();
+        let ran = t - s.run_start;
+        self.stop_job(t, j);
+        let st = &mut self.js[ji];
+        st.remaining_ms = (st.remaining_ms - ran).max(0);
+        self.queued_mcpu += self.jobs[ji].mcpu; // start_job takes it off again
+        self.start_job(t, j, to);
+        self.stats.migrations += 1;
+        true
     }
 
     fn close(mut self, now: Millis) -> RunStats {
         let end = now.max(self.horizon).max(self.last_finish);
+        // Jobs still running when the run is cut are charged up to its end.
+        for j in 0..self.js.len() {
+            if !self.js[j].placed.is_empty() {
+                self.record_spend(end, j as u32);
+            }
+        }
         let alive: Vec<u32> = self.alive.clone();
         for i in alive {
             let inst = &self.insts[i as usize];
@@ -481,7 +732,8 @@ impl<'a> Cluster<'a> {
 
     fn on_submit(&mut self, j: u32) {
         let job = self.jobs[j as usize];
-        if job.cancelled_in_queue || self.js[j as usize].parts == 0 {
+        self.js[j as usize].submitted = true;
+        if job.cancelled_in_queue || self.js[j as usize].parts == 0 || self.js[j as usize].held {
             // Never needs capacity (or no type can host even a part of it: it
             // stays unfinished and counts as missed).
             return;
@@ -497,18 +749,58 @@ impl<'a> Cluster<'a> {
         self.dirty = true;
     }
 
+    fn dequeue(&mut self, j: u32) {
+        let job = self.jobs[j as usize];
+        if self.queue.remove(&(Reverse(job.priority), job.submit, j)) {
+            self.queued_mcpu -= job.mcpu;
+        }
+        self.js[j as usize].queued = false;
+        self.dirty = true;
+    }
+
     fn on_finish(&mut self, t: Millis, j: u32, epoch: u32) {
         if self.js[j as usize].epoch != epoch || self.js[j as usize].finished.is_some() {
             return;
         }
         self.stop_job(t, j);
-        self.js[j as usize].finished = Some(t);
+        let s = &mut self.js[j as usize];
+        s.finished = Some(t);
         self.last_finish = self.last_finish.max(t);
+        self.completions.push(SimCompletion {
+            job: j,
+            first_start: s.first_start.unwrap_or(t),
+            finished_at: t,
+            pool: s.last_pool,
+            vcpu_seconds: self.jobs[j as usize].mcpu as f64 / 1000.0 * s.ran_ms as f64 / 1000.0,
+        });
+    }
+
+    /// Charge job `j` for its current run up to `t` (see [`SpendSegment`]).
+    fn record_spend(&mut self, t: Millis, j: u32) {
+        let s = &self.js[j as usize];
+        let start = s.run_start;
+        for &i in &s.placed {
+            let inst = &self.insts[i as usize];
+            self.stats.spend.push(SpendSegment {
+                job: j,
+                start,
+                end: t.max(start),
+                pool: inst.pool,
+                share: s.part_mcpu as f64 / inst.mcpu.max(1) as f64,
+            });
+        }
     }
 
     /// Release a running job's instances and account its busy time.
     fn stop_job(&mut self, t: Millis, j: u32) {
+        self.record_spend(t, j);
+        let last_pool = self.js[j as usize]
+            .placed
+            .first()
+            .map(|&i| self.insts[i as usize].pool);
         let s = &mut self.js[j as usize];
+        s.last_pool = last_pool.or(s.last_pool);
+        s.ran_ms += t - s.run_start;
         let placed = std::mem::take(&mut s.placed);
         let (pm, pmem, pg) = (s.part_mcpu, s.part_mem, s.part_gpu);
         let ran = t - s.run_start;
@@ -583,7 +875,10 @@ impl<'a> Cluster<'a> {
         let Mode::Commanded { commands } = self.mode else {
             return;
         };
-        let cmd = &commands[c as usize];
+        self.set_floor(&commands[c as usize]);
+    }
+
+    fn set_floor(&mut self, cmd: &FloorCommand) {
         self.floor_target.iter_mut().for_each(|x| *x = 0);
         for &(p, n) in &cmd.floor {
             self.floor_target[p] += n;

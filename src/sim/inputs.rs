@@ -86,4 +86,8 @@ impl<F: Fn(Option<Arc<dyn Forecaster>>) -> Engine> CommandSource for EngineSourc
             })
             .collect()
     }
+
+    fn engine(&self, forecaster: Option<Arc<dyn Forecaster>>) -> Option<Engine> {
+        Some((self.make)(forecaster))
+    }
 }

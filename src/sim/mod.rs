@@ -14,6 +14,7 @@
 //! Everything here is pure and deterministic for a given seed: no clock, no
 //! I/O (the CLI reads the files and writes the outputs).
 
+pub mod budget;
 pub mod cluster;
 pub mod inputs;
 pub mod oracle;
@@ -22,7 +23,8 @@ pub mod prices;
 pub mod report;
 pub mod trace;
 
-pub use cluster::{Cluster, FloorCommand, Mode, RunStats, Series};
+pub use budget::BudgetBook;
+pub use cluster::{Cluster, FloorCommand, Mode, RunStats, Series, SimCompletion, SpendSegment};
 pub use oracle::OracleForecaster;
 pub use policy::{run_backtest, BacktestInput, PolicyKind};
 pub use prices::{InstanceType, PriceCurve, SimPrices};
@@ -109,6 +111,8 @@ pub enum SimError {
     NoInstanceTypes,
     #[error("the trace has no job submissions")]
     EmptyTrace,
+    #[error("budgets need the engine in the loop, and this command source cannot build one")]
+    ClosedLoopNeedsEngine,
 }
 
 #[cfg(test)]

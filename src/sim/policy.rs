@@ -14,15 +14,32 @@
 //!   markets the command's mix names (on-demand when it names none).
 //! - `oracle`: the same engine with [`super::OracleForecaster`], which knows
 //!   the future demand: a lower-bound reference for any forecaster.
+//!
+//! **With budgets** (`BacktestInput::budgets` non-empty) `predictive` and
+//! `oracle` run in a closed loop instead ([`run_closed_loop`]): the engine
+//! and the simulated clusters advance together in event time; the engine
+//! gets the allocations at the trace start, every trace event except the
+//! completions of jobs the simulator runs, and instead the simulator's own
+//! completions (when it finished them, on what, vCPU-seconds); each command
+//! is applied when issued — scaling commands as floors, preemption commands
+//! (QUEUE / PREEMPT / RESUME / MIGRATE) to the job. So a job the engine held
+//! does not "complete" behind its back, and the ledger's spend follows the
+//! simulated run. `reactive` and `static` ignore budgets (that is the
+//! comparison); every policy's `budget_overrun_usd` is measured on the
+//! simulated spend ([`super::budget::BudgetBook`]).
 
+use super::budget::BudgetBook;
 use super::cluster::{Cluster, FloorCommand, Mode, RunStats, Series};
 use super::prices::SimPrices;
 use super::report::{percentile, BacktestReport, PolicyReport, TraceInfo};
 use super::trace::Workload;
 use super::{SimConfig, SimError};
-use crate::events::{Event, Market, ScalingCommand};
+use crate::engine::Engine;
+use crate::events::{
+    BudgetAllocation, Command, Event, JobCompleted, JobStatus, Market, Millis, ScalingCommand,
+};
 use crate::forecast::Forecaster;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +94,12 @@ pub trait CommandSource {
         events: &[Event],
         forecaster: Option<Arc<dyn Forecaster>>,
     ) -> Vec<ScalingCommand>;
+
+    /// A fresh engine, for the closed loop run with budgets (None: this
+    /// source cannot run one).
+    fn engine(&self, _forecaster: Option<Arc<dyn Forecaster>>) -> Option<Engine> {
+        None
+    }
 }
 
 /// Everything one backtest needs.
@@ -91,6 +114,10 @@ pub struct BacktestInput<'a> {
     /// The oracle's forecaster (built from the same events by the caller).
     pub oracle: Option<Arc<dyn Forecaster>>,
     pub trace: TraceInfo,
+    /// Budget allocations (`--budgets`), given to the engine at the trace
+    /// start; empty: no budgets (open loop, as without them nothing is
+    /// enforced).
+    pub budgets: &'a [BudgetAllocation],
 }
 
 fn fnv(parts: &[&str]) -> u64 {
@@ -115,85 +142,100 @@ pub fn floor_commands(
     let mut out: Vec<Vec<FloorCommand>> = vec![Vec::new(); workload.envs.len()];
     let mut unknown = 0u64;
     for c in cmds {
-        let Ok(env) = workload.envs.binary_search(&c.compute_environment) else {
-            continue;
-        };
-        let mut floor: BTreeMap<usize, u32> = BTreeMap::new();
-        let mut markets: Vec<Market> = Vec::new();
-        let mut floor_mcpu: i64 = 0;
-        for a in &c.instance_mix {
-            if !markets.contains(&a.market) {
-                markets.push(a.market);
-            }
-            if a.count <= 0 {
-                continue;
-            }
-            // Reserved capacity is modelled as on-demand priced (already paid
-            // capacity has no separate pool in the simulator).
-            let market = if a.market == Market::Reserved {
-                Market::OnDemand
-            } else {
-                a.market
-            };
-            let pool = prices
-                .pool(&a.instance_type, market, &a.region)
-                .or_else(|| prices.any_pool(&a.instance_type, market));
-            match pool {
-                Some(p) => {
-                    *floor.entry(p).or_insert(0) += a.count as u32;
-                    floor_mcpu +=
-                        prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
-                }
-                None => unknown += 1,
-            }
+        let (fc, u) = floor_command(c, workload, prices);
+        unknown += u;
+        if let Some((env, fc)) = fc {
+            out[env].push(fc);
         }
-        if markets.contains(&Market::Reserved) && !markets.contains(&Market::OnDemand) {
-            markets.push(Market::OnDemand);
-        }
-        // Pad up to desired_vcpus with the mix's cheapest pool per vCPU.
-        let want = c.desired_vcpus.max(c.min_vcpus).max(0) * 1000;
-        if floor_mcpu < want {
-            let cands: Vec<usize> = if floor.is_empty() {
-                (0..prices.pools.len())
-                    .filter(|&p| prices.pools[p].market == Market::OnDemand)
-                    .collect()
-            } else {
-                floor.keys().copied().collect()
-            };
-            let best = cands.into_iter().min_by(|&a, &b| {
-                let pa = prices.pools[a].curve.at(c.issued_at)
-                    / prices.types[prices.pools[a].ty].vcpus as f64;
-                let pb = prices.pools[b].curve.at(c.issued_at)
-                    / prices.types[prices.pools[b].ty].vcpus as f64;
-                pa.total_cmp(&pb).then(a.cmp(&b))
-            });
-            if let Some(p) = best {
-                let per = prices.types[prices.pools[p].ty].vcpus as i64 * 1000;
-                let n = (want - floor_mcpu + per - 1) / per;
-                *floor.entry(p).or_insert(0) += n as u32;
-            }
-        }
-        let burst_pools: Vec<usize> = if markets.is_empty() || markets == [Market::OnDemand] {
-            Vec::new()
-        } else {
-            (0..prices.pools.len())
-                .filter(|&p| {
-                    let m = prices.pools[p].market;
-                    markets.contains(&m)
-                })
-                .collect()
-        };
-        out[env].push(FloorCommand {
-            at: c.issued_at,
-            floor: floor.into_iter().collect(),
-            burst_pools,
-            max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
-        });
     }
     for v in &mut out {
         v.sort_by_key(|c| c.at);
     }
     (out, unknown)
+}
+
+/// One scaling command as a floor command of its environment (None for an
+/// environment the trace does not have), with its count of unknown pools.
+pub fn floor_command(
+    c: &ScalingCommand,
+    workload: &Workload,
+    prices: &SimPrices,
+) -> (Option<(usize, FloorCommand)>, u64) {
+    let Ok(env) = workload.envs.binary_search(&c.compute_environment) else {
+        return (None, 0);
+    };
+    let mut unknown = 0u64;
+    let mut floor: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut markets: Vec<Market> = Vec::new();
+    let mut floor_mcpu: i64 = 0;
+    for a in &c.instance_mix {
+        if !markets.contains(&a.market) {
+            markets.push(a.market);
+        }
+        if a.count <= 0 {
+            continue;
+        }
+        // Reserved capacity is modelled as on-demand priced (already paid
+        // capacity has no separate pool in the simulator).
+        let market = if a.market == Market::Reserved {
+            Market::OnDemand
+        } else {
+            a.market
+        };
+        let pool = prices
+            .pool(&a.instance_type, market, &a.region)
+            .or_else(|| prices.any_pool(&a.instance_type, market));
+        match pool {
+            Some(p) => {
+                *floor.entry(p).or_insert(0) += a.count as u32;
+                floor_mcpu += prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
+            }
+            None => unknown += 1,
+        }
+    }
+    if markets.contains(&Market::Reserved) && !markets.contains(&Market::OnDemand) {
+        markets.push(Market::OnDemand);
+    }
+    // Pad up to desired_vcpus with the mix's cheapest pool per vCPU.
+    let want = c.desired_vcpus.max(c.min_vcpus).max(0) * 1000;
+    if floor_mcpu < want {
+        let cands: Vec<usize> = if floor.is_empty() {
+            (0..prices.pools.len())
+                .filter(|&p| prices.pools[p].market == Market::OnDemand)
+                .collect()
+        } else {
+            floor.keys().copied().collect()
+        };
+        let best = cands.into_iter().min_by(|&a, &b| {
+            let pa = prices.pools[a].curve.at(c.issued_at)
+                / prices.types[prices.pools[a].ty].vcpus as f64;
+            let pb = prices.pools[b].curve.at(c.issued_at)
+                / prices.types[prices.pools[b].ty].vcpus as f64;
+            pa.total_cmp(&pb).then(a.cmp(&b))
+        });
+        if let Some(p) = best {
+            let per = prices.types[prices.pools[p].ty].vcpus as i64 * 1000;
+            let n = (want - floor_mcpu + per - 1) / per;
+            *floor.entry(p).or_insert(0) += n as u32;
+        }
+    }
+    let burst_pools: Vec<usize> = if markets.is_empty() || markets == [Market::OnDemand] {
+        Vec::new()
+    } else {
+        (0..prices.pools.len())
+            .filter(|&p| {
+                let m = prices.pools[p].market;
+                markets.contains(&m)
+            })
+            .collect()
+    };
+    let fc = FloorCommand {
+        at: c.issued_at,
+        floor: floor.into_iter().collect(),
+        burst_pools,
+        max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
+    };
+    (Some((env, fc)), unknown)
 }
 
 /// The static fleet of one environment: the cheapest on-demand type per
@@ -289,24 +331,38 @@ pub fn run_backtest(
         busy_vcpus: w.demand_series(None, series_start, cfg.bucket_ms, n),
         ..Default::default()
     };
+    let closed = !input.budgets.is_empty();
     for &kind in input.policies {
         progress(kind.name());
-        let (cmds, n_cmds, unknown) = match kind {
-            PolicyKind::Predictive | PolicyKind::Oracle => {
-                let fc = if kind == PolicyKind::Oracle {
-                    input.oracle.clone()
-                } else {
-                    None
-                };
-                let raw = input.source.commands(input.events, fc);
-                let n = raw.len() as u64;
-                let (f, u) = floor_commands(&raw, w, input.prices);
-                (f, n, u)
-            }
-            _ => (vec![Vec::new(); w.envs.len()], 0, 0),
+        let engine_driven = matches!(kind, PolicyKind::Predictive | PolicyKind::Oracle);
+        let fc = if kind == PolicyKind::Oracle {
+            input.oracle.clone()
+        } else {
+            None
+        };
+        if engine_driven && closed {
+            let engine = input
+                .source
+                .engine(fc)
+                .ok_or(SimError::ClosedLoopNeedsEngine)?;
+            let run = run_closed_loop(input, kind, engine, series_start);
+            let rep = PolicyReport::from_stats(&run.total, run.scaling_commands, run.unknown)
+                .with_budgets(&run.book, run.budget_commands);
+            report.policies.insert(kind.name().to_string(), rep);
+            report.series.insert(kind.name().to_string(), run.series);
+            continue;
+        }
+        let (cmds, n_cmds, unknown) = if engine_driven {
+            let raw = input.source.commands(input.events, fc);
+            let n = raw.len() as u64;
+            let (f, u) = floor_commands(&raw, w, input.prices);
+            (f, n, u)
+        } else {
+            (vec![Vec::new(); w.envs.len()], 0, 0)
         };
         let mut total = RunStats::default();
         let mut series: Option<Series> = None;
+        let mut book = BudgetBook::new(input.budgets);
         for (env, env_cmds) in cmds.iter().enumerate() {
             let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
             let mode = match kind {
@@ -323,13 +379,14 @@ pub fn run_backtest(
             let st = Cluster::new(
                 cfg,
                 input.prices,
-                jobs,
+                jobs.clone(),
                 mode,
                 seed,
                 series_start,
                 w.last_event,
             )
             .run();
+            book.charge(&jobs, &st.spend, input.prices);
             merge(&mut total, &st);
             match &mut series {
                 None => series = Some(st.series.clone()),
@@ -339,11 +396,185 @@ pub fn run_backtest(
         let series = series.unwrap_or_default();
         report.policies.insert(
             kind.name().to_string(),
-            PolicyReport::from_stats(&total, n_cmds, unknown),
+            PolicyReport::from_stats(&total, n_cmds, unknown).with_budgets(&book, 0),
         );
         report.series.insert(kind.name().to_string(), series);
     }
     Ok(report)
+}
+
+/// What one closed-loop run produced.
+struct ClosedRun {
+    total: RunStats,
+    series: Series,
+    book: BudgetBook,
+    scaling_commands: u64,
+    budget_commands: u64,
+    unknown: u64,
+}
+
+/// The engine and one simulated cluster per environment advance together in
+/// event time (see the module doc). At equal times trace events go to the
+/// engine first (so a QUEUE at submission holds the job before the
+/// simulator sees it arrive), then the simulator processes that instant and
+/// its completions go to the engine. Commands apply at the time the
+/// simulation has reached when they are issued. After the last trace event
+/// the simulator keeps feeding completions until it is done; then the
+/// engine's open buckets are closed ([`Engine::finish`]) and any RESUME it
+/// issues still runs.
+fn run_closed_loop(
+    input: &BacktestInput<'_>,
+    kind: PolicyKind,
+    mut engine: Engine,
+    series_start: Millis,
+) -> ClosedRun {
+    let w = input.workload;
+    let cfg = input.cfg;
+    let no_schedule: [FloorCommand; 0] = [];
+    let env_jobs: Vec<Vec<&super::trace::SimJob>> = (0..w.envs.len())
+        .map(|env| w.jobs.iter().filter(|j| j.env == env).collect())
+        .collect();
+    let mut index: HashMap<&str, (usize, u32)> = HashMap::new();
+    for (env, jobs) in env_jobs.iter().enumerate() {
+        for (i, j) in jobs.iter().enumerate() {
+            index.insert(j.id.as_str(), (env, i as u32));
+        }
+    }
+    let mut clusters: Vec<Cluster<'_>> = env_jobs
+        .iter()
+        .enumerate()
+        .map(|(env, jobs)| {
+            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
+            let mut c = Cluster::new(
+                cfg,
+                input.prices,
+                jobs.clone(),
+                Mode::Commanded {
+                    commands: &no_schedule,
+                },
+                seed,
+                series_start,
+                w.last_event,
+            );
+            c.start();
+            c
+        })
+        .collect();
+    // The simulator reports completions of the jobs it runs; the trace's
+    // own completions of those jobs are not the engine's to see. Jobs
+    // cancelled before they ran keep their recorded cancellation.
+    let simulated: HashSet<&str> = w
+        .jobs
+        .iter()
+        .filter(|j| !j.cancelled_in_queue)
+        .map(|j| j.id.as_str())
+        .collect();
+    let t0 = w.first_event;
+    let allocations: Vec<Event> = input
+        .budgets
+        .iter()
+        .map(|a| {
+            Event::BudgetAllocation(BudgetAllocation {
+                at: t0,
+                ..a.clone()
+            })
+        })
+        .collect();
+    let mut trace = allocations
+        .iter()
+        .chain(input.events.iter().filter(|e| match e {
+            Event::JobCompleted(c) => !simulated.contains(c.job_id.as_str()),
+            _ => true,
+        }))
+        .peekable();
+    let mut run = ClosedRun {
+        total: RunStats::default(),
+        series: Series::default(),
+        book: BudgetBook::new(input.budgets),
+        scaling_commands: 0,
+        budget_commands: 0,
+        unknown: 0,
+    };
+    let mut out: Vec<Command> = Vec::new();
+    let mut finished = false;
+    let mut clock = t0;
+    loop {
+        let sim_next = clusters.iter_mut().filter_map(|c| c.next_time()).min();
+        let trace_next = trace.peek().map(|e| e.time());
+        let trace_first = match (trace_next, sim_next) {
+            (Some(t), Some(s)) => t <= s,
+            (t, _) => t.is_some(),
+        };
+        match (trace_first, sim_next) {
+            (true, _) => {
+                let Some(ev) = trace.next() else { break };
+                clock = clock.max(ev.time());
+                engine.handle(ev, &mut out);
+            }
+            (false, Some(s)) => {
+                clock = clock.max(s);
+                let mut done: Vec<JobCompleted> = Vec::new();
+                for (env, c) in clusters.iter_mut().enumerate() {
+                    c.advance(s);
+                    for d in c.take_completions() {
+                        let job = env_jobs[env][d.job as usize];
+                        let pool = d.pool.map(|p| &input.prices.pools[p]);
+                        done.push(JobCompleted {
+                            job_id: job.id.clone(),
+                            compute_environment: w.envs[env].clone(),
+                            started_at: d.first_start,
+                            finished_at: d.finished_at,
+                            status: JobStatus::Succeeded,
+                            instance_type: pool.map(|p| input.prices.types[p.ty].name.clone()),
+                            market: pool.map(|p| p.market),
+                            region: pool.map(|p| p.region.clone()),
+                            vcpu_seconds: d.vcpu_seconds,
+                            max_memory_mib: None,
+                        });
+                    }
+                }
+                done.sort_by(|a, b| (a.finished_at, &a.job_id).cmp(&(b.finished_at, &b.job_id)));
+                for c in done {
+                    engine.handle(&Event::JobCompleted(c), &mut out);
+                }
+            }
+            (false, None) if !finished => {
+                finished = true;
+                engine.finish(&mut out);
+            }
+            (false, None) => break,
+        }
+        for cmd in out.drain(..) {
+            match cmd {
+                Command::Scaling(sc) => {
+                    run.scaling_commands += 1;
+                    let (fc, u) = floor_command(&sc, w, input.prices);
+                    run.unknown += u;
+                    if let Some((env, fc)) = fc {
+                        clusters[env].apply_floor(clock, &fc);
+                    }
+                }
+                Command::Preemption(p) => {
+                    run.budget_commands += 1;
+                    if let Some(&(env, j)) = index.get(p.job_id.as_str()) {
+                        clusters[env].apply_preemption(clock, j, p.action);
+                    }
+                }
+            }
+        }
+    }
+    let mut series: Option<Series> = None;
+    for (env, c) in clusters.into_iter().enumerate() {
+        let st = c.finish();
+        run.book.charge(&env_jobs[env], &st.spend, input.prices);
+        merge(&mut run.total, &st);
+        match &mut series {
+            None => series = Some(st.series.clone()),
+            Some(s) => s.add(&st.series),
+        }
+    }
+    run.series = series.unwrap_or_default();
+    run
 }
 
 fn merge(total: &mut RunStats, st: &RunStats) {
@@ -353,6 +584,9 @@ fn merge(total: &mut RunStats, st: &RunStats) {
     total.busy_mcpu_ms += st.busy_mcpu_ms;
     total.billed_mcpu_ms += st.billed_mcpu_ms;
     total.preemptions += st.preemptions;
+    total.budget_preemptions += st.budget_preemptions;
+    total.budget_held += st.budget_held;
+    total.migrations += st.migrations;
     total.instances_launched += st.instances_launched;
     total.waits_ms.extend_from_slice(&st.waits_ms);
     total.jobs += st.jobs;

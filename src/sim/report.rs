@@ -40,9 +40,23 @@ pub struct PolicyReport {
     pub jobs_completed: u64,
     pub cost_by_market: BTreeMap<String, f64>,
     /// Job interruptions by spot reclaims (each restarts or resumes the job).
+    /// Budget preemptions are counted apart, in `budget_preemptions`.
     pub preemptions: u64,
-    /// Spend above budget allocations (0 until budgets are wired in).
+    /// Σ over budget scopes (and windows of periodic budgets) of
+    /// max(0, simulated spend − allocation); spend per job is its vCPU share
+    /// of the instances it ran on (see `sim::budget`). 0 without budgets.
     pub budget_overrun_usd: f64,
+    /// Σ over budget scopes and windows of the simulated spend.
+    pub budget_spent_usd: f64,
+    /// Running jobs stopped by a budget PREEMPT (predictive/oracle only).
+    pub budget_preemptions: u64,
+    /// Jobs held by a budget command at least once (QUEUE at submission,
+    /// or PREEMPT before they started).
+    pub budget_held_jobs: u64,
+    /// Preemption commands (QUEUE/PREEMPT/RESUME/MIGRATE) the engine issued.
+    pub budget_commands: u64,
+    /// Elastic jobs moved to cheaper capacity by MIGRATE.
+    pub migrations: u64,
     pub instances_launched: u64,
     pub vcpu_hours: f64,
     /// Scaling commands applied (predictive and oracle).
@@ -95,11 +109,26 @@ impl PolicyReport {
                 .collect(),
             preemptions: st.preemptions,
             budget_overrun_usd: 0.0,
+            budget_spent_usd: 0.0,
+            budget_preemptions: st.budget_preemptions,
+            budget_held_jobs: st.budget_held,
+            budget_commands: 0,
+            migrations: st.migrations,
             instances_launched: st.instances_launched,
             vcpu_hours: r6(st.billed_mcpu_ms / 1000.0 / 3_600_000.0),
             commands,
             unknown_pools,
         }
+    }
+}
+
+impl PolicyReport {
+    /// Adds the budget outcome of the run.
+    pub fn with_budgets(mut self, book: &super::budget::BudgetBook, budget_commands: u64) -> Self {
+        self.budget_overrun_usd = r6(book.overrun_usd());
+        self.budget_spent_usd = r6(book.spent_usd());
+        self.budget_commands = budget_commands;
+        self
     }
 }
 
@@ -140,10 +169,7 @@ impl BacktestReport {
             "od_usd"
         ));
         let base = self.policies.get("reactive").map(|r| r.cost_usd);
-        let order = ["reactive", "static", "predictive", "oracle"];
-        let mut names: Vec<&String> = self.policies.keys().collect();
-        names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
-        for name in names {
+        for name in self.ordered_names() {
             let p = &self.policies[name];
             let vs = match base {
                 Some(b) if b > 0.0 => format!("{:+.1}%", (p.cost_usd / b - 1.0) * 100.0),
@@ -166,6 +192,35 @@ impl BacktestReport {
             ));
         }
         s
+    }
+
+    /// The budget columns, one line per policy (printed with `--budgets`).
+    pub fn budget_table(&self) -> String {
+        let mut s = format!(
+            "{:<11} {:>12} {:>12} {:>10} {:>8} {:>9} {:>8}\n",
+            "policy", "budget_spent", "overrun_usd", "held_jobs", "preempt", "commands", "migrate"
+        );
+        for name in self.ordered_names() {
+            let p = &self.policies[name];
+            s.push_str(&format!(
+                "{:<11} {:>12.2} {:>12.2} {:>10} {:>8} {:>9} {:>8}\n",
+                name,
+                p.budget_spent_usd,
+                p.budget_overrun_usd,
+                p.budget_held_jobs,
+                p.budget_preemptions,
+                p.budget_commands,
+                p.migrations
+            ));
+        }
+        s
+    }
+
+    fn ordered_names(&self) -> Vec<&String> {
+        let order = ["reactive", "static", "predictive", "oracle"];
+        let mut names: Vec<&String> = self.policies.keys().collect();
+        names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+        names
     }
 
     /// An SVG with two panels: demand and each policy's capacity (vCPUs),

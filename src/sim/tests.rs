@@ -49,6 +49,8 @@ fn job(id: &str, submit: i64, vcpus: i64, runtime_s: i64, priority: i32) -> SimJ
         est_runtime_ms: Some(runtime_s * 1000),
         deadline: Some(submit + 2 * runtime_s * 1000 + 300_000),
         elastic: false,
+        project: "p".into(),
+        user: "u".into(),
         cancelled_in_queue: false,
         trace_start: Some(submit),
         trace_finish: Some(submit + runtime_s * 1000),
@@ -408,6 +410,7 @@ fn policies_side_by_side_on_a_tiny_trace() {
         source: &src,
         oracle: None,
         trace: TraceInfo::default(),
+        budgets: &[],
     };
     let rep = run_backtest(&input, &|_| {}).unwrap();
     let r = &rep.policies["reactive"];

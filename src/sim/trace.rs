@@ -25,6 +25,9 @@ pub struct SimJob {
     pub est_runtime_ms: Option<Millis>,
     pub deadline: Option<Millis>,
     pub elastic: bool,
+    /// Budget scopes the job is charged to (with `job:<id>`).
+    pub project: String,
+    pub user: String,
     /// Cancelled before it ever ran (a zero-length cancelled record): it
     /// never needs capacity and is left out of waits and deadlines.
     pub cancelled_in_queue: bool,
@@ -115,6 +118,8 @@ impl Workload {
                 est_runtime_ms: s.estimated_runtime_s.map(|e| e.max(0) * 1000),
                 deadline: s.deadline,
                 elastic: s.elasticity,
+                project: s.project.clone(),
+                user: s.user.clone(),
                 cancelled_in_queue: cancelled,
                 trace_start: ts,
                 trace_finish: tf,
