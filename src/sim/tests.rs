@@ -7,7 +7,7 @@ use super::prices::{InstanceType, PriceCurve, SimPrices};
 use super::report::TraceInfo;
 use super::trace::{SimJob, Workload};
 use super::SimConfig;
-use crate::events::{Event, InstanceAllocation, Market, ScalingCommand};
+use crate::events::{Event, InstanceAllocation, Market, Millis, PreemptionAction, ScalingCommand};
 use crate::forecast::Forecaster;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -463,4 +463,206 @@ fn floor_commands_pad_to_desired_and_follow_markets() {
         .burst_pools
         .iter()
         .all(|&q| p.pools[q].market == Market::Spot));
+}
+
+// --- Budget commands (closed loop) -------------------------------------
+
+/// A commanded cluster with no schedule, started, for applying commands
+/// by hand as the closed-loop runner does.
+fn live<'a>(cfg: &'a SimConfig, p: &'a SimPrices, jobs: &'a [SimJob]) -> Cluster<'a> {
+    let horizon = jobs.iter().map(|j| j.submit).max().unwrap_or(0);
+    let mut c = Cluster::new(
+        cfg,
+        p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &[] },
+        1,
+        0,
+        horizon,
+    );
+    c.start();
+    c
+}
+
+fn no_boot() -> SimConfig {
+    SimConfig {
+        boot_delay_ms: 0,
+        spot_interruptions_per_hour: 0.0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn queue_holds_a_job_until_resume() {
+    let (cfg, p) = (no_boot(), prices());
+    let jobs = [job("a", 0, 2, 1000, 0)];
+    let mut c = live(&cfg, &p, &jobs);
+    // QUEUE at submission, before the simulator sees the job arrive.
+    assert!(c.apply_preemption(0, 0, PreemptionAction::Queue));
+    c.advance(500_000);
+    assert!(c.take_completions().is_empty());
+    assert!(c.apply_preemption(600_000, 0, PreemptionAction::Resume));
+    assert!(!c.apply_preemption(600_000, 0, PreemptionAction::Resume));
+    c.advance(Millis::MAX);
+    let done = c.take_completions();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].first_start, done[0].finished_at),
+        (600_000, 1_600_000)
+    );
+    let st = c.finish();
+    assert_eq!(
+        (st.budget_held, st.budget_preemptions, st.jobs_completed),
+        (1, 0, 1)
+    );
+    // Charged only while it ran: 1000 s of a whole small on-demand instance.
+    let spend: f64 = st
+        .spend
+        .iter()
+        .map(|s| s.cost_within(&p, Millis::MIN, Millis::MAX))
+        .sum();
+    assert!((spend - 0.10 * 1000.0 / 3600.0).abs() < 1e-12, "{spend}");
+}
+
+#[test]
+fn queued_without_resume_never_runs() {
+    let (cfg, p) = (no_boot(), prices());
+    let jobs = [job("a", 0, 2, 1000, 0), job("b", 0, 2, 1000, 0)];
+    let mut c = live(&cfg, &p, &jobs);
+    c.apply_preemption(0, 1, PreemptionAction::Queue);
+    c.advance(Millis::MAX);
+    let st = c.finish();
+    assert_eq!(st.jobs_completed, 1);
+    assert!(st.spend.iter().all(|s| s.job == 0));
+    assert_eq!(st.budget_held, 1);
+}
+
+#[test]
+fn preempt_restarts_rigid_jobs_and_keeps_elastic_progress() {
+    let (cfg, p) = (no_boot(), prices());
+    for elastic in [false, true] {
+        let mut a = job("a", 0, 2, 1000, 0);
+        a.elastic = elastic;
+        let jobs = [a];
+        let mut c = live(&cfg, &p, &jobs);
+        c.advance(400_000);
+        assert!(c.apply_preemption(400_000, 0, PreemptionAction::Preempt));
+        c.advance(900_000);
+        assert!(c.take_completions().is_empty(), "held while preempted");
+        c.apply_preemption(1_000_000, 0, PreemptionAction::Resume);
+        c.advance(Millis::MAX);
+        let done = c.take_completions();
+        // Rigid: all 1000 s again; elastic: the 600 s left.
+        let want = if elastic { 1_600_000 } else { 2_000_000 };
+        assert_eq!(done[0].finished_at, want, "elastic {elastic}");
+        assert_eq!(done[0].first_start, 0);
+        let st = c.finish();
+        assert_eq!(st.budget_preemptions, 1);
+        assert_eq!(st.preemptions, 0, "spot interruptions are counted apart");
+        // The lost 400 s of the rigid run were paid for too.
+        let ran: i64 = st.spend.iter().map(|s| s.end - s.start).sum();
+        assert_eq!(ran, if elastic { 1_000_000 } else { 1_400_000 });
+    }
+}
+
+#[test]
+fn migrate_moves_elastic_work_to_cheaper_ready_capacity() {
+    let (cfg, p) = (no_boot(), prices());
+    let spot = p.pool("small", Market::Spot, "r").unwrap();
+    let od = p.pool("small", Market::OnDemand, "r").unwrap();
+    let mut a = job("a", 0, 2, 1000, 0);
+    a.elastic = true;
+    let jobs = [a, job("b", 0, 2, 1000, 0)];
+    let mut c = live(&cfg, &p, &jobs);
+    c.advance(0); // both start on on-demand instances (no mix named)
+                  // Nothing cheaper is ready yet: MIGRATE leaves the job where it is.
+    assert!(!c.apply_preemption(0, 0, PreemptionAction::Migrate));
+    c.apply_floor(
+        100_000,
+        &FloorCommand {
+            at: 100_000,
+            floor: vec![(spot, 2)],
+            burst_pools: vec![spot],
+            max_mcpu: None,
+        },
+    );
+    c.advance(100_000); // the spot instances are ready
+    assert!(c.apply_preemption(100_000, 0, PreemptionAction::Migrate));
+    // Rigid jobs would lose their work: they stay.
+    assert!(!c.apply_preemption(100_000, 1, PreemptionAction::Migrate));
+    c.advance(Millis::MAX);
+    let done = c.take_completions();
+    let a_done = done.iter().find(|d| d.job == 0).unwrap();
+    assert_eq!(a_done.finished_at, 1_000_000, "kept its progress");
+    assert_eq!(a_done.pool, Some(spot));
+    let st = c.finish();
+    assert_eq!(st.migrations, 1);
+    let a_pools: Vec<(usize, i64, i64)> = st
+        .spend
+        .iter()
+        .filter(|s| s.job == 0)
+        .map(|s| (s.pool, s.start, s.end))
+        .collect();
+    assert_eq!(a_pools, vec![(od, 0, 100_000), (spot, 100_000, 1_000_000)]);
+}
+
+#[test]
+fn budget_book_measures_overrun_per_scope_and_window() {
+    use super::budget::BudgetBook;
+    use super::cluster::SpendSegment;
+    use crate::events::{BudgetAllocation, BudgetScope};
+    const DAY: i64 = 86_400_000;
+    let p = prices();
+    let od = p.pool("small", Market::OnDemand, "r").unwrap();
+    let mut a = job("a", 0, 2, 1000, 0);
+    a.project = "climate".into();
+    let b = job("b", 0, 2, 1000, 0); // project p, no budget
+    let jobs: Vec<&SimJob> = vec![&a, &b];
+    // a: 36 h on a whole small on-demand instance ($0.10/h) from 12:00 day 0
+    // ($1.20 on day 0, $2.40 on day 1); b: 10 h.
+    let segs = [
+        SpendSegment {
+            job: 0,
+            start: DAY / 2,
+            end: 2 * DAY,
+            pool: od,
+            share: 1.0,
+        },
+        SpendSegment {
+            job: 1,
+            start: 0,
+            end: 10 * H,
+            pool: od,
+            share: 0.5,
+        },
+    ];
+    let alloc = |period: Option<&str>, usd: f64| BudgetAllocation {
+        at: 0,
+        scope: BudgetScope::Project,
+        id: "climate".into(),
+        usd,
+        period: period.map(str::to_string),
+    };
+    let mut book = BudgetBook::new(&[alloc(Some("day"), 2.0)]);
+    book.charge(&jobs, &segs, &p);
+    assert!((book.spent_usd() - 3.6).abs() < 1e-9);
+    assert!(
+        (book.overrun_usd() - 0.4).abs() < 1e-9,
+        "{}",
+        book.overrun_usd()
+    );
+    let mut book = BudgetBook::new(&[alloc(None, 5.0)]);
+    book.charge(&jobs, &segs, &p);
+    assert_eq!(book.overrun_usd(), 0.0);
+    // Both jobs' user (`u`) has a budget: a's $3.60 plus b's half instance
+    // for 10 h ($0.50).
+    let mut book = BudgetBook::new(&[BudgetAllocation {
+        at: 0,
+        scope: BudgetScope::User,
+        id: "u".into(),
+        usd: 0.2,
+        period: None,
+    }]);
+    book.charge(&jobs, &segs, &p);
+    assert!((book.overrun_usd() - (3.6 + 0.5 - 0.2)).abs() < 1e-9);
 }
