@@ -401,6 +401,16 @@ impl Ledger {
 
     /// A job finished: accrue to its end, release what stays committed.
     pub fn on_complete(&mut self, c: &JobCompleted) {
+        self.on_complete_priced(c, None);
+    }
+
+    /// A job finished and what it really cost is known (`actual_usd`, e.g.
+    /// its vCPU-seconds at the price of the pool it ran on): after accruing
+    /// to its end, its spend is trued up to that amount — a refund when the
+    /// estimate charged while it ran was higher (queue wait, a floor rate
+    /// above the spot price it got), an extra charge when it was lower. A
+    /// refund never takes an account below zero in its current window.
+    pub fn on_complete_priced(&mut self, c: &JobCompleted, actual_usd: Option<f64>) {
         self.roll(c.finished_at);
         if let Some(j) = self.jobs.get(&c.job_id) {
             if j.state == JobState::Running && j.accrued_to < c.finished_at {
@@ -415,6 +425,19 @@ impl Ledger {
             }
         }
         if let Some(mut j) = self.jobs.remove(&c.job_id) {
+            if let Some(actual) = actual_usd.filter(|x| x.is_finite() && *x >= 0.0) {
+                let delta = actual - j.spent;
+                if delta > 0.0 {
+                    self.charge(&mut j, delta);
+                } else if delta < 0.0 {
+                    for k in job_scopes(&j) {
+                        if let Some(a) = self.accounts.get_mut(&k) {
+                            a.spent = (a.spent + delta).max(0.0);
+                        }
+                    }
+                    j.spent = actual;
+                }
+            }
             self.release(&mut j);
             j.state = JobState::Done;
             // Finished jobs leave the ledger; their spend stays in accounts.
@@ -760,6 +783,36 @@ mod tests {
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0].job_id, "hi");
         assert_eq!(cmds[0].action, PreemptionAction::Resume);
+    }
+
+    #[test]
+    fn completion_with_a_known_cost_trues_up_the_estimate() {
+        let mut l = Ledger::new();
+        alloc(&mut l, 10.0);
+        for id in ["a", "b"] {
+            l.on_submit(&job(id, 0, false, 0), 4.0, OverBudget::Queue);
+            l.on_start(id, 0, 4.0); // $4/h estimated
+        }
+        let done = |id: &str| JobCompleted {
+            job_id: id.into(),
+            compute_environment: "ricc".into(),
+            started_at: 0,
+            finished_at: 3_600_000,
+            status: JobStatus::Succeeded,
+            instance_type: None,
+            market: None,
+            region: None,
+            vcpu_seconds: 0.0,
+            max_memory_mib: None,
+        };
+        // a ran on spot: $1 instead of the $4 charged while it ran.
+        l.on_complete_priced(&done("a"), Some(1.0));
+        let acc = l.account(BudgetScope::Project, "p").unwrap();
+        assert!((acc.spent - 1.0).abs() < 1e-9, "{}", acc.spent);
+        // b cost more than estimated: charged in full.
+        l.on_complete_priced(&done("b"), Some(6.0));
+        let acc = l.account(BudgetScope::Project, "p").unwrap();
+        assert!((acc.spent - 7.0).abs() < 1e-9 && acc.committed == 0.0);
     }
 
     #[test]

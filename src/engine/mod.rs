@@ -235,11 +235,16 @@ impl Engine {
                         .on_start(&j.job_id, j.submitted_at, j.vcpus * rate);
                 }
                 if let Some(c) = d.command {
+                    // Held work is not demand to provision for.
+                    self.st.demand.set_held(&j.job_id, true, j.submitted_at);
                     self.st.counters.preemption_commands += 1;
                     out.push(Command::Preemption(c));
                 }
             }
-            Event::JobCompleted(c) if applied == Applied::Accepted => self.st.ledger.on_complete(c),
+            Event::JobCompleted(c) if applied == Applied::Accepted => {
+                let actual = self.completion_cost(c);
+                self.st.ledger.on_complete_priced(c, actual);
+            }
             _ => {}
         }
         for &t in &ticks {
@@ -282,11 +287,19 @@ impl Engine {
         if !self.st.ledger.accounts.is_empty() {
             self.st.ledger.accrue(now);
             for c in self.st.ledger.enforce(now) {
-                if c.action == PreemptionAction::Resume {
-                    // Resumed work is charged as running again from now.
-                    let rate = self.env_rate(&c.compute_environment);
-                    let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
-                    self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
+                match c.action {
+                    PreemptionAction::Resume => {
+                        // Resumed work is charged as running again from now,
+                        // and is demand again.
+                        let rate = self.env_rate(&c.compute_environment);
+                        let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
+                        self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
+                        self.st.demand.set_held(&c.job_id, false, now);
+                    }
+                    PreemptionAction::Preempt | PreemptionAction::Queue => {
+                        self.st.demand.set_held(&c.job_id, true, now);
+                    }
+                    PreemptionAction::Migrate => {}
                 }
                 self.st.counters.preemption_commands += 1;
                 out.push(Command::Preemption(c));
@@ -379,6 +392,32 @@ impl Engine {
             .copied()
             .unwrap_or(self.cfg.default_usd_per_vcpu_hour)
             .max(self.cfg.budget_floor_usd_per_vcpu_hour)
+    }
+
+    /// What a finished job cost, when its completion says where it ran:
+    /// its vCPU-seconds at the per-vCPU price of that pool as of its end
+    /// (spot: the mean over the region's zones; on-demand and reserved: the
+    /// on-demand price). None when the pool or the type is unknown; the
+    /// ledger then keeps its running estimate.
+    fn completion_cost(&self, c: &crate::events::JobCompleted) -> Option<f64> {
+        if self.st.ledger.accounts.is_empty() || c.vcpu_seconds <= 0.0 {
+            return None;
+        }
+        let (ty, market, region) = (c.instance_type.as_deref()?, c.market?, c.region.as_deref()?);
+        let spec = self.catalog.spec(ty).filter(|s| s.vcpus > 0.0)?;
+        let price = match market {
+            crate::events::Market::Spot => {
+                self.st
+                    .book
+                    .region_price(region, ty, market, c.finished_at)?
+            }
+            _ => self
+                .st
+                .book
+                .region_price(region, ty, crate::events::Market::OnDemand, c.finished_at)
+                .or_else(|| self.catalog.ondemand_price(region, ty))?,
+        };
+        Some(c.vcpu_seconds / 3600.0 * price / spec.vcpus)
     }
 
     /// The budget headroom of the projects and users with work in `env`.

@@ -108,6 +108,28 @@ impl PriceBook {
         self.pools.get(&key.id())?.at(t)
     }
 
+    /// Mean as of `t` over the zones of a region of one type and market
+    /// (a regional price where the buyer does not name a zone).
+    pub fn region_price(
+        &self,
+        region: &str,
+        instance_type: &str,
+        market: Market,
+        t: Millis,
+    ) -> Option<f64> {
+        let (mut sum, mut n) = (0.0, 0u32);
+        for pool in self.pools.values() {
+            let k = &pool.key;
+            if k.market == market && k.region == region && k.instance_type == instance_type {
+                if let Some((_, p)) = pool.at(t) {
+                    sum += p;
+                    n += 1;
+                }
+            }
+        }
+        (n > 0).then(|| sum / n as f64)
+    }
+
     /// The full history of a pool.
     pub fn history(&self, key: &PoolKey) -> &[(Millis, f64)] {
         self.pools

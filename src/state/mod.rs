@@ -63,6 +63,9 @@ pub struct StateCounters {
 pub struct OutstandingJob {
     pub job: JobSubmitted,
     pub series: usize,
+    /// Held by a budget command (see [`DemandState::set_held`]).
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// Outstanding work of one environment (see [`DemandState::environment_summary`]).
@@ -270,6 +273,7 @@ impl DemandState {
             OutstandingJob {
                 job: j.clone(),
                 series: s,
+                held: false,
             },
         );
         if let Some(c) = self.early.remove(&j.job_id) {
@@ -289,9 +293,12 @@ impl DemandState {
             return Applied::Accepted;
         };
         self.counters.completions += 1;
-        // A job counts as demand until it finishes, and never before it was submitted.
-        let t = c.finished_at.max(o.job.submitted_at);
-        self.change(o.series, t, &o.job, -1.0, false);
+        // A job counts as demand until it finishes, and never before it was
+        // submitted (a held job already left the level).
+        if !o.held {
+            let t = c.finished_at.max(o.job.submitted_at);
+            self.change(o.series, t, &o.job, -1.0, false);
+        }
         self.completed.insert(c.job_id.clone(), c.finished_at);
         Applied::Accepted
     }
@@ -341,6 +348,26 @@ impl DemandState {
             }
         }
         self.first_open = Some(first);
+    }
+
+    /// A job held by a budget command (QUEUE or PREEMPT) is not demand any
+    /// capacity can serve until it is resumed: `held = true` takes it out of
+    /// the level from `t` (or the oldest open bucket, if later: the decision
+    /// was made on closed history) and out of the summaries; `false` puts it
+    /// back. Returns whether anything changed (unknown job, same state: no).
+    pub fn set_held(&mut self, job_id: &str, held: bool, t: Millis) -> bool {
+        let Some(o) = self.outstanding.get_mut(job_id) else {
+            return false;
+        };
+        if o.held == held {
+            return false;
+        }
+        o.held = held;
+        let (series, job) = (o.series, o.job.clone());
+        let open_start = self.first_open.map_or(t, |f| f * self.cfg.bucket_ms);
+        let sign = if held { -1.0 } else { 1.0 };
+        self.change(series, t.max(open_start), &job, sign, false);
+        true
     }
 
     /// All series (one per compute environment and job type).
@@ -399,7 +426,7 @@ impl DemandState {
         let mut milli: i64 = 0;
         for o in self.outstanding.values() {
             let j = &o.job;
-            if j.compute_environment != env {
+            if j.compute_environment != env || o.held {
                 continue;
             }
             s.jobs += 1;
