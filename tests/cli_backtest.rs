@@ -185,3 +185,91 @@ fn unknown_policy_is_rejected() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("magic"));
 }
+
+/// A project budget the sample's `group-34` overruns when nothing enforces
+/// it: reactive (which ignores budgets) overruns, predictive (the engine in a
+/// closed loop with the simulator, obeying its QUEUE/PREEMPT/RESUME) does not.
+/// Asserts budget behaviour only: the planner, and so the costs, may change.
+#[test]
+fn budgets_bind_predictive_but_not_reactive() {
+    let dir = tempfile::tempdir().unwrap();
+    let budgets = dir.path().join("budgets.toml");
+    std::fs::write(
+        &budgets,
+        "# group-34 spends about $600 on the first 1500 jobs when unconstrained\n\
+         [project.group-34]\nusd = 150\n",
+    )
+    .unwrap();
+    let j = dir.path().join("b.json");
+    let out = backtest(
+        &[
+            "--max-jobs",
+            "1500",
+            "--policies",
+            "reactive,predictive",
+            "--budgets",
+            budgets.to_str().unwrap(),
+            "--json",
+            j.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("overrun_usd"), "no budget table: {stdout}");
+    let v = json(&j);
+    let (r, p) = (&v["policies"]["reactive"], &v["policies"]["predictive"]);
+    let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap();
+    let u = |x: &serde_json::Value, k: &str| x[k].as_u64().unwrap();
+    // Reactive ignores budgets: it spends past the allocation.
+    assert!(f(r, "budget_spent_usd") > 150.0, "{r}");
+    assert!(f(r, "budget_overrun_usd") > 0.0, "{r}");
+    assert_eq!(u(r, "budget_held_jobs") + u(r, "budget_commands"), 0);
+    // Predictive keeps the simulated spend within it, by holding work.
+    assert_eq!(f(p, "budget_overrun_usd"), 0.0, "{p}");
+    let spent = f(p, "budget_spent_usd");
+    assert!(spent > 0.0 && spent <= 150.0, "{p}");
+    assert!(
+        u(p, "budget_held_jobs") > 0 && u(p, "budget_commands") > 0,
+        "{p}"
+    );
+    assert!(
+        u(p, "jobs_completed") < u(p, "jobs"),
+        "held work did not run"
+    );
+    // Spot interruptions keep their own counter.
+    assert!(p["preemptions"].is_u64() && p["budget_preemptions"].is_u64());
+}
+
+#[test]
+fn invalid_budgets_file_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[project.group-34]\nusd = -5\n", "project.group-34.usd"),
+        (
+            "[project.g]\nusd = 5\nperiod = \"fortnight\"\n",
+            "project.g.period",
+        ),
+        ("[team.g]\nusd = 5\n", "team"),
+    ] {
+        let path = dir.path().join("bad-budgets.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = backtest(
+            &[
+                "--policies",
+                "predictive",
+                "--budgets",
+                path.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(!out.status.success(), "{text} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad-budgets.toml"), "no file: {err}");
+        assert!(err.contains(&format!("`{key}`")), "no key {key}: {err}");
+    }
+}

@@ -155,3 +155,45 @@ fn over_budget_submission_is_queued_with_a_command() {
     assert_eq!(queued.len(), 1, "{out:?}");
     assert_eq!(queued[0].job_id, "big");
 }
+
+#[test]
+fn held_work_is_not_demand_and_resumes_when_budget_frees() {
+    use crate::events::{BudgetAllocation, BudgetScope, PreemptionAction};
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.handle(
+        &Event::BudgetAllocation(BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd: 1.5,
+            period: None,
+        }),
+        &mut out,
+    );
+    // a: 10 vCPU-h at $0.048 = $0.48, admitted; b: 25 vCPU-h = $1.20 > the
+    // $1.02 left, queued.
+    e.handle(&job("a", MIN, 10.0), &mut out);
+    e.handle(&job("b", 2 * MIN, 25.0), &mut out);
+    let actions = |out: &[Command], id: &str| -> Vec<PreemptionAction> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Preemption(p) if p.job_id == id => Some(p.action),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(actions(&out, "b"), vec![PreemptionAction::Queue]);
+    let ce = |e: &Engine| e.state().demand.environment_summary("ce", 0, 0).vcpus;
+    assert_eq!(ce(&e), 10.0, "held work is not demand");
+    // a finishes after 29 min (about $0.23 spent): b's $1.20 fits again.
+    e.handle(&done("a", 30 * MIN), &mut out);
+    e.handle(&job("c", 45 * MIN, 0.0), &mut out);
+    assert_eq!(
+        actions(&out, "b"),
+        vec![PreemptionAction::Queue, PreemptionAction::Resume]
+    );
+    assert_eq!(ce(&e), 25.0);
+    let j = &e.state().ledger.jobs["b"];
+    assert!(j.usd_per_hour > 0.0, "resumed work is charged as running");
+}

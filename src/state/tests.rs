@@ -161,3 +161,30 @@ fn environment_totals_align_job_types() {
     assert_eq!(env.len(), 1);
     assert_eq!(env[0].2, vec![1.0, 1.0, 1.0 + 2.0 * 0.5]);
 }
+
+#[test]
+fn budget_held_jobs_leave_the_demand_until_resumed() {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    st.apply(&job("a", 0, 4.0), &mut ticks);
+    st.apply(&job("b", 0, 2.0), &mut ticks);
+    // b is held at submission: never demand.
+    assert!(st.set_held("b", true, 0));
+    assert!(!st.set_held("b", true, 0), "already held");
+    assert!(!st.set_held("nope", true, 0));
+    assert_eq!(st.outstanding_in("ce")[VCPU], 4.0);
+    // Resumed at minute 15 (closed buckets are not rewritten: the change
+    // lands in the oldest open one), done at minute 25.
+    st.apply(&job("c", 12 * MIN, 0.0), &mut ticks);
+    assert!(st.set_held("b", false, 5 * MIN));
+    st.apply(&done("b", 25 * MIN), &mut ticks);
+    // Held again and completed while held: no double subtraction.
+    st.apply(&job("d", 26 * MIN, 1.0), &mut ticks);
+    st.set_held("d", true, 26 * MIN);
+    st.apply(&done("d", 27 * MIN), &mut ticks);
+    st.flush(&mut ticks);
+    let v: Vec<f64> = st.series()[0].values.iter().map(|r| r[VCPU]).collect();
+    assert_eq!(v, vec![4.0, 6.0, 4.0 + 2.0 * 0.5]);
+    assert_eq!(st.counters().late, 0);
+    assert_eq!(st.outstanding_in("ce")[VCPU], 4.0);
+}
