@@ -35,6 +35,8 @@ pub enum BenchCmd {
     Replay(ReplayArgs),
     /// Kafka: raw rdkafka consume rate vs prescale's full path, and produce→command latency.
     Kafka(Box<super::bench_kafka::BenchKafkaArgs>),
+    /// What reporting (metrics, prediction store; store up or down) costs the decision loop.
+    Store(super::bench_store::BenchStoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +53,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.what {
         BenchCmd::Replay(r) => replay(r),
         BenchCmd::Kafka(k) => super::bench_kafka::run(*k, super::backtest::decision_core),
+        BenchCmd::Store(s) => super::bench_store::run(s),
     }
 }
 
