@@ -153,58 +153,84 @@ fn two_instances_publish_the_same_set_as_one() {
     assert_same(&distinct(&published), &want);
 }
 
-/// Child process of `killed_instance_resumes_from_its_snapshot`: a service
-/// instance that the parent kills with SIGKILL.
+/// The CLI path with real processes: `prescale produce` of the events the
+/// backtest feeds its decision core, then `prescale run`, publishes exactly
+/// the commands `prescale backtest --commands` decides (same ids, same
+/// content, each once), as `prescale tail` prints them.
 #[test]
-fn crash_child() {
-    let Ok(cfg) = std::env::var("PRESCALE_TEST_CHILD_CONFIG") else {
-        return; // only runs as the child
-    };
-    let cfg: prescale::io::kafka::KafkaConfig = serde_json::from_str(&cfg).unwrap();
-    let svc = spawn_service(&cfg, "child", Duration::from_millis(1500));
-    let report = svc.handle.join().unwrap();
-    println!("CHILD-REPORT {}", serde_json::to_string(&report).unwrap());
-}
-
-fn child(cfg: &prescale::io::kafka::KafkaConfig) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(
-            "PRESCALE_TEST_CHILD_CONFIG",
-            serde_json::to_string(cfg).unwrap(),
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// SIGKILL mid-stream, restart: the complete set of commands, duplicates
-/// only under the same ids, every event applied exactly once.
-///
-/// Ignored for now: against tansu the restarted instance does not finish
-/// within the test's time (the kill and the mid-stream snapshot work; the
-/// second process is suspected to wait at the group rejoin of the killed
-/// member). Run with `cargo test --test kafka_service -- --ignored`.
-#[test]
-#[ignore = "restarted instance stalls after SIGKILL on tansu; under investigation"]
-fn killed_instance_resumes_from_its_snapshot() {
+fn cli_produce_then_run_equals_backtest() {
     let broker = Broker::shared();
+    let bt = backtest_replay();
+    assert!(bt.commands.len() > 50, "input must make decisions");
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "cli", state.path());
+    let args = cli_args(&cfg);
+    run_ok(
+        prescale()
+            .arg("produce")
+            .arg(&bt.events)
+            .args(&args)
+            .arg("--create-topics"),
+    );
+    let out = run_ok(prescale().arg("run").args(&args).args([
+        "--instance",
+        "solo",
+        "--exit-when-idle-ms",
+        "1000",
+    ]));
+    let report = run_report(&out);
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["events"], bt.n_events as u64, "{report}");
+    let lines = tail_lines(&cfg);
+    assert_eq!(
+        lines.len(),
+        bt.commands.len(),
+        "one run publishes each command once"
+    );
+    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+}
+
+/// A `prescale run` process killed with SIGKILL mid-stream and restarted:
+/// the complete set of the backtest's commands, duplicates only under the
+/// same ids (with the same content), every event applied exactly once.
+#[test]
+fn sigkilled_run_restarts_and_completes_the_commands() {
+    let broker = Broker::shared();
+    let bt = backtest_replay();
     let state = tempfile::tempdir().unwrap();
     let cfg = config(broker, "crash", state.path());
+    let args = cli_args(&cfg);
     create_topics(&cfg);
-    let evs = events(40, 25);
-    let want = by_id(&factory().replay(&evs));
-
-    // Feed the input live (~6 s) while the first process runs.
-    let cfg2 = cfg.clone();
-    let evs2 = evs.clone();
-    let producer =
-        std::thread::spawn(move || produce(&cfg2, &evs2, 0, Pace::Rate(evs2.len() as f64 / 6.0)));
-    let mut first = child(&cfg);
+    // Static membership: the restarted process takes the killed member's
+    // place at once instead of waiting for its session to expire.
+    let run_cmd = || {
+        let mut c = prescale();
+        c.arg("run").args(&args).args([
+            "--instance",
+            "crashy",
+            "--exit-when-idle-ms",
+            "1500",
+            "-X",
+            "group.instance.id=crashy",
+        ]);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = run_cmd().spawn().unwrap();
+    // Feed the input live (~3 s) while the first process runs.
+    let mut producer = prescale()
+        .arg("produce")
+        .arg(&bt.events)
+        .args(&args)
+        .args(["--rate", &(bt.n_events as f64 / 3.0).to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Kill it once a snapshot shows it mid-stream.
     let started = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         let applied: i64 = std::fs::read_dir(state.path())
             .into_iter()
             .flatten()
@@ -213,50 +239,59 @@ fn killed_instance_resumes_from_its_snapshot() {
             .map(|s| s.offsets.values().flat_map(|m| m.values()).sum::<i64>())
             .max()
             .unwrap_or(0);
-        if applied > 0 && applied < evs.len() as i64 * 7 / 10 {
+        if applied > 0 {
+            assert!(
+                applied < bt.n_events as i64 * 8 / 10,
+                "first snapshot came too late to kill mid-stream ({applied})"
+            );
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "no mid-stream snapshot (applied {applied})"
+            started.elapsed() < Duration::from_secs(60),
+            "no snapshot from the first process"
         );
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let before = distinct(&read_commands(&cfg)).len();
-    assert!(
-        before > 0 && before < want.len(),
-        "killed mid-stream ({before} of {})",
-        want.len()
+    first.kill().unwrap(); // SIGKILL on Unix
+    let status = first.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
     );
-    producer.join().unwrap();
+    let before = json_lines_by_id(&tail_lines(&cfg)).len();
+    assert!(
+        before < bt.commands.len(),
+        "killed mid-stream ({before} of {})",
+        bt.commands.len()
+    );
+    assert!(producer.wait().unwrap().success(), "prescale produce failed");
 
-    let second = child(&cfg).wait_with_output().unwrap();
-    assert!(second.status.success());
-    let out = String::from_utf8_lossy(&second.stdout);
-    let report: serde_json::Value = serde_json::from_str(
-        out.lines()
-            .find_map(|l| l.strip_prefix("CHILD-REPORT "))
-            .expect("child report"),
-    )
-    .unwrap();
+    let second = run_cmd().spawn().unwrap().wait_with_output().unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let report = run_report(&String::from_utf8_lossy(&second.stdout));
     assert_eq!(report["restored_from_snapshot"], true, "{report}");
     assert_eq!(report["finished"], true, "{report}");
 
-    let published = read_commands(&cfg);
-    assert_same(&distinct(&published), &want);
-    // Every event counted once: the engine's own counter in the final
-    // snapshot equals the input size.
-    let snap = std::fs::read_dir(state.path())
+    // Complete, and every repeated id repeats its content exactly.
+    let lines = tail_lines(&cfg);
+    let got = json_lines_by_id(&lines);
+    assert_same_lines(&got, &bt.commands);
+    // Every event applied once: the final snapshot's engine counter and
+    // offsets cover exactly the input.
+    let snaps: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let snap = prescale::checkpoint::read(&snap).unwrap().unwrap();
-    assert_eq!(snap.engine["counters"]["events"], evs.len() as u64);
+        .flatten()
+        .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
+        .collect();
+    assert_eq!(snaps.len(), 1, "one assignment, one snapshot");
+    let snap = &snaps[0];
+    assert_eq!(snap.engine["counters"]["events"], bt.n_events as u64);
     let offsets: i64 = snap.offsets.values().flat_map(|m| m.values()).sum();
-    assert_eq!(offsets, evs.len() as i64, "offsets cover exactly the input");
+    assert_eq!(offsets, bt.n_events as i64, "offsets cover exactly the input");
 }
 
 /// A file-backed broker stopped for 10 s and restarted: nothing lost.

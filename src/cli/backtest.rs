@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use prescale::budget::BudgetFile;
-use prescale::engine::{CapacityPlanner, Engine, EngineConfig};
+use prescale::engine::{CapacityPlanner, Engine};
+use prescale::io::kafka::brain::EngineFactory;
 use prescale::events::file::{is_events_file, read_events};
 use prescale::events::{Event, PriceTick};
 use prescale::forecast::Forecaster;
@@ -95,6 +96,16 @@ pub struct BacktestArgs {
     /// The report adds budget_overrun_usd, budget_preemptions, etc.
     #[arg(long, value_name = "FILE")]
     pub budgets: Option<PathBuf>,
+    /// Write the commands the decision core decides for this input (the
+    /// engine of the predictive policy; what `prescale run` publishes for the
+    /// same events) as JSON lines, as `prescale tail` prints them. Open
+    /// loop, so not with `--budgets` (the simulator then feeds back).
+    #[arg(long, value_name = "OUT.jsonl", conflicts_with = "budgets")]
+    pub commands: Option<PathBuf>,
+    /// Write the events the engine is fed (the trace and the tiled prices,
+    /// in order) as an events file that `prescale produce` can publish.
+    #[arg(long, value_name = "OUT.avro")]
+    pub events_out: Option<PathBuf>,
 }
 
 /// A trace, prices and catalogue ready to replay.
@@ -247,12 +258,44 @@ pub fn prepare(
 /// The engine the service runs, with its default forecaster and planner.
 pub fn make_engine(catalog: Arc<Catalog>, forecaster: Option<Arc<dyn Forecaster>>) -> Engine {
     let (default_fc, planner) = decision_core(&catalog);
-    Engine::new(
-        EngineConfig::default(),
-        catalog,
-        forecaster.unwrap_or(default_fc),
-        planner,
-    )
+    EngineFactory::new(catalog, forecaster.unwrap_or(default_fc), planner).engine()
+}
+
+/// `--events-out` and `--commands`: the engine's exact input and output, so
+/// a replay through Kafka (`prescale produce` + `prescale run`) can be
+/// checked against the backtest's decisions command by command.
+fn export_replay(a: &BacktestArgs, prep: &Prepared) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(p) = &a.events_out {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut w = prescale::events::file::EventsWriter::create(p)?;
+        for ev in &prep.events {
+            w.append(ev)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+        }
+        w.finish()
+            .with_context(|| format!("writing {}", p.display()))?
+            .flush()
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {} ({} events)", p.display(), prep.events.len());
+    }
+    if let Some(p) = &a.commands {
+        let mut engine = make_engine(prep.catalog.clone(), None);
+        let mut cmds = Vec::new();
+        for ev in &prep.events {
+            engine.handle(ev, &mut cmds);
+        }
+        engine.finish(&mut cmds);
+        let mut text = Vec::new();
+        for c in &cmds {
+            writeln!(text, "{}", serde_json::to_value(c)?)?;
+        }
+        write_creating_dirs(p, text).with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {} ({} commands)", p.display(), cmds.len());
+    }
+    Ok(())
 }
 
 pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
@@ -272,6 +315,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         a.max_jobs,
         a.keep_trace_waits,
     )?;
+    export_replay(&a, &prep)?;
     let mut trace = prep.trace.clone();
     trace.seed = a.seed;
     let cfg = SimConfig {

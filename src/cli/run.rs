@@ -3,7 +3,7 @@
 //! checkpoints state with the offsets it reflects.
 
 use anyhow::Context;
-use prescale::engine::{CapacityPlanner, EngineConfig};
+use prescale::engine::CapacityPlanner;
 use prescale::forecast::Forecaster;
 use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::ensure_topics;
@@ -94,24 +94,23 @@ pub fn engine_factory(
     catalog: Option<&std::path::Path>,
     core: DecisionCore,
 ) -> anyhow::Result<EngineFactory> {
+    // The backtest's default catalogue, so both decide over the same offers.
     let catalog = Arc::new(match catalog {
         Some(p) => Catalog::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => Catalog::bundled(),
+        None => Catalog::parse(
+            super::backtest::SAMPLE_CATALOG,
+            super::backtest::SAMPLE_CATALOG_NAME,
+        )?,
     });
     let (forecaster, planner) = core(&catalog);
-    Ok(EngineFactory {
-        config: EngineConfig::default(),
-        catalog,
-        forecaster,
-        planner,
-    })
+    Ok(EngineFactory::new(catalog, forecaster, planner))
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// On-demand catalogue CSV; default: the bundled one (as the backtest).
+    /// On-demand catalogue CSV; default: the backtest's bundled one.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
     /// Instance name (defaults to host-pid).
@@ -170,6 +169,10 @@ impl RunArgs {
 }
 
 pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
+    // Logs (RUST_LOG, default info; librdkafka's own log lines included) and
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _telemetry =
+        prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let cfg = args.kafka.load()?;
     let extras = args.extras()?;
     let factory = engine_factory(args.catalog.as_deref(), core)?;

@@ -450,3 +450,151 @@ pub fn assert_same(got: &BTreeMap<String, Command>, want: &BTreeMap<String, Comm
         &differ[..differ.len().min(8)]
     );
 }
+
+// ---- The real `prescale` binary -------------------------------------------
+
+/// A `prescale` command line (the binary cargo built for this test run).
+pub fn prescale() -> Proc {
+    Proc::new(env!("CARGO_BIN_EXE_prescale"))
+}
+
+/// The connection flags of `cfg`, as `prescale run|produce|tail` take them.
+pub fn cli_args(cfg: &KafkaConfig) -> Vec<String> {
+    let mut v = vec![
+        "--brokers".to_string(),
+        cfg.brokers.clone(),
+        "--topic-prefix".into(),
+        cfg.topics.prefix.clone(),
+        "--group".into(),
+        cfg.group_id.clone(),
+        "--checkpoint-dir".into(),
+        cfg.checkpoint_dir.display().to_string(),
+        "--checkpoint-interval-ms".into(),
+        cfg.checkpoint_interval_ms.to_string(),
+        "--merge-idle-ms".into(),
+        cfg.merge_idle_ms.to_string(),
+    ];
+    for (k, val) in &cfg.properties {
+        v.push("-X".into());
+        v.push(format!("{k}={val}"));
+    }
+    v
+}
+
+/// Run a `prescale` sub-command to completion; panics with its stderr when
+/// it fails. Returns stdout.
+pub fn run_ok(cmd: &mut Proc) -> String {
+    let out = cmd.output().expect("start prescale");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `prescale backtest` feeds its decision core and what it decides,
+/// exported with `--events-out` and `--commands` for a slice of the bundled
+/// trace (real jobs, real spot prices tiled onto them).
+pub struct BacktestReplay {
+    _dir: tempfile::TempDir,
+    /// Events file of the engine's exact input.
+    pub events: PathBuf,
+    pub n_events: usize,
+    /// Command id → the JSON line (as `prescale tail` prints it).
+    pub commands: BTreeMap<String, String>,
+}
+
+/// Computed once per test binary.
+pub fn backtest_replay() -> &'static BacktestReplay {
+    static R: OnceLock<BacktestReplay> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.avro");
+        let commands = dir.path().join("commands.jsonl");
+        run_ok(
+            prescale()
+                .args(["backtest", "--policies", "reactive", "--max-jobs", "600"])
+                .arg("--events-out")
+                .arg(&events)
+                .arg("--commands")
+                .arg(&commands),
+        );
+        let n_events = prescale::events::file::read_events(&events, false)
+            .expect("read the exported events")
+            .events
+            .len();
+        let lines = std::fs::read_to_string(&commands).expect("read the exported commands");
+        let all: Vec<String> = lines.lines().map(str::to_string).collect();
+        let by_id = json_lines_by_id(&all);
+        assert_eq!(by_id.len(), all.len(), "the backtest repeats a command id");
+        BacktestReplay {
+            _dir: dir,
+            events,
+            n_events,
+            commands: by_id,
+        }
+    })
+}
+
+/// JSON command lines keyed by `command_id`, after checking that a repeated
+/// id always repeats the same content.
+pub fn json_lines_by_id(lines: &[String]) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = BTreeMap::new();
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON command line");
+        let id = v["command_id"].as_str().expect("command_id").to_string();
+        if let Some(prev) = m.get(&id) {
+            assert_eq!(prev, l, "same id {id}, different content");
+        } else {
+            m.insert(id, l.clone());
+        }
+    }
+    m
+}
+
+/// Every command on the command topics, as `prescale tail` prints them.
+pub fn tail_lines(cfg: &KafkaConfig) -> Vec<String> {
+    let out = run_ok(
+        prescale()
+            .arg("tail")
+            .args(cli_args(cfg))
+            .args(["--from-beginning", "--exit-at-end"]),
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+/// Compare JSON command sets by id, printing a readable summary.
+pub fn assert_same_lines(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    if got == want {
+        return;
+    }
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let differ: Vec<(&String, &String)> = want
+        .iter()
+        .filter_map(|(k, w)| got.get(k).filter(|g| *g != w).map(|g| (g, w)))
+        .collect();
+    panic!(
+        "command sets differ: got {}, want {}\nmissing {}: {:?}\nextra {}: {:?}\ndifferent {}: {:?}",
+        got.len(),
+        want.len(),
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)],
+        differ.len(),
+        &differ[..differ.len().min(2)]
+    );
+}
+
+/// The report `prescale run` prints as its last stdout line.
+pub fn run_report(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no run report in {stdout:?}"));
+    serde_json::from_str(line).expect("run report is JSON")
+}

@@ -19,6 +19,23 @@ pub struct EngineFactory {
 }
 
 impl EngineFactory {
+    /// The one construction of the decision engine that `prescale run`,
+    /// `prescale backtest` and the benchmarks share: the default engine
+    /// configuration around a catalogue, forecaster and planner. Keeping it in
+    /// one place is what makes a Kafka replay decide what the backtest decides.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        forecaster: Arc<dyn Forecaster>,
+        planner: Arc<dyn CapacityPlanner>,
+    ) -> Self {
+        EngineFactory {
+            config: EngineConfig::default(),
+            catalog,
+            forecaster,
+            planner,
+        }
+    }
+
     /// A fresh engine (what a file replay uses).
     pub fn engine(&self) -> Engine {
         Engine::new(

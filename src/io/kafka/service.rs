@@ -118,7 +118,30 @@ struct GroupCtx {
     plan: Mutex<Option<Plan>>,
 }
 
-impl ClientContext for GroupCtx {}
+/// librdkafka reports reaching the end of a partition (which the loop asks
+/// for, to know when it is caught up) as an error; it is not one.
+fn log_client_error(error: &RdError, reason: &str) {
+    if !matches!(error, RdError::PartitionEOF(_)) {
+        tracing::error!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ClientContext for GroupCtx {
+    fn error(&self, error: RdError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+/// Context of the price consumer (manual assignment, no group).
+struct PriceCtx;
+
+impl ClientContext for PriceCtx {
+    fn error(&self, error: RdError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for PriceCtx {}
 
 impl ConsumerContext for GroupCtx {
     fn rebalance(
@@ -222,7 +245,8 @@ pub async fn run(
     };
     let group: StreamConsumer<GroupCtx> =
         consumer_config(cfg, Some(&cfg.group_id)).create_with_context(ctx)?;
-    let prices: StreamConsumer = consumer_config(cfg, None).create()?;
+    let prices: StreamConsumer<PriceCtx> =
+        consumer_config(cfg, None).create_with_context(PriceCtx)?;
     let refs: Vec<&str> = group_topics.iter().map(String::as_str).collect();
     group.subscribe(&refs)?;
     let publisher = Publisher::new(cfg)?;
@@ -408,7 +432,7 @@ pub async fn run(
 /// the price consumer at the matching offsets.
 fn activate(
     factory: &dyn BrainFactory,
-    prices: &StreamConsumer,
+    prices: &StreamConsumer<PriceCtx>,
     price_topic: &str,
     plan: Plan,
     stats: &Stats,
