@@ -218,7 +218,23 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
         c
     };
     let mut first = run_cmd().spawn().unwrap();
-    // Feed the input live (~3 s) while the first process runs.
+    // Wait until it owns its partitions (its log says so), then feed the
+    // input live (~3 s) while it runs.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = first.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("assigned") && !line.contains("partitions=0") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the first process joined its group");
     let mut producer = prescale()
         .arg("produce")
         .arg(&bt.events)
@@ -264,7 +280,10 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
         "killed mid-stream ({before} of {})",
         bt.commands.len()
     );
-    assert!(producer.wait().unwrap().success(), "prescale produce failed");
+    assert!(
+        producer.wait().unwrap().success(),
+        "prescale produce failed"
+    );
 
     let second = run_cmd().spawn().unwrap().wait_with_output().unwrap();
     assert!(
@@ -291,7 +310,10 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
     let snap = &snaps[0];
     assert_eq!(snap.engine["counters"]["events"], bt.n_events as u64);
     let offsets: i64 = snap.offsets.values().flat_map(|m| m.values()).sum();
-    assert_eq!(offsets, bt.n_events as i64, "offsets cover exactly the input");
+    assert_eq!(
+        offsets, bt.n_events as i64,
+        "offsets cover exactly the input"
+    );
 }
 
 /// A file-backed broker stopped for 10 s and restarted: nothing lost.

@@ -171,8 +171,7 @@ impl RunArgs {
 pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
     // Logs (RUST_LOG, default info; librdkafka's own log lines included) and
     // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
-    let _telemetry =
-        prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
+    let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let cfg = args.kafka.load()?;
     let extras = args.extras()?;
     let factory = engine_factory(args.catalog.as_deref(), core)?;

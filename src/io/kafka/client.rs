@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::time::Duration;
 
 /// Client settings prescale chooses; every `-X`/`properties` entry is applied
@@ -142,7 +142,15 @@ pub fn cached_watermarks<C: ClientContext>(
     topic: &str,
     partition: i32,
 ) -> Option<(i64, i64)> {
-    let topic = CString::new(topic).ok()?;
+    cached_watermarks_c(client, &CString::new(topic).ok()?, partition)
+}
+
+/// [`cached_watermarks`] for a topic name already converted for C (hot loops).
+pub fn cached_watermarks_c<C: ClientContext>(
+    client: &Client<C>,
+    topic: &CStr,
+    partition: i32,
+) -> Option<(i64, i64)> {
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: `native_ptr` is a live rd_kafka_t owned by `client`; the topic
     // string outlives the call; librdkafka only reads it and writes the two
@@ -171,7 +179,20 @@ pub fn caught_up<C: ClientContext>(
     partition: i32,
     next: Option<i64>,
 ) -> bool {
-    match cached_watermarks(client, topic, partition) {
+    match CString::new(topic) {
+        Ok(t) => caught_up_c(client, &t, partition, next),
+        Err(_) => false,
+    }
+}
+
+/// [`caught_up`] for a topic name already converted for C (hot loops).
+pub fn caught_up_c<C: ClientContext>(
+    client: &Client<C>,
+    topic: &CStr,
+    partition: i32,
+    next: Option<i64>,
+) -> bool {
+    match cached_watermarks_c(client, topic, partition) {
         None => false,
         Some((low, high)) => match next {
             Some(n) => n >= high,

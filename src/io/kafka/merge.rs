@@ -94,7 +94,8 @@ impl Part {
 /// One released event.
 #[derive(Debug)]
 pub struct Released {
-    pub tp: Tp,
+    /// The partition's slot (see [`Merger::slot`]).
+    pub slot: usize,
     pub offset: i64,
     pub event: Event,
     /// The message's produce timestamp, when it had one.
@@ -102,9 +103,13 @@ pub struct Released {
 }
 
 /// The merge buffer over a set of assigned partitions.
+///
+/// Partitions live in a small vector sorted by topic-partition and are
+/// addressed by slot, so the per-message path allocates nothing (a consumer
+/// owns a dozen partitions or so; a linear scan beats hashing there).
 #[derive(Debug, Default)]
 pub struct Merger {
-    parts: BTreeMap<Tp, Part>,
+    parts: Vec<(Tp, Part)>,
     buffered: usize,
 }
 
@@ -112,7 +117,7 @@ impl Merger {
     /// A merger over `assigned` partitions, each resuming at the given offset
     /// (`None`: from the beginning of the partition).
     pub fn new(assigned: impl IntoIterator<Item = (Tp, Option<i64>)>) -> Self {
-        let parts = assigned
+        let parts: BTreeMap<Tp, Part> = assigned
             .into_iter()
             .map(|(tp, start)| {
                 (
@@ -125,11 +130,21 @@ impl Merger {
                 )
             })
             .collect();
-        Merger { parts, buffered: 0 }
+        Merger {
+            parts: parts.into_iter().collect(),
+            buffered: 0,
+        }
+    }
+
+    /// The slot of an assigned partition (`None`: not assigned).
+    pub fn slot(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.parts
+            .iter()
+            .position(|((t, p), _)| *p == partition && t == topic)
     }
 
     pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.parts.contains_key(&(topic.to_string(), partition))
+        self.slot(topic, partition).is_some()
     }
 
     /// Messages buffered (decoded, not yet released).
@@ -137,35 +152,36 @@ impl Merger {
         self.buffered
     }
 
-    /// Buffer a decoded event read at `offset`. Returns false (and ignores it)
-    /// when the partition is not assigned or the offset was already seen.
+    /// Buffer a decoded event read at `offset` from the partition in `slot`.
+    /// Returns false (and ignores it) when the slot does not exist or the
+    /// offset was already seen.
     pub fn push(
         &mut self,
-        tp: Tp,
+        slot: usize,
         offset: i64,
         key: OrderKey,
         event: Event,
         produced_at: Option<i64>,
         now: Instant,
     ) -> bool {
-        self.push_entry(tp, offset, Some((key, event)), produced_at, now)
+        self.push_entry(slot, offset, Some((key, event)), produced_at, now)
     }
 
     /// Record a message that was dead-lettered: it is consumed in order but
     /// never reaches the engine.
-    pub fn push_skipped(&mut self, tp: Tp, offset: i64, now: Instant) -> bool {
-        self.push_entry(tp, offset, None, None, now)
+    pub fn push_skipped(&mut self, slot: usize, offset: i64, now: Instant) -> bool {
+        self.push_entry(slot, offset, None, None, now)
     }
 
     fn push_entry(
         &mut self,
-        tp: Tp,
+        slot: usize,
         offset: i64,
         item: Option<(OrderKey, Event)>,
         produced_at: Option<i64>,
         arrived: Instant,
     ) -> bool {
-        let Some(p) = self.parts.get_mut(&tp) else {
+        let Some((_, p)) = self.parts.get_mut(slot) else {
             return false;
         };
         if p.received.is_some_and(|r| offset < r) {
@@ -196,36 +212,38 @@ impl Merger {
         idle: Duration,
         mut caught_up: impl FnMut(&str, i32, Option<i64>) -> bool,
     ) -> Option<Released> {
-        let mut best: Option<(&Tp, &OrderKey, Instant)> = None;
-        let mut any_empty = false;
-        for (tp, p) in &self.parts {
+        // The smallest head first; the (costlier) caught-up questions only
+        // when there is something to release.
+        let mut best: Option<(usize, &OrderKey, Instant)> = None;
+        for (i, (_, p)) in self.parts.iter().enumerate() {
             match p.queue.front() {
                 Some(Entry {
                     item: Some((k, _)),
                     arrived,
                     ..
-                }) => {
-                    if best.is_none_or(|(_, b, _)| k < b) {
-                        best = Some((tp, k, *arrived));
-                    }
+                }) if best.is_none_or(|(_, b, _)| k < b) => {
+                    best = Some((i, k, *arrived));
                 }
                 Some(Entry { item: None, .. }) => {
                     unreachable!("settled queues start with an event")
                 }
-                None => {
-                    if !caught_up(&tp.0, tp.1, p.received) {
-                        return None;
-                    }
-                    any_empty = true;
-                }
+                _ => {}
             }
         }
-        let (tp, _, arrived) = best?;
+        let (slot, _, arrived) = best?;
+        let mut any_empty = false;
+        for (tp, p) in &self.parts {
+            if p.queue.is_empty() {
+                if !caught_up(&tp.0, tp.1, p.received) {
+                    return None;
+                }
+                any_empty = true;
+            }
+        }
         if any_empty && now.saturating_duration_since(arrived) < idle {
             return None;
         }
-        let tp = tp.clone();
-        let p = self.parts.get_mut(&tp).expect("chosen partition exists");
+        let p = &mut self.parts[slot].1;
         let Entry {
             offset,
             item,
@@ -237,7 +255,7 @@ impl Merger {
         p.settle();
         self.buffered -= 1;
         Some(Released {
-            tp,
+            slot,
             offset,
             event,
             produced_at,
@@ -287,7 +305,8 @@ mod tests {
     fn push(m: &mut Merger, t: &str, p: i32, off: i64, time: Millis, seq: Option<u64>) {
         let e = ev(time, &format!("{t}{p}@{off}"));
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, seq, p, off);
-        assert!(m.push(tp(t, p), off, k, e, None, Instant::now()));
+        let slot = m.slot(t, p).unwrap();
+        assert!(m.push(slot, off, k, e, None, Instant::now()));
     }
 
     fn id(r: &Released) -> String {
@@ -320,7 +339,7 @@ mod tests {
         let t0 = Instant::now();
         let e = ev(10, "x");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 0);
-        assert!(m.push(tp("a", 0), 0, k, e, None, t0));
+        assert!(m.push(0, 0, k, e, None, t0));
         let grace = Duration::from_millis(50);
         assert!(m
             .pop(t0 + Duration::from_millis(10), grace, |_, _, _| true)
@@ -360,20 +379,18 @@ mod tests {
     #[test]
     fn skipped_messages_advance_offsets_and_duplicates_are_ignored() {
         let mut m = Merger::new([(tp("a", 0), Some(4))]);
-        assert!(m.push_skipped(tp("a", 0), 4, Instant::now()));
+        assert!(m.push_skipped(0, 4, Instant::now()));
         assert_eq!(m.offsets()["a"][&0], 5);
         push(&mut m, "a", 0, 5, 1, None);
-        assert!(m.push_skipped(tp("a", 0), 6, Instant::now()));
+        assert!(m.push_skipped(0, 6, Instant::now()));
         let e = ev(0, "dup");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 5);
         assert!(
-            !m.push(tp("a", 0), 5, k, e, None, Instant::now()),
+            !m.push(0, 5, k, e, None, Instant::now()),
             "offset 5 was already read"
         );
-        assert!(
-            !m.push_skipped(tp("zz", 0), 0, Instant::now()),
-            "unassigned"
-        );
+        assert_eq!(m.slot("zz", 0), None, "unassigned");
+        assert!(!m.push_skipped(7, 0, Instant::now()), "no such slot");
         assert_eq!(m.buffered(), 1);
         let r = m
             .pop(Instant::now(), Duration::ZERO, |_, _, _| true)

@@ -14,7 +14,7 @@
 //! partitions (and all prices) from the beginning. Commands re-decided during
 //! a replay carry the ids they had the first time.
 
-use super::client::{caught_up, consumer_config, partitions_of};
+use super::client::{caught_up_c, consumer_config, partitions_of};
 use super::codec::{decode_input, encode_output, headers};
 use super::config::KafkaConfig;
 use super::merge::{Merger, OrderKey, Tp};
@@ -23,6 +23,7 @@ use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
 use crate::events::avro::EventKind;
 use crate::events::{Command, Event};
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
@@ -30,7 +31,6 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,12 +230,19 @@ pub async fn run(
         topics.job_completion(),
         topics.budget_allocation(),
     ];
-    let kinds: BTreeMap<String, EventKind> =
-        topics.inputs().into_iter().map(|(k, t)| (t, k)).collect();
-    // Counter handles looked up once: the per-message path only increments.
-    let events_in: BTreeMap<&str, _> = kinds
-        .keys()
-        .map(|t| (t.as_str(), crate::telemetry::metrics().events_in(t)))
+    // Per input topic: its kind, its events-in counter (looked up once: the
+    // per-message path only increments) and its name for librdkafka's
+    // watermark lookups (converted once, not per question).
+    let inputs: Vec<Input> = topics
+        .inputs()
+        .into_iter()
+        .map(|(kind, t)| Input {
+            counter: crate::telemetry::metrics().events_in(&t),
+            c_topic: std::ffi::CString::new(t.as_str()).unwrap_or_default(),
+            price: t == price_topic,
+            topic: t,
+            kind,
+        })
         .collect();
 
     let ctx = GroupCtx {
@@ -278,12 +285,32 @@ pub async fn run(
     // The merger's question, answered from librdkafka's cached watermarks.
     macro_rules! caught {
         () => {
-            |t: &str, p: i32, n: Option<i64>| {
-                if t == price_topic {
-                    caught_up(prices.client(), t, p, n)
+            |t: &str, p: i32, n: Option<i64>| match inputs.iter().find(|i| i.topic == t) {
+                Some(i) if i.price => caught_up_c(prices.client(), &i.c_topic, p, n),
+                Some(i) => caught_up_c(group.client(), &i.c_topic, p, n),
+                None => true,
+            }
+        };
+    }
+
+    // A rebalance happened inside a poll: rebuild before anything else.
+    macro_rules! apply_plan {
+        () => {
+            let plan = group.context().plan.lock().expect("plan lock").take();
+            if let Some(plan) = plan {
+                stats.rebalances.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .assigned
+                    .store(plan.assignment.len() as u64, Ordering::Relaxed);
+                active = None;
+                if !plan.assignment.is_empty() {
+                    let a = activate(factory, &prices, &price_topic, plan, &stats)?;
+                    restored |= a.1;
+                    active = Some(a.0);
                 } else {
-                    caught_up(group.client(), t, p, n)
+                    prices.unassign()?;
                 }
+                last_input = Instant::now();
             }
         };
     }
@@ -302,67 +329,48 @@ pub async fn run(
             c = control.recv() => Step::Ctl(c),
         };
 
-        // A rebalance happened inside a poll: rebuild before anything else.
-        let plan = group.context().plan.lock().expect("plan lock").take();
-        if let Some(plan) = plan {
-            stats.rebalances.fetch_add(1, Ordering::Relaxed);
-            stats
-                .assigned
-                .store(plan.assignment.len() as u64, Ordering::Relaxed);
-            active = None;
-            if !plan.assignment.is_empty() {
-                let a = activate(factory, &prices, &price_topic, plan, &stats)?;
-                restored |= a.1;
-                active = Some(a.0);
-            } else {
-                prices.unassign()?;
-            }
-            last_input = Instant::now();
-        }
+        apply_plan!();
 
         match step {
-            Step::Msg(Ok(m)) => {
-                stats.messages.fetch_add(1, Ordering::Relaxed);
-                last_input = Instant::now();
-                let Some(a) = active.as_mut() else { continue };
-                let topic = m.topic();
-                let tp: Tp = (topic.to_string(), m.partition());
-                if !a.merger.is_assigned(topic, m.partition()) {
-                    continue;
-                }
-                let Some(&kind) = kinds.get(topic) else {
-                    continue;
-                };
-                let value = m.payload().unwrap_or(&[]);
-                match decode_input(cfg, kind, value) {
-                    Ok(ev) => {
-                        if let Some(c) = events_in.get(topic) {
-                            c.inc();
+            Step::Msg(first) => {
+                // Take what the consumers already hold without waiting (up to
+                // a batch), then merge and decide once: one wake-up and one
+                // merge scan per batch instead of per message.
+                let mut next = Some(first);
+                let mut n = 0usize;
+                while let Some(m) = next.take() {
+                    match m {
+                        Ok(m) => {
+                            stats.messages.fetch_add(1, Ordering::Relaxed);
+                            last_input = Instant::now();
+                            if let Some(a) = active.as_mut() {
+                                ingest(cfg, &inputs, &publisher, &stats, a, &m)?;
+                            }
                         }
-                        let seq = seq_header(&m);
-                        let key = OrderKey::new(&ev, kind, seq, m.partition(), m.offset());
-                        let ts = m.timestamp().to_millis();
-                        a.merger.push(tp, m.offset(), key, ev, ts, Instant::now());
+                        Err(RdError::PartitionEOF(_)) => {}
+                        Err(e) => {
+                            // Transient client errors (broker down,
+                            // coordinator moving) are retried by librdkafka.
+                            tracing::warn!(error = %e, "consumer error");
+                        }
                     }
-                    Err(e) => {
-                        dead_letter(cfg, &publisher, &m, &e.to_string())?;
-                        stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                        crate::telemetry::metrics().inc_dlq(topic);
-                        a.merger.push_skipped(tp, m.offset(), Instant::now());
-                        a.dirty = true;
+                    n += 1;
+                    if n < MAX_BATCH {
+                        next = if n % 2 == 0 {
+                            group.recv().now_or_never()
+                        } else {
+                            None
+                        }
+                        .or_else(|| prices.recv().now_or_never())
+                        .or_else(|| group.recv().now_or_never());
+                        if next.is_some() {
+                            apply_plan!();
+                        }
                     }
                 }
-                drain(a, &mut out, &sink, merge_idle, caught!())?;
-            }
-            Step::Msg(Err(RdError::PartitionEOF(_))) => {
                 if let Some(a) = active.as_mut() {
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
                 }
-            }
-            Step::Msg(Err(e)) => {
-                // Transient client errors (broker down, coordinator moving)
-                // are retried by librdkafka; log and carry on.
-                tracing::warn!(error = %e, "consumer error");
             }
             Step::Tick => {
                 if last_lag.elapsed() >= LAG_EVERY {
@@ -495,6 +503,55 @@ fn seq_header(m: &BorrowedMessage<'_>) -> Option<u64> {
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.parse().ok())
+}
+
+/// Messages handled per wake-up of the loop at most (bounds the time
+/// between looks at the timer and the control channel).
+const MAX_BATCH: usize = 1024;
+
+/// One input topic as the loop sees it.
+struct Input {
+    topic: String,
+    c_topic: std::ffi::CString,
+    kind: EventKind,
+    price: bool,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+/// Decode one input message into the merge buffer; one that does not decode
+/// or validate goes to the dead-letter topic and only advances its offset.
+fn ingest(
+    cfg: &KafkaConfig,
+    inputs: &[Input],
+    publisher: &Publisher,
+    stats: &Stats,
+    a: &mut Active,
+    m: &BorrowedMessage<'_>,
+) -> Result<(), KafkaError> {
+    let topic = m.topic();
+    let Some(slot) = a.merger.slot(topic, m.partition()) else {
+        return Ok(());
+    };
+    let Some(input) = inputs.iter().find(|i| i.topic == topic) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
+        Ok(ev) => {
+            input.counter.inc();
+            let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
+            let ts = m.timestamp().to_millis();
+            a.merger.push(slot, m.offset(), key, ev, ts, now);
+        }
+        Err(e) => {
+            dead_letter(cfg, publisher, m, &e.to_string())?;
+            stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics().inc_dlq(topic);
+            a.merger.push_skipped(slot, m.offset(), now);
+            a.dirty = true;
+        }
+    }
+    Ok(())
 }
 
 /// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
