@@ -143,7 +143,7 @@ impl Default for EnvPolicy {
             serverless_burst: false,
             over_budget: OverBudget::Queue,
             reserved: Vec::new(),
-            spot_interruption_rate_per_h: 0.05,
+            spot_interruption_rate_per_h: crate::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR,
             restart_overhead_s: 120,
             typical_job_s: 3600,
             max_spot_pool_share: 0.5,

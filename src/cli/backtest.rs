@@ -71,8 +71,10 @@ pub struct BacktestArgs {
     /// Idle time before an autoscaled instance is terminated, seconds.
     #[arg(long, default_value_t = 600)]
     pub idle_timeout_s: i64,
-    /// Spot interruptions per instance-hour.
-    #[arg(long, default_value_t = 0.05)]
+    /// Spot interruptions per instance-hour drawn by the simulator (the
+    /// default is pessimistic against AWS's published frequencies; see
+    /// `pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR`).
+    #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR)]
     pub spot_rate: f64,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
     #[arg(long)]
@@ -407,7 +409,10 @@ fn write_creating_dirs(p: &std::path::Path, contents: impl AsRef<[u8]>) -> std::
 }
 
 pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
-    (forecaster(), Arc::new(interim::SpotFloor::default()))
+    (
+        forecaster(),
+        Arc::new(prescale::planner::CostAwarePlanner::default()),
+    )
 }
 
 /// The shipped LSTM (`models/lstm`), or the statistical model when the
@@ -419,93 +424,4 @@ fn forecaster() -> Arc<dyn Forecaster> {
         eprintln!("forecaster: {e}; using the statistical model (ETS)");
     }
     Arc::new(f)
-}
-
-mod interim {
-    use prescale::engine::{CapacityPlanner, PlanDecision, PlanRequest};
-    use prescale::events::{InstanceAllocation, Market};
-    pub struct SpotFloor {
-        pub lead_buckets: usize,
-        pub pools: usize,
-        pub min_mib_per_vcpu: f64,
-    }
-
-    impl Default for SpotFloor {
-        fn default() -> Self {
-            SpotFloor {
-                lead_buckets: 2,
-                pools: 3,
-                min_mib_per_vcpu: 2048.0,
-            }
-        }
-    }
-
-    impl CapacityPlanner for SpotFloor {
-        fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
-            let f = r.forecast;
-            let mid = f.quantiles.iter().position(|&x| x >= 0.5).unwrap_or(0);
-            let target = f
-                .values
-                .iter()
-                .take(self.lead_buckets + 1)
-                .map(|row| row.get(mid).copied().unwrap_or(0.0))
-                .fold(0.0, f64::max);
-            let mut offers: Vec<(f64, String, String, f64)> = r
-                .book
-                .offers(r.catalog, r.now)
-                .into_iter()
-                .filter(|o| o.pool.market == Market::Spot)
-                .filter_map(|o| {
-                    let s = r.catalog.spec(&o.pool.instance_type)?;
-                    (s.gpus == 0
-                        && s.vcpus >= 16.0
-                        && s.memory_mib as f64 >= self.min_mib_per_vcpu * s.vcpus)
-                        .then(|| {
-                            (
-                                o.usd_per_hour / s.vcpus,
-                                o.pool.instance_type.clone(),
-                                o.pool.region.clone(),
-                                s.vcpus,
-                            )
-                        })
-                })
-                .collect();
-            offers.sort_by(|a, b| {
-                a.0.total_cmp(&b.0)
-                    .then_with(|| a.1.cmp(&b.1))
-                    .then_with(|| a.2.cmp(&b.2))
-            });
-            offers.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
-            let chosen: Vec<_> = offers.into_iter().take(self.pools).collect();
-            let usd_per_vcpu_hour = if chosen.is_empty() {
-                0.0
-            } else {
-                chosen.iter().map(|c| c.0).sum::<f64>() / chosen.len() as f64
-            };
-            let mut mix = Vec::new();
-            let mut vcpus = 0i64;
-            if target > 0.0 && !chosen.is_empty() {
-                let share = target / chosen.len() as f64;
-                for (_, t, region, v) in &chosen {
-                    let count = (share / v).ceil() as i32;
-                    vcpus += count as i64 * *v as i64;
-                    mix.push(InstanceAllocation {
-                        instance_type: t.clone(),
-                        market: Market::Spot,
-                        region: region.clone(),
-                        count,
-                    });
-                }
-            }
-            PlanDecision {
-                min_vcpus: vcpus,
-                desired_vcpus: vcpus,
-                max_vcpus: 0,
-                instance_mix: mix,
-                constraints: Default::default(),
-                usd_per_vcpu_hour,
-                reason: format!("interim floor: p50 peak over lead time {target:.1} vCPU on cheapest spot pools"),
-            }
-        }
-    }
 }

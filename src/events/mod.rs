@@ -159,6 +159,8 @@ pub struct ScalingCommand {
     pub compute_environment: String,
     pub min_vcpus: i64,
     pub desired_vcpus: i64,
+    /// Ceiling on the environment's capacity; 0 means none (the actuator
+    /// leaves the environment's own maximum as it is).
     pub max_vcpus: i64,
     pub instance_mix: Vec<InstanceAllocation>,
     pub constraints: BTreeMap<String, String>,

@@ -161,10 +161,6 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
     } else {
         0.0
     };
-    let upper = window
-        .iter()
-        .map(|row| row.last().copied().unwrap_or(0.0))
-        .fold(0.0f64, f64::max);
     let forecast_used: Vec<QuantileValue> = f
         .quantiles
         .iter()
@@ -364,18 +360,18 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
         0.0
     };
 
-    // 5. Ceiling: room for the scheduler to absorb forecast misses, within
-    // the policy and the budget.
-    let mut max = ((desired as f64).max(upper + input.queued_vcpus.max(0.0)) * 1.5).ceil() as i64;
-    if let Some(cap) = p.max_vcpus {
-        max = max.min(cap);
-    }
+    // 5. Ceiling: only where the user asked for one (policy `max_vcpus`) or
+    // a budget limits the spend rate; 0 means none. A ceiling derived from
+    // the forecast alone would turn every forecast miss (a wide gang job
+    // arriving between ticks) into queueing the deadline may not survive.
+    let mut ceiling: Option<i64> = p.max_vcpus;
     if let (Some(cap), Some(u)) = (hourly_cap, unit_list) {
         if u > 0.0 {
-            max = max.min((reserved_v + cap / u).floor() as i64);
+            let b = (reserved_v + cap / u).floor() as i64;
+            ceiling = Some(ceiling.map_or(b, |c| c.min(b)));
         }
     }
-    max = max.max(desired);
+    let max = ceiling.map_or(0, |c| c.max(desired));
     min = min.min(desired);
     let _ = write!(reason, " => min {min} desired {desired} max {max}");
 
@@ -614,7 +610,8 @@ mod tests {
         let hi = plan_with_offers(&inp, &market_offers());
         assert_eq!(hi.quantile_used, 0.9);
         assert_eq!(hi.desired_vcpus, 100);
-        assert!(hi.max_vcpus >= hi.desired_vcpus);
+        // No policy ceiling and no budget: no max.
+        assert_eq!(hi.max_vcpus, 0);
         // deterministic reason
         assert_eq!(hi.reason, plan_with_offers(&inp, &market_offers()).reason);
     }

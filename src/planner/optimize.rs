@@ -84,7 +84,7 @@ impl Default for InstanceRequest {
             restart_overhead_s: 120,
             max_spot_pool_share: 0.5,
             alternatives: 5,
-            spot_interruption_rate_per_h: 0.05,
+            spot_interruption_rate_per_h: crate::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR,
             interruption_rates: std::collections::BTreeMap::new(),
             max_price_age_s: 6 * 3600,
             reserved: Vec::new(),

@@ -25,9 +25,14 @@
 //!   BEST_FIT (the cheapest type per useful vCPU that fits the job, sized up
 //!   to the queued demand behind it), up to `max_vcpus`; an instance idle for
 //!   `idle_timeout_ms` is terminated.
-//! - **Floors** (predictive/oracle): a command sets, per pool, a number of
-//!   instances kept alive whether busy or not (pre-booted capacity); spot
-//!   floor instances that are reclaimed are replaced.
+//! - **Commands** (predictive/oracle) set the environment as AWS Batch's
+//!   `UpdateComputeEnvironment` does: `min` capacity is never scaled in (an
+//!   idle instance is kept while the rest would fall below it; a reclaimed
+//!   spot instance is replaced), capacity short of `desired` is launched at
+//!   once from the command's instance mix (pre-booted ahead of demand, then
+//!   scaled in after the idle timeout like any other instance), `max` caps
+//!   the total (Batch may exceed it by one instance), and the mix's markets
+//!   are where queued work bursts.
 //! - **Budget commands** (predictive/oracle with budgets, applied by the
 //!   closed-loop runner through [`Cluster::apply_preemption`]): QUEUE holds
 //!   a job out of the queue until a RESUME (forever without one); PREEMPT
@@ -54,8 +59,14 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 #[derive(Debug, Clone, PartialEq)]
 pub struct FloorCommand {
     pub at: Millis,
-    /// Instances kept alive per pool.
-    pub floor: Vec<(usize, u32)>,
+    /// Pools (with relative instance counts) that `min` and `desired`
+    /// capacity is launched from.
+    pub mix: Vec<(usize, u32)>,
+    /// Capacity never scaled in below (Batch `minvCpus`), milli-vCPUs.
+    pub min_mcpu: i64,
+    /// Capacity brought up at once when less is alive (Batch
+    /// `desiredvCpus`), milli-vCPUs.
+    pub desired_mcpu: i64,
     /// Pools the top-up may launch from (empty: on-demand BEST_FIT).
     pub burst_pools: Vec<usize>,
     /// Cap on total capacity (milli-vCPUs), if any.
@@ -342,8 +353,8 @@ pub struct Cluster<'a> {
     mode: Mode<'a>,
     horizon: Millis,
     // commanded mode
-    floor_target: Vec<u32>,
-    floor_alive: Vec<u32>,
+    min_mcpu: i64,
+    mix: Vec<(usize, u32)>,
     burst_pools: Vec<usize>,
     max_mcpu: Option<i64>,
     od_pools: Vec<usize>,
@@ -402,15 +413,15 @@ impl<'a> Cluster<'a> {
                 submitted: false,
                 ran_ms: 0,
                 last_pool: None,
+                // A gang dies when any of its `parts` instances is reclaimed.
                 spot_ok: spot_worth_it(
                     j.est_runtime_ms,
                     j.elastic,
-                    cfg.spot_interruptions_per_hour,
+                    cfg.spot_interruptions_per_hour * parts.max(1) as f64,
                     spot_ratio,
                 ),
             });
         }
-        let npools = prices.pools.len();
         Cluster {
             cfg,
             prices,
@@ -424,8 +435,8 @@ impl<'a> Cluster<'a> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             mode,
             horizon,
-            floor_target: vec![0; npools],
-            floor_alive: vec![0; npools],
+            min_mcpu: 0,
+            mix: Vec::new(),
             burst_pools: Vec::new(),
             max_mcpu: cfg.max_vcpus.map(|v| v * 1000),
             od_pools,
@@ -570,7 +581,7 @@ impl<'a> Cluster<'a> {
     /// Apply a scaling decision now (the closed-loop runner's way of giving
     /// commands as they are issued, instead of a schedule known up front).
     pub fn apply_floor(&mut self, t: Millis, cmd: &FloorCommand) {
-        self.set_floor(cmd);
+        self.set_floor(t, cmd);
         self.settle(t);
     }
 
@@ -655,7 +666,7 @@ impl<'a> Cluster<'a> {
             .map(|&i| per_vcpu(self, i))
             .fold(0.0, f64::max);
         let s = &self.js[ji];
-        let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
+        let od_only = self.od_only(j, t);
         let mut cands: Vec<(f64, u32)> = self
             .alive
             .iter()
@@ -698,9 +709,14 @@ impl<'a> Cluster<'a> {
             }
         }
         let alive: Vec<u32> = self.alive.clone();
+        let mut held = 0;
         for i in alive {
             let inst = &self.insts[i as usize];
-            let stop = if inst.pinned || !self.autoscaled() {
+            let by_min = held < self.min_mcpu;
+            if by_min {
+                held += inst.mcpu;
+            }
+            let stop = if inst.pinned || !self.autoscaled() || by_min {
                 end
             } else {
                 // Unpinned instances are idle here and would be scaled in.
@@ -871,20 +887,36 @@ impl<'a> Cluster<'a> {
         self.dirty = true;
     }
 
-    fn on_command(&mut self, _t: Millis, c: u32) {
+    fn on_command(&mut self, t: Millis, c: u32) {
         let Mode::Commanded { commands } = self.mode else {
             return;
         };
-        self.set_floor(&commands[c as usize]);
+        self.set_floor(t, &commands[c as usize]);
     }
 
-    fn set_floor(&mut self, cmd: &FloorCommand) {
-        self.floor_target.iter_mut().for_each(|x| *x = 0);
-        for &(p, n) in &cmd.floor {
-            self.floor_target[p] += n;
-        }
+    fn set_floor(&mut self, t: Millis, cmd: &FloorCommand) {
+        let lowered = cmd.min_mcpu < self.min_mcpu;
+        self.min_mcpu = cmd.min_mcpu;
+        self.mix = cmd.mix.clone();
         self.burst_pools = cmd.burst_pools.clone();
         self.max_mcpu = cmd.max_mcpu.or(self.cfg.max_vcpus.map(|v| v * 1000));
+        if lowered {
+            // Instances kept only for the old minimum start their idle
+            // timeout now.
+            let idle: Vec<u32> = self
+                .alive
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let inst = &self.insts[i as usize];
+                    inst.ready && inst.jobs.is_empty() && !inst.pinned
+                })
+                .collect();
+            for i in idle {
+                self.became_idle(t, i);
+            }
+        }
+        self.fill_to(t, cmd.desired_mcpu.max(cmd.min_mcpu));
         self.dirty = true;
     }
 
@@ -892,7 +924,47 @@ impl<'a> Cluster<'a> {
         let inst = &self.insts[i as usize];
         if inst.alive && inst.ready && !inst.pinned && inst.jobs.is_empty() && inst.idle_epoch == e
         {
-            self.terminate(t, i);
+            if self.alive_mcpu - inst.mcpu >= self.min_mcpu {
+                self.terminate(t, i);
+            } else {
+                // Held by `min`: look again after another timeout.
+                self.push(t + self.cfg.idle_timeout_ms, Ev::Idle(i, e));
+            }
+        }
+    }
+
+    /// Launch from the command's mix until `target_mcpu` is alive, each
+    /// pool getting its share of the shortfall by the mix's vCPUs (the
+    /// cheapest on-demand pool per vCPU when the mix is empty), within `max`.
+    fn fill_to(&mut self, t: Millis, target_mcpu: i64) {
+        let target = match self.max_mcpu {
+            Some(m) => target_mcpu.min(m),
+            None => target_mcpu,
+        };
+        let short = target - self.alive_mcpu;
+        if short <= 0 {
+            return;
+        }
+        let mcpu_of = |p: usize| self.prices.types[self.prices.pools[p].ty].vcpus as i64 * 1000;
+        let mut mix: Vec<(usize, u32)> = self.mix.iter().copied().filter(|m| m.1 > 0).collect();
+        if mix.is_empty() {
+            let best = self.od_pools.iter().copied().min_by(|&a, &b| {
+                let pa = self.prices.pools[a].curve.at(t) / mcpu_of(a) as f64;
+                let pb = self.prices.pools[b].curve.at(t) / mcpu_of(b) as f64;
+                pa.total_cmp(&pb).then(a.cmp(&b))
+            });
+            match best {
+                Some(p) => mix.push((p, 1)),
+                None => return,
+            }
+        }
+        let total: i64 = mix.iter().map(|&(p, n)| mcpu_of(p) * n as i64).sum();
+        for (p, n) in mix {
+            let share = short as i128 * (mcpu_of(p) * n as i64) as i128 / total.max(1) as i128;
+            let count = (share as i64 + mcpu_of(p) - 1) / mcpu_of(p);
+            for _ in 0..count {
+                self.launch(p, t);
+            }
         }
     }
 
@@ -980,14 +1052,26 @@ impl<'a> Cluster<'a> {
         self.cost_closed += cost;
         self.stats.billed_mcpu_ms += (inst.mcpu * (billed_to - inst.launched)) as f64;
         self.alive_mcpu -= inst.mcpu;
-        if inst.pinned && matches!(self.mode, Mode::Commanded { .. }) {
-            self.floor_alive[inst.pool] -= 1;
-        }
         let pos = inst.alive_pos;
         self.alive.swap_remove(pos);
         if let Some(&moved) = self.alive.get(pos) {
             self.insts[moved as usize].alive_pos = pos;
         }
+    }
+
+    /// May job `j` only run on on-demand capacity at `t`? See
+    /// [`SimConfig::spot_retries`].
+    fn od_only(&self, j: u32, t: Millis) -> bool {
+        let s = &self.js[j as usize];
+        let job = self.jobs[j as usize];
+        if !s.spot_ok {
+            return true;
+        }
+        if job.elastic || s.interrupted == 0 {
+            return false;
+        }
+        let est = job.est_runtime_ms.unwrap_or(3_600_000);
+        s.interrupted > self.cfg.spot_retries || job.deadline.is_some_and(|d| t + 2 * est > d)
     }
 
     fn fits(inst: &Inst, s: &JobState) -> bool {
@@ -1006,49 +1090,10 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// Keep `min` alive: replace reclaimed spot capacity.
     fn maintain_floors(&mut self, t: Millis) {
-        for p in 0..self.floor_target.len() {
-            let (want, mut have) = (self.floor_target[p], self.floor_alive[p]);
-            if have < want {
-                // Re-pin instances of the pool released earlier and still
-                // alive (ready ones first) before launching new ones.
-                let mut spare: Vec<u32> = self
-                    .alive
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.insts[i as usize].pool == p && !self.insts[i as usize].pinned)
-                    .collect();
-                spare.sort_by_key(|&i| (!self.insts[i as usize].ready, i));
-                for i in spare.into_iter().take((want - have) as usize) {
-                    let inst = &mut self.insts[i as usize];
-                    inst.pinned = true;
-                    // Invalidate a pending idle check.
-                    inst.idle_epoch += 1;
-                    have += 1;
-                }
-                for _ in have..want {
-                    let id = self.launch(p, t);
-                    self.insts[id as usize].pinned = true;
-                }
-                self.floor_alive[p] = want;
-            } else if have > want {
-                // Release the excess, idle ones first (youngest first), to the
-                // idle timeout.
-                let mut cands: Vec<u32> = self
-                    .alive
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.insts[i as usize].pool == p && self.insts[i as usize].pinned)
-                    .collect();
-                cands.sort_by_key(|&i| (!self.insts[i as usize].jobs.is_empty(), Reverse(i)));
-                for &i in cands.iter().take((have - want) as usize) {
-                    self.insts[i as usize].pinned = false;
-                    if self.insts[i as usize].ready && self.insts[i as usize].jobs.is_empty() {
-                        self.became_idle(t, i);
-                    }
-                }
-                self.floor_alive[p] = want;
-            }
+        if self.alive_mcpu < self.min_mcpu {
+            self.fill_to(t, self.min_mcpu);
         }
     }
 
@@ -1075,7 +1120,7 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             chosen.clear();
-            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
+            let od_only = self.od_only(j, t);
             for &i in &self.alive {
                 let inst = &self.insts[i as usize];
                 if inst.ready
@@ -1155,7 +1200,7 @@ impl<'a> Cluster<'a> {
         for j in queued {
             let s = &self.js[j as usize];
             let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
-            let od_only = s.interrupted > self.cfg.spot_retries || !s.spot_ok;
+            let od_only = self.od_only(j, t);
             let aggregate = behind;
             behind -= self.jobs[j as usize].mcpu;
             let mut slots: Vec<usize> = Vec::new();
@@ -1170,15 +1215,21 @@ impl<'a> Cluster<'a> {
             if slots.len() < parts {
                 let missing = parts - slots.len();
                 let from = if od_only { &self.od_pools } else { &pools };
-                let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, t) else {
-                    continue;
-                };
-                let add = self.prices.types[self.prices.pools[pool].ty].vcpus as i64
-                    * 1000
-                    * missing as i64;
-                if self.max_mcpu.is_some_and(|m| self.alive_mcpu + add > m) {
+                // Batch may exceed `max` by at most one instance (AWS Batch
+                // docs, `maxvCpus`): types of which the first `missing − 1`
+                // still fit under it.
+                let room = self.max_mcpu.map_or(i64::MAX, |m| m - self.alive_mcpu);
+                if room <= 0 {
                     continue;
                 }
+                let max_type = if missing > 1 {
+                    (room - 1) / (missing as i64 - 1)
+                } else {
+                    i64::MAX
+                };
+                let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, max_type, t) else {
+                    continue;
+                };
                 for _ in 0..missing {
                     let id = self.launch(pool, t);
                     let inst = &self.insts[id as usize];
@@ -1197,7 +1248,9 @@ impl<'a> Cluster<'a> {
 
     /// BEST_FIT: among pools whose type fits the part, the lowest price per
     /// *useful* vCPU (a type larger than the queued demand wastes the rest),
-    /// then the smaller type, then the pool order.
+    /// then the smaller type, then the pool order. Types larger than
+    /// `max_type_mcpu` are left out.
+    #[allow(clippy::too_many_arguments)]
     fn best_fit(
         &self,
         pools: &[usize],
@@ -1205,6 +1258,7 @@ impl<'a> Cluster<'a> {
         pmem: i64,
         pg: i32,
         aggregate: i64,
+        max_type_mcpu: i64,
         t: Millis,
     ) -> Option<usize> {
         let mut best: Option<(f64, i64, usize)> = None;
@@ -1212,7 +1266,7 @@ impl<'a> Cluster<'a> {
             let pool = &self.prices.pools[p];
             let ty = &self.prices.types[pool.ty];
             let tm = ty.vcpus as i64 * 1000;
-            if tm < pm || ty.memory_mib < pmem || ty.gpus < pg {
+            if tm < pm || tm > max_type_mcpu || ty.memory_mib < pmem || ty.gpus < pg {
                 continue;
             }
             let useful = tm.min(aggregate.max(pm)) as f64;

@@ -56,10 +56,13 @@ pub struct SimConfig {
     pub max_vcpus: Option<i64>,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
     pub static_vcpus: Option<i64>,
-    /// Spot interruptions a job may suffer before it is only placed on
-    /// on-demand capacity (what a Batch retry strategy that falls back to an
-    /// on-demand queue does; without it a long rigid job on spot can restart
-    /// forever).
+    /// Spot interruptions a rigid job may suffer before it is only placed
+    /// on on-demand capacity (a Batch retry strategy that falls back to an
+    /// on-demand queue; without it a long rigid job can restart forever).
+    /// Sooner than that, an interrupted rigid job with a deadline falls back
+    /// when another loss would leave no time for a full on-demand re-run
+    /// (now + 2 × its requested time past the deadline). Elastic jobs keep
+    /// their progress and stay eligible for spot.
     pub spot_retries: u32,
     /// The simulation stops this long after the last trace event even if
     /// jobs are still queued or running (they count as unfinished).
@@ -74,7 +77,7 @@ impl Default for SimConfig {
             boot_delay_ms: 120_000,
             min_billing_ms: 60_000,
             idle_timeout_ms: 600_000,
-            spot_interruptions_per_hour: 0.05,
+            spot_interruptions_per_hour: crate::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR,
             spot_rate_overrides: BTreeMap::new(),
             interrupt_on_price_spike: true,
             bucket_ms: 300_000,

@@ -6,12 +6,12 @@
 //! - `static`: a fixed on-demand fleet sized at the p90 of the trace's
 //!   demand (or `SimConfig::static_vcpus`), up for the whole run.
 //! - `predictive`: every input event goes through the decision engine in
-//!   time order; each `ScalingCommand` is applied at its `issued_at`: its
-//!   `instance_mix` (padded up to `desired_vcpus`) becomes a floor of
-//!   pre-booted capacity, `max_vcpus` caps the environment, and the reactive
-//!   mechanism still covers queued jobs beyond the floor — as Batch does for
-//!   an environment configured by the command — launching BEST_FIT from the
-//!   markets the command's mix names (on-demand when it names none).
+//!   time order; each `ScalingCommand` is applied at its `issued_at` as
+//!   Batch applies `UpdateComputeEnvironment`: `min_vcpus` is kept alive,
+//!   capacity short of `desired_vcpus` is pre-booted from the command's
+//!   `instance_mix`, `max_vcpus` caps the environment, and the reactive
+//!   mechanism covers queued jobs beyond that, launching BEST_FIT from the
+//!   markets the mix names (on-demand when it names none).
 //! - `oracle`: the same engine with [`super::OracleForecaster`], which knows
 //!   the future demand: a lower-bound reference for any forecaster.
 //!
@@ -165,9 +165,8 @@ pub fn floor_command(
         return (None, 0);
     };
     let mut unknown = 0u64;
-    let mut floor: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut mix: BTreeMap<usize, u32> = BTreeMap::new();
     let mut markets: Vec<Market> = Vec::new();
-    let mut floor_mcpu: i64 = 0;
     for a in &c.instance_mix {
         if !markets.contains(&a.market) {
             markets.push(a.market);
@@ -186,38 +185,12 @@ pub fn floor_command(
             .pool(&a.instance_type, market, &a.region)
             .or_else(|| prices.any_pool(&a.instance_type, market));
         match pool {
-            Some(p) => {
-                *floor.entry(p).or_insert(0) += a.count as u32;
-                floor_mcpu += prices.types[prices.pools[p].ty].vcpus as i64 * 1000 * a.count as i64;
-            }
+            Some(p) => *mix.entry(p).or_insert(0) += a.count as u32,
             None => unknown += 1,
         }
     }
     if markets.contains(&Market::Reserved) && !markets.contains(&Market::OnDemand) {
         markets.push(Market::OnDemand);
-    }
-    // Pad up to desired_vcpus with the mix's cheapest pool per vCPU.
-    let want = c.desired_vcpus.max(c.min_vcpus).max(0) * 1000;
-    if floor_mcpu < want {
-        let cands: Vec<usize> = if floor.is_empty() {
-            (0..prices.pools.len())
-                .filter(|&p| prices.pools[p].market == Market::OnDemand)
-                .collect()
-        } else {
-            floor.keys().copied().collect()
-        };
-        let best = cands.into_iter().min_by(|&a, &b| {
-            let pa = prices.pools[a].curve.at(c.issued_at)
-                / prices.types[prices.pools[a].ty].vcpus as f64;
-            let pb = prices.pools[b].curve.at(c.issued_at)
-                / prices.types[prices.pools[b].ty].vcpus as f64;
-            pa.total_cmp(&pb).then(a.cmp(&b))
-        });
-        if let Some(p) = best {
-            let per = prices.types[prices.pools[p].ty].vcpus as i64 * 1000;
-            let n = (want - floor_mcpu + per - 1) / per;
-            *floor.entry(p).or_insert(0) += n as u32;
-        }
     }
     let burst_pools: Vec<usize> = if markets.is_empty() || markets == [Market::OnDemand] {
         Vec::new()
@@ -231,7 +204,9 @@ pub fn floor_command(
     };
     let fc = FloorCommand {
         at: c.issued_at,
-        floor: floor.into_iter().collect(),
+        mix: mix.into_iter().collect(),
+        min_mcpu: c.min_vcpus.max(0) * 1000,
+        desired_mcpu: c.desired_vcpus.max(c.min_vcpus).max(0) * 1000,
         burst_pools,
         max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
     };

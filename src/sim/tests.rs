@@ -15,6 +15,10 @@ use std::sync::Arc;
 const H: i64 = 3_600_000;
 
 /// small: 2 vCPU, $0.10/h on-demand, $0.03/h spot; big: 8 vCPU, $0.40 / $0.12.
+fn vcpus_of(p: &SimPrices, pool: usize) -> i64 {
+    p.types[p.pools[pool].ty].vcpus as i64 * 1000
+}
+
 fn prices() -> SimPrices {
     let mut p = SimPrices::new();
     let s = p.add_type(InstanceType {
@@ -111,7 +115,9 @@ fn spot_is_billed_along_its_price_curve() {
     };
     let cmds = [FloorCommand {
         at: 0,
-        floor: vec![(pool, 1)],
+        mix: vec![(pool, 1)],
+        min_mcpu: vcpus_of(&p, pool),
+        desired_mcpu: vcpus_of(&p, pool),
         burst_pools: vec![pool],
         max_mcpu: None,
     }];
@@ -231,7 +237,9 @@ fn spot_floor_run(seed: u64, elastic: bool) -> RunStats {
     };
     let cmds = [FloorCommand {
         at: 0,
-        floor: vec![(pool, 2)],
+        mix: vec![(pool, 2)],
+        min_mcpu: 2 * vcpus_of(&p, pool),
+        desired_mcpu: 2 * vcpus_of(&p, pool),
         burst_pools: vec![pool],
         max_mcpu: None,
     }];
@@ -305,7 +313,9 @@ fn price_spike_above_on_demand_reclaims_spot() {
     };
     let cmds = [FloorCommand {
         at: 0,
-        floor: vec![(pool, 1)],
+        mix: vec![(pool, 1)],
+        min_mcpu: vcpus_of(&p, pool),
+        desired_mcpu: vcpus_of(&p, pool),
         burst_pools: vec![pool],
         max_mcpu: None,
     }];
@@ -448,7 +458,7 @@ fn policies_side_by_side_on_a_tiny_trace() {
 }
 
 #[test]
-fn floor_commands_pad_to_desired_and_follow_markets() {
+fn floor_commands_carry_min_desired_and_follow_markets() {
     let p = prices();
     let w = workload(vec![job("a", 0, 2, 10, 0)]);
     let mut c = prebook(0, Market::Spot, 1);
@@ -456,8 +466,11 @@ fn floor_commands_pad_to_desired_and_follow_markets() {
     let (f, unknown) = floor_commands(&[c], &w, &p);
     assert_eq!(unknown, 0);
     let spot_big = p.pool("big", Market::Spot, "r").unwrap();
-    // 8 vCPU named, padded with the cheapest per vCPU of the mix: 3 × big.
-    assert_eq!(f[0][0].floor, vec![(spot_big, 3)]);
+    // The mix names 1 × big on spot; the simulator launches from it up to
+    // desired (20 vCPU) and keeps min alive.
+    assert_eq!(f[0][0].mix, vec![(spot_big, 1)]);
+    assert_eq!(f[0][0].desired_mcpu, 20_000);
+    assert_eq!(f[0][0].min_mcpu, 0);
     // Top-up from the spot market only.
     assert!(f[0][0]
         .burst_pools
@@ -581,7 +594,11 @@ fn migrate_moves_elastic_work_to_cheaper_ready_capacity() {
         100_000,
         &FloorCommand {
             at: 100_000,
-            floor: vec![(spot, 2)],
+            mix: vec![(spot, 2)],
+            // The two busy on-demand instances count toward desired: ask
+            // for two more, from the spot mix.
+            min_mcpu: 4 * vcpus_of(&p, spot),
+            desired_mcpu: 4 * vcpus_of(&p, spot),
             burst_pools: vec![spot],
             max_mcpu: None,
         },
@@ -665,4 +682,78 @@ fn budget_book_measures_overrun_per_scope_and_window() {
     }]);
     book.charge(&jobs, &segs, &p);
     assert!((book.overrun_usd() - (3.6 + 0.5 - 0.2)).abs() < 1e-9);
+}
+
+#[test]
+fn commands_keep_min_preboot_desired_and_scale_the_rest_in() {
+    let p = prices();
+    let small = p.pool("small", Market::OnDemand, "r").unwrap();
+    let cfg = SimConfig {
+        boot_delay_ms: 0,
+        idle_timeout_ms: 600_000,
+        ..Default::default()
+    };
+    // min 2 vCPU (1 small), desired 6 vCPU (3 small), from t = 0.
+    let cmds = [FloorCommand {
+        at: 0,
+        mix: vec![(small, 1)],
+        min_mcpu: 2_000,
+        desired_mcpu: 6_000,
+        burst_pools: Vec::new(),
+        max_mcpu: None,
+    }];
+    // One 2-vCPU job at t = 0 for 1 h; the trace ends at 2 h.
+    let jobs = [job("a", 0, 2, 3600, 0)];
+    let st = Cluster::new(
+        &cfg,
+        &p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &cmds },
+        1,
+        0,
+        2 * H,
+    )
+    .run();
+    assert_eq!(st.instances_launched, 3, "desired is pre-booted at once");
+    assert_eq!(st.waits_ms, vec![0]);
+    // Two idle instances go after the idle timeout (10 min each); the one
+    // running the job, then kept by min, lives to the end (2 h).
+    let expected = 0.10 * (2.0 + 2.0 * 600.0 / 3600.0);
+    assert!(
+        (cost(&st) - expected).abs() < 1e-9,
+        "{} vs {expected}",
+        cost(&st)
+    );
+}
+
+#[test]
+fn max_is_exceeded_by_at_most_one_instance() {
+    let p = prices();
+    let cfg = SimConfig {
+        boot_delay_ms: 0,
+        ..Default::default()
+    };
+    // max 1 vCPU, a 2-vCPU job: Batch may launch one instance past max.
+    let cmds = [FloorCommand {
+        at: 0,
+        mix: Vec::new(),
+        min_mcpu: 0,
+        desired_mcpu: 0,
+        burst_pools: Vec::new(),
+        max_mcpu: Some(1_000),
+    }];
+    let jobs = [job("a", 0, 2, 600, 0), job("b", 0, 2, 600, 0)];
+    let st = Cluster::new(
+        &cfg,
+        &p,
+        jobs.iter().collect(),
+        Mode::Commanded { commands: &cmds },
+        1,
+        0,
+        0,
+    )
+    .run();
+    assert_eq!(st.jobs_completed, 2);
+    // One instance at a time: the second job waits for the first.
+    assert_eq!(st.waits_ms, vec![0, 600_000]);
 }
