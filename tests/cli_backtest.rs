@@ -273,3 +273,28 @@ fn invalid_budgets_file_names_file_and_key() {
         assert!(err.contains(&format!("`{key}`")), "no key {key}: {err}");
     }
 }
+
+#[test]
+fn invalid_policy_file_names_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad-policy.toml");
+    std::fs::write(
+        &path,
+        "[defaults]\nquantile_by_priority = { high = 1.5, normal = 0.5, low = 0.3 }\n",
+    )
+    .unwrap();
+    let out = backtest(
+        &[
+            "--policies",
+            "predictive",
+            "--policy",
+            path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success(), "invalid policy accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad-policy.toml"), "no file: {err}");
+    assert!(err.contains("quantile_by_priority.high"), "no key: {err}");
+    assert!(err.contains("between 0 and 1"), "no reason: {err}");
+}

@@ -16,6 +16,7 @@ use prescale::forecast::Forecaster;
 use prescale::import::prices::{parse_prices, read_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, read_swf, SwfOptions, SwfReport};
 use prescale::io::kafka::brain::EngineFactory;
+use prescale::policy::PolicyFile;
 use prescale::pricing::{tile_onto, Catalog, TileOptions};
 use prescale::sim::inputs::{sim_prices, EngineSource};
 use prescale::sim::trace::retime_without_queueing;
@@ -98,6 +99,11 @@ pub struct BacktestArgs {
     /// The report adds budget_overrun_usd, budget_preemptions, etc.
     #[arg(long, value_name = "FILE")]
     pub budgets: Option<PathBuf>,
+    /// Policy file (TOML, see examples/policy.toml) for predictive and
+    /// oracle: quantile by priority, markets, regions, caps, cool-down.
+    /// Invalid files fail here with the file, key and reason.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Write the commands the decision core decides for this input (the
     /// engine of the predictive policy; what `prescale run` publishes for the
     /// same events) as JSON lines, as `prescale tail` prints them. Open
@@ -258,15 +264,19 @@ pub fn prepare(
 }
 
 /// The engine the service runs, with its default forecaster and planner.
-pub fn make_engine(catalog: Arc<Catalog>, forecaster: Option<Arc<dyn Forecaster>>) -> Engine {
-    let (default_fc, planner) = decision_core(&catalog);
+pub fn make_engine(
+    catalog: Arc<Catalog>,
+    forecaster: Option<Arc<dyn Forecaster>>,
+    policy: &PolicyFile,
+) -> Engine {
+    let (default_fc, planner) = decision_core(&catalog, policy.clone());
     EngineFactory::new(catalog, forecaster.unwrap_or(default_fc), planner).engine()
 }
 
 /// `--events-out` and `--commands`: the engine's exact input and output, so
 /// a replay through Kafka (`prescale produce` + `prescale run`) can be
 /// checked against the backtest's decisions command by command.
-fn export_replay(a: &BacktestArgs, prep: &Prepared) -> anyhow::Result<()> {
+fn export_replay(a: &BacktestArgs, prep: &Prepared, policy: &PolicyFile) -> anyhow::Result<()> {
     use std::io::Write;
     if let Some(p) = &a.events_out {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -284,7 +294,7 @@ fn export_replay(a: &BacktestArgs, prep: &Prepared) -> anyhow::Result<()> {
         println!("wrote {} ({} events)", p.display(), prep.events.len());
     }
     if let Some(p) = &a.commands {
-        let mut engine = make_engine(prep.catalog.clone(), None);
+        let mut engine = make_engine(prep.catalog.clone(), None, policy);
         let mut cmds = Vec::new();
         for ev in &prep.events {
             engine.handle(ev, &mut cmds);
@@ -302,6 +312,7 @@ fn export_replay(a: &BacktestArgs, prep: &Prepared) -> anyhow::Result<()> {
 
 pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     let policies = PolicyKind::parse_list(&a.policies)?;
+    let policy = load_policy(a.policy.as_deref())?;
     let budgets = match &a.budgets {
         Some(p) => BudgetFile::load(p)?.allocations,
         None => Vec::new(),
@@ -317,7 +328,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         a.max_jobs,
         a.keep_trace_waits,
     )?;
-    export_replay(&a, &prep)?;
+    export_replay(&a, &prep, &policy)?;
     let mut trace = prep.trace.clone();
     trace.seed = a.seed;
     let cfg = SimConfig {
@@ -331,7 +342,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     };
     let catalog = prep.catalog.clone();
     let source = EngineSource {
-        make: move |fc: Option<Arc<dyn Forecaster>>| make_engine(catalog.clone(), fc),
+        make: move |fc: Option<Arc<dyn Forecaster>>| make_engine(catalog.clone(), fc, &policy),
     };
     let oracle: Arc<dyn Forecaster> = Arc::new(OracleForecaster::from_workload(&prep.workload));
     let input = BacktestInput {
@@ -408,11 +419,25 @@ fn write_creating_dirs(p: &std::path::Path, contents: impl AsRef<[u8]>) -> std::
     std::fs::write(p, contents)
 }
 
-pub fn decision_core(_catalog: &Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
+pub fn decision_core(
+    _catalog: &Catalog,
+    policy: PolicyFile,
+) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>) {
     (
         forecaster(),
-        Arc::new(prescale::planner::CostAwarePlanner::default()),
+        Arc::new(prescale::planner::CostAwarePlanner {
+            policy,
+            ..Default::default()
+        }),
     )
+}
+
+/// The policy file at `path`, or the defaults (see `policy::EnvPolicy`).
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<PolicyFile> {
+    Ok(match path {
+        Some(p) => PolicyFile::load(p)?,
+        None => PolicyFile::default(),
+    })
 }
 
 /// The shipped LSTM (`models/lstm`), or the statistical model when the

@@ -171,7 +171,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     );
 
     let (t_full, cmds) = best(a.repeat, || {
-        let mut engine = make_engine(base.catalog.clone(), None);
+        let mut engine = make_engine(base.catalog.clone(), None, &Default::default());
         let mut out: Vec<Command> = Vec::new();
         for (k, b) in &msgs {
             if let Ok(ev) = decode_event(*k, b) {
@@ -207,7 +207,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         .collect::<Result<_, prescale::events::avro::CodecError>>()
         .context("encoding the dense sample")?;
     let (t_dense, dcmds) = best(a.repeat, || {
-        let mut engine = make_engine(base.catalog.clone(), None);
+        let mut engine = make_engine(base.catalog.clone(), None, &Default::default());
         let mut out: Vec<Command> = Vec::new();
         for (k, b) in &dmsgs {
             if let Ok(ev) = decode_event(*k, b) {

@@ -245,7 +245,7 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
 }
 
 pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
-    let factory = super::run::engine_factory(args.catalog.as_deref(), core)?;
+    let factory = super::run::engine_factory(args.catalog.as_deref(), None, core)?;
     let mut base = args.kafka.load()?;
     base.properties
         .entry("fetch.wait.max.ms".into())

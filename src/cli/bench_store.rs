@@ -31,7 +31,7 @@ pub struct BenchStoreArgs {
 pub fn run(a: BenchStoreArgs) -> anyhow::Result<()> {
     let base = prepare(None, None, None, false, None, false)?;
     let events = base.events;
-    let factory = engine_factory(None, decision_core)?;
+    let factory = engine_factory(None, None, decision_core)?;
     let metrics = prescale::telemetry::metrics();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -85,13 +85,15 @@ impl KafkaArgs {
 
 /// The forecaster and planner of the engine (`cli::backtest::decision_core`,
 /// passed in by `cli::run`, so the service and the backtest share it).
-pub type DecisionCore = fn(&Catalog) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>);
+pub type DecisionCore =
+    fn(&Catalog, prescale::policy::PolicyFile) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>);
 
 /// The engine the service runs: the backtest's construction (same config,
 /// forecaster and planner), so a replay through Kafka decides what the
 /// backtest decides.
 pub fn engine_factory(
     catalog: Option<&std::path::Path>,
+    policy: Option<&std::path::Path>,
     core: DecisionCore,
 ) -> anyhow::Result<EngineFactory> {
     // The backtest's default catalogue, so both decide over the same offers.
@@ -102,7 +104,7 @@ pub fn engine_factory(
             super::backtest::SAMPLE_CATALOG_NAME,
         )?,
     });
-    let (forecaster, planner) = core(&catalog);
+    let (forecaster, planner) = core(&catalog, super::backtest::load_policy(policy)?);
     Ok(EngineFactory::new(catalog, forecaster, planner))
 }
 
@@ -113,6 +115,10 @@ pub struct RunArgs {
     /// On-demand catalogue CSV; default: the backtest's bundled one.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Policy file (TOML, see examples/policy.toml); default: built-in
+    /// defaults. Invalid files stop the service at start with file, key and reason.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Instance name (defaults to host-pid).
     #[arg(long)]
     pub instance: Option<String>,
@@ -174,7 +180,7 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
     let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let cfg = args.kafka.load()?;
     let extras = args.extras()?;
-    let factory = engine_factory(args.catalog.as_deref(), core)?;
+    let factory = engine_factory(args.catalog.as_deref(), args.policy.as_deref(), core)?;
     let instance = args
         .instance
         .clone()
