@@ -350,3 +350,62 @@ fn broker_restart_loses_nothing() {
     assert_eq!(got.len(), want.len());
     assert_same(&got, &want);
 }
+
+/// Rebalances hand state over: an instance that gives up its partitions
+/// checkpoints their state first, and when it is given the same set again
+/// it restores that snapshot instead of replaying; the commands stay the
+/// complete set, duplicates only under the same ids.
+#[test]
+fn rebalance_checkpoints_revoked_state_and_restores_it() {
+    let broker = Broker::shared();
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = config(broker, "handover", state.path());
+    // No periodic snapshots: only revocations and stops write them.
+    cfg.checkpoint_interval_ms = 600_000;
+    create_topics(&cfg);
+    let evs = events(24, 20);
+    let want = by_id(&factory().replay(&evs));
+    let half = evs.len() / 2;
+    produce(&cfg, &evs[..half], 0, Pace::AsFastAsPossible);
+
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !ok() {
+            assert!(started.elapsed() < Duration::from_secs(40), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A alone applies the first half; its idle limit outlasts the test's
+    // orchestration, so it only finishes at the end.
+    let a = spawn_service(&cfg, "a", Duration::from_secs(8));
+    wait("a applied the first half", &|| {
+        a.stats.events.load(Ordering::Relaxed) >= half as u64
+    });
+    // B joins: A's whole-set state is checkpointed as it is revoked.
+    let b = spawn_service(&cfg, "b", Duration::from_secs(60));
+    wait("the group split", &|| {
+        let (x, y) = (
+            a.stats.assigned.load(Ordering::Relaxed),
+            b.stats.assigned.load(Ordering::Relaxed),
+        );
+        x > 0 && y > 0 && x + y == 9
+    });
+    let whole: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
+        .filter(|s| s.assignment.len() == 9)
+        .collect();
+    assert_eq!(whole.len(), 1, "the revoked assignment was checkpointed");
+    // B leaves: A is given the whole set again and restores its snapshot.
+    b.control
+        .blocking_send(prescale::io::kafka::service::Control::Stop)
+        .unwrap();
+    let rb = b.handle.join().unwrap();
+    produce(&cfg, &evs[half..], half as u64, Pace::AsFastAsPossible);
+    let ra = a.handle.join().unwrap();
+    assert!(ra.finished, "{ra:?}");
+    assert!(ra.restored_from_snapshot, "{ra:?} {rb:?}");
+    assert!(ra.rebalances >= 3, "{ra:?}");
+    assert_same(&distinct(&read_commands(&cfg)), &want);
+}

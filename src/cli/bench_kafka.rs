@@ -56,9 +56,11 @@ pub struct BenchKafkaArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Synthetic input: per millisecond of event time one event, mostly job
-/// submissions spread over the environments, their completions, and a price
-/// tick every 100 events.
+/// Synthetic input: per millisecond of event time one event: job
+/// submissions spread over the environments and, in equal number, the
+/// completions of jobs submitted 50 jobs earlier (a steady state: the set of
+/// running jobs, and so the snapshot, stays the same size however long the
+/// run), and a price tick every 100 events.
 fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
     let mut v = Vec::with_capacity(n);
     let mut i = 0usize;
@@ -75,7 +77,7 @@ fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
                 market: Market::Spot,
                 usd_per_hour: 0.03 + (i % 7) as f64 * 0.001,
             }));
-        } else if i % 3 == 2 && job > 50 {
+        } else if i % 2 == 0 && job > 50 {
             let j = job - 50;
             v.push(Event::JobCompleted(JobCompleted {
                 job_id: format!("job-{j}"),

@@ -8,8 +8,9 @@
 //! published to the command topics, keyed by compute environment, with the
 //! command id in a header.
 //!
-//! Recovery: see [`crate::checkpoint`]. Rebalances are eager; on every new
-//! assignment the instance restores the snapshot of exactly that assignment
+//! Recovery: see [`crate::checkpoint`]. Rebalances are eager; when an
+//! assignment is taken away its state is checkpointed first, and on every
+//! new assignment the instance restores the snapshot of exactly that assignment
 //! if it has one, otherwise it starts a fresh engine and replays its
 //! partitions (and all prices) from the beginning. Commands re-decided during
 //! a replay carry the ids they had the first time.
@@ -302,6 +303,14 @@ pub async fn run(
                 stats
                     .assigned
                     .store(plan.assignment.len() as u64, Ordering::Relaxed);
+                // Hand over cleanly: the state of the assignment being given
+                // up is checkpointed with the offsets it reflects, so
+                // whichever instance is next given exactly that set (this one
+                // after a restart, or a peer sharing `checkpoint_dir`)
+                // restores it instead of replaying.
+                if let Some(a) = active.as_mut().filter(|a| a.dirty) {
+                    save(cfg, &group, &publisher, a, &stats)?;
+                }
                 active = None;
                 if !plan.assignment.is_empty() {
                     let a = activate(factory, &prices, &price_topic, plan, &stats)?;
