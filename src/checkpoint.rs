@@ -85,17 +85,62 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 /// Write a snapshot atomically: a reader (or a restart after `kill -9` at
 /// any instant) sees either the previous complete snapshot or this one.
 pub fn write(path: &Path, snap: &Snapshot) -> Result<(), CheckpointError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(snap).map_err(|source| CheckpointError::Json {
         path: path.display().to_string(),
         source,
     })?;
+    write_bytes(path, &bytes)
+}
+
+/// Everything of a [`Snapshot`] but the engine state.
+#[derive(Serialize)]
+struct Header<'a> {
+    version: u32,
+    group: &'a str,
+    assignment: &'a [(String, i32)],
+    offsets: &'a BTreeMap<String, BTreeMap<i32, i64>>,
+    counters: &'a BTreeMap<String, u64>,
+    written_at_ms: i64,
+}
+
+/// [`write`] with the engine state already serialised as JSON (`engine`
+/// must be one JSON value, e.g. from `serde_json::to_vec`): the same file,
+/// without building a `serde_json::Value` tree of a large state first, which
+/// costs more than the serialisation itself. `snap.engine` is ignored.
+pub fn write_with_engine(
+    path: &Path,
+    snap: &Snapshot,
+    engine: &[u8],
+) -> Result<(), CheckpointError> {
+    let header = Header {
+        version: snap.version,
+        group: &snap.group,
+        assignment: &snap.assignment,
+        offsets: &snap.offsets,
+        counters: &snap.counters,
+        written_at_ms: snap.written_at_ms,
+    };
+    let mut bytes = serde_json::to_vec(&header).map_err(|source| CheckpointError::Json {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // `{...}` → `{...,"engine":<engine>}`
+    bytes.pop();
+    bytes.reserve(engine.len() + 12);
+    bytes.extend_from_slice(b",\"engine\":");
+    bytes.extend_from_slice(engine);
+    bytes.push(b'}');
+    write_bytes(path, &bytes)
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -154,6 +199,28 @@ mod tests {
         assert_eq!(path_for(dir.path(), "g", &b), p);
         assert_ne!(path_for(dir.path(), "g", &a[..1]), p);
         assert_ne!(path_for(dir.path(), "h", &a), p);
+    }
+
+    #[test]
+    fn pre_serialised_engine_state_reads_back_as_the_same_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        let s = Snapshot {
+            version: FORMAT_VERSION,
+            group: "g".into(),
+            assignment: vec![("t".to_string(), 0)],
+            offsets: [("t".to_string(), [(0, 5i64)].into())].into(),
+            engine: serde_json::json!({"x": [1.5, 0.1, null], "y": {"k": "v"}}),
+            counters: [("events".to_string(), 3u64)].into(),
+            written_at_ms: 9,
+        };
+        let engine = serde_json::to_vec(&s.engine).unwrap();
+        let blank = Snapshot {
+            engine: serde_json::Value::Null,
+            ..s.clone()
+        };
+        write_with_engine(&p, &blank, &engine).unwrap();
+        assert_eq!(read(&p).unwrap().unwrap(), s);
     }
 
     #[test]

@@ -396,7 +396,18 @@ fn rebalance_checkpoints_revoked_state_and_restores_it() {
         .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
         .filter(|s| s.assignment.len() == 9)
         .collect();
-    assert_eq!(whole.len(), 1, "the revoked assignment was checkpointed");
+    let files: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        whole.len(),
+        1,
+        "the revoked assignment was checkpointed ({files:?}, a: {:?}, b: {:?})",
+        a.stats,
+        b.stats
+    );
     // B leaves: A is given the whole set again and restores its snapshot.
     b.control
         .blocking_send(prescale::io::kafka::service::Control::Stop)

@@ -201,6 +201,11 @@ impl Brain for ObservingBrain {
             .map_err(|e| format!("serialising engine state: {e}"))
     }
 
+    fn save_json(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self.engine.state())
+            .map_err(|e| format!("serialising engine state: {e}"))
+    }
+
     fn on_timer(&mut self) {
         self.maybe_retrain();
     }
