@@ -436,3 +436,179 @@ impl ObservingBrain {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CapacityPlanner, EngineConfig, PlanDecision, PlanRequest};
+    use crate::events::{InstanceAllocation, JobSubmitted, PriceTick};
+    use crate::pricing::Catalog;
+    use crate::state::StateConfig;
+
+    const MIN: i64 = 60_000;
+
+    struct Mean;
+    impl Forecaster for Mean {
+        fn name(&self) -> &str {
+            "mean"
+        }
+        fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
+            let m = h.values.iter().sum::<f64>() / h.values.len().max(1) as f64;
+            Forecast {
+                quantiles: q.to_vec(),
+                values: vec![q.iter().map(|x| m * (0.5 + x)).collect(); horizon],
+            }
+        }
+    }
+
+    /// Buys ceil(p50 / 4) spot "x4" instances.
+    struct Buy;
+    impl CapacityPlanner for Buy {
+        fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+            let v = r.forecast.values[0][1];
+            let n = (v / 4.0).ceil() as i32;
+            PlanDecision {
+                min_vcpus: 0,
+                desired_vcpus: v.ceil() as i64,
+                max_vcpus: 1000,
+                instance_mix: vec![InstanceAllocation {
+                    instance_type: "x4".into(),
+                    market: Market::Spot,
+                    region: "r".into(),
+                    count: n,
+                }],
+                constraints: Default::default(),
+                reason: String::new(),
+                usd_per_vcpu_hour: 0.0,
+            }
+        }
+    }
+
+    fn factory() -> EngineFactory {
+        EngineFactory {
+            config: EngineConfig {
+                state: StateConfig {
+                    bucket_ms: 10 * MIN,
+                    allowed_lateness_ms: MIN,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            catalog: Arc::new(Catalog::default()),
+            forecaster: Arc::new(Mean),
+            planner: Arc::new(Buy),
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        let mut v = vec![Event::PriceTick(PriceTick {
+            at: 0,
+            provider: "p".into(),
+            region: "r".into(),
+            zone: Some("z".into()),
+            instance_type: "x4".into(),
+            market: Market::Spot,
+            usd_per_hour: 2.0,
+        })];
+        for i in 0..60i64 {
+            v.push(Event::JobSubmitted(JobSubmitted {
+                job_id: format!("j{i}"),
+                submitted_at: i * 7 * MIN,
+                compute_environment: ["ce-a", "ce-b"][(i % 2) as usize].into(),
+                job_type: "batch".into(),
+                project: "p".into(),
+                user: "u".into(),
+                priority: 1,
+                vcpus: 1.0 + (i % 4) as f64,
+                memory_mib: 1024,
+                gpus: 0,
+                estimated_runtime_s: Some(600),
+                budget_usd: None,
+                deadline: None,
+                elasticity: false,
+            }));
+        }
+        v
+    }
+
+    fn run(brain: &mut dyn Brain, evs: &[Event]) -> Vec<Command> {
+        let mut out = Vec::new();
+        for e in evs {
+            brain.handle(e, &mut out);
+        }
+        brain.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn observing_changes_no_decision_and_fills_the_metrics() {
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let f = factory();
+        let evs = events();
+        let want = f.replay(&evs);
+        assert!(want.len() > 5);
+        let obs = ObservingFactory::new(f, None, &RetrainConfig::default(), metrics);
+        let got = run(&mut *obs.create(None).unwrap(), &evs);
+        assert_eq!(got, want);
+        let text = metrics.render();
+        let s = crate::telemetry::metrics::parse_samples(&text);
+        let get = |name: &str, env: &str| {
+            s.iter()
+                .find(|x| {
+                    x.name == name
+                        && x.labels
+                            .iter()
+                            .any(|(k, v)| k == "compute_environment" && v == env)
+                })
+                .map(|x| x.value)
+        };
+        for env in ["ce-a", "ce-b"] {
+            assert!(get("prescale_forecast_abs_error_vcpus_count", env).unwrap() >= 10.0);
+            // 2 USD/h per instance, bought continuously for hours
+            assert!(
+                get("prescale_spend_usd_total", env).unwrap() > 2.0,
+                "{text}"
+            );
+        }
+        assert!(text.contains("prescale_store_points_dropped_total{reason=\"write_failed\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn observing_with_a_store_queues_every_kind_of_point() {
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let cfg = crate::store::StoreConfig {
+            url: "http://127.0.0.1:9".into(),
+            flush_interval_ms: 600_000,
+            ..Default::default()
+        };
+        let (h, w) = crate::store::StoreWriter::spawn(cfg, metrics).unwrap();
+        let obs = ObservingFactory::new(
+            factory(),
+            Some(h.clone()),
+            &RetrainConfig::default(),
+            metrics,
+        );
+        let evs = events();
+        let cmds = run(&mut *obs.create(None).unwrap(), &evs);
+        let scaling = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::Scaling(_)))
+            .count() as u64;
+        // per tick and environment (two here): a demand bucket, a spend
+        // point and 12 x 3 forecast points; plus decisions and the price
+        let st = h.stats();
+        let ticks = metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("prescale_ticks_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap() as u64;
+        assert!(ticks > 10);
+        assert!(
+            st.accepted >= 2 * ticks * (1 + 1 + 36) + scaling + 1,
+            "{st:?}, {ticks} ticks, {scaling} scaling"
+        );
+        let fin = w.shutdown(std::time::Duration::from_secs(1)).await;
+        assert_eq!(fin.written + fin.dropped(), fin.accepted);
+    }
+}
