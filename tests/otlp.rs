@@ -120,15 +120,67 @@ fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
         .and_then(|v| v.value.as_ref())
 }
 
-/// One decision tick's spans, as the engine adapters emit them.
-fn emit_tick(env: &str) {
-    let tick = spans::tick(1_700_000_000_000, env);
-    let _t = tick.enter();
-    spans::forecast(3).in_scope(|| {});
-    spans::plan().in_scope(|| {});
-    spans::budget().in_scope(|| {});
-    spans::publish(2).in_scope(|| {});
-    spans::record_commands(&tick, 2);
+const T0: i64 = 1_700_000_100_000; // on a 5-minute boundary
+
+/// Drive the real engine (statistical forecaster, cost-aware planner, one
+/// budget) over two 5-minute buckets of jobs, so a bucket closes and a tick
+/// decides, then publish its commands as the Kafka service does: under the
+/// tick's span. Returns the commands the last tick produced.
+fn emit_tick() -> usize {
+    use prescale::engine::{Engine, EngineConfig};
+    use prescale::events::{BudgetAllocation, BudgetScope, Command, Event, JobSubmitted};
+    use prescale::forecast::SeasonalNaive;
+    use prescale::planner::CostAwarePlanner;
+    use prescale::pricing::Catalog;
+    let mut engine = Engine::new(
+        EngineConfig::default(),
+        std::sync::Arc::new(Catalog::bundled()),
+        std::sync::Arc::new(SeasonalNaive::default()),
+        std::sync::Arc::new(CostAwarePlanner::default()),
+    );
+    let mut out: Vec<Command> = Vec::new();
+    engine.handle(
+        &Event::BudgetAllocation(BudgetAllocation {
+            at: T0 - 600_000,
+            scope: BudgetScope::Project,
+            id: "p1".into(),
+            usd: 1000.0,
+            period: None,
+        }),
+        &mut out,
+    );
+    let mut last = 0;
+    for i in 0..10i64 {
+        let at = T0 - 300_000 + i * 60_000;
+        let n0 = out.len();
+        engine.handle(
+            &Event::JobSubmitted(JobSubmitted {
+                job_id: format!("j{i}"),
+                submitted_at: at,
+                compute_environment: "ce-otlp".into(),
+                job_type: "batch".into(),
+                project: "p1".into(),
+                user: "u1".into(),
+                priority: 0,
+                vcpus: 4.0,
+                memory_mib: 4096,
+                gpus: 0,
+                estimated_runtime_s: Some(3000),
+                budget_usd: None,
+                deadline: None,
+                elasticity: false,
+            }),
+            &mut out,
+        );
+        if out.len() > n0 {
+            last = out.len() - n0;
+            let tick = engine.tick_span().clone();
+            let _t = tick.enter();
+            spans::publish(last).in_scope(|| {});
+        }
+    }
+    assert!(last > 0, "a bucket closed and the tick decided");
+    last
 }
 
 struct SpanRow {
@@ -166,18 +218,23 @@ fn spans_named(bodies: &[Vec<u8>], service: &str) -> Vec<SpanRow> {
     out
 }
 
-fn check_tick_structure(rows: &[SpanRow], env: &str) {
+fn check_tick_structure(rows: &[SpanRow], commands: usize) {
     let tick = rows
         .iter()
-        .find(|s| s.name == spans::TICK && matches!(attr(&s.attrs, "compute_environment"), Some(AnyValue::StringValue(e)) if e == env))
+        .filter(|s| s.name == spans::TICK)
+        .max_by_key(|s| match attr(&s.attrs, "tick_at") {
+            Some(AnyValue::IntValue(t)) => *t,
+            _ => 0,
+        })
         .expect("decision_tick span exported");
     assert!(tick.parent.is_empty(), "tick is a root span");
+    // The bucket [T0 - 5 min, T0) closes at T0: the tick is at T0.
     assert!(matches!(
         attr(&tick.attrs, "tick_at"),
-        Some(AnyValue::IntValue(1_700_000_000_000))
+        Some(AnyValue::IntValue(T0))
     ));
     assert!(
-        matches!(attr(&tick.attrs, "commands"), Some(AnyValue::IntValue(2))),
+        matches!(attr(&tick.attrs, "commands"), Some(AnyValue::IntValue(n)) if *n == commands as i64),
         "{:?}",
         tick.attrs
     );
@@ -196,7 +253,7 @@ fn tick_spans_are_exported_over_otlp_http() {
     let provider = otel::tracer_provider(&url, "prescale-otlp-test").unwrap();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("prescale"));
     let subscriber = tracing_subscriber::registry().with(layer);
-    tracing::subscriber::with_default(subscriber, || emit_tick("ce-otlp"));
+    let commands = tracing::subscriber::with_default(subscriber, emit_tick);
     provider.force_flush().unwrap();
     let bodies = wait_for(&got, "/v1/traces", |b| {
         ExportTraceServiceRequest::decode(b)
@@ -204,7 +261,7 @@ fn tick_spans_are_exported_over_otlp_http() {
             .unwrap_or(false)
     });
     let rows = spans_named(&bodies, "prescale-otlp-test");
-    check_tick_structure(&rows, "ce-otlp");
+    check_tick_structure(&rows, commands);
     provider.shutdown().unwrap();
 }
 
@@ -295,14 +352,14 @@ fn init_with_endpoint_exports_spans() {
     };
     let guard = telemetry::init(&cfg).unwrap();
     assert!(guard.otlp_enabled());
-    emit_tick("ce-init");
+    let commands = emit_tick();
     guard.flush();
     let bodies = wait_for(&got, "/v1/traces", |b| {
         ExportTraceServiceRequest::decode(b)
             .map(|r| !r.resource_spans.is_empty())
             .unwrap_or(false)
     });
-    check_tick_structure(&spans_named(&bodies, "prescale-init-test"), "ce-init");
+    check_tick_structure(&spans_named(&bodies, "prescale-init-test"), commands);
     // A second init is refused with a clear error rather than panicking.
     let again = telemetry::init(&TelemetryConfig::default())
         .unwrap_err()

@@ -135,6 +135,9 @@ pub struct Engine {
     forecaster: Arc<dyn Forecaster>,
     planner: Arc<dyn CapacityPlanner>,
     ticks: Vec<Millis>,
+    /// The span of the last decision tick, kept open so the adapter that
+    /// publishes its commands can nest its `publish` span under it.
+    tick_span: tracing::Span,
 }
 
 impl Engine {
@@ -176,7 +179,14 @@ impl Engine {
             forecaster,
             planner,
             ticks: Vec::new(),
+            tick_span: tracing::Span::none(),
         }
+    }
+
+    /// The span of the last decision tick (see [`crate::telemetry::spans`]);
+    /// a disabled span before the first tick.
+    pub fn tick_span(&self) -> &tracing::Span {
+        &self.tick_span
     }
 
     pub fn state(&self) -> &EngineState {
@@ -283,8 +293,24 @@ impl Engine {
     }
 
     fn decide(&mut self, now: Millis, out: &mut Vec<Command>) {
+        use crate::telemetry::spans;
+        let tick = spans::tick(now, "");
+        let entered = tick.enter();
+        let n0 = out.len();
         self.st.counters.ticks += 1;
         if !self.st.ledger.accounts.is_empty() {
+            let _budget = spans::budget().entered();
+            self.budget_tick(now, out);
+        }
+        self.decide_environments(now, out);
+        spans::record_commands(&tick, out.len() - n0);
+        drop(entered);
+        self.tick_span = tick;
+    }
+
+    /// Accrue spend and enforce budgets at a tick.
+    fn budget_tick(&mut self, now: Millis, out: &mut Vec<Command>) {
+        {
             self.st.ledger.accrue(now);
             for c in self.st.ledger.enforce(now) {
                 match c.action {
@@ -305,6 +331,10 @@ impl Engine {
                 out.push(Command::Preemption(c));
             }
         }
+    }
+
+    fn decide_environments(&mut self, now: Millis, out: &mut Vec<Command>) {
+        use crate::telemetry::spans;
         let envs: Vec<String> = self
             .st
             .demand
@@ -313,9 +343,11 @@ impl Engine {
             .map(str::to_string)
             .collect();
         for env in envs {
-            let Some(forecast) = self.forecast_environment(&env) else {
+            let Some(forecast) = spans::forecast(1).in_scope(|| self.forecast_environment(&env))
+            else {
                 continue;
             };
+            let _plan = spans::plan().entered();
             let summary = self
                 .st
                 .demand

@@ -74,6 +74,9 @@ impl Brain for EngineBrain {
     fn save_json(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(self.0.state()).map_err(|e| format!("serialising engine state: {e}"))
     }
+    fn tick_span(&self) -> tracing::Span {
+        self.0.tick_span().clone()
+    }
 }
 
 impl EngineFactory {

@@ -237,6 +237,10 @@ impl Brain for ObservingBrain {
     fn on_timer(&mut self) {
         self.maybe_retrain();
     }
+
+    fn tick_span(&self) -> tracing::Span {
+        self.engine.tick_span().clone()
+    }
 }
 
 impl ObservingBrain {

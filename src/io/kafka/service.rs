@@ -56,6 +56,10 @@ pub trait Brain: Send {
     /// The loop's timer fired (wall-clock work such as periodic
     /// retraining, which must not wait for input to arrive).
     fn on_timer(&mut self) {}
+    /// The span of the last decision tick, so publishing nests under it.
+    fn tick_span(&self) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 /// Makes brains: fresh, or restored from a snapshot's engine state.
@@ -685,6 +689,9 @@ fn drain(
             }
         }
         if !out.is_empty() {
+            let tick = a.brain.tick_span();
+            let _t = tick.enter();
+            let _p = crate::telemetry::spans::publish(out.len()).entered();
             sink.publish(out, r.produced_at)?;
         }
     }
