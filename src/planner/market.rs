@@ -49,19 +49,19 @@ pub fn offers_from_book(
             && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
     };
     let mut out = Vec::new();
-    for o in book.offers(catalog, now) {
-        let k = &o.pool;
+    for o in book.offer_refs(catalog, now) {
+        let k = &o;
         if k.market == Market::Reserved {
             // Reserved capacity comes from the policy's inventory below.
             continue;
         }
-        if !allowed(k.market, &k.region, &k.provider, &k.instance_type) {
+        if !allowed(k.market, k.region, k.provider, k.instance_type) {
             continue;
         }
-        let Some(spec) = catalog.spec(&k.instance_type) else {
+        let Some(spec) = catalog.spec(k.instance_type) else {
             continue;
         };
-        let od = catalog.ondemand_price(&k.region, &k.instance_type);
+        let od = catalog.ondemand_price(k.region, k.instance_type);
         let stale = o.age_ms.is_some_and(|a| a > view.max_price_age_ms);
         let price = match (stale, k.market) {
             (false, _) => o.usd_per_hour,
@@ -75,10 +75,10 @@ pub fn offers_from_book(
             continue;
         }
         out.push(Offer {
-            provider: k.provider.clone(),
-            region: k.region.clone(),
-            zone: k.zone.clone(),
-            instance_type: k.instance_type.clone(),
+            provider: k.provider.to_string(),
+            region: k.region.to_string(),
+            zone: k.zone.map(str::to_string),
+            instance_type: k.instance_type.to_string(),
             market: k.market,
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,

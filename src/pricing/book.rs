@@ -64,6 +64,19 @@ pub struct Offer {
     pub age_ms: Option<i64>,
 }
 
+/// An [`Offer`] borrowed from the book or the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OfferRef<'a> {
+    pub provider: &'a str,
+    pub region: &'a str,
+    pub zone: Option<&'a str>,
+    pub instance_type: &'a str,
+    pub market: Market,
+    pub usd_per_hour: f64,
+    /// As [`Offer::age_ms`].
+    pub age_ms: Option<i64>,
+}
+
 /// Latest and historical prices. Serialisable (it is part of checkpoints).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PriceBook {
@@ -142,33 +155,56 @@ impl PriceBook {
     /// prices for (region, type) pairs that no ON_DEMAND tick overrides.
     /// Deterministic order.
     pub fn offers(&self, catalog: &Catalog, t: Millis) -> Vec<Offer> {
-        let mut out = Vec::new();
-        let mut ticked_ondemand = std::collections::BTreeSet::new();
+        self.offer_refs(catalog, t)
+            .into_iter()
+            .map(|o| Offer {
+                pool: PoolKey {
+                    provider: o.provider.to_string(),
+                    region: o.region.to_string(),
+                    zone: o.zone.map(str::to_string),
+                    instance_type: o.instance_type.to_string(),
+                    market: o.market,
+                },
+                usd_per_hour: o.usd_per_hour,
+                age_ms: o.age_ms,
+            })
+            .collect()
+    }
+
+    /// [`PriceBook::offers`], borrowed: the planner runs this on every
+    /// decision tick over thousands of pools, and copying every key there
+    /// cost more than the planning itself.
+    pub fn offer_refs<'a>(&'a self, catalog: &'a Catalog, t: Millis) -> Vec<OfferRef<'a>> {
+        let mut out = Vec::with_capacity(self.pools.len());
+        let mut ticked_ondemand: std::collections::BTreeSet<(&str, &str)> =
+            std::collections::BTreeSet::new();
         for pool in self.pools.values() {
             if let Some((at, p)) = pool.at(t) {
-                if pool.key.market == Market::OnDemand {
-                    ticked_ondemand
-                        .insert((pool.key.region.clone(), pool.key.instance_type.clone()));
+                let k = &pool.key;
+                if k.market == Market::OnDemand {
+                    ticked_ondemand.insert((&k.region, &k.instance_type));
                 }
-                out.push(Offer {
-                    pool: pool.key.clone(),
+                out.push(OfferRef {
+                    provider: &k.provider,
+                    region: &k.region,
+                    zone: k.zone.as_deref(),
+                    instance_type: &k.instance_type,
+                    market: k.market,
                     usd_per_hour: p,
                     age_ms: Some(t - at),
                 });
             }
         }
         for (region, spec, p) in catalog.ondemand_offers() {
-            if ticked_ondemand.contains(&(region.to_string(), spec.name.clone())) {
+            if ticked_ondemand.contains(&(region, spec.name.as_str())) {
                 continue;
             }
-            out.push(Offer {
-                pool: PoolKey {
-                    provider: "aws".into(),
-                    region: region.to_string(),
-                    zone: None,
-                    instance_type: spec.name.clone(),
-                    market: Market::OnDemand,
-                },
+            out.push(OfferRef {
+                provider: "aws",
+                region,
+                zone: None,
+                instance_type: &spec.name,
+                market: Market::OnDemand,
                 usd_per_hour: p,
                 age_ms: None,
             });

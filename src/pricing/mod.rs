@@ -4,7 +4,7 @@
 pub(crate) mod book;
 mod catalog;
 
-pub use book::{tile_onto, Offer, PoolKey, PriceBook, TileOptions};
+pub use book::{tile_onto, Offer, OfferRef, PoolKey, PriceBook, TileOptions};
 pub use catalog::{Catalog, CatalogError, InstanceSpec};
 
 /// Spot interruptions per instance-hour assumed where nothing better is
