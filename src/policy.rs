@@ -13,14 +13,49 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A policy file failed to load. `key` is the dotted path of the offending
-/// key (empty for syntax errors, whose reason carries line and column).
+/// A TOML settings file (policy, budgets) failed to load. `key` is the
+/// dotted path of the offending key (empty for syntax errors, whose reason
+/// carries line and column).
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{file}: key `{key}`: {reason}")]
-pub struct PolicyError {
+pub struct FileError {
     pub file: String,
     pub key: String,
     pub reason: String,
+}
+
+/// A policy file failed to load.
+pub type PolicyError = FileError;
+
+/// Read a TOML settings file into its top-level table; errors name the file
+/// (and line and column for syntax errors).
+pub(crate) fn read_toml(path: &Path) -> Result<(String, toml::Table), FileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: file.clone(),
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    let table = parse_toml(&text, &file)?;
+    Ok((file, table))
+}
+
+/// Parse TOML text into its top-level table; `origin` names it in errors.
+pub(crate) fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, FileError> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let (line, col) = line_col(text, s.start);
+                format!(" (line {line}, column {col})")
+            })
+            .unwrap_or_default();
+        FileError {
+            file: origin.to_string(),
+            key: String::new(),
+            reason: format!("invalid TOML{at}: {}", e.message()),
+        }
+    })
 }
 
 /// Forecast quantile to provision for, by the priority class of the work
@@ -329,32 +364,21 @@ pub struct PolicyFile {
 impl PolicyFile {
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            file: file.clone(),
-            key: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::from_toml_str(&text, &file)
+        let (file, root) = crate::policy::read_toml(path)?;
+        Self::from_table(&root, &file)
     }
 
     /// Parses and validates policy TOML; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PolicyFile, PolicyError> {
+        Self::from_table(&crate::policy::parse_toml(text, origin)?, origin)
+    }
+
+    fn from_table(root: &toml::Table, origin: &str) -> Result<PolicyFile, PolicyError> {
         let err = |key: &str, reason: String| PolicyError {
             file: origin.to_string(),
             key: key.to_string(),
             reason,
         };
-        let root: toml::Table = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let (line, col) = line_col(text, s.start);
-                    format!(" (line {line}, column {col})")
-                })
-                .unwrap_or_default();
-            err("", format!("invalid TOML{at}: {}", e.message()))
-        })?;
         for k in root.keys() {
             if k != "defaults" && k != "environments" {
                 return Err(err(

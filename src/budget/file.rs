@@ -23,14 +23,8 @@ use super::Period;
 use crate::events::{BudgetAllocation, BudgetScope, Millis};
 use std::path::Path;
 
-/// A budgets file that failed to load.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("{file}: key `{key}`: {reason}")]
-pub struct BudgetFileError {
-    pub file: String,
-    pub key: String,
-    pub reason: String,
-}
+/// A budgets file that failed to load (file, key and reason).
+pub type BudgetFileError = crate::policy::FileError;
 
 /// The allocations of a budgets file, in file order per scope (job, project,
 /// user), each id once.
@@ -43,34 +37,23 @@ pub struct BudgetFile {
 impl BudgetFile {
     /// Reads and validates a budgets file.
     pub fn load(path: &Path) -> Result<BudgetFile, BudgetFileError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| BudgetFileError {
-            file: file.clone(),
-            key: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::from_toml_str(&text, &file)
+        let (file, root) = crate::policy::read_toml(path)?;
+        Self::from_table(&root, &file)
     }
 
     /// Parses and validates budgets TOML; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<BudgetFile, BudgetFileError> {
+        Self::from_table(&crate::policy::parse_toml(text, origin)?, origin)
+    }
+
+    fn from_table(root: &toml::Table, origin: &str) -> Result<BudgetFile, BudgetFileError> {
         let err = |key: &str, reason: String| BudgetFileError {
             file: origin.to_string(),
             key: key.to_string(),
             reason,
         };
-        let root: toml::Table = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let (line, col) = crate::policy::line_col(text, s.start);
-                    format!(" (line {line}, column {col})")
-                })
-                .unwrap_or_default();
-            err("", format!("invalid TOML{at}: {}", e.message()))
-        })?;
         let mut allocations = Vec::new();
-        for (scope_name, v) in &root {
+        for (scope_name, v) in root {
             let scope = match scope_name.as_str() {
                 "job" => BudgetScope::Job,
                 "project" => BudgetScope::Project,
