@@ -266,6 +266,7 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| is_snapshot(&e.path()))
             .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
             .filter(|s| s.assignment.len() == 9)
             .map(|s| s.offsets.values().flat_map(|m| m.values()).sum::<i64>())
@@ -325,6 +326,7 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
     let snaps: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()
         .flatten()
+        .filter(|e| is_snapshot(&e.path()))
         .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
         .collect();
     let whole: Vec<_> = snaps.iter().filter(|s| s.assignment.len() == 9).collect();
@@ -420,6 +422,7 @@ fn rebalance_checkpoints_revoked_state_and_restores_it() {
     let whole: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()
         .flatten()
+        .filter(|e| is_snapshot(&e.path()))
         .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
         .filter(|s| s.assignment.len() == 9)
         .collect();
@@ -446,4 +449,11 @@ fn rebalance_checkpoints_revoked_state_and_restores_it() {
     assert!(ra.restored_from_snapshot, "{ra:?} {rb:?}");
     assert!(ra.rebalances >= 3, "{ra:?}");
     assert_same(&distinct(&read_commands(&cfg)), &want);
+}
+
+/// A snapshot file proper: not the `.json.tmp` a writer renames into place
+/// (reading that one races the writer: it may be complete and never renamed
+/// when the process is killed).
+fn is_snapshot(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e == "json")
 }

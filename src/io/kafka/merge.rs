@@ -77,6 +77,9 @@ struct Part {
     released: Option<i64>,
     /// Offset after the last message received from the consumer.
     received: Option<i64>,
+    /// Nothing received yet since the partition was (re)assigned at a known
+    /// offset: the first message must be exactly that offset.
+    awaiting_start: bool,
 }
 
 impl Part {
@@ -126,6 +129,7 @@ impl Merger {
                         queue: VecDeque::new(),
                         released: start,
                         received: start,
+                        awaiting_start: start.is_some(),
                     },
                 )
             })
@@ -187,6 +191,15 @@ impl Merger {
         if p.received.is_some_and(|r| offset < r) {
             return false;
         }
+        // A message fetched before the partition was (re)assigned can still
+        // be in hand after the seek; taking it would skip everything between
+        // the resume point and it (they would later look like duplicates).
+        // The consumer was seeked to the resume point, so the skipped
+        // messages come again, in order.
+        if p.awaiting_start && p.received != Some(offset) {
+            return false;
+        }
+        p.awaiting_start = false;
         p.received = Some(offset + 1);
         if item.is_some() {
             self.buffered += 1;
@@ -400,5 +413,23 @@ mod tests {
         assert_eq!(m.offsets()["a"][&0], 7);
         assert!(m.drained(|_, _, _| true));
         assert!(!m.drained(|_, _, _| false));
+    }
+
+    #[test]
+    fn a_stray_message_past_the_resume_point_is_not_taken() {
+        // Resuming at 10: a message at 12 still in hand from before the seek
+        // must not make 10 and 11 look like duplicates when they come.
+        let mut m = Merger::new([(tp("a", 0), Some(10))]);
+        let e = ev(0, "stray");
+        let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 12);
+        assert!(!m.push(0, 12, k, e, None, Instant::now()), "stray taken");
+        push(&mut m, "a", 0, 10, 1, None);
+        push(&mut m, "a", 0, 11, 2, None);
+        push(&mut m, "a", 0, 12, 3, None);
+        let got: Vec<i64> =
+            std::iter::from_fn(|| m.pop(Instant::now(), Duration::ZERO, |_, _, _| true))
+                .map(|r| r.offset)
+                .collect();
+        assert_eq!(got, vec![10, 11, 12]);
     }
 }

@@ -514,15 +514,26 @@ fn activate(
         tpl.add_partition_offset(price_topic, *p, off)?;
     }
     prices.assign(&tpl)?;
+    // Where each partition resumes; "from the beginning" is resolved to the
+    // partition's low watermark, so the merger knows the first offset to
+    // expect and can refuse a message left over from before the seek.
+    let resume = |t: &str, p: i32| {
+        start(t, p).or_else(|| {
+            prices
+                .fetch_watermarks(t, p, Duration::from_secs(5))
+                .ok()
+                .map(|(low, _)| low)
+        })
+    };
     let mut all: Vec<(Tp, Option<i64>)> = plan
         .assignment
         .iter()
-        .map(|(t, p)| ((t.clone(), *p), start(t, *p)))
+        .map(|(t, p)| ((t.clone(), *p), resume(t, *p)))
         .collect();
     all.extend(
         price_parts
             .iter()
-            .map(|p| ((price_topic.to_string(), *p), start(price_topic, *p))),
+            .map(|p| ((price_topic.to_string(), *p), resume(price_topic, *p))),
     );
     Ok((
         Active {
