@@ -189,6 +189,19 @@ pub fn floor_command(
             None => unknown += 1,
         }
     }
+    // The markets the environment may burst into are the command's
+    // `markets` constraint (the policy's allowed markets) when it has one: a
+    // mix of spot only must not strand a job no spot type can host.
+    if let Some(allowed) = c.constraints.get("markets") {
+        for m in allowed
+            .split(',')
+            .filter_map(|m| m.trim().parse::<Market>().ok())
+        {
+            if !markets.contains(&m) {
+                markets.push(m);
+            }
+        }
+    }
     if markets.contains(&Market::Reserved) && !markets.contains(&Market::OnDemand) {
         markets.push(Market::OnDemand);
     }

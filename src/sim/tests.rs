@@ -476,6 +476,14 @@ fn floor_commands_carry_min_desired_and_follow_markets() {
         .burst_pools
         .iter()
         .all(|&q| p.pools[q].market == Market::Spot));
+    // With the policy's markets as a constraint, work no spot type can
+    // host may burst to on-demand.
+    let mut c = prebook(0, Market::Spot, 1);
+    c.constraints
+        .insert("markets".into(), "RESERVED,SPOT,ON_DEMAND".into());
+    let (f, _) = floor_commands(&[c], &w, &p);
+    let od = p.pool("big", Market::OnDemand, "r").unwrap();
+    assert!(f[0][0].burst_pools.contains(&od));
 }
 
 // --- Budget commands (closed loop) -------------------------------------
