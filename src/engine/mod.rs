@@ -310,26 +310,24 @@ impl Engine {
 
     /// Accrue spend and enforce budgets at a tick.
     fn budget_tick(&mut self, now: Millis, out: &mut Vec<Command>) {
-        {
-            self.st.ledger.accrue(now);
-            for c in self.st.ledger.enforce(now) {
-                match c.action {
-                    PreemptionAction::Resume => {
-                        // Resumed work is charged as running again from now,
-                        // and is demand again.
-                        let rate = self.env_rate(&c.compute_environment);
-                        let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
-                        self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
-                        self.st.demand.set_held(&c.job_id, false, now);
-                    }
-                    PreemptionAction::Preempt | PreemptionAction::Queue => {
-                        self.st.demand.set_held(&c.job_id, true, now);
-                    }
-                    PreemptionAction::Migrate => {}
+        self.st.ledger.accrue(now);
+        for c in self.st.ledger.enforce(now) {
+            match c.action {
+                PreemptionAction::Resume => {
+                    // Resumed work is charged as running again from now,
+                    // and is demand again.
+                    let rate = self.env_rate(&c.compute_environment);
+                    let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
+                    self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
+                    self.st.demand.set_held(&c.job_id, false, now);
                 }
-                self.st.counters.preemption_commands += 1;
-                out.push(Command::Preemption(c));
+                PreemptionAction::Preempt | PreemptionAction::Queue => {
+                    self.st.demand.set_held(&c.job_id, true, now);
+                }
+                PreemptionAction::Migrate => {}
             }
+            self.st.counters.preemption_commands += 1;
+            out.push(Command::Preemption(c));
         }
     }
 
