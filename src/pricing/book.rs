@@ -79,9 +79,38 @@ pub struct OfferRef<'a> {
 
 /// Latest and historical prices. Serialisable (it is part of checkpoints).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "StoredBook")]
 pub struct PriceBook {
     pools: BTreeMap<String, Pool>,
     ticks_applied: u64,
+    /// Pool ids by (instance type, market, region): regional prices without
+    /// a scan of every pool. Derived from `pools` (rebuilt when restored).
+    #[serde(skip)]
+    regional: BTreeMap<(String, Market, String), Vec<String>>,
+}
+
+/// What a checkpoint holds of a [`PriceBook`].
+#[derive(Deserialize)]
+struct StoredBook {
+    pools: BTreeMap<String, Pool>,
+    ticks_applied: u64,
+}
+
+impl From<StoredBook> for PriceBook {
+    fn from(s: StoredBook) -> Self {
+        let mut regional: BTreeMap<(String, Market, String), Vec<String>> = BTreeMap::new();
+        for (id, pool) in &s.pools {
+            regional
+                .entry(PriceBook::regional_key(&pool.key))
+                .or_default()
+                .push(id.clone());
+        }
+        PriceBook {
+            pools: s.pools,
+            ticks_applied: s.ticks_applied,
+            regional,
+        }
+    }
 }
 
 impl PriceBook {
@@ -94,7 +123,14 @@ impl PriceBook {
     /// replays are idempotent.
     pub fn apply(&mut self, tick: &PriceTick) {
         let key = PoolKey::of(tick);
-        let pool = self.pools.entry(key.id()).or_insert_with(|| Pool {
+        let id = key.id();
+        if !self.pools.contains_key(&id) {
+            self.regional
+                .entry(Self::regional_key(&key))
+                .or_default()
+                .push(id.clone());
+        }
+        let pool = self.pools.entry(id).or_insert_with(|| Pool {
             key,
             ticks: Vec::new(),
         });
@@ -121,6 +157,26 @@ impl PriceBook {
         self.pools.get(&key.id())?.at(t)
     }
 
+    fn regional_key(k: &PoolKey) -> (String, Market, String) {
+        (k.instance_type.clone(), k.market, k.region.clone())
+    }
+
+    /// Prices as of `t` of the pools (zones, providers) of one type and
+    /// market in a region.
+    fn region_prices<'a>(
+        &'a self,
+        region: &str,
+        instance_type: &str,
+        market: Market,
+        t: Millis,
+    ) -> impl Iterator<Item = f64> + 'a {
+        self.regional
+            .get(&(instance_type.to_string(), market, region.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.pools.get(id)?.at(t).map(|(_, p)| p))
+    }
+
     /// Mean as of `t` over the zones of a region of one type and market
     /// (a regional price where the buyer does not name a zone).
     pub fn region_price(
@@ -131,16 +187,23 @@ impl PriceBook {
         t: Millis,
     ) -> Option<f64> {
         let (mut sum, mut n) = (0.0, 0u32);
-        for pool in self.pools.values() {
-            let k = &pool.key;
-            if k.market == market && k.region == region && k.instance_type == instance_type {
-                if let Some((_, p)) = pool.at(t) {
-                    sum += p;
-                    n += 1;
-                }
-            }
+        for p in self.region_prices(region, instance_type, market, t) {
+            sum += p;
+            n += 1;
         }
         (n > 0).then(|| sum / n as f64)
+    }
+
+    /// Cheapest pool as of `t` of one type and market in a region.
+    pub fn cheapest_region_price(
+        &self,
+        region: &str,
+        instance_type: &str,
+        market: Market,
+        t: Millis,
+    ) -> Option<f64> {
+        self.region_prices(region, instance_type, market, t)
+            .reduce(f64::min)
     }
 
     /// The full history of a pool.
@@ -314,6 +377,34 @@ pub(crate) mod tests {
             market: Market::Spot,
             usd_per_hour: p,
         }
+    }
+
+    #[test]
+    fn regional_prices_survive_a_checkpoint() {
+        let mut b = PriceBook::new();
+        for (zone, p) in [("a", 0.30), ("b", 0.10)] {
+            let mut t = tick(1_000, "c5.large", p);
+            t.zone = Some(zone.into());
+            b.apply(&t);
+        }
+        let r = b.region_price(
+            &tick(0, "c5.large", 0.0).region,
+            "c5.large",
+            Market::Spot,
+            2_000,
+        );
+        let restored: PriceBook =
+            serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        let region = tick(0, "c5.large", 0.0).region;
+        assert_eq!(
+            restored.region_price(&region, "c5.large", Market::Spot, 2_000),
+            r
+        );
+        assert!((r.unwrap() - 0.20).abs() < 1e-12);
+        assert_eq!(
+            restored.cheapest_region_price(&region, "c5.large", Market::Spot, 2_000),
+            Some(0.10)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use super::brain::EngineFactory;
 use super::service::{Brain, BrainFactory};
 use crate::engine::Engine;
-use crate::events::{Command, Event, Market, Millis, ScalingCommand};
+use crate::events::{Command, Event, Millis, ScalingCommand};
 use crate::forecast::retrain::{RetrainConfig, Retrainer};
 use crate::forecast::{Forecast, Forecaster, History, SharedForecaster};
 use crate::state::{GPUS, MEMORY_MIB, VCPU};
@@ -87,8 +87,6 @@ impl Forecaster for RecordingForecaster {
 
 /// Latest USD/h per pool, grouped by what a command names: (instance type,
 /// market, region) → (provider, zone) → price.
-type Prices = BTreeMap<(String, Market, String), BTreeMap<(String, Option<String>), f64>>;
-
 /// Builds observed engines (see the module docs).
 pub struct ObservingFactory {
     engines: EngineFactory,
@@ -142,25 +140,13 @@ impl BrainFactory for ObservingFactory {
     fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
         let engine = self.engines.engine_from(restore)?;
         self.recorder.take();
-        // A restored engine knows prices the new brain has not seen: start
-        // from its book (one scan, at creation only).
-        let mut book = Bookkeeping::default();
-        let now = engine.state().demand.watermark().unwrap_or(Millis::MAX);
-        for o in engine.state().book.offers(engine.catalog(), now) {
-            if o.age_ms.is_some() {
-                book.prices
-                    .entry((o.pool.instance_type, o.pool.market, o.pool.region))
-                    .or_default()
-                    .insert((o.pool.provider, o.pool.zone), o.usd_per_hour);
-            }
-        }
         Ok(Box::new(ObservingBrain {
             engine,
             recorder: self.recorder.clone(),
             store: self.store.clone(),
             metrics: self.metrics,
             retrainer: self.retrainer.clone(),
-            book,
+            book: Bookkeeping::default(),
         }))
     }
 }
@@ -173,16 +159,13 @@ struct Bookkeeping {
     /// The p50 forecast of the next bucket: (bucket start, vCPUs).
     next_p50: BTreeMap<String, (Millis, f64)>,
     spend: BTreeMap<String, SpendAcc>,
-    /// Latest price of every pool seen (what spend is priced at).
-    prices: Prices,
 }
 
 /// Spend of one environment: the commanded instance mix priced at the
 /// latest prices the service had seen when the command was issued (the
-/// cheapest pool of each type, market and region; the catalogue's on-demand
-/// price when no tick was seen), accrued in event time. Prices are kept
-/// here as ticks arrive rather than asked of the engine's price book, whose
-/// full scan per command cost the loop about a third of its throughput.
+/// cheapest pool of each type, market and region in the engine's price
+/// book; the catalogue's on-demand price when no tick was seen), accrued in
+/// event time.
 #[derive(Debug, Default, Clone, Copy)]
 struct SpendAcc {
     usd_per_hour: f64,
@@ -203,17 +186,8 @@ impl Brain for ObservingBrain {
     fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
         let (t0, ticks0, n0) = (Instant::now(), self.engine.counters().ticks, out.len());
         self.engine.handle(ev, out);
-        if let Event::PriceTick(p) = ev {
-            if p.usd_per_hour.is_finite() {
-                self.book
-                    .prices
-                    .entry((p.instance_type.clone(), p.market, p.region.clone()))
-                    .or_default()
-                    .insert((p.provider.clone(), p.zone.clone()), p.usd_per_hour);
-            }
-            if let Some(s) = &self.store {
-                s.write(points::price(p));
-            }
+        if let (Event::PriceTick(p), Some(s)) = (ev, &self.store) {
+            s.write(points::price(p));
         }
         self.after(t0, ticks0, &out[n0..]);
     }
@@ -425,10 +399,10 @@ impl ObservingBrain {
             .iter()
             .map(|a| {
                 let p = self
+                    .engine
+                    .state()
                     .book
-                    .prices
-                    .get(&(a.instance_type.clone(), a.market, a.region.clone()))
-                    .and_then(|pools| pools.values().copied().reduce(f64::min))
+                    .cheapest_region_price(&a.region, &a.instance_type, a.market, Millis::MAX)
                     .or_else(|| {
                         self.engine
                             .catalog()
@@ -445,7 +419,7 @@ impl ObservingBrain {
 mod tests {
     use super::*;
     use crate::engine::{CapacityPlanner, EngineConfig, PlanDecision, PlanRequest};
-    use crate::events::{InstanceAllocation, JobSubmitted, PriceTick};
+    use crate::events::{InstanceAllocation, JobSubmitted, Market, PriceTick};
     use crate::pricing::Catalog;
     use crate::state::StateConfig;
 
