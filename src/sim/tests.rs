@@ -19,6 +19,19 @@ fn vcpus_of(p: &SimPrices, pool: usize) -> i64 {
     p.types[p.pools[pool].ty].vcpus as i64 * 1000
 }
 
+/// From t = 0, keep `n` instances of `pool` up (min = desired) and burst
+/// into that pool only.
+fn keep(p: &SimPrices, pool: usize, n: i64) -> FloorCommand {
+    FloorCommand {
+        at: 0,
+        mix: vec![(pool, n as u32)],
+        min_mcpu: n * vcpus_of(p, pool),
+        desired_mcpu: n * vcpus_of(p, pool),
+        burst_pools: vec![pool],
+        max_mcpu: None,
+    }
+}
+
 fn prices() -> SimPrices {
     let mut p = SimPrices::new();
     let s = p.add_type(InstanceType {
@@ -113,14 +126,7 @@ fn spot_is_billed_along_its_price_curve() {
         spot_interruptions_per_hour: 0.0,
         ..Default::default()
     };
-    let cmds = [FloorCommand {
-        at: 0,
-        mix: vec![(pool, 1)],
-        min_mcpu: vcpus_of(&p, pool),
-        desired_mcpu: vcpus_of(&p, pool),
-        burst_pools: vec![pool],
-        max_mcpu: None,
-    }];
+    let cmds = [keep(&p, pool, 1)];
     let jobs = [job("a", 0, 2, 7200, 0)];
     let st = Cluster::new(
         &cfg,
@@ -235,14 +241,7 @@ fn spot_floor_run(seed: u64, elastic: bool) -> RunStats {
         spot_interruptions_per_hour: 2.0,
         ..Default::default()
     };
-    let cmds = [FloorCommand {
-        at: 0,
-        mix: vec![(pool, 2)],
-        min_mcpu: 2 * vcpus_of(&p, pool),
-        desired_mcpu: 2 * vcpus_of(&p, pool),
-        burst_pools: vec![pool],
-        max_mcpu: None,
-    }];
+    let cmds = [keep(&p, pool, 2)];
     let mut jobs: Vec<SimJob> = (0..6)
         .map(|i| job(&format!("j{i}"), 600_000 * i, 8, 3600, 0))
         .collect();
@@ -311,14 +310,7 @@ fn price_spike_above_on_demand_reclaims_spot() {
         boot_delay_ms: 0,
         ..Default::default()
     };
-    let cmds = [FloorCommand {
-        at: 0,
-        mix: vec![(pool, 1)],
-        min_mcpu: vcpus_of(&p, pool),
-        desired_mcpu: vcpus_of(&p, pool),
-        burst_pools: vec![pool],
-        max_mcpu: None,
-    }];
+    let cmds = [keep(&p, pool, 1)];
     let jobs = [job("a", 0, 2, 3600, 0)];
     let st = Cluster::new(
         &cfg,
