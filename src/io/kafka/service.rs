@@ -412,6 +412,7 @@ pub async fn run(
                 }
             }
             Step::Tick => {
+                publisher.retry_failed()?;
                 if last_lag.elapsed() >= LAG_EVERY {
                     super::lag::report(&group, crate::telemetry::metrics());
                     super::lag::report(&prices, crate::telemetry::metrics());
