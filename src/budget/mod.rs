@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub mod file;
+pub mod share;
 pub use file::{BudgetFile, BudgetFileError};
+use share::{Share, Usage};
 
 const EPS: f64 = 1e-9;
 const HOUR_MS: f64 = 3_600_000.0;
@@ -118,9 +120,33 @@ pub struct Account {
     /// Expected cost of admitted work, not yet spent.
     pub committed: f64,
     pub spent: f64,
+    /// Project accounts: spent and committed per compute environment, which
+    /// the project's owner needs to split the budget between instances
+    /// (see [`share`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_env: BTreeMap<String, EnvUse>,
+}
+
+/// One environment's part of a project account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvUse {
+    pub spent: f64,
+    pub committed: f64,
 }
 
 impl Account {
+    /// Move `spent` and `committed` of the account by the given amounts,
+    /// attributing them to `env` for project accounts.
+    fn add(&mut self, env: &str, spent: f64, committed: f64) {
+        self.spent = (self.spent + spent).max(0.0);
+        self.committed = (self.committed + committed).max(0.0);
+        if self.scope == BudgetScope::Project {
+            let e = self.by_env.entry(env.to_string()).or_default();
+            e.spent = (e.spent + spent).max(0.0);
+            e.committed = (e.committed + committed).max(0.0);
+        }
+    }
+
     pub fn remaining(&self) -> f64 {
         self.allocated - self.spent - self.committed
     }
@@ -194,6 +220,14 @@ pub struct Ledger {
     /// to the decision tick (the engine's bucket width); 0 disables.
     #[serde(default)]
     pub lookahead_ms: i64,
+    /// Project allocations as announced, before any split between instances.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub announced: BTreeMap<String, f64>,
+    /// Shares of project budgets granted to this instance's environments by
+    /// the projects' owners (latest per environment). When a project has
+    /// any, its account's allocation is their sum.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shares: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 pub fn scope_str(s: BudgetScope) -> &'static str {
@@ -254,27 +288,40 @@ impl Ledger {
             });
         }
         let key = account_key(a.scope, &a.id);
-        let committed: f64 = self
-            .jobs
-            .values()
-            .filter(|j| job_scopes(j).contains(&key))
-            .map(|j| j.committed)
-            .sum();
-        let acc = self.accounts.entry(key).or_insert_with(|| Account {
-            scope: a.scope,
-            id: a.id.clone(),
-            period,
-            window_start: period.window_start(a.at),
-            allocated: 0.0,
-            committed,
-            spent: 0.0,
-        });
+        if !self.accounts.contains_key(&key) {
+            let mut acc = Account {
+                scope: a.scope,
+                id: a.id.clone(),
+                period,
+                window_start: period.window_start(a.at),
+                allocated: 0.0,
+                committed: 0.0,
+                spent: 0.0,
+                by_env: BTreeMap::new(),
+            };
+            for j in self.jobs.values().filter(|j| job_scopes(j).contains(&key)) {
+                acc.add(&j.compute_environment, 0.0, j.committed);
+            }
+            self.accounts.insert(key.clone(), acc);
+        }
+        let mut usd = a.usd;
+        if a.scope == BudgetScope::Project {
+            self.announced.insert(a.id.clone(), a.usd);
+            if let Some(s) = self.shares.get(&a.id) {
+                usd = s.values().sum();
+            }
+        }
+        let acc = self
+            .accounts
+            .get_mut(&key)
+            .unwrap_or_else(|| unreachable!("inserted above"));
         if acc.period != period {
             acc.period = period;
             acc.window_start = period.window_start(a.at);
             acc.spent = 0.0;
+            acc.by_env.values_mut().for_each(|e| e.spent = 0.0);
         }
-        acc.allocated = a.usd;
+        acc.allocated = usd;
         Ok(acc)
     }
 
@@ -297,6 +344,7 @@ impl Ledger {
                 allocated: b.max(0.0),
                 committed: 0.0,
                 spent: 0.0,
+                by_env: BTreeMap::new(),
             });
         }
         let expected_cost = expected_cost.max(0.0);
@@ -432,7 +480,7 @@ impl Ledger {
                 } else if delta < 0.0 {
                     for k in job_scopes(&j) {
                         if let Some(a) = self.accounts.get_mut(&k) {
-                            a.spent = (a.spent + delta).max(0.0);
+                            a.add(&j.compute_environment, delta, 0.0);
                         }
                     }
                     j.spent = actual;
@@ -607,6 +655,56 @@ impl Ledger {
         out
     }
 
+    /// What each environment has used of each project budget, and the
+    /// expected cost of its held work, for the projects' owners.
+    pub fn usage(&self, now: Millis) -> Vec<Usage> {
+        let mut wanted: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+        for j in self.jobs.values() {
+            if matches!(j.state, JobState::Queued | JobState::Preempted) {
+                *wanted
+                    .entry((j.project.as_str(), j.compute_environment.as_str()))
+                    .or_default() += self.cost_to_finish(j);
+            }
+        }
+        let mut out = Vec::new();
+        for a in self.accounts.values() {
+            if a.scope != BudgetScope::Project {
+                continue;
+            }
+            let mut envs: Vec<&str> = a.by_env.keys().map(String::as_str).collect();
+            envs.extend(wanted.keys().filter(|(p, _)| *p == a.id).map(|(_, e)| *e));
+            envs.sort_unstable();
+            envs.dedup();
+            for env in envs {
+                let e = a.by_env.get(env).copied().unwrap_or_default();
+                out.push(Usage {
+                    project: a.id.clone(),
+                    environment: env.to_string(),
+                    window_start: a.window_start,
+                    used_usd: e.spent + e.committed,
+                    wanted_usd: wanted.get(&(a.id.as_str(), env)).copied().unwrap_or(0.0),
+                    at: now,
+                });
+            }
+        }
+        out
+    }
+
+    /// Take a share of a project budget granted to one of this instance's
+    /// environments: the project's allocation here becomes the sum of its
+    /// shares, so `enforce` holds or stops work to fit it.
+    pub fn apply_share(&mut self, s: &Share) {
+        let shares = self.shares.entry(s.project.clone()).or_default();
+        shares.insert(s.environment.clone(), s.usd.max(0.0));
+        let total = shares.values().sum();
+        if let Some(a) = self
+            .accounts
+            .get_mut(&account_key(BudgetScope::Project, &s.project))
+        {
+            a.allocated = total;
+        }
+    }
+
     /// Sum of spend beyond allocation over all accounts (the backtest's
     /// `budget_overrun_usd`).
     pub fn overrun_usd(&self) -> f64 {
@@ -646,7 +744,7 @@ impl Ledger {
     fn commit(&mut self, j: &mut JobRecord, amount: f64) {
         for k in job_scopes(j) {
             if let Some(a) = self.accounts.get_mut(&k) {
-                a.committed += amount;
+                a.add(&j.compute_environment, 0.0, amount);
             }
         }
         j.committed += amount;
@@ -655,7 +753,7 @@ impl Ledger {
     fn release(&mut self, j: &mut JobRecord) {
         for k in job_scopes(j) {
             if let Some(a) = self.accounts.get_mut(&k) {
-                a.committed = (a.committed - j.committed).max(0.0);
+                a.add(&j.compute_environment, 0.0, -j.committed);
             }
         }
         j.committed = 0.0;
@@ -665,8 +763,7 @@ impl Ledger {
         let from_commit = amount.min(j.committed);
         for k in job_scopes(j) {
             if let Some(a) = self.accounts.get_mut(&k) {
-                a.spent += amount;
-                a.committed = (a.committed - from_commit).max(0.0);
+                a.add(&j.compute_environment, amount, -from_commit);
             }
         }
         j.committed -= from_commit;
@@ -680,6 +777,7 @@ impl Ledger {
             if w > a.window_start {
                 a.window_start = w;
                 a.spent = 0.0;
+                a.by_env.values_mut().for_each(|e| e.spent = 0.0);
             }
         }
     }
@@ -715,6 +813,61 @@ mod tests {
             deadline: None,
             elasticity: elastic,
         }
+    }
+
+    /// Two instances each own one environment of project `p` (budget $100)
+    /// and each gets $160 of work. Alone, each would admit $100; with the
+    /// owner splitting the budget through usage and share records, the two
+    /// together admit no more than $100, and held work is what they want.
+    #[test]
+    fn shares_keep_two_instances_within_one_project_budget() {
+        let mut a = Ledger::new();
+        let mut b = Ledger::new();
+        alloc(&mut a, 100.0);
+        alloc(&mut b, 100.0);
+        let mut owner = share::Owner::default();
+        let mut admitted = 0.0;
+        for i in 0..8 {
+            for (l, env) in [(&mut a, "a"), (&mut b, "b")] {
+                let mut j = job(&format!("{env}{i}"), 1, false, i * 1000);
+                j.compute_environment = env.into();
+                if l.on_submit(&j, 20.0, OverBudget::Queue).verdict == Verdict::Admit {
+                    admitted += 20.0;
+                }
+            }
+            // One exchange round: usage to the owner, shares back.
+            for u in a.usage(i * 1000).into_iter().chain(b.usage(i * 1000)) {
+                owner.on_usage(u);
+            }
+            for s in owner.shares(|p| a.announced.get(p).copied(), i * 1000) {
+                if s.environment == "a" {
+                    a.apply_share(&s)
+                } else {
+                    b.apply_share(&s)
+                }
+            }
+        }
+        assert!(admitted <= 100.0 + 1e-9, "admitted ${admitted}");
+        assert!(admitted >= 80.0, "the budget is used: ${admitted}");
+        let pa = a.account(BudgetScope::Project, "p").unwrap().allocated;
+        let pb = b.account(BudgetScope::Project, "p").unwrap().allocated;
+        assert!((pa + pb - 100.0).abs() < 1e-6, "shares {pa} + {pb}");
+        // Without the exchange, the same work admits $200.
+        let (mut c, mut d) = (Ledger::new(), Ledger::new());
+        alloc(&mut c, 100.0);
+        alloc(&mut d, 100.0);
+        let mut alone = 0.0;
+        for i in 0..8 {
+            for l in [&mut c, &mut d] {
+                if l.on_submit(&job(&format!("x{i}"), 1, false, i), 20.0, OverBudget::Queue)
+                    .verdict
+                    == Verdict::Admit
+                {
+                    alone += 20.0;
+                }
+            }
+        }
+        assert_eq!(alone, 200.0);
     }
 
     fn alloc(l: &mut Ledger, usd: f64) {

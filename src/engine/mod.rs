@@ -411,6 +411,30 @@ impl Engine {
     }
 }
 
+/// Project budgets shared between instances (see [`crate::budget::share`]).
+impl Engine {
+    /// What this engine's environments have used of each project budget;
+    /// empty when no budget is set.
+    pub fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
+        if self.st.ledger.accounts.is_empty() {
+            return Vec::new();
+        }
+        let now = self.st.demand.watermark().unwrap_or(0);
+        self.st.ledger.usage(now)
+    }
+
+    /// A project's allocation as announced (what its owner splits).
+    pub fn project_allocation(&self, project: &str) -> Option<f64> {
+        self.st.ledger.announced.get(project).copied()
+    }
+
+    /// Take a share granted to one of this engine's environments; the next
+    /// decision tick enforces it.
+    pub fn apply_share(&mut self, s: &crate::budget::share::Share) {
+        self.st.ledger.apply_share(s);
+    }
+}
+
 impl Engine {
     /// USD per vCPU-hour the ledger charges work in `env`: the current
     /// plan's (the configured default before the first plan), never below

@@ -22,6 +22,9 @@ pub mod topics {
     pub const BUDGET_ALLOCATION: &str = "budget-allocation";
     pub const SCALING_COMMAND: &str = "scaling-command";
     pub const PREEMPTION_COMMAND: &str = "preemption-command";
+    /// Internal: project budget use and shares between instances
+    /// (`budget::share`), JSON records.
+    pub const BUDGET_SPEND: &str = "prescale.budget-spend";
 }
 
 /// Where capacity is bought.

@@ -77,6 +77,15 @@ impl Brain for EngineBrain {
     fn tick_span(&self) -> tracing::Span {
         self.0.tick_span().clone()
     }
+    fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
+        self.0.budget_usage()
+    }
+    fn project_allocation(&self, project: &str) -> Option<f64> {
+        self.0.project_allocation(project)
+    }
+    fn apply_share(&mut self, share: &crate::budget::share::Share) {
+        self.0.apply_share(share);
+    }
 }
 
 impl EngineFactory {

@@ -41,6 +41,10 @@ pub struct Topics {
     pub budget_allocation: Option<String>,
     pub scaling_command: Option<String>,
     pub preemption_command: Option<String>,
+    /// Internal topic of project budget use and shares (see
+    /// `budget::share`); give it the input topics' partition count, so a
+    /// project's records reach the instance that owns its partition.
+    pub budget_spend: Option<String>,
     /// Suffix of dead-letter topics: `<input topic><dlq_suffix>`.
     pub dlq_suffix: String,
 }
@@ -55,6 +59,7 @@ impl Default for Topics {
             budget_allocation: None,
             scaling_command: None,
             preemption_command: None,
+            budget_spend: None,
             dlq_suffix: ".dlq".into(),
         }
     }
@@ -83,6 +88,9 @@ impl Topics {
     }
     pub fn preemption_command(&self) -> String {
         self.name(&self.preemption_command, topics::PREEMPTION_COMMAND)
+    }
+    pub fn budget_spend(&self) -> String {
+        self.name(&self.budget_spend, topics::BUDGET_SPEND)
     }
     pub fn dlq(&self, topic: &str) -> String {
         format!("{topic}{}", self.dlq_suffix)
@@ -129,6 +137,8 @@ impl Topics {
         }
         v.push(self.scaling_command());
         v.push(self.preemption_command());
+        v.push(self.dlq(&self.budget_spend()));
+        v.push(self.budget_spend());
         v
     }
 }

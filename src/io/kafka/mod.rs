@@ -8,6 +8,8 @@
 //! - [`client`], [`publish`]: rdkafka plumbing.
 //! - [`observe`], [`extras`], [`lag`]: what the service reports (prediction
 //!   store, metrics) and periodic retraining, around the engine.
+//! - [`spend`]: project budgets shared between instances over an internal
+//!   topic.
 //! - [`service`]: the `prescale run` loop (consume → decode → engine →
 //!   publish, with dead letters, checkpoints and rebalances).
 
@@ -22,6 +24,7 @@ pub mod observe;
 pub mod produce;
 pub mod publish;
 pub mod service;
+pub mod spend;
 
 pub use config::KafkaConfig;
 

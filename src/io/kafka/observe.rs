@@ -215,6 +215,18 @@ impl Brain for ObservingBrain {
     fn tick_span(&self) -> tracing::Span {
         self.engine.tick_span().clone()
     }
+
+    fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
+        self.engine.budget_usage()
+    }
+
+    fn project_allocation(&self, project: &str) -> Option<f64> {
+        self.engine.project_allocation(project)
+    }
+
+    fn apply_share(&mut self, share: &crate::budget::share::Share) {
+        self.engine.apply_share(share);
+    }
 }
 
 impl ObservingBrain {

@@ -1,7 +1,9 @@
 //! The `prescale run` loop: one `tokio::select!` over the group consumer
-//! (job submissions, completions, budget allocations), the price consumer
-//! (every price partition, no group: each instance needs all prices), a
-//! timer (checkpoints, idle detection) and a control channel.
+//! (job submissions, completions, and the internal budget-spend topic), the
+//! broadcast consumer (every partition of prices and budget allocations, no
+//! group: each instance needs all prices and every project's budget), a
+//! timer (checkpoints, idle detection, budget exchange) and a control
+//! channel.
 //!
 //! Per message: decode (bad → `<topic>.dlq` with error headers, counted) →
 //! deterministic merge ([`super::merge`]) → `Brain::handle` → commands
@@ -60,6 +62,18 @@ pub trait Brain: Send {
     fn tick_span(&self) -> tracing::Span {
         tracing::Span::none()
     }
+    /// Project budget use per environment, for the projects' owners
+    /// ([`crate::budget::share`]); brains without budgets report none.
+    fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
+        Vec::new()
+    }
+    /// A project's allocation as announced, when this brain knows it.
+    fn project_allocation(&self, _project: &str) -> Option<f64> {
+        None
+    }
+    /// A share of a project budget granted to one of this brain's
+    /// environments.
+    fn apply_share(&mut self, _share: &crate::budget::share::Share) {}
 }
 
 /// Makes brains: fresh, or restored from a snapshot's engine state.
@@ -126,6 +140,9 @@ struct Plan {
 struct GroupCtx {
     dir: PathBuf,
     group: String,
+    /// The internal budget-spend topic: always read from its beginning
+    /// (latest-wins records, see [`super::spend`]).
+    spend_topic: String,
     plan: Mutex<Option<Plan>>,
 }
 
@@ -181,6 +198,7 @@ impl ConsumerContext for GroupCtx {
                 for (t, p) in &assignment {
                     let off = snapshot
                         .as_ref()
+                        .filter(|_| *t != self.spend_topic)
                         .and_then(|s| s.offsets.get(t))
                         .and_then(|m| m.get(p))
                         .map(|o| Offset::Offset(*o))
@@ -218,6 +236,7 @@ impl ConsumerContext for GroupCtx {
 struct Active {
     assignment: Vec<Tp>,
     brain: Box<dyn Brain>,
+    exchange: super::spend::Exchange,
     merger: Merger,
     dirty: bool,
     /// Merger slot by input index and partition, filled on first sight, so
@@ -252,11 +271,12 @@ pub async fn run(
     stats: Arc<Stats>,
 ) -> Result<RunReport, KafkaError> {
     let topics = &cfg.topics;
-    let price_topic = topics.price_tick();
+    let spend_topic = topics.budget_spend();
+    let broadcast_topics = [topics.price_tick(), topics.budget_allocation()];
     let group_topics = [
         topics.job_submission(),
         topics.job_completion(),
-        topics.budget_allocation(),
+        spend_topic.clone(),
     ];
     // Per input topic: its kind, its events-in counter (looked up once: the
     // per-message path only increments) and its name for librdkafka's
@@ -267,7 +287,7 @@ pub async fn run(
         .map(|(kind, t)| Input {
             counter: crate::telemetry::metrics().events_in(&t),
             c_topic: std::ffi::CString::new(t.as_str()).unwrap_or_default(),
-            price: t == price_topic,
+            broadcast: broadcast_topics.contains(&t),
             topic: t,
             kind,
         })
@@ -276,6 +296,7 @@ pub async fn run(
     let ctx = GroupCtx {
         dir: cfg.checkpoint_dir.clone(),
         group: cfg.group_id.clone(),
+        spend_topic: spend_topic.clone(),
         plan: Mutex::new(None),
     };
     let group: StreamConsumer<GroupCtx> =
@@ -314,7 +335,7 @@ pub async fn run(
     macro_rules! caught {
         () => {
             |t: &str, p: i32, n: Option<i64>| match inputs.iter().find(|i| i.topic == t) {
-                Some(i) if i.price => caught_up_c(prices.client(), &i.c_topic, p, n),
+                Some(i) if i.broadcast => caught_up_c(prices.client(), &i.c_topic, p, n),
                 Some(i) => caught_up_c(group.client(), &i.c_topic, p, n),
                 None => true,
             }
@@ -338,7 +359,14 @@ pub async fn run(
                 }
                 active = None;
                 if !plan.assignment.is_empty() {
-                    let a = activate(factory, &prices, &price_topic, plan, &stats)?;
+                    let a = activate(
+                        factory,
+                        &prices,
+                        &broadcast_topics,
+                        &spend_topic,
+                        plan,
+                        &stats,
+                    )?;
                     restored |= a.1;
                     active = Some(a.0);
                 } else {
@@ -413,6 +441,10 @@ pub async fn run(
             }
             Step::Tick => {
                 publisher.retry_failed()?;
+                if let Some(a) = active.as_mut() {
+                    a.exchange
+                        .round(a.brain.as_ref(), &publisher, &spend_topic)?;
+                }
                 if last_lag.elapsed() >= LAG_EVERY {
                     super::lag::report(&group, crate::telemetry::metrics());
                     super::lag::report(&prices, crate::telemetry::metrics());
@@ -477,11 +509,13 @@ pub async fn run(
 }
 
 /// Build the state for a new assignment: restore or start fresh, and point
-/// the price consumer at the matching offsets.
+/// the broadcast consumer (prices, budget allocations) at the matching
+/// offsets.
 fn activate(
     factory: &dyn BrainFactory,
     prices: &StreamConsumer<PriceCtx>,
-    price_topic: &str,
+    broadcast_topics: &[String],
+    spend_topic: &str,
     plan: Plan,
     stats: &Stats,
 ) -> Result<(Active, bool), KafkaError> {
@@ -505,14 +539,19 @@ fn activate(
             c.store(*v, Ordering::Relaxed);
         }
     }
-    let price_parts = partitions_of(prices.client(), price_topic, Duration::from_secs(10))?;
+    let mut broadcast: Vec<Tp> = Vec::new();
+    for t in broadcast_topics {
+        for p in partitions_of(prices.client(), t, Duration::from_secs(10))? {
+            broadcast.push((t.clone(), p));
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     let start = |t: &str, p: i32| offsets.get(t).and_then(|m| m.get(&p)).copied();
-    for p in &price_parts {
-        let off = start(price_topic, *p)
+    for (t, p) in &broadcast {
+        let off = start(t, *p)
             .map(Offset::Offset)
             .unwrap_or(Offset::Beginning);
-        tpl.add_partition_offset(price_topic, *p, off)?;
+        tpl.add_partition_offset(t, *p, off)?;
     }
     prices.assign(&tpl)?;
     // Where each partition resumes; "from the beginning" is resolved to the
@@ -526,20 +565,20 @@ fn activate(
                 .map(|(low, _)| low)
         })
     };
-    let mut all: Vec<(Tp, Option<i64>)> = plan
+    // The internal budget-spend topic is not event-time input: it bypasses
+    // the merge.
+    let all: Vec<(Tp, Option<i64>)> = plan
         .assignment
         .iter()
+        .filter(|(t, _)| t != spend_topic)
+        .chain(&broadcast)
         .map(|(t, p)| ((t.clone(), *p), resume(t, *p)))
         .collect();
-    all.extend(
-        price_parts
-            .iter()
-            .map(|p| ((price_topic.to_string(), *p), resume(price_topic, *p))),
-    );
     Ok((
         Active {
             assignment: plan.assignment,
             brain,
+            exchange: super::spend::Exchange::default(),
             merger: Merger::new(all),
             dirty: false,
             slots: Vec::new(),
@@ -566,7 +605,8 @@ struct Input {
     topic: String,
     c_topic: std::ffi::CString,
     kind: EventKind,
-    price: bool,
+    /// Read whole by every instance (prices, budget allocations).
+    broadcast: bool,
     counter: prometheus_client::metrics::counter::Counter,
 }
 
@@ -584,6 +624,16 @@ fn ingest(
 ) -> Result<(), KafkaError> {
     let topic = m.topic();
     let Some(i) = inputs.iter().position(|i| i.topic == topic) else {
+        if topic == cfg.topics.budget_spend() {
+            if let Err(e) = a
+                .exchange
+                .on_record(a.brain.as_mut(), m.payload().unwrap_or(&[]))
+            {
+                dead_letter(cfg, publisher, m, &e)?;
+                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics().inc_dlq(topic);
+            }
+        }
         return Ok(());
     };
     let input = &inputs[i];

@@ -1,0 +1,250 @@
+//! Project budgets across instances: one owner per project splits the
+//! budget between the compute environments that spend it.
+//!
+//! With several `prescale run` instances in a group, a project's jobs run in
+//! environments owned by different instances, and each instance's ledger sees
+//! only its own share of the spend. Letting every instance enforce the whole
+//! allocation would let N instances spend it N times. Instead, spend is
+//! re-keyed by project on an internal topic:
+//!
+//! 1. each instance reports, per (project, environment) it owns, what the
+//!    environment has used (spent + committed in the current window) and
+//!    what it still wants (expected cost of held work) — a [`Usage`] record
+//!    keyed by project, so it reaches the project's owner;
+//! 2. the owner [`split`]s the allocation: each environment keeps what it has
+//!    used, and what is left is shared in proportion to what they want — a
+//!    [`Share`] record per environment, keyed by environment, so it reaches
+//!    the environment's owner;
+//! 3. the environment's owner enforces its shares (QUEUE / PREEMPT / RESUME,
+//!    by priority) with its own ledger, which knows the jobs.
+//!
+//! Shares never add up to more than the allocation, so two instances cannot
+//! both grant the same remaining dollars. Records are "latest wins" per
+//! (project, environment); the topic is re-read from its beginning on every
+//! assignment, so no offsets need checkpointing.
+//!
+//! Pure: no I/O; the service moves the records.
+
+use crate::events::Millis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What one environment has used of a project's budget, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub project: String,
+    pub environment: String,
+    /// Start of the budget window the figures belong to (event time).
+    pub window_start: Millis,
+    /// Spent plus committed (expected cost of admitted work) in the window.
+    pub used_usd: f64,
+    /// Expected cost of the project's held (queued or preempted) work here.
+    pub wanted_usd: f64,
+    pub at: Millis,
+}
+
+/// The part of a project's budget one environment may use in the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub project: String,
+    pub environment: String,
+    pub window_start: Millis,
+    pub usd: f64,
+    pub at: Millis,
+}
+
+/// A record of the internal topic (JSON, tagged by `type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SpendRecord {
+    Usage(Usage),
+    Share(Share),
+}
+
+impl SpendRecord {
+    /// The Kafka key: usage travels to the project's owner, shares to the
+    /// environment's owner.
+    pub fn key(&self) -> &str {
+        match self {
+            SpendRecord::Usage(u) => &u.project,
+            SpendRecord::Share(s) => &s.environment,
+        }
+    }
+}
+
+/// Split `allocated` between the environments that reported usage in the
+/// same window: each keeps what it has used, and the rest (if any) goes in
+/// proportion to what each wants (equally when nobody wants anything). When
+/// usage already exceeds the allocation, each environment's share is cut in
+/// proportion to its usage, so the sum is exactly the allocation and owners
+/// preempt to fit.
+pub fn split(allocated: f64, usages: &BTreeMap<String, Usage>) -> BTreeMap<String, f64> {
+    let allocated = allocated.max(0.0);
+    let used: f64 = usages.values().map(|u| u.used_usd.max(0.0)).sum();
+    let n = usages.len() as f64;
+    if used > allocated {
+        return usages
+            .iter()
+            .map(|(e, u)| (e.clone(), allocated * u.used_usd.max(0.0) / used))
+            .collect();
+    }
+    let left = allocated - used;
+    let wanted: f64 = usages.values().map(|u| u.wanted_usd.max(0.0)).sum();
+    usages
+        .iter()
+        .map(|(e, u)| {
+            let w = if wanted > 0.0 {
+                u.wanted_usd.max(0.0) / wanted
+            } else {
+                1.0 / n
+            };
+            (e.clone(), u.used_usd.max(0.0) + left * w)
+        })
+        .collect()
+}
+
+/// The owner's side: the latest usage per (project, environment), and the
+/// shares it last published, so only changes are sent.
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    usages: BTreeMap<String, BTreeMap<String, Usage>>,
+    sent: BTreeMap<(String, String), (Millis, f64)>,
+    changed: std::collections::BTreeSet<String>,
+}
+
+impl Owner {
+    /// Take a usage report; a report from an older window than the latest
+    /// one seen for the project replaces nothing.
+    pub fn on_usage(&mut self, u: Usage) {
+        let per_env = self.usages.entry(u.project.clone()).or_default();
+        let newest = per_env.values().map(|x| x.window_start).max();
+        if newest.is_some_and(|w| u.window_start < w) {
+            return;
+        }
+        if newest.is_some_and(|w| u.window_start > w) {
+            // A new window: last window's figures no longer count.
+            per_env.clear();
+        }
+        self.changed.insert(u.project.clone());
+        per_env.insert(u.environment.clone(), u);
+    }
+
+    /// Shares to publish for projects whose usage changed, given each
+    /// project's allocation (`None`: no budget known, nothing to split).
+    pub fn shares(&mut self, allocation: impl Fn(&str) -> Option<f64>, now: Millis) -> Vec<Share> {
+        let mut out = Vec::new();
+        for project in std::mem::take(&mut self.changed) {
+            let (Some(per_env), Some(alloc)) = (self.usages.get(&project), allocation(&project))
+            else {
+                continue;
+            };
+            let window_start = per_env.values().map(|u| u.window_start).max().unwrap_or(0);
+            for (env, usd) in split(alloc, per_env) {
+                let k = (project.clone(), env.clone());
+                let same = self
+                    .sent
+                    .get(&k)
+                    .is_some_and(|&(w, x)| w == window_start && (x - usd).abs() < 1e-6);
+                if same {
+                    continue;
+                }
+                self.sent.insert(k, (window_start, usd));
+                out.push(Share {
+                    project: project.clone(),
+                    environment: env,
+                    window_start,
+                    usd,
+                    at: now,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(env: &str, used: f64, wanted: f64) -> Usage {
+        Usage {
+            project: "p".into(),
+            environment: env.into(),
+            window_start: 0,
+            used_usd: used,
+            wanted_usd: wanted,
+            at: 0,
+        }
+    }
+
+    fn map(us: &[Usage]) -> BTreeMap<String, Usage> {
+        us.iter()
+            .map(|x| (x.environment.clone(), x.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn shares_keep_usage_and_split_the_rest_by_want() {
+        let s = split(100.0, &map(&[u("a", 30.0, 10.0), u("b", 10.0, 30.0)]));
+        assert!((s["a"] - 45.0).abs() < 1e-9, "{s:?}");
+        assert!((s["b"] - 55.0).abs() < 1e-9, "{s:?}");
+        let s = split(100.0, &map(&[u("a", 30.0, 0.0), u("b", 10.0, 0.0)]));
+        assert!((s["a"] - 60.0).abs() < 1e-9 && (s["b"] - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn shares_never_sum_above_the_allocation() {
+        for (a, b, wa, wb) in [
+            (0.0, 0.0, 0.0, 0.0),
+            (80.0, 50.0, 5.0, 0.0),
+            (5.0, 1.0, 9.0, 2.0),
+        ] {
+            let s = split(100.0, &map(&[u("a", a, wa), u("b", b, wb)]));
+            let sum: f64 = s.values().sum();
+            assert!((sum - 100.0).abs() < 1e-9, "{s:?}");
+        }
+        // Over-used: cut in proportion to use.
+        let s = split(100.0, &map(&[u("a", 150.0, 0.0), u("b", 50.0, 0.0)]));
+        assert!((s["a"] - 75.0).abs() < 1e-9 && (s["b"] - 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn owner_sends_only_changes_and_forgets_old_windows() {
+        let mut o = Owner::default();
+        o.on_usage(u("a", 10.0, 0.0));
+        let s = o.shares(|_| Some(100.0), 1);
+        assert_eq!(s.len(), 1);
+        assert!((s[0].usd - 100.0).abs() < 1e-9);
+        // Same figures again: nothing to send.
+        o.on_usage(u("a", 10.0, 0.0));
+        assert!(o.shares(|_| Some(100.0), 2).is_empty());
+        // A second environment: both shares change.
+        o.on_usage(u("b", 0.0, 0.0));
+        let s = o.shares(|_| Some(100.0), 3);
+        assert_eq!(s.len(), 2, "{s:?}");
+        // A report from an older window is ignored; a newer one resets.
+        let mut late = u("b", 99.0, 0.0);
+        late.window_start = -1;
+        o.on_usage(late);
+        assert!(o.shares(|_| Some(100.0), 4).is_empty());
+        let mut next = u("a", 0.0, 0.0);
+        next.window_start = 10;
+        o.on_usage(next);
+        let s = o.shares(|_| Some(100.0), 5);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].environment.as_str(), s[0].usd), ("a", 100.0));
+        // No budget known: nothing.
+        let mut c = u("c", 1.0, 0.0);
+        c.window_start = 10;
+        o.on_usage(c);
+        assert!(o.shares(|_| None, 6).is_empty());
+    }
+
+    #[test]
+    fn records_are_keyed_for_their_reader() {
+        let r = SpendRecord::Usage(u("env-1", 1.0, 0.0));
+        assert_eq!(r.key(), "p");
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<SpendRecord>(&json).unwrap(), r);
+    }
+}

@@ -1,0 +1,87 @@
+//! The service's side of project budgets shared between instances: moves
+//! [`crate::budget::share`] records over the internal `prescale.budget-spend`
+//! topic, which the instances read as part of their consumer group.
+//!
+//! Usage records are keyed by project and shares by environment; with the
+//! topic partitioned like the input topics and range assignment, partition
+//! `k` of every group topic goes to the same instance, so a project's usage
+//! reaches its owner and an environment's share reaches the instance that
+//! owns that environment's jobs. The records are "latest wins", so the
+//! topic is read from its beginning on every assignment and its offsets are
+//! not checkpointed.
+
+use super::publish::Publisher;
+use super::service::Brain;
+use super::KafkaError;
+use crate::budget::share::{Owner, SpendRecord, Usage};
+use crate::events::Millis;
+use std::collections::BTreeMap;
+
+/// Per assignment: the usage this instance last reported, and the owner's
+/// view of the projects whose partitions it holds.
+#[derive(Default)]
+pub struct Exchange {
+    reported: BTreeMap<(String, String), (Millis, f64, f64)>,
+    owner: Owner,
+}
+
+impl Exchange {
+    /// Take one record of the internal topic. A record that is not one
+    /// (wrong JSON) is an error naming what is wrong; the caller
+    /// dead-letters it.
+    pub fn on_record(&mut self, brain: &mut dyn Brain, payload: &[u8]) -> Result<(), String> {
+        let r: SpendRecord =
+            serde_json::from_slice(payload).map_err(|e| format!("budget-spend record: {e}"))?;
+        match r {
+            SpendRecord::Usage(u) => self.owner.on_usage(u),
+            SpendRecord::Share(s) => brain.apply_share(&s),
+        }
+        Ok(())
+    }
+
+    /// One exchange round (on the service's timer): report changed usage,
+    /// and, as owner, publish the shares that changed. Returns how many
+    /// records were sent.
+    pub fn round(
+        &mut self,
+        brain: &dyn Brain,
+        publisher: &Publisher,
+        topic: &str,
+    ) -> Result<usize, KafkaError> {
+        let mut sent = 0;
+        let mut now = 0;
+        for u in brain.budget_usage() {
+            now = now.max(u.at);
+            if self.changed(&u) {
+                send(publisher, topic, &SpendRecord::Usage(u))?;
+                sent += 1;
+            }
+        }
+        for s in self.owner.shares(|p| brain.project_allocation(p), now) {
+            send(publisher, topic, &SpendRecord::Share(s))?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    fn changed(&mut self, u: &Usage) -> bool {
+        let v = (u.window_start, u.used_usd, u.wanted_usd);
+        let k = (u.project.clone(), u.environment.clone());
+        let same = self
+            .reported
+            .get(&k)
+            .is_some_and(|o| o.0 == v.0 && (o.1 - v.1).abs() < 1e-6 && (o.2 - v.2).abs() < 1e-6);
+        if !same {
+            self.reported.insert(k, v);
+        }
+        !same
+    }
+}
+
+fn send(publisher: &Publisher, topic: &str, r: &SpendRecord) -> Result<(), KafkaError> {
+    let value = serde_json::to_vec(r).map_err(|e| KafkaError::Topic {
+        topic: topic.to_string(),
+        message: format!("encoding a budget-spend record: {e}"),
+    })?;
+    publisher.send(topic, r.key().as_bytes(), &value, &[], None)
+}
