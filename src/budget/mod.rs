@@ -228,6 +228,12 @@ pub struct Ledger {
     /// any, its account's allocation is their sum.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shares: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Set while project budgets are split between instances: a project
+    /// with no share granted yet may spend nothing here (its work waits for
+    /// the owner's first split), so two instances never both spend the
+    /// whole budget at start-up.
+    #[serde(default)]
+    pub split: bool,
 }
 
 pub fn scope_str(s: BudgetScope) -> &'static str {
@@ -307,9 +313,7 @@ impl Ledger {
         let mut usd = a.usd;
         if a.scope == BudgetScope::Project {
             self.announced.insert(a.id.clone(), a.usd);
-            if let Some(s) = self.shares.get(&a.id) {
-                usd = s.values().sum();
-            }
+            usd = self.project_allocation(&a.id);
         }
         let acc = self
             .accounts
@@ -691,17 +695,46 @@ impl Ledger {
     }
 
     /// Take a share of a project budget granted to one of this instance's
-    /// environments: the project's allocation here becomes the sum of its
-    /// shares, so `enforce` holds or stops work to fit it.
+    /// environments: while budgets are split, the project's allocation here
+    /// is the sum of its shares, so `enforce` holds or stops work to fit it.
     pub fn apply_share(&mut self, s: &Share) {
-        let shares = self.shares.entry(s.project.clone()).or_default();
-        shares.insert(s.environment.clone(), s.usd.max(0.0));
-        let total = shares.values().sum();
+        self.shares
+            .entry(s.project.clone())
+            .or_default()
+            .insert(s.environment.clone(), s.usd.max(0.0));
+        self.reallocate(&s.project);
+    }
+
+    /// Whether project budgets are split between instances (see
+    /// [`Ledger::split`]). Off, every project has its whole allocation and
+    /// shares are forgotten: the instance owns all of every project's work.
+    pub fn set_split(&mut self, split: bool) {
+        self.split = split;
+        if !split {
+            self.shares.clear();
+        }
+        let projects: Vec<String> = self.announced.keys().cloned().collect();
+        for p in projects {
+            self.reallocate(&p);
+        }
+    }
+
+    /// A project's allocation here: the announced amount, or while budgets
+    /// are split, the sum of the shares granted (none yet: nothing).
+    fn project_allocation(&self, project: &str) -> f64 {
+        if !self.split {
+            return self.announced.get(project).copied().unwrap_or(0.0);
+        }
+        self.shares.get(project).map_or(0.0, |s| s.values().sum())
+    }
+
+    fn reallocate(&mut self, project: &str) {
+        let usd = self.project_allocation(project);
         if let Some(a) = self
             .accounts
-            .get_mut(&account_key(BudgetScope::Project, &s.project))
+            .get_mut(&account_key(BudgetScope::Project, project))
         {
-            a.allocated = total;
+            a.allocated = usd;
         }
     }
 
@@ -825,6 +858,8 @@ mod tests {
         let mut b = Ledger::new();
         alloc(&mut a, 100.0);
         alloc(&mut b, 100.0);
+        a.set_split(true);
+        b.set_split(true);
         let mut owner = share::Owner::default();
         let mut admitted = 0.0;
         for i in 0..8 {

@@ -428,6 +428,12 @@ impl Engine {
         self.st.ledger.announced.get(project).copied()
     }
 
+    /// Whether project budgets are split with other instances (this one
+    /// owns only some environments); see [`crate::budget::Ledger::split`].
+    pub fn set_budget_split(&mut self, split: bool) {
+        self.st.ledger.set_split(split);
+    }
+
     /// Take a share granted to one of this engine's environments; the next
     /// decision tick enforces it.
     pub fn apply_share(&mut self, s: &crate::budget::share::Share) {

@@ -83,6 +83,9 @@ impl Brain for EngineBrain {
     fn project_allocation(&self, project: &str) -> Option<f64> {
         self.0.project_allocation(project)
     }
+    fn split_budgets(&mut self, split: bool) {
+        self.0.set_budget_split(split);
+    }
     fn apply_share(&mut self, share: &crate::budget::share::Share) {
         self.0.apply_share(share);
     }

@@ -224,6 +224,9 @@ impl Brain for ObservingBrain {
         self.engine.project_allocation(project)
     }
 
+    fn split_budgets(&mut self, split: bool) {
+        self.engine.set_budget_split(split);
+    }
     fn apply_share(&mut self, share: &crate::budget::share::Share) {
         self.engine.apply_share(share);
     }

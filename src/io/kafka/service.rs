@@ -71,6 +71,9 @@ pub trait Brain: Send {
     fn project_allocation(&self, _project: &str) -> Option<f64> {
         None
     }
+    /// Whether this brain's project budgets are split with other instances
+    /// (it owns only part of the group's partitions).
+    fn split_budgets(&mut self, _split: bool) {}
     /// A share of a project budget granted to one of this brain's
     /// environments.
     fn apply_share(&mut self, _share: &crate::budget::share::Share) {}
@@ -520,9 +523,20 @@ fn activate(
     stats: &Stats,
 ) -> Result<(Active, bool), KafkaError> {
     let restored = plan.snapshot.is_some();
-    let brain = factory
+    let mut brain = factory
         .create(plan.snapshot.as_ref().map(|s| &s.engine))
         .map_err(KafkaError::Engine)?;
+    // Budgets are split only while another instance owns part of the group:
+    // alone, this one decides every project itself, as a file replay does.
+    let owned = plan
+        .assignment
+        .iter()
+        .filter(|(t, _)| t == spend_topic)
+        .count();
+    let total = partitions_of(prices.client(), spend_topic, Duration::from_secs(10))
+        .map(|p| p.len())
+        .unwrap_or(0);
+    brain.split_budgets(owned < total);
     let offsets = plan
         .snapshot
         .as_ref()
