@@ -87,7 +87,8 @@ kafka_topics() {
     # Inputs are keyed (jobs by compute environment), so they get several
     # partitions; commands are keyed by environment too. Every topic that can
     # receive a bad record has a `.dlq` twin. `prescale.budget-spend` is the
-    # internal topic that re-keys spend by project.
+    # internal topic that re-keys spend by project; it must have the inputs'
+    # partition count (see docs/service.md, "Budgets across instances").
     for t in job-submission job-completion price-tick budget-allocation; do
         _kafka_create_topic "$prefix$t" "$KAFKA_PARTITIONS"
         _kafka_create_topic "$prefix$t.dlq" 1
@@ -95,6 +96,7 @@ kafka_topics() {
     for t in scaling-command preemption-command prescale.budget-spend; do
         _kafka_create_topic "$prefix$t" "$KAFKA_PARTITIONS"
     done
+    _kafka_create_topic "${prefix}prescale.budget-spend.dlq" 1
 }
 
 kafka_start() {
