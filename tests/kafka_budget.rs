@@ -128,7 +128,12 @@ fn two_instances_keep_to_one_project_budget() {
     let one = spent(&replay_ledger(&evs));
     let shares: BTreeMap<String, f64> = ledgers
         .iter()
-        .flat_map(|l| l.shares.get(PROJECT).cloned().unwrap_or_default())
+        .flat_map(|l| {
+            l.shares
+                .get(&format!("project:{PROJECT}"))
+                .cloned()
+                .unwrap_or_default()
+        })
         .collect();
     eprintln!(
         "budget ${budget:.2} (work ${cost:.2}); one engine ${one:.2}; alone ${alone:.2}; together ${together:.2}; shares {shares:?}"

@@ -120,9 +120,9 @@ pub struct Account {
     /// Expected cost of admitted work, not yet spent.
     pub committed: f64,
     pub spent: f64,
-    /// Project accounts: spent and committed per compute environment, which
-    /// the project's owner needs to split the budget between instances
-    /// (see [`share`]).
+    /// Project and user accounts: spent and committed per compute
+    /// environment, which the account's owner needs to split the budget
+    /// between instances (see [`share`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_env: BTreeMap<String, EnvUse>,
 }
@@ -140,7 +140,7 @@ impl Account {
     fn add(&mut self, env: &str, spent: f64, committed: f64) {
         self.spent = (self.spent + spent).max(0.0);
         self.committed = (self.committed + committed).max(0.0);
-        if self.scope == BudgetScope::Project {
+        if shared(self.scope) {
             let e = self.by_env.entry(env.to_string()).or_default();
             e.spent = (e.spent + spent).max(0.0);
             e.committed = (e.committed + committed).max(0.0);
@@ -220,12 +220,13 @@ pub struct Ledger {
     /// to the decision tick (the engine's bucket width); 0 disables.
     #[serde(default)]
     pub lookahead_ms: i64,
-    /// Project allocations as announced, before any split between instances.
+    /// Project and user allocations as announced, by account key, before any
+    /// split between instances.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub announced: BTreeMap<String, f64>,
-    /// Shares of project budgets granted to this instance's environments by
-    /// the projects' owners (latest per environment). When a project has
-    /// any, its account's allocation is their sum.
+    /// Shares of project and user budgets granted to this instance's
+    /// environments by their owners, by account key (latest per
+    /// environment); while split, an account's allocation is their sum.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shares: BTreeMap<String, BTreeMap<String, f64>>,
     /// Set while project budgets are split between instances: a project
@@ -311,9 +312,9 @@ impl Ledger {
             self.accounts.insert(key.clone(), acc);
         }
         let mut usd = a.usd;
-        if a.scope == BudgetScope::Project {
-            self.announced.insert(a.id.clone(), a.usd);
-            usd = self.project_allocation(&a.id);
+        if shared(a.scope) {
+            self.announced.insert(key.clone(), a.usd);
+            usd = self.shared_allocation(&key);
         }
         let acc = self
             .accounts
@@ -659,34 +660,42 @@ impl Ledger {
         out
     }
 
-    /// What each environment has used of each project budget, and the
-    /// expected cost of its held work, for the projects' owners.
+    /// What each environment has used of each project and user budget, and
+    /// the expected cost of its held work, for the accounts' owners.
     pub fn usage(&self, now: Millis) -> Vec<Usage> {
-        let mut wanted: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+        let mut wanted: BTreeMap<(String, &str), f64> = BTreeMap::new();
         for j in self.jobs.values() {
             if matches!(j.state, JobState::Queued | JobState::Preempted) {
-                *wanted
-                    .entry((j.project.as_str(), j.compute_environment.as_str()))
-                    .or_default() += self.cost_to_finish(j);
+                let cost = self.cost_to_finish(j);
+                for scope in [BudgetScope::Project, BudgetScope::User] {
+                    let id = if scope == BudgetScope::Project {
+                        &j.project
+                    } else {
+                        &j.user
+                    };
+                    *wanted
+                        .entry((account_key(scope, id), j.compute_environment.as_str()))
+                        .or_default() += cost;
+                }
             }
         }
         let mut out = Vec::new();
-        for a in self.accounts.values() {
-            if a.scope != BudgetScope::Project {
+        for (key, a) in &self.accounts {
+            if !shared(a.scope) {
                 continue;
             }
             let mut envs: Vec<&str> = a.by_env.keys().map(String::as_str).collect();
-            envs.extend(wanted.keys().filter(|(p, _)| *p == a.id).map(|(_, e)| *e));
+            envs.extend(wanted.keys().filter(|(k, _)| k == key).map(|(_, e)| *e));
             envs.sort_unstable();
             envs.dedup();
             for env in envs {
                 let e = a.by_env.get(env).copied().unwrap_or_default();
                 out.push(Usage {
-                    project: a.id.clone(),
+                    account: key.clone(),
                     environment: env.to_string(),
                     window_start: a.window_start,
                     used_usd: e.spent + e.committed,
-                    wanted_usd: wanted.get(&(a.id.as_str(), env)).copied().unwrap_or(0.0),
+                    wanted_usd: wanted.get(&(key.clone(), env)).copied().unwrap_or(0.0),
                     at: now,
                 });
             }
@@ -694,46 +703,44 @@ impl Ledger {
         out
     }
 
-    /// Take a share of a project budget granted to one of this instance's
-    /// environments: while budgets are split, the project's allocation here
-    /// is the sum of its shares, so `enforce` holds or stops work to fit it.
+    /// Take a share of a project or user budget granted to one of this
+    /// instance's environments: while budgets are split, the account's
+    /// allocation here is the sum of its shares, so `enforce` holds or stops
+    /// work to fit it.
     pub fn apply_share(&mut self, s: &Share) {
         self.shares
-            .entry(s.project.clone())
+            .entry(s.account.clone())
             .or_default()
             .insert(s.environment.clone(), s.usd.max(0.0));
-        self.reallocate(&s.project);
+        self.reallocate(&s.account);
     }
 
     /// Whether project budgets are split between instances (see
     /// [`Ledger::split`]). Off, every project has its whole allocation and
-    /// shares are forgotten: the instance owns all of every project's work.
+    /// shares are forgotten: the instance owns all of every account's work.
     pub fn set_split(&mut self, split: bool) {
         self.split = split;
         if !split {
             self.shares.clear();
         }
-        let projects: Vec<String> = self.announced.keys().cloned().collect();
-        for p in projects {
-            self.reallocate(&p);
+        let keys: Vec<String> = self.announced.keys().cloned().collect();
+        for k in keys {
+            self.reallocate(&k);
         }
     }
 
-    /// A project's allocation here: the announced amount, or while budgets
-    /// are split, the sum of the shares granted (none yet: nothing).
-    fn project_allocation(&self, project: &str) -> f64 {
+    /// A shared account's allocation here: the announced amount, or while
+    /// budgets are split, the sum of the shares granted (none yet: nothing).
+    fn shared_allocation(&self, key: &str) -> f64 {
         if !self.split {
-            return self.announced.get(project).copied().unwrap_or(0.0);
+            return self.announced.get(key).copied().unwrap_or(0.0);
         }
-        self.shares.get(project).map_or(0.0, |s| s.values().sum())
+        self.shares.get(key).map_or(0.0, |s| s.values().sum())
     }
 
-    fn reallocate(&mut self, project: &str) {
-        let usd = self.project_allocation(project);
-        if let Some(a) = self
-            .accounts
-            .get_mut(&account_key(BudgetScope::Project, project))
-        {
+    fn reallocate(&mut self, key: &str) {
+        let usd = self.shared_allocation(key);
+        if let Some(a) = self.accounts.get_mut(key) {
             a.allocated = usd;
         }
     }
@@ -816,6 +823,12 @@ impl Ledger {
     }
 }
 
+/// Budgets that span environments, and so are split between instances: a
+/// job's own budget lives in the one environment the job runs in.
+fn shared(scope: BudgetScope) -> bool {
+    matches!(scope, BudgetScope::Project | BudgetScope::User)
+}
+
 fn job_scopes(j: &JobRecord) -> [String; 3] {
     [
         account_key(BudgetScope::Job, &j.job_id),
@@ -874,7 +887,7 @@ mod tests {
             for u in a.usage(i * 1000).into_iter().chain(b.usage(i * 1000)) {
                 owner.on_usage(u);
             }
-            for s in owner.shares(|p| a.announced.get(p).copied(), i * 1000) {
+            for s in owner.shares(|k| a.announced.get(k).copied(), i * 1000) {
                 if s.environment == "a" {
                     a.apply_share(&s)
                 } else {

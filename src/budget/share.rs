@@ -1,13 +1,17 @@
-//! Project budgets across instances: one owner per project splits the
-//! budget between the compute environments that spend it.
+//! Project and user budgets across instances: one owner per budget account
+//! splits it between the compute environments that spend it.
 //!
-//! With several `prescale run` instances in a group, a project's jobs run in
+//! With several `prescale run` instances in a group, a project's (or a
+//! user's) jobs run in
 //! environments owned by different instances, and each instance's ledger sees
 //! only its own share of the spend. Letting every instance enforce the whole
 //! allocation would let N instances spend it N times. Instead, spend is
 //! re-keyed by project on an internal topic:
 //!
-//! 1. each instance reports, per (project, environment) it owns, what the
+//! Below, "project" stands for either: records name the account
+//! (`project:climate`, `user:alice`).
+//!
+//! 1. each instance reports, per (account, environment) it owns, what the
 //!    environment has used (spent + committed in the current window) and
 //!    what it still wants (expected cost of held work) — a [`Usage`] record
 //!    keyed by project, so it reaches the project's owner;
@@ -32,7 +36,8 @@ use std::collections::BTreeMap;
 /// What one environment has used of a project's budget, as its owner sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
-    pub project: String,
+    /// The budget account, `project:<id>` or `user:<id>`.
+    pub account: String,
     pub environment: String,
     /// Start of the budget window the figures belong to (event time).
     pub window_start: Millis,
@@ -46,7 +51,8 @@ pub struct Usage {
 /// The part of a project's budget one environment may use in the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Share {
-    pub project: String,
+    /// The budget account, `project:<id>` or `user:<id>`.
+    pub account: String,
     pub environment: String,
     pub window_start: Millis,
     pub usd: f64,
@@ -66,7 +72,7 @@ impl SpendRecord {
     /// environment's owner.
     pub fn key(&self) -> &str {
         match self {
-            SpendRecord::Usage(u) => &u.project,
+            SpendRecord::Usage(u) => &u.account,
             SpendRecord::Share(s) => &s.environment,
         }
     }
@@ -116,7 +122,7 @@ impl Owner {
     /// Take a usage report; a report from an older window than the latest
     /// one seen for the project replaces nothing.
     pub fn on_usage(&mut self, u: Usage) {
-        let per_env = self.usages.entry(u.project.clone()).or_default();
+        let per_env = self.usages.entry(u.account.clone()).or_default();
         let newest = per_env.values().map(|x| x.window_start).max();
         if newest.is_some_and(|w| u.window_start < w) {
             return;
@@ -125,22 +131,22 @@ impl Owner {
             // A new window: last window's figures no longer count.
             per_env.clear();
         }
-        self.changed.insert(u.project.clone());
+        self.changed.insert(u.account.clone());
         per_env.insert(u.environment.clone(), u);
     }
 
-    /// Shares to publish for projects whose usage changed, given each
-    /// project's allocation (`None`: no budget known, nothing to split).
+    /// Shares to publish for accounts whose usage changed, given each
+    /// account's allocation (`None`: no budget known, nothing to split).
     pub fn shares(&mut self, allocation: impl Fn(&str) -> Option<f64>, now: Millis) -> Vec<Share> {
         let mut out = Vec::new();
-        for project in std::mem::take(&mut self.changed) {
-            let (Some(per_env), Some(alloc)) = (self.usages.get(&project), allocation(&project))
+        for account in std::mem::take(&mut self.changed) {
+            let (Some(per_env), Some(alloc)) = (self.usages.get(&account), allocation(&account))
             else {
                 continue;
             };
             let window_start = per_env.values().map(|u| u.window_start).max().unwrap_or(0);
             for (env, usd) in split(alloc, per_env) {
-                let k = (project.clone(), env.clone());
+                let k = (account.clone(), env.clone());
                 let same = self
                     .sent
                     .get(&k)
@@ -150,7 +156,7 @@ impl Owner {
                 }
                 self.sent.insert(k, (window_start, usd));
                 out.push(Share {
-                    project: project.clone(),
+                    account: account.clone(),
                     environment: env,
                     window_start,
                     usd,
@@ -168,7 +174,7 @@ mod tests {
 
     fn u(env: &str, used: f64, wanted: f64) -> Usage {
         Usage {
-            project: "p".into(),
+            account: "project:p".into(),
             environment: env.into(),
             window_start: 0,
             used_usd: used,
@@ -243,7 +249,7 @@ mod tests {
     #[test]
     fn records_are_keyed_for_their_reader() {
         let r = SpendRecord::Usage(u("env-1", 1.0, 0.0));
-        assert_eq!(r.key(), "p");
+        assert_eq!(r.key(), "project:p");
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<SpendRecord>(&json).unwrap(), r);
     }

@@ -413,7 +413,8 @@ impl Engine {
 
 /// Project budgets shared between instances (see [`crate::budget::share`]).
 impl Engine {
-    /// What this engine's environments have used of each project budget;
+    /// What this engine's environments have used of each project and user
+    /// budget;
     /// empty when no budget is set.
     pub fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
         if self.st.ledger.accounts.is_empty() {
@@ -423,9 +424,10 @@ impl Engine {
         self.st.ledger.usage(now)
     }
 
-    /// A project's allocation as announced (what its owner splits).
-    pub fn project_allocation(&self, project: &str) -> Option<f64> {
-        self.st.ledger.announced.get(project).copied()
+    /// A project or user budget's allocation as announced (what its owner
+    /// splits), by account key (`project:…`, `user:…`).
+    pub fn budget_allocation(&self, account: &str) -> Option<f64> {
+        self.st.ledger.announced.get(account).copied()
     }
 
     /// Whether project budgets are split with other instances (this one

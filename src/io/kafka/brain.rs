@@ -80,8 +80,8 @@ impl Brain for EngineBrain {
     fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
         self.0.budget_usage()
     }
-    fn project_allocation(&self, project: &str) -> Option<f64> {
-        self.0.project_allocation(project)
+    fn budget_allocation(&self, account: &str) -> Option<f64> {
+        self.0.budget_allocation(account)
     }
     fn split_budgets(&mut self, split: bool) {
         self.0.set_budget_split(split);

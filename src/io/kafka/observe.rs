@@ -220,8 +220,8 @@ impl Brain for ObservingBrain {
         self.engine.budget_usage()
     }
 
-    fn project_allocation(&self, project: &str) -> Option<f64> {
-        self.engine.project_allocation(project)
+    fn budget_allocation(&self, account: &str) -> Option<f64> {
+        self.engine.budget_allocation(account)
     }
 
     fn split_budgets(&mut self, split: bool) {

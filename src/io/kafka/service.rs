@@ -62,13 +62,14 @@ pub trait Brain: Send {
     fn tick_span(&self) -> tracing::Span {
         tracing::Span::none()
     }
-    /// Project budget use per environment, for the projects' owners
+    /// Project and user budget use per environment, for their owners
     /// ([`crate::budget::share`]); brains without budgets report none.
     fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
         Vec::new()
     }
-    /// A project's allocation as announced, when this brain knows it.
-    fn project_allocation(&self, _project: &str) -> Option<f64> {
+    /// A budget account's allocation as announced (`project:…`, `user:…`),
+    /// when this brain knows it.
+    fn budget_allocation(&self, _account: &str) -> Option<f64> {
         None
     }
     /// Whether this brain's project budgets are split with other instances

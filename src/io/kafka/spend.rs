@@ -2,7 +2,8 @@
 //! [`crate::budget::share`] records over the internal `prescale.budget-spend`
 //! topic, which the instances read as part of their consumer group.
 //!
-//! Usage records are keyed by project and shares by environment; with the
+//! Usage records are keyed by budget account (`project:…`, `user:…`) and
+//! shares by environment; with the
 //! topic partitioned like the input topics and range assignment, partition
 //! `k` of every group topic goes to the same instance, so a project's usage
 //! reaches its owner and an environment's share reaches the instance that
@@ -57,7 +58,7 @@ impl Exchange {
                 sent += 1;
             }
         }
-        for s in self.owner.shares(|p| brain.project_allocation(p), now) {
+        for s in self.owner.shares(|p| brain.budget_allocation(p), now) {
             send(publisher, topic, &SpendRecord::Share(s))?;
             sent += 1;
         }
@@ -66,7 +67,7 @@ impl Exchange {
 
     fn changed(&mut self, u: &Usage) -> bool {
         let v = (u.window_start, u.used_usd, u.wanted_usd);
-        let k = (u.project.clone(), u.environment.clone());
+        let k = (u.account.clone(), u.environment.clone());
         let same = self
             .reported
             .get(&k)
