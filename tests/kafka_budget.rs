@@ -9,8 +9,7 @@ use prescale::budget::Ledger;
 use prescale::events::{BudgetAllocation, BudgetScope, Event};
 use prescale::io::kafka::produce::Pace;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PROJECT: &str = "p0";
 
@@ -61,21 +60,7 @@ fn two_instances_keep_to_one_project_budget() {
 
     let a = spawn_service(&cfg, "a", Duration::from_millis(2500));
     let b = spawn_service(&cfg, "b", Duration::from_millis(2500));
-    let started = Instant::now();
-    loop {
-        let (x, y) = (
-            a.stats.assigned.load(Ordering::Relaxed),
-            b.stats.assigned.load(Ordering::Relaxed),
-        );
-        if x > 0 && y > 0 && x + y == 9 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "group did not split ({x}, {y})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_split(&a, &b);
     // Paced, so that exchange rounds (every 200 ms) happen while the work
     // arrives, as they do live.
     produce(&cfg, &evs, 0, Pace::Rate(400.0));

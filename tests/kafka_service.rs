@@ -123,23 +123,7 @@ fn two_instances_publish_the_same_set_as_one() {
 
     let a = spawn_service(&cfg, "a", Duration::from_millis(2500));
     let b = spawn_service(&cfg, "b", Duration::from_millis(2500));
-    // Wait until the group has settled on a split (3 job-submission, 3
-    // job-completion and 3 budget partitions between the two).
-    let started = Instant::now();
-    loop {
-        let (x, y) = (
-            a.stats.assigned.load(Ordering::Relaxed),
-            b.stats.assigned.load(Ordering::Relaxed),
-        );
-        if x > 0 && y > 0 && x + y == 9 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(40),
-            "group did not split ({x}, {y})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_split(&a, &b);
     produce(&cfg, &evs, 0, Pace::AsFastAsPossible);
     let ra = a.handle.join().unwrap();
     let rb = b.handle.join().unwrap();

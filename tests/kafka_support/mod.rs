@@ -395,6 +395,27 @@ pub fn spawn_service(cfg: &KafkaConfig, instance: &str, idle: Duration) -> Runni
     }
 }
 
+/// Wait until two instances have settled on a split of the group's nine
+/// partitions (3 job-submission, 3 job-completion and 3 budget-spend).
+pub fn wait_for_split(a: &Running, b: &Running) {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    loop {
+        let (x, y) = (
+            a.stats.assigned.load(Ordering::Relaxed),
+            b.stats.assigned.load(Ordering::Relaxed),
+        );
+        if x > 0 && y > 0 && x + y == 9 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "group did not split ({x}, {y})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Publish events as `prescale produce` does (keys, sequence headers).
 pub fn produce(
     cfg: &KafkaConfig,
