@@ -131,6 +131,9 @@ impl Series {
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
     pub cost_by_market: BTreeMap<Market, f64>,
+    /// Per (instance type, market): USD, billed vCPU-hours and instances —
+    /// where the money went (see `PolicyReport::top_instance_types`).
+    pub cost_by_type: BTreeMap<(String, Market), TypeCost>,
     pub busy_mcpu_ms: f64,
     pub billed_mcpu_ms: f64,
     pub preemptions: u64,
@@ -155,6 +158,14 @@ pub struct RunStats {
     pub budget_held: u64,
     /// Elastic jobs moved to cheaper capacity by MIGRATE.
     pub migrations: u64,
+}
+
+/// Spend on one instance type in one market.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TypeCost {
+    pub usd: f64,
+    pub vcpu_hours: f64,
+    pub instances: u64,
 }
 
 /// A stretch of time one part of a job ran on one instance: the job is
@@ -246,6 +257,8 @@ struct Inst {
 
 #[derive(Debug, Clone)]
 struct JobState {
+    /// The split the job is placed with now: `parts` equal parts
+    /// (`part_*`). While queued it may switch to another of `shapes`.
     parts: u32,
     part_mcpu: i64,
     part_mem: i64,
@@ -267,9 +280,13 @@ struct JobState {
     /// Milliseconds run so far, lost work included.
     ran_ms: i64,
     last_pool: Option<usize>,
-    /// Spot is worth it for this job: its expected cost on spot, restarts
-    /// included, is below on-demand (see [`spot_worth_it`]).
+    /// Spot is worth it for this job in its current split: its expected
+    /// cost on spot, restarts included, is below on-demand (see
+    /// [`spot_worth_it`]).
     spot_ok: bool,
+    /// Other ways to split a wide job (see [`gang_shapes`]), fewest parts
+    /// first; empty when there is only the one.
+    shapes: Vec<GangShape>,
 }
 
 /// Is spot cheaper in expectation than on-demand for a job of `est_ms`?
@@ -338,6 +355,140 @@ pub fn gang_parts(
     None
 }
 
+/// One way to run a job: `parts` equal parts on distinct instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GangShape {
+    pub parts: u32,
+    pub part_mcpu: i64,
+    pub part_mem: i64,
+    pub part_gpu: i32,
+}
+
+/// Parts of a gang are at least this wide when the job is split further
+/// than it must be: an MPI rank set per node narrower than that would be
+/// an unusual way to run a wide job.
+pub const MIN_GANG_PART_VCPUS: u32 = 32;
+
+/// A gang is split into at most this many parts by choice (the smallest
+/// split [`gang_parts`] may need more).
+pub const MAX_GANG_PARTS: u32 = 128;
+
+/// Every split a job may run with, fewest parts first: the smallest one
+/// ([`gang_parts`]) and, for each instance size of at least
+/// [`MIN_GANG_PART_VCPUS`] that the smallest part does not fit, the
+/// smallest split whose part fits a type of that size (up to
+/// [`MAX_GANG_PARTS`]).
+///
+/// Why: the trace says how many processors a job used, not how many
+/// machines; the smallest split alone puts a 500-processor job on one
+/// 896-vCPU machine, and a catalogue with such giants (which have no spot
+/// market) then decides every policy's cost. Which split runs is chosen
+/// where capacity is chosen, by the same rule for every policy
+/// (`Cluster::top_up`): BEST_FIT over split × type.
+pub fn gang_shapes(prices: &SimPrices, mcpu: i64, mem: i64, gpus: i32) -> Vec<GangShape> {
+    let Some((k0, pm, pmem, pg)) = gang_parts(prices, mcpu, mem, gpus) else {
+        return Vec::new();
+    };
+    let mut out = vec![GangShape {
+        parts: k0,
+        part_mcpu: pm,
+        part_mem: pmem,
+        part_gpu: pg,
+    }];
+    let mut sizes: Vec<i64> = prices
+        .types
+        .iter()
+        .filter(|t| t.vcpus >= MIN_GANG_PART_VCPUS)
+        .map(|t| t.vcpus as i64 * 1000)
+        .filter(|&v| v < pm)
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    for v in sizes {
+        let lower = (mcpu + v - 1) / v;
+        for k in lower..=(MAX_GANG_PARTS as i64) {
+            if out.iter().any(|s| s.parts as i64 == k) {
+                break;
+            }
+            let pm = (mcpu + k - 1) / k;
+            let pmem = (mem + k - 1) / k;
+            let pg = (gpus as i64 + k - 1) / k;
+            let fits = prices.types.iter().any(|t| {
+                t.vcpus as i64 * 1000 >= pm
+                    && t.vcpus as i64 * 1000 <= v
+                    && t.memory_mib >= pmem
+                    && t.gpus as i64 >= pg
+            });
+            if fits {
+                out.push(GangShape {
+                    parts: k as u32,
+                    part_mcpu: pm,
+                    part_mem: pmem,
+                    part_gpu: pg as i32,
+                });
+                break;
+            }
+        }
+    }
+    out.sort_by_key(|s| s.parts);
+    out
+}
+
+/// How much longer a rigid gang of `parts` instances takes on spot, in
+/// expectation, than its `est_ms` of work: it restarts from zero whenever
+/// any part is reclaimed (rate `λ × parts`), so `(e^{x} − 1) / x` with
+/// `x = λ × parts × T` (the planner's `spot_slowdown` without the restart
+/// overhead). 1 for elastic jobs (they keep their progress).
+pub fn gang_spot_stretch(
+    est_ms: Option<Millis>,
+    elastic: bool,
+    rate_per_h: f64,
+    parts: u32,
+) -> f64 {
+    if elastic || rate_per_h <= 0.0 {
+        return 1.0;
+    }
+    let t = est_ms.unwrap_or(3_600_000) as f64 / 3_600_000.0;
+    let x = rate_per_h * parts.max(1) as f64 * t;
+    if x < 1e-9 {
+        1.0
+    } else {
+        x.exp_m1() / x
+    }
+}
+
+/// The on-demand pools BEST_FIT may pick: a pool is left out when another
+/// of the same vCPUs, at least its memory and GPUs, costs less (or as much
+/// and comes first). On-demand prices are constant, so this is decided once;
+/// BEST_FIT's answer is the same over these as over all of them (same vCPUs
+/// means the same useful vCPUs, and the tie-break keeps the first pool).
+fn undominated_on_demand(prices: &SimPrices, od_pools: &[usize]) -> Vec<usize> {
+    let key = |p: usize| {
+        let pool = &prices.pools[p];
+        let ty = &prices.types[pool.ty];
+        (ty.vcpus, ty.memory_mib, ty.gpus, pool.curve.at(0))
+    };
+    let mut by_vcpus: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &p in od_pools {
+        by_vcpus.entry(key(p).0).or_default().push(p);
+    }
+    let mut keep = Vec::new();
+    for group in by_vcpus.values() {
+        for &a in group {
+            let (_, ma, ga, pa) = key(a);
+            let dominated = group.iter().any(|&b| {
+                let (_, mb, gb, pb) = key(b);
+                b != a && mb >= ma && gb >= ga && (pb < pa || (pb == pa && b < a))
+            });
+            if !dominated {
+                keep.push(a);
+            }
+        }
+    }
+    keep.sort_unstable();
+    keep
+}
+
 /// One compute environment's simulation.
 pub struct Cluster<'a> {
     cfg: &'a SimConfig,
@@ -358,6 +509,12 @@ pub struct Cluster<'a> {
     burst_pools: Vec<usize>,
     max_mcpu: Option<i64>,
     od_pools: Vec<usize>,
+    /// The on-demand pools BEST_FIT can ever pick (see
+    /// [`undominated_on_demand`]), and a flag per pool.
+    od_best: Vec<usize>,
+    is_od_best: Vec<bool>,
+    /// Median spot/on-demand price ratio (for [`spot_worth_it`]).
+    spot_ratio: f64,
     // running totals
     alive_mcpu: i64,
     busy_mcpu: i64,
@@ -387,19 +544,27 @@ impl<'a> Cluster<'a> {
         series_start: Millis,
         horizon: Millis,
     ) -> Self {
-        let od_pools = (0..prices.pools.len())
+        let od_pools: Vec<usize> = (0..prices.pools.len())
             .filter(|&p| prices.pools[p].market == Market::OnDemand)
             .collect();
         let spot_ratio = spot_to_on_demand(prices);
         let mut js = Vec::with_capacity(jobs.len());
         for j in &jobs {
-            let (parts, pm, pmem, pg) =
-                gang_parts(prices, j.mcpu, j.memory_mib, j.gpus).unwrap_or((0, 0, 0, 0));
+            let mut shapes = gang_shapes(prices, j.mcpu, j.memory_mib, j.gpus);
+            let first = shapes.first().copied().unwrap_or(GangShape {
+                parts: 0,
+                part_mcpu: 0,
+                part_mem: 0,
+                part_gpu: 0,
+            });
+            if shapes.len() <= 1 {
+                shapes = Vec::new();
+            }
             js.push(JobState {
-                parts,
-                part_mcpu: pm,
-                part_mem: pmem,
-                part_gpu: pg,
+                parts: first.parts,
+                part_mcpu: first.part_mcpu,
+                part_mem: first.part_mem,
+                part_gpu: first.part_gpu,
                 remaining_ms: j.runtime_ms,
                 first_start: None,
                 run_start: 0,
@@ -417,10 +582,16 @@ impl<'a> Cluster<'a> {
                 spot_ok: spot_worth_it(
                     j.est_runtime_ms,
                     j.elastic,
-                    cfg.spot_interruptions_per_hour * parts.max(1) as f64,
+                    cfg.spot_interruptions_per_hour * first.parts.max(1) as f64,
                     spot_ratio,
                 ),
+                shapes,
             });
+        }
+        let od_best = undominated_on_demand(prices, &od_pools);
+        let mut is_od_best = vec![false; prices.pools.len()];
+        for &p in &od_best {
+            is_od_best[p] = true;
         }
         Cluster {
             cfg,
@@ -440,6 +611,9 @@ impl<'a> Cluster<'a> {
             burst_pools: Vec::new(),
             max_mcpu: cfg.max_vcpus.map(|v| v * 1000),
             od_pools,
+            od_best,
+            is_od_best,
+            spot_ratio,
             alive_mcpu: 0,
             busy_mcpu: 0,
             queued_mcpu: 0,
@@ -1051,6 +1225,14 @@ impl<'a> Cluster<'a> {
         *self.stats.cost_by_market.entry(pool.market).or_insert(0.0) += cost;
         self.cost_closed += cost;
         self.stats.billed_mcpu_ms += (inst.mcpu * (billed_to - inst.launched)) as f64;
+        let tc = self
+            .stats
+            .cost_by_type
+            .entry((self.prices.types[pool.ty].name.clone(), pool.market))
+            .or_default();
+        tc.usd += cost;
+        tc.vcpu_hours += (inst.mcpu * (billed_to - inst.launched)) as f64 / 3.6e9;
+        tc.instances += 1;
         self.alive_mcpu -= inst.mcpu;
         let pos = inst.alive_pos;
         self.alive.swap_remove(pos);
@@ -1062,9 +1244,14 @@ impl<'a> Cluster<'a> {
     /// May job `j` only run on on-demand capacity at `t`? See
     /// [`SimConfig::spot_retries`].
     fn od_only(&self, j: u32, t: Millis) -> bool {
+        self.od_only_if(j, t, self.js[j as usize].spot_ok)
+    }
+
+    /// [`Self::od_only`] for job `j` split so that spot is (not) worth it.
+    fn od_only_if(&self, j: u32, t: Millis, spot_ok: bool) -> bool {
         let s = &self.js[j as usize];
         let job = self.jobs[j as usize];
-        if !s.spot_ok {
+        if !spot_ok {
             return true;
         }
         if job.elastic || s.interrupted == 0 {
@@ -1074,7 +1261,67 @@ impl<'a> Cluster<'a> {
         s.interrupted > self.cfg.spot_retries || job.deadline.is_some_and(|d| t + 2 * est > d)
     }
 
+    /// Is spot worth it for job `j` split as `shape`? (Its current split's
+    /// answer is kept in `spot_ok`.)
+    fn shape_spot_ok(&self, j: u32, shape: &GangShape) -> bool {
+        let s = &self.js[j as usize];
+        if shape.parts == s.parts {
+            return s.spot_ok;
+        }
+        let job = self.jobs[j as usize];
+        spot_worth_it(
+            job.est_runtime_ms,
+            job.elastic,
+            self.cfg.spot_interruptions_per_hour * shape.parts.max(1) as f64,
+            self.spot_ratio,
+        )
+    }
+
+    /// The split job `j` is placed with now.
+    fn current_shape(&self, j: u32) -> GangShape {
+        let s = &self.js[j as usize];
+        GangShape {
+            parts: s.parts,
+            part_mcpu: s.part_mcpu,
+            part_mem: s.part_mem,
+            part_gpu: s.part_gpu,
+        }
+    }
+
+    /// The splits to try for a queued job: its current one first, then the
+    /// others, fewest parts first.
+    fn shape_order(&self, j: u32) -> Vec<GangShape> {
+        let cur = self.current_shape(j);
+        let mut v = vec![cur];
+        v.extend(
+            self.js[j as usize]
+                .shapes
+                .iter()
+                .copied()
+                .filter(|s| s.parts != cur.parts),
+        );
+        v
+    }
+
+    /// Switch a queued job to another split.
+    fn set_shape(&mut self, j: u32, shape: GangShape) {
+        if shape.parts == self.js[j as usize].parts {
+            return;
+        }
+        let ok = self.shape_spot_ok(j, &shape);
+        let s = &mut self.js[j as usize];
+        s.parts = shape.parts;
+        s.part_mcpu = shape.part_mcpu;
+        s.part_mem = shape.part_mem;
+        s.part_gpu = shape.part_gpu;
+        s.spot_ok = ok;
+    }
+
     fn fits(inst: &Inst, s: &JobState) -> bool {
+        inst.free_mcpu >= s.part_mcpu && inst.free_mem >= s.part_mem && inst.free_gpu >= s.part_gpu
+    }
+
+    fn fits_shape(inst: &Inst, s: &GangShape) -> bool {
         inst.free_mcpu >= s.part_mcpu && inst.free_mem >= s.part_mem && inst.free_gpu >= s.part_gpu
     }
 
@@ -1097,6 +1344,9 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// Start queued jobs on ready capacity, in priority order with
+    /// backfilling; a wide job takes the first of its splits (current one
+    /// first) that the ready instances can host.
     fn place(&mut self, t: Millis) {
         if self.queue.is_empty() {
             return;
@@ -1116,26 +1366,45 @@ impl<'a> Cluster<'a> {
         for key in queued {
             let j = key.2;
             let s = &self.js[j as usize];
-            if s.part_mcpu > max_free {
+            let cur = self.current_shape(j);
+            let min_part = s
+                .shapes
+                .iter()
+                .map(|g| g.part_mcpu)
+                .min()
+                .unwrap_or(cur.part_mcpu)
+                .min(cur.part_mcpu);
+            if min_part > max_free {
                 continue;
             }
-            chosen.clear();
-            let od_only = self.od_only(j, t);
-            for &i in &self.alive {
-                let inst = &self.insts[i as usize];
-                if inst.ready
-                    && Self::fits(inst, s)
-                    && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
-                {
-                    chosen.push(i);
-                    if chosen.len() == s.parts as usize {
-                        break;
+            let mut found: Option<GangShape> = None;
+            for shape in self.shape_order(j) {
+                if shape.part_mcpu > max_free {
+                    continue;
+                }
+                chosen.clear();
+                let od_only = self.od_only_if(j, t, self.shape_spot_ok(j, &shape));
+                for &i in &self.alive {
+                    let inst = &self.insts[i as usize];
+                    if inst.ready
+                        && Self::fits_shape(inst, &shape)
+                        && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
+                    {
+                        chosen.push(i);
+                        if chosen.len() == shape.parts as usize {
+                            break;
+                        }
                     }
                 }
+                if chosen.len() == shape.parts as usize {
+                    found = Some(shape);
+                    break;
+                }
             }
-            if chosen.len() < s.parts as usize {
+            let Some(shape) = found else {
                 continue;
-            }
+            };
+            self.set_shape(j, shape);
             self.queue.remove(&key);
             let list = chosen.clone();
             self.start_job(t, j, list);
@@ -1177,7 +1446,8 @@ impl<'a> Cluster<'a> {
     }
 
     /// The reactive mechanism: queued jobs that the booting capacity cannot
-    /// absorb get new instances, BEST_FIT.
+    /// absorb get new instances, BEST_FIT over split × type (see
+    /// [`Self::best_fit`]).
     fn top_up(&mut self, t: Millis) {
         // Free capacity of booting instances, reserved virtually.
         let mut virt: Vec<(i64, i64, i32, bool)> = self
@@ -1192,45 +1462,87 @@ impl<'a> Cluster<'a> {
             .collect();
         let queued: Vec<u32> = self.queue.iter().map(|k| k.2).collect();
         let mut behind: i64 = queued.iter().map(|&j| self.jobs[j as usize].mcpu).sum();
+        // Dominated on-demand pools can never win (see `undominated_on_demand`).
         let pools: Vec<usize> = if self.burst_pools.is_empty() {
-            self.od_pools.clone()
+            self.od_best.clone()
         } else {
-            self.burst_pools.clone()
+            self.burst_pools
+                .iter()
+                .copied()
+                .filter(|&p| self.prices.pools[p].market != Market::OnDemand || self.is_od_best[p])
+                .collect()
         };
-        for j in queued {
-            let s = &self.js[j as usize];
-            let (parts, pm, pmem, pg) = (s.parts as usize, s.part_mcpu, s.part_mem, s.part_gpu);
-            let od_only = self.od_only(j, t);
-            let aggregate = behind;
-            behind -= self.jobs[j as usize].mcpu;
+        let find_slots = |virt: &[(i64, i64, i32, bool)], sh: &GangShape, od_only: bool| {
             let mut slots: Vec<usize> = Vec::new();
             for (k, v) in virt.iter().enumerate() {
-                if v.0 >= pm && v.1 >= pmem && v.2 >= pg && !(od_only && v.3) {
+                if v.0 >= sh.part_mcpu
+                    && v.1 >= sh.part_mem
+                    && v.2 >= sh.part_gpu
+                    && !(od_only && v.3)
+                {
                     slots.push(k);
-                    if slots.len() == parts {
+                    if slots.len() == sh.parts as usize {
                         break;
                     }
                 }
             }
-            if slots.len() < parts {
-                let missing = parts - slots.len();
-                let from = if od_only { &self.od_pools } else { &pools };
-                // Batch may exceed `max` by at most one instance (AWS Batch
-                // docs, `maxvCpus`): types of which the first `missing − 1`
-                // still fit under it.
-                let room = self.max_mcpu.map_or(i64::MAX, |m| m - self.alive_mcpu);
-                if room <= 0 {
-                    continue;
+            slots
+        };
+        for j in queued {
+            let aggregate = behind;
+            behind -= self.jobs[j as usize].mcpu;
+            let order = self.shape_order(j);
+            // 1. A split the booting capacity already covers.
+            let mut covered: Option<(GangShape, Vec<usize>)> = None;
+            for sh in &order {
+                let od_only = self.od_only_if(j, t, self.shape_spot_ok(j, sh));
+                let slots = find_slots(&virt, sh, od_only);
+                if slots.len() == sh.parts as usize {
+                    covered = Some((*sh, slots));
+                    break;
                 }
-                let max_type = if missing > 1 {
-                    (room - 1) / (missing as i64 - 1)
-                } else {
-                    i64::MAX
-                };
-                let Some(pool) = self.best_fit(from, pm, pmem, pg, aggregate, max_type, t) else {
-                    continue;
-                };
-                for _ in 0..missing {
+            }
+            // 2. Otherwise the cheapest split × pool for what is missing.
+            let (shape, mut slots, launch) = match covered {
+                Some((sh, slots)) => (sh, slots, None),
+                None => {
+                    // Batch may exceed `max` by at most one instance (AWS
+                    // Batch docs, `maxvCpus`): types of which the first
+                    // `missing − 1` still fit under it.
+                    let room = self.max_mcpu.map_or(i64::MAX, |m| m - self.alive_mcpu);
+                    if room <= 0 {
+                        continue;
+                    }
+                    let mut best: Option<(f64, GangShape, usize, Vec<usize>)> = None;
+                    let mut by_parts = order.clone();
+                    by_parts.sort_by_key(|s| s.parts);
+                    for sh in by_parts {
+                        let od_only = self.od_only_if(j, t, self.shape_spot_ok(j, &sh));
+                        let slots = find_slots(&virt, &sh, od_only);
+                        let missing = sh.parts as usize - slots.len();
+                        let max_type = if missing > 1 {
+                            (room - 1) / (missing as i64 - 1)
+                        } else {
+                            i64::MAX
+                        };
+                        let from = if od_only { &self.od_best } else { &pools };
+                        if let Some((score, pool)) =
+                            self.best_fit(from, j, &sh, aggregate, max_type, t)
+                        {
+                            if best.as_ref().is_none_or(|b| score < b.0 - 1e-12) {
+                                best = Some((score, sh, pool, slots));
+                            }
+                        }
+                    }
+                    let Some((_, sh, pool, slots)) = best else {
+                        continue;
+                    };
+                    (sh, slots, Some(pool))
+                }
+            };
+            self.set_shape(j, shape);
+            if let Some(pool) = launch {
+                for _ in slots.len()..shape.parts as usize {
                     let id = self.launch(pool, t);
                     let inst = &self.insts[id as usize];
                     let spot = self.prices.pools[pool].market == Market::Spot;
@@ -1239,28 +1551,32 @@ impl<'a> Cluster<'a> {
                 }
             }
             for k in slots {
-                virt[k].0 -= pm;
-                virt[k].1 -= pmem;
-                virt[k].2 -= pg;
+                virt[k].0 -= shape.part_mcpu;
+                virt[k].1 -= shape.part_mem;
+                virt[k].2 -= shape.part_gpu;
             }
         }
     }
 
-    /// BEST_FIT: among pools whose type fits the part, the lowest price per
-    /// *useful* vCPU (a type larger than the queued demand wastes the rest),
-    /// then the smaller type, then the pool order. Types larger than
-    /// `max_type_mcpu` are left out.
-    #[allow(clippy::too_many_arguments)]
+    /// BEST_FIT for job `j` split as `shape`: among pools whose type fits a
+    /// part, the lowest expected price per *useful* vCPU —
+    /// `parts × price × stretch / min(parts × type vCPUs, queued demand)`
+    /// (a type larger than the queued demand wastes the rest; `stretch` is
+    /// [`gang_spot_stretch`] on spot pools, 1 on on-demand) — then the
+    /// smaller type, then the pool order. Types larger than `max_type_mcpu`
+    /// are left out. Returns the score with the pool, so splits compare.
     fn best_fit(
         &self,
         pools: &[usize],
-        pm: i64,
-        pmem: i64,
-        pg: i32,
+        j: u32,
+        shape: &GangShape,
         aggregate: i64,
         max_type_mcpu: i64,
         t: Millis,
-    ) -> Option<usize> {
+    ) -> Option<(f64, usize)> {
+        let job = self.jobs[j as usize];
+        let k = shape.parts.max(1) as i64;
+        let (pm, pmem, pg) = (shape.part_mcpu, shape.part_mem, shape.part_gpu);
         let mut best: Option<(f64, i64, usize)> = None;
         for &p in pools {
             let pool = &self.prices.pools[p];
@@ -1269,8 +1585,14 @@ impl<'a> Cluster<'a> {
             if tm < pm || tm > max_type_mcpu || ty.memory_mib < pmem || ty.gpus < pg {
                 continue;
             }
-            let useful = tm.min(aggregate.max(pm)) as f64;
-            let score = pool.curve.at(t) / useful;
+            let useful = (k * tm).min(aggregate.max(k * pm)) as f64;
+            let stretch = if pool.market == Market::Spot {
+                let rate = self.cfg.spot_rate(&ty.name, &pool.region);
+                gang_spot_stretch(job.est_runtime_ms, job.elastic, rate, shape.parts)
+            } else {
+                1.0
+            };
+            let score = k as f64 * pool.curve.at(t) * stretch / useful;
             let better = match best {
                 None => true,
                 Some((bs, bm, _)) => score < bs - 1e-12 || ((score - bs).abs() <= 1e-12 && tm < bm),
@@ -1279,6 +1601,6 @@ impl<'a> Cluster<'a> {
                 best = Some((score, tm, p));
             }
         }
-        best.map(|b| b.2)
+        best.map(|b| (b.0, b.2))
     }
 }

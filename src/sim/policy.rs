@@ -569,6 +569,12 @@ fn merge(total: &mut RunStats, st: &RunStats) {
     for (m, c) in &st.cost_by_market {
         *total.cost_by_market.entry(*m).or_insert(0.0) += c;
     }
+    for (k, c) in &st.cost_by_type {
+        let t = total.cost_by_type.entry(k.clone()).or_default();
+        t.usd += c.usd;
+        t.vcpu_hours += c.vcpu_hours;
+        t.instances += c.instances;
+    }
     total.busy_mcpu_ms += st.busy_mcpu_ms;
     total.billed_mcpu_ms += st.billed_mcpu_ms;
     total.preemptions += st.preemptions;

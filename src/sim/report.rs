@@ -63,6 +63,22 @@ pub struct PolicyReport {
     pub commands: u64,
     /// Instance-mix entries naming a pool the simulator has no price for.
     pub unknown_pools: u64,
+    /// The instance types (per market) that cost the most, most first (at
+    /// most [`TOP_TYPES`]): where the money went.
+    pub top_instance_types: Vec<TypeSpend>,
+}
+
+/// How many instance types `PolicyReport::top_instance_types` lists.
+pub const TOP_TYPES: usize = 8;
+
+/// Spend on one instance type in one market over a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TypeSpend {
+    pub instance_type: String,
+    pub market: String,
+    pub usd: f64,
+    pub vcpu_hours: f64,
+    pub instances: u64,
 }
 
 /// Round to 6 decimals so tiny float noise never shows in reports.
@@ -78,6 +94,29 @@ pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let rank = (q * v.len() as f64).ceil().max(1.0) as usize;
     v[rank.min(v.len()) - 1]
+}
+
+fn top_types(st: &RunStats) -> Vec<TypeSpend> {
+    let mut v: Vec<TypeSpend> = st
+        .cost_by_type
+        .iter()
+        .map(|((ty, m), c)| TypeSpend {
+            instance_type: ty.clone(),
+            market: m.as_str().to_string(),
+            usd: r6(c.usd),
+            vcpu_hours: r6(c.vcpu_hours),
+            instances: c.instances,
+        })
+        .collect();
+    // Ties by name keep the list deterministic.
+    v.sort_by(|a, b| {
+        b.usd
+            .total_cmp(&a.usd)
+            .then_with(|| a.instance_type.cmp(&b.instance_type))
+            .then_with(|| a.market.cmp(&b.market))
+    });
+    v.truncate(TOP_TYPES);
+    v
 }
 
 impl PolicyReport {
@@ -118,6 +157,7 @@ impl PolicyReport {
             vcpu_hours: r6(st.billed_mcpu_ms / 1000.0 / 3_600_000.0),
             commands,
             unknown_pools,
+            top_instance_types: top_types(st),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Unit tests of the simulator's mechanics and of each policy on tiny,
 //! hand-made traces whose outcome can be worked out by hand.
 
-use super::cluster::{gang_parts, Cluster, FloorCommand, Mode, RunStats};
+use super::cluster::{gang_parts, gang_shapes, Cluster, FloorCommand, GangShape, Mode, RunStats};
 use super::policy::{floor_commands, run_backtest, BacktestInput, CommandSource, PolicyKind};
 use super::prices::{InstanceType, PriceCurve, SimPrices};
 use super::report::TraceInfo;
@@ -232,6 +232,106 @@ fn jobs_larger_than_any_type_run_as_a_gang() {
     assert_eq!(st.instances_launched, 3);
     assert_eq!(st.jobs_completed, 1);
     assert_eq!(st.waits_ms, vec![120_000]);
+}
+
+/// A 448-vCPU giant sold on-demand only (`giant_od_per_vcpu`), and a
+/// 96-vCPU type at $0.05/vCPU-h on-demand, $0.015 on spot.
+fn giant_prices(giant_od_per_vcpu: f64) -> SimPrices {
+    let mut p = SimPrices::new();
+    let g = p.add_type(InstanceType {
+        name: "giant".into(),
+        vcpus: 448,
+        memory_mib: 448 * 8192,
+        gpus: 0,
+    });
+    let c = p.add_type(InstanceType {
+        name: "c96".into(),
+        vcpus: 96,
+        memory_mib: 96 * 2048,
+        gpus: 0,
+    });
+    p.add_pool(
+        g,
+        Market::OnDemand,
+        "r",
+        PriceCurve::constant(448.0 * giant_od_per_vcpu),
+    );
+    p.add_pool(c, Market::OnDemand, "r", PriceCurve::constant(96.0 * 0.05));
+    p.add_pool(c, Market::Spot, "r", PriceCurve::constant(96.0 * 0.015));
+    p
+}
+
+/// (instance type, market) pairs a run paid for.
+fn paid_for(st: &RunStats) -> Vec<(String, Market)> {
+    st.cost_by_type.keys().cloned().collect()
+}
+
+#[test]
+fn wide_jobs_may_run_as_a_gang_of_smaller_types() {
+    let p = giant_prices(0.03);
+    let shapes = gang_shapes(&p, 300_000, 300 * 512, 0);
+    let parts: Vec<u32> = shapes.iter().map(|s| s.parts).collect();
+    assert_eq!(parts, vec![1, 4]);
+    assert_eq!(
+        shapes[1],
+        GangShape {
+            parts: 4,
+            part_mcpu: 75_000,
+            part_mem: 38_400,
+            part_gpu: 0
+        }
+    );
+    // Jobs no wider than the smallest part size have one split only.
+    assert_eq!(gang_shapes(&p, 16_000, 1024, 0).len(), 1);
+    let cfg = SimConfig::default();
+    let jobs = [job("mpi", 0, 300, 5 * 3600, 0)];
+    // On-demand BEST_FIT over split × type: the giant at $0.03/vCPU-h
+    // beats four 96-vCPU machines at $0.05 ...
+    let st = run(&cfg, &p, &jobs, Mode::Reactive, 1);
+    assert_eq!(paid_for(&st), vec![("giant".to_string(), Market::OnDemand)]);
+    assert_eq!(st.instances_launched, 1);
+    // ... and loses to them at $0.06.
+    let dear = giant_prices(0.06);
+    let st = run(&cfg, &dear, &jobs, Mode::Reactive, 1);
+    assert_eq!(paid_for(&st), vec![("c96".to_string(), Market::OnDemand)]);
+    assert_eq!(st.instances_launched, 4);
+    assert_eq!(st.jobs_completed, 1);
+}
+
+#[test]
+fn spot_gang_against_on_demand_giant_flips_with_the_interruption_rate() {
+    let p = giant_prices(0.03);
+    let all: Vec<usize> = (0..p.pools.len()).collect();
+    let burst = [FloorCommand {
+        at: 0,
+        mix: Vec::new(),
+        min_mcpu: 0,
+        desired_mcpu: 0,
+        burst_pools: all,
+        max_mcpu: None,
+    }];
+    let jobs = [job("mpi", 0, 300, 5 * 3600, 0)];
+    let at_rate = |rate: f64| {
+        let cfg = SimConfig {
+            spot_interruptions_per_hour: rate,
+            ..SimConfig::default()
+        };
+        run(&cfg, &p, &jobs, Mode::Commanded { commands: &burst }, 7)
+    };
+    // Rare reclaims: 4 × 96 vCPUs on spot ($0.0194/useful vCPU-h after
+    // risk) beat the giant ($0.0448).
+    let calm = at_rate(0.001);
+    assert_eq!(paid_for(&calm)[0], ("c96".to_string(), Market::Spot));
+    assert!(!paid_for(&calm).contains(&("giant".to_string(), Market::OnDemand)));
+    // At 0.1/h a 4-part gang of 5 h restarts so often (stretch
+    // (e^2 − 1)/2 = 3.2) that the on-demand giant is cheaper.
+    let stormy = at_rate(0.1);
+    assert_eq!(
+        paid_for(&stormy),
+        vec![("giant".to_string(), Market::OnDemand)]
+    );
+    assert_eq!(stormy.preemptions, 0);
+    assert_eq!(stormy.jobs_completed, 1);
 }
 
 fn spot_floor_run(seed: u64, elastic: bool) -> RunStats {
