@@ -12,6 +12,7 @@ use prescale::forecast::Forecast;
 use prescale::import::prices::{read_prices, PriceOptions};
 use prescale::planner::{
     offers_from_book, optimal_instances, plan_environment, InstanceRequest, MarketView, PlanInput,
+    ShapeFilter,
 };
 use prescale::policy::EnvPolicy;
 use prescale::pricing::{Catalog, PriceBook};
@@ -73,6 +74,7 @@ fn bench(c: &mut Criterion) {
             providers: &[],
             instance_types: &[],
             reserved: &[],
+            shape: ShapeFilter::ANY,
         },
     )
     .len();

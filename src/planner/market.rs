@@ -2,7 +2,7 @@
 //! on, stale prices flagged and not trusted blindly, reserved capacity added
 //! as already-paid pools.
 
-use super::offers::Offer;
+use super::offers::{canonical_arch, Offer};
 use crate::events::{Market, Millis};
 use crate::policy::ReservedInstances;
 use crate::pricing::{Catalog, PriceBook};
@@ -17,6 +17,39 @@ pub struct MarketView<'a> {
     pub providers: &'a [String],
     pub instance_types: &'a [String],
     pub reserved: &'a [ReservedInstances],
+    /// Shape filters applied to market offers before they are built (the
+    /// optimiser would drop them anyway; see `offers::filter_shape`):
+    /// allowed CPU architectures (empty: any), burstable types, and a
+    /// minimum instance size. Reserved inventory is never filtered here.
+    pub shape: ShapeFilter<'a>,
+}
+
+/// Which instance shapes may be offered at all (see [`MarketView::shape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ShapeFilter<'a> {
+    pub architectures: &'a [String],
+    pub exclude_burstable: bool,
+    pub min_vcpus: f64,
+}
+
+impl ShapeFilter<'_> {
+    /// No filtering.
+    pub const ANY: ShapeFilter<'static> = ShapeFilter {
+        architectures: &[],
+        exclude_burstable: false,
+        min_vcpus: 0.0,
+    };
+
+    fn allows(&self, spec: &crate::pricing::InstanceSpec) -> bool {
+        spec.vcpus >= self.min_vcpus
+            && !(self.exclude_burstable && super::offers::is_burstable(&spec.name))
+            && (self.architectures.is_empty()
+                || spec.arch.is_empty()
+                || self
+                    .architectures
+                    .iter()
+                    .any(|a| canonical_arch(a) == canonical_arch(&spec.arch)))
+    }
 }
 
 /// Every pool the planner may buy from as of `now`.
@@ -31,7 +64,10 @@ pub struct MarketView<'a> {
 ///
 /// Reserved instances become pools with `available = count` and their
 /// on-demand rate as nominal price (marginal cost 0). Types the catalogue
-/// has no shape for are skipped (the planner cannot size them).
+/// has no shape for are skipped (the planner cannot size them), and so are
+/// shapes `view.shape` does not allow (decided once per type, before any
+/// offer is built: the planner runs this every decision tick over ~10,000
+/// pools, and building offers it then drops was most of a backtest's time).
 pub fn offers_from_book(
     book: &PriceBook,
     catalog: &Catalog,
@@ -49,6 +85,9 @@ pub fn offers_from_book(
             && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
     };
     let mut out = Vec::new();
+    // Shape verdicts per type name (few hundred types, ~10,000 pools).
+    let mut shape_ok: std::collections::HashMap<&str, Option<&crate::pricing::InstanceSpec>> =
+        std::collections::HashMap::new();
     for o in book.offer_refs(catalog, now) {
         let k = &o;
         if k.market == Market::Reserved {
@@ -58,7 +97,12 @@ pub fn offers_from_book(
         if !allowed(k.market, k.region, k.provider, k.instance_type) {
             continue;
         }
-        let Some(spec) = catalog.spec(k.instance_type) else {
+        let spec = *shape_ok.entry(k.instance_type).or_insert_with(|| {
+            catalog
+                .spec(k.instance_type)
+                .filter(|spec| view.shape.allows(spec))
+        });
+        let Some(spec) = spec else {
             continue;
         };
         let od = catalog.ondemand_price(k.region, k.instance_type);
@@ -147,6 +191,7 @@ mod tests {
             providers: &[],
             instance_types: &["m5.large".to_string(), "c5.xlarge".to_string()],
             reserved: &reserved,
+            shape: ShapeFilter::ANY,
         };
         let fresh = offers_from_book(&book, &cat, 1000, &view);
         let spot = fresh.iter().find(|o| o.market == Market::Spot).unwrap();

@@ -9,7 +9,7 @@ pub mod market;
 pub mod offers;
 pub mod optimize;
 
-pub use market::{offers_from_book, MarketView};
+pub use market::{offers_from_book, MarketView, ShapeFilter};
 pub use offers::{spot_slowdown, Offer, RiskModel};
 pub use optimize::{rank_offers, ChosenPool, InstanceRequest, RankedChoice};
 
@@ -114,6 +114,11 @@ fn fmt_num(x: f64) -> String {
 /// included, with `available` = count owned). [`plan_environment`] builds
 /// the offers from the price book and catalogue and calls this.
 pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
+    plan_owned(input, offers.to_vec())
+}
+
+/// [`plan_with_offers`] on offers it may change (risk rates), without a copy.
+fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
     let p = input.policy;
     let class = if input.deadline_pressure {
         PriorityClass::High
@@ -232,7 +237,6 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
     };
     let mut risk = RiskModel::new(p.spot_interruption_rate_per_h);
     risk.overrides = input.interruption_rates.clone();
-    let mut offers: Vec<Offer> = offers.to_vec();
     risk.apply(&mut offers);
     let request = |v: i64, cap: Option<f64>| InstanceRequest {
         vcpus: v as f64,
@@ -429,13 +433,14 @@ pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
             providers: &p.providers,
             instance_types: &p.instance_types,
             reserved: &reserved,
+            shape: ShapeFilter {
+                architectures: &p.architectures,
+                exclude_burstable: p.exclude_burstable,
+                min_vcpus: p.min_instance_vcpus,
+            },
         },
     );
-    let offers: Vec<Offer> = offers
-        .into_iter()
-        .filter(|o| o.market == Market::Reserved || o.vcpus >= p.min_instance_vcpus)
-        .collect();
-    plan_with_offers(input, &offers)
+    plan_owned(input, offers)
 }
 
 /// The cheapest expected-cost instances for a demand, optimum first, then
@@ -457,6 +462,11 @@ pub fn optimal_instances(
             providers: &req.providers,
             instance_types: &req.instance_types,
             reserved: &req.reserved,
+            shape: ShapeFilter {
+                architectures: &req.architectures,
+                exclude_burstable: req.exclude_burstable,
+                min_vcpus: 0.0,
+            },
         },
     );
     let mut risk = RiskModel::new(req.spot_interruption_rate_per_h);
