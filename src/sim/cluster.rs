@@ -15,10 +15,12 @@
 //! - **Packing**: queued jobs are placed in priority order (higher first, then
 //!   submission time), with backfilling: a job that does not fit does not
 //!   block smaller ones behind it. First fit over instances in launch order.
-//! - **Gang rule**: a job larger than every instance type is split into `k`
-//!   equal parts (the smallest `k` whose part fits some type) that must start
-//!   together on `k` distinct instances — how MPI jobs such as RICC's run on
-//!   a cloud cluster.
+//! - **Gang rule**: a job runs as `k` equal parts that must start together
+//!   on `k` distinct instances — how MPI jobs such as RICC's run on a cloud
+//!   cluster. A job larger than every instance type needs the smallest `k`
+//!   whose part fits some type; a wide job may also use a larger `k` with
+//!   parts of at least [`MIN_GANG_PART_VCPUS`] (see [`gang_shapes`]), and
+//!   the autoscaler picks the split with the type (BEST_FIT over both).
 //! - **Autoscaling** (reactive, and the top-up in predictive/oracle): the
 //!   AWS Batch managed compute environment's behaviour: when runnable jobs do
 //!   not fit the running and booting capacity it launches instances chosen
