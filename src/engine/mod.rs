@@ -77,6 +77,10 @@ pub struct PlanRequest<'a> {
     pub budget_headroom_usd_per_h: Option<f64>,
     /// What the previous tick decided.
     pub previous: Option<PreviousPlan>,
+    /// Offers already built in this tick for another environment (the
+    /// book, catalogue and time are the same for all of them); None: build
+    /// them afresh.
+    pub offers_cache: Option<&'a crate::planner::OffersCache>,
 }
 
 /// The planner's answer (becomes a [`ScalingCommand`]).
@@ -135,6 +139,8 @@ pub struct Engine {
     forecaster: Arc<dyn Forecaster>,
     planner: Arc<dyn CapacityPlanner>,
     ticks: Vec<Millis>,
+    /// Offers shared by the environments of one tick (cleared per tick).
+    offers_cache: crate::planner::OffersCache,
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
     tick_span: tracing::Span,
@@ -179,6 +185,7 @@ impl Engine {
             forecaster,
             planner,
             ticks: Vec::new(),
+            offers_cache: Default::default(),
             tick_span: tracing::Span::none(),
         }
     }
@@ -333,6 +340,7 @@ impl Engine {
 
     fn decide_environments(&mut self, now: Millis, out: &mut Vec<Command>) {
         use crate::telemetry::spans;
+        self.offers_cache.clear();
         let envs: Vec<String> = self
             .st
             .demand
@@ -361,6 +369,7 @@ impl Engine {
                 catalog: &self.catalog,
                 budget_headroom_usd_per_h: headroom,
                 previous: self.st.previous.get(&env).copied(),
+                offers_cache: Some(&self.offers_cache),
             });
             let raised_at = match self.st.previous.get(&env) {
                 Some(p) if p.desired_vcpus >= d.desired_vcpus => p.raised_at,

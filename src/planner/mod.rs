@@ -112,13 +112,25 @@ fn fmt_num(x: f64) -> String {
 
 /// Plans one environment over an explicit list of offers (reserved pools
 /// included, with `available` = count owned). [`plan_environment`] builds
-/// the offers from the price book and catalogue and calls this.
+/// the offers from the price book and catalogue and plans the same way.
 pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
-    plan_owned(input, offers.to_vec())
+    let mut offers: Vec<Offer> = offers.to_vec();
+    apply_risk(input, &mut offers);
+    plan_priced(input, &offers)
 }
 
-/// [`plan_with_offers`] on offers it may change (risk rates), without a copy.
-fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
+/// Sets each offer's interruption rate from the policy's base rate and the
+/// measured overrides.
+fn apply_risk(input: &PlanInput<'_>, offers: &mut [Offer]) {
+    let mut risk = RiskModel::new(input.policy.spot_interruption_rate_per_h);
+    risk.overrides = input.interruption_rates.clone();
+    risk.apply(offers);
+}
+
+/// [`plan_with_offers`] over offers whose interruption rates are already
+/// set ([`apply_risk`]): borrowed, so offers shared by several environments
+/// in one tick ([`OffersCache`]) are not copied per environment.
+fn plan_priced(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
     let p = input.policy;
     let class = if input.deadline_pressure {
         PriorityClass::High
@@ -235,9 +247,6 @@ fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
         (Some(a), Some(b)) => Some(a.min(b).max(0.0)),
         (a, b) => a.or(b.map(|x| x.max(0.0))),
     };
-    let mut risk = RiskModel::new(p.spot_interruption_rate_per_h);
-    risk.overrides = input.interruption_rates.clone();
-    risk.apply(&mut offers);
     let request = |v: i64, cap: Option<f64>| InstanceRequest {
         vcpus: v as f64,
         memory_mib: (v as f64 * input.memory_mib_per_vcpu.max(0.0)).ceil() as i64,
@@ -258,7 +267,7 @@ fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
         exclude_burstable: p.exclude_burstable,
         ..InstanceRequest::default()
     };
-    let solve = |v: i64, cap: Option<f64>| rank_offers(&request(v, cap), &offers, input.now);
+    let solve = |v: i64, cap: Option<f64>| rank_offers(&request(v, cap), offers, input.now);
     let uncapped = solve(desired, None).into_iter().next();
     // List cost per non-reserved vCPU-hour of the unconstrained mix: how
     // far a dollar of headroom goes.
@@ -267,7 +276,7 @@ fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
             .pools
             .iter()
             .filter(|p| p.market != Market::Reserved)
-            .map(|p| p.count as f64 * vcpus_of(&offers, p))
+            .map(|p| p.count as f64 * vcpus_of(offers, p))
             .sum();
         (paid_v > 0.0).then(|| c.usd_per_hour / paid_v)
     });
@@ -419,6 +428,12 @@ fn plan_owned(input: &PlanInput<'_>, mut offers: Vec<Offer>) -> PlanOutput {
 /// price book and catalogue (stale prices flagged, reserved capacity
 /// added) and decides min/desired/max vCPUs and the instance mix.
 pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
+    plan_priced(input, &priced_offers(input))
+}
+
+/// The offers [`plan_environment`] plans over: allowed by the policy, from
+/// the book as of `input.now`, interruption rates set.
+fn priced_offers(input: &PlanInput<'_>) -> Vec<Offer> {
     let p = input.policy;
     let mut reserved = p.reserved.clone();
     reserved.extend(input.reserved.iter().cloned());
@@ -440,7 +455,85 @@ pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
             },
         },
     );
-    plan_owned(input, offers)
+    let mut offers = offers;
+    apply_risk(input, &mut offers);
+    offers
+}
+
+/// What [`priced_offers`] reads besides the book and catalogue (which do
+/// not change within a decision tick).
+#[derive(Debug, Clone, PartialEq)]
+struct OffersKey {
+    now: Millis,
+    max_price_age_s: i64,
+    markets: Vec<Market>,
+    regions: Vec<String>,
+    providers: Vec<String>,
+    instance_types: Vec<String>,
+    reserved: Vec<ReservedInstances>,
+    extra_reserved: Vec<ReservedInstances>,
+    min_instance_vcpus: f64,
+    architectures: Vec<String>,
+    exclude_burstable: bool,
+    spot_interruption_rate_per_h: f64,
+    interruption_rates: BTreeMap<String, f64>,
+}
+
+impl OffersKey {
+    fn of(input: &PlanInput<'_>) -> Self {
+        let p = input.policy;
+        OffersKey {
+            now: input.now,
+            max_price_age_s: p.max_price_age_s,
+            markets: p.markets.clone(),
+            regions: p.regions.clone(),
+            providers: p.providers.clone(),
+            instance_types: p.instance_types.clone(),
+            reserved: p.reserved.clone(),
+            extra_reserved: input.reserved.to_vec(),
+            min_instance_vcpus: p.min_instance_vcpus,
+            architectures: p.architectures.clone(),
+            exclude_burstable: p.exclude_burstable,
+            spot_interruption_rate_per_h: p.spot_interruption_rate_per_h,
+            interruption_rates: input.interruption_rates.clone(),
+        }
+    }
+}
+
+/// Offers shared by the environments of one decision tick. Building the
+/// offers (every priced pool of the book joined with the catalogue) was the
+/// largest part of a tick, and it was repeated for each environment although
+/// the book, the catalogue and the time are the same for all of them; only
+/// the policy's market view can differ, and it is part of the key. The
+/// engine clears the cache at each tick (the book changes between ticks).
+#[derive(Debug, Default)]
+pub struct OffersCache {
+    entries: std::sync::Mutex<Vec<(OffersKey, Vec<Offer>)>>,
+}
+
+impl OffersCache {
+    /// Forget every entry (call before each tick).
+    pub fn clear(&mut self) {
+        self.entries
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// [`plan_environment`], with the offers taken from (or added to) `cache`:
+/// the same plan, computed once per tick per market view.
+pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> PlanOutput {
+    let key = OffersKey::of(input);
+    let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match entries.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            entries.push((key, priced_offers(input)));
+            entries.len() - 1
+        }
+    };
+    plan_priced(input, &entries[i].1)
 }
 
 /// The cheapest expected-cost instances for a demand, optimum first, then
@@ -489,7 +582,7 @@ pub struct CostAwarePlanner {
 impl crate::engine::CapacityPlanner for CostAwarePlanner {
     fn plan(&self, req: &crate::engine::PlanRequest<'_>) -> crate::engine::PlanDecision {
         let policy = self.policy.for_env(req.compute_environment);
-        let out = plan_environment(&PlanInput {
+        let input = PlanInput {
             env: req.compute_environment,
             now: req.now,
             bucket_ms: req.bucket_ms,
@@ -515,7 +608,11 @@ impl crate::engine::CapacityPlanner for CostAwarePlanner {
             budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
             previous: req.previous,
             interruption_rates: &self.interruption_rates,
-        });
+        };
+        let out = match req.offers_cache {
+            Some(cache) => plan_environment_cached(&input, cache),
+            None => plan_environment(&input),
+        };
         crate::engine::PlanDecision {
             min_vcpus: out.min_vcpus,
             desired_vcpus: out.desired_vcpus,
@@ -662,6 +759,39 @@ mod tests {
             .map(|a| a.count)
             .sum();
         assert_eq!(reserved, 10);
+    }
+
+    #[test]
+    fn offers_cache_gives_the_plans_of_fresh_offers() {
+        use crate::pricing::book::tests::tick;
+        let cat = Catalog::bundled();
+        let mut book = PriceBook::new();
+        book.apply(&tick(0, "m5.large", 0.03));
+        book.apply(&tick(0, "c5.xlarge", 0.05));
+        let (f, rates) = (fc(), BTreeMap::new());
+        let spot = EnvPolicy::default();
+        let od = EnvPolicy {
+            markets: vec![Market::OnDemand],
+            ..EnvPolicy::default()
+        };
+        let mut cache = OffersCache::default();
+        // The second time, the spot prices are stale (priced at on-demand).
+        for now in [1_000, 7 * 3_600_000] {
+            cache.clear();
+            for p in [&spot, &od, &spot] {
+                let inp = PlanInput {
+                    book: &book,
+                    catalog: &cat,
+                    now,
+                    ..input(&f, p, &rates)
+                };
+                let fresh = plan_environment(&inp);
+                assert!(!fresh.instance_mix.is_empty());
+                assert_eq!(plan_environment_cached(&inp, &cache), fresh);
+            }
+            // One entry per market view, not per environment.
+            assert_eq!(cache.entries.lock().unwrap().len(), 2);
+        }
     }
 
     #[test]

@@ -177,10 +177,22 @@ pub fn filter_offers<'a>(
 
 /// Canonical architecture name (`x86_64` → `amd64`, `aarch64` → `arm64`).
 pub fn canonical_arch(a: &str) -> String {
-    match a.to_ascii_lowercase().as_str() {
-        "x86_64" | "x86-64" | "amd64" => "amd64".into(),
-        "aarch64" | "arm64" => "arm64".into(),
-        other => other.to_string(),
+    canonical_arch_ref(a).into_owned()
+}
+
+/// [`canonical_arch`] without an allocation for names already canonical
+/// (the planner compares every offer's architecture on every tick).
+fn canonical_arch_ref(a: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let is = |n: &str| a.eq_ignore_ascii_case(n);
+    if is("x86_64") || is("x86-64") || is("amd64") {
+        Cow::Borrowed("amd64")
+    } else if is("aarch64") || is("arm64") {
+        Cow::Borrowed("arm64")
+    } else if a.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(a.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(a)
     }
 }
 
@@ -202,7 +214,9 @@ pub fn filter_shape<'a>(
     offers
         .into_iter()
         .filter(|o| {
-            archs.is_empty() || o.arch.is_empty() || archs.contains(&canonical_arch(&o.arch))
+            archs.is_empty()
+                || o.arch.is_empty()
+                || archs.iter().any(|a| *a == *canonical_arch_ref(&o.arch))
         })
         .filter(|o| !(exclude_burstable && is_burstable(&o.instance_type)))
         .collect()
