@@ -238,7 +238,9 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         if Instant::now() > deadline || h.is_finished() {
             bail!("full path applied only {e} of {n} events");
         }
-        std::thread::sleep(Duration::from_micros(200));
+        // Coarse enough not to take CPU from the service on a small
+        // machine (±1 ms on a run of a quarter second or more).
+        std::thread::sleep(Duration::from_millis(1));
     }
     let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     h.join()
@@ -249,9 +251,13 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
 pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
     let factory = super::run::engine_factory(args.catalog.as_deref(), None, core)?;
     let mut base = args.kafka.load()?;
+    // tansu answers a fetch only when `fetch.wait.max.ms` has run out, even
+    // with data waiting (a Kafka broker answers at `fetch.min.bytes`), so
+    // the wait is the latency floor of every hop; 1 ms on loopback. `-X`
+    // overrides it.
     base.properties
         .entry("fetch.wait.max.ms".into())
-        .or_insert_with(|| "10".into());
+        .or_insert_with(|| "1".into());
     let n = args.messages;
     println!(
         "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",
@@ -305,8 +311,32 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Command receiver: produce-of-trigger → command arrival.
+    // The floor: a plain consumer of the same input partitions, doing
+    // nothing, in the same run: produce → message received.
     let stop = Arc::new(AtomicBool::new(false));
+    let raw_cfg = cfg.clone();
+    let raw_stop = stop.clone();
+    let raw_receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let c: BaseConsumer = consumer_config(&raw_cfg, None).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for (_, t) in raw_cfg.topics.inputs() {
+            for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
+                tpl.add_partition_offset(&t, p, Offset::Beginning)?;
+            }
+        }
+        c.assign(&tpl)?;
+        let mut out = Vec::new();
+        while !raw_stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+                if let Some(ts) = m.timestamp().to_millis() {
+                    out.push(now - ts as f64);
+                }
+            }
+        }
+        Ok(out)
+    });
+    // Command receiver: produce-of-trigger → command arrival.
     let rcfg = cfg.clone();
     let rstop = stop.clone();
     let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
@@ -364,6 +394,13 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     let mut cmd_lat = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let mut raw_lat = raw_receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("raw receiver panicked"))??;
+    let (r50, r99) = (
+        percentile(&mut raw_lat, 0.5),
+        percentile(&mut raw_lat, 0.99),
+    );
     let mut ev_lat = std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock"));
     let (e50, e99) = (percentile(&mut ev_lat, 0.5), percentile(&mut ev_lat, 0.99));
     let (c50, c99) = (
@@ -373,6 +410,10 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     println!(
         "  latency at {:.0} events/s for {} s ({} events):",
         args.rate, args.latency_secs, total
+    );
+    println!(
+        "    produce → raw consumer:      p50 {r50:>6.1} ms  p99 {r99:>6.1} ms  ({} messages; plain rdkafka consumer, no processing: the floor)",
+        raw_lat.len()
     );
     println!(
         "    produce → decided:           p50 {e50:>6.1} ms  p99 {e99:>6.1} ms  ({} events)",
@@ -392,6 +433,7 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             "latency": {
                 "rate_events_per_s": args.rate,
                 "seconds": args.latency_secs,
+                "raw_consume_ms": {"p50": r50, "p99": r99, "n": raw_lat.len()},
                 "event_to_decision_ms": {"p50": e50, "p99": e99, "n": ev_lat.len()},
                 "event_to_command_ms": {"p50": c50, "p99": c99, "n": cmd_lat.len()},
             }

@@ -14,7 +14,12 @@
 
 use crate::events::{Event, JobCompleted, JobSubmitted, Millis};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// Hash maps keyed by job id (hot per event): foldhash, seeded per process
+/// (iteration order was never relied on: see `map_as_vec` and
+/// `environment_summary`).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Resources tracked per series.
 pub const VCPU: usize = 0;
@@ -144,12 +149,12 @@ impl DemandState {
             max_event_time: None,
             first_open: None,
             series: Vec::new(),
-            series_index: HashMap::new(),
+            series_index: HashMap::default(),
             level: Vec::new(),
             open: BTreeMap::new(),
-            outstanding: HashMap::new(),
-            completed: HashMap::new(),
-            early: HashMap::new(),
+            outstanding: HashMap::default(),
+            completed: HashMap::default(),
+            early: HashMap::default(),
             counters: StateCounters::default(),
             closed_any: false,
         }
@@ -507,9 +512,9 @@ pub fn environment_vcpu_series(
 mod map_as_vec {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::HashMap;
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
 
-    pub fn serialize<K, V, S>(m: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+    pub fn serialize<K, V, H, S>(m: &HashMap<K, V, H>, s: S) -> Result<S::Ok, S::Error>
     where
         K: Serialize + Ord,
         V: Serialize,
@@ -520,10 +525,11 @@ mod map_as_vec {
         v.serialize(s)
     }
 
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<HashMap<K, V>, D::Error>
+    pub fn deserialize<'de, K, V, H, D>(d: D) -> Result<HashMap<K, V, H>, D::Error>
     where
         K: Deserialize<'de> + Eq + Hash,
         V: Deserialize<'de>,
+        H: BuildHasher + Default,
         D: Deserializer<'de>,
     {
         Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
