@@ -225,10 +225,11 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub announced: BTreeMap<String, f64>,
     /// Shares of project and user budgets granted to this instance's
-    /// environments by their owners, by account key (latest per
-    /// environment); while split, an account's allocation is their sum.
+    /// environments by their owners, by account key, as (usd, seq), the
+    /// newest per environment; while split, an account's allocation is the
+    /// sum of its shares.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub shares: BTreeMap<String, BTreeMap<String, f64>>,
+    pub shares: BTreeMap<String, BTreeMap<String, (f64, u64)>>,
     /// Set while project budgets are split between instances: a project
     /// with no share granted yet may spend nothing here (its work waits for
     /// the owner's first split), so two instances never both spend the
@@ -690,12 +691,20 @@ impl Ledger {
             envs.dedup();
             for env in envs {
                 let e = a.by_env.get(env).copied().unwrap_or_default();
+                let (held_usd, held_seq) = self
+                    .shares
+                    .get(key)
+                    .and_then(|s| s.get(env))
+                    .copied()
+                    .unwrap_or_default();
                 out.push(Usage {
                     account: key.clone(),
                     environment: env.to_string(),
                     window_start: a.window_start,
                     used_usd: e.spent + e.committed,
                     wanted_usd: wanted.get(&(key.clone(), env)).copied().unwrap_or(0.0),
+                    held_usd,
+                    held_seq,
                     at: now,
                 });
             }
@@ -708,10 +717,14 @@ impl Ledger {
     /// allocation here is the sum of its shares, so `enforce` holds or stops
     /// work to fit it.
     pub fn apply_share(&mut self, s: &Share) {
-        self.shares
-            .entry(s.account.clone())
-            .or_default()
-            .insert(s.environment.clone(), s.usd.max(0.0));
+        let held = self.shares.entry(s.account.clone()).or_default();
+        if held
+            .get(&s.environment)
+            .is_some_and(|&(_, seq)| seq >= s.seq)
+        {
+            return; // older than the one held
+        }
+        held.insert(s.environment.clone(), (s.usd.max(0.0), s.seq));
         self.reallocate(&s.account);
     }
 
@@ -735,7 +748,9 @@ impl Ledger {
         if !self.split {
             return self.announced.get(key).copied().unwrap_or(0.0);
         }
-        self.shares.get(key).map_or(0.0, |s| s.values().sum())
+        self.shares
+            .get(key)
+            .map_or(0.0, |s| s.values().map(|&(usd, _)| usd).sum())
     }
 
     fn reallocate(&mut self, key: &str) {
@@ -887,7 +902,7 @@ mod tests {
             for u in a.usage(i * 1000).into_iter().chain(b.usage(i * 1000)) {
                 owner.on_usage(u);
             }
-            for s in owner.shares(|k| a.announced.get(k).copied(), i * 1000) {
+            for s in owner.shares(|k| a.announced.get(k).copied(), i as u64 * 1000 + 1) {
                 if s.environment == "a" {
                     a.apply_share(&s)
                 } else {

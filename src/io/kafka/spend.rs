@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 /// view of the projects whose partitions it holds.
 #[derive(Default)]
 pub struct Exchange {
-    reported: BTreeMap<(String, String), (Millis, f64, f64)>,
+    reported: BTreeMap<(String, String), (Millis, f64, f64, u64)>,
     owner: Owner,
 }
 
@@ -58,7 +58,8 @@ impl Exchange {
                 sent += 1;
             }
         }
-        for s in self.owner.shares(|p| brain.budget_allocation(p), now) {
+        let clock = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        for s in self.owner.shares(|p| brain.budget_allocation(p), clock) {
             send(publisher, topic, &SpendRecord::Share(s))?;
             sent += 1;
         }
@@ -66,7 +67,7 @@ impl Exchange {
     }
 
     fn changed(&mut self, u: &Usage) -> bool {
-        let v = (u.window_start, u.used_usd, u.wanted_usd);
+        let v = (u.window_start, u.used_usd, u.wanted_usd, u.held_seq);
         let k = (u.account.clone(), u.environment.clone());
         let same = self
             .reported
