@@ -115,11 +115,13 @@ fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
     v
 }
 
-/// A scratch directory for one benchmark phase's snapshots.
-fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("prescale-bench-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    Ok(d)
+/// A scratch directory for one benchmark phase's snapshots, removed when
+/// the returned guard is dropped (the bench leaves nothing behind).
+fn scratch(tag: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("prescale-bench-{tag}-"))
+        .tempdir()
+        .context("creating a scratch directory")
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
@@ -216,7 +218,8 @@ fn spawn(
 /// event applied to the last.
 fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Result<f64> {
     let mut cfg = cfg.clone();
-    cfg.checkpoint_dir = scratch("tput")?;
+    let dir = scratch("tput")?;
+    cfg.checkpoint_dir = dir.path().to_path_buf();
     cfg.checkpoint_interval_ms = 1_000;
     let stats = Arc::new(Stats::default());
     let (_tx, h) = spawn(
@@ -300,7 +303,8 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         ..factory.config.clone()
     };
     let mut lcfg = cfg.clone();
-    lcfg.checkpoint_dir = scratch("lat")?;
+    let dir = scratch("lat")?;
+    lcfg.checkpoint_dir = dir.path().to_path_buf();
     let stats = Arc::new(Stats::default());
     stats.record_latency.store(true, Ordering::Relaxed);
     let (tx, h) = spawn(&lcfg, &lat_factory, None, stats.clone());
