@@ -83,7 +83,9 @@ pub struct TypeSpend {
 
 /// Round to 6 decimals so tiny float noise never shows in reports.
 fn r6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+    // `+ 0.0` turns a negative zero (a sum of nothing below zero) into the
+    // zero a reader expects to see in the JSON.
+    (x * 1e6).round() / 1e6 + 0.0
 }
 
 /// Nearest-rank percentile (`q` in 0..=1); sorts in place. 0 when empty.
@@ -373,5 +375,15 @@ impl BacktestReport {
             root.present().map_err(|e| e.to_string())?;
         }
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rounding_never_reports_a_negative_zero() {
+        assert_eq!(super::r6(-0.0).to_string(), "0");
+        assert_eq!(super::r6(-1e-9).to_string(), "0");
+        assert_eq!(super::r6(1.2345678).to_string(), "1.234568");
     }
 }
