@@ -241,6 +241,9 @@ struct Active {
     assignment: Vec<Tp>,
     brain: Box<dyn Brain>,
     exchange: super::spend::Exchange,
+    /// Another instance owns part of the group: budgets are split, and the
+    /// exchange runs (alone, there is nobody to exchange with).
+    split: bool,
     merger: Merger,
     dirty: bool,
     /// Merger slot by input index and partition, filled on first sight, so
@@ -445,7 +448,7 @@ pub async fn run(
             }
             Step::Tick => {
                 publisher.retry_failed()?;
-                if let Some(a) = active.as_mut() {
+                if let Some(a) = active.as_mut().filter(|a| a.split) {
                     a.exchange
                         .round(a.brain.as_ref(), &publisher, &spend_topic)?;
                 }
@@ -537,7 +540,8 @@ fn activate(
     let total = partitions_of(prices.client(), spend_topic, Duration::from_secs(10))
         .map(|p| p.len())
         .unwrap_or(0);
-    brain.split_budgets(owned < total);
+    let split = owned < total;
+    brain.split_budgets(split);
     let offsets = plan
         .snapshot
         .as_ref()
@@ -594,6 +598,7 @@ fn activate(
             assignment: plan.assignment,
             brain,
             exchange: super::spend::Exchange::default(),
+            split,
             merger: Merger::new(all),
             dirty: false,
             slots: Vec::new(),
