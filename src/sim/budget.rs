@@ -90,9 +90,36 @@ impl BudgetBook {
             .sum()
     }
 
+    /// The scopes and windows that overran, with by how much (USD): keyed
+    /// `scope:id` for total budgets and `scope:id@YYYY-MM-DD` (the window's
+    /// first day, UTC) for periodic ones, so a report says where an overrun
+    /// comes from, not only its sum ([`BudgetBook::overrun_usd`]).
+    pub fn overrun_by_scope(&self) -> BTreeMap<String, f64> {
+        self.spent
+            .iter()
+            .filter_map(|((k, ws), s)| {
+                let (period, a) = self.allocated.get(k).copied()?;
+                let over = s - a;
+                (over > 0.0).then(|| (window_label(k, period, *ws), over))
+            })
+            .collect()
+    }
+
     /// Σ over scopes and windows of what was spent (a job in two budgeted
     /// scopes counts in both).
     pub fn spent_usd(&self) -> f64 {
         self.spent.values().sum()
     }
+}
+
+/// `scope:id`, with `@YYYY-MM-DD` (window start, UTC) for periodic budgets.
+fn window_label(key: &str, period: Period, window_start: Millis) -> String {
+    if period == Period::Total {
+        return key.to_string();
+    }
+    let day = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(window_start).map_or_else(
+        || window_start.to_string(),
+        |d| d.format("%Y-%m-%d").to_string(),
+    );
+    format!("{key}@{day}")
 }

@@ -46,6 +46,11 @@ pub struct PolicyReport {
     /// max(0, simulated spend − allocation); spend per job is its vCPU share
     /// of the instances it ran on (see `sim::budget`). 0 without budgets.
     pub budget_overrun_usd: f64,
+    /// Where `budget_overrun_usd` comes from: each overrun scope (with
+    /// `@YYYY-MM-DD`, its window's first day, for periodic budgets) and by
+    /// how much. Left out of the JSON when nothing overran.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub budget_overrun_by_scope: BTreeMap<String, f64>,
     /// Σ over budget scopes and windows of the simulated spend.
     pub budget_spent_usd: f64,
     /// Running jobs stopped by a budget PREEMPT (predictive/oracle only).
@@ -150,6 +155,7 @@ impl PolicyReport {
                 .collect(),
             preemptions: st.preemptions,
             budget_overrun_usd: 0.0,
+            budget_overrun_by_scope: BTreeMap::new(),
             budget_spent_usd: 0.0,
             budget_preemptions: st.budget_preemptions,
             budget_held_jobs: st.budget_held,
@@ -168,6 +174,11 @@ impl PolicyReport {
     /// Adds the budget outcome of the run.
     pub fn with_budgets(mut self, book: &super::budget::BudgetBook, budget_commands: u64) -> Self {
         self.budget_overrun_usd = r6(book.overrun_usd());
+        self.budget_overrun_by_scope = book
+            .overrun_by_scope()
+            .into_iter()
+            .map(|(k, v)| (k, r6(v)))
+            .collect();
         self.budget_spent_usd = r6(book.spent_usd());
         self.budget_commands = budget_commands;
         self
@@ -254,6 +265,11 @@ impl BacktestReport {
                 p.budget_commands,
                 p.migrations
             ));
+        }
+        for name in self.ordered_names() {
+            for (scope, usd) in &self.policies[name].budget_overrun_by_scope {
+                s.push_str(&format!("{name:<11} overrun {scope}: ${usd:.2}\n"));
+            }
         }
         s
     }

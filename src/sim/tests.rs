@@ -768,9 +768,18 @@ fn budget_book_measures_overrun_per_scope_and_window() {
         "{}",
         book.overrun_usd()
     );
+    // Day 1 ($2.40 of $2) overran, day 0 ($1.20) did not: the breakdown
+    // names the window.
+    let by = book.overrun_by_scope();
+    assert_eq!(by.len(), 1, "{by:?}");
+    assert!(
+        (by["project:climate@1970-01-02"] - 0.4).abs() < 1e-9,
+        "{by:?}"
+    );
     let mut book = BudgetBook::new(&[alloc(None, 5.0)]);
     book.charge(&jobs, &segs, &p);
     assert_eq!(book.overrun_usd(), 0.0);
+    assert!(book.overrun_by_scope().is_empty());
     // Both jobs' user (`u`) has a budget: a's $3.60 plus b's half instance
     // for 10 h ($0.50).
     let mut book = BudgetBook::new(&[BudgetAllocation {
@@ -782,6 +791,8 @@ fn budget_book_measures_overrun_per_scope_and_window() {
     }]);
     book.charge(&jobs, &segs, &p);
     assert!((book.overrun_usd() - (3.6 + 0.5 - 0.2)).abs() < 1e-9);
+    let by = book.overrun_by_scope();
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["user:u"]);
 }
 
 #[test]
