@@ -491,23 +491,40 @@ impl Engine {
         Some(c.vcpu_seconds / 3600.0 * price / spec.vcpus)
     }
 
-    /// The budget headroom of the projects and users with work in `env`.
+    /// The budget headroom of the projects and users with live work in
+    /// `env` — work held by a budget neither runs nor spends, so it caps
+    /// nothing. None (no cap) when no live work is under a project or user
+    /// budget, or when some live work is under none: the cap is on the whole
+    /// environment's capacity, and a shared environment capped at one
+    /// project's headroom starves everyone else's work and, through AWS
+    /// Batch's `maxvCpus` (exceeded by at most one instance), forces wide
+    /// jobs onto single huge instances (on the whole RICC trace, three
+    /// `u7i-12tb.224xlarge` on-demand instances kept busy for months). The
+    /// ledger still holds and stops each budgeted job itself.
     fn budget_headroom(&self, env: &str, now: Millis) -> Option<f64> {
+        use crate::budget::account_key;
+        use crate::events::BudgetScope;
         if self.st.ledger.accounts.is_empty() {
             return None;
         }
-        let mut keys: Vec<String> = self
-            .st
-            .demand
-            .outstanding_jobs()
-            .filter(|o| o.job.compute_environment == env)
-            .flat_map(|o| {
-                [
-                    crate::budget::account_key(crate::events::BudgetScope::Project, &o.job.project),
-                    crate::budget::account_key(crate::events::BudgetScope::User, &o.job.user),
-                ]
-            })
-            .collect();
+        let mut keys: Vec<String> = Vec::new();
+        for o in self.st.demand.outstanding_jobs() {
+            if o.job.compute_environment != env || o.held {
+                continue;
+            }
+            let before = keys.len();
+            for k in [
+                account_key(BudgetScope::Project, &o.job.project),
+                account_key(BudgetScope::User, &o.job.user),
+            ] {
+                if self.st.ledger.accounts.contains_key(&k) {
+                    keys.push(k);
+                }
+            }
+            if keys.len() == before {
+                return None;
+            }
+        }
         keys.sort_unstable();
         keys.dedup();
         self.st.ledger.headroom_usd_per_h(&keys, now)

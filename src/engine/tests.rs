@@ -197,3 +197,99 @@ fn held_work_is_not_demand_and_resumes_when_budget_frees() {
     let j = &e.state().ledger.jobs["b"];
     assert!(j.usd_per_hour > 0.0, "resumed work is charged as running");
 }
+
+/// Test planner: [`Median`], recording the budget headroom each
+/// environment's plan is asked with.
+#[derive(Default)]
+struct Recording(std::sync::Mutex<Vec<(String, Millis, Option<f64>)>>);
+impl CapacityPlanner for Recording {
+    fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+        self.0.lock().unwrap().push((
+            r.compute_environment.to_string(),
+            r.now,
+            r.budget_headroom_usd_per_h,
+        ));
+        Median.plan(r)
+    }
+}
+
+impl Recording {
+    /// The headroom of the last plan of `env` at or before `t`.
+    fn at(&self, env: &str, t: Millis) -> Option<Option<f64>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(e, at, _)| e == env && *at <= t)
+            .map(|x| x.2)
+    }
+}
+
+fn budgeted_engine(usd: f64) -> (Engine, Arc<Recording>) {
+    use crate::events::{BudgetAllocation, BudgetScope};
+    let rec = Arc::new(Recording::default());
+    let mut e = Engine::new(
+        engine().config().clone(),
+        Arc::new(Catalog::default()),
+        Arc::new(Last),
+        rec.clone(),
+    );
+    e.handle(
+        &Event::BudgetAllocation(BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd,
+            period: None,
+        }),
+        &mut Vec::new(),
+    );
+    (e, rec)
+}
+
+/// A submission of project `project` (user `user`) in environment `env`.
+fn job_of(id: &str, at: Millis, vcpus: f64, env: &str, project: &str, user: &str) -> Event {
+    let Event::JobSubmitted(mut j) = job(id, at, vcpus) else {
+        unreachable!("job() makes a submission")
+    };
+    j.compute_environment = env.into();
+    j.project = project.into();
+    j.user = user.into();
+    Event::JobSubmitted(j)
+}
+
+#[test]
+fn budgets_cap_an_environment_only_while_all_its_live_work_is_budgeted() {
+    let (mut e, rec) = budgeted_engine(1.5);
+    let mut out = Vec::new();
+    // Only project p's (admitted) work is live: p's headroom caps `ce`.
+    e.handle(&job("a", MIN, 10.0), &mut out);
+    e.handle(&job("z", 15 * MIN, 0.0), &mut out);
+    let capped = rec.at("ce", 10 * MIN).expect("a plan of ce");
+    assert!(capped.is_some_and(|h| h < 1.5), "{capped:?}");
+    // Work of project q, which has no budget, shares the environment: p's
+    // headroom no longer caps it.
+    e.handle(&job_of("q", 16 * MIN, 50.0, "ce", "q", "v"), &mut out);
+    e.handle(&job("y", 25 * MIN, 0.0), &mut out);
+    assert_eq!(rec.at("ce", 20 * MIN), Some(None));
+}
+
+#[test]
+fn held_work_caps_no_environment() {
+    use crate::events::PreemptionAction;
+    let (mut e, rec) = budgeted_engine(0.01);
+    let mut out = Vec::new();
+    // 100 vCPU-h at $0.048 is far above $0.01: held.
+    e.handle(&job("big", MIN, 100.0), &mut out);
+    assert!(out.iter().any(|c| matches!(c,
+        Command::Preemption(p) if p.job_id == "big" && p.action == PreemptionAction::Queue)));
+    // Time moves on through another environment's work.
+    e.handle(&job_of("o", 25 * MIN, 1.0, "other", "q", "v"), &mut out);
+    assert!(e
+        .state()
+        .demand
+        .outstanding_job("big")
+        .is_some_and(|o| o.held));
+    assert_eq!(rec.at("ce", 20 * MIN), Some(None));
+}
