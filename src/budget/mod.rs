@@ -423,6 +423,17 @@ impl Ledger {
         }
     }
 
+    /// Charges running work of `env` at no less than `usd_per_vcpu_hour`
+    /// from its last accrual on (call [`Ledger::accrue`] first): what a job
+    /// there was found to pay, when the ledger charged less.
+    pub fn raise_rates(&mut self, env: &str, usd_per_vcpu_hour: f64) {
+        for j in self.jobs.values_mut() {
+            if j.compute_environment == env && j.state == JobState::Running {
+                j.usd_per_hour = j.usd_per_hour.max(j.vcpus * usd_per_vcpu_hour);
+            }
+        }
+    }
+
     /// Charges `usd` of spend to a job's accounts (moving it from committed
     /// to spent). Unknown jobs are ignored (returns false).
     pub fn on_spend(&mut self, job_id: &str, usd_amount: f64, at: Millis) -> bool {

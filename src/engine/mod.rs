@@ -44,6 +44,11 @@ pub struct EngineConfig {
     pub budget_floor_usd_per_vcpu_hour: f64,
 }
 
+/// How long a dear price a completed job paid keeps raising the rate budgets
+/// are charged in its environment (see [`Engine::learn_paid_rate`]): a day,
+/// the shortest budget window.
+pub const PAID_RATE_MEMORY_MS: Millis = 86_400_000;
+
 fn default_budget_floor() -> f64 {
     0.048
 }
@@ -126,6 +131,11 @@ pub struct EngineState {
     last: BTreeMap<String, (i64, i64, i64, String)>,
     previous: BTreeMap<String, PreviousPlan>,
     usd_per_vcpu_hour: BTreeMap<String, f64>,
+    /// Per environment, the dearest USD per vCPU-hour a completed job
+    /// recently paid above the rate budgets are charged, and when (see
+    /// [`Engine::learn_paid_rate`]).
+    #[serde(default)]
+    paid_usd_per_vcpu_hour: BTreeMap<String, (f64, Millis)>,
     /// Budgets. Jobs are tracked once any budget exists (before that there
     /// is nothing to enforce, and the hot path stays cheap).
     pub ledger: Ledger,
@@ -159,6 +169,7 @@ impl Engine {
             last: BTreeMap::new(),
             previous: BTreeMap::new(),
             usd_per_vcpu_hour: BTreeMap::new(),
+            paid_usd_per_vcpu_hour: BTreeMap::new(),
             // Look one decision tick ahead: spend accrues between ticks, so
             // work is stopped before, not after, its scope overruns.
             ledger: Ledger {
@@ -235,7 +246,7 @@ impl Engine {
             Event::JobSubmitted(j)
                 if applied == Applied::Accepted && !self.st.ledger.accounts.is_empty() =>
             {
-                let rate = self.env_rate(&j.compute_environment);
+                let rate = self.env_rate(&j.compute_environment, j.submitted_at);
                 let cost = expected_job_cost(j.vcpus, j.estimated_runtime_s, rate);
                 let over = self
                     .planner
@@ -261,6 +272,9 @@ impl Engine {
             Event::JobCompleted(c) if applied == Applied::Accepted => {
                 let actual = self.completion_cost(c);
                 self.st.ledger.on_complete_priced(c, actual);
+                if let Some(usd) = actual {
+                    self.learn_paid_rate(c, usd);
+                }
             }
             _ => {}
         }
@@ -323,7 +337,7 @@ impl Engine {
                 PreemptionAction::Resume => {
                     // Resumed work is charged as running again from now,
                     // and is demand again.
-                    let rate = self.env_rate(&c.compute_environment);
+                    let rate = self.env_rate(&c.compute_environment, now);
                     let vcpus = self.st.ledger.jobs.get(&c.job_id).map_or(0.0, |j| j.vcpus);
                     self.st.ledger.on_start(&c.job_id, now, vcpus * rate);
                     self.st.demand.set_held(&c.job_id, false, now);
@@ -453,16 +467,52 @@ impl Engine {
 }
 
 impl Engine {
-    /// USD per vCPU-hour the ledger charges work in `env`: the current
-    /// plan's (the configured default before the first plan), never below
-    /// `budget_floor_usd_per_vcpu_hour`.
-    fn env_rate(&self, env: &str) -> f64 {
+    /// USD per vCPU-hour the ledger charges work in `env` at `now`: the
+    /// current plan's (the configured default before the first plan), never
+    /// below `budget_floor_usd_per_vcpu_hour`, nor below what a job of the
+    /// environment paid within the last [`PAID_RATE_MEMORY_MS`].
+    fn env_rate(&self, env: &str, now: Millis) -> f64 {
+        let paid = match self.st.paid_usd_per_vcpu_hour.get(env) {
+            Some(&(rate, at)) if now - at <= PAID_RATE_MEMORY_MS => rate,
+            _ => 0.0,
+        };
+        self.planned_rate(env).max(paid)
+    }
+
+    /// The plan's rate for `env`, floored (see [`Engine::env_rate`]).
+    fn planned_rate(&self, env: &str) -> f64 {
         self.st
             .usd_per_vcpu_hour
             .get(env)
             .copied()
             .unwrap_or(self.cfg.default_usd_per_vcpu_hour)
             .max(self.cfg.budget_floor_usd_per_vcpu_hour)
+    }
+
+    /// A completion that cost `usd` says what a vCPU-hour of its
+    /// environment's capacity really costs. The ledger cannot tell where a
+    /// running job is until it ends, so when that is dearer than the rate it
+    /// charges, any running job may be on such capacity too (on the whole
+    /// RICC trace, one-vCPU jobs of a daily budget ran for days on
+    /// on-demand `u7i-12tb.224xlarge` at $0.140 per vCPU-hour while the
+    /// ledger charged $0.048, and overran a day by $1.00): running work of
+    /// the environment is re-rated to it now, and new work charged at it
+    /// for [`PAID_RATE_MEMORY_MS`]. Completions true each job up to what it
+    /// really cost, so work on cheaper capacity gets the difference back.
+    fn learn_paid_rate(&mut self, c: &crate::events::JobCompleted, usd: f64) {
+        let hours = c.vcpu_seconds / 3600.0;
+        if hours <= 0.0 || !usd.is_finite() {
+            return;
+        }
+        let (env, now, rate) = (&c.compute_environment, c.finished_at, usd / hours);
+        if rate <= self.env_rate(env, now) + 1e-12 {
+            return;
+        }
+        self.st
+            .paid_usd_per_vcpu_hour
+            .insert(env.clone(), (rate, now));
+        self.st.ledger.accrue(now);
+        self.st.ledger.raise_rates(env, rate);
     }
 
     /// What a finished job cost, when its completion says where it ran:

@@ -293,3 +293,69 @@ fn held_work_caps_no_environment() {
         .is_some_and(|o| o.held));
     assert_eq!(rec.at("ce", 20 * MIN), Some(None));
 }
+
+/// A job that finished on dear capacity raises what running work of its
+/// environment is charged: the ledger does not know where running work is,
+/// and a budget charged below what its work really costs is overrun before
+/// the work completes.
+#[test]
+fn a_dear_completion_raises_the_rate_of_running_work() {
+    use crate::events::{BudgetAllocation, BudgetScope, JobCompleted, JobStatus};
+    let csv = "region,instance_type,family,category,generation,vcpu,memory_mib,gpu_count,\
+               gpu_name,gpu_memory_mib,arch,ondemand_usd_per_hour\n\
+               us-east-1,u7i-12tb.224xlarge,u7i-12tb,u,7,896,12582912,,,,amd64,125.58182\n";
+    let catalog = Catalog::parse(csv.as_bytes(), "test").unwrap();
+    let mut e = Engine::new(
+        engine().config().clone(),
+        Arc::new(catalog),
+        Arc::new(Last),
+        Arc::new(Median),
+    );
+    let mut out = Vec::new();
+    e.handle(
+        &Event::BudgetAllocation(BudgetAllocation {
+            at: 0,
+            scope: BudgetScope::Project,
+            id: "p".into(),
+            usd: 1000.0,
+            period: None,
+        }),
+        &mut out,
+    );
+    e.handle(&job("a", MIN, 10.0), &mut out);
+    e.handle(&job("b", MIN, 1.0), &mut out);
+    let rate = |e: &Engine, id: &str| e.state().ledger.jobs[id].usd_per_hour;
+    assert!(rate(&e, "a") < 0.06 * 10.0, "{}", rate(&e, "a"));
+    // b ran 19 minutes on 1 vCPU of an on-demand u7i-12tb.224xlarge:
+    // $125.58182 / 896 = $0.14016 per vCPU-hour.
+    e.handle(
+        &Event::JobCompleted(JobCompleted {
+            job_id: "b".into(),
+            compute_environment: "ce".into(),
+            started_at: MIN,
+            finished_at: 20 * MIN,
+            status: JobStatus::Succeeded,
+            instance_type: Some("u7i-12tb.224xlarge".into()),
+            market: Some(Market::OnDemand),
+            region: Some("us-east-1".into()),
+            vcpu_seconds: 19.0 * 60.0,
+            max_memory_mib: None,
+        }),
+        &mut out,
+    );
+    let paid = 125.58182 / 896.0;
+    assert!(
+        (rate(&e, "a") - 10.0 * paid).abs() < 1e-9,
+        "{}",
+        rate(&e, "a")
+    );
+    // New work is charged at it too, for a day.
+    e.handle(&job("c", 30 * MIN, 2.0), &mut out);
+    assert!(
+        (rate(&e, "c") - 2.0 * paid).abs() < 1e-9,
+        "{}",
+        rate(&e, "c")
+    );
+    e.handle(&job("d", 30 * MIN + 86_400_000, 2.0), &mut out);
+    assert!(rate(&e, "d") < 0.06 * 2.0, "{}", rate(&e, "d"));
+}
