@@ -47,6 +47,19 @@ pub struct ReplayArgs {
     /// Timed repetitions of each stage (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Stages to run (default: all). Handy to profile one stage alone.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub stages: Vec<Stage>,
+}
+
+/// One timed stage of `bench replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    Decode,
+    State,
+    Full,
+    Dense,
+    Sim,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -136,96 +149,105 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         (end - first) as f64 / 86_400_000.0
     );
 
-    let (t_dec, ok) = best(a.repeat, || {
-        let mut ok = 0u64;
-        for (k, b) in &msgs {
-            if decode_event(*k, b).is_ok() {
-                ok += 1;
+    let on = |s: Stage| a.stages.is_empty() || a.stages.contains(&s);
+    if on(Stage::Decode) {
+        let (t_dec, ok) = best(a.repeat, || {
+            let mut ok = 0u64;
+            for (k, b) in &msgs {
+                if decode_event(*k, b).is_ok() {
+                    ok += 1;
+                }
             }
-        }
-        ok
-    });
-    println!(
-        "  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)",
-        n / t_dec,
-        t_dec
-    );
-
-    let (t_state, ticks_seen) = best(a.repeat, || {
-        let mut st = DemandState::new(StateConfig::default());
-        let mut ticks = Vec::new();
-        let mut nt = 0usize;
-        for (k, b) in &msgs {
-            if let Ok(ev) = decode_event(*k, b) {
-                st.apply(&ev, &mut ticks);
-                nt += ticks.len();
-                ticks.clear();
-            }
-        }
-        nt
-    });
-    println!(
-        "  decode+state        {:>10.0} events/s  ({:.3} s, {ticks_seen} ticks)",
-        n / t_state,
-        t_state
-    );
-
-    let (t_full, cmds) = best(a.repeat, || {
-        let mut engine = make_engine(base.catalog.clone(), None, &Default::default());
-        let mut out: Vec<Command> = Vec::new();
-        for (k, b) in &msgs {
-            if let Ok(ev) = decode_event(*k, b) {
-                engine.handle(&ev, &mut out);
-            }
-        }
-        engine.finish(&mut out);
-        out
-    });
-    println!(
-        "  full loop           {:>10.0} events/s  ({:.3} s, {} commands) — decode → state → engine",
-        n / t_full,
-        t_full,
-        cmds.len()
-    );
-
-    // Dense layout: the same copies overlaid on the sample's own span (ids
-    // suffixed, times shifted by k seconds), i.e. a busier deployment with the
-    // same decision ticks. Shows the per-event cost once ticks amortise.
-    let mut dense: Vec<Event> = base
-        .events
-        .iter()
-        .filter(|e| matches!(e, Event::PriceTick(_)))
-        .cloned()
-        .collect();
-    for k in 0..a.scale.max(1) {
-        dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
+            ok
+        });
+        println!(
+            "  decode              {:>10.0} events/s  ({:.3} s, {ok} ok)",
+            n / t_dec,
+            t_dec
+        );
     }
-    dense.sort_by_key(|e| e.time());
-    let dmsgs: Vec<(EventKind, Vec<u8>)> = dense
-        .iter()
-        .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
-        .collect::<Result<_, prescale::events::avro::CodecError>>()
-        .context("encoding the dense sample")?;
-    let (t_dense, dcmds) = best(a.repeat, || {
+
+    if on(Stage::State) {
+        let (t_state, ticks_seen) = best(a.repeat, || {
+            let mut st = DemandState::new(StateConfig::default());
+            let mut ticks = Vec::new();
+            let mut nt = 0usize;
+            for (k, b) in &msgs {
+                if let Ok(ev) = decode_event(*k, b) {
+                    st.apply(&ev, &mut ticks);
+                    nt += ticks.len();
+                    ticks.clear();
+                }
+            }
+            nt
+        });
+        println!(
+            "  decode+state        {:>10.0} events/s  ({:.3} s, {ticks_seen} ticks)",
+            n / t_state,
+            t_state
+        );
+    }
+
+    let full_loop = |msgs: &[(EventKind, Vec<u8>)]| {
         let mut engine = make_engine(base.catalog.clone(), None, &Default::default());
         let mut out: Vec<Command> = Vec::new();
-        for (k, b) in &dmsgs {
+        for (k, b) in msgs {
             if let Ok(ev) = decode_event(*k, b) {
                 engine.handle(&ev, &mut out);
             }
         }
         engine.finish(&mut out);
-        (out.len(), engine.counters().ticks)
-    });
-    println!(
-        "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {} ticks, {} commands) — {}x jobs on the sample's own span",
-        dmsgs.len() as f64 / t_dense,
-        t_dense,
-        dmsgs.len(),
-        dcmds.1,
-        dcmds.0,
-        a.scale
-    );
+        let ticks = engine.counters().ticks;
+        (out, ticks)
+    };
+    let mut cmds = None;
+    if on(Stage::Full) {
+        let (t_full, (out, ticks)) = best(a.repeat, || full_loop(&msgs));
+        println!(
+            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands) — decode → state → engine",
+            n / t_full,
+            t_full,
+            t_full * 1e6 / ticks.max(1) as f64,
+            out.len()
+        );
+        cmds = Some(out);
+    }
+
+    if on(Stage::Dense) {
+        // Dense layout: the same copies overlaid on the sample's own span
+        // (ids suffixed, times shifted by k seconds), i.e. a busier
+        // deployment with the same decision ticks. Shows the per-event cost
+        // once ticks amortise.
+        let mut dense: Vec<Event> = base
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PriceTick(_)))
+            .cloned()
+            .collect();
+        for k in 0..a.scale.max(1) {
+            dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
+        }
+        dense.sort_by_key(|e| e.time());
+        let dmsgs: Vec<(EventKind, Vec<u8>)> = dense
+            .iter()
+            .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
+            .collect::<Result<_, prescale::events::avro::CodecError>>()
+            .context("encoding the dense sample")?;
+        let (t_dense, (out, ticks)) = best(a.repeat, || full_loop(&dmsgs));
+        println!(
+            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands) — {}x jobs on the sample's own span",
+            dmsgs.len() as f64 / t_dense,
+            t_dense,
+            dmsgs.len(),
+            t_dense * 1e6 / ticks.max(1) as f64,
+            out.len(),
+            a.scale
+        );
+    }
+    if !on(Stage::Sim) {
+        return Ok(());
+    }
+    let cmds = cmds.unwrap_or_else(|| full_loop(&msgs).0);
 
     let workload = Workload::from_events(&all);
     let cfg = SimConfig::default();

@@ -107,8 +107,59 @@ struct Acc {
     submissions: u32,
 }
 
+/// Running totals of one environment's outstanding, not-held jobs, kept as
+/// jobs come and go: a decision tick reads them in O(log n) instead of
+/// scanning every outstanding job of every environment (that scan was a
+/// sixth of a dense replay). Integer sums, so the totals do not depend on
+/// the order jobs arrived in. Derived data: not checkpointed, rebuilt from
+/// the outstanding jobs on restore.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct EnvTotals {
+    jobs: u64,
+    milli_vcpus: i64,
+    memory_mib: i64,
+    gpus: i64,
+    /// Priority → jobs at it (the top one is the last key).
+    priorities: BTreeMap<i32, u32>,
+    /// Latest start that still meets the deadline (deadline − estimated run
+    /// time) → jobs, for jobs with a deadline.
+    latest_start: BTreeMap<Millis, u32>,
+}
+
+impl EnvTotals {
+    fn add(&mut self, j: &JobSubmitted, sign: i64) {
+        fn count<K: Ord>(m: &mut BTreeMap<K, u32>, k: K, sign: i64) {
+            if sign > 0 {
+                *m.entry(k).or_insert(0) += 1;
+            } else if let std::collections::btree_map::Entry::Occupied(mut e) = m.entry(k) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        self.jobs = self.jobs.saturating_add_signed(sign);
+        self.milli_vcpus += sign * milli(j.vcpus);
+        self.memory_mib += sign * j.memory_mib;
+        self.gpus += sign * i64::from(j.gpus);
+        count(&mut self.priorities, j.priority, sign);
+        if let Some(d) = j.deadline {
+            count(&mut self.latest_start, latest_start(j, d), sign);
+        }
+    }
+}
+
+fn milli(vcpus: f64) -> i64 {
+    (vcpus * 1000.0).round() as i64
+}
+
+fn latest_start(j: &JobSubmitted, deadline: Millis) -> Millis {
+    deadline.saturating_sub(j.estimated_runtime_s.unwrap_or(0).saturating_mul(1000))
+}
+
 /// The windowed demand store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "DemandStateData")]
 pub struct DemandState {
     cfg: StateConfig,
     max_event_time: Option<Millis>,
@@ -130,6 +181,58 @@ pub struct DemandState {
     counters: StateCounters,
     /// Whether any bucket has closed (before that, early events extend the window back).
     closed_any: bool,
+    /// Per environment, derived from `outstanding` (see [`EnvTotals`]).
+    #[serde(skip)]
+    totals: HashMap<String, EnvTotals>,
+}
+
+/// What a checkpoint holds of a [`DemandState`]: every field but the
+/// derived totals, which are rebuilt on load.
+#[derive(Deserialize)]
+struct DemandStateData {
+    cfg: StateConfig,
+    max_event_time: Option<Millis>,
+    first_open: Option<i64>,
+    series: Vec<Series>,
+    #[serde(with = "map_as_vec")]
+    series_index: HashMap<(String, String), usize>,
+    level: Vec<Res>,
+    open: BTreeMap<i64, BTreeMap<usize, Acc>>,
+    #[serde(with = "map_as_vec")]
+    outstanding: HashMap<String, OutstandingJob>,
+    #[serde(with = "map_as_vec")]
+    completed: HashMap<String, Millis>,
+    #[serde(with = "map_as_vec")]
+    early: HashMap<String, JobCompleted>,
+    counters: StateCounters,
+    closed_any: bool,
+}
+
+impl From<DemandStateData> for DemandState {
+    fn from(d: DemandStateData) -> Self {
+        let mut totals: HashMap<String, EnvTotals> = HashMap::default();
+        for o in d.outstanding.values().filter(|o| !o.held) {
+            totals
+                .entry(o.job.compute_environment.clone())
+                .or_default()
+                .add(&o.job, 1);
+        }
+        DemandState {
+            cfg: d.cfg,
+            max_event_time: d.max_event_time,
+            first_open: d.first_open,
+            series: d.series,
+            series_index: d.series_index,
+            level: d.level,
+            open: d.open,
+            outstanding: d.outstanding,
+            completed: d.completed,
+            early: d.early,
+            counters: d.counters,
+            closed_any: d.closed_any,
+            totals,
+        }
+    }
 }
 
 /// What applying one event did.
@@ -157,6 +260,7 @@ impl DemandState {
             early: HashMap::default(),
             counters: StateCounters::default(),
             closed_any: false,
+            totals: HashMap::default(),
         }
     }
 
@@ -273,6 +377,7 @@ impl DemandState {
         self.counters.submissions += 1;
         let s = self.series_id(&j.compute_environment, &j.job_type);
         self.change(s, j.submitted_at, j, 1.0, true);
+        self.env_totals(&j.compute_environment).add(j, 1);
         self.outstanding.insert(
             j.job_id.clone(),
             OutstandingJob {
@@ -303,6 +408,7 @@ impl DemandState {
         if !o.held {
             let t = c.finished_at.max(o.job.submitted_at);
             self.change(o.series, t, &o.job, -1.0, false);
+            self.env_totals(&o.job.compute_environment).add(&o.job, -1);
         }
         self.completed.insert(c.job_id.clone(), c.finished_at);
         Applied::Accepted
@@ -372,7 +478,16 @@ impl DemandState {
         let open_start = self.first_open.map_or(t, |f| f * self.cfg.bucket_ms);
         let sign = if held { -1.0 } else { 1.0 };
         self.change(series, t.max(open_start), &job, sign, false);
+        self.env_totals(&job.compute_environment)
+            .add(&job, if held { -1 } else { 1 });
         true
+    }
+
+    fn env_totals(&mut self, env: &str) -> &mut EnvTotals {
+        if !self.totals.contains_key(env) {
+            self.totals.insert(env.to_string(), EnvTotals::default());
+        }
+        self.totals.get_mut(env).expect("just inserted")
     }
 
     /// All series (one per compute environment and job type).
@@ -421,36 +536,23 @@ impl DemandState {
         [s.vcpus, s.memory_mib, s.gpus]
     }
 
-    /// One pass over an environment's outstanding jobs: what the planner
-    /// needs to know about the work waiting or running there.
+    /// What the planner needs to know about the work waiting or running in
+    /// an environment (held jobs excluded), from the running totals.
     pub fn environment_summary(&self, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
-        let mut s = EnvSummary::default();
-        // Sum vCPUs in integer milli-vCPUs: float sums over a hash map would
-        // depend on iteration order, and decisions must be reproducible
-        // across processes and restores.
-        let mut milli: i64 = 0;
-        for o in self.outstanding.values() {
-            let j = &o.job;
-            if j.compute_environment != env || o.held {
-                continue;
-            }
-            s.jobs += 1;
-            milli += (j.vcpus * 1000.0).round() as i64;
-            s.memory_mib += j.memory_mib as f64;
-            s.gpus += j.gpus as f64;
-            s.top_priority = Some(
-                s.top_priority
-                    .map_or(j.priority, |p: i32| p.max(j.priority)),
-            );
-            if let Some(d) = j.deadline {
-                let need = lead_ms + j.estimated_runtime_s.unwrap_or(0) * 1000;
-                if d - now <= need {
-                    s.deadline_pressure = true;
-                }
-            }
+        let Some(t) = self.totals.get(env).filter(|t| t.jobs > 0) else {
+            return EnvSummary::default();
+        };
+        EnvSummary {
+            jobs: t.jobs,
+            vcpus: t.milli_vcpus as f64 / 1000.0,
+            memory_mib: t.memory_mib as f64,
+            gpus: t.gpus as f64,
+            top_priority: t.priorities.last_key_value().map(|(&p, _)| p),
+            deadline_pressure: t
+                .latest_start
+                .first_key_value()
+                .is_some_and(|(&s, _)| s <= now.saturating_add(lead_ms)),
         }
-        s.vcpus = milli as f64 / 1000.0;
-        s
     }
 
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {

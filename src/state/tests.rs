@@ -188,3 +188,84 @@ fn budget_held_jobs_leave_the_demand_until_resumed() {
     assert_eq!(st.counters().late, 0);
     assert_eq!(st.outstanding_in("ce")[VCPU], 4.0);
 }
+
+/// The summary a scan over the outstanding jobs gives (what the running
+/// totals replaced).
+fn scanned_summary(st: &DemandState, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
+    let mut s = EnvSummary::default();
+    let mut milli = 0i64;
+    for o in st.outstanding_jobs() {
+        let j = &o.job;
+        if j.compute_environment != env || o.held {
+            continue;
+        }
+        s.jobs += 1;
+        milli += (j.vcpus * 1000.0).round() as i64;
+        s.memory_mib += j.memory_mib as f64;
+        s.gpus += j.gpus as f64;
+        s.top_priority = Some(s.top_priority.map_or(j.priority, |p| p.max(j.priority)));
+        if let Some(d) = j.deadline {
+            if d - now <= lead_ms + j.estimated_runtime_s.unwrap_or(0) * 1000 {
+                s.deadline_pressure = true;
+            }
+        }
+    }
+    s.vcpus = milli as f64 / 1000.0;
+    s
+}
+
+#[test]
+fn running_totals_match_a_scan_through_holds_completions_and_restore() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    let envs = ["a", "b", "c"];
+    for i in 0..600i64 {
+        let t = i * MIN / 2;
+        match rng.random_range(0..4) {
+            0 | 1 => {
+                let Event::JobSubmitted(mut j) = job(&format!("j{i}"), t, 0.0) else {
+                    unreachable!()
+                };
+                j.compute_environment = envs[rng.random_range(0..3)].into();
+                j.vcpus = rng.random_range(0..64) as f64 * 0.25;
+                j.memory_mib = rng.random_range(0..100_000);
+                j.gpus = rng.random_range(0..3);
+                j.priority = rng.random_range(-5..5);
+                j.estimated_runtime_s = rng.random_bool(0.7).then(|| rng.random_range(0..7200));
+                j.deadline = rng
+                    .random_bool(0.6)
+                    .then(|| t + rng.random_range(0..4 * 3_600_000));
+                st.apply(&Event::JobSubmitted(j), &mut ticks);
+            }
+            2 => {
+                let id = format!("j{}", rng.random_range(0..=i));
+                if let Some(o) = st.outstanding_job(&id) {
+                    let mut c = done(&id, t);
+                    if let Event::JobCompleted(c) = &mut c {
+                        c.compute_environment = o.job.compute_environment.clone();
+                    }
+                    st.apply(&c, &mut ticks);
+                }
+            }
+            _ => {
+                let id = format!("j{}", rng.random_range(0..=i));
+                st.set_held(&id, rng.random_bool(0.5), t);
+            }
+        }
+        if i % 50 == 49 {
+            let json = serde_json::to_string(&st).unwrap();
+            st = serde_json::from_str(&json).unwrap();
+        }
+        for env in envs {
+            for lead in [0, 600_000, 3_600_000] {
+                assert_eq!(
+                    st.environment_summary(env, t, lead),
+                    scanned_summary(&st, env, t, lead),
+                    "step {i}, env {env}, lead {lead}"
+                );
+            }
+        }
+    }
+}
