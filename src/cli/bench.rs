@@ -91,6 +91,16 @@ fn shift(ev: &Event, k: usize, dt: i64) -> Event {
     }
 }
 
+/// Each event as the Avro message its default topic carries.
+fn encode_all(
+    events: &[Event],
+) -> Result<Vec<(EventKind, Vec<u8>)>, prescale::events::avro::CodecError> {
+    events
+        .iter()
+        .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
+        .collect()
+}
+
 fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     let mut best = f64::INFINITY;
     let mut out = None;
@@ -133,11 +143,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut all: Vec<Event> = ticks.into_iter().map(Event::PriceTick).collect();
     all.extend(events);
     all.sort_by_key(|e| e.time());
-    let msgs: Vec<(EventKind, Vec<u8>)> = all
-        .iter()
-        .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
-        .collect::<Result<_, prescale::events::avro::CodecError>>()
-        .context("encoding the scaled sample")?;
+    let msgs = encode_all(&all).context("encoding the scaled sample")?;
     let n = msgs.len() as f64;
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
     println!(
@@ -228,11 +234,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
         }
         dense.sort_by_key(|e| e.time());
-        let dmsgs: Vec<(EventKind, Vec<u8>)> = dense
-            .iter()
-            .map(|e| Ok((EventKind::from_default_topic(e.topic())?, encode_event(e)?)))
-            .collect::<Result<_, prescale::events::avro::CodecError>>()
-            .context("encoding the dense sample")?;
+        let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
         let (t_dense, (out, ticks)) = best(a.repeat, || full_loop(&dmsgs));
         println!(
             "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands) — {}x jobs on the sample's own span",

@@ -81,13 +81,16 @@ impl BudgetBook {
 
     /// Σ over scopes and windows of max(0, spent − allocated).
     pub fn overrun_usd(&self) -> f64 {
-        self.spent
-            .iter()
-            .map(|((k, _), s)| {
-                let a = self.allocated.get(k).map_or(0.0, |x| x.1);
-                (s - a).max(0.0)
-            })
-            .sum()
+        self.overruns().map(|(_, _, over)| over).sum()
+    }
+
+    /// (`scope:id`, window start, USD over) of each window that overran.
+    fn overruns(&self) -> impl Iterator<Item = (&str, Millis, f64)> + '_ {
+        self.spent.iter().filter_map(|((k, ws), s)| {
+            let a = self.allocated.get(k).map_or(0.0, |x| x.1);
+            let over = s - a;
+            (over > 0.0).then_some((k.as_str(), *ws, over))
+        })
     }
 
     /// The scopes and windows that overran, with by how much (USD): keyed
@@ -95,12 +98,10 @@ impl BudgetBook {
     /// first day, UTC) for periodic ones, so a report says where an overrun
     /// comes from, not only its sum ([`BudgetBook::overrun_usd`]).
     pub fn overrun_by_scope(&self) -> BTreeMap<String, f64> {
-        self.spent
-            .iter()
-            .filter_map(|((k, ws), s)| {
-                let (period, a) = self.allocated.get(k).copied()?;
-                let over = s - a;
-                (over > 0.0).then(|| (window_label(k, period, *ws), over))
+        self.overruns()
+            .map(|(k, ws, over)| {
+                let period = self.allocated.get(k).map_or(Period::Total, |x| x.0);
+                (window_label(k, period, ws), over)
             })
             .collect()
     }

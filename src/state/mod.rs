@@ -107,10 +107,11 @@ struct Acc {
     submissions: u32,
 }
 
-/// Running totals of one environment's outstanding, not-held jobs, kept as
-/// jobs come and go: a decision tick reads them in O(log n) instead of
-/// scanning every outstanding job of every environment (that scan was a
-/// sixth of a dense replay). Integer sums, so the totals do not depend on
+/// Running totals of one series' outstanding, not-held jobs, kept as jobs
+/// come and go: a decision tick reads them in O(log n) instead of scanning
+/// every outstanding job of every environment (that scan was a sixth of a
+/// dense replay). Indexed like `series`, so the hot path finds them by the
+/// series id it already has, without hashing the environment name. Integer sums, so the totals do not depend on
 /// the order jobs arrived in. Derived data: not checkpointed, rebuilt from
 /// the outstanding jobs on restore.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -181,9 +182,9 @@ pub struct DemandState {
     counters: StateCounters,
     /// Whether any bucket has closed (before that, early events extend the window back).
     closed_any: bool,
-    /// Per environment, derived from `outstanding` (see [`EnvTotals`]).
+    /// Per series (same index), derived from `outstanding` (see [`EnvTotals`]).
     #[serde(skip)]
-    totals: HashMap<String, EnvTotals>,
+    totals: Vec<EnvTotals>,
 }
 
 /// What a checkpoint holds of a [`DemandState`]: every field but the
@@ -210,12 +211,11 @@ struct DemandStateData {
 
 impl From<DemandStateData> for DemandState {
     fn from(d: DemandStateData) -> Self {
-        let mut totals: HashMap<String, EnvTotals> = HashMap::default();
+        let mut totals = vec![EnvTotals::default(); d.series.len()];
         for o in d.outstanding.values().filter(|o| !o.held) {
-            totals
-                .entry(o.job.compute_environment.clone())
-                .or_default()
-                .add(&o.job, 1);
+            if let Some(t) = totals.get_mut(o.series) {
+                t.add(&o.job, 1);
+            }
         }
         DemandState {
             cfg: d.cfg,
@@ -260,7 +260,7 @@ impl DemandState {
             early: HashMap::default(),
             counters: StateCounters::default(),
             closed_any: false,
-            totals: HashMap::default(),
+            totals: Vec::new(),
         }
     }
 
@@ -323,6 +323,7 @@ impl DemandState {
             submissions: Vec::new(),
         });
         self.level.push([0.0; 3]);
+        self.totals.push(EnvTotals::default());
         self.series_index
             .insert((env.to_string(), job_type.to_string()), i);
         i
@@ -377,7 +378,7 @@ impl DemandState {
         self.counters.submissions += 1;
         let s = self.series_id(&j.compute_environment, &j.job_type);
         self.change(s, j.submitted_at, j, 1.0, true);
-        self.env_totals(&j.compute_environment).add(j, 1);
+        self.totals[s].add(j, 1);
         self.outstanding.insert(
             j.job_id.clone(),
             OutstandingJob {
@@ -408,7 +409,7 @@ impl DemandState {
         if !o.held {
             let t = c.finished_at.max(o.job.submitted_at);
             self.change(o.series, t, &o.job, -1.0, false);
-            self.env_totals(&o.job.compute_environment).add(&o.job, -1);
+            self.totals[o.series].add(&o.job, -1);
         }
         self.completed.insert(c.job_id.clone(), c.finished_at);
         Applied::Accepted
@@ -478,16 +479,8 @@ impl DemandState {
         let open_start = self.first_open.map_or(t, |f| f * self.cfg.bucket_ms);
         let sign = if held { -1.0 } else { 1.0 };
         self.change(series, t.max(open_start), &job, sign, false);
-        self.env_totals(&job.compute_environment)
-            .add(&job, if held { -1 } else { 1 });
+        self.totals[series].add(&job, if held { -1 } else { 1 });
         true
-    }
-
-    fn env_totals(&mut self, env: &str) -> &mut EnvTotals {
-        if !self.totals.contains_key(env) {
-            self.totals.insert(env.to_string(), EnvTotals::default());
-        }
-        self.totals.get_mut(env).expect("just inserted")
     }
 
     /// All series (one per compute environment and job type).
@@ -539,20 +532,28 @@ impl DemandState {
     /// What the planner needs to know about the work waiting or running in
     /// an environment (held jobs excluded), from the running totals.
     pub fn environment_summary(&self, env: &str, now: Millis, lead_ms: i64) -> EnvSummary {
-        let Some(t) = self.totals.get(env).filter(|t| t.jobs > 0) else {
-            return EnvSummary::default();
-        };
-        EnvSummary {
-            jobs: t.jobs,
-            vcpus: t.milli_vcpus as f64 / 1000.0,
-            memory_mib: t.memory_mib as f64,
-            gpus: t.gpus as f64,
-            top_priority: t.priorities.last_key_value().map(|(&p, _)| p),
-            deadline_pressure: t
-                .latest_start
-                .first_key_value()
-                .is_some_and(|(&s, _)| s <= now.saturating_add(lead_ms)),
+        let mut s = EnvSummary::default();
+        let (mut milli, mut memory, mut gpus) = (0i64, 0i64, 0i64);
+        let mut latest_start: Option<Millis> = None;
+        let parts = self.series.iter().zip(&self.totals);
+        for (_, t) in parts.filter(|(x, t)| x.compute_environment == env && t.jobs > 0) {
+            s.jobs += t.jobs;
+            milli += t.milli_vcpus;
+            memory += t.memory_mib;
+            gpus += t.gpus;
+            let top = t.priorities.last_key_value().map(|(&p, _)| p);
+            s.top_priority = s.top_priority.max(top);
+            let first = t.latest_start.first_key_value().map(|(&l, _)| l);
+            latest_start = match (latest_start, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
+        s.vcpus = milli as f64 / 1000.0;
+        s.memory_mib = memory as f64;
+        s.gpus = gpus as f64;
+        s.deadline_pressure = latest_start.is_some_and(|l| l <= now.saturating_add(lead_ms));
+        s
     }
 
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {
