@@ -204,6 +204,8 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         engine.finish(&mut out);
         let ticks = engine.counters().ticks;
+        let (built, reused) = engine.offers_built_and_reused();
+        eprintln!("    (offers built for {built} plans, reused for {reused})");
         (out, ticks)
     };
     let mut cmds = None;

@@ -149,7 +149,8 @@ pub struct Engine {
     forecaster: Arc<dyn Forecaster>,
     planner: Arc<dyn CapacityPlanner>,
     ticks: Vec<Millis>,
-    /// Offers shared by the environments of one tick (cleared per tick).
+    /// Offers shared by the environments of a tick and kept across ticks
+    /// while the book and the time leave them right.
     offers_cache: crate::planner::OffersCache,
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
@@ -217,6 +218,12 @@ impl Engine {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// How many plans built their offers and how many reused those of an
+    /// earlier plan (see [`crate::planner::OffersCache`]).
+    pub fn offers_built_and_reused(&self) -> (u64, u64) {
+        self.offers_cache.built_and_reused()
     }
 
     pub fn counters(&self) -> &EngineCounters {
@@ -354,7 +361,6 @@ impl Engine {
 
     fn decide_environments(&mut self, now: Millis, out: &mut Vec<Command>) {
         use crate::telemetry::spans;
-        self.offers_cache.clear();
         let envs: Vec<String> = self
             .st
             .demand

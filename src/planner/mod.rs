@@ -16,6 +16,7 @@ pub use optimize::{rank_offers, ChosenPool, InstanceRequest, RankedChoice};
 use crate::events::{InstanceAllocation, Market, Millis, QuantileValue};
 use crate::forecast::Forecast;
 use crate::policy::{EnvPolicy, PolicyFile, PriorityClass, ReservedInstances};
+use crate::pricing::book::BookStamp;
 use crate::pricing::{Catalog, PriceBook};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -460,11 +461,13 @@ fn priced_offers(input: &PlanInput<'_>) -> Vec<Offer> {
     offers
 }
 
-/// What [`priced_offers`] reads besides the book and catalogue (which do
-/// not change within a decision tick).
+/// What [`priced_offers`] reads besides the book and the time (which the
+/// cache checks through [`CachedOffers`]).
 #[derive(Debug, Clone, PartialEq)]
 struct OffersKey {
-    now: Millis,
+    /// The catalogue's address: the engine keeps one for its life, but a
+    /// cache shared with another must not mix them up.
+    catalog: usize,
     max_price_age_s: i64,
     markets: Vec<Market>,
     regions: Vec<String>,
@@ -483,7 +486,7 @@ impl OffersKey {
     fn of(input: &PlanInput<'_>) -> Self {
         let p = input.policy;
         OffersKey {
-            now: input.now,
+            catalog: std::ptr::from_ref(input.catalog) as usize,
             max_price_age_s: p.max_price_age_s,
             markets: p.markets.clone(),
             regions: p.regions.clone(),
@@ -500,40 +503,70 @@ impl OffersKey {
     }
 }
 
-/// Offers shared by the environments of one decision tick. Building the
-/// offers (every priced pool of the book joined with the catalogue) was the
-/// largest part of a tick, and it was repeated for each environment although
-/// the book, the catalogue and the time are the same for all of them; only
-/// the policy's market view can differ, and it is part of the key. The
-/// engine clears the cache at each tick (the book changes between ticks).
+/// Offers built once per market view and kept across decision ticks while
+/// they stay right. Building the offers (every priced pool of the book
+/// joined with the catalogue) was the largest part of a tick; they depend
+/// on the book, the catalogue, the policy's market view (the key) and the
+/// time only through which held prices apply and which of them are stale.
+/// So an entry serves any tick from the one it was built at until the book
+/// changes (its [`BookStamp`]) or [`PriceBook::quiet_until`] says a held
+/// price takes effect or turns stale. Environments of one tick share it too.
 #[derive(Debug, Default)]
 pub struct OffersCache {
-    entries: std::sync::Mutex<Vec<(OffersKey, Vec<Offer>)>>,
+    entries: std::sync::Mutex<Vec<CachedOffers>>,
+    built: std::sync::atomic::AtomicU64,
+    reused: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct CachedOffers {
+    key: OffersKey,
+    stamp: BookStamp,
+    /// Valid for ticks in `from..until`.
+    from: Millis,
+    until: Millis,
+    offers: Vec<Offer>,
 }
 
 impl OffersCache {
-    /// Forget every entry (call before each tick).
-    pub fn clear(&mut self) {
-        self.entries
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+    /// How many plans built their offers and how many reused cached ones.
+    pub fn built_and_reused(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.built.load(Relaxed), self.reused.load(Relaxed))
     }
 }
 
 /// [`plan_environment`], with the offers taken from (or added to) `cache`:
-/// the same plan, computed once per tick per market view.
+/// the same plan, with the offers built only when the book or the time made
+/// the cached ones wrong.
 pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> PlanOutput {
+    use std::sync::atomic::Ordering::Relaxed;
     let key = OffersKey::of(input);
+    let stamp = input.book.stamp();
+    let now = input.now;
     let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
-    let i = match entries.iter().position(|(k, _)| *k == key) {
-        Some(i) => i,
+    entries.retain(|e| e.stamp == stamp && e.from <= now && now < e.until);
+    let i = match entries.iter().position(|e| e.key == key) {
+        Some(i) => {
+            cache.reused.fetch_add(1, Relaxed);
+            i
+        }
         None => {
-            entries.push((key, priced_offers(input)));
+            cache.built.fetch_add(1, Relaxed);
+            let until = input
+                .book
+                .quiet_until(now, input.policy.max_price_age_s.saturating_mul(1000));
+            entries.push(CachedOffers {
+                key,
+                stamp,
+                from: now,
+                until,
+                offers: priced_offers(input),
+            });
             entries.len() - 1
         }
     };
-    plan_priced(input, &entries[i].1)
+    plan_priced(input, &entries[i].offers)
 }
 
 /// The cheapest expected-cost instances for a demand, optimum first, then
@@ -774,10 +807,9 @@ mod tests {
             markets: vec![Market::OnDemand],
             ..EnvPolicy::default()
         };
-        let mut cache = OffersCache::default();
+        let cache = OffersCache::default();
         // The second time, the spot prices are stale (priced at on-demand).
         for now in [1_000, 7 * 3_600_000] {
-            cache.clear();
             for p in [&spot, &od, &spot] {
                 let inp = PlanInput {
                     book: &book,
@@ -792,6 +824,43 @@ mod tests {
             // One entry per market view, not per environment.
             assert_eq!(cache.entries.lock().unwrap().len(), 2);
         }
+    }
+
+    #[test]
+    fn offers_kept_across_ticks_give_the_plans_of_fresh_offers() {
+        use crate::pricing::book::tests::tick;
+        let cat = Catalog::bundled();
+        let (f, rates) = (fc(), BTreeMap::new());
+        let p = EnvPolicy::default();
+        let h = 3_600_000;
+        let mut book = PriceBook::new();
+        book.apply(&tick(0, "m5.large", 0.03));
+        book.apply(&tick(0, "c5.xlarge", 0.05));
+        // Held before it applies: a cheaper m5 from 2 h on.
+        book.apply(&tick(2 * h, "m5.large", 0.004));
+        let cache = OffersCache::default();
+        let mut plans = Vec::new();
+        for (i, now) in (0..40).map(|k| k * 15 * 60_000).enumerate() {
+            if i == 20 {
+                // A new price between ticks.
+                book.apply(&tick(now - 1, "c5.xlarge", 0.002));
+            }
+            let inp = PlanInput {
+                book: &book,
+                catalog: &cat,
+                now,
+                ..input(&f, &p, &rates)
+            };
+            let fresh = plan_environment(&inp);
+            assert_eq!(plan_environment_cached(&inp, &cache), fresh, "at {now}");
+            plans.push(fresh);
+        }
+        // The held tick and the new price changed the plan; staleness
+        // (6 h after 0 and 2 h) was seen; most ticks reused their offers.
+        assert_ne!(plans[7], plans[8]);
+        assert_ne!(plans[19], plans[20]);
+        let (built, reused) = cache.built_and_reused();
+        assert!(built >= 4 && reused >= 30, "built {built}, reused {reused}");
     }
 
     #[test]

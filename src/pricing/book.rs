@@ -77,12 +77,47 @@ pub struct OfferRef<'a> {
     pub age_ms: Option<i64>,
 }
 
+/// Names one content of one book in this process: any change to a book,
+/// and any new book (built, cloned or restored), gets a stamp never used
+/// before. Whoever derives data from a book (the planner's offers, kept
+/// across decision ticks) keeps the stamp and rebuilds when it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookStamp(u64);
+
+/// A [`BookStamp`] that is fresh on construction and on clone.
+#[derive(Debug)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn next() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+    fn renew(&mut self) {
+        self.0 = Self::next();
+    }
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp(Self::next())
+    }
+}
+
+impl Clone for Stamp {
+    fn clone(&self) -> Self {
+        Stamp::default()
+    }
+}
+
 /// Latest and historical prices. Serialisable (it is part of checkpoints).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "StoredBook")]
 pub struct PriceBook {
     pools: BTreeMap<String, Pool>,
     ticks_applied: u64,
+    #[serde(skip)]
+    stamp: Stamp,
     /// Pool ids by (instance type, market, region): regional prices without
     /// a scan of every pool. Derived from `pools` (rebuilt when restored).
     #[serde(skip)]
@@ -109,6 +144,7 @@ impl From<StoredBook> for PriceBook {
             pools: s.pools,
             ticks_applied: s.ticks_applied,
             regional,
+            stamp: Stamp::default(),
         }
     }
 }
@@ -135,21 +171,56 @@ impl PriceBook {
             ticks: Vec::new(),
         });
         let v = (tick.at, tick.usd_per_hour);
-        match pool.ticks.last() {
+        let changed = match pool.ticks.last() {
             Some(last) if last.0 <= tick.at => {
-                if *last != v {
+                *last != v && {
                     pool.ticks.push(v);
+                    true
                 }
             }
-            None => pool.ticks.push(v),
+            None => {
+                pool.ticks.push(v);
+                true
+            }
             Some(_) => {
                 let i = pool.ticks.partition_point(|x| x.0 <= tick.at);
-                if i == 0 || pool.ticks[i - 1] != v {
+                (i == 0 || pool.ticks[i - 1] != v) && {
                     pool.ticks.insert(i, v);
+                    true
+                }
+            }
+        };
+        if changed {
+            self.stamp.renew();
+        }
+        self.ticks_applied += 1;
+    }
+
+    /// This content of this book (see [`BookStamp`]).
+    pub fn stamp(&self) -> BookStamp {
+        BookStamp(self.stamp.0)
+    }
+
+    /// The first time after `t` at which [`PriceBook::offer_refs`] could
+    /// answer differently, or a price younger than `max_age_ms` at `t` turns
+    /// older than that, while the book stays as it is: a tick already held
+    /// but later than `t` takes effect, or a price crosses the age.
+    /// `Millis::MAX` when neither happens.
+    pub fn quiet_until(&self, t: Millis, max_age_ms: i64) -> Millis {
+        let mut until = Millis::MAX;
+        for pool in self.pools.values() {
+            let i = pool.ticks.partition_point(|(at, _)| *at <= t);
+            if let Some(&(next, _)) = pool.ticks.get(i) {
+                until = until.min(next);
+            }
+            if let Some(&(at, _)) = i.checked_sub(1).and_then(|j| pool.ticks.get(j)) {
+                let flips = at.saturating_add(max_age_ms).saturating_add(1);
+                if flips > t {
+                    until = until.min(flips);
                 }
             }
         }
-        self.ticks_applied += 1;
+        until
     }
 
     /// Price of a pool as of `t` (latest tick at or before it), with its time.
@@ -278,6 +349,7 @@ impl PriceBook {
     /// Drop history older than `t`, keeping each pool's last tick before it
     /// (so prices as of `t` and later are unchanged). Bounds memory in the service.
     pub fn prune_before(&mut self, t: Millis) {
+        self.stamp.renew();
         for pool in self.pools.values_mut() {
             let i = pool.ticks.partition_point(|x| x.0 < t);
             if i > 1 {
@@ -377,6 +449,45 @@ pub(crate) mod tests {
             market: Market::Spot,
             usd_per_hour: p,
         }
+    }
+
+    #[test]
+    fn stamps_change_with_content_and_on_clone() {
+        let mut b = PriceBook::new();
+        let s0 = b.stamp();
+        b.apply(&tick(100, "m5.large", 0.03));
+        let s1 = b.stamp();
+        assert_ne!(s0, s1);
+        // The same tick again changes nothing.
+        b.apply(&tick(100, "m5.large", 0.03));
+        assert_eq!(b.stamp(), s1);
+        // A clone or a restored copy may diverge: never the same stamp.
+        assert_ne!(b.clone().stamp(), s1);
+        let json = serde_json::to_string(&b).unwrap();
+        assert_ne!(
+            serde_json::from_str::<PriceBook>(&json).unwrap().stamp(),
+            s1
+        );
+        b.apply(&tick(50, "m5.large", 0.02));
+        assert_ne!(b.stamp(), s1);
+    }
+
+    #[test]
+    fn quiet_until_is_the_next_held_tick_or_age_crossing() {
+        let mut b = PriceBook::new();
+        assert_eq!(b.quiet_until(0, 1_000), Millis::MAX);
+        b.apply(&tick(100, "m5.large", 0.03));
+        b.apply(&tick(5_000, "m5.large", 0.04));
+        b.apply(&tick(300, "c5.large", 0.05));
+        // Before any price: the first tick.
+        assert_eq!(b.quiet_until(0, 1_000), 100);
+        // m5 turns stale after 1,100; c5 appears at 300.
+        assert_eq!(b.quiet_until(100, 1_000), 300);
+        assert_eq!(b.quiet_until(300, 1_000), 1_101);
+        // Both stale: the held m5 tick at 5,000 is next.
+        assert_eq!(b.quiet_until(2_000, 1_000), 5_000);
+        assert_eq!(b.quiet_until(5_000, 1_000), 6_001);
+        assert_eq!(b.quiet_until(7_000, 1_000), Millis::MAX);
     }
 
     #[test]
