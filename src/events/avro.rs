@@ -3,7 +3,6 @@
 //! (magic byte 0 + 4-byte big-endian schema id).
 
 use super::*;
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use std::sync::OnceLock;
@@ -63,11 +62,14 @@ pub fn schemas() -> &'static Schemas {
     })
 }
 
-/// A schema with its (pre-resolved) datum reader and writer. The schema-aware
-/// serde paths skip the intermediate `Value`, which roughly doubles throughput.
+/// A schema with its decoder and (pre-resolved) datum writer. Both skip an
+/// intermediate `Value`, which roughly doubled throughput.
 struct Codec {
     name: &'static str,
-    reader: GenericDatumReader<'static>,
+    /// The decoder's schema: `serde_avro_fast` decodes straight into our
+    /// types, 1.4x apache-avro's serde reader on the replay bench (2.65 M →
+    /// 3.8 M events/s). Parsed from the same (canonical) schema text.
+    fast: serde_avro_fast::Schema,
     writer: GenericDatumWriter<'static>,
 }
 
@@ -86,9 +88,10 @@ fn codecs() -> &'static Codecs {
         let s = schemas();
         let c = |name: &'static str, schema: &'static Schema| Codec {
             name,
-            reader: GenericDatumReader::builder(schema)
-                .build()
-                .expect("bundled schema resolves"),
+            fast: schema
+                .canonical_form()
+                .parse()
+                .expect("bundled schema parses"),
             writer: GenericDatumWriter::builder(schema)
                 .build()
                 .expect("bundled schema resolves"),
@@ -114,14 +117,13 @@ impl Codec {
             })
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, mut bytes: &[u8]) -> Result<T, CodecError> {
-        let v = self
-            .reader
-            .read_deser(&mut bytes)
-            .map_err(|e| CodecError::Avro {
-                schema: self.name,
-                message: e.to_string(),
-            })?;
+    fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let mut de = serde_avro_fast::de::DeserializerState::from_reader(bytes, &self.fast);
+        let v = T::deserialize(de.deserializer()).map_err(|e| CodecError::Avro {
+            schema: self.name,
+            message: e.to_string(),
+        })?;
+        let bytes = de.into_reader().into_inner();
         if !bytes.is_empty() {
             return Err(CodecError::Avro {
                 schema: self.name,

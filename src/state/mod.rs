@@ -19,6 +19,10 @@ use std::collections::BTreeMap;
 /// Hash maps keyed by job id (hot per event): foldhash, seeded per process
 /// (iteration order was never relied on: see `map_as_vec` and
 /// `environment_summary`).
+/// A job id as the state's maps hold it: ids up to 24 bytes sit inline in
+/// the table, so a lookup in a large state costs no extra cache miss.
+type JobId = compact_str::CompactString;
+
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Resources tracked per series.
@@ -167,18 +171,20 @@ pub struct DemandState {
     /// Index of the oldest open bucket (time / bucket_ms); `None` before the first event.
     first_open: Option<i64>,
     series: Vec<Series>,
-    #[serde(with = "map_as_vec")]
-    series_index: HashMap<(String, String), usize>,
+    /// Series id by environment, then job type: found without building a
+    /// key per event. Derived from `series` (rebuilt when restored).
+    #[serde(skip)]
+    series_index: HashMap<String, HashMap<String, usize>>,
     /// Level at the start of the oldest open bucket, per series.
     level: Vec<Res>,
     /// Open buckets: bucket index → per-series accumulators.
     open: BTreeMap<i64, BTreeMap<usize, Acc>>,
     #[serde(with = "map_as_vec")]
-    outstanding: HashMap<String, OutstandingJob>,
+    outstanding: HashMap<JobId, OutstandingJob>,
     #[serde(with = "map_as_vec")]
-    completed: HashMap<String, Millis>,
+    completed: HashMap<JobId, Millis>,
     #[serde(with = "map_as_vec")]
-    early: HashMap<String, JobCompleted>,
+    early: HashMap<JobId, JobCompleted>,
     counters: StateCounters,
     /// Whether any bucket has closed (before that, early events extend the window back).
     closed_any: bool,
@@ -195,16 +201,14 @@ struct DemandStateData {
     max_event_time: Option<Millis>,
     first_open: Option<i64>,
     series: Vec<Series>,
-    #[serde(with = "map_as_vec")]
-    series_index: HashMap<(String, String), usize>,
     level: Vec<Res>,
     open: BTreeMap<i64, BTreeMap<usize, Acc>>,
     #[serde(with = "map_as_vec")]
-    outstanding: HashMap<String, OutstandingJob>,
+    outstanding: HashMap<JobId, OutstandingJob>,
     #[serde(with = "map_as_vec")]
-    completed: HashMap<String, Millis>,
+    completed: HashMap<JobId, Millis>,
     #[serde(with = "map_as_vec")]
-    early: HashMap<String, JobCompleted>,
+    early: HashMap<JobId, JobCompleted>,
     counters: StateCounters,
     closed_any: bool,
 }
@@ -217,12 +221,19 @@ impl From<DemandStateData> for DemandState {
                 t.add(&o.job, 1);
             }
         }
+        let mut series_index: HashMap<String, HashMap<String, usize>> = HashMap::default();
+        for (i, s) in d.series.iter().enumerate() {
+            series_index
+                .entry(s.compute_environment.clone())
+                .or_default()
+                .insert(s.job_type.clone(), i);
+        }
         DemandState {
             cfg: d.cfg,
             max_event_time: d.max_event_time,
             first_open: d.first_open,
             series: d.series,
-            series_index: d.series_index,
+            series_index,
             level: d.level,
             open: d.open,
             outstanding: d.outstanding,
@@ -307,10 +318,7 @@ impl DemandState {
     }
 
     fn series_id(&mut self, env: &str, job_type: &str) -> usize {
-        if let Some(&i) = self
-            .series_index
-            .get(&(env.to_string(), job_type.to_string()))
-        {
+        if let Some(&i) = self.series_index.get(env).and_then(|m| m.get(job_type)) {
             return i;
         }
         let i = self.series.len();
@@ -325,7 +333,9 @@ impl DemandState {
         self.level.push([0.0; 3]);
         self.totals.push(EnvTotals::default());
         self.series_index
-            .insert((env.to_string(), job_type.to_string()), i);
+            .entry(env.to_string())
+            .or_default()
+            .insert(job_type.to_string(), i);
         i
     }
 
@@ -371,7 +381,9 @@ impl DemandState {
     }
 
     fn submit(&mut self, j: &JobSubmitted) -> Applied {
-        if self.outstanding.contains_key(&j.job_id) || self.completed.contains_key(&j.job_id) {
+        if self.outstanding.contains_key(j.job_id.as_str())
+            || self.completed.contains_key(j.job_id.as_str())
+        {
             self.counters.duplicate_submissions += 1;
             return Applied::Duplicate;
         }
@@ -380,27 +392,29 @@ impl DemandState {
         self.change(s, j.submitted_at, j, 1.0, true);
         self.totals[s].add(j, 1);
         self.outstanding.insert(
-            j.job_id.clone(),
+            JobId::from(j.job_id.as_str()),
             OutstandingJob {
                 job: j.clone(),
                 series: s,
                 held: false,
             },
         );
-        if let Some(c) = self.early.remove(&j.job_id) {
+        if let Some(c) = self.early.remove(j.job_id.as_str()) {
             self.complete(&c);
         }
         Applied::Accepted
     }
 
     fn complete(&mut self, c: &JobCompleted) -> Applied {
-        let Some(o) = self.outstanding.remove(&c.job_id) else {
-            if self.completed.contains_key(&c.job_id) || self.early.contains_key(&c.job_id) {
+        let Some(o) = self.outstanding.remove(c.job_id.as_str()) else {
+            if self.completed.contains_key(c.job_id.as_str())
+                || self.early.contains_key(c.job_id.as_str())
+            {
                 self.counters.duplicate_completions += 1;
                 return Applied::Duplicate;
             }
             self.counters.early_completions += 1;
-            self.early.insert(c.job_id.clone(), c.clone());
+            self.early.insert(JobId::from(c.job_id.as_str()), c.clone());
             return Applied::Accepted;
         };
         self.counters.completions += 1;
@@ -411,7 +425,8 @@ impl DemandState {
             self.change(o.series, t, &o.job, -1.0, false);
             self.totals[o.series].add(&o.job, -1);
         }
-        self.completed.insert(c.job_id.clone(), c.finished_at);
+        self.completed
+            .insert(JobId::from(o.job.job_id), c.finished_at);
         Applied::Accepted
     }
 
