@@ -70,7 +70,10 @@ pub struct StateCounters {
 /// A job that has been submitted and not completed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutstandingJob {
-    pub job: JobSubmitted,
+    /// Boxed: the table of outstanding jobs is the state's largest, and
+    /// every event probes it; entries of a pointer instead of the whole
+    /// record (~200 bytes) keep a large state's probes in cache.
+    pub job: Box<JobSubmitted>,
     pub series: usize,
     /// Held by a budget command (see [`DemandState::set_held`]).
     #[serde(default)]
@@ -394,7 +397,7 @@ impl DemandState {
         self.outstanding.insert(
             JobId::from(j.job_id.as_str()),
             OutstandingJob {
-                job: j.clone(),
+                job: Box::new(j.clone()),
                 series: s,
                 held: false,
             },
