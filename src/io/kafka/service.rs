@@ -757,6 +757,22 @@ fn drain(
     mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
 ) -> Result<(), KafkaError> {
     let now = Instant::now();
+    // No message is read during one drain, so an empty partition's answer
+    // cannot change between its pops except through a fetch landing
+    // meanwhile, which the next drain sees: ask librdkafka (locks and a
+    // topic lookup) once per partition per drain, not once per event.
+    let mut asked: Vec<(String, i32, Option<i64>, bool)> = Vec::new();
+    let mut caught = |t: &str, p: i32, next: Option<i64>| {
+        if let Some(&(.., v)) = asked
+            .iter()
+            .find(|(at, ap, an, _)| *ap == p && *an == next && at == t)
+        {
+            return v;
+        }
+        let v = caught(t, p, next);
+        asked.push((t.to_string(), p, next, v));
+        v
+    };
     while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
         a.brain.handle(&r.event, out);
         a.dirty = true;
