@@ -38,7 +38,7 @@ pub struct BenchKafkaArgs {
     pub messages: usize,
     /// Raw and full-path runs over those messages, interleaved; the medians
     /// are compared (one run of each swings ±20 % on a busy machine).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// Input rate (events/s) of the latency measurement.
     #[arg(long, default_value_t = 10_000.0)]
@@ -301,12 +301,16 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         raws.push(raw);
         fulls.push(full);
     }
+    // A run that hits a fetch stall reads far slower (seen on tansu for
+    // either path), so both the medians and the bests are shown.
+    let (raw_best, full_best) = (percentile(&mut raws, 1.0), percentile(&mut fulls, 1.0));
     let raw = percentile(&mut raws, 0.5);
     let full = percentile(&mut fulls, 0.5);
-    println!("  raw rdkafka consume (no processing), median:  {raw:>12.0} msg/s");
+    println!("  raw rdkafka consume (no processing):  median {raw:>10.0} msg/s, best {raw_best:>10.0} msg/s");
     println!(
-        "  prescale full path (decode→state→decide→publish), median: {full:>12.0} msg/s  = {:.2}× raw (target ≥ 0.8×)",
-        full / raw
+        "  prescale full path (decode→state→decide→publish): median {full:>10.0} msg/s = {:.2}× raw, best {full_best:>10.0} msg/s = {:.2}× raw's best (target ≥ 0.8×)",
+        full / raw,
+        full_best / raw_best
     );
 
     // 3: latency at a steady rate, event time = wall time, 1 s decision
@@ -454,6 +458,9 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             "raw_consume_msgs_per_s": raw,
             "full_path_msgs_per_s": full,
             "full_over_raw": full / raw,
+            "raw_best_msgs_per_s": raw_best,
+            "full_best_msgs_per_s": full_best,
+            "full_best_over_raw_best": full_best / raw_best,
             "latency": {
                 "rate_events_per_s": args.rate,
                 "seconds": args.latency_secs,

@@ -269,3 +269,34 @@ fn running_totals_match_a_scan_through_holds_completions_and_restore() {
         }
     }
 }
+
+#[test]
+fn checkpoint_maps_serialise_in_key_order() {
+    let keys = [
+        "b",
+        "a",
+        "",
+        "a\u{0}",
+        "job-0000000000000001-b",
+        "job-0000000000000001-a",
+        "job-0000000000000001",
+        "job-00000000000000010",
+        "ü",
+        "z-very-long-id-beyond-sixteen-bytes",
+    ];
+    let m: super::HashMap<super::JobId, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (super::JobId::from(*k), i))
+        .collect();
+    let mut out = Vec::new();
+    super::map_as_vec::serialize(&m, &mut serde_json::Serializer::new(&mut out)).unwrap();
+    let got: Vec<(String, usize)> = serde_json::from_slice(&out).unwrap();
+    let mut want: Vec<(String, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.to_string(), i))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+}
