@@ -182,16 +182,17 @@ pub struct DemandState {
     level: Vec<Res>,
     /// Open buckets: bucket index → per-series accumulators.
     open: BTreeMap<i64, BTreeMap<usize, Acc>>,
-    #[serde(with = "map_as_vec")]
-    outstanding: HashMap<JobId, OutstandingJob>,
-    #[serde(with = "map_as_vec")]
-    completed: HashMap<JobId, Millis>,
+    /// Outstanding and recently completed jobs in one table, so each event
+    /// probes one table once (a large state's probes are cache misses).
+    /// Checkpoints hold them as two lists, `outstanding` and `completed`.
+    #[serde(flatten)]
+    jobs: Jobs,
     #[serde(with = "map_as_vec")]
     early: HashMap<JobId, JobCompleted>,
     counters: StateCounters,
     /// Whether any bucket has closed (before that, early events extend the window back).
     closed_any: bool,
-    /// Per series (same index), derived from `outstanding` (see [`EnvTotals`]).
+    /// Per series (same index), derived from the outstanding jobs (see [`EnvTotals`]).
     #[serde(skip)]
     totals: Vec<EnvTotals>,
 }
@@ -216,6 +217,51 @@ struct DemandStateData {
     closed_any: bool,
 }
 
+/// A job the state knows: outstanding, or completed within the dedup window.
+#[derive(Debug, Clone)]
+enum JobEntry {
+    Outstanding(OutstandingJob),
+    Completed(Millis),
+}
+
+/// The job table (see [`DemandState`]'s `jobs`).
+#[derive(Debug, Clone, Default)]
+struct Jobs(HashMap<JobId, JobEntry>);
+
+impl Jobs {
+    fn outstanding(&self) -> impl Iterator<Item = (&JobId, &OutstandingJob)> {
+        self.0.iter().filter_map(|(k, e)| match e {
+            JobEntry::Outstanding(o) => Some((k, o)),
+            JobEntry::Completed(_) => None,
+        })
+    }
+}
+
+impl Serialize for Jobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let outstanding: HashMap<&JobId, &OutstandingJob> = self.outstanding().collect();
+        let completed: HashMap<&JobId, Millis> = self
+            .0
+            .iter()
+            .filter_map(|(k, e)| match e {
+                JobEntry::Completed(t) => Some((k, *t)),
+                JobEntry::Outstanding(_) => None,
+            })
+            .collect();
+        struct AsVec<'a, V>(&'a HashMap<&'a JobId, V>);
+        impl<V: Serialize> Serialize for AsVec<'_, V> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                map_as_vec::serialize(self.0, s)
+            }
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("outstanding", &AsVec(&outstanding))?;
+        m.serialize_entry("completed", &AsVec(&completed))?;
+        m.end()
+    }
+}
+
 impl From<DemandStateData> for DemandState {
     fn from(d: DemandStateData) -> Self {
         let mut totals = vec![EnvTotals::default(); d.series.len()];
@@ -231,6 +277,16 @@ impl From<DemandStateData> for DemandState {
                 .or_default()
                 .insert(s.job_type.clone(), i);
         }
+        let mut jobs: HashMap<JobId, JobEntry> = d
+            .completed
+            .into_iter()
+            .map(|(k, t)| (k, JobEntry::Completed(t)))
+            .collect();
+        jobs.extend(
+            d.outstanding
+                .into_iter()
+                .map(|(k, o)| (k, JobEntry::Outstanding(o))),
+        );
         DemandState {
             cfg: d.cfg,
             max_event_time: d.max_event_time,
@@ -239,8 +295,7 @@ impl From<DemandStateData> for DemandState {
             series_index,
             level: d.level,
             open: d.open,
-            outstanding: d.outstanding,
-            completed: d.completed,
+            jobs: Jobs(jobs),
             early: d.early,
             counters: d.counters,
             closed_any: d.closed_any,
@@ -269,8 +324,7 @@ impl DemandState {
             series_index: HashMap::default(),
             level: Vec::new(),
             open: BTreeMap::new(),
-            outstanding: HashMap::default(),
-            completed: HashMap::default(),
+            jobs: Jobs::default(),
             early: HashMap::default(),
             counters: StateCounters::default(),
             closed_any: false,
@@ -384,9 +438,9 @@ impl DemandState {
     }
 
     fn submit(&mut self, j: &JobSubmitted) -> Applied {
-        if self.outstanding.contains_key(j.job_id.as_str())
-            || self.completed.contains_key(j.job_id.as_str())
-        {
+        // Known (outstanding, or completed within the dedup window). The
+        // insert below finds the same slot, still in cache.
+        if self.jobs.0.contains_key(j.job_id.as_str()) {
             self.counters.duplicate_submissions += 1;
             return Applied::Duplicate;
         }
@@ -394,14 +448,17 @@ impl DemandState {
         let s = self.series_id(&j.compute_environment, &j.job_type);
         self.change(s, j.submitted_at, j, 1.0, true);
         self.totals[s].add(j, 1);
-        self.outstanding.insert(
+        self.jobs.0.insert(
             JobId::from(j.job_id.as_str()),
-            OutstandingJob {
+            JobEntry::Outstanding(OutstandingJob {
                 job: Box::new(j.clone()),
                 series: s,
                 held: false,
-            },
+            }),
         );
+        if self.early.is_empty() {
+            return Applied::Accepted;
+        }
         if let Some(c) = self.early.remove(j.job_id.as_str()) {
             self.complete(&c);
         }
@@ -409,16 +466,26 @@ impl DemandState {
     }
 
     fn complete(&mut self, c: &JobCompleted) -> Applied {
-        let Some(o) = self.outstanding.remove(c.job_id.as_str()) else {
-            if self.completed.contains_key(c.job_id.as_str())
-                || self.early.contains_key(c.job_id.as_str())
-            {
+        let o = match self.jobs.0.get_mut(c.job_id.as_str()) {
+            Some(slot @ JobEntry::Outstanding(_)) => {
+                match std::mem::replace(slot, JobEntry::Completed(c.finished_at)) {
+                    JobEntry::Outstanding(o) => o,
+                    JobEntry::Completed(_) => unreachable!("matched as outstanding"),
+                }
+            }
+            Some(JobEntry::Completed(_)) => {
                 self.counters.duplicate_completions += 1;
                 return Applied::Duplicate;
             }
-            self.counters.early_completions += 1;
-            self.early.insert(JobId::from(c.job_id.as_str()), c.clone());
-            return Applied::Accepted;
+            None => {
+                if self.early.contains_key(c.job_id.as_str()) {
+                    self.counters.duplicate_completions += 1;
+                    return Applied::Duplicate;
+                }
+                self.counters.early_completions += 1;
+                self.early.insert(JobId::from(c.job_id.as_str()), c.clone());
+                return Applied::Accepted;
+            }
         };
         self.counters.completions += 1;
         // A job counts as demand until it finishes, and never before it was
@@ -428,8 +495,6 @@ impl DemandState {
             self.change(o.series, t, &o.job, -1.0, false);
             self.totals[o.series].add(&o.job, -1);
         }
-        self.completed
-            .insert(JobId::from(o.job.job_id), c.finished_at);
         Applied::Accepted
     }
 
@@ -474,7 +539,10 @@ impl DemandState {
             ticks.push(first * b);
             if first % 288 == 0 {
                 let horizon = first * b - self.cfg.dedup_window_ms;
-                self.completed.retain(|_, t| *t >= horizon);
+                self.jobs.0.retain(|_, e| match e {
+                    JobEntry::Completed(t) => *t >= horizon,
+                    JobEntry::Outstanding(_) => true,
+                });
             }
         }
         self.first_open = Some(first);
@@ -486,7 +554,7 @@ impl DemandState {
     /// was made on closed history) and out of the summaries; `false` puts it
     /// back. Returns whether anything changed (unknown job, same state: no).
     pub fn set_held(&mut self, job_id: &str, held: bool, t: Millis) -> bool {
-        let Some(o) = self.outstanding.get_mut(job_id) else {
+        let Some(JobEntry::Outstanding(o)) = self.jobs.0.get_mut(job_id) else {
             return false;
         };
         if o.held == held {
@@ -575,11 +643,14 @@ impl DemandState {
     }
 
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {
-        self.outstanding.get(job_id)
+        match self.jobs.0.get(job_id)? {
+            JobEntry::Outstanding(o) => Some(o),
+            JobEntry::Completed(_) => None,
+        }
     }
 
     pub fn outstanding_jobs(&self) -> impl Iterator<Item = &OutstandingJob> {
-        self.outstanding.values()
+        self.jobs.outstanding().map(|(_, o)| o)
     }
 }
 

@@ -300,3 +300,34 @@ fn checkpoint_maps_serialise_in_key_order() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn one_job_table_checkpoints_as_outstanding_and_completed_lists() {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    st.apply(&job("a", MIN, 1.0), &mut ticks);
+    st.apply(&job("b", MIN, 2.0), &mut ticks);
+    st.apply(&done("a", 2 * MIN), &mut ticks);
+    let v = serde_json::to_value(&st).unwrap();
+    assert_eq!(v["outstanding"].as_array().unwrap().len(), 1);
+    assert_eq!(v["outstanding"][0][0], "b");
+    assert_eq!(v["completed"], serde_json::json!([["a", 2 * MIN]]));
+    let mut back: DemandState = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        back.apply(&job("a", 3 * MIN, 1.0), &mut ticks),
+        Applied::Duplicate
+    );
+    assert_eq!(
+        back.apply(&done("a", 3 * MIN), &mut ticks),
+        Applied::Duplicate
+    );
+    assert_eq!(
+        back.apply(&done("b", 3 * MIN), &mut ticks),
+        Applied::Accepted
+    );
+    assert_eq!(
+        back.apply(&done("b", 3 * MIN), &mut ticks),
+        Applied::Duplicate
+    );
+    assert!(back.outstanding_job("b").is_none());
+}
