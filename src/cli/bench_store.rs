@@ -84,8 +84,10 @@ pub fn run(a: BenchStoreArgs) -> anyhow::Result<()> {
                 let mut brain = brains.create(None).map_err(anyhow::Error::msg)?;
                 let mut out: Vec<Command> = Vec::new();
                 let mut commands = 0usize;
+                // The brain takes its events; copied before the clock starts.
+                let owned = events.clone();
                 let t = Instant::now();
-                for ev in &events {
+                for ev in owned {
                     brain.handle(ev, &mut out);
                     commands += out.len();
                     out.clear();

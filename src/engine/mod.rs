@@ -285,6 +285,23 @@ impl Engine {
             }
             _ => {}
         }
+        self.decide_ticks(ticks, out);
+    }
+
+    /// [`Engine::handle`] taking the event: a submission that nothing reads
+    /// after the state (no budgets to charge) is kept without a copy.
+    pub fn handle_owned(&mut self, ev: Event, out: &mut Vec<Command>) {
+        if !matches!(ev, Event::JobSubmitted(_)) || !self.st.ledger.accounts.is_empty() {
+            return self.handle(&ev, out);
+        }
+        self.st.counters.events += 1;
+        self.ticks.clear();
+        let mut ticks = std::mem::take(&mut self.ticks);
+        self.st.demand.apply_owned(ev, &mut ticks);
+        self.decide_ticks(ticks, out);
+    }
+
+    fn decide_ticks(&mut self, ticks: Vec<Millis>, out: &mut Vec<Command>) {
         for &t in &ticks {
             self.decide(t, out);
         }

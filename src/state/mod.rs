@@ -14,6 +14,7 @@
 
 use crate::events::{Event, JobCompleted, JobSubmitted, Millis};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Hash maps keyed by job id (hot per event): foldhash, seeded per process
@@ -350,19 +351,42 @@ impl DemandState {
     /// watermark closed (in order). Each is a decision tick.
     pub fn apply(&mut self, ev: &Event, ticks: &mut Vec<Millis>) -> Applied {
         let t = ev.time();
-        if self.first_open.is_none() {
-            self.first_open = Some(t.div_euclid(self.cfg.bucket_ms));
-        }
+        self.open_at(t);
         let r = match ev {
-            Event::JobSubmitted(j) => self.submit(j),
+            Event::JobSubmitted(j) => self.submit(Cow::Borrowed(j)),
             Event::JobCompleted(c) => self.complete(c),
             _ => Applied::Ignored,
         };
+        self.advance(t, ticks);
+        r
+    }
+
+    /// [`DemandState::apply`] taking the event, so a submission is kept
+    /// without copying it (its five strings).
+    pub fn apply_owned(&mut self, ev: Event, ticks: &mut Vec<Millis>) -> Applied {
+        let t = ev.time();
+        self.open_at(t);
+        let r = match ev {
+            Event::JobSubmitted(j) => self.submit(Cow::Owned(j)),
+            Event::JobCompleted(c) => self.complete(&c),
+            _ => Applied::Ignored,
+        };
+        self.advance(t, ticks);
+        r
+    }
+
+    fn open_at(&mut self, t: Millis) {
+        if self.first_open.is_none() {
+            self.first_open = Some(t.div_euclid(self.cfg.bucket_ms));
+        }
+    }
+
+    /// Move the watermark to an event at `t` and close what it passed.
+    fn advance(&mut self, t: Millis, ticks: &mut Vec<Millis>) {
         if self.max_event_time.is_none_or(|m| t > m) {
             self.max_event_time = Some(t);
         }
         self.close_until(self.watermark().unwrap_or(Millis::MIN), ticks);
-        r
     }
 
     /// Close every bucket (end of input): flushes all ticks up to and
@@ -437,7 +461,7 @@ impl DemandState {
         }
     }
 
-    fn submit(&mut self, j: &JobSubmitted) -> Applied {
+    fn submit(&mut self, j: Cow<'_, JobSubmitted>) -> Applied {
         // Known (outstanding, or completed within the dedup window). The
         // insert below finds the same slot, still in cache.
         if self.jobs.0.contains_key(j.job_id.as_str()) {
@@ -446,20 +470,21 @@ impl DemandState {
         }
         self.counters.submissions += 1;
         let s = self.series_id(&j.compute_environment, &j.job_type);
-        self.change(s, j.submitted_at, j, 1.0, true);
-        self.totals[s].add(j, 1);
+        self.change(s, j.submitted_at, &j, 1.0, true);
+        self.totals[s].add(&j, 1);
+        let id = JobId::from(j.job_id.as_str());
+        let early = (!self.early.is_empty())
+            .then(|| self.early.remove(&id))
+            .flatten();
         self.jobs.0.insert(
-            JobId::from(j.job_id.as_str()),
+            id,
             JobEntry::Outstanding(OutstandingJob {
-                job: Box::new(j.clone()),
+                job: Box::new(j.into_owned()),
                 series: s,
                 held: false,
             }),
         );
-        if self.early.is_empty() {
-            return Applied::Accepted;
-        }
-        if let Some(c) = self.early.remove(j.job_id.as_str()) {
+        if let Some(c) = early {
             self.complete(&c);
         }
         Applied::Accepted

@@ -62,8 +62,8 @@ impl EngineFactory {
 pub struct EngineBrain(pub Engine);
 
 impl Brain for EngineBrain {
-    fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
-        self.0.handle(ev, out);
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
+        self.0.handle_owned(ev, out);
     }
     fn finish(&mut self, out: &mut Vec<Command>) {
         self.0.finish(out);
@@ -213,14 +213,14 @@ mod tests {
             let mut b = f.create(None).unwrap();
             let mut got = Vec::new();
             for ev in &evs[..cut] {
-                b.handle(ev, &mut got);
+                b.handle(ev.clone(), &mut got);
             }
             // Through bytes, as the snapshot file does.
             let snap: serde_json::Value = serde_json::from_slice(&b.save_json().unwrap()).unwrap();
             assert_eq!(snap, b.save().unwrap(), "save_json is save, serialised");
             let mut b = f.create(Some(&snap)).unwrap();
             for ev in &evs[cut..] {
-                b.handle(ev, &mut got);
+                b.handle(ev.clone(), &mut got);
             }
             b.finish(&mut got);
             if got != want {

@@ -183,12 +183,12 @@ struct ObservingBrain {
 }
 
 impl Brain for ObservingBrain {
-    fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
         let (t0, ticks0, n0) = (Instant::now(), self.engine.counters().ticks, out.len());
-        self.engine.handle(ev, out);
-        if let (Event::PriceTick(p), Some(s)) = (ev, &self.store) {
+        if let (Event::PriceTick(p), Some(s)) = (&ev, &self.store) {
             s.write(points::price(p));
         }
+        self.engine.handle_owned(ev, out);
         self.after(t0, ticks0, &out[n0..]);
     }
 
@@ -527,7 +527,7 @@ mod tests {
     fn run(brain: &mut dyn Brain, evs: &[Event]) -> Vec<Command> {
         let mut out = Vec::new();
         for e in evs {
-            brain.handle(e, &mut out);
+            brain.handle(e.clone(), &mut out);
         }
         brain.finish(&mut out);
         out

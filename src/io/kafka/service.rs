@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 /// implements it (see `cli/run.rs`); keeping the loop generic keeps Kafka out
 /// of the core and lets the benchmark swap in a no-op brain.
 pub trait Brain: Send {
-    fn handle(&mut self, ev: &Event, out: &mut Vec<Command>);
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>);
     /// End of input (only with `exit_when_idle`): flush what the last
     /// buckets decide, as a file replay does at end of file.
     fn finish(&mut self, out: &mut Vec<Command>);
@@ -774,7 +774,7 @@ fn drain(
         v
     };
     while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
-        a.brain.handle(&r.event, out);
+        a.brain.handle(r.event, out);
         a.dirty = true;
         sink.stats.events.fetch_add(1, Ordering::Relaxed);
         if let (true, Some(p)) = (
