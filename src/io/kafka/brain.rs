@@ -74,6 +74,12 @@ impl Brain for EngineBrain {
     fn save_json(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(self.0.state()).map_err(|e| format!("serialising engine state: {e}"))
     }
+    fn capture(&self) -> Result<super::service::Capture, String> {
+        let st = self.0.state().clone();
+        Ok(Box::new(move || {
+            serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}"))
+        }))
+    }
     fn tick_span(&self) -> tracing::Span {
         self.0.tick_span().clone()
     }

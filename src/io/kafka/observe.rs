@@ -208,6 +208,13 @@ impl Brain for ObservingBrain {
             .map_err(|e| format!("serialising engine state: {e}"))
     }
 
+    fn capture(&self) -> Result<super::service::Capture, String> {
+        let st = self.engine.state().clone();
+        Ok(Box::new(move || {
+            serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}"))
+        }))
+    }
+
     fn on_timer(&mut self) {
         self.maybe_retrain();
     }

@@ -55,6 +55,14 @@ pub trait Brain: Send {
     fn save_json(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(&self.save()?).map_err(|e| format!("serialising engine state: {e}"))
     }
+    /// The state as of now, to be serialised off the loop: encoding a
+    /// large state for the periodic checkpoint stood the loop still. Brains
+    /// override it with a copy of their state (cheaper than its JSON); the
+    /// default encodes at once.
+    fn capture(&self) -> Result<Capture, String> {
+        let bytes = self.save_json()?;
+        Ok(Box::new(move || Ok(bytes)))
+    }
     /// The loop's timer fired (wall-clock work such as periodic
     /// retraining, which must not wait for input to arrive).
     fn on_timer(&mut self) {}
@@ -79,6 +87,10 @@ pub trait Brain: Send {
     /// environments.
     fn apply_share(&mut self, _share: &crate::budget::share::Share) {}
 }
+
+/// A brain's state captured for a checkpoint; called (on another thread)
+/// for its JSON.
+pub type Capture = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
 
 /// Makes brains: fresh, or restored from a snapshot's engine state.
 pub trait BrainFactory: Send + Sync {
@@ -246,6 +258,9 @@ struct Active {
     split: bool,
     merger: Merger,
     dirty: bool,
+    /// The periodic checkpoint being written on another thread; it yields
+    /// the offsets it saved, committed once it is on disk.
+    pending: Option<std::thread::JoinHandle<Result<Offsets, KafkaError>>>,
     /// Merger slot by input index and partition, filled on first sight, so
     /// the per-message path compares no topic names in the merger.
     slots: Vec<Vec<Option<Option<usize>>>>,
@@ -361,8 +376,12 @@ pub async fn run(
                 // whichever instance is next given exactly that set (this one
                 // after a restart, or a peer sharing `checkpoint_dir`)
                 // restores it instead of replaying.
-                if let Some(a) = active.as_mut().filter(|a| a.dirty) {
-                    save(cfg, &group, &publisher, a, &stats)?;
+                if let Some(a) = active.as_mut() {
+                    if a.dirty {
+                        save(cfg, &group, &publisher, a, &stats)?;
+                    } else {
+                        finish_pending(&group, a, &stats, true)?;
+                    }
                 }
                 active = None;
                 if !plan.assignment.is_empty() {
@@ -477,8 +496,9 @@ pub async fn run(
                 if let Some(a) = active.as_mut() {
                     a.brain.on_timer();
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
+                    finish_pending(&group, a, &stats, false)?;
                     if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
-                        save(cfg, &group, &publisher, a, &stats)?;
+                        save_in_background(cfg, &group, &publisher, a, &stats)?;
                         last_checkpoint = Instant::now();
                     }
                     if let Some(idle) = opts.exit_when_idle {
@@ -618,6 +638,7 @@ fn activate(
             split,
             merger: Merger::new(all),
             dirty: false,
+            pending: None,
             slots: Vec::new(),
         },
         restored,
@@ -816,7 +837,12 @@ fn drain(
     Ok(())
 }
 
+/// Resume offsets per topic and partition, as snapshots hold them.
+type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>;
+
 /// Checkpoint: flush commands, snapshot atomically, then commit offsets.
+/// Waits for a checkpoint still being written in the background first, so
+/// snapshots land in order.
 fn save(
     cfg: &KafkaConfig,
     group: &StreamConsumer<GroupCtx>,
@@ -824,9 +850,66 @@ fn save(
     a: &mut Active,
     stats: &Stats,
 ) -> Result<(), KafkaError> {
+    finish_pending(group, a, stats, true)?;
+    let write = begin_save(cfg, p, a, stats)?;
+    let offsets = write()?;
+    saved(group, a, stats, &offsets);
+    Ok(())
+}
+
+/// [`save`] with the state's encoding and the file write on another thread
+/// (the periodic checkpoint): the loop only copies the state.
+fn save_in_background(
+    cfg: &KafkaConfig,
+    group: &StreamConsumer<GroupCtx>,
+    p: &Publisher,
+    a: &mut Active,
+    stats: &Stats,
+) -> Result<(), KafkaError> {
+    finish_pending(group, a, stats, true)?;
+    let write = begin_save(cfg, p, a, stats)?;
+    a.pending = Some(
+        std::thread::Builder::new()
+            .name("prescale-checkpoint".into())
+            .spawn(write)
+            .map_err(|e| KafkaError::Engine(format!("starting the checkpoint writer: {e}")))?,
+    );
+    Ok(())
+}
+
+/// Collect a background checkpoint: wait for it (`wait`) or only take it
+/// if it is done; then commit the offsets it saved.
+fn finish_pending(
+    group: &StreamConsumer<GroupCtx>,
+    a: &mut Active,
+    stats: &Stats,
+    wait: bool,
+) -> Result<(), KafkaError> {
+    let Some(h) = a.pending.take() else {
+        return Ok(());
+    };
+    if !wait && !h.is_finished() {
+        a.pending = Some(h);
+        return Ok(());
+    }
+    let offsets = h
+        .join()
+        .map_err(|_| KafkaError::Engine("the checkpoint writer panicked".into()))??;
+    saved(group, a, stats, &offsets);
+    Ok(())
+}
+
+/// Flush, then capture what the snapshot holds; the returned closure
+/// encodes and writes it and yields the offsets it saved.
+fn begin_save(
+    cfg: &KafkaConfig,
+    p: &Publisher,
+    a: &mut Active,
+    stats: &Stats,
+) -> Result<impl FnOnce() -> Result<Offsets, KafkaError> + Send + 'static, KafkaError> {
     p.flush(Duration::from_secs(60))?;
     let offsets = a.merger.offsets();
-    let engine = a.brain.save_json().map_err(KafkaError::Engine)?;
+    let engine = a.brain.capture().map_err(KafkaError::Engine)?;
     let counters = [
         ("events", &stats.events),
         ("dead_letters", &stats.dead_letters),
@@ -844,15 +927,23 @@ fn save(
         counters,
         written_at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    checkpoint::write_with_engine(
-        &checkpoint::path_for(&cfg.checkpoint_dir, &cfg.group_id, &a.assignment),
-        &snap,
-        &engine,
-    )?;
+    let path = checkpoint::path_for(&cfg.checkpoint_dir, &cfg.group_id, &a.assignment);
+    a.dirty = false;
+    Ok(move || {
+        let engine = engine().map_err(KafkaError::Engine)?;
+        checkpoint::write_with_engine(&path, &snap, &engine)?;
+        Ok(offsets)
+    })
+}
+
+/// A snapshot is on disk: commit its offsets (for lag monitoring) and count it.
+fn saved(group: &StreamConsumer<GroupCtx>, a: &Active, stats: &Stats, offsets: &Offsets) {
     let mut tpl = TopicPartitionList::new();
     for (t, p) in &a.assignment {
         if let Some(o) = offsets.get(t).and_then(|m| m.get(p)) {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+            if let Err(e) = tpl.add_partition_offset(t, *p, Offset::Offset(*o)) {
+                tracing::warn!(error = %e, "offset commit skipped");
+            }
         }
     }
     if tpl.count() > 0 {
@@ -861,7 +952,5 @@ fn save(
             tracing::warn!(error = %e, "offset commit failed (snapshot is authoritative)");
         }
     }
-    a.dirty = false;
     stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-    Ok(())
 }
