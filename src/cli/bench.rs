@@ -205,14 +205,13 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         engine.finish(&mut out);
         let ticks = engine.counters().ticks;
         let (built, reused) = engine.offers_built_and_reused();
-        eprintln!("    (offers built for {built} plans, reused for {reused})");
-        (out, ticks)
+        (out, ticks, built, built + reused)
     };
     let mut cmds = None;
     if on(Stage::Full) {
-        let (t_full, (out, ticks)) = best(a.repeat, || full_loop(&msgs));
+        let (t_full, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&msgs));
         println!(
-            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands) — decode → state → engine",
+            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — decode → state → engine",
             n / t_full,
             t_full,
             t_full * 1e6 / ticks.max(1) as f64,
@@ -237,9 +236,9 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         dense.sort_by_key(|e| e.time());
         let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
-        let (t_dense, (out, ticks)) = best(a.repeat, || full_loop(&dmsgs));
+        let (t_dense, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&dmsgs));
         println!(
-            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands) — {}x jobs on the sample's own span",
+            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — {}x jobs on the sample's own span",
             dmsgs.len() as f64 / t_dense,
             t_dense,
             dmsgs.len(),
