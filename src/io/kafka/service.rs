@@ -378,7 +378,7 @@ pub async fn run(
                 // restores it instead of replaying.
                 if let Some(a) = active.as_mut() {
                     if a.dirty {
-                        save(cfg, &group, &publisher, a, &stats)?;
+                        save(cfg, &group, &publisher, a, &stats, Write::Now)?;
                     } else {
                         finish_pending(&group, a, &stats, true)?;
                     }
@@ -498,7 +498,7 @@ pub async fn run(
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
                     finish_pending(&group, a, &stats, false)?;
                     if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
-                        save_in_background(cfg, &group, &publisher, a, &stats)?;
+                        save(cfg, &group, &publisher, a, &stats, Write::Background)?;
                         last_checkpoint = Instant::now();
                     }
                     if let Some(idle) = opts.exit_when_idle {
@@ -508,7 +508,7 @@ pub async fn run(
                         if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
                             a.brain.finish(&mut out);
                             sink.publish(&mut out, None)?;
-                            save(cfg, &group, &publisher, a, &stats)?;
+                            save(cfg, &group, &publisher, a, &stats, Write::Now)?;
                             finished = true;
                             break;
                         }
@@ -517,12 +517,12 @@ pub async fn run(
             }
             Step::Ctl(Some(Control::Checkpoint)) => {
                 if let Some(a) = active.as_mut() {
-                    save(cfg, &group, &publisher, a, &stats)?;
+                    save(cfg, &group, &publisher, a, &stats, Write::Now)?;
                 }
             }
             Step::Ctl(Some(Control::Stop)) | Step::Ctl(None) => {
                 if let Some(a) = active.as_mut() {
-                    save(cfg, &group, &publisher, a, &stats)?;
+                    save(cfg, &group, &publisher, a, &stats, Write::Now)?;
                 }
                 break;
             }
@@ -840,6 +840,16 @@ fn drain(
 /// Resume offsets per topic and partition, as snapshots hold them.
 type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>;
 
+/// Where a checkpoint's state is encoded and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// On the loop, done when `save` returns (stop, rebalance, on request).
+    Now,
+    /// On a thread of its own (the periodic checkpoint): the loop only
+    /// copies the state; [`finish_pending`] commits once it is on disk.
+    Background,
+}
+
 /// Checkpoint: flush commands, snapshot atomically, then commit offsets.
 /// Waits for a checkpoint still being written in the background first, so
 /// snapshots land in order.
@@ -849,31 +859,23 @@ fn save(
     p: &Publisher,
     a: &mut Active,
     stats: &Stats,
+    how: Write,
 ) -> Result<(), KafkaError> {
     finish_pending(group, a, stats, true)?;
     let write = begin_save(cfg, p, a, stats)?;
-    let offsets = write()?;
-    saved(group, a, stats, &offsets);
-    Ok(())
-}
-
-/// [`save`] with the state's encoding and the file write on another thread
-/// (the periodic checkpoint): the loop only copies the state.
-fn save_in_background(
-    cfg: &KafkaConfig,
-    group: &StreamConsumer<GroupCtx>,
-    p: &Publisher,
-    a: &mut Active,
-    stats: &Stats,
-) -> Result<(), KafkaError> {
-    finish_pending(group, a, stats, true)?;
-    let write = begin_save(cfg, p, a, stats)?;
-    a.pending = Some(
-        std::thread::Builder::new()
-            .name("prescale-checkpoint".into())
-            .spawn(write)
-            .map_err(|e| KafkaError::Engine(format!("starting the checkpoint writer: {e}")))?,
-    );
+    match how {
+        Write::Now => {
+            let offsets = write()?;
+            saved(group, a, stats, &offsets);
+        }
+        Write::Background => {
+            let h = std::thread::Builder::new()
+                .name("prescale-checkpoint".into())
+                .spawn(write)
+                .map_err(|e| KafkaError::Engine(format!("starting the checkpoint writer: {e}")))?;
+            a.pending = Some(h);
+        }
+    }
     Ok(())
 }
 
