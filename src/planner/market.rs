@@ -86,8 +86,13 @@ pub fn offers_from_book(
     };
     let mut out = Vec::new();
     // Shape verdicts per type name (few hundred types, ~10,000 pools).
-    let mut shape_ok: std::collections::HashMap<&str, Option<&crate::pricing::InstanceSpec>> =
-        std::collections::HashMap::new();
+    let mut shape_ok: std::collections::HashMap<
+        &str,
+        Option<&crate::pricing::InstanceSpec>,
+        foldhash::fast::RandomState,
+    > = Default::default();
+    // Pools come grouped by region: keep the region's on-demand table.
+    let mut od_region: Option<(&str, Option<&std::collections::BTreeMap<String, f64>>)> = None;
     for o in book.offer_refs(catalog, now) {
         let k = &o;
         if k.market == Market::Reserved {
@@ -105,7 +110,15 @@ pub fn offers_from_book(
         let Some(spec) = spec else {
             continue;
         };
-        let od = catalog.ondemand_price(k.region, k.instance_type);
+        let table = match od_region {
+            Some((r, t)) if r == k.region => t,
+            _ => {
+                let t = catalog.ondemand_prices_in(k.region);
+                od_region = Some((k.region, t));
+                t
+            }
+        };
+        let od = table.and_then(|t| t.get(k.instance_type)).copied();
         let stale = o.age_ms.is_some_and(|a| a > view.max_price_age_ms);
         let price = match (stale, k.market) {
             (false, _) => o.usd_per_hour,

@@ -150,6 +150,12 @@ impl Catalog {
         self.ondemand.get(region)?.get(instance_type).copied()
     }
 
+    /// On-demand prices of one region by instance type (for callers that
+    /// look up many types in the same region).
+    pub fn ondemand_prices_in(&self, region: &str) -> Option<&BTreeMap<String, f64>> {
+        self.ondemand.get(region)
+    }
+
     /// Regions with on-demand prices.
     pub fn regions(&self) -> impl Iterator<Item = &str> {
         self.ondemand.keys().map(String::as_str)
