@@ -511,6 +511,8 @@ impl OffersKey {
 /// So an entry serves any tick from the one it was built at until the book
 /// changes (its [`BookStamp`]) or [`PriceBook::quiet_until`] says a held
 /// price takes effect or turns stale. Environments of one tick share it too.
+/// (A catalogue price's `price_at`, which only reports, is then the tick the
+/// offers were built at.)
 #[derive(Debug, Default)]
 pub struct OffersCache {
     entries: std::sync::Mutex<Vec<CachedOffers>>,
