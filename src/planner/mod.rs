@@ -558,12 +558,15 @@ pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> Pl
             let until = input
                 .book
                 .quiet_until(now, input.policy.max_price_age_s.saturating_mul(1000));
+            // In pool-key order, which ranking sorts by at every plan.
+            let mut offers = priced_offers(input);
+            offers.sort_by(Offer::pool_order);
             entries.push(CachedOffers {
                 key,
                 stamp,
                 from: now,
                 until,
-                offers: priced_offers(input),
+                offers,
             });
             entries.len() - 1
         }

@@ -38,6 +38,20 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// Pool-key order ([`Offer::pool_key`]) without building key strings.
+    pub fn pool_order(&self, other: &Offer) -> std::cmp::Ordering {
+        fn k(o: &Offer) -> (&str, &str, &str, &str, Market) {
+            (
+                o.provider.as_str(),
+                o.region.as_str(),
+                o.zone.as_deref().unwrap_or("-"),
+                o.instance_type.as_str(),
+                o.market,
+            )
+        }
+        k(self).cmp(&k(other))
+    }
+
     /// Stable identity of the pool, used for sorting, diversification and
     /// interruption-rate overrides: `provider/region/zone/type/MARKET`.
     pub fn pool_key(&self) -> String {

@@ -191,19 +191,9 @@ fn candidates<'a>(req: &InstanceRequest, offers: &[&'a Offer], now: Millis) -> V
             })
         })
         .collect();
-    // Pool-key order without building key strings.
-    out.sort_by(|a, b| {
-        let k = |o: &'a Offer| {
-            (
-                o.provider.as_str(),
-                o.region.as_str(),
-                o.zone.as_deref().unwrap_or("-"),
-                o.instance_type.as_str(),
-                o.market,
-            )
-        };
-        k(a.offer).cmp(&k(b.offer))
-    });
+    // Pool-key order (offers kept across ticks are stored in it already,
+    // which this stable sort then only checks).
+    out.sort_by(|a, b| a.offer.pool_order(b.offer));
     out
 }
 
