@@ -265,15 +265,8 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     base.properties
         .entry("fetch.wait.max.ms".into())
         .or_insert_with(|| "1".into());
-    // librdkafka stops fetching a partition for `fetch.queue.backoff.ms`
-    // (1 s by default) once its local queue holds `queued.min.messages`;
-    // a consumer that drains that queue faster than the broker refills it
-    // then stands still for the rest of the second. With messages waiting
-    // on the broker (this bench pre-produces them) that stall was most of
-    // a run of 300 k or more, for the raw consumer and prescale alike.
-    base.properties
-        .entry("fetch.queue.backoff.ms".into())
-        .or_insert_with(|| "5".into());
+    // `fetch.queue.backoff.ms` is 5 ms for every consumer of prescale's
+    // (`consumer_config`), the raw one here included.
     let n = args.messages;
     println!(
         "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",

@@ -58,6 +58,12 @@ pub fn consumer_config(cfg: &KafkaConfig, group: Option<&str>) -> ClientConfig {
             // Eager rebalancing: an instance gives up its whole assignment and
             // receives a new one, matching the per-assignment snapshots.
             ("partition.assignment.strategy", "range"),
+            // librdkafka stops fetching a partition for this long (1 s by
+            // default) once its local queue holds `queued.min.messages`; a
+            // loop that drains the queue faster than the broker refills it,
+            // as when catching up on a backlog, then stands still for the
+            // rest of the second (most of a 300 k message replay).
+            ("fetch.queue.backoff.ms", "5"),
         ],
     );
     match group {
