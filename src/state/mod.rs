@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 /// Hash maps keyed by job id (hot per event): foldhash, seeded per process
 /// (iteration order was never relied on: see `map_as_vec` and
 /// `environment_summary`).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A job id as the state's maps hold it: ids up to 24 bytes sit inline in
 /// the table, so a lookup in a large state costs no extra cache miss.
 type JobId = compact_str::CompactString;
-
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Resources tracked per series.
 pub const VCPU: usize = 0;
