@@ -130,19 +130,10 @@ fn restore_from_snapshot_continues_identically() {
 
 #[test]
 fn over_budget_submission_is_queued_with_a_command() {
-    use crate::events::{BudgetAllocation, BudgetScope, PreemptionAction};
+    use crate::events::PreemptionAction;
     let mut e = engine();
     let mut out = Vec::new();
-    e.handle(
-        &Event::BudgetAllocation(BudgetAllocation {
-            at: 0,
-            scope: BudgetScope::Project,
-            id: "p".into(),
-            usd: 0.01,
-            period: None,
-        }),
-        &mut out,
-    );
+    e.handle(&project_budget(0.01), &mut out);
     // 100 vCPUs for an hour at 0.048 USD/vCPU-h is far above 0.01 USD.
     e.handle(&job("big", MIN, 100.0), &mut out);
     let queued: Vec<_> = out
@@ -158,19 +149,10 @@ fn over_budget_submission_is_queued_with_a_command() {
 
 #[test]
 fn held_work_is_not_demand_and_resumes_when_budget_frees() {
-    use crate::events::{BudgetAllocation, BudgetScope, PreemptionAction};
+    use crate::events::PreemptionAction;
     let mut e = engine();
     let mut out = Vec::new();
-    e.handle(
-        &Event::BudgetAllocation(BudgetAllocation {
-            at: 0,
-            scope: BudgetScope::Project,
-            id: "p".into(),
-            usd: 1.5,
-            period: None,
-        }),
-        &mut out,
-    );
+    e.handle(&project_budget(1.5), &mut out);
     // a: 10 vCPU-h at $0.048 = $0.48, admitted; b: 25 vCPU-h = $1.20 > the
     // $1.02 left, queued.
     e.handle(&job("a", MIN, 10.0), &mut out);
@@ -226,8 +208,19 @@ impl Recording {
     }
 }
 
-fn budgeted_engine(usd: f64) -> (Engine, Arc<Recording>) {
+/// A budget of `usd` for project `p`, allocated at time 0.
+fn project_budget(usd: f64) -> Event {
     use crate::events::{BudgetAllocation, BudgetScope};
+    Event::BudgetAllocation(BudgetAllocation {
+        at: 0,
+        scope: BudgetScope::Project,
+        id: "p".into(),
+        usd,
+        period: None,
+    })
+}
+
+fn budgeted_engine(usd: f64) -> (Engine, Arc<Recording>) {
     let rec = Arc::new(Recording::default());
     let mut e = Engine::new(
         engine().config().clone(),
@@ -235,16 +228,7 @@ fn budgeted_engine(usd: f64) -> (Engine, Arc<Recording>) {
         Arc::new(Last),
         rec.clone(),
     );
-    e.handle(
-        &Event::BudgetAllocation(BudgetAllocation {
-            at: 0,
-            scope: BudgetScope::Project,
-            id: "p".into(),
-            usd,
-            period: None,
-        }),
-        &mut Vec::new(),
-    );
+    e.handle(&project_budget(usd), &mut Vec::new());
     (e, rec)
 }
 
@@ -300,7 +284,7 @@ fn held_work_caps_no_environment() {
 /// the work completes.
 #[test]
 fn a_dear_completion_raises_the_rate_of_running_work() {
-    use crate::events::{BudgetAllocation, BudgetScope, JobCompleted, JobStatus};
+    use crate::events::{JobCompleted, JobStatus};
     let csv = "region,instance_type,family,category,generation,vcpu,memory_mib,gpu_count,\
                gpu_name,gpu_memory_mib,arch,ondemand_usd_per_hour\n\
                us-east-1,u7i-12tb.224xlarge,u7i-12tb,u,7,896,12582912,,,,amd64,125.58182\n";
@@ -312,16 +296,7 @@ fn a_dear_completion_raises_the_rate_of_running_work() {
         Arc::new(Median),
     );
     let mut out = Vec::new();
-    e.handle(
-        &Event::BudgetAllocation(BudgetAllocation {
-            at: 0,
-            scope: BudgetScope::Project,
-            id: "p".into(),
-            usd: 1000.0,
-            period: None,
-        }),
-        &mut out,
-    );
+    e.handle(&project_budget(1000.0), &mut out);
     e.handle(&job("a", MIN, 10.0), &mut out);
     e.handle(&job("b", MIN, 1.0), &mut out);
     let rate = |e: &Engine, id: &str| e.state().ledger.jobs[id].usd_per_hour;
