@@ -241,9 +241,7 @@ impl Engine {
 
     /// Apply one input event; append any commands it triggers.
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
-        self.st.counters.events += 1;
-        self.ticks.clear();
-        let mut ticks = std::mem::take(&mut self.ticks);
+        let mut ticks = self.begin_event();
         let applied = self.st.demand.apply(ev, &mut ticks);
         match ev {
             Event::PriceTick(p) => self.st.book.apply(p),
@@ -294,11 +292,17 @@ impl Engine {
         if !matches!(ev, Event::JobSubmitted(_)) || !self.st.ledger.accounts.is_empty() {
             return self.handle(&ev, out);
         }
-        self.st.counters.events += 1;
-        self.ticks.clear();
-        let mut ticks = std::mem::take(&mut self.ticks);
+        let mut ticks = self.begin_event();
         self.st.demand.apply_owned(ev, &mut ticks);
         self.decide_ticks(ticks, out);
+    }
+
+    /// Count an event and lend out the (empty) tick buffer; handed back by
+    /// [`Engine::decide_ticks`].
+    fn begin_event(&mut self) -> Vec<Millis> {
+        self.st.counters.events += 1;
+        self.ticks.clear();
+        std::mem::take(&mut self.ticks)
     }
 
     fn decide_ticks(&mut self, ticks: Vec<Millis>, out: &mut Vec<Command>) {

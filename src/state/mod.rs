@@ -241,24 +241,13 @@ impl Jobs {
 impl Serialize for Jobs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let outstanding: HashMap<&JobId, &OutstandingJob> = self.outstanding().collect();
-        let completed: HashMap<&JobId, Millis> = self
-            .0
-            .iter()
-            .filter_map(|(k, e)| match e {
-                JobEntry::Completed(t) => Some((k, *t)),
-                JobEntry::Outstanding(_) => None,
-            })
-            .collect();
-        struct AsVec<'a, V>(&'a HashMap<&'a JobId, V>);
-        impl<V: Serialize> Serialize for AsVec<'_, V> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                map_as_vec::serialize(self.0, s)
-            }
-        }
+        let completed = self.0.iter().filter_map(|(k, e)| match e {
+            JobEntry::Completed(t) => Some((k, t)),
+            JobEntry::Outstanding(_) => None,
+        });
         let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("outstanding", &AsVec(&outstanding))?;
-        m.serialize_entry("completed", &AsVec(&completed))?;
+        m.serialize_entry("outstanding", &map_as_vec::sorted(self.outstanding()))?;
+        m.serialize_entry("completed", &map_as_vec::sorted(completed))?;
         m.end()
     }
 }
@@ -473,9 +462,7 @@ impl DemandState {
         self.change(s, j.submitted_at, &j, 1.0, true);
         self.totals[s].add(&j, 1);
         let id = JobId::from(j.job_id.as_str());
-        let early = (!self.early.is_empty())
-            .then(|| self.early.remove(&id))
-            .flatten();
+        let early = self.early.remove(&id);
         self.jobs.0.insert(
             id,
             JobEntry::Outstanding(OutstandingJob {
@@ -737,15 +724,31 @@ mod map_as_vec {
         V: Serialize,
         S: Serializer,
     {
-        // This runs at every checkpoint over every job the state remembers,
-        // and comparing whole strings was most of a checkpoint: sort by the
-        // first 16 bytes as one integer (zero-padded, so the same order)
-        // and compare the rest only on a tie. Keys are unique, so the
-        // unstable sort gives the one order.
-        let mut v: Vec<(u128, &K, &V)> =
-            m.iter().map(|(k, v)| (prefix(k.as_ref()), k, v)).collect();
+        sorted(m.iter()).serialize(s)
+    }
+
+    /// Key-value pairs with unique string keys, in key order, as a sequence
+    /// of pairs. This runs at every checkpoint over every job the state
+    /// remembers, and comparing whole strings was most of a checkpoint: sort
+    /// by the first 16 bytes as one integer (zero-padded, so the same order)
+    /// and compare the rest only on a tie. Keys are unique, so the unstable
+    /// sort gives the one order.
+    pub fn sorted<K, V>(pairs: impl Iterator<Item = (K, V)>) -> impl Serialize
+    where
+        K: Serialize + AsRef<str>,
+        V: Serialize,
+    {
+        let mut v: Vec<(u128, K, V)> = pairs.map(|(k, v)| (prefix(k.as_ref()), k, v)).collect();
         v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_ref().cmp(b.1.as_ref())));
-        s.collect_seq(v.iter().map(|(_, k, v)| (k, v)))
+        Sorted(v)
+    }
+
+    struct Sorted<K, V>(Vec<(u128, K, V)>);
+
+    impl<K: Serialize, V: Serialize> Serialize for Sorted<K, V> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|(_, k, v)| (k, v)))
+        }
     }
 
     fn prefix(s: &str) -> u128 {

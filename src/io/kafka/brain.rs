@@ -61,6 +61,13 @@ impl EngineFactory {
 
 pub struct EngineBrain(pub Engine);
 
+/// A copy of an engine's state, encoded later (on the checkpoint writer's
+/// thread): the [`Brain::capture`] of every brain that wraps an engine.
+pub(super) fn capture_engine(engine: &Engine) -> super::service::Capture {
+    let st = engine.state().clone();
+    Box::new(move || serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}")))
+}
+
 impl Brain for EngineBrain {
     fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
         self.0.handle_owned(ev, out);
@@ -75,10 +82,7 @@ impl Brain for EngineBrain {
         serde_json::to_vec(self.0.state()).map_err(|e| format!("serialising engine state: {e}"))
     }
     fn capture(&self) -> Result<super::service::Capture, String> {
-        let st = self.0.state().clone();
-        Ok(Box::new(move || {
-            serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}"))
-        }))
+        Ok(capture_engine(&self.0))
     }
     fn tick_span(&self) -> tracing::Span {
         self.0.tick_span().clone()

@@ -209,10 +209,7 @@ impl Brain for ObservingBrain {
     }
 
     fn capture(&self) -> Result<super::service::Capture, String> {
-        let st = self.engine.state().clone();
-        Ok(Box::new(move || {
-            serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}"))
-        }))
+        Ok(super::brain::capture_engine(&self.engine))
     }
 
     fn on_timer(&mut self) {
