@@ -28,9 +28,9 @@ fn events() -> Vec<(String, Vec<u8>)> {
     (0..ENVS * 50)
         .map(|i| {
             let ev = Event::JobSubmitted(JobSubmitted {
-                job_id: format!("job-{i}"),
+                job_id: compact_str::format_compact!("job-{i}"),
                 submitted_at: 1_700_000_000_000 + i as i64,
-                compute_environment: format!("ce-{}", i % ENVS),
+                compute_environment: compact_str::format_compact!("ce-{}", i % ENVS),
                 job_type: "batch".into(),
                 project: "p".into(),
                 user: "u".into(),

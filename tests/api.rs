@@ -36,7 +36,7 @@ fn write_events(dir: &Path) -> PathBuf {
         let at = T0 + i * 600_000;
         let id = format!("j{i}");
         evs.push(Event::JobSubmitted(JobSubmitted {
-            job_id: id.clone(),
+            job_id: id.clone().into(),
             submitted_at: at,
             compute_environment: "ricc".into(),
             job_type: "batch".into(),
@@ -52,7 +52,7 @@ fn write_events(dir: &Path) -> PathBuf {
             elasticity: false,
         }));
         evs.push(Event::JobCompleted(JobCompleted {
-            job_id: id,
+            job_id: id.into(),
             compute_environment: "ricc".into(),
             started_at: at + 60_000,
             finished_at: at + 60_000 + 2_400_000,

@@ -99,8 +99,8 @@ fn two_instances_keep_to_one_project_budget() {
             let part: Vec<Event> = evs
                 .iter()
                 .filter(|e| match e {
-                    Event::JobSubmitted(j) => mine.contains(&j.compute_environment),
-                    Event::JobCompleted(c) => mine.contains(&c.compute_environment),
+                    Event::JobSubmitted(j) => mine.contains(j.compute_environment.as_str()),
+                    Event::JobCompleted(c) => mine.contains(c.compute_environment.as_str()),
                     _ => true,
                 })
                 .cloned()

@@ -155,7 +155,7 @@ fn emit_tick() -> usize {
         let n0 = out.len();
         engine.handle(
             &Event::JobSubmitted(JobSubmitted {
-                job_id: format!("j{i}"),
+                job_id: compact_str::format_compact!("j{i}"),
                 submitted_at: at,
                 compute_environment: "ce-otlp".into(),
                 job_type: "batch".into(),

@@ -283,13 +283,13 @@ fn predict_job(
         })
         .collect();
     Ok(PredictResponse {
-        compute_environment: job.compute_environment.clone(),
+        compute_environment: job.compute_environment.to_string(),
         forecaster: "empirical_runtime".into(),
         quantiles: out,
         steps: Vec::new(),
         bucket_ms: None,
         horizon_s: None,
-        job_id: Some(job.job_id.clone()),
+        job_id: Some(job.job_id.to_string()),
         runtime_source: Some(source),
     })
 }

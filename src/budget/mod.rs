@@ -344,7 +344,7 @@ impl Ledger {
             let key = account_key(BudgetScope::Job, &job.job_id);
             self.accounts.entry(key).or_insert_with(|| Account {
                 scope: BudgetScope::Job,
-                id: job.job_id.clone(),
+                id: job.job_id.to_string(),
                 period: Period::Total,
                 window_start: i64::MIN,
                 allocated: b.max(0.0),
@@ -355,10 +355,10 @@ impl Ledger {
         }
         let expected_cost = expected_cost.max(0.0);
         let mut rec = JobRecord {
-            job_id: job.job_id.clone(),
-            compute_environment: job.compute_environment.clone(),
-            project: job.project.clone(),
-            user: job.user.clone(),
+            job_id: job.job_id.to_string(),
+            compute_environment: job.compute_environment.to_string(),
+            project: job.project.to_string(),
+            user: job.user.to_string(),
             priority: job.priority,
             elastic: job.elasticity,
             vcpus: job.vcpus,
@@ -477,11 +477,11 @@ impl Ledger {
     /// refund never takes an account below zero in its current window.
     pub fn on_complete_priced(&mut self, c: &JobCompleted, actual_usd: Option<f64>) {
         self.roll(c.finished_at);
-        if let Some(j) = self.jobs.get(&c.job_id) {
+        if let Some(j) = self.jobs.get(c.job_id.as_str()) {
             if j.state == JobState::Running && j.accrued_to < c.finished_at {
                 let mut j = self
                     .jobs
-                    .remove(&c.job_id)
+                    .remove(c.job_id.as_str())
                     .unwrap_or_else(|| unreachable!());
                 let amount = j.usd_per_hour * (c.finished_at - j.accrued_to) as f64 / HOUR_MS;
                 j.accrued_to = c.finished_at;
@@ -489,7 +489,7 @@ impl Ledger {
                 self.jobs.insert(j.job_id.clone(), j);
             }
         }
-        if let Some(mut j) = self.jobs.remove(&c.job_id) {
+        if let Some(mut j) = self.jobs.remove(c.job_id.as_str()) {
             if let Some(actual) = actual_usd.filter(|x| x.is_finite() && *x >= 0.0) {
                 let delta = actual - j.spent;
                 if delta > 0.0 {

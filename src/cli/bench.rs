@@ -75,14 +75,14 @@ fn shift(ev: &Event, k: usize, dt: i64) -> Event {
     match ev {
         Event::JobSubmitted(s) => {
             let mut s = s.clone();
-            s.job_id = format!("{}-{k}", s.job_id);
+            s.job_id = compact_str::format_compact!("{}-{k}", s.job_id);
             s.submitted_at += off;
             s.deadline = s.deadline.map(|d| d + off);
             Event::JobSubmitted(s)
         }
         Event::JobCompleted(c) => {
             let mut c = c.clone();
-            c.job_id = format!("{}-{k}", c.job_id);
+            c.job_id = compact_str::format_compact!("{}-{k}", c.job_id);
             c.started_at += off;
             c.finished_at += off;
             Event::JobCompleted(c)

@@ -84,8 +84,8 @@ fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
         } else if i % 2 == 0 && job > 50 {
             let j = job - 50;
             v.push(Event::JobCompleted(JobCompleted {
-                job_id: format!("job-{j}"),
-                compute_environment: format!("ce-{}", j % envs),
+                job_id: compact_str::format_compact!("job-{j}"),
+                compute_environment: compact_str::format_compact!("ce-{}", j % envs),
                 started_at: at - 1000,
                 finished_at: at,
                 status: JobStatus::Succeeded,
@@ -97,11 +97,11 @@ fn synthetic(n: usize, envs: usize, t0: Millis, step_ms: f64) -> Vec<Event> {
             }));
         } else {
             v.push(Event::JobSubmitted(JobSubmitted {
-                job_id: format!("job-{job}"),
+                job_id: compact_str::format_compact!("job-{job}"),
                 submitted_at: at,
-                compute_environment: format!("ce-{}", job % envs),
+                compute_environment: compact_str::format_compact!("ce-{}", job % envs),
                 job_type: "batch".into(),
-                project: format!("p{}", job % 5),
+                project: compact_str::format_compact!("p{}", job % 5),
                 user: "u".into(),
                 priority: (job % 4) as i32,
                 vcpus: 1.0 + (job % 8) as f64,

@@ -537,7 +537,7 @@ impl Engine {
         }
         self.st
             .paid_usd_per_vcpu_hour
-            .insert(env.clone(), (rate, now));
+            .insert(env.to_string(), (rate, now));
         self.st.ledger.accrue(now);
         self.st.ledger.raise_rates(env, rate);
     }

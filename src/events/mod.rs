@@ -78,14 +78,19 @@ pub enum JobStatus {
     Cancelled,
 }
 
+/// A short string held inline when it fits (24 bytes: job ids, environment,
+/// project and user names): decoding a job event then allocates nothing, and
+/// the state frees nothing when the job completes.
+pub type Text = compact_str::CompactString;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSubmitted {
-    pub job_id: String,
+    pub job_id: Text,
     pub submitted_at: Millis,
-    pub compute_environment: String,
-    pub job_type: String,
-    pub project: String,
-    pub user: String,
+    pub compute_environment: Text,
+    pub job_type: Text,
+    pub project: Text,
+    pub user: Text,
     /// Higher is more important.
     pub priority: i32,
     pub vcpus: f64,
@@ -100,14 +105,14 @@ pub struct JobSubmitted {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobCompleted {
-    pub job_id: String,
-    pub compute_environment: String,
+    pub job_id: Text,
+    pub compute_environment: Text,
     pub started_at: Millis,
     pub finished_at: Millis,
     pub status: JobStatus,
-    pub instance_type: Option<String>,
+    pub instance_type: Option<Text>,
     pub market: Option<Market>,
-    pub region: Option<String>,
+    pub region: Option<Text>,
     pub vcpu_seconds: f64,
     pub max_memory_mib: Option<i64>,
 }

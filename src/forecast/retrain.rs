@@ -382,7 +382,7 @@ mod tests {
         for i in 0..20i64 {
             st.apply(
                 &Event::JobSubmitted(JobSubmitted {
-                    job_id: format!("j{i}"),
+                    job_id: compact_str::format_compact!("j{i}"),
                     submitted_at: i * 1000,
                     compute_environment: if i % 2 == 0 { "a" } else { "b" }.into(),
                     job_type: "batch".into(),

@@ -229,13 +229,13 @@ fn row_events(
         None => deleted,
     };
     let sub = Event::JobSubmitted(JobSubmitted {
-        job_id: name.to_string(),
+        job_id: name.into(),
         submitted_at: ms(created),
-        compute_environment: env.clone(),
+        compute_environment: env.as_str().into(),
         job_type: if qos.is_empty() {
             "unknown".into()
         } else {
-            qos.to_string()
+            qos.into()
         },
         project: "alibaba".into(),
         user: "alibaba".into(),
@@ -249,8 +249,8 @@ fn row_events(
         elasticity: false,
     });
     let done = Event::JobCompleted(JobCompleted {
-        job_id: name.to_string(),
-        compute_environment: env,
+        job_id: name.into(),
+        compute_environment: env.into(),
         started_at: ms(start),
         finished_at: ms(deleted),
         status,

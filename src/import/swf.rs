@@ -307,12 +307,12 @@ fn to_events(
     };
     let deadline = submit + ((opts.slack * deadline_basis as f64) as i64 + opts.grace_s) * 1000;
     out.push(Event::JobSubmitted(JobSubmitted {
-        job_id: job_id.clone(),
+        job_id: job_id.as_str().into(),
         submitted_at: submit,
-        compute_environment: key_of(rec, opts.env_from, procs),
-        job_type: key_of(rec, opts.job_type_from, procs),
-        project: format!("group-{}", rec[12]),
-        user: format!("user-{}", rec[11]),
+        compute_environment: key_of(rec, opts.env_from, procs).into(),
+        job_type: key_of(rec, opts.job_type_from, procs).into(),
+        project: compact_str::format_compact!("group-{}", rec[12]),
+        user: compact_str::format_compact!("user-{}", rec[11]),
         priority: opts.priority,
         vcpus: procs as f64,
         memory_mib,
@@ -343,8 +343,8 @@ fn to_events(
         }
     };
     out.push(Event::JobCompleted(JobCompleted {
-        job_id,
-        compute_environment: key_of(rec, opts.env_from, procs),
+        job_id: job_id.into(),
+        compute_environment: key_of(rec, opts.env_from, procs).into(),
         started_at: started,
         finished_at: finished,
         status,

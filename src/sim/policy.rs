@@ -508,14 +508,15 @@ fn run_closed_loop(
                         let job = env_jobs[env][d.job as usize];
                         let pool = d.pool.map(|p| &input.prices.pools[p]);
                         done.push(JobCompleted {
-                            job_id: job.id.clone(),
-                            compute_environment: w.envs[env].clone(),
+                            job_id: job.id.as_str().into(),
+                            compute_environment: w.envs[env].as_str().into(),
                             started_at: d.first_start,
                             finished_at: d.finished_at,
                             status: JobStatus::Succeeded,
-                            instance_type: pool.map(|p| input.prices.types[p.ty].name.clone()),
+                            instance_type: pool
+                                .map(|p| input.prices.types[p.ty].name.as_str().into()),
                             market: pool.map(|p| p.market),
-                            region: pool.map(|p| p.region.clone()),
+                            region: pool.map(|p| p.region.as_str().into()),
                             vcpu_seconds: d.vcpu_seconds,
                             max_memory_mib: None,
                         });

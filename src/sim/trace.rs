@@ -68,7 +68,7 @@ impl Workload {
         let mut env_ix: BTreeMap<String, usize> = BTreeMap::new();
         for ev in events {
             if let Event::JobSubmitted(s) = ev {
-                env_ix.entry(s.compute_environment.clone()).or_insert(0);
+                env_ix.entry(s.compute_environment.to_string()).or_insert(0);
             }
         }
         for (i, v) in env_ix.values_mut().enumerate() {
@@ -107,8 +107,8 @@ impl Workload {
                 },
             };
             w.jobs.push(SimJob {
-                id: s.job_id.clone(),
-                env: env_ix[&s.compute_environment],
+                id: s.job_id.to_string(),
+                env: env_ix[s.compute_environment.as_str()],
                 submit: s.submitted_at,
                 priority: s.priority,
                 mcpu: (s.vcpus * 1000.0).round().max(1.0) as i64,
@@ -118,8 +118,8 @@ impl Workload {
                 est_runtime_ms: s.estimated_runtime_s.map(|e| e.max(0) * 1000),
                 deadline: s.deadline,
                 elastic: s.elasticity,
-                project: s.project.clone(),
-                user: s.user.clone(),
+                project: s.project.to_string(),
+                user: s.user.to_string(),
                 cancelled_in_queue: cancelled,
                 trace_start: ts,
                 trace_finish: tf,
@@ -203,13 +203,15 @@ pub fn retime_without_queueing(events: &mut [Event]) -> u64 {
     let mut submitted: HashMap<String, Millis> = HashMap::new();
     for ev in events.iter() {
         if let Event::JobSubmitted(s) = ev {
-            submitted.entry(s.job_id.clone()).or_insert(s.submitted_at);
+            submitted
+                .entry(s.job_id.to_string())
+                .or_insert(s.submitted_at);
         }
     }
     let mut n = 0;
     for ev in events.iter_mut() {
         if let Event::JobCompleted(c) = ev {
-            if let Some(&sub) = submitted.get(&c.job_id) {
+            if let Some(&sub) = submitted.get(c.job_id.as_str()) {
                 let rt = (c.finished_at - c.started_at).max(0);
                 if c.started_at != sub {
                     n += 1;

@@ -230,8 +230,8 @@ pub fn events(buckets: i64, jobs_per_bucket: i64) -> Vec<Event> {
             running.retain(|(id, env, until)| {
                 if *until <= at {
                     v.push(Event::JobCompleted(JobCompleted {
-                        job_id: id.clone(),
-                        compute_environment: env.clone(),
+                        job_id: id.clone().into(),
+                        compute_environment: env.clone().into(),
                         started_at: *until - 5 * MIN,
                         finished_at: at,
                         status: JobStatus::Succeeded,
@@ -249,11 +249,11 @@ pub fn events(buckets: i64, jobs_per_bucket: i64) -> Vec<Event> {
             let env = ENVS[((n * 7 + b) % ENVS.len() as i64) as usize];
             let id = format!("job-{n}");
             v.push(Event::JobSubmitted(JobSubmitted {
-                job_id: id.clone(),
+                job_id: id.clone().into(),
                 submitted_at: at,
                 compute_environment: env.into(),
                 job_type: "batch".into(),
-                project: format!("p{}", n % 3),
+                project: compact_str::format_compact!("p{}", n % 3),
                 user: "u".into(),
                 priority: (n % 4) as i32,
                 // Whole and half vCPUs, as real traces have.

@@ -35,10 +35,12 @@ pub fn sample_slice(hours: i64, tag: &str) -> Vec<Event> {
         .map(|mut e| {
             match &mut e {
                 Event::JobSubmitted(j) => {
-                    j.compute_environment = format!("{}-{tag}", j.compute_environment)
+                    j.compute_environment =
+                        compact_str::format_compact!("{}-{tag}", j.compute_environment)
                 }
                 Event::JobCompleted(c) => {
-                    c.compute_environment = format!("{}-{tag}", c.compute_environment)
+                    c.compute_environment =
+                        compact_str::format_compact!("{}-{tag}", c.compute_environment)
                 }
                 _ => {}
             }

@@ -191,7 +191,7 @@ mod tests {
         for i in 0..60i64 {
             let env = ["ce-a", "ce-b", "ce-c"][(i % 3) as usize];
             v.push(Event::JobSubmitted(JobSubmitted {
-                job_id: format!("j{i}"),
+                job_id: compact_str::format_compact!("j{i}"),
                 submitted_at: i * 7 * MIN,
                 compute_environment: env.into(),
                 job_type: "batch".into(),

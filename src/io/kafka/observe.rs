@@ -509,7 +509,7 @@ mod tests {
         })];
         for i in 0..60i64 {
             v.push(Event::JobSubmitted(JobSubmitted {
-                job_id: format!("j{i}"),
+                job_id: compact_str::format_compact!("j{i}"),
                 submitted_at: i * 7 * MIN,
                 compute_environment: ["ce-a", "ce-b"][(i % 2) as usize].into(),
                 job_type: "batch".into(),
