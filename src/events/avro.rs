@@ -118,16 +118,23 @@ impl Codec {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        let mut de = serde_avro_fast::de::DeserializerState::from_reader(bytes, &self.fast);
+        // The slice reader (not `from_reader`): it reads strings straight
+        // from the buffer, without io::Read's copying.
+        let mut de = serde_avro_fast::de::DeserializerState::from_slice(bytes, &self.fast);
         let v = T::deserialize(de.deserializer()).map_err(|e| CodecError::Avro {
             schema: self.name,
             message: e.to_string(),
         })?;
-        let bytes = de.into_reader().into_inner();
-        if !bytes.is_empty() {
+        let mut rest = de.into_reader();
+        let mut buf = [0u8; 64];
+        let mut trailing = 0;
+        while let Ok(n @ 1..) = std::io::Read::read(&mut rest, &mut buf) {
+            trailing += n;
+        }
+        if trailing > 0 {
             return Err(CodecError::Avro {
                 schema: self.name,
-                message: format!("{} trailing bytes after the record", bytes.len()),
+                message: format!("{trailing} trailing bytes after the record"),
             });
         }
         Ok(v)
@@ -430,6 +437,15 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode_event(EventKind::JobSubmitted, &[0xff, 0xff, 0x01]).is_err());
         assert!(decode_event(EventKind::PriceTick, &[]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut b = encode_event(&Event::JobSubmitted(sample_job())).unwrap();
+        assert!(decode_event(EventKind::JobSubmitted, &b).is_ok());
+        b.extend_from_slice(&[0u8; 70]);
+        let e = decode_event(EventKind::JobSubmitted, &b).unwrap_err();
+        assert!(e.to_string().contains("70 trailing bytes"), "{e}");
     }
 
     #[test]
