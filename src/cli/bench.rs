@@ -199,7 +199,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         let mut out: Vec<Command> = Vec::new();
         for (k, b) in msgs {
             if let Ok(ev) = decode_event(*k, b) {
-                engine.handle_owned(ev, &mut out);
+                engine.handle(&ev, &mut out);
             }
         }
         engine.finish(&mut out);

@@ -241,7 +241,9 @@ impl Engine {
 
     /// Apply one input event; append any commands it triggers.
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
-        let mut ticks = self.begin_event();
+        self.st.counters.events += 1;
+        self.ticks.clear();
+        let mut ticks = std::mem::take(&mut self.ticks);
         let applied = self.st.demand.apply(ev, &mut ticks);
         match ev {
             Event::PriceTick(p) => self.st.book.apply(p),
@@ -283,29 +285,6 @@ impl Engine {
             }
             _ => {}
         }
-        self.decide_ticks(ticks, out);
-    }
-
-    /// [`Engine::handle`] taking the event: a submission that nothing reads
-    /// after the state (no budgets to charge) is kept without a copy.
-    pub fn handle_owned(&mut self, ev: Event, out: &mut Vec<Command>) {
-        if !matches!(ev, Event::JobSubmitted(_)) || !self.st.ledger.accounts.is_empty() {
-            return self.handle(&ev, out);
-        }
-        let mut ticks = self.begin_event();
-        self.st.demand.apply_owned(ev, &mut ticks);
-        self.decide_ticks(ticks, out);
-    }
-
-    /// Count an event and lend out the (empty) tick buffer; handed back by
-    /// [`Engine::decide_ticks`].
-    fn begin_event(&mut self) -> Vec<Millis> {
-        self.st.counters.events += 1;
-        self.ticks.clear();
-        std::mem::take(&mut self.ticks)
-    }
-
-    fn decide_ticks(&mut self, ticks: Vec<Millis>, out: &mut Vec<Command>) {
         for &t in &ticks {
             self.decide(t, out);
         }

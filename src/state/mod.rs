@@ -14,7 +14,6 @@
 
 use crate::events::{Event, JobCompleted, JobSubmitted, Millis};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Hash maps keyed by job id (hot per event): foldhash, seeded per process
@@ -22,9 +21,10 @@ use std::collections::BTreeMap;
 /// `environment_summary`).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A job id as the state's maps hold it: ids up to 24 bytes sit inline in
-/// the table, so a lookup in a large state costs no extra cache miss.
-type JobId = compact_str::CompactString;
+/// A job id as the state's maps hold it: the events' own inline string, so
+/// ids up to 24 bytes sit in the table and a lookup in a large state costs
+/// no extra cache miss.
+type JobId = crate::events::Text;
 
 /// Resources tracked per series.
 pub const VCPU: usize = 0;
@@ -340,42 +340,19 @@ impl DemandState {
     /// watermark closed (in order). Each is a decision tick.
     pub fn apply(&mut self, ev: &Event, ticks: &mut Vec<Millis>) -> Applied {
         let t = ev.time();
-        self.open_at(t);
-        let r = match ev {
-            Event::JobSubmitted(j) => self.submit(Cow::Borrowed(j)),
-            Event::JobCompleted(c) => self.complete(c),
-            _ => Applied::Ignored,
-        };
-        self.advance(t, ticks);
-        r
-    }
-
-    /// [`DemandState::apply`] taking the event, so a submission is kept
-    /// without copying it (its five strings).
-    pub fn apply_owned(&mut self, ev: Event, ticks: &mut Vec<Millis>) -> Applied {
-        let t = ev.time();
-        self.open_at(t);
-        let r = match ev {
-            Event::JobSubmitted(j) => self.submit(Cow::Owned(j)),
-            Event::JobCompleted(c) => self.complete(&c),
-            _ => Applied::Ignored,
-        };
-        self.advance(t, ticks);
-        r
-    }
-
-    fn open_at(&mut self, t: Millis) {
         if self.first_open.is_none() {
             self.first_open = Some(t.div_euclid(self.cfg.bucket_ms));
         }
-    }
-
-    /// Move the watermark to an event at `t` and close what it passed.
-    fn advance(&mut self, t: Millis, ticks: &mut Vec<Millis>) {
+        let r = match ev {
+            Event::JobSubmitted(j) => self.submit(j),
+            Event::JobCompleted(c) => self.complete(c),
+            _ => Applied::Ignored,
+        };
         if self.max_event_time.is_none_or(|m| t > m) {
             self.max_event_time = Some(t);
         }
         self.close_until(self.watermark().unwrap_or(Millis::MIN), ticks);
+        r
     }
 
     /// Close every bucket (end of input): flushes all ticks up to and
@@ -450,7 +427,7 @@ impl DemandState {
         }
     }
 
-    fn submit(&mut self, j: Cow<'_, JobSubmitted>) -> Applied {
+    fn submit(&mut self, j: &JobSubmitted) -> Applied {
         // Known (outstanding, or completed within the dedup window). The
         // insert below finds the same slot, still in cache.
         if self.jobs.0.contains_key(j.job_id.as_str()) {
@@ -459,14 +436,16 @@ impl DemandState {
         }
         self.counters.submissions += 1;
         let s = self.series_id(&j.compute_environment, &j.job_type);
-        self.change(s, j.submitted_at, &j, 1.0, true);
-        self.totals[s].add(&j, 1);
-        let id = JobId::from(j.job_id.as_str());
+        self.change(s, j.submitted_at, j, 1.0, true);
+        self.totals[s].add(j, 1);
+        let id = j.job_id.clone();
         let early = self.early.remove(&id);
         self.jobs.0.insert(
             id,
             JobEntry::Outstanding(OutstandingJob {
-                job: Box::new(j.into_owned()),
+                // A copy, not an allocation per string: job events hold
+                // their ids and names inline (`events::Text`).
+                job: Box::new(j.clone()),
                 series: s,
                 held: false,
             }),
@@ -495,7 +474,7 @@ impl DemandState {
                     return Applied::Duplicate;
                 }
                 self.counters.early_completions += 1;
-                self.early.insert(JobId::from(c.job_id.as_str()), c.clone());
+                self.early.insert(c.job_id.clone(), c.clone());
                 return Applied::Accepted;
             }
         };

@@ -70,7 +70,7 @@ pub(super) fn capture_engine(engine: &Engine) -> super::service::Capture {
 
 impl Brain for EngineBrain {
     fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
-        self.0.handle_owned(ev, out);
+        self.0.handle(&ev, out);
     }
     fn finish(&mut self, out: &mut Vec<Command>) {
         self.0.finish(out);

@@ -188,7 +188,7 @@ impl Brain for ObservingBrain {
         if let (Event::PriceTick(p), Some(s)) = (&ev, &self.store) {
             s.write(points::price(p));
         }
-        self.engine.handle_owned(ev, out);
+        self.engine.handle(&ev, out);
         self.after(t0, ticks0, &out[n0..]);
     }
 
