@@ -27,7 +27,7 @@ use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
 use crate::events::avro::EventKind;
 use crate::events::{Command, Event};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
@@ -809,8 +809,11 @@ impl Ingest<'_> {
         let mut n = 0;
         for (slot, q) in split.into_iter().flat_map(Split::ready) {
             let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
+            // One stream per pass, not one `recv` per message: each
+            // registers a waker slot under a lock.
+            let mut stream = q.stream();
             for _ in 0..room {
-                let Some(m) = q.recv().now_or_never() else {
+                let Some(Some(m)) = stream.next().now_or_never() else {
                     break;
                 };
                 if self.take(Some(a), view(&m), now)? {
