@@ -428,29 +428,43 @@ impl DemandState {
     }
 
     fn submit(&mut self, j: &JobSubmitted) -> Applied {
-        // Known (outstanding, or completed within the dedup window). The
-        // insert below finds the same slot, still in cache.
-        if self.jobs.0.contains_key(j.job_id.as_str()) {
-            self.counters.duplicate_submissions += 1;
-            return Applied::Duplicate;
+        // One probe of the job table on the common path (its series exists):
+        // the duplicate check and the insert are the same entry. A job of a
+        // new series is checked before the series is made, so a duplicate
+        // never creates one.
+        let known = self
+            .series_index
+            .get(j.compute_environment.as_str())
+            .and_then(|m| m.get(j.job_type.as_str()))
+            .copied();
+        let s = match known {
+            Some(s) => s,
+            None if self.jobs.0.contains_key(j.job_id.as_str()) => {
+                self.counters.duplicate_submissions += 1;
+                return Applied::Duplicate;
+            }
+            None => self.series_id(&j.compute_environment, &j.job_type),
+        };
+        match self.jobs.0.entry(j.job_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                // Known (outstanding, or completed within the dedup window).
+                self.counters.duplicate_submissions += 1;
+                return Applied::Duplicate;
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(JobEntry::Outstanding(OutstandingJob {
+                    // A copy, not an allocation per string: job events hold
+                    // their ids and names inline (`events::Text`).
+                    job: Box::new(j.clone()),
+                    series: s,
+                    held: false,
+                }));
+            }
         }
         self.counters.submissions += 1;
-        let s = self.series_id(&j.compute_environment, &j.job_type);
         self.change(s, j.submitted_at, j, 1.0, true);
         self.totals[s].add(j, 1);
-        let id = j.job_id.clone();
-        let early = self.early.remove(&id);
-        self.jobs.0.insert(
-            id,
-            JobEntry::Outstanding(OutstandingJob {
-                // A copy, not an allocation per string: job events hold
-                // their ids and names inline (`events::Text`).
-                job: Box::new(j.clone()),
-                series: s,
-                held: false,
-            }),
-        );
-        if let Some(c) = early {
+        if let Some(c) = self.early.remove(j.job_id.as_str()) {
             self.complete(&c);
         }
         Applied::Accepted

@@ -113,6 +113,18 @@ fn duplicates_are_counted_and_ignored() {
 }
 
 #[test]
+fn a_duplicate_naming_another_environment_creates_no_series() {
+    let mut dup = job("a", MIN, 1.0);
+    if let Event::JobSubmitted(j) = &mut dup {
+        j.compute_environment = "other".into();
+    }
+    let (st, _) = run(&[job("a", 0, 1.0), dup]);
+    assert_eq!(st.counters().duplicate_submissions, 1);
+    assert_eq!(st.environments(), vec!["ce"]);
+    assert_eq!(st.series().len(), 1);
+}
+
+#[test]
 fn completion_before_submission_is_held() {
     let (st, _) = run(&[done("a", 5 * MIN), job("a", 4 * MIN, 2.0)]);
     assert_eq!(st.counters().early_completions, 1);
