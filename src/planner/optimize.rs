@@ -267,6 +267,15 @@ fn choice_from(cands: &[&Cand<'_>], counts: &[i64], t_h: f64, method: &str) -> R
 
 /// Tie-break: among equal expected costs prefer fewer resources bought
 /// (less overshoot), then the pool key order (deterministic).
+/// A pool covering the demand by itself: `n` instances of candidate `i`,
+/// ranked by `key` (expected USD/h plus [`tie`]).
+#[derive(Debug, Clone, Copy)]
+struct Alone {
+    key: f64,
+    n: i64,
+    i: usize,
+}
+
 fn tie(o: &Offer) -> f64 {
     1e-9 * (o.vcpus + o.gpus as f64 * 8.0)
 }
@@ -295,7 +304,7 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
     }
     // Stand-alone answers: each pool covering the demand by itself, as
     // (count, expected USD/h, candidate index); materialised lazily.
-    let mut alone: Vec<(i64, f64, usize)> = Vec::new();
+    let mut alone: Vec<Alone> = Vec::new();
     for (i, c) in cands.iter().enumerate() {
         let Some(n) = needed_alone(req, c.offer) else {
             continue;
@@ -309,23 +318,37 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
                 .max_usd_per_job
                 .is_none_or(|cap| exp * t_h <= cap + 1e-9);
         if ok {
-            alone.push((n, exp, i));
+            let key = exp + tie(c.offer) * n as f64;
+            alone.push(Alone { key, n, i });
         }
     }
-    alone.sort_by(|a, b| {
-        (a.1 + tie(cands[a.2].offer) * a.0 as f64)
-            .total_cmp(&(b.1 + tie(cands[b.2].offer) * b.0 as f64))
-            .then(a.2.cmp(&b.2))
-    });
+    // In cost order, but only as far as it is read: the fleet solver reads
+    // at most `MAX_MILP_OFFERS` and a plan without alternatives one, of
+    // what can be thousands of pools (a full sort was a tenth of a
+    // stretched replay). The index breaks ties, so the order is total and
+    // the prefix is exactly a full sort's.
+    let read = if req.alternatives > 0 {
+        alone.len()
+    } else if req.fleet {
+        MAX_MILP_OFFERS.min(alone.len())
+    } else {
+        1.min(alone.len())
+    };
+    let by_cost = |a: &Alone, b: &Alone| a.key.total_cmp(&b.key).then(a.i.cmp(&b.i));
+    if read > 0 && read < alone.len() {
+        alone.select_nth_unstable_by(read - 1, by_cost);
+    }
+    alone[..read].sort_unstable_by(by_cost);
+    let alone = &alone[..read];
     let method = if req.fleet {
         "single-pool"
     } else {
         "exact-scan"
     };
-    let materialise = |&(n, _, i): &(i64, f64, usize)| choice_from(&[&cands[i]], &[n], t_h, method);
+    let materialise = |a: &Alone| choice_from(&[&cands[a.i]], &[a.n], t_h, method);
     let mut out = Vec::new();
     if req.fleet {
-        if let Some(best) = solve_fleet(req, &cands, &alone) {
+        if let Some(best) = solve_fleet(req, &cands, alone) {
             out.push(best);
         }
     } else if let Some(first) = alone.first() {
@@ -334,7 +357,7 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
     if out.is_empty() {
         return out;
     }
-    for a in &alone {
+    for a in alone {
         if out.len() > req.alternatives {
             break;
         }
@@ -359,11 +382,7 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
 }
 
 /// Solves the fleet MILP over (at most [`MAX_MILP_OFFERS`]) candidates.
-fn solve_fleet(
-    req: &InstanceRequest,
-    cands: &[Cand<'_>],
-    alone: &[(i64, f64, usize)],
-) -> Option<RankedChoice> {
+fn solve_fleet(req: &InstanceRequest, cands: &[Cand<'_>], alone: &[Alone]) -> Option<RankedChoice> {
     let t_h = req.duration_h();
     // Candidate pruning: exact below the threshold; above it, keep the
     // pools that are cheapest on their own plus every bounded reserved pool
@@ -377,12 +396,14 @@ fn solve_fleet(
             .filter(|(_, c)| c.offer.market == Market::Reserved)
             .map(|(i, _)| i)
             .collect();
-        for (_, _, i) in alone {
+        // At most `MAX_MILP_OFFERS` of `alone` are read: each is either
+        // one of the reserved pools already kept or makes `k` one longer.
+        for a in alone {
             if k.len() >= MAX_MILP_OFFERS {
                 break;
             }
-            if !k.contains(i) {
-                k.push(*i);
+            if !k.contains(&a.i) {
+                k.push(a.i);
             }
         }
         // Pools that only help in combination (e.g. memory-only) when
