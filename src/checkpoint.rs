@@ -103,7 +103,7 @@ struct Header<'a> {
     written_at_ms: i64,
 }
 
-/// [`write`] with the engine state already serialised as JSON (`engine`
+/// [`write()`] with the engine state already serialised as JSON (`engine`
 /// must be one JSON value, e.g. from `serde_json::to_vec`): the same file,
 /// without building a `serde_json::Value` tree of a large state first, which
 /// costs more than the serialisation itself. `snap.engine` is ignored.

@@ -45,7 +45,7 @@ pub struct EngineConfig {
 }
 
 /// How long a dear price a completed job paid keeps raising the rate budgets
-/// are charged in its environment (see [`Engine::learn_paid_rate`]): a day,
+/// are charged in its environment (see `Engine::learn_paid_rate`): a day,
 /// the shortest budget window.
 pub const PAID_RATE_MEMORY_MS: Millis = 86_400_000;
 

@@ -509,7 +509,7 @@ impl OffersKey {
 /// on the book, the catalogue, the policy's market view (the key) and the
 /// time only through which held prices apply and which of them are stale.
 /// So an entry serves any tick from the one it was built at until the book
-/// changes (its [`BookStamp`]) or [`PriceBook::quiet_until`] says a held
+/// changes (its `BookStamp`) or [`PriceBook::quiet_until`] says a held
 /// price takes effect or turns stale. Environments of one tick share it too.
 /// (A catalogue price's `price_at`, which only reports, is then the tick the
 /// offers were built at.)

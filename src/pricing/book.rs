@@ -196,7 +196,7 @@ impl PriceBook {
         self.ticks_applied += 1;
     }
 
-    /// This content of this book (see [`BookStamp`]).
+    /// The content of this book (see `BookStamp`).
     pub fn stamp(&self) -> BookStamp {
         BookStamp(self.stamp.0)
     }

@@ -16,7 +16,7 @@
 //!   the future demand: a lower-bound reference for any forecaster.
 //!
 //! **With budgets** (`BacktestInput::budgets` non-empty) `predictive` and
-//! `oracle` run in a closed loop instead ([`run_closed_loop`]): the engine
+//! `oracle` run in a closed loop instead (`run_closed_loop`): the engine
 //! and the simulated clusters advance together in event time; the engine
 //! gets the allocations at the trace start, every trace event except the
 //! completions of jobs the simulator runs, and instead the simulator's own

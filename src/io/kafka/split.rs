@@ -30,8 +30,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 /// Messages of one partition the merge may hold before the loop stops
-/// reading that partition. Small enough that the buffer stays in cache and
-/// never grows, large enough that one pass over the partitions reads many
+/// reading that partition's queue. Small enough that the merge buffer stays
+/// small, large enough that one pass over the partitions reads many
 /// messages per look at each queue.
 pub const AHEAD: usize = 256;
 
@@ -94,7 +94,7 @@ impl<C: ConsumerContext + 'static> Split<C> {
     }
 
     /// Futures resolving with the next message of each partition that has
-    /// room, for the loop to wait on (none until [`Split::clear`]).
+    /// room, for the loop to wait on (none until [`Split::set_clear`]).
     pub fn waits<'s>(
         &'s self,
         mut queued: impl FnMut(usize) -> usize,
