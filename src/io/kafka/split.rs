@@ -150,3 +150,135 @@ impl<M: Message> MessageView for M {
             .and_then(|h| h.value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::kafka::client::consumer_config;
+    use crate::io::kafka::KafkaConfig;
+    use futures::{FutureExt, StreamExt};
+    use rdkafka::consumer::{Consumer, DefaultConsumerContext};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use rdkafka::ClientConfig;
+    use std::time::{Duration, Instant};
+
+    fn produce(brokers: &str, partition: i32, from: usize, n: usize) {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for i in from..from + n {
+            let v = i.to_string();
+            p.send(
+                BaseRecord::<(), _>::to("t")
+                    .partition(partition)
+                    .payload(&v),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// What the loop relies on, against librdkafka's in-process mock
+    /// broker: before `set_clear` nothing is read from the split queues;
+    /// messages of a partition fetched before its split come through the
+    /// consumer's own queue, and reading that first, then the partition's
+    /// queue, gives every offset once and in order; once the own queue was
+    /// empty, new messages come only through the partition queues.
+    #[tokio::test]
+    async fn split_partitions_deliver_every_offset_once_in_order() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, 0, 0, 600);
+        produce(&brokers, 1, 0, 10);
+        let cfg = KafkaConfig {
+            brokers: brokers.clone(),
+            ..KafkaConfig::default()
+        };
+        let c: Arc<StreamConsumer<DefaultConsumerContext>> =
+            Arc::new(consumer_config(&cfg, None).create().unwrap());
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("t", 1, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+
+        /// Offsets read per partition, and how many messages of a split
+        /// partition came through the own queue after it was seen empty.
+        #[derive(Default)]
+        struct Seen {
+            offsets: [Vec<i64>; 2],
+            own_before_clear: usize,
+            own_after_clear: usize,
+        }
+        fn round(
+            c: &StreamConsumer<DefaultConsumerContext>,
+            split: &mut Split<DefaultConsumerContext>,
+            seen: &mut Seen,
+        ) {
+            // The consumer's own queue first, until empty.
+            while let Some(m) = c.recv().now_or_never() {
+                if let Ok(m) = m {
+                    if split.is_clear() {
+                        seen.own_after_clear += 1;
+                    } else {
+                        seen.own_before_clear += 1;
+                    }
+                    seen.offsets[Message::partition(&m) as usize].push(Message::offset(&m));
+                }
+            }
+            split.set_clear();
+            for (_, q) in split.ready() {
+                let mut s = q.stream();
+                while let Some(Some(m)) = s.next().now_or_never() {
+                    if let Ok(m) = m {
+                        seen.offsets[Message::partition(&m) as usize].push(Message::offset(&m));
+                    }
+                }
+            }
+        }
+        let mut seen = Seen::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Messages of the partitions read before the split, as the loop
+        // does between an assignment and the split.
+        while seen.own_before_clear < 100 && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.recv().now_or_never() {
+                seen.offsets[Message::partition(&m) as usize].push(Message::offset(&m));
+                seen.own_before_clear += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut split = Split::new(&c, [(0, "t", 0), (1, "t", 1)]);
+        assert_eq!(
+            split.ready().count(),
+            0,
+            "readable before the own queue was seen empty"
+        );
+        while Instant::now() < deadline
+            && (seen.offsets[0].len() < 600 || seen.offsets[1].len() < 10)
+        {
+            round(&c, &mut split, &mut seen);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // More input after the split: partition queues only.
+        produce(&brokers, 1, 10, 50);
+        while Instant::now() < deadline && seen.offsets[1].len() < 60 {
+            round(&c, &mut split, &mut seen);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let [p0, p1] = &seen.offsets;
+        assert_eq!(*p0, (0..600).collect::<Vec<i64>>());
+        assert_eq!(*p1, (0..60).collect::<Vec<i64>>());
+        assert!(
+            seen.own_before_clear >= 100,
+            "nothing was read before the split"
+        );
+        assert_eq!(
+            seen.own_after_clear, 0,
+            "a split partition's message came through the own queue"
+        );
+    }
+}
