@@ -128,8 +128,10 @@ struct EnvTotals {
     milli_vcpus: i64,
     memory_mib: i64,
     gpus: i64,
-    /// Priority → jobs at it (the top one is the last key).
-    priorities: BTreeMap<i32, u32>,
+    /// (priority, jobs at it), ascending: the top one is the last. A
+    /// sorted vector, not a map: an environment has a handful of
+    /// priorities, and every submission and completion counts here.
+    priorities: Vec<(i32, u32)>,
     /// Latest start that still meets the deadline (deadline − estimated run
     /// time) → jobs, for jobs with a deadline.
     latest_start: BTreeMap<Millis, u32>,
@@ -151,7 +153,20 @@ impl EnvTotals {
         self.milli_vcpus += sign * milli(j.vcpus);
         self.memory_mib += sign * j.memory_mib;
         self.gpus += sign * i64::from(j.gpus);
-        count(&mut self.priorities, j.priority, sign);
+        match self
+            .priorities
+            .binary_search_by_key(&j.priority, |&(p, _)| p)
+        {
+            Ok(i) if sign > 0 => self.priorities[i].1 += 1,
+            Ok(i) => {
+                self.priorities[i].1 -= 1;
+                if self.priorities[i].1 == 0 {
+                    self.priorities.remove(i);
+                }
+            }
+            Err(i) if sign > 0 => self.priorities.insert(i, (j.priority, 1)),
+            Err(_) => {}
+        }
         if let Some(d) = j.deadline {
             count(&mut self.latest_start, latest_start(j, d), sign);
         }
@@ -632,7 +647,7 @@ impl DemandState {
             milli += t.milli_vcpus;
             memory += t.memory_mib;
             gpus += t.gpus;
-            let top = t.priorities.last_key_value().map(|(&p, _)| p);
+            let top = t.priorities.last().map(|&(p, _)| p);
             s.top_priority = s.top_priority.max(top);
             let first = t.latest_start.first_key_value().map(|(&l, _)| l);
             latest_start = match (latest_start, first) {
