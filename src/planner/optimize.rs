@@ -265,8 +265,6 @@ fn choice_from(cands: &[&Cand<'_>], counts: &[i64], t_h: f64, method: &str) -> R
     }
 }
 
-/// Tie-break: among equal expected costs prefer fewer resources bought
-/// (less overshoot), then the pool key order (deterministic).
 /// A pool covering the demand by itself: `n` instances of candidate `i`,
 /// ranked by `key` (expected USD/h plus [`tie`]).
 #[derive(Debug, Clone, Copy)]
@@ -276,6 +274,8 @@ struct Alone {
     i: usize,
 }
 
+/// Tie-break: among equal expected costs prefer fewer resources bought
+/// (less overshoot), then the pool key order (deterministic).
 fn tie(o: &Offer) -> f64 {
     1e-9 * (o.vcpus + o.gpus as f64 * 8.0)
 }
@@ -302,8 +302,8 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
         c.rank = 1;
         return vec![c];
     }
-    // Stand-alone answers: each pool covering the demand by itself, as
-    // (count, expected USD/h, candidate index); materialised lazily.
+    // Stand-alone answers: each pool covering the demand by itself
+    // ([`Alone`]); materialised lazily.
     let mut alone: Vec<Alone> = Vec::new();
     for (i, c) in cands.iter().enumerate() {
         let Some(n) = needed_alone(req, c.offer) else {

@@ -379,8 +379,14 @@ impl DemandState {
         }
     }
 
+    /// The series of an environment and job type, if it exists.
+    fn find_series(&self, env: &str, job_type: &str) -> Option<usize> {
+        self.series_index.get(env)?.get(job_type).copied()
+    }
+
+    /// The series of an environment and job type, made if new.
     fn series_id(&mut self, env: &str, job_type: &str) -> usize {
-        if let Some(&i) = self.series_index.get(env).and_then(|m| m.get(job_type)) {
+        if let Some(i) = self.find_series(env, job_type) {
             return i;
         }
         let i = self.series.len();
@@ -443,39 +449,29 @@ impl DemandState {
     }
 
     fn submit(&mut self, j: &JobSubmitted) -> Applied {
+        use std::collections::hash_map::Entry;
         // One probe of the job table on the common path (its series exists):
         // the duplicate check and the insert are the same entry. A job of a
         // new series is checked before the series is made, so a duplicate
-        // never creates one.
-        let known = self
-            .series_index
-            .get(j.compute_environment.as_str())
-            .and_then(|m| m.get(j.job_type.as_str()))
-            .copied();
-        let s = match known {
-            Some(s) => s,
-            None if self.jobs.0.contains_key(j.job_id.as_str()) => {
-                self.counters.duplicate_submissions += 1;
-                return Applied::Duplicate;
-            }
-            None => self.series_id(&j.compute_environment, &j.job_type),
+        // never creates one. Known = outstanding, or completed within the
+        // dedup window.
+        let (env, ty) = (&j.compute_environment, &j.job_type);
+        let s = match self.find_series(env, ty) {
+            Some(s) => Some(s),
+            None if self.jobs.0.contains_key(j.job_id.as_str()) => None,
+            None => Some(self.series_id(env, ty)),
         };
-        match self.jobs.0.entry(j.job_id.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                // Known (outstanding, or completed within the dedup window).
-                self.counters.duplicate_submissions += 1;
-                return Applied::Duplicate;
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(JobEntry::Outstanding(OutstandingJob {
-                    // A copy, not an allocation per string: job events hold
-                    // their ids and names inline (`events::Text`).
-                    job: Box::new(j.clone()),
-                    series: s,
-                    held: false,
-                }));
-            }
-        }
+        let (Some(s), Entry::Vacant(v)) = (s, self.jobs.0.entry(j.job_id.clone())) else {
+            self.counters.duplicate_submissions += 1;
+            return Applied::Duplicate;
+        };
+        v.insert(JobEntry::Outstanding(OutstandingJob {
+            // A copy, not an allocation per string: job events hold their
+            // ids and names inline (`events::Text`).
+            job: Box::new(j.clone()),
+            series: s,
+            held: false,
+        }));
         self.counters.submissions += 1;
         self.change(s, j.submitted_at, j, 1.0, true);
         self.totals[s].add(j, 1);

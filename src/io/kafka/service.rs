@@ -447,16 +447,10 @@ pub async fn run(
         // is asked first, so its split partitions become readable.
         let mut early = None;
         if gsplit.as_ref().is_some_and(|s| !s.is_clear()) {
-            match group.recv().now_or_never() {
-                Some(m) => early = Some(Step::Msg(m)),
-                None => gsplit.iter_mut().for_each(Split::set_clear),
-            }
+            early = poll_own(&group, &mut gsplit).map(Step::Msg);
         }
         if early.is_none() && psplit.as_ref().is_some_and(|s| !s.is_clear()) {
-            match prices.recv().now_or_never() {
-                Some(m) => early = Some(Step::Msg(m)),
-                None => psplit.iter_mut().for_each(Split::set_clear),
-            }
+            early = poll_own(&prices, &mut psplit).map(Step::Msg);
         }
         let step = match early {
             Some(step) => step,
@@ -496,13 +490,12 @@ pub async fn run(
                 // One clock reading per batch: arrival times only feed the
                 // merge grace (milliseconds), and the batch takes far less.
                 let now = Instant::now();
-                let a = active.as_mut();
-                let got = match &step {
-                    Step::Msg(m) => ing.take(a, view(m), now)?,
-                    Step::Woken(m) => ing.take(a, view(m), now)?,
-                    _ => unreachable!(),
+                let first = match &step {
+                    Step::Msg(m) => view(m),
+                    Step::Woken(m) => view(m),
+                    Step::Tick | Step::Ctl(_) => unreachable!("a message step"),
                 };
-                if got {
+                if ing.take(active.as_mut(), first, now)? {
                     last_input = now;
                 }
                 // Then take what is already at hand without waiting, up to a
@@ -515,10 +508,7 @@ pub async fn run(
                     // when not split, the budget-spend topic, and messages
                     // of split partitions fetched before the split.
                     while n < MAX_BATCH {
-                        let Some(m) = group.recv().now_or_never() else {
-                            if let Some(s) = gsplit.as_mut() {
-                                s.set_clear();
-                            }
+                        let Some(m) = poll_own(&group, &mut gsplit) else {
                             break;
                         };
                         apply_plan!();
@@ -528,10 +518,7 @@ pub async fn run(
                         n += 1;
                     }
                     while n < MAX_BATCH {
-                        let Some(m) = prices.recv().now_or_never() else {
-                            if let Some(s) = psplit.as_mut() {
-                                s.set_clear();
-                            }
+                        let Some(m) = poll_own(&prices, &mut psplit) else {
                             break;
                         };
                         if ing.take(active.as_mut(), view(&m), now)? {
@@ -725,6 +712,19 @@ fn seq_header(m: &dyn MessageView) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// Poll a consumer's own queue without waiting. Seeing it empty makes its
+/// split partitions readable (see [`super::split`]).
+fn poll_own<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    split: &mut Option<Split<C>>,
+) -> Option<Result<BorrowedMessage<'c>, RdError>> {
+    let m = consumer.recv().now_or_never();
+    if m.is_none() {
+        split.iter_mut().for_each(Split::set_clear);
+    }
+    m
 }
 
 /// A consumer's poll result as the ingest path takes it.
