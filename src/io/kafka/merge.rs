@@ -156,17 +156,6 @@ impl Merger {
         self.buffered
     }
 
-    /// Messages buffered for the partition in `slot` (events and skipped
-    /// messages behind them); 0 for a slot that does not exist.
-    pub fn queued(&self, slot: usize) -> usize {
-        self.parts.get(slot).map_or(0, |(_, p)| p.queue.len())
-    }
-
-    /// The assigned partitions with their slots.
-    pub fn partitions(&self) -> impl Iterator<Item = (usize, &Tp)> {
-        self.parts.iter().enumerate().map(|(i, (tp, _))| (i, tp))
-    }
-
     /// Buffer a decoded event read at `offset` from the partition in `slot`.
     /// Returns false (and ignores it) when the slot does not exist or the
     /// offset was already seen.
