@@ -239,6 +239,10 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
         .arg(&bt.events)
         .args(&args)
         .args(["--rate", &(bt.n_events as f64 / 3.0).to_string()])
+        // Record batches of hundreds of messages, so the restart resumes
+        // inside one: tansu then answers the fetch from the next batch,
+        // which the service must notice and read again from before.
+        .args(["-X", "linger.ms=300"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

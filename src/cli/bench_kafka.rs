@@ -218,9 +218,16 @@ fn spawn(
     (tx, h)
 }
 
-/// The full path over `n` pre-produced messages: events/s from the first
-/// message read to the last event applied.
-fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Result<f64> {
+/// What one full-path run measured.
+struct FullRun {
+    /// Events/s from the first message read to the last event applied.
+    rate: f64,
+    /// Most messages the merge held at once.
+    merge_peak: u64,
+}
+
+/// The full path over `n` pre-produced messages.
+fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Result<FullRun> {
     let mut cfg = cfg.clone();
     let dir = scratch("tput")?;
     cfg.checkpoint_dir = dir.path().to_path_buf();
@@ -246,8 +253,16 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         if e >= n {
             break;
         }
-        if Instant::now() > deadline || h.is_finished() {
-            bail!("full path applied only {e} of {n} events");
+        if h.is_finished() {
+            let why = match h.join() {
+                Ok(Ok(r)) => format!("the service stopped: {}", serde_json::to_string(&r)?),
+                Ok(Err(err)) => format!("the service failed: {err}"),
+                Err(_) => "the service thread panicked".into(),
+            };
+            bail!("full path applied only {e} of {n} events: {why}");
+        }
+        if Instant::now() > deadline {
+            bail!("full path applied only {e} of {n} events in 300 s");
         }
         // Coarse enough not to take CPU from the service on a small
         // machine (±1 ms on a run of a quarter second or more).
@@ -256,7 +271,10 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
     let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
-    Ok(n as f64 / secs)
+    Ok(FullRun {
+        rate: n as f64 / secs,
+        merge_peak: stats.merge_peak.load(Ordering::Relaxed),
+    })
 }
 
 pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
@@ -298,9 +316,12 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         // A group of its own per run: each starts from the beginning.
         let mut run_cfg = cfg.clone();
         run_cfg.group_id = format!("{}-{i}", cfg.group_id);
-        let full = full_path(&run_cfg, &factory, n)?;
+        let FullRun {
+            rate: full,
+            merge_peak,
+        } = full_path(&run_cfg, &factory, n)?;
         println!(
-            "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×)",
+            "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages)",
             i + 1,
             full / raw
         );

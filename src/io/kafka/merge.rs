@@ -19,6 +19,19 @@
 //! released to the engine*. That, not the consumer position, is what a
 //! checkpoint stores: buffered-but-unreleased messages are re-read after a
 //! restart.
+//!
+//! Offsets may legitimately skip (transaction markers, compaction), so the
+//! next message need not be exactly the next offset. But a message past the
+//! next offset is only taken when the partition proved continuity since its
+//! last seek (it delivered a message before the next offset first).
+//! Otherwise it may be left over from before a seek, or the broker may have
+//! answered a fetch from inside a record batch with the *following* batch
+//! (tansu 0.6 does; Kafka returns the containing batch), and taking it would
+//! lose the messages in between: the merger asks for the partition to be
+//! read again from further back ([`Push::Rewind`]), doubling the distance
+//! each time, and ignores what it has already read. The service starts a
+//! restored partition [`REREAD`] messages early for the same reason, so a
+//! rewind is rare.
 
 use crate::events::avro::EventKind;
 use crate::events::{Event, Millis};
@@ -27,6 +40,11 @@ use std::time::{Duration, Instant};
 
 /// A topic-partition.
 pub type Tp = (String, i32);
+
+/// Messages before its resume point that a restored partition is read from
+/// (librdkafka producers batch up to 10,000 messages by default); the first
+/// rewind goes twice as far.
+pub const REREAD: i64 = 10_000;
 
 /// The total order in which events are released.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,9 +95,12 @@ struct Part {
     released: Option<i64>,
     /// Offset after the last message received from the consumer.
     received: Option<i64>,
-    /// Nothing received yet since the partition was (re)assigned at a known
-    /// offset: the first message must be exactly that offset.
-    awaiting_start: bool,
+    /// Whether, since the partition was last sought (assigned, rewound,
+    /// resumed), it delivered a message before `received`: then a later
+    /// message past `received` is a true gap in the offsets.
+    continuous: bool,
+    /// How far before `received` the last rewind sought (0: none pending).
+    back: i64,
 }
 
 impl Part {
@@ -92,6 +113,18 @@ impl Part {
             self.queue.pop_front();
         }
     }
+}
+
+/// What [`Merger::push`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Taken,
+    /// Already read, or not an assigned slot.
+    Ignored,
+    /// Not taken: it lies past the next offset and the partition has not
+    /// shown continuity since its last seek (see the module doc). Seek the
+    /// partition to this offset; what was already read is ignored.
+    Rewind(i64),
 }
 
 /// One released event.
@@ -129,7 +162,8 @@ impl Merger {
                         queue: VecDeque::new(),
                         released: start,
                         received: start,
-                        awaiting_start: start.is_some(),
+                        continuous: false,
+                        back: 0,
                     },
                 )
             })
@@ -156,9 +190,18 @@ impl Merger {
         self.buffered
     }
 
+    /// Messages buffered for the partition in `slot` (events and skipped
+    /// messages behind them); 0 for a slot that does not exist.
+    pub fn queued(&self, slot: usize) -> usize {
+        self.parts.get(slot).map_or(0, |(_, p)| p.queue.len())
+    }
+
+    /// The assigned partitions, in slot order.
+    pub fn partitions(&self) -> impl Iterator<Item = &Tp> {
+        self.parts.iter().map(|(tp, _)| tp)
+    }
+
     /// Buffer a decoded event read at `offset` from the partition in `slot`.
-    /// Returns false (and ignores it) when the slot does not exist or the
-    /// offset was already seen.
     pub fn push(
         &mut self,
         slot: usize,
@@ -167,13 +210,13 @@ impl Merger {
         event: Event,
         produced_at: Option<i64>,
         now: Instant,
-    ) -> bool {
+    ) -> Push {
         self.push_entry(slot, offset, Some((key, event)), produced_at, now)
     }
 
     /// Record a message that was dead-lettered: it is consumed in order but
     /// never reaches the engine.
-    pub fn push_skipped(&mut self, slot: usize, offset: i64, now: Instant) -> bool {
+    pub fn push_skipped(&mut self, slot: usize, offset: i64, now: Instant) -> Push {
         self.push_entry(slot, offset, None, None, now)
     }
 
@@ -184,22 +227,22 @@ impl Merger {
         item: Option<(OrderKey, Event)>,
         produced_at: Option<i64>,
         arrived: Instant,
-    ) -> bool {
+    ) -> Push {
         let Some((_, p)) = self.parts.get_mut(slot) else {
-            return false;
+            return Push::Ignored;
         };
-        if p.received.is_some_and(|r| offset < r) {
-            return false;
+        if let Some(r) = p.received {
+            if offset < r {
+                p.continuous = true;
+                return Push::Ignored;
+            }
+            if offset > r && !p.continuous {
+                p.back = (p.back * 2).max(2 * REREAD);
+                return Push::Rewind(r.saturating_sub(p.back).max(0));
+            }
         }
-        // A message fetched before the partition was (re)assigned can still
-        // be in hand after the seek; taking it would skip everything between
-        // the resume point and it (they would later look like duplicates).
-        // The consumer was seeked to the resume point, so the skipped
-        // messages come again, in order.
-        if p.awaiting_start && p.received != Some(offset) {
-            return false;
-        }
-        p.awaiting_start = false;
+        p.continuous = true;
+        p.back = 0;
         p.received = Some(offset + 1);
         if item.is_some() {
             self.buffered += 1;
@@ -211,7 +254,7 @@ impl Merger {
             arrived,
         });
         p.settle();
-        true
+        Push::Taken
     }
 
     /// Release the next event in merge order, if every partition allows it.
@@ -319,7 +362,7 @@ mod tests {
         let e = ev(time, &format!("{t}{p}@{off}"));
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, seq, p, off);
         let slot = m.slot(t, p).unwrap();
-        assert!(m.push(slot, off, k, e, None, Instant::now()));
+        assert_eq!(m.push(slot, off, k, e, None, Instant::now()), Push::Taken);
     }
 
     fn id(r: &Released) -> String {
@@ -352,7 +395,7 @@ mod tests {
         let t0 = Instant::now();
         let e = ev(10, "x");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 0);
-        assert!(m.push(0, 0, k, e, None, t0));
+        assert_eq!(m.push(0, 0, k, e, None, t0), Push::Taken);
         let grace = Duration::from_millis(50);
         assert!(m
             .pop(t0 + Duration::from_millis(10), grace, |_, _, _| true)
@@ -392,18 +435,23 @@ mod tests {
     #[test]
     fn skipped_messages_advance_offsets_and_duplicates_are_ignored() {
         let mut m = Merger::new([(tp("a", 0), Some(4))]);
-        assert!(m.push_skipped(0, 4, Instant::now()));
+        assert_eq!(m.push_skipped(0, 4, Instant::now()), Push::Taken);
         assert_eq!(m.offsets()["a"][&0], 5);
         push(&mut m, "a", 0, 5, 1, None);
-        assert!(m.push_skipped(0, 6, Instant::now()));
+        assert_eq!(m.push_skipped(0, 6, Instant::now()), Push::Taken);
         let e = ev(0, "dup");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 5);
-        assert!(
-            !m.push(0, 5, k, e, None, Instant::now()),
+        assert_eq!(
+            m.push(0, 5, k, e, None, Instant::now()),
+            Push::Ignored,
             "offset 5 was already read"
         );
         assert_eq!(m.slot("zz", 0), None, "unassigned");
-        assert!(!m.push_skipped(7, 0, Instant::now()), "no such slot");
+        assert_eq!(
+            m.push_skipped(7, 0, Instant::now()),
+            Push::Ignored,
+            "no such slot"
+        );
         assert_eq!(m.buffered(), 1);
         let r = m
             .pop(Instant::now(), Duration::ZERO, |_, _, _| true)
@@ -415,21 +463,71 @@ mod tests {
         assert!(!m.drained(|_, _, _| false));
     }
 
+    fn try_push(m: &mut Merger, off: i64) -> Push {
+        let e = ev(off, &format!("a0@{off}"));
+        let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, off);
+        m.push(0, off, k, e, None, Instant::now())
+    }
+
+    fn offsets(m: &mut Merger) -> Vec<i64> {
+        std::iter::from_fn(|| m.pop(Instant::now(), Duration::ZERO, |_, _, _| true))
+            .map(|r| r.offset)
+            .collect()
+    }
+
     #[test]
     fn a_stray_message_past_the_resume_point_is_not_taken() {
         // Resuming at 10: a message at 12 still in hand from before the seek
         // must not make 10 and 11 look like duplicates when they come.
         let mut m = Merger::new([(tp("a", 0), Some(10))]);
-        let e = ev(0, "stray");
-        let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 12);
-        assert!(!m.push(0, 12, k, e, None, Instant::now()), "stray taken");
+        assert_eq!(try_push(&mut m, 12), Push::Rewind(0), "stray taken");
         push(&mut m, "a", 0, 10, 1, None);
         push(&mut m, "a", 0, 11, 2, None);
         push(&mut m, "a", 0, 12, 3, None);
-        let got: Vec<i64> =
-            std::iter::from_fn(|| m.pop(Instant::now(), Duration::ZERO, |_, _, _| true))
-                .map(|r| r.offset)
-                .collect();
-        assert_eq!(got, vec![10, 11, 12]);
+        assert_eq!(offsets(&mut m), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn a_broker_skipping_to_the_next_batch_is_read_again_from_further_back() {
+        // tansu 0.6 answers a fetch inside a batch (here of 50,000) with
+        // the next batch. Resuming at 175,000, read from 165,000 (REREAD
+        // before): the broker answers from 200,000. The merger rewinds 2×,
+        // 4×, ... REREAD until the broker answers from before 175,000, and
+        // ignores what precedes it.
+        let mut m = Merger::new([(tp("a", 0), Some(175_000))]);
+        let mut at = 175_000 - REREAD;
+        let mut seeks = Vec::new();
+        loop {
+            let first = (at / 50_000 + i64::from(at % 50_000 != 0)) * 50_000;
+            match try_push(&mut m, first) {
+                Push::Rewind(to) => {
+                    seeks.push(to);
+                    at = to;
+                }
+                Push::Ignored => break,
+                Push::Taken => panic!("took {first} while expecting 1500"),
+            }
+        }
+        assert_eq!(seeks, vec![155_000, 135_000]);
+        for off in 150_001..175_000 {
+            assert_eq!(try_push(&mut m, off), Push::Ignored);
+        }
+        for off in 175_000..175_003 {
+            assert_eq!(try_push(&mut m, off), Push::Taken);
+        }
+        assert_eq!(offsets(&mut m), vec![175_000, 175_001, 175_002]);
+    }
+
+    #[test]
+    fn a_gap_after_continuity_is_taken() {
+        // Offsets 5 then 7 (6 is a transaction marker, say): a true gap,
+        // as is one right after a message before the resume point.
+        let mut m = Merger::new([(tp("a", 0), Some(5))]);
+        assert_eq!(try_push(&mut m, 5), Push::Taken);
+        assert_eq!(try_push(&mut m, 7), Push::Taken);
+        let mut m = Merger::new([(tp("a", 0), Some(5))]);
+        assert_eq!(try_push(&mut m, 4), Push::Ignored);
+        assert_eq!(try_push(&mut m, 6), Push::Taken);
+        assert_eq!(offsets(&mut m), vec![6]);
     }
 }

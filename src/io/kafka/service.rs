@@ -20,7 +20,7 @@
 use super::client::{caught_up_c, consumer_config, partitions_of};
 use super::codec::{decode_input, encode_output, headers};
 use super::config::KafkaConfig;
-use super::merge::{Merger, OrderKey, Tp};
+use super::merge::{Merger, OrderKey, Push, Tp, REREAD};
 use super::publish::Publisher;
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
@@ -124,6 +124,8 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub checkpoints: AtomicU64,
     pub rebalances: AtomicU64,
+    /// Most messages the merge held at once (checked once per batch).
+    pub merge_peak: AtomicU64,
     /// Input partitions (group topics) currently owned.
     pub assigned: AtomicU64,
     /// When set, each applied event's produce→decided latency (ms) is
@@ -141,6 +143,7 @@ pub struct RunReport {
     pub commands: u64,
     pub checkpoints: u64,
     pub rebalances: u64,
+    pub merge_peak: u64,
     pub restored_from_snapshot: bool,
     pub partitions: Vec<String>,
     pub finished: bool,
@@ -209,15 +212,16 @@ impl ConsumerContext for GroupCtx {
                         None
                     }
                 };
-                // Seek every partition to what the restored state reflects,
-                // or to the beginning when there is no state.
+                // Seek every partition to what the restored state reflects
+                // (from a little before it, see `reread_from`), or to the
+                // beginning when there is no state.
                 for (t, p) in &assignment {
                     let off = snapshot
                         .as_ref()
                         .filter(|_| *t != self.spend_topic)
                         .and_then(|s| s.offsets.get(t))
                         .and_then(|m| m.get(p))
-                        .map(|o| Offset::Offset(*o))
+                        .map(|&o| reread_from(o))
                         .unwrap_or(Offset::Beginning);
                     let _ = tpl.set_partition_offset(t, *p, off);
                 }
@@ -278,6 +282,15 @@ impl Active {
         }
         *row[p].get_or_insert_with(|| self.merger.slot(topic, partition))
     }
+}
+
+/// Where to start reading a partition that resumes at `offset`: up to
+/// [`REREAD`] messages before it, which the merger ignores. A broker may
+/// answer a fetch from inside a record batch with the following batch
+/// (tansu 0.6 does), which would skip the rest of the batch; starting from
+/// before shows the merger the partition's continuity (see [`super::merge`]).
+fn reread_from(offset: i64) -> Offset {
+    Offset::Offset(offset.saturating_sub(REREAD).max(0))
 }
 
 /// How often the timer refreshes `prescale_consumer_lag`.
@@ -365,9 +378,11 @@ pub async fn run(
     }
 
     // A rebalance happened inside a poll: rebuild before anything else.
+    // True when it did (the price consumer was then reassigned too).
     macro_rules! apply_plan {
-        () => {
+        () => {{
             let plan = group.context().plan.lock().expect("plan lock").take();
+            let applied = plan.is_some();
             if let Some(plan) = plan {
                 stats.rebalances.fetch_add(1, Ordering::Relaxed);
                 let owned = plan.assignment.len() as u64;
@@ -402,8 +417,12 @@ pub async fn run(
                 stats.assigned.store(owned, Ordering::Relaxed);
                 last_input = Instant::now();
             }
-        };
+            applied
+        }};
     }
+    // A price message taken before the price consumer was reassigned is
+    // stale: the new assignment reads it again if it is still wanted.
+    let stale = |m: &Result<BorrowedMessage<'_>, RdError>| matches!(m, Ok(m) if inputs.iter().any(|i| i.broadcast && i.topic == m.topic()));
 
     enum Step<'a> {
         Msg(Result<BorrowedMessage<'a>, RdError>),
@@ -419,14 +438,14 @@ pub async fn run(
             c = control.recv() => Step::Ctl(c),
         };
 
-        apply_plan!();
+        let fresh = apply_plan!();
 
         match step {
             Step::Msg(first) => {
                 // Take what the consumers already hold without waiting (up to
                 // a batch), then merge and decide once: one wake-up and one
                 // merge scan per batch instead of per message.
-                let mut next = Some(first);
+                let mut next = Some(first).filter(|m| !(fresh && stale(m)));
                 let mut n = 0usize;
                 let mut prices_wait = 0usize;
                 // One clock reading per batch: arrival times only feed the
@@ -438,7 +457,24 @@ pub async fn run(
                             stats.messages.fetch_add(1, Ordering::Relaxed);
                             last_input = now;
                             if let Some(a) = active.as_mut() {
-                                ingest(cfg, &inputs, &publisher, &stats, a, &m, now)?;
+                                if let Some((to, broadcast)) =
+                                    ingest(cfg, &inputs, &publisher, &stats, a, &m, now)?
+                                {
+                                    let (t, p) = (m.topic(), m.partition());
+                                    tracing::info!(
+                                        topic = t,
+                                        partition = p,
+                                        offset = m.offset(),
+                                        to,
+                                        "offsets skipped after a seek: reading the partition again from further back"
+                                    );
+                                    let to = Offset::Offset(to);
+                                    if broadcast {
+                                        prices.seek(t, p, to, SEEK_TIMEOUT)?;
+                                    } else {
+                                        group.seek(t, p, to, SEEK_TIMEOUT)?;
+                                    }
+                                }
                             }
                         }
                         Err(RdError::PartitionEOF(_)) => {}
@@ -473,12 +509,15 @@ pub async fn run(
                         if next.is_none() && !ask_group_first {
                             next = group.recv().now_or_never();
                         }
-                        if next.is_some() {
-                            apply_plan!();
+                        if next.is_some() && apply_plan!() && next.as_ref().is_some_and(stale) {
+                            next = None;
                         }
                     }
                 }
                 if let Some(a) = active.as_mut() {
+                    stats
+                        .merge_peak
+                        .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
                     drain(a, &mut out, &sink, merge_idle, caught!())?;
                 }
             }
@@ -546,6 +585,7 @@ pub async fn run(
         commands: stats.commands.load(Ordering::Relaxed),
         checkpoints: stats.checkpoints.load(Ordering::Relaxed),
         rebalances: stats.rebalances.load(Ordering::Relaxed),
+        merge_peak: stats.merge_peak.load(Ordering::Relaxed),
         restored_from_snapshot: restored,
         partitions,
         finished,
@@ -604,9 +644,7 @@ fn activate(
     let mut tpl = TopicPartitionList::new();
     let start = |t: &str, p: i32| offsets.get(t).and_then(|m| m.get(&p)).copied();
     for (t, p) in &broadcast {
-        let off = start(t, *p)
-            .map(Offset::Offset)
-            .unwrap_or(Offset::Beginning);
+        let off = start(t, *p).map(reread_from).unwrap_or(Offset::Beginning);
         tpl.add_partition_offset(t, *p, off)?;
     }
     prices.assign(&tpl)?;
@@ -673,6 +711,8 @@ struct Input {
 
 /// Decode one input message into the merge buffer; one that does not decode
 /// or validate goes to the dead-letter topic and only advances its offset.
+/// Returns where to seek its partition when the merger asks for a rewind
+/// (see [`Push::Rewind`]), and whether the price consumer reads it.
 #[allow(clippy::too_many_arguments)]
 fn ingest(
     cfg: &KafkaConfig,
@@ -682,7 +722,7 @@ fn ingest(
     a: &mut Active,
     m: &BorrowedMessage<'_>,
     now: Instant,
-) -> Result<(), KafkaError> {
+) -> Result<Option<(i64, bool)>, KafkaError> {
     let topic = m.topic();
     let Some(i) = inputs.iter().position(|i| i.topic == topic) else {
         if topic == cfg.topics.budget_spend() {
@@ -695,29 +735,43 @@ fn ingest(
                 crate::telemetry::metrics().inc_dlq(topic);
             }
         }
-        return Ok(());
+        return Ok(None);
     };
     let input = &inputs[i];
     let Some(slot) = a.slot(i, topic, m.partition()) else {
-        return Ok(());
+        return Ok(None);
     };
-    match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
+    let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
         Ok(ev) => {
-            input.counter.inc();
             let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
             let ts = m.timestamp().to_millis();
-            a.merger.push(slot, m.offset(), key, ev, ts, now);
+            let pushed = a.merger.push(slot, m.offset(), key, ev, ts, now);
+            if pushed == Push::Taken {
+                input.counter.inc();
+            }
+            pushed
         }
         Err(e) => {
-            dead_letter(cfg, publisher, m, &e.to_string())?;
-            stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics().inc_dlq(topic);
-            a.merger.push_skipped(slot, m.offset(), now);
-            a.dirty = true;
+            // Dead-lettered once, not again when read again (a restart
+            // rereads up to `REREAD` messages before its resume point).
+            let pushed = a.merger.push_skipped(slot, m.offset(), now);
+            if pushed == Push::Taken {
+                dead_letter(cfg, publisher, m, &e.to_string())?;
+                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics().inc_dlq(topic);
+                a.dirty = true;
+            }
+            pushed
         }
-    }
-    Ok(())
+    };
+    Ok(match pushed {
+        Push::Rewind(to) => Some((to, input.broadcast)),
+        Push::Taken | Push::Ignored => None,
+    })
 }
+
+/// How long a rewind waits for librdkafka to take the seek.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
 /// headers naming the error and where it came from.
