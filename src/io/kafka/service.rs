@@ -422,7 +422,11 @@ pub async fn run(
     }
     // A price message taken before the price consumer was reassigned is
     // stale: the new assignment reads it again if it is still wanted.
-    let stale = |m: &Result<BorrowedMessage<'_>, RdError>| matches!(m, Ok(m) if inputs.iter().any(|i| i.broadcast && i.topic == m.topic()));
+    let stale = |m: &Result<BorrowedMessage<'_>, RdError>| {
+        let from_prices =
+            |m: &BorrowedMessage<'_>| inputs.iter().any(|i| i.broadcast && i.topic == m.topic());
+        m.as_ref().is_ok_and(from_prices)
+    };
 
     enum Step<'a> {
         Msg(Result<BorrowedMessage<'a>, RdError>),
@@ -460,20 +464,7 @@ pub async fn run(
                                 if let Some((to, broadcast)) =
                                     ingest(cfg, &inputs, &publisher, &stats, a, &m, now)?
                                 {
-                                    let (t, p) = (m.topic(), m.partition());
-                                    tracing::info!(
-                                        topic = t,
-                                        partition = p,
-                                        offset = m.offset(),
-                                        to,
-                                        "offsets skipped after a seek: reading the partition again from further back"
-                                    );
-                                    let to = Offset::Offset(to);
-                                    if broadcast {
-                                        prices.seek(t, p, to, SEEK_TIMEOUT)?;
-                                    } else {
-                                        group.seek(t, p, to, SEEK_TIMEOUT)?;
-                                    }
+                                    rewind(&group, &prices, &m, to, broadcast)?;
                                 }
                             }
                         }
@@ -770,8 +761,32 @@ fn ingest(
     })
 }
 
-/// How long a rewind waits for librdkafka to take the seek.
-const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Seek the partition of `m` back to `to`, as the merger asked (see
+/// [`Push::Rewind`]); `broadcast`: the price consumer reads it.
+fn rewind(
+    group: &StreamConsumer<GroupCtx>,
+    prices: &StreamConsumer<PriceCtx>,
+    m: &BorrowedMessage<'_>,
+    to: i64,
+    broadcast: bool,
+) -> Result<(), KafkaError> {
+    let (t, p) = (m.topic(), m.partition());
+    tracing::info!(
+        topic = t,
+        partition = p,
+        offset = m.offset(),
+        to,
+        "offsets skipped after a seek: reading the partition again from further back"
+    );
+    // How long librdkafka may take to accept the seek.
+    let timeout = Duration::from_secs(5);
+    if broadcast {
+        prices.seek(t, p, Offset::Offset(to), timeout)?;
+    } else {
+        group.seek(t, p, Offset::Offset(to), timeout)?;
+    }
+    Ok(())
+}
 
 /// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
 /// headers naming the error and where it came from.
