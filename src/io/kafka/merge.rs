@@ -196,9 +196,9 @@ impl Merger {
         self.parts.get(slot).map_or(0, |(_, p)| p.queue.len())
     }
 
-    /// The assigned partitions, in slot order.
-    pub fn partitions(&self) -> impl Iterator<Item = &Tp> {
-        self.parts.iter().map(|(tp, _)| tp)
+    /// The assigned partitions with their slots.
+    pub fn partitions(&self) -> impl Iterator<Item = (usize, &Tp)> {
+        self.parts.iter().enumerate().map(|(i, (tp, _))| (i, tp))
     }
 
     /// Buffer a decoded event read at `offset` from the partition in `slot`.

@@ -4,7 +4,9 @@
 //! - [`codec`]: message values ⇄ events/commands (plain Avro or Confluent
 //!   framing) and the header names prescale uses.
 //! - [`merge`]: the deterministic event-time merge across partitions that
-//!   lets a Kafka replay give exactly a file replay's commands.
+//!   lets a Kafka replay give exactly a file replay's commands; [`split`]:
+//!   a queue per partition, so the merge reads no further ahead than it
+//!   needs.
 //! - [`client`], [`publish`]: rdkafka plumbing.
 //! - [`observe`], [`extras`], [`lag`]: what the service reports (prediction
 //!   store, metrics) and periodic retraining, around the engine.
@@ -25,6 +27,7 @@ pub mod produce;
 pub mod publish;
 pub mod service;
 pub mod spend;
+pub mod split;
 
 pub use config::KafkaConfig;
 

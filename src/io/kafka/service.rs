@@ -22,15 +22,16 @@ use super::codec::{decode_input, encode_output, headers};
 use super::config::KafkaConfig;
 use super::merge::{Merger, OrderKey, Push, Tp, REREAD};
 use super::publish::Publisher;
+use super::split::{MessageView, Split, Woken, AHEAD};
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
 use crate::events::avro::EventKind;
 use crate::events::{Command, Event};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use serde::Serialize;
@@ -334,15 +335,20 @@ pub async fn run(
         spend_topic: spend_topic.clone(),
         plan: Mutex::new(None),
     };
-    let group: StreamConsumer<GroupCtx> =
-        consumer_config(cfg, Some(&cfg.group_id)).create_with_context(ctx)?;
-    let prices: StreamConsumer<PriceCtx> =
-        consumer_config(cfg, None).create_with_context(PriceCtx)?;
+    // In `Arc`s: partition queues split off them hold a reference.
+    let group: Arc<StreamConsumer<GroupCtx>> =
+        Arc::new(service_consumer_config(cfg, Some(&cfg.group_id)).create_with_context(ctx)?);
+    let prices: Arc<StreamConsumer<PriceCtx>> =
+        Arc::new(service_consumer_config(cfg, None).create_with_context(PriceCtx)?);
     let refs: Vec<&str> = group_topics.iter().map(String::as_str).collect();
     group.subscribe(&refs)?;
     let publisher = Publisher::new(cfg)?;
 
     let mut active: Option<Active> = None;
+    // The active assignment's input partitions, each on a queue of its own
+    // (see [`super::split`]); replaced with `active`.
+    let mut gsplit: Option<Split<GroupCtx>> = None;
+    let mut psplit: Option<Split<PriceCtx>> = None;
     let mut restored = false;
     let mut finished = false;
     let mut out: Vec<Command> = Vec::new();
@@ -399,6 +405,10 @@ pub async fn run(
                     }
                 }
                 active = None;
+                // Before `activate` re-assigns the price consumer (see
+                // `Split::new`).
+                gsplit = None;
+                psplit = None;
                 if !plan.assignment.is_empty() {
                     let a = activate(
                         factory,
@@ -409,6 +419,15 @@ pub async fn run(
                         &stats,
                     )?;
                     restored |= a.1;
+                    let broadcast_topics = &broadcast_topics;
+                    let parts = |broadcast: bool| {
+                        a.0.merger
+                            .partitions()
+                            .filter(move |(_, (t, _))| broadcast_topics.contains(t) == broadcast)
+                            .map(|(slot, (t, p))| (slot, t.as_str(), *p))
+                    };
+                    gsplit = Some(Split::new(&group, parts(false)));
+                    psplit = Some(Split::new(&prices, parts(true)));
                     active = Some(a.0);
                 } else {
                     prices.unassign()?;
@@ -429,87 +448,127 @@ pub async fn run(
     };
 
     enum Step<'a> {
+        /// From a consumer's own queue.
         Msg(Result<BorrowedMessage<'a>, RdError>),
+        /// From a partition queue, waited for.
+        Woken(Result<OwnedMessage, RdError>),
         Tick,
         Ctl(Option<Control>),
     }
 
+    let ing = Ingest {
+        cfg,
+        inputs: &inputs,
+        publisher: &publisher,
+        stats: &stats,
+        group: &group,
+        prices: &prices,
+    };
+
     loop {
-        let step = tokio::select! {
-            m = group.recv() => Step::Msg(m),
-            m = prices.recv() => Step::Msg(m),
-            _ = tick.tick() => Step::Tick,
-            c = control.recv() => Step::Ctl(c),
+        // A consumer whose own queue was not seen empty since its split
+        // is asked first, so its split partitions become readable.
+        let mut early = None;
+        if gsplit.as_ref().is_some_and(|s| !s.is_clear()) {
+            early = poll_own(&group, &mut gsplit).map(Step::Msg);
+        }
+        if early.is_none() && psplit.as_ref().is_some_and(|s| !s.is_clear()) {
+            early = poll_own(&prices, &mut psplit).map(Step::Msg);
+        }
+        let step = match early {
+            Some(step) => step,
+            None => {
+                // The partitions with room in the merge, waited on alongside the
+                // consumers' own queues.
+                let waits: Vec<_> = match &active {
+                    Some(a) => {
+                        let queued = |slot| a.merger.queued(slot);
+                        let g = gsplit.iter().flat_map(|s| s.waits(queued));
+                        let p = psplit.iter().flat_map(|s| s.waits(queued));
+                        g.chain(p).collect()
+                    }
+                    None => Vec::new(),
+                };
+                let woken = async move {
+                    if waits.is_empty() {
+                        std::future::pending::<Woken>().await
+                    } else {
+                        futures::future::select_all(waits).await.0
+                    }
+                };
+                tokio::select! {
+                    m = group.recv() => Step::Msg(m),
+                    m = prices.recv() => Step::Msg(m),
+                    (_, m) = woken => Step::Woken(m),
+                    _ = tick.tick() => Step::Tick,
+                    c = control.recv() => Step::Ctl(c),
+                }
+            }
         };
 
         let fresh = apply_plan!();
 
         match step {
-            Step::Msg(first) => {
-                // Take what the consumers already hold without waiting (up to
-                // a batch), then merge and decide once: one wake-up and one
-                // merge scan per batch instead of per message.
-                let mut next = Some(first).filter(|m| !(fresh && stale(m)));
-                let mut n = 0usize;
-                let mut prices_wait = 0usize;
+            Step::Msg(_) | Step::Woken(_) => {
                 // One clock reading per batch: arrival times only feed the
                 // merge grace (milliseconds), and the batch takes far less.
                 let now = Instant::now();
-                while let Some(m) = next.take() {
-                    match m {
-                        Ok(m) => {
-                            stats.messages.fetch_add(1, Ordering::Relaxed);
-                            last_input = now;
-                            if let Some(a) = active.as_mut() {
-                                if let Some((to, broadcast)) =
-                                    ingest(cfg, &inputs, &publisher, &stats, a, &m, now)?
-                                {
-                                    rewind(&group, &prices, &m, to, broadcast)?;
-                                }
-                            }
-                        }
-                        Err(RdError::PartitionEOF(_)) => {}
-                        Err(e) => {
-                            // Transient client errors (broker down,
-                            // coordinator moving) are retried by librdkafka.
-                            tracing::warn!(error = %e, "consumer error");
-                        }
-                    }
-                    n += 1;
-                    if n < MAX_BATCH {
-                        // Alternate between the consumers, but after the
-                        // price consumer came back empty leave it for a
-                        // while: polling it for nothing was a tenth of the
-                        // loop's time. The merge orders events whatever
-                        // the reading order, and a price arriving meanwhile
-                        // wakes the loop at the next select.
-                        prices_wait = prices_wait.saturating_sub(1);
-                        let ask_prices = prices_wait == 0;
-                        let ask_group_first = n % 2 == 0 || !ask_prices;
-                        next = if ask_group_first {
-                            group.recv().now_or_never()
-                        } else {
-                            None
-                        };
-                        if next.is_none() && ask_prices {
-                            next = prices.recv().now_or_never();
-                            if next.is_none() {
-                                prices_wait = PRICES_BACKOFF;
-                            }
-                        }
-                        if next.is_none() && !ask_group_first {
-                            next = group.recv().now_or_never();
-                        }
-                        if next.is_some() && apply_plan!() && next.as_ref().is_some_and(stale) {
-                            next = None;
-                        }
+                // Taken before a reassignment that happened since: the new
+                // assignment reads it again if it still wants it.
+                let first = match &step {
+                    Step::Msg(m) => (!(fresh && stale(m))).then(|| view(m)),
+                    Step::Woken(m) => (!fresh).then(|| view(m)),
+                    Step::Tick | Step::Ctl(_) => unreachable!("a message step"),
+                };
+                if let Some(first) = first {
+                    if ing.take(active.as_mut(), first, now)? {
+                        last_input = now;
                     }
                 }
-                if let Some(a) = active.as_mut() {
-                    stats
-                        .merge_peak
-                        .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
-                    drain(a, &mut out, &sink, merge_idle, caught!())?;
+                // Then take what is already at hand without waiting, up to a
+                // batch, merging and deciding after each pass: one wake-up
+                // per batch instead of per message.
+                let mut n = 1usize;
+                loop {
+                    let before = n;
+                    // The consumers' own queues first: prices and budgets
+                    // when not split, the budget-spend topic, and messages
+                    // of split partitions fetched before the split.
+                    while n < MAX_BATCH {
+                        let Some(m) = poll_own(&group, &mut gsplit) else {
+                            break;
+                        };
+                        apply_plan!();
+                        if ing.take(active.as_mut(), view(&m), now)? {
+                            last_input = now;
+                        }
+                        n += 1;
+                    }
+                    while n < MAX_BATCH {
+                        let Some(m) = poll_own(&prices, &mut psplit) else {
+                            break;
+                        };
+                        if ing.take(active.as_mut(), view(&m), now)? {
+                            last_input = now;
+                        }
+                        n += 1;
+                    }
+                    // Then each partition with room in the merge.
+                    if let Some(a) = active.as_mut() {
+                        let pumped = ing.pump(gsplit.as_ref(), MAX_BATCH - n, a, now)?
+                            + ing.pump(psplit.as_ref(), MAX_BATCH - n, a, now)?;
+                        if pumped > 0 {
+                            last_input = now;
+                        }
+                        n += pumped;
+                        stats
+                            .merge_peak
+                            .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
+                        drain(a, &mut out, &sink, merge_idle, caught!())?;
+                    }
+                    if n == before || n >= MAX_BATCH {
+                        break;
+                    }
                 }
             }
             Step::Tick => {
@@ -674,21 +733,51 @@ fn activate(
     ))
 }
 
-fn seq_header(m: &BorrowedMessage<'_>) -> Option<u64> {
-    let h = m.headers()?;
-    h.iter()
-        .find(|h| h.key == headers::SEQ)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.parse().ok())
+fn seq_header(m: &dyn MessageView) -> Option<u64> {
+    std::str::from_utf8(m.header(headers::SEQ)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Poll a consumer's own queue without waiting. Seeing it empty makes its
+/// split partitions readable (see [`super::split`]).
+fn poll_own<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    split: &mut Option<Split<C>>,
+) -> Option<Result<BorrowedMessage<'c>, RdError>> {
+    let m = consumer.recv().now_or_never();
+    if m.is_none() {
+        split.iter_mut().for_each(Split::set_clear);
+    }
+    m
+}
+
+/// A consumer's poll result as the ingest path takes it.
+fn view<M: MessageView>(m: &Result<M, RdError>) -> Result<&dyn MessageView, &RdError> {
+    m.as_ref().map(|m| m as &dyn MessageView)
 }
 
 /// Messages handled per wake-up of the loop at most (bounds the time
 /// between looks at the timer and the control channel).
 const MAX_BATCH: usize = 1024;
 
-/// Messages of a batch for which an empty price consumer is not asked again.
-const PRICES_BACKOFF: usize = 64;
+/// librdkafka's prefetch per partition, unless `-X queued.min.messages`
+/// says otherwise. Each input partition has a queue of its own (see
+/// [`super::split`]), so this bounds how far a partition the merge is not
+/// waiting for runs ahead; the default (100 000) would let a dozen
+/// partitions hold over a million messages.
+const PREFETCH_PER_PARTITION: &str = "10000";
+
+/// The service's consumers: [`consumer_config`] with
+/// [`PREFETCH_PER_PARTITION`].
+fn service_consumer_config(cfg: &KafkaConfig, group: Option<&str>) -> rdkafka::ClientConfig {
+    let mut c = consumer_config(cfg, group);
+    if !cfg.properties.contains_key("queued.min.messages") {
+        c.set("queued.min.messages", PREFETCH_PER_PARTITION);
+    }
+    c
+}
 
 /// One input topic as the loop sees it.
 struct Input {
@@ -700,92 +789,144 @@ struct Input {
     counter: prometheus_client::metrics::counter::Counter,
 }
 
-/// Decode one input message into the merge buffer; one that does not decode
-/// or validate goes to the dead-letter topic and only advances its offset.
-/// Returns where to seek its partition when the merger asks for a rewind
-/// (see [`Push::Rewind`]), and whether the price consumer reads it.
-#[allow(clippy::too_many_arguments)]
-fn ingest(
-    cfg: &KafkaConfig,
-    inputs: &[Input],
-    publisher: &Publisher,
-    stats: &Stats,
-    a: &mut Active,
-    m: &BorrowedMessage<'_>,
-    now: Instant,
-) -> Result<Option<(i64, bool)>, KafkaError> {
-    let topic = m.topic();
-    let Some(i) = inputs.iter().position(|i| i.topic == topic) else {
-        if topic == cfg.topics.budget_spend() {
-            if let Err(e) = a
-                .exchange
-                .on_record(a.brain.as_mut(), m.payload().unwrap_or(&[]))
-            {
-                dead_letter(cfg, publisher, m, &e)?;
-                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics().inc_dlq(topic);
-            }
-        }
-        return Ok(None);
-    };
-    let input = &inputs[i];
-    let Some(slot) = a.slot(i, topic, m.partition()) else {
-        return Ok(None);
-    };
-    let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
-        Ok(ev) => {
-            let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
-            let ts = m.timestamp().to_millis();
-            let pushed = a.merger.push(slot, m.offset(), key, ev, ts, now);
-            if pushed == Push::Taken {
-                input.counter.inc();
-            }
-            pushed
-        }
-        Err(e) => {
-            // Dead-lettered once, not again when read again (a restart
-            // rereads up to `REREAD` messages before its resume point).
-            let pushed = a.merger.push_skipped(slot, m.offset(), now);
-            if pushed == Push::Taken {
-                dead_letter(cfg, publisher, m, &e.to_string())?;
-                stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics().inc_dlq(topic);
-                a.dirty = true;
-            }
-            pushed
-        }
-    };
-    Ok(match pushed {
-        Push::Rewind(to) => Some((to, input.broadcast)),
-        Push::Taken | Push::Ignored => None,
-    })
+/// What taking a message in needs besides the assignment's state.
+struct Ingest<'a> {
+    cfg: &'a KafkaConfig,
+    inputs: &'a [Input],
+    publisher: &'a Publisher,
+    stats: &'a Stats,
+    /// The consumers, to seek a partition back when the merger asks.
+    group: &'a StreamConsumer<GroupCtx>,
+    prices: &'a StreamConsumer<PriceCtx>,
 }
 
-/// Seek the partition of `m` back to `to`, as the merger asked (see
-/// [`Push::Rewind`]); `broadcast`: the price consumer reads it.
-fn rewind(
-    group: &StreamConsumer<GroupCtx>,
-    prices: &StreamConsumer<PriceCtx>,
-    m: &BorrowedMessage<'_>,
-    to: i64,
-    broadcast: bool,
-) -> Result<(), KafkaError> {
-    let (t, p) = (m.topic(), m.partition());
-    tracing::info!(
-        topic = t,
-        partition = p,
-        offset = m.offset(),
-        to,
-        "offsets skipped after a seek: reading the partition again from further back"
-    );
-    // How long librdkafka may take to accept the seek.
-    let timeout = Duration::from_secs(5);
-    if broadcast {
-        prices.seek(t, p, Offset::Offset(to), timeout)?;
-    } else {
-        group.seek(t, p, Offset::Offset(to), timeout)?;
+impl Ingest<'_> {
+    /// One poll result: count a message and put it in the merge (or the
+    /// budget exchange, or the dead-letter topic); log a client error.
+    /// Returns whether it was a message.
+    fn take(
+        &self,
+        a: Option<&mut Active>,
+        m: Result<&dyn MessageView, &RdError>,
+        now: Instant,
+    ) -> Result<bool, KafkaError> {
+        match m {
+            Ok(m) => {
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = a {
+                    self.ingest(a, m, now)?;
+                }
+                return Ok(true);
+            }
+            Err(RdError::PartitionEOF(_)) => {}
+            // Transient client errors (broker down, coordinator moving) are
+            // retried by librdkafka.
+            Err(e) => tracing::warn!(error = %e, "consumer error"),
+        }
+        Ok(false)
     }
-    Ok(())
+
+    /// Take up to `budget` messages, without waiting, from the split
+    /// partitions whose merge buffer holds fewer than [`AHEAD`].
+    fn pump<C: ConsumerContext + 'static>(
+        &self,
+        split: Option<&Split<C>>,
+        budget: usize,
+        a: &mut Active,
+        now: Instant,
+    ) -> Result<usize, KafkaError> {
+        let mut n = 0;
+        for (slot, q) in split.into_iter().flat_map(Split::ready) {
+            let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
+            // One stream per pass, not one `recv` per message: each
+            // registers a waker slot under a lock.
+            let mut stream = q.stream();
+            for _ in 0..room {
+                let Some(Some(m)) = stream.next().now_or_never() else {
+                    break;
+                };
+                if self.take(Some(a), view(&m), now)? {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Decode one input message into the merge buffer; one that does not
+    /// decode or validate goes to the dead-letter topic and only advances
+    /// its offset. Seeks its partition back when the merger asks (see
+    /// [`Push::Rewind`]).
+    fn ingest(&self, a: &mut Active, m: &dyn MessageView, now: Instant) -> Result<(), KafkaError> {
+        let (cfg, publisher, stats) = (self.cfg, self.publisher, self.stats);
+        let topic = m.topic();
+        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
+            if topic == cfg.topics.budget_spend() {
+                if let Err(e) = a
+                    .exchange
+                    .on_record(a.brain.as_mut(), m.payload().unwrap_or(&[]))
+                {
+                    dead_letter(cfg, publisher, m, &e)?;
+                    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::metrics().inc_dlq(topic);
+                }
+            }
+            return Ok(());
+        };
+        let input = &self.inputs[i];
+        let Some(slot) = a.slot(i, topic, m.partition()) else {
+            return Ok(());
+        };
+        let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
+            Ok(ev) => {
+                let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
+                let pushed = a
+                    .merger
+                    .push(slot, m.offset(), key, ev, m.timestamp_ms(), now);
+                if pushed == Push::Taken {
+                    input.counter.inc();
+                }
+                pushed
+            }
+            Err(e) => {
+                // Dead-lettered once, not again when read again (a restart
+                // rereads up to `REREAD` messages before its resume point).
+                let pushed = a.merger.push_skipped(slot, m.offset(), now);
+                if pushed == Push::Taken {
+                    dead_letter(cfg, publisher, m, &e.to_string())?;
+                    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::metrics().inc_dlq(topic);
+                    a.dirty = true;
+                }
+                pushed
+            }
+        };
+        if let Push::Rewind(to) = pushed {
+            self.rewind(m, to, input.broadcast)?;
+        }
+        Ok(())
+    }
+
+    /// Seek the partition of `m` back to `to`, as the merger asked;
+    /// `broadcast`: the price consumer reads it.
+    fn rewind(&self, m: &dyn MessageView, to: i64, broadcast: bool) -> Result<(), KafkaError> {
+        let (t, p) = (m.topic(), m.partition());
+        tracing::info!(
+            topic = t,
+            partition = p,
+            offset = m.offset(),
+            to,
+            "offsets skipped after a seek: reading the partition again from further back"
+        );
+        // How long librdkafka may take to accept the seek.
+        let timeout = Duration::from_secs(5);
+        if broadcast {
+            self.prices.seek(t, p, Offset::Offset(to), timeout)?;
+        } else {
+            self.group.seek(t, p, Offset::Offset(to), timeout)?;
+        }
+        Ok(())
+    }
 }
 
 /// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
@@ -793,7 +934,7 @@ fn rewind(
 fn dead_letter(
     cfg: &KafkaConfig,
     p: &Publisher,
-    m: &BorrowedMessage<'_>,
+    m: &dyn MessageView,
     error: &str,
 ) -> Result<(), KafkaError> {
     let dlq = cfg.topics.dlq(m.topic());
