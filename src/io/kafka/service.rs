@@ -169,7 +169,13 @@ struct GroupCtx {
 /// librdkafka reports reaching the end of a partition (which the loop asks
 /// for, to know when it is caught up) as an error; it is not one.
 fn log_client_error(error: &RdError, reason: &str) {
-    if !matches!(error, RdError::PartitionEOF(_)) {
+    use rdkafka::types::RDKafkaErrorCode;
+    // Split partition queues report it as a client-wide error.
+    let eof = matches!(
+        error,
+        RdError::PartitionEOF(_) | RdError::Global(RDKafkaErrorCode::PartitionEOF)
+    );
+    if !eof {
         tracing::error!(error = %error, reason, "kafka client error");
     }
 }
