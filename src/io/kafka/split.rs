@@ -6,8 +6,10 @@
 //! merge buffer while the merge waits for the rest: in a 1 M message replay
 //! up to 766 k messages sat there (one partition 307 k messages ahead), and
 //! growing and filling that buffer was most of the service's time. Pausing
-//! the partition that runs ahead (Kafka Streams' way) stalled on the test
-//! broker.
+//! the partition that runs ahead (Kafka Streams' way) drops what librdkafka
+//! prefetched and fetches it again on resume, from inside a record batch,
+//! which the test broker answers with the next batch (see [`super::merge`]):
+//! every resume needed rewinds, and one run stalled after them.
 //!
 //! Split into a queue of its own per partition, librdkafka keeps its
 //! prefetch limit (`queued.min.messages`) per partition and stops fetching a
