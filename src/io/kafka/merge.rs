@@ -95,9 +95,9 @@ struct Part {
     released: Option<i64>,
     /// Offset after the last message received from the consumer.
     received: Option<i64>,
-    /// Whether, since the partition was last sought (assigned, rewound,
-    /// resumed), it delivered a message before `received`: then a later
-    /// message past `received` is a true gap in the offsets.
+    /// Whether, since the partition was last sought (assigned or rewound),
+    /// it delivered a message before `received`: then a later message past
+    /// `received` is a true gap in the offsets.
     continuous: bool,
     /// How far before `received` the last rewind sought (0: none pending).
     back: i64,
