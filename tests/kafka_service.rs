@@ -179,10 +179,22 @@ fn cli_produce_then_run_equals_backtest() {
 /// same ids (with the same content), every event applied exactly once.
 #[test]
 fn sigkilled_run_restarts_and_completes_the_commands() {
+    sigkill_and_restart("crash", None);
+}
+
+/// The same, reading restored partitions from their resume offsets exactly
+/// (`reread_messages = 0`): inside a record batch, tansu answers with the
+/// next batch, so the restart must seek back further itself.
+#[test]
+fn sigkilled_run_restarts_by_seeking_back_when_the_broker_skips() {
+    sigkill_and_restart("crash-seek", Some("0"));
+}
+
+fn sigkill_and_restart(name: &str, reread: Option<&str>) {
     let broker = Broker::shared();
     let bt = backtest_replay();
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(broker, "crash", state.path());
+    let cfg = config(broker, name, state.path());
     let args = cli_args(&cfg);
     create_topics(&cfg);
     // Static membership: the restarted process takes the killed member's
@@ -197,6 +209,9 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
             "-X",
             "group.instance.id=crashy",
         ]);
+        if let Some(n) = reread {
+            c.env("PRESCALE_KAFKA_REREAD_MESSAGES", n);
+        }
         // The test watches the log for the group join.
         c.env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
@@ -296,6 +311,15 @@ fn sigkilled_run_restarts_and_completes_the_commands() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
+    if reread.is_some() {
+        // Resumed inside a record batch (batches of hundreds): the seek
+        // back is what this variant is for.
+        assert!(
+            String::from_utf8_lossy(&second.stderr).contains("reading the partition again"),
+            "no seek back: {}",
+            String::from_utf8_lossy(&second.stderr)
+        );
+    }
     let report = run_report(&String::from_utf8_lossy(&second.stdout));
     assert_eq!(
         report["restored_from_snapshot"],

@@ -172,6 +172,12 @@ pub struct KafkaConfig {
     /// deployments that need replay-identical ordering across partitions
     /// set it above the producers' skew.
     pub merge_idle_ms: u64,
+    /// Messages before its resume offset that a restored partition is read
+    /// from (and ignored up to it): a broker may answer a fetch from inside
+    /// a record batch with the next batch (tansu 0.6 does), and reading
+    /// from before shows the merge the partition's continuity. Past this,
+    /// the merge seeks back further itself (see `merge::Push::Rewind`).
+    pub reread_messages: i64,
 }
 
 impl Default for KafkaConfig {
@@ -187,6 +193,7 @@ impl Default for KafkaConfig {
             checkpoint_interval_ms: 1_000,
             partitions: 3,
             merge_idle_ms: 0,
+            reread_messages: super::merge::REREAD,
         }
     }
 }

@@ -20,7 +20,7 @@
 use super::client::{caught_up_c, consumer_config, partitions_of};
 use super::codec::{decode_input, encode_output, headers};
 use super::config::KafkaConfig;
-use super::merge::{Merger, OrderKey, Push, Tp, REREAD};
+use super::merge::{Merger, OrderKey, Push, Tp};
 use super::publish::Publisher;
 use super::split::{MessageView, Split, Woken, AHEAD};
 use super::KafkaError;
@@ -163,6 +163,8 @@ struct GroupCtx {
     /// The internal budget-spend topic: always read from its beginning
     /// (latest-wins records, see [`super::spend`]).
     spend_topic: String,
+    /// `KafkaConfig::reread_messages`.
+    reread: i64,
     plan: Mutex<Option<Plan>>,
 }
 
@@ -228,7 +230,7 @@ impl ConsumerContext for GroupCtx {
                         .filter(|_| *t != self.spend_topic)
                         .and_then(|s| s.offsets.get(t))
                         .and_then(|m| m.get(p))
-                        .map(|&o| reread_from(o))
+                        .map(|&o| reread_from(o, self.reread))
                         .unwrap_or(Offset::Beginning);
                     let _ = tpl.set_partition_offset(t, *p, off);
                 }
@@ -292,12 +294,13 @@ impl Active {
 }
 
 /// Where to start reading a partition that resumes at `offset`: up to
-/// [`REREAD`] messages before it, which the merger ignores. A broker may
-/// answer a fetch from inside a record batch with the following batch
-/// (tansu 0.6 does), which would skip the rest of the batch; starting from
-/// before shows the merger the partition's continuity (see [`super::merge`]).
-fn reread_from(offset: i64) -> Offset {
-    Offset::Offset(offset.saturating_sub(REREAD).max(0))
+/// `reread` messages before it (`KafkaConfig::reread_messages`), which the
+/// merger ignores. A broker may answer a fetch from inside a record batch
+/// with the following batch (tansu 0.6 does), which would skip the rest of
+/// the batch; starting from before shows the merger the partition's
+/// continuity (see [`super::merge`]).
+fn reread_from(offset: i64, reread: i64) -> Offset {
+    Offset::Offset(offset.saturating_sub(reread.max(0)).max(0))
 }
 
 /// How often the timer refreshes `prescale_consumer_lag`.
@@ -339,6 +342,7 @@ pub async fn run(
         dir: cfg.checkpoint_dir.clone(),
         group: cfg.group_id.clone(),
         spend_topic: spend_topic.clone(),
+        reread: cfg.reread_messages,
         plan: Mutex::new(None),
     };
     // In `Arc`s: partition queues split off them hold a reference.
@@ -423,6 +427,7 @@ pub async fn run(
                         &spend_topic,
                         plan,
                         &stats,
+                        cfg.reread_messages,
                     )?;
                     restored |= a.1;
                     let broadcast_topics = &broadcast_topics;
@@ -658,6 +663,7 @@ fn activate(
     spend_topic: &str,
     plan: Plan,
     stats: &Stats,
+    reread: i64,
 ) -> Result<(Active, bool), KafkaError> {
     let restored = plan.snapshot.is_some();
     let mut brain = factory
@@ -700,7 +706,9 @@ fn activate(
     let mut tpl = TopicPartitionList::new();
     let start = |t: &str, p: i32| offsets.get(t).and_then(|m| m.get(&p)).copied();
     for (t, p) in &broadcast {
-        let off = start(t, *p).map(reread_from).unwrap_or(Offset::Beginning);
+        let off = start(t, *p)
+            .map(|o| reread_from(o, reread))
+            .unwrap_or(Offset::Beginning);
         tpl.add_partition_offset(t, *p, off)?;
     }
     prices.assign(&tpl)?;
@@ -896,7 +904,7 @@ impl Ingest<'_> {
             }
             Err(e) => {
                 // Dead-lettered once, not again when read again (a restart
-                // rereads up to `REREAD` messages before its resume point).
+                // rereads messages before its resume point).
                 let pushed = a.merger.push_skipped(slot, m.offset(), now);
                 if pushed == Push::Taken {
                     dead_letter(cfg, publisher, m, &e.to_string())?;
