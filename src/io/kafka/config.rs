@@ -177,7 +177,7 @@ pub struct KafkaConfig {
     /// a record batch with the next batch (tansu 0.6 does), and reading
     /// from before shows the merge the partition's continuity. Past this,
     /// the merge seeks back further itself (see `merge::Push::Rewind`).
-    pub reread_messages: i64,
+    pub reread_messages: u32,
 }
 
 impl Default for KafkaConfig {

@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 pub type Tp = (String, i32);
 
 /// Messages before its resume point that a restored partition is read from
-/// (librdkafka producers batch up to 10,000 messages by default); the first
-/// rewind goes twice as far.
-pub const REREAD: i64 = 10_000;
+/// by default (librdkafka producers batch up to 10,000 messages by default).
+/// A first rewind goes twice as far as this or the configured distance,
+/// whichever is more (see [`Merger::with_reread`]).
+pub const REREAD: u32 = 10_000;
 
 /// The total order in which events are released.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,10 +144,13 @@ pub struct Released {
 /// Partitions live in a small vector sorted by topic-partition and are
 /// addressed by slot, so the per-message path allocates nothing (a consumer
 /// owns a dozen partitions or so; a linear scan beats hashing there).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Merger {
     parts: Vec<(Tp, Part)>,
     buffered: usize,
+    /// How far before the next offset a first rewind seeks: further than a
+    /// restored partition was read from.
+    first_rewind: i64,
 }
 
 impl Merger {
@@ -171,7 +175,15 @@ impl Merger {
         Merger {
             parts: parts.into_iter().collect(),
             buffered: 0,
+            first_rewind: 2 * i64::from(REREAD),
         }
+    }
+
+    /// The partitions were read from `reread` messages before their resume
+    /// offsets (`KafkaConfig::reread_messages`): a rewind goes further.
+    pub fn with_reread(mut self, reread: u32) -> Self {
+        self.first_rewind = 2 * i64::from(reread.max(REREAD));
+        self
     }
 
     /// The slot of an assigned partition (`None`: not assigned).
@@ -228,6 +240,7 @@ impl Merger {
         produced_at: Option<i64>,
         arrived: Instant,
     ) -> Push {
+        let first_rewind = self.first_rewind;
         let Some((_, p)) = self.parts.get_mut(slot) else {
             return Push::Ignored;
         };
@@ -237,7 +250,7 @@ impl Merger {
                 return Push::Ignored;
             }
             if offset > r && !p.continuous {
-                p.back = (p.back * 2).max(2 * REREAD);
+                p.back = (p.back * 2).max(first_rewind);
                 return Push::Rewind(r.saturating_sub(p.back).max(0));
             }
         }
@@ -495,7 +508,7 @@ mod tests {
         // 4×, ... REREAD until the broker answers from before 175,000, and
         // ignores what precedes it.
         let mut m = Merger::new([(tp("a", 0), Some(175_000))]);
-        let mut at = 175_000 - REREAD;
+        let mut at = 175_000 - i64::from(REREAD);
         let mut seeks = Vec::new();
         loop {
             let first = (at / 50_000 + i64::from(at % 50_000 != 0)) * 50_000;
@@ -516,6 +529,14 @@ mod tests {
             assert_eq!(try_push(&mut m, off), Push::Taken);
         }
         assert_eq!(offsets(&mut m), vec![175_000, 175_001, 175_002]);
+    }
+
+    #[test]
+    fn a_rewind_goes_further_than_the_configured_reread() {
+        let mut m = Merger::new([(tp("a", 0), Some(200_000))]).with_reread(50_000);
+        assert_eq!(try_push(&mut m, 250_000), Push::Rewind(100_000));
+        let mut m = Merger::new([(tp("a", 0), Some(200_000))]).with_reread(0);
+        assert_eq!(try_push(&mut m, 250_000), Push::Rewind(180_000));
     }
 
     #[test]

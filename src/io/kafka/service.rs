@@ -164,7 +164,7 @@ struct GroupCtx {
     /// (latest-wins records, see [`super::spend`]).
     spend_topic: String,
     /// `KafkaConfig::reread_messages`.
-    reread: i64,
+    reread: u32,
     plan: Mutex<Option<Plan>>,
 }
 
@@ -299,8 +299,8 @@ impl Active {
 /// with the following batch (tansu 0.6 does), which would skip the rest of
 /// the batch; starting from before shows the merger the partition's
 /// continuity (see [`super::merge`]).
-fn reread_from(offset: i64, reread: i64) -> Offset {
-    Offset::Offset(offset.saturating_sub(reread.max(0)).max(0))
+fn reread_from(offset: i64, reread: u32) -> Offset {
+    Offset::Offset(offset.saturating_sub(i64::from(reread)).max(0))
 }
 
 /// How often the timer refreshes `prescale_consumer_lag`.
@@ -663,7 +663,7 @@ fn activate(
     spend_topic: &str,
     plan: Plan,
     stats: &Stats,
-    reread: i64,
+    reread: u32,
 ) -> Result<(Active, bool), KafkaError> {
     let restored = plan.snapshot.is_some();
     let mut brain = factory
@@ -738,7 +738,7 @@ fn activate(
             brain,
             exchange: super::spend::Exchange::default(),
             split,
-            merger: Merger::new(all),
+            merger: Merger::new(all).with_reread(reread),
             dirty: false,
             pending: None,
             slots: Vec::new(),
