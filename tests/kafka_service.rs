@@ -179,22 +179,10 @@ fn cli_produce_then_run_equals_backtest() {
 /// same ids (with the same content), every event applied exactly once.
 #[test]
 fn sigkilled_run_restarts_and_completes_the_commands() {
-    sigkill_and_restart("crash", None);
-}
-
-/// The same, reading restored partitions from their resume offsets exactly
-/// (`reread_messages = 0`): inside a record batch, tansu answers with the
-/// next batch, so the restart must seek back further itself.
-#[test]
-fn sigkilled_run_restarts_by_seeking_back_when_the_broker_skips() {
-    sigkill_and_restart("crash-seek", Some("0"));
-}
-
-fn sigkill_and_restart(name: &str, reread: Option<&str>) {
     let broker = Broker::shared();
     let bt = backtest_replay();
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(broker, name, state.path());
+    let cfg = config(broker, "crash", state.path());
     let args = cli_args(&cfg);
     create_topics(&cfg);
     // Static membership: the restarted process takes the killed member's
@@ -209,9 +197,6 @@ fn sigkill_and_restart(name: &str, reread: Option<&str>) {
             "-X",
             "group.instance.id=crashy",
         ]);
-        if let Some(n) = reread {
-            c.env("PRESCALE_KAFKA_REREAD_MESSAGES", n);
-        }
         // The test watches the log for the group join.
         c.env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
@@ -305,36 +290,12 @@ fn sigkill_and_restart(name: &str, reread: Option<&str>) {
         "prescale produce failed"
     );
 
-    // Whether the restart must seek back: the broker answers a read from
-    // one of the restored resume offsets with a later offset (it lies
-    // inside a record batch). Often, not always: a snapshot taken while the
-    // service was caught up resumes at batch ends.
-    let resumes_inside_a_batch = reread.is_some() && {
-        let snap = std::fs::read_dir(state.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| is_snapshot(&e.path()))
-            .filter_map(|e| prescale::checkpoint::read(&e.path()).ok().flatten())
-            .find(|s| s.assignment.len() == 9)
-            .expect("the killed process's snapshot");
-        broker_skips_from(&cfg.brokers, &snap.offsets)
-    };
-
     let second = run_cmd().spawn().unwrap().wait_with_output().unwrap();
     assert!(
         second.status.success(),
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    if resumes_inside_a_batch {
-        assert!(
-            String::from_utf8_lossy(&second.stderr).contains("reading the partition again"),
-            "no seek back: {}",
-            String::from_utf8_lossy(&second.stderr)
-        );
-    } else if reread.is_some() {
-        eprintln!("every resume offset was at a batch boundary: no seek back was needed");
-    }
     let report = run_report(&String::from_utf8_lossy(&second.stdout));
     assert_eq!(
         report["restored_from_snapshot"],
@@ -483,39 +444,4 @@ fn rebalance_checkpoints_revoked_state_and_restores_it() {
 /// when the process is killed).
 fn is_snapshot(p: &std::path::Path) -> bool {
     p.extension().is_some_and(|e| e == "json")
-}
-
-/// Whether the broker answers a read from any of `offsets` (topic →
-/// partition → offset) with a later offset, as tansu does for an offset
-/// inside a record batch. Offsets at the end of a partition are skipped.
-fn broker_skips_from(brokers: &str, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> bool {
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    for (t, parts) in offsets {
-        for (&p, &o) in parts {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("group.id", "prescale-test-probe")
-                .set("enable.auto.commit", "false")
-                .create()
-                .unwrap();
-            let (_, high) = c.fetch_watermarks(t, p, Duration::from_secs(10)).unwrap();
-            if o >= high {
-                continue;
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(t, p, Offset::Offset(o)).unwrap();
-            c.assign(&tpl).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                assert!(Instant::now() < deadline, "{t}/{p}: nothing from {o}");
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    if m.offset() > o {
-                        return true;
-                    }
-                    break;
-                }
-            }
-        }
-    }
-    false
 }

@@ -176,7 +176,9 @@ pub struct KafkaConfig {
     /// from (and ignored up to it): a broker may answer a fetch from inside
     /// a record batch with the next batch (tansu 0.6 does), and reading
     /// from before shows the merge the partition's continuity. Past this,
-    /// the merge seeks back further itself (see `merge::Push::Rewind`).
+    /// the merge seeks back further itself (see `merge::Push::Rewind`);
+    /// that seek once stalled on tansu, so keep this above the producers'
+    /// batch size (librdkafka's default batch is 10,000 messages).
     pub reread_messages: u32,
 }
 
