@@ -185,7 +185,7 @@ fn latest_start(j: &JobSubmitted, deadline: Millis) -> Millis {
 
 /// The windowed demand store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "DemandStateData")]
+#[serde(try_from = "DemandStateData")]
 pub struct DemandState {
     cfg: StateConfig,
     max_event_time: Option<Millis>,
@@ -269,13 +269,34 @@ impl Serialize for Jobs {
     }
 }
 
-impl From<DemandStateData> for DemandState {
-    fn from(d: DemandStateData) -> Self {
-        let mut totals = vec![EnvTotals::default(); d.series.len()];
+/// A checkpoint whose parts disagree (a series id past the series, levels
+/// not one per series) is refused with this message rather than restored
+/// into a state that would index out of bounds on the next event.
+impl TryFrom<DemandStateData> for DemandState {
+    type Error = String;
+
+    fn try_from(d: DemandStateData) -> Result<Self, String> {
+        let n = d.series.len();
+        if d.level.len() != n {
+            return Err(format!("{} levels for {n} series", d.level.len()));
+        }
+        if let Some((b, s)) = d
+            .open
+            .iter()
+            .flat_map(|(b, accs)| accs.keys().map(move |s| (b, s)))
+            .find(|(_, &s)| s >= n)
+        {
+            return Err(format!("open bucket {b} names series {s} of {n}"));
+        }
+        if let Some((id, o)) = d.outstanding.iter().find(|(_, o)| o.series as usize >= n) {
+            return Err(format!(
+                "outstanding job {id} names series {} of {n}",
+                o.series
+            ));
+        }
+        let mut totals = vec![EnvTotals::default(); n];
         for o in d.outstanding.values().filter(|o| !o.held) {
-            if let Some(t) = totals.get_mut(o.series as usize) {
-                t.add(&o.job, 1);
-            }
+            totals[o.series as usize].add(&o.job, 1);
         }
         let mut series_index: HashMap<String, HashMap<String, usize>> = HashMap::default();
         for (i, s) in d.series.iter().enumerate() {
@@ -294,7 +315,7 @@ impl From<DemandStateData> for DemandState {
                 .into_iter()
                 .map(|(k, o)| (k, JobEntry::Outstanding(o))),
         );
-        DemandState {
+        Ok(DemandState {
             cfg: d.cfg,
             max_event_time: d.max_event_time,
             first_open: d.first_open,
@@ -307,7 +328,7 @@ impl From<DemandStateData> for DemandState {
             counters: d.counters,
             closed_any: d.closed_any,
             totals,
-        }
+        })
     }
 }
 

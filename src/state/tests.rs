@@ -343,3 +343,38 @@ fn one_job_table_checkpoints_as_outstanding_and_completed_lists() {
     );
     assert!(back.outstanding_job("b").is_none());
 }
+
+#[test]
+fn a_checkpoint_whose_parts_disagree_is_refused_not_restored() {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    st.apply(&job("a", MIN, 1.0), &mut ticks);
+    let good = serde_json::to_value(&st).unwrap();
+    assert!(serde_json::from_value::<DemandState>(good.clone()).is_ok());
+
+    let mut v = good.clone();
+    v["outstanding"][0][1]["series"] = serde_json::json!(7);
+    let e = serde_json::from_value::<DemandState>(v).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("outstanding job a names series 7 of 1"),
+        "{e}"
+    );
+
+    let mut v = good.clone();
+    v["level"] = serde_json::json!([]);
+    let e = serde_json::from_value::<DemandState>(v).unwrap_err();
+    assert!(e.to_string().contains("0 levels for 1 series"), "{e}");
+
+    let mut v = good;
+    let bucket = v["open"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    v["open"][&bucket] = serde_json::json!({"3": v["open"][&bucket]["0"].clone()});
+    let e = serde_json::from_value::<DemandState>(v).unwrap_err();
+    assert!(e.to_string().contains("names series 3 of 1"), "{e}");
+}
