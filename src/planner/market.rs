@@ -84,7 +84,11 @@ pub fn offers_from_book(
                     .any(|p| p.eq_ignore_ascii_case(provider)))
             && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
     };
-    let mut out = Vec::new();
+    let refs = book.offer_refs(catalog, now);
+    // At most one offer per pool: sized once, not grown by doubling (its
+    // reallocations, copying offers and faulting fresh pages, were a
+    // quarter of the planner's time on a dense replay).
+    let mut out = Vec::with_capacity(refs.len() + view.reserved.len());
     // Shape verdicts per type name (few hundred types, ~10,000 pools).
     let mut shape_ok: std::collections::HashMap<
         &str,
@@ -93,7 +97,7 @@ pub fn offers_from_book(
     > = Default::default();
     // Pools come grouped by region: keep the region's on-demand table.
     let mut od_region: Option<(&str, Option<&std::collections::BTreeMap<String, f64>>)> = None;
-    for o in book.offer_refs(catalog, now) {
+    for o in refs {
         let k = &o;
         if k.market == Market::Reserved {
             // Reserved capacity comes from the policy's inventory below.

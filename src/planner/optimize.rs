@@ -304,7 +304,7 @@ pub fn rank_offers(req: &InstanceRequest, offers: &[Offer], now: Millis) -> Vec<
     }
     // Stand-alone answers: each pool covering the demand by itself
     // ([`Alone`]); materialised lazily.
-    let mut alone: Vec<Alone> = Vec::new();
+    let mut alone: Vec<Alone> = Vec::with_capacity(cands.len());
     for (i, c) in cands.iter().enumerate() {
         let Some(n) = needed_alone(req, c.offer) else {
             continue;
