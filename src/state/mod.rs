@@ -271,7 +271,8 @@ impl Serialize for Jobs {
 
 /// A checkpoint whose parts disagree (a series id past the series, levels
 /// not one per series) is refused with this message rather than restored
-/// into a state that would index out of bounds on the next event.
+/// into a state that panics later (at that job's completion, or at the next
+/// bucket close).
 impl TryFrom<DemandStateData> for DemandState {
     type Error = String;
 
