@@ -47,6 +47,13 @@ pub type Tp = (String, i32);
 /// whichever is more (see [`Merger::with_reread`]).
 pub const REREAD: u32 = 10_000;
 
+/// How far a first rewind seeks back when partitions were read from
+/// `reread` messages before their resume offsets: twice that or twice
+/// [`REREAD`], whichever is more.
+fn first_rewind(reread: u32) -> i64 {
+    2 * i64::from(reread.max(REREAD))
+}
+
 /// The total order in which events are released.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OrderKey {
@@ -175,14 +182,14 @@ impl Merger {
         Merger {
             parts: parts.into_iter().collect(),
             buffered: 0,
-            first_rewind: 2 * i64::from(REREAD),
+            first_rewind: first_rewind(REREAD),
         }
     }
 
     /// The partitions were read from `reread` messages before their resume
     /// offsets (`KafkaConfig::reread_messages`): a rewind goes further.
     pub fn with_reread(mut self, reread: u32) -> Self {
-        self.first_rewind = 2 * i64::from(reread.max(REREAD));
+        self.first_rewind = first_rewind(reread);
         self
     }
 

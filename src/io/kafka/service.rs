@@ -171,15 +171,19 @@ struct GroupCtx {
 /// librdkafka reports reaching the end of a partition (which the loop asks
 /// for, to know when it is caught up) as an error; it is not one.
 fn log_client_error(error: &RdError, reason: &str) {
-    use rdkafka::types::RDKafkaErrorCode;
-    // Split partition queues report it as a client-wide error.
-    let eof = matches!(
-        error,
-        RdError::PartitionEOF(_) | RdError::Global(RDKafkaErrorCode::PartitionEOF)
-    );
-    if !eof {
+    if !is_partition_eof(error) {
         tracing::error!(error = %error, reason, "kafka client error");
     }
+}
+
+/// The end of a partition, as a poll result or as a client-wide error
+/// (split partition queues report it so).
+fn is_partition_eof(error: &RdError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(
+        error,
+        RdError::PartitionEOF(_) | RdError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
 }
 
 impl ClientContext for GroupCtx {
@@ -832,7 +836,7 @@ impl Ingest<'_> {
                 }
                 return Ok(true);
             }
-            Err(RdError::PartitionEOF(_)) => {}
+            Err(e) if is_partition_eof(e) => {}
             // Transient client errors (broker down, coordinator moving) are
             // retried by librdkafka.
             Err(e) => tracing::warn!(error = %e, "consumer error"),
@@ -872,7 +876,7 @@ impl Ingest<'_> {
     /// its offset. Seeks its partition back when the merger asks (see
     /// [`Push::Rewind`]).
     fn ingest(&self, a: &mut Active, m: &dyn MessageView, now: Instant) -> Result<(), KafkaError> {
-        let (cfg, publisher, stats) = (self.cfg, self.publisher, self.stats);
+        let cfg = self.cfg;
         let topic = m.topic();
         let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
             if topic == cfg.topics.budget_spend() {
@@ -880,9 +884,7 @@ impl Ingest<'_> {
                     .exchange
                     .on_record(a.brain.as_mut(), m.payload().unwrap_or(&[]))
                 {
-                    dead_letter(cfg, publisher, m, &e)?;
-                    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    crate::telemetry::metrics().inc_dlq(topic);
+                    self.dead_letter(m, &e)?;
                 }
             }
             return Ok(());
@@ -907,9 +909,7 @@ impl Ingest<'_> {
                 // rereads messages before its resume point).
                 let pushed = a.merger.push_skipped(slot, m.offset(), now);
                 if pushed == Push::Taken {
-                    dead_letter(cfg, publisher, m, &e.to_string())?;
-                    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    crate::telemetry::metrics().inc_dlq(topic);
+                    self.dead_letter(m, &e.to_string())?;
                     a.dirty = true;
                 }
                 pushed
@@ -918,6 +918,14 @@ impl Ingest<'_> {
         if let Push::Rewind(to) = pushed {
             self.rewind(m, to, input.broadcast)?;
         }
+        Ok(())
+    }
+
+    /// Dead-letter `m` (see [`dead_letter`]) and count it.
+    fn dead_letter(&self, m: &dyn MessageView, error: &str) -> Result<(), KafkaError> {
+        dead_letter(self.cfg, self.publisher, m, error)?;
+        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics().inc_dlq(m.topic());
         Ok(())
     }
 
