@@ -138,6 +138,12 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// Accounts with usage reported since the last [`Self::shares`]: the
+    /// ones it will ask the allocation of.
+    pub fn changed(&self) -> impl Iterator<Item = &str> {
+        self.changed.iter().map(String::as_str)
+    }
+
     /// Take a usage report; a report from an older window than the latest
     /// one seen for the account replaces nothing.
     pub fn on_usage(&mut self, u: Usage) {

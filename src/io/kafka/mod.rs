@@ -12,8 +12,9 @@
 //!   store, metrics) and periodic retraining, around the engine.
 //! - [`spend`]: project budgets shared between instances over an internal
 //!   topic.
-//! - [`service`]: the `prescale run` loop (consume → decode → engine →
-//!   publish, with dead letters, checkpoints and rebalances).
+//! - [`service`]: the `prescale run` loop (consume → decode → merge →
+//!   publish, with dead letters, checkpoints and rebalances); `worker`:
+//!   the engine on a thread of its own, fed in order by the loop.
 
 pub mod brain;
 pub mod client;
@@ -28,6 +29,7 @@ pub mod publish;
 pub mod service;
 pub mod spend;
 pub mod split;
+mod worker;
 
 pub use config::KafkaConfig;
 

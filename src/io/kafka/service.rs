@@ -23,6 +23,7 @@ use super::config::KafkaConfig;
 use super::merge::{Merger, OrderKey, Push, Tp};
 use super::publish::Publisher;
 use super::split::{MessageView, Split, Woken, AHEAD};
+use super::worker::{Decided, Worker};
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
 use crate::events::avro::EventKind;
@@ -268,7 +269,8 @@ impl ConsumerContext for GroupCtx {
 /// The per-assignment state of the loop.
 struct Active {
     assignment: Vec<Tp>,
-    brain: Box<dyn Brain>,
+    /// The decision core, on a thread of its own (see [`super::worker`]).
+    worker: Worker,
     exchange: super::spend::Exchange,
     /// Another instance owns part of the group: budgets are split, and the
     /// exchange runs (alone, there is nobody to exchange with).
@@ -365,7 +367,6 @@ pub async fn run(
     let mut psplit: Option<Split<PriceCtx>> = None;
     let mut restored = false;
     let mut finished = false;
-    let mut out: Vec<Command> = Vec::new();
     let mut last_input = Instant::now();
     let merge_idle = Duration::from_millis(cfg.merge_idle_ms);
     let checkpoint_every = Duration::from_millis(cfg.checkpoint_interval_ms.max(10));
@@ -377,13 +378,19 @@ pub async fn run(
         .checked_sub(LAG_EVERY)
         .unwrap_or_else(Instant::now);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sink = Sink {
-        cfg,
-        publisher: &publisher,
-        scaling: topics.scaling_command(),
-        preemption: topics.preemption_command(),
-        instance: opts.instance.as_bytes().to_vec(),
-        stats: &stats,
+    // One decisions channel for the whole run: a worker replaced at a
+    // rebalance may still have decisions in it, published in order.
+    let (decided_tx, decided) = mpsc::unbounded_channel();
+    let mut outbox = Outbox {
+        decided,
+        sink: Sink {
+            cfg,
+            publisher: &publisher,
+            scaling: topics.scaling_command(),
+            preemption: topics.preemption_command(),
+            instance: opts.instance.as_bytes().to_vec(),
+            stats: &stats,
+        },
     };
 
     // The merger's question, answered from librdkafka's cached watermarks.
@@ -413,7 +420,7 @@ pub async fn run(
                 // restores it instead of replaying.
                 if let Some(a) = active.as_mut() {
                     if a.dirty {
-                        save(cfg, &group, &publisher, a, &stats, Write::Now)?;
+                        save(cfg, &group, &mut outbox, a, Write::Now)?;
                     } else {
                         finish_pending(&group, a, &stats, true)?;
                     }
@@ -424,15 +431,7 @@ pub async fn run(
                 gsplit = None;
                 psplit = None;
                 if !plan.assignment.is_empty() {
-                    let a = activate(
-                        factory,
-                        &prices,
-                        &broadcast_topics,
-                        &spend_topic,
-                        plan,
-                        &stats,
-                        cfg.reread_messages,
-                    )?;
+                    let a = activate(cfg, factory, &prices, plan, &stats, &decided_tx)?;
                     restored |= a.1;
                     let broadcast_topics = &broadcast_topics;
                     let parts = |broadcast: bool| {
@@ -467,6 +466,8 @@ pub async fn run(
         Msg(Result<BorrowedMessage<'a>, RdError>),
         /// From a partition queue, waited for.
         Woken(Result<OwnedMessage, RdError>),
+        /// The decision thread decided something.
+        Decided(Option<Decided>),
         Tick,
         Ctl(Option<Control>),
     }
@@ -515,6 +516,7 @@ pub async fn run(
                     m = group.recv() => Step::Msg(m),
                     m = prices.recv() => Step::Msg(m),
                     (_, m) = woken => Step::Woken(m),
+                    d = outbox.decided.recv() => Step::Decided(d),
                     _ = tick.tick() => Step::Tick,
                     c = control.recv() => Step::Ctl(c),
                 }
@@ -533,7 +535,9 @@ pub async fn run(
                 let first = match &step {
                     Step::Msg(m) => (!(fresh && stale(m))).then(|| view(m)),
                     Step::Woken(m) => (!fresh).then(|| view(m)),
-                    Step::Tick | Step::Ctl(_) => unreachable!("a message step"),
+                    Step::Tick | Step::Ctl(_) | Step::Decided(_) => {
+                        unreachable!("a message step")
+                    }
                 };
                 if let Some(first) = first {
                     if ing.take(active.as_mut(), first, now)? {
@@ -579,18 +583,24 @@ pub async fn run(
                         stats
                             .merge_peak
                             .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
-                        drain(a, &mut out, &sink, merge_idle, caught!())?;
+                        drain(a, merge_idle, caught!())?;
                     }
+                    outbox.publish_ready()?;
                     if n == before || n >= MAX_BATCH {
                         break;
                     }
                 }
             }
+            Step::Decided(d) => {
+                if let Some(d) = d {
+                    outbox.publish(d)?;
+                }
+                outbox.publish_ready()?;
+            }
             Step::Tick => {
                 publisher.retry_failed()?;
                 if let Some(a) = active.as_mut().filter(|a| a.split) {
-                    a.exchange
-                        .round(a.brain.as_ref(), &publisher, &spend_topic)?;
+                    a.exchange.round(&mut a.worker, &publisher, &spend_topic)?;
                 }
                 if last_lag.elapsed() >= LAG_EVERY {
                     super::lag::report(&group, crate::telemetry::metrics());
@@ -598,11 +608,12 @@ pub async fn run(
                     last_lag = Instant::now();
                 }
                 if let Some(a) = active.as_mut() {
-                    a.brain.on_timer();
-                    drain(a, &mut out, &sink, merge_idle, caught!())?;
+                    a.worker.post(|b| b.on_timer())?;
+                    drain(a, merge_idle, caught!())?;
+                    outbox.publish_ready()?;
                     finish_pending(&group, a, &stats, false)?;
                     if a.dirty && last_checkpoint.elapsed() >= checkpoint_every {
-                        save(cfg, &group, &publisher, a, &stats, Write::Background)?;
+                        save(cfg, &group, &mut outbox, a, Write::Background)?;
                         last_checkpoint = Instant::now();
                     }
                     if let Some(idle) = opts.exit_when_idle {
@@ -610,9 +621,14 @@ pub async fn run(
                         // instance still waiting for a producer is not done.
                         let seen = stats.messages.load(Ordering::Relaxed) > 0 || restored;
                         if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
-                            a.brain.finish(&mut out);
-                            sink.publish(&mut out, None)?;
-                            save(cfg, &group, &publisher, a, &stats, Write::Now)?;
+                            let mut out = a.worker.call(|b| {
+                                let mut out = Vec::new();
+                                b.finish(&mut out);
+                                out
+                            })?;
+                            outbox.publish_ready()?;
+                            outbox.sink.publish(&mut out, None)?;
+                            save(cfg, &group, &mut outbox, a, Write::Now)?;
                             finished = true;
                             break;
                         }
@@ -621,12 +637,12 @@ pub async fn run(
             }
             Step::Ctl(Some(Control::Checkpoint)) => {
                 if let Some(a) = active.as_mut() {
-                    save(cfg, &group, &publisher, a, &stats, Write::Now)?;
+                    save(cfg, &group, &mut outbox, a, Write::Now)?;
                 }
             }
             Step::Ctl(Some(Control::Stop)) | Step::Ctl(None) => {
                 if let Some(a) = active.as_mut() {
-                    save(cfg, &group, &publisher, a, &stats, Write::Now)?;
+                    save(cfg, &group, &mut outbox, a, Write::Now)?;
                 }
                 break;
             }
@@ -661,14 +677,16 @@ pub async fn run(
 /// the broadcast consumer (prices, budget allocations) at the matching
 /// offsets.
 fn activate(
+    cfg: &KafkaConfig,
     factory: &dyn BrainFactory,
     prices: &StreamConsumer<PriceCtx>,
-    broadcast_topics: &[String],
-    spend_topic: &str,
     plan: Plan,
-    stats: &Stats,
-    reread: u32,
+    stats: &Arc<Stats>,
+    decided: &mpsc::UnboundedSender<Decided>,
 ) -> Result<(Active, bool), KafkaError> {
+    let broadcast_topics = [cfg.topics.price_tick(), cfg.topics.budget_allocation()];
+    let spend_topic = &cfg.topics.budget_spend();
+    let reread = cfg.reread_messages;
     let restored = plan.snapshot.is_some();
     let mut brain = factory
         .create(plan.snapshot.as_ref().map(|s| &s.engine))
@@ -702,7 +720,7 @@ fn activate(
         }
     }
     let mut broadcast: Vec<Tp> = Vec::new();
-    for t in broadcast_topics {
+    for t in &broadcast_topics {
         for p in partitions_of(prices.client(), t, Duration::from_secs(10))? {
             broadcast.push((t.clone(), p));
         }
@@ -739,7 +757,7 @@ fn activate(
     Ok((
         Active {
             assignment: plan.assignment,
-            brain,
+            worker: Worker::spawn(brain, stats.clone(), decided.clone())?,
             exchange: super::spend::Exchange::default(),
             split,
             merger: Merger::new(all).with_reread(reread),
@@ -880,11 +898,10 @@ impl Ingest<'_> {
         let topic = m.topic();
         let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
             if topic == cfg.topics.budget_spend() {
-                if let Err(e) = a
-                    .exchange
-                    .on_record(a.brain.as_mut(), m.payload().unwrap_or(&[]))
-                {
-                    self.dead_letter(m, &e)?;
+                match a.exchange.on_record(m.payload().unwrap_or(&[])) {
+                    Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
+                    Ok(None) => {}
+                    Err(e) => self.dead_letter(m, &e)?,
                 }
             }
             return Ok(());
@@ -1022,10 +1039,33 @@ impl Sink<'_> {
     }
 }
 
+/// Decided commands on their way out: the decision thread's channel, and
+/// where they are published.
+struct Outbox<'a> {
+    decided: mpsc::UnboundedReceiver<Decided>,
+    sink: Sink<'a>,
+}
+
+impl Outbox<'_> {
+    /// Publish one event's decisions, nested under its decision tick.
+    fn publish(&self, mut d: Decided) -> Result<(), KafkaError> {
+        let _t = d.span.enter();
+        let _p = crate::telemetry::spans::publish(d.commands.len()).entered();
+        self.sink.publish(&mut d.commands, d.trigger_ts)
+    }
+
+    /// Publish every decision the thread has sent so far.
+    fn publish_ready(&mut self) -> Result<(), KafkaError> {
+        while let Ok(d) = self.decided.try_recv() {
+            self.publish(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hand the events the merge releases to the decision thread, in order.
 fn drain(
     a: &mut Active,
-    out: &mut Vec<Command>,
-    sink: &Sink<'_>,
     merge_idle: Duration,
     mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
 ) -> Result<(), KafkaError> {
@@ -1047,26 +1087,10 @@ fn drain(
         v
     };
     while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
-        a.brain.handle(r.event, out);
+        a.worker.push(r.event, r.produced_at);
         a.dirty = true;
-        sink.stats.events.fetch_add(1, Ordering::Relaxed);
-        if let (true, Some(p)) = (
-            sink.stats.record_latency.load(Ordering::Relaxed),
-            r.produced_at,
-        ) {
-            let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-            if let Ok(mut l) = sink.stats.latencies_ms.lock() {
-                l.push(now - p as f64);
-            }
-        }
-        if !out.is_empty() {
-            let tick = a.brain.tick_span();
-            let _t = tick.enter();
-            let _p = crate::telemetry::spans::publish(out.len()).entered();
-            sink.publish(out, r.produced_at)?;
-        }
     }
-    Ok(())
+    a.worker.flush()
 }
 
 /// Resume offsets per topic and partition, as snapshots hold them.
@@ -1088,13 +1112,13 @@ enum Write {
 fn save(
     cfg: &KafkaConfig,
     group: &StreamConsumer<GroupCtx>,
-    p: &Publisher,
+    outbox: &mut Outbox<'_>,
     a: &mut Active,
-    stats: &Stats,
     how: Write,
 ) -> Result<(), KafkaError> {
+    let stats = outbox.sink.stats;
     finish_pending(group, a, stats, true)?;
-    let write = begin_save(cfg, p, a, stats)?;
+    let write = begin_save(cfg, outbox, a)?;
     match how {
         Write::Now => {
             let offsets = write()?;
@@ -1133,17 +1157,24 @@ fn finish_pending(
     Ok(())
 }
 
-/// Flush, then capture what the snapshot holds; the returned closure
-/// encodes and writes it and yields the offsets it saved.
+/// Capture what the snapshot holds, then publish and flush every command
+/// decided before it; the returned closure encodes and writes it and yields
+/// the offsets it saved.
 fn begin_save(
     cfg: &KafkaConfig,
-    p: &Publisher,
+    outbox: &mut Outbox<'_>,
     a: &mut Active,
-    stats: &Stats,
 ) -> Result<impl FnOnce() -> Result<Offsets, KafkaError> + Send + 'static, KafkaError> {
-    p.flush(Duration::from_secs(60))?;
+    // The capture follows every event the merge has released; once it
+    // returns, their decisions are all on the decisions channel.
+    let engine = a
+        .worker
+        .call(|b| b.capture())?
+        .map_err(KafkaError::Engine)?;
+    outbox.publish_ready()?;
+    outbox.sink.publisher.flush(Duration::from_secs(60))?;
+    let stats = outbox.sink.stats;
     let offsets = a.merger.offsets();
-    let engine = a.brain.capture().map_err(KafkaError::Engine)?;
     let counters = [
         ("events", &stats.events),
         ("dead_letters", &stats.dead_letters),

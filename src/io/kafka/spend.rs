@@ -12,9 +12,9 @@
 //! not checkpointed.
 
 use super::publish::Publisher;
-use super::service::Brain;
+use super::worker::Worker;
 use super::KafkaError;
-use crate::budget::share::{Owner, SpendRecord, Usage};
+use crate::budget::share::{Owner, Share, SpendRecord, Usage};
 use crate::events::Millis;
 use std::collections::BTreeMap;
 
@@ -27,31 +27,48 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Take one record of the internal topic. A record that is not one
-    /// (wrong JSON) is an error naming what is wrong; the caller
-    /// dead-letters it.
-    pub fn on_record(&mut self, brain: &mut dyn Brain, payload: &[u8]) -> Result<(), String> {
+    /// Take one record of the internal topic: a usage report is kept (as
+    /// owner); a share is returned for the caller to grant to its brain. A
+    /// record that is not one (wrong JSON) is an error naming what is
+    /// wrong; the caller dead-letters it.
+    pub fn on_record(&mut self, payload: &[u8]) -> Result<Option<Share>, String> {
         let r: SpendRecord =
             serde_json::from_slice(payload).map_err(|e| format!("budget-spend record: {e}"))?;
-        match r {
-            SpendRecord::Usage(u) => self.owner.on_usage(u),
-            SpendRecord::Share(s) => brain.apply_share(&s),
-        }
-        Ok(())
+        Ok(match r {
+            SpendRecord::Usage(u) => {
+                self.owner.on_usage(u);
+                None
+            }
+            SpendRecord::Share(s) => Some(s),
+        })
     }
 
     /// One exchange round (on the service's timer): report changed usage,
-    /// and, as owner, publish the shares that changed. Returns how many
-    /// records were sent.
+    /// and, as owner, publish the shares that changed. Asks the brain (one
+    /// call, in its turn after the events already sent) for its usage and
+    /// for the allocations of the accounts whose usage changed. Returns how
+    /// many records were sent.
     pub fn round(
         &mut self,
-        brain: &dyn Brain,
+        worker: &mut Worker,
         publisher: &Publisher,
         topic: &str,
     ) -> Result<usize, KafkaError> {
+        let accounts: Vec<String> = self.owner.changed().map(str::to_string).collect();
+        let (usage, allocations) = worker.call(move |b| {
+            let allocations: BTreeMap<String, Option<f64>> = accounts
+                .into_iter()
+                .map(|p| {
+                    let v = b.budget_allocation(&p);
+                    (p, v)
+                })
+                .collect();
+            (b.budget_usage(), allocations)
+        })?;
+        let allocation = |p: &str| allocations.get(p).copied().flatten();
         let mut sent = 0;
         let mut now = 0;
-        for u in brain.budget_usage() {
+        for u in usage {
             now = now.max(u.at);
             if self.changed(&u) {
                 send(publisher, topic, &SpendRecord::Usage(u))?;
@@ -59,7 +76,7 @@ impl Exchange {
             }
         }
         let clock = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        for s in self.owner.shares(|p| brain.budget_allocation(p), clock) {
+        for s in self.owner.shares(allocation, clock) {
             send(publisher, topic, &SpendRecord::Share(s))?;
             sent += 1;
         }
