@@ -10,6 +10,7 @@
 
 use super::run::KafkaArgs;
 use anyhow::{bail, Context};
+use cpu_time::ProcessTime;
 use prescale::engine::EngineConfig;
 use prescale::events::file::RecordedMessage;
 use prescale::events::*;
@@ -164,8 +165,24 @@ fn fresh_topics(base: &KafkaConfig, tag: &str, partitions: i32) -> anyhow::Resul
     Ok(cfg)
 }
 
+/// What one pass over the messages measured.
+struct Pass {
+    /// Messages (raw) or events (full path) per second, from the first
+    /// message read to the last one consumed or applied.
+    rate: f64,
+    /// CPU time of every thread of this process over the same span, per
+    /// message (µs): the client's whole cost, whatever the cores. The broker
+    /// runs in another process and is not counted.
+    cpu_us: f64,
+}
+
+/// CPU µs per message between `start` and now.
+fn cpu_per_message(start: Option<ProcessTime>, n: usize) -> f64 {
+    start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64() * 1e6 / n as f64)
+}
+
 /// Consume `n` messages from every input partition with no processing.
-fn raw_consume(cfg: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
+fn raw_consume(cfg: &KafkaConfig, n: usize) -> anyhow::Result<Pass> {
     let c: BaseConsumer = consumer_config(cfg, None).create()?;
     let mut tpl = TopicPartitionList::new();
     for (_, t) in cfg.topics.inputs() {
@@ -183,14 +200,19 @@ fn raw_consume(cfg: &KafkaConfig, n: usize) -> anyhow::Result<f64> {
             bail!("raw consumer read only {got} of {n} messages");
         }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            first.get_or_insert_with(|| (Instant::now(), ProcessTime::now()));
             bytes += m.payload_len();
             got += 1;
         }
     }
-    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let secs = first
+        .map(|f| f.0.elapsed().as_secs_f64())
+        .unwrap_or(f64::NAN);
     std::hint::black_box(bytes);
-    Ok(n as f64 / secs)
+    Ok(Pass {
+        rate: n as f64 / secs,
+        cpu_us: cpu_per_message(first.map(|f| f.1), n),
+    })
 }
 
 fn spawn(
@@ -220,8 +242,7 @@ fn spawn(
 
 /// What one full-path run measured.
 struct FullRun {
-    /// Events/s from the first message read to the last event applied.
-    rate: f64,
+    pass: Pass,
     /// Most messages the merge held at once.
     merge_peak: u64,
 }
@@ -248,7 +269,7 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         // has a head, and starting at the first event applied would leave
         // that read-ahead out of the full path's time.
         if stats.messages.load(Ordering::Relaxed) > 0 {
-            first.get_or_insert_with(Instant::now);
+            first.get_or_insert_with(|| (Instant::now(), ProcessTime::now()));
         }
         if e >= n {
             break;
@@ -268,11 +289,17 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         // machine (±1 ms on a run of a quarter second or more).
         std::thread::sleep(Duration::from_millis(1));
     }
-    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let secs = first
+        .map(|f| f.0.elapsed().as_secs_f64())
+        .unwrap_or(f64::NAN);
+    let cpu_us = cpu_per_message(first.map(|f| f.1), n);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
     Ok(FullRun {
-        rate: n as f64 / secs,
+        pass: Pass {
+            rate: n as f64 / secs,
+            cpu_us,
+        },
         merge_peak: stats.merge_peak.load(Ordering::Relaxed),
     })
 }
@@ -311,22 +338,31 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         t.elapsed().as_secs_f64()
     );
     let (mut raws, mut fulls) = (Vec::new(), Vec::new());
+    let (mut raw_cpus, mut full_cpus) = (Vec::new(), Vec::new());
     for i in 0..args.repeat {
-        let raw = raw_consume(&cfg, n)?;
+        let Pass {
+            rate: raw,
+            cpu_us: raw_cpu,
+        } = raw_consume(&cfg, n)?;
         // A group of its own per run: each starts from the beginning.
         let mut run_cfg = cfg.clone();
         run_cfg.group_id = format!("{}-{i}", cfg.group_id);
         let FullRun {
-            rate: full,
+            pass: Pass {
+                rate: full,
+                cpu_us: full_cpu,
+            },
             merge_peak,
         } = full_path(&run_cfg, &factory, n)?;
         println!(
-            "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages)",
+            "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages); CPU per message {raw_cpu:.2} / {full_cpu:.2} µs",
             i + 1,
             full / raw
         );
         raws.push(raw);
         fulls.push(full);
+        raw_cpus.push(raw_cpu);
+        full_cpus.push(full_cpu);
     }
     // A run that hits a fetch stall reads far slower (seen on tansu for
     // either path), so both the medians and the bests are shown.
@@ -338,6 +374,12 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
         "  prescale full path (decode→state→decide→publish): median {full:>10.0} msg/s = {:.2}× raw, best {full_best:>10.0} msg/s = {:.2}× raw's best (target ≥ 0.8×)",
         full / raw,
         full_best / raw_best
+    );
+    let raw_cpu = percentile(&mut raw_cpus, 0.5);
+    let full_cpu = percentile(&mut full_cpus, 0.5);
+    println!(
+        "  CPU per message, all threads of this process (broker excluded), median: raw {raw_cpu:.2} µs, full path {full_cpu:.2} µs ({:.1}×)",
+        full_cpu / raw_cpu
     );
 
     // 3: latency at a steady rate, event time = wall time, 1 s decision
@@ -488,6 +530,8 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             "raw_best_msgs_per_s": raw_best,
             "full_best_msgs_per_s": full_best,
             "full_best_over_raw_best": full_best / raw_best,
+            "raw_cpu_us_per_msg": raw_cpu,
+            "full_cpu_us_per_msg": full_cpu,
             "latency": {
                 "rate_events_per_s": args.rate,
                 "seconds": args.latency_secs,
