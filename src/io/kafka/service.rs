@@ -44,7 +44,8 @@ use tokio::sync::mpsc;
 
 /// The decision core as the service sees it. `crate::engine::Engine`
 /// implements it (see `cli/run.rs`); keeping the loop generic keeps Kafka out
-/// of the core and lets the benchmark swap in a no-op brain.
+/// of the core and lets the benchmark swap in a no-op brain. The loop calls
+/// it on a thread of its own, in input order (see [`super::worker`]).
 pub trait Brain: Send {
     fn handle(&mut self, ev: Event, out: &mut Vec<Command>);
     /// End of input (only with `exit_when_idle`): flush what the last
@@ -57,8 +58,9 @@ pub trait Brain: Send {
     fn save_json(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(&self.save()?).map_err(|e| format!("serialising engine state: {e}"))
     }
-    /// The state as of now, to be serialised off the loop: encoding a
-    /// large state for the periodic checkpoint stood the loop still. Brains
+    /// The state as of now, to be serialised on another thread: encoding a
+    /// large state for the periodic checkpoint stood the engine (and so the
+    /// loop, which waits for the capture) still. Brains
     /// override it with a copy of their state (cheaper than its JSON); the
     /// default encodes at once.
     fn capture(&self) -> Result<Capture, String> {
@@ -1101,8 +1103,8 @@ type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<i32
 enum Write {
     /// On the loop, done when `save` returns (stop, rebalance, on request).
     Now,
-    /// On a thread of its own (the periodic checkpoint): the loop only
-    /// copies the state; [`finish_pending`] commits once it is on disk.
+    /// On a thread of its own (the periodic checkpoint): the engine only
+    /// copies its state; [`finish_pending`] commits once it is on disk.
     Background,
 }
 
