@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 /// The decision core as the service sees it. `crate::engine::Engine`
 /// implements it (see `cli/run.rs`); keeping the loop generic keeps Kafka out
 /// of the core and lets the benchmark swap in a no-op brain. The loop calls
-/// it on a thread of its own, in input order (see [`super::worker`]).
+/// it on a thread of its own, in input order (the `worker` module).
 pub trait Brain: Send {
     fn handle(&mut self, ev: Event, out: &mut Vec<Command>);
     /// End of input (only with `exit_when_idle`): flush what the last
