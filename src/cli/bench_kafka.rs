@@ -176,9 +176,34 @@ struct Pass {
     cpu_us: f64,
 }
 
-/// CPU µs per message between `start` and now.
-fn cpu_per_message(start: Option<ProcessTime>, n: usize) -> f64 {
-    start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64() * 1e6 / n as f64)
+/// Wall and process CPU clocks, started together at a pass's first message.
+struct Clocks {
+    wall: Instant,
+    cpu: ProcessTime,
+}
+
+impl Clocks {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: ProcessTime::now(),
+        }
+    }
+
+    /// The pass over `n` messages that started at `start` and ends now
+    /// (NaN when no message was read).
+    fn pass(start: Option<Self>, n: usize) -> Pass {
+        match start {
+            Some(c) => Pass {
+                rate: n as f64 / c.wall.elapsed().as_secs_f64(),
+                cpu_us: c.cpu.elapsed().as_secs_f64() * 1e6 / n as f64,
+            },
+            None => Pass {
+                rate: f64::NAN,
+                cpu_us: f64::NAN,
+            },
+        }
+    }
 }
 
 /// Consume `n` messages from every input partition with no processing.
@@ -200,19 +225,14 @@ fn raw_consume(cfg: &KafkaConfig, n: usize) -> anyhow::Result<Pass> {
             bail!("raw consumer read only {got} of {n} messages");
         }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(|| (Instant::now(), ProcessTime::now()));
+            first.get_or_insert_with(Clocks::start);
             bytes += m.payload_len();
             got += 1;
         }
     }
-    let secs = first
-        .map(|f| f.0.elapsed().as_secs_f64())
-        .unwrap_or(f64::NAN);
+    let pass = Clocks::pass(first, n);
     std::hint::black_box(bytes);
-    Ok(Pass {
-        rate: n as f64 / secs,
-        cpu_us: cpu_per_message(first.map(|f| f.1), n),
-    })
+    Ok(pass)
 }
 
 fn spawn(
@@ -270,7 +290,7 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         // has a head, and starting at the first event applied would leave
         // that read-ahead out of the full path's time.
         if stats.messages.load(Ordering::Relaxed) > 0 {
-            first.get_or_insert_with(|| (Instant::now(), ProcessTime::now()));
+            first.get_or_insert_with(Clocks::start);
         }
         if e >= n {
             break;
@@ -290,17 +310,11 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         // machine (±1 ms on a run of a quarter second or more).
         std::thread::sleep(Duration::from_millis(1));
     }
-    let secs = first
-        .map(|f| f.0.elapsed().as_secs_f64())
-        .unwrap_or(f64::NAN);
-    let cpu_us = cpu_per_message(first.map(|f| f.1), n);
+    let pass = Clocks::pass(first, n);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
     Ok(FullRun {
-        pass: Pass {
-            rate: n as f64 / secs,
-            cpu_us,
-        },
+        pass,
         merge_peak: stats.merge_peak.load(Ordering::Relaxed),
     })
 }

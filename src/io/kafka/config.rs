@@ -92,6 +92,11 @@ impl Topics {
     pub fn budget_spend(&self) -> String {
         self.name(&self.budget_spend, topics::BUDGET_SPEND)
     }
+    /// The input topics every instance reads whole (prices and budget
+    /// allocations), outside the consumer group's split.
+    pub fn broadcast(&self) -> [String; 2] {
+        [self.price_tick(), self.budget_allocation()]
+    }
     pub fn dlq(&self, topic: &str) -> String {
         format!("{topic}{}", self.dlq_suffix)
     }

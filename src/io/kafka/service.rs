@@ -325,7 +325,7 @@ pub async fn run(
 ) -> Result<RunReport, KafkaError> {
     let topics = &cfg.topics;
     let spend_topic = topics.budget_spend();
-    let broadcast_topics = [topics.price_tick(), topics.budget_allocation()];
+    let broadcast_topics = topics.broadcast();
     let group_topics = [
         topics.job_submission(),
         topics.job_completion(),
@@ -686,7 +686,7 @@ fn activate(
     stats: &Arc<Stats>,
     decided: &mpsc::UnboundedSender<Decided>,
 ) -> Result<(Active, bool), KafkaError> {
-    let broadcast_topics = [cfg.topics.price_tick(), cfg.topics.budget_allocation()];
+    let broadcast_topics = cfg.topics.broadcast();
     let spend_topic = &cfg.topics.budget_spend();
     let reread = cfg.reread_messages;
     let restored = plan.snapshot.is_some();
