@@ -75,13 +75,21 @@ impl Worker {
             .name("prescale-decide".into())
             .spawn(move || {
                 let mut out = Vec::new();
+                let mut latencies = Vec::new();
                 for job in rx {
                     match job {
                         Job::Events(items) => {
+                            // Counted once per batch: the loop's thread
+                            // writes counters beside these, and one shared
+                            // cache line written per event by both threads
+                            // costs them both.
+                            stats.events.fetch_add(items.len() as u64, Ordering::Relaxed);
+                            let timed = stats.record_latency.load(Ordering::Relaxed);
                             for (ev, trigger_ts) in items {
                                 brain.handle(ev, &mut out);
-                                stats.events.fetch_add(1, Ordering::Relaxed);
-                                record_latency(&stats, trigger_ts);
+                                if timed {
+                                    latencies.push(trigger_ts);
+                                }
                                 if !out.is_empty() {
                                     let d = Decided {
                                         commands: std::mem::take(&mut out),
@@ -98,6 +106,7 @@ impl Worker {
                         }
                         Job::Call(f) => f(brain.as_mut()),
                     }
+                    record_latencies(&stats, &mut latencies);
                 }
             })
             .map_err(|e| KafkaError::Engine(format!("starting the decision thread: {e}")))?;
@@ -119,7 +128,11 @@ impl Worker {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let items = std::mem::take(&mut self.batch);
+        // The next batch starts at this one's size: growing a vector of
+        // events from empty on every batch took about 8 % of the loop's
+        // thread (reallocation copies).
+        let next = Vec::with_capacity(self.batch.len());
+        let items = std::mem::replace(&mut self.batch, next);
         self.send(Job::Events(items))
     }
 
@@ -163,13 +176,17 @@ impl Drop for Worker {
     }
 }
 
-fn record_latency(stats: &Stats, produced_at: Option<i64>) {
-    if let (true, Some(p)) = (stats.record_latency.load(Ordering::Relaxed), produced_at) {
-        let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-        if let Ok(mut l) = stats.latencies_ms.lock() {
-            l.push(now - p as f64);
-        }
+/// Record the produce→decided latency of the events just applied (their
+/// produce times, ms), under one lock per batch.
+fn record_latencies(stats: &Stats, produced_at: &mut Vec<Option<i64>>) {
+    if produced_at.is_empty() {
+        return;
     }
+    let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+    if let Ok(mut l) = stats.latencies_ms.lock() {
+        l.extend(produced_at.iter().flatten().map(|&p| now - p as f64));
+    }
+    produced_at.clear();
 }
 
 #[cfg(test)]
