@@ -7,12 +7,14 @@
 #   bash scripts/bench-elsewhere.sh pack        # here: build, strip, bundle into target/bench-elsewhere/
 #   OUT=DIR bash scripts/bench-elsewhere.sh run  # there, from the repository root: figures into DIR
 #
-# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` three
-# ways (all cores; broker and bench pinned to two cores with taskset, as on
-# a 2-core CI machine; all cores with 12 partitions per topic), then
-# `prescale bench replay --scale 300 --stages decode,state,dense`. Each
-# result is written to $OUT as text and JSON. docs/service.md ("Session 9")
-# has the figures of a 16-core run.
+# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` four
+# ways (all cores, with the default decode threads; all cores, decoding on
+# the loop's thread; broker and bench pinned to two cores with taskset, as
+# on a 2-core CI machine; all cores with 12 partitions per topic), then
+# `prescale bench replay --scale 300 --stages decode,state,dense`. The text
+# goes to $OUT/all.txt, each Kafka run's figures to $OUT/<name>.json (five
+# files: a device machine returns at most eight). docs/service.md
+# ("Session 9", "Session 11") has the figures of 16-core runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DIR="$PWD/target/bench-elsewhere"
@@ -55,10 +57,10 @@ kafka() { # name, [prefix words...], --, bench args...
     shift
     while [[ $1 != -- ]]; do pre+=("$1"); shift; done
     shift
-    echo "=== $name"
+    echo "=== $name: ${pre[*]} prescale bench kafka $*"
     start_broker "${pre[@]}" || return 1
     "${pre[@]}" "$DIR/prescale" bench kafka --brokers 127.0.0.1:19392 "$@" \
-        --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
+        --json "$OUT/$name.json" 2>&1
     stop_broker
 }
 
@@ -66,13 +68,19 @@ run() {
     : "${OUT:?set OUT to the directory for the figures}"
     mkdir -p "$OUT"
     (cd "$DIR" && tar -xzf bins.tar.gz) || return 3
-    lscpu | grep -E 'Model name|^CPU\(s\)'
-    kafka all-cores -- --messages 1000000 --repeat 3 --latency-secs 10
-    kafka two-cores taskset -c 0,1 -- --messages 1000000 --repeat 3 --latency-secs 10
-    kafka all-cores-12p -- --messages 1000000 --repeat 3 --latency-secs 5 --partitions 12
-    echo "=== replay"
-    "$DIR/prescale" bench replay --scale 300 --stages decode,state,dense --repeat 3 2>&1 |
-        tee "$OUT/replay.txt"
+    {
+        lscpu | grep -E 'Model name|^CPU\(s\)'
+        local m=(--messages 1000000 --repeat 3)
+        # Decode threads by default (one per core beyond four, at most four).
+        kafka all-cores -- "${m[@]}" --latency-secs 10
+        # The same with decoding on the loop's thread, as on a small machine.
+        kafka all-cores-inline -- "${m[@]}" --latency-secs 5 --decode-threads 0
+        # As on a 2-core CI machine: broker and bench on two cores.
+        kafka two-cores taskset -c 0,1 -- "${m[@]}" --latency-secs 10
+        kafka all-cores-12p -- "${m[@]}" --latency-secs 5 --partitions 12
+        echo "=== replay"
+        "$DIR/prescale" bench replay --scale 300 --stages decode,state,dense --repeat 3 2>&1
+    } 2>&1 | tee "$OUT/all.txt"
 }
 
 case "${1:-}" in

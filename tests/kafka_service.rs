@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 fn kafka_replay_equals_file_replay() {
     let broker = Broker::shared();
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(broker, "replay", state.path());
+    let mut cfg = config(broker, "replay", state.path());
+    // Decoded on threads beside the loop's (the default on larger
+    // machines; none on a 2-core CI runner): same commands.
+    cfg.decode_threads = Some(2);
     create_topics(&cfg);
     let evs = events(40, 25);
     let want = by_id(&factory().replay(&evs));
@@ -52,7 +55,9 @@ fn kafka_replay_equals_file_replay() {
 fn malformed_message_goes_to_dlq_and_run_continues() {
     let broker = Broker::shared();
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(broker, "dlq", state.path());
+    let mut cfg = config(broker, "dlq", state.path());
+    // The bad message is decoded among others on decode threads.
+    cfg.decode_threads = Some(2);
     create_topics(&cfg);
     let evs = events(12, 20);
     let want = by_id(&factory().replay(&evs));

@@ -26,7 +26,7 @@ use super::split::{MessageView, Split, Woken, AHEAD};
 use super::worker::{Decided, Worker};
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
-use crate::events::avro::EventKind;
+use crate::events::avro::{CodecError, EventKind};
 use crate::events::{Command, Event};
 use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
@@ -474,9 +474,12 @@ pub async fn run(
         Ctl(Option<Control>),
     }
 
+    let decoders = super::decode::Decoders::new(cfg.decode_threads())?;
+    tracing::info!(decode_threads = decoders.threads(), "service loop starting");
     let ing = Ingest {
         cfg,
         inputs: &inputs,
+        decoders: &decoders,
         publisher: &publisher,
         stats: &stats,
         group: &group,
@@ -827,10 +830,48 @@ struct Input {
     counter: prometheus_client::metrics::counter::Counter,
 }
 
+/// What a message's bytes say, worked out before it touches any state (so
+/// possibly on a decode thread, see [`super::decode`]).
+// Made per message and moved once into the merge: boxing the large variant
+// would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Decoded {
+    /// A message of input `input`: its event, or why it has none, and its
+    /// producer sequence.
+    Input {
+        input: usize,
+        event: Result<Event, CodecError>,
+        seq: Option<u64>,
+    },
+    /// Not an input topic (the budget-spend topic).
+    Other,
+}
+
+fn decode_message(cfg: &KafkaConfig, inputs: &[Input], m: &dyn MessageView) -> Decoded {
+    let Some(input) = inputs.iter().position(|i| i.topic == m.topic()) else {
+        return Decoded::Other;
+    };
+    let event = decode_input(cfg, inputs[input].kind, m.payload().unwrap_or(&[]));
+    let seq = event.is_ok().then(|| seq_header(m)).flatten();
+    Decoded::Input { input, event, seq }
+}
+
+/// What taking one poll result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Took {
+    /// A client event (end of partition, an error), not a message.
+    NoMessage,
+    Message,
+    /// A message whose partition the merge asked to read again from further
+    /// back: the partition was seeked.
+    Rewound,
+}
+
 /// What taking a message in needs besides the assignment's state.
 struct Ingest<'a> {
     cfg: &'a KafkaConfig,
     inputs: &'a [Input],
+    decoders: &'a super::decode::Decoders,
     publisher: &'a Publisher,
     stats: &'a Stats,
     /// The consumers, to seek a partition back when the merger asks.
@@ -848,24 +889,40 @@ impl Ingest<'_> {
         m: Result<&dyn MessageView, &RdError>,
         now: Instant,
     ) -> Result<bool, KafkaError> {
+        Ok(self.take_decoded(a, m, None, now)? != Took::NoMessage)
+    }
+
+    /// [`Self::take`], with the message decoded already (`None`: decode it
+    /// here).
+    fn take_decoded(
+        &self,
+        a: Option<&mut Active>,
+        m: Result<&dyn MessageView, &RdError>,
+        decoded: Option<Decoded>,
+        now: Instant,
+    ) -> Result<Took, KafkaError> {
         match m {
             Ok(m) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
                 if let Some(a) = a {
-                    self.ingest(a, m, now)?;
+                    if self.ingest(a, m, decoded, now)? {
+                        return Ok(Took::Rewound);
+                    }
                 }
-                return Ok(true);
+                return Ok(Took::Message);
             }
             Err(e) if is_partition_eof(e) => {}
             // Transient client errors (broker down, coordinator moving) are
             // retried by librdkafka.
             Err(e) => tracing::warn!(error = %e, "consumer error"),
         }
-        Ok(false)
+        Ok(Took::NoMessage)
     }
 
     /// Take up to `budget` messages, without waiting, from the split
-    /// partitions whose merge buffer holds fewer than [`AHEAD`].
+    /// partitions whose merge buffer holds fewer than [`AHEAD`]: per
+    /// partition, what is at hand is read, decoded (in parallel when there
+    /// are decode threads), then merged in order.
     fn pump<C: ConsumerContext + 'static>(
         &self,
         split: Option<&Split<C>>,
@@ -873,32 +930,62 @@ impl Ingest<'_> {
         a: &mut Active,
         now: Instant,
     ) -> Result<usize, KafkaError> {
+        let (cfg, inputs) = (self.cfg, self.inputs);
         let mut n = 0;
         for (slot, q) in split.into_iter().flat_map(Split::ready) {
             let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
             // One stream per pass, not one `recv` per message: each
             // registers a waker slot under a lock.
             let mut stream = q.stream();
-            for _ in 0..room {
+            let mut batch = Vec::with_capacity(room);
+            while batch.len() < room {
                 let Some(Some(m)) = stream.next().now_or_never() else {
                     break;
                 };
-                if self.take(Some(a), view(&m), now)? {
-                    n += 1;
+                batch.push(m);
+            }
+            let decoded = self.decoders.map(&batch, |m| {
+                m.as_ref()
+                    .ok()
+                    .map(|m| decode_message(cfg, inputs, m as &dyn MessageView))
+            });
+            for (m, d) in batch.iter().zip(decoded) {
+                match self.take_decoded(Some(a), view(m), d, now)? {
+                    Took::NoMessage => {}
+                    Took::Message => n += 1,
+                    Took::Rewound => {
+                        // The rest of the batch was read before the seek,
+                        // which reads it again.
+                        n += 1;
+                        break;
+                    }
                 }
             }
         }
         Ok(n)
     }
 
-    /// Decode one input message into the merge buffer; one that does not
-    /// decode or validate goes to the dead-letter topic and only advances
-    /// its offset. Seeks its partition back when the merger asks (see
-    /// [`Push::Rewind`]).
-    fn ingest(&self, a: &mut Active, m: &dyn MessageView, now: Instant) -> Result<(), KafkaError> {
+    /// Put one input message (decoded already, or here when `decoded` is
+    /// `None`) into the merge buffer; one that does not decode or validate
+    /// goes to the dead-letter topic and only advances its offset. Seeks its
+    /// partition back when the merger asks (see [`Push::Rewind`]); returns
+    /// whether it did.
+    fn ingest(
+        &self,
+        a: &mut Active,
+        m: &dyn MessageView,
+        decoded: Option<Decoded>,
+        now: Instant,
+    ) -> Result<bool, KafkaError> {
         let cfg = self.cfg;
         let topic = m.topic();
-        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
+        let decoded = decoded.unwrap_or_else(|| decode_message(cfg, self.inputs, m));
+        let Decoded::Input {
+            input: i,
+            event,
+            seq,
+        } = decoded
+        else {
             if topic == cfg.topics.budget_spend() {
                 match a.exchange.on_record(m.payload().unwrap_or(&[])) {
                     Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
@@ -906,15 +993,15 @@ impl Ingest<'_> {
                     Err(e) => self.dead_letter(m, &e)?,
                 }
             }
-            return Ok(());
+            return Ok(false);
         };
         let input = &self.inputs[i];
         let Some(slot) = a.slot(i, topic, m.partition()) else {
-            return Ok(());
+            return Ok(false);
         };
-        let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
+        let pushed = match event {
             Ok(ev) => {
-                let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
+                let key = OrderKey::new(&ev, input.kind, seq, m.partition(), m.offset());
                 let pushed = a
                     .merger
                     .push(slot, m.offset(), key, ev, m.timestamp_ms(), now);
@@ -936,8 +1023,9 @@ impl Ingest<'_> {
         };
         if let Push::Rewind(to) = pushed {
             self.rewind(m, to, input.broadcast)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Dead-letter `m` (see [`dead_letter`]) and count it.

@@ -83,7 +83,9 @@ impl Worker {
                             // writes counters beside these, and one shared
                             // cache line written per event by both threads
                             // costs them both.
-                            stats.events.fetch_add(items.len() as u64, Ordering::Relaxed);
+                            stats
+                                .events
+                                .fetch_add(items.len() as u64, Ordering::Relaxed);
                             let timed = stats.record_latency.load(Ordering::Relaxed);
                             for (ev, trigger_ts) in items {
                                 brain.handle(ev, &mut out);
