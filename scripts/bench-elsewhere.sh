@@ -7,12 +7,11 @@
 #   bash scripts/bench-elsewhere.sh pack        # here: build, strip, bundle into target/bench-elsewhere/
 #   OUT=DIR bash scripts/bench-elsewhere.sh run  # there, from the repository root: figures into DIR
 #
-# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` four
-# ways (all cores, with the default decode threads; all cores, decoding on
-# the loop's thread; broker and bench pinned to two cores with taskset, as
-# on a 2-core CI machine; all cores with 12 partitions per topic), then
+# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` three
+# ways (all cores; broker and bench pinned to two cores with taskset, as on
+# a 2-core CI machine; all cores with 12 partitions per topic), then
 # `prescale bench replay --scale 300 --stages decode,state,dense`. The text
-# goes to $OUT/all.txt, each Kafka run's figures to $OUT/<name>.json (five
+# goes to $OUT/all.txt, each Kafka run's figures to $OUT/<name>.json (four
 # files: a device machine returns at most eight). docs/service.md
 # ("Session 9", "Session 11") has the figures of 16-core runs.
 set -uo pipefail
@@ -71,10 +70,7 @@ run() {
     {
         lscpu | grep -E 'Model name|^CPU\(s\)'
         local m=(--messages 1000000 --repeat 3)
-        # Decode threads by default (one per core beyond four, at most four).
         kafka all-cores -- "${m[@]}" --latency-secs 10
-        # The same with decoding on the loop's thread, as on a small machine.
-        kafka all-cores-inline -- "${m[@]}" --latency-secs 5 --decode-threads 0
         # As on a 2-core CI machine: broker and bench on two cores.
         kafka two-cores taskset -c 0,1 -- "${m[@]}" --latency-secs 10
         kafka all-cores-12p -- "${m[@]}" --latency-secs 5 --partitions 12

@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 fn kafka_replay_equals_file_replay() {
     let broker = Broker::shared();
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = config(broker, "replay", state.path());
-    // Decoded on threads beside the loop's (the default on larger
-    // machines; none on a 2-core CI runner): same commands.
-    cfg.decode_threads = Some(2);
+    let cfg = config(broker, "replay", state.path());
     create_topics(&cfg);
     let evs = events(40, 25);
     let want = by_id(&factory().replay(&evs));
@@ -55,9 +52,7 @@ fn kafka_replay_equals_file_replay() {
 fn malformed_message_goes_to_dlq_and_run_continues() {
     let broker = Broker::shared();
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = config(broker, "dlq", state.path());
-    // The bad message is decoded among others on decode threads.
-    cfg.decode_threads = Some(2);
+    let cfg = config(broker, "dlq", state.path());
     create_topics(&cfg);
     let evs = events(12, 20);
     let want = by_id(&factory().replay(&evs));

@@ -333,12 +333,8 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     // (`consumer_config`), the raw one here included.
     let n = args.messages;
     println!(
-        "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments, {} decode threads",
-        base.brokers,
-        args.partitions,
-        n,
-        args.environments,
-        base.decode_threads()
+        "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",
+        base.brokers, args.partitions, n, args.environments
     );
 
     // 1 + 2: same topics, same messages.
@@ -543,7 +539,6 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             "messages": n,
             "repeat": args.repeat,
             "partitions": args.partitions,
-            "decode_threads": base.decode_threads(),
             "raw_consume_msgs_per_s": raw,
             "full_path_msgs_per_s": full,
             "full_over_raw": full / raw,

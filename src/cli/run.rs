@@ -47,11 +47,6 @@ pub struct KafkaArgs {
     /// live input across partitions).
     #[arg(long)]
     pub merge_idle_ms: Option<u64>,
-    /// Threads that decode input messages beside the loop's (default: none
-    /// on machines of up to four cores, else one per core beyond four, at
-    /// most four).
-    #[arg(long)]
-    pub decode_threads: Option<usize>,
     /// librdkafka property, as kcat takes it: -X security.protocol=SASL_SSL
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub property: Vec<String>,
@@ -75,7 +70,6 @@ impl KafkaArgs {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_interval_ms: self.checkpoint_interval_ms,
             merge_idle_ms: self.merge_idle_ms,
-            decode_threads: self.decode_threads,
             ..Default::default()
         };
         if let Some(p) = &self.topic_prefix {

@@ -185,10 +185,6 @@ pub struct KafkaConfig {
     /// that seek once stalled on tansu, so keep this above the producers'
     /// batch size (librdkafka's default batch is 10,000 messages).
     pub reread_messages: u32,
-    /// Threads that decode input messages beside the loop's; unset: none on
-    /// machines of up to four cores, else one per core beyond four, at most
-    /// four (see `decode`). 0 decodes on the loop's thread.
-    pub decode_threads: Option<usize>,
 }
 
 impl Default for KafkaConfig {
@@ -205,7 +201,6 @@ impl Default for KafkaConfig {
             partitions: 3,
             merge_idle_ms: 0,
             reread_messages: super::merge::REREAD,
-            decode_threads: None,
         }
     }
 }
@@ -243,8 +238,6 @@ pub struct Overrides {
     pub checkpoint_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merge_idle_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decode_threads: Option<usize>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub topics: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -252,14 +245,6 @@ pub struct Overrides {
 }
 
 impl KafkaConfig {
-    /// Decode threads on this machine: [`Self::decode_threads`], or when
-    /// unset the default for its cores.
-    pub fn decode_threads(&self) -> usize {
-        self.decode_threads.unwrap_or_else(|| {
-            super::decode::auto_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        })
-    }
-
     /// Load: defaults < TOML file < `PRESCALE_KAFKA_*` environment < flags.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))

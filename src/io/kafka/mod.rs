@@ -14,14 +14,12 @@
 //!   topic.
 //! - [`service`]: the `prescale run` loop (consume → decode → merge →
 //!   publish, with dead letters, checkpoints and rebalances); `worker`:
-//!   the engine on a thread of its own, fed in order by the loop; `decode`:
-//!   input messages decoded on threads of their own on larger machines.
+//!   the engine on a thread of its own, fed in order by the loop.
 
 pub mod brain;
 pub mod client;
 pub mod codec;
 pub mod config;
-mod decode;
 pub mod extras;
 pub mod lag;
 pub mod merge;

@@ -26,7 +26,7 @@ use super::split::{MessageView, Split, Woken, AHEAD};
 use super::worker::{Decided, Worker};
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
-use crate::events::avro::{CodecError, EventKind};
+use crate::events::avro::EventKind;
 use crate::events::{Command, Event};
 use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
@@ -474,12 +474,9 @@ pub async fn run(
         Ctl(Option<Control>),
     }
 
-    let decoders = super::decode::Decoders::new(cfg.decode_threads())?;
-    tracing::info!(decode_threads = decoders.threads(), "service loop starting");
     let ing = Ingest {
         cfg,
         inputs: &inputs,
-        decoders: &decoders,
         publisher: &publisher,
         stats: &stats,
         group: &group,
@@ -830,48 +827,10 @@ struct Input {
     counter: prometheus_client::metrics::counter::Counter,
 }
 
-/// What a message's bytes say, worked out before it touches any state (so
-/// possibly on a decode thread, see [`super::decode`]).
-// Made per message and moved once into the merge: boxing the large variant
-// would add an allocation per message.
-#[allow(clippy::large_enum_variant)]
-enum Decoded {
-    /// A message of input `input`: its event, or why it has none, and its
-    /// producer sequence.
-    Input {
-        input: usize,
-        event: Result<Event, CodecError>,
-        seq: Option<u64>,
-    },
-    /// Not an input topic (the budget-spend topic).
-    Other,
-}
-
-fn decode_message(cfg: &KafkaConfig, inputs: &[Input], m: &dyn MessageView) -> Decoded {
-    let Some(input) = inputs.iter().position(|i| i.topic == m.topic()) else {
-        return Decoded::Other;
-    };
-    let event = decode_input(cfg, inputs[input].kind, m.payload().unwrap_or(&[]));
-    let seq = event.is_ok().then(|| seq_header(m)).flatten();
-    Decoded::Input { input, event, seq }
-}
-
-/// What taking one poll result did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Took {
-    /// A client event (end of partition, an error), not a message.
-    NoMessage,
-    Message,
-    /// A message whose partition the merge asked to read again from further
-    /// back: the partition was seeked.
-    Rewound,
-}
-
 /// What taking a message in needs besides the assignment's state.
 struct Ingest<'a> {
     cfg: &'a KafkaConfig,
     inputs: &'a [Input],
-    decoders: &'a super::decode::Decoders,
     publisher: &'a Publisher,
     stats: &'a Stats,
     /// The consumers, to seek a partition back when the merger asks.
@@ -889,40 +848,24 @@ impl Ingest<'_> {
         m: Result<&dyn MessageView, &RdError>,
         now: Instant,
     ) -> Result<bool, KafkaError> {
-        Ok(self.take_decoded(a, m, None, now)? != Took::NoMessage)
-    }
-
-    /// [`Self::take`], with the message decoded already (`None`: decode it
-    /// here).
-    fn take_decoded(
-        &self,
-        a: Option<&mut Active>,
-        m: Result<&dyn MessageView, &RdError>,
-        decoded: Option<Decoded>,
-        now: Instant,
-    ) -> Result<Took, KafkaError> {
         match m {
             Ok(m) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
                 if let Some(a) = a {
-                    if self.ingest(a, m, decoded, now)? {
-                        return Ok(Took::Rewound);
-                    }
+                    self.ingest(a, m, now)?;
                 }
-                return Ok(Took::Message);
+                return Ok(true);
             }
             Err(e) if is_partition_eof(e) => {}
             // Transient client errors (broker down, coordinator moving) are
             // retried by librdkafka.
             Err(e) => tracing::warn!(error = %e, "consumer error"),
         }
-        Ok(Took::NoMessage)
+        Ok(false)
     }
 
     /// Take up to `budget` messages, without waiting, from the split
-    /// partitions whose merge buffer holds fewer than [`AHEAD`]: per
-    /// partition, what is at hand is read, decoded (in parallel when there
-    /// are decode threads), then merged in order.
+    /// partitions whose merge buffer holds fewer than [`AHEAD`].
     fn pump<C: ConsumerContext + 'static>(
         &self,
         split: Option<&Split<C>>,
@@ -930,62 +873,32 @@ impl Ingest<'_> {
         a: &mut Active,
         now: Instant,
     ) -> Result<usize, KafkaError> {
-        let (cfg, inputs) = (self.cfg, self.inputs);
         let mut n = 0;
         for (slot, q) in split.into_iter().flat_map(Split::ready) {
             let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
             // One stream per pass, not one `recv` per message: each
             // registers a waker slot under a lock.
             let mut stream = q.stream();
-            let mut batch = Vec::with_capacity(room);
-            while batch.len() < room {
+            for _ in 0..room {
                 let Some(Some(m)) = stream.next().now_or_never() else {
                     break;
                 };
-                batch.push(m);
-            }
-            let decoded = self.decoders.map(&batch, |m| {
-                m.as_ref()
-                    .ok()
-                    .map(|m| decode_message(cfg, inputs, m as &dyn MessageView))
-            });
-            for (m, d) in batch.iter().zip(decoded) {
-                match self.take_decoded(Some(a), view(m), d, now)? {
-                    Took::NoMessage => {}
-                    Took::Message => n += 1,
-                    Took::Rewound => {
-                        // The rest of the batch was read before the seek,
-                        // which reads it again.
-                        n += 1;
-                        break;
-                    }
+                if self.take(Some(a), view(&m), now)? {
+                    n += 1;
                 }
             }
         }
         Ok(n)
     }
 
-    /// Put one input message (decoded already, or here when `decoded` is
-    /// `None`) into the merge buffer; one that does not decode or validate
-    /// goes to the dead-letter topic and only advances its offset. Seeks its
-    /// partition back when the merger asks (see [`Push::Rewind`]); returns
-    /// whether it did.
-    fn ingest(
-        &self,
-        a: &mut Active,
-        m: &dyn MessageView,
-        decoded: Option<Decoded>,
-        now: Instant,
-    ) -> Result<bool, KafkaError> {
+    /// Decode one input message into the merge buffer; one that does not
+    /// decode or validate goes to the dead-letter topic and only advances
+    /// its offset. Seeks its partition back when the merger asks (see
+    /// [`Push::Rewind`]).
+    fn ingest(&self, a: &mut Active, m: &dyn MessageView, now: Instant) -> Result<(), KafkaError> {
         let cfg = self.cfg;
         let topic = m.topic();
-        let decoded = decoded.unwrap_or_else(|| decode_message(cfg, self.inputs, m));
-        let Decoded::Input {
-            input: i,
-            event,
-            seq,
-        } = decoded
-        else {
+        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
             if topic == cfg.topics.budget_spend() {
                 match a.exchange.on_record(m.payload().unwrap_or(&[])) {
                     Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
@@ -993,15 +906,15 @@ impl Ingest<'_> {
                     Err(e) => self.dead_letter(m, &e)?,
                 }
             }
-            return Ok(false);
+            return Ok(());
         };
         let input = &self.inputs[i];
         let Some(slot) = a.slot(i, topic, m.partition()) else {
-            return Ok(false);
+            return Ok(());
         };
-        let pushed = match event {
+        let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
             Ok(ev) => {
-                let key = OrderKey::new(&ev, input.kind, seq, m.partition(), m.offset());
+                let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
                 let pushed = a
                     .merger
                     .push(slot, m.offset(), key, ev, m.timestamp_ms(), now);
@@ -1023,9 +936,8 @@ impl Ingest<'_> {
         };
         if let Push::Rewind(to) = pushed {
             self.rewind(m, to, input.broadcast)?;
-            return Ok(true);
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Dead-letter `m` (see [`dead_letter`]) and count it.
