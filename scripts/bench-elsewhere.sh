@@ -59,7 +59,7 @@ kafka() { # name, [prefix words...], --, bench args...
     echo "=== $name: ${pre[*]} prescale bench kafka $*"
     start_broker "${pre[@]}" || return 1
     "${pre[@]}" "$DIR/prescale" bench kafka --brokers 127.0.0.1:19392 "$@" \
-        --json "$OUT/$name.json" 2>&1
+        --json "$OUT/$name.json"
     stop_broker
 }
 

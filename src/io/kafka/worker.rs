@@ -89,8 +89,8 @@ impl Worker {
                             let timed = stats.record_latency.load(Ordering::Relaxed);
                             for (ev, trigger_ts) in items {
                                 brain.handle(ev, &mut out);
-                                if timed {
-                                    latencies.push(trigger_ts);
+                                if let (true, Some(p)) = (timed, trigger_ts) {
+                                    latencies.push(p);
                                 }
                                 if !out.is_empty() {
                                     let d = Decided {
@@ -105,10 +105,10 @@ impl Worker {
                                     }
                                 }
                             }
+                            record_latencies(&stats, &mut latencies);
                         }
                         Job::Call(f) => f(brain.as_mut()),
                     }
-                    record_latencies(&stats, &mut latencies);
                 }
             })
             .map_err(|e| KafkaError::Engine(format!("starting the decision thread: {e}")))?;
@@ -180,13 +180,13 @@ impl Drop for Worker {
 
 /// Record the produce→decided latency of the events just applied (their
 /// produce times, ms), under one lock per batch.
-fn record_latencies(stats: &Stats, produced_at: &mut Vec<Option<i64>>) {
+fn record_latencies(stats: &Stats, produced_at: &mut Vec<i64>) {
     if produced_at.is_empty() {
         return;
     }
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
     if let Ok(mut l) = stats.latencies_ms.lock() {
-        l.extend(produced_at.iter().flatten().map(|&p| now - p as f64));
+        l.extend(produced_at.iter().map(|&p| now - p as f64));
     }
     produced_at.clear();
 }
