@@ -25,6 +25,7 @@ use prescale::state::StateConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,6 +48,12 @@ pub struct BenchKafkaArgs {
     /// Duration of the latency measurement.
     #[arg(long, default_value_t = 10)]
     pub latency_secs: u64,
+    /// Input at the same rate before the latency measurement, reported
+    /// apart: consumers of freshly created topics sometimes stall about
+    /// half a second on their first fetches (the raw consumer's too), a
+    /// start-up cost rather than the steady-state latency.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
     /// Compute environments in the synthetic input.
     #[arg(long, default_value_t = 8)]
     pub environments: usize,
@@ -247,16 +254,21 @@ fn spawn(
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let cfg = cfg.clone();
     let factory = factory.clone();
-    let h = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let opts = RunOptions {
-            instance: "bench".into(),
-            exit_when_idle: idle,
-        };
-        Ok(rt.block_on(service::run(&cfg, &factory, &opts, rx, stats))?)
-    });
+    // Named, so the per-thread CPU figures can tell the loop from the
+    // bench's own main thread.
+    let h = std::thread::Builder::new()
+        .name("prescale-loop".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let opts = RunOptions {
+                instance: "bench".into(),
+                exit_when_idle: idle,
+            };
+            Ok(rt.block_on(service::run(&cfg, &factory, &opts, rx, stats))?)
+        })
+        .expect("spawning the service thread");
     (tx, h)
 }
 
@@ -265,6 +277,58 @@ struct FullRun {
     pass: Pass,
     /// Most messages the merge held at once.
     merge_peak: u64,
+    /// CPU per message (µs) by thread role, largest first.
+    threads: Vec<(String, f64)>,
+}
+
+/// On-CPU time (ns) of each thread of this process by thread id, with its
+/// name, from Linux's `/proc/self/task/*/schedstat` (nanoseconds, unlike
+/// the clock ticks of `stat`); empty where that does not exist. Which
+/// thread is the bound tells more than the process total: the full path is
+/// as fast as its busiest thread.
+fn thread_cpu() -> HashMap<u32, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+        let ns = read("schedstat").and_then(|s| s.split_whitespace().next()?.parse().ok());
+        if let (Some(ns), Some(comm)) = (ns, read("comm")) {
+            out.insert(tid, (comm.trim().to_string(), ns));
+        }
+    }
+    out
+}
+
+/// CPU per message (µs) by thread role between two [`thread_cpu`]
+/// readings: librdkafka's numbered threads grouped (`rdk:broker*`), the
+/// bench's own main thread (which only watches the counters) left out.
+fn thread_roles(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+    n: usize,
+) -> Vec<(String, f64)> {
+    let main = std::process::id();
+    let mut roles: HashMap<String, u64> = HashMap::new();
+    for (tid, (comm, ns)) in after {
+        if *tid == main {
+            continue;
+        }
+        let base = before.get(tid).map_or(0, |b| b.1);
+        let role = comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        *roles.entry(role.to_string()).or_default() += ns.saturating_sub(base);
+    }
+    let mut v: Vec<(String, f64)> = roles
+        .into_iter()
+        .map(|(r, ns)| (r, ns as f64 / 1e3 / n as f64))
+        .filter(|(_, us)| *us >= 0.005)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 /// The full path over `n` pre-produced messages.
@@ -275,6 +339,7 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
     // `checkpoint_interval_ms` as configured (1 s unless set): checkpoints
     // are part of the full path's cost.
     let stats = Arc::new(Stats::default());
+    let cpu_before = thread_cpu();
     let (_tx, h) = spawn(
         &cfg,
         factory,
@@ -311,12 +376,58 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         std::thread::sleep(Duration::from_millis(1));
     }
     let pass = Clocks::pass(first, n);
+    let threads = thread_roles(&cpu_before, &thread_cpu(), n);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
     Ok(FullRun {
         pass,
         merge_peak: stats.merge_peak.load(Ordering::Relaxed),
+        threads,
     })
+}
+
+/// Latencies of one hop, split by produce time into the warm-up and the
+/// measured steady state.
+struct Latencies {
+    steady: Vec<f64>,
+    warmup: Vec<f64>,
+}
+
+impl Latencies {
+    /// `(produce time, latency)` pairs; measured from `steady_from` (ms
+    /// since the epoch) on.
+    fn split(v: Vec<(i64, f64)>, steady_from: i64) -> Self {
+        let (steady, warmup): (Vec<_>, Vec<_>) =
+            v.into_iter().partition(|&(t, _)| t >= steady_from);
+        Latencies {
+            steady: steady.into_iter().map(|x| x.1).collect(),
+            warmup: warmup.into_iter().map(|x| x.1).collect(),
+        }
+    }
+
+    fn print(&self, hop: &str, what: &str) {
+        let j = self.json();
+        println!(
+            "    {hop} p50 {:>6.1} ms  p99 {:>6.1} ms  ({} {what}; warm-up: worst {:.1} ms of {})",
+            j["p50"].as_f64().unwrap_or(f64::NAN),
+            j["p99"].as_f64().unwrap_or(f64::NAN),
+            self.steady.len(),
+            j["warmup_max"].as_f64().unwrap_or(f64::NAN),
+            self.warmup.len()
+        );
+    }
+
+    /// p50, p99 and count of the steady state; worst and count of the warm-up.
+    fn json(&self) -> serde_json::Value {
+        let (mut s, mut w) = (self.steady.clone(), self.warmup.clone());
+        serde_json::json!({
+            "p50": percentile(&mut s, 0.5),
+            "p99": percentile(&mut s, 0.99),
+            "n": s.len(),
+            "warmup_max": percentile(&mut w, 1.0),
+            "warmup_n": w.len(),
+        })
+    }
 }
 
 pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
@@ -354,6 +465,7 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     );
     let (mut raws, mut fulls) = (Vec::new(), Vec::new());
     let (mut raw_cpus, mut full_cpus) = (Vec::new(), Vec::new());
+    let mut roles: HashMap<String, Vec<f64>> = HashMap::new();
     for i in 0..args.repeat {
         let Pass {
             rate: raw,
@@ -368,12 +480,26 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
                 cpu_us: full_cpu,
             },
             merge_peak,
+            threads,
         } = full_path(&run_cfg, &factory, n)?;
         println!(
             "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages); CPU per message {raw_cpu:.2} / {full_cpu:.2} µs",
             i + 1,
             full / raw
         );
+        if !threads.is_empty() {
+            let line: Vec<String> = threads
+                .iter()
+                .map(|(r, us)| format!("{r} {us:.2}"))
+                .collect();
+            println!(
+                "         full path CPU per message by thread (µs): {}",
+                line.join(", ")
+            );
+        }
+        for (r, us) in threads {
+            roles.entry(r).or_default().push(us);
+        }
         raws.push(raw);
         fulls.push(full);
         raw_cpus.push(raw_cpu);
@@ -427,7 +553,7 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     let stop = Arc::new(AtomicBool::new(false));
     let raw_cfg = cfg.clone();
     let raw_stop = stop.clone();
-    let raw_receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+    let raw_receiver = std::thread::spawn(move || -> anyhow::Result<Vec<(i64, f64)>> {
         let c: BaseConsumer = consumer_config(&raw_cfg, None).create()?;
         let mut tpl = TopicPartitionList::new();
         for (_, t) in raw_cfg.topics.inputs() {
@@ -441,7 +567,7 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                 let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
                 if let Some(ts) = m.timestamp().to_millis() {
-                    out.push(now - ts as f64);
+                    out.push((ts, now - ts as f64));
                 }
             }
         }
@@ -450,7 +576,7 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     // Command receiver: produce-of-trigger → command arrival.
     let rcfg = cfg.clone();
     let rstop = stop.clone();
-    let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+    let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<(i64, f64)>> {
         let c: BaseConsumer = consumer_config(&rcfg, None).create()?;
         let mut tpl = TopicPartitionList::new();
         for t in [
@@ -475,14 +601,16 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
                     })
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
                 if let Some(ts) = ts {
-                    out.push(now - ts);
+                    out.push((ts as i64, now - ts));
                 }
             }
         }
         Ok(out)
     });
-    let total = (args.rate * args.latency_secs as f64) as usize;
+    let total = (args.rate * (args.warmup_secs + args.latency_secs) as f64) as usize;
     let t0 = chrono::Utc::now().timestamp_millis();
+    // Events produced from here on are measured; those before are warm-up.
+    let steady_from = t0 + 1000 * args.warmup_secs as i64;
     let live = synthetic(total, args.environments, t0, 1000.0 / args.rate);
     let lmsgs: Vec<RecordedMessage> = live
         .iter()
@@ -502,37 +630,34 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
     let _ = tx.blocking_send(Control::Stop);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
-    let mut cmd_lat = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    let mut raw_lat = raw_receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("raw receiver panicked"))??;
-    let (r50, r99) = (
-        percentile(&mut raw_lat, 0.5),
-        percentile(&mut raw_lat, 0.99),
+    let cmd = Latencies::split(
+        receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??,
+        steady_from,
     );
-    let mut ev_lat = std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock"));
-    let (e50, e99) = (percentile(&mut ev_lat, 0.5), percentile(&mut ev_lat, 0.99));
-    let (c50, c99) = (
-        percentile(&mut cmd_lat, 0.5),
-        percentile(&mut cmd_lat, 0.99),
+    let raw_lat = Latencies::split(
+        raw_receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw receiver panicked"))??,
+        steady_from,
     );
-    println!(
-        "  latency at {:.0} events/s for {} s ({} events):",
-        args.rate, args.latency_secs, total
+    let ev = Latencies::split(
+        std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock")),
+        steady_from,
     );
     println!(
-        "    produce → raw consumer:      p50 {r50:>6.1} ms  p99 {r99:>6.1} ms  ({} messages; plain rdkafka consumer, no processing: the floor)",
-        raw_lat.len()
+        "  latency at {:.0} events/s for {} s after a {} s warm-up ({} events in all), by the time each event was produced:",
+        args.rate, args.latency_secs, args.warmup_secs, total
     );
-    println!(
-        "    produce → decided:           p50 {e50:>6.1} ms  p99 {e99:>6.1} ms  ({} events)",
-        ev_lat.len()
+    raw_lat.print(
+        "produce → raw consumer:    ",
+        "messages; plain rdkafka consumer, no processing: the floor",
     );
-    println!(
-        "    produce → command received:  p50 {c50:>6.1} ms  p99 {c99:>6.1} ms  ({} commands; target p99 < 50 ms)",
-        cmd_lat.len()
+    ev.print("produce → decided:         ", "events");
+    cmd.print(
+        "produce → command received:",
+        "commands; target p99 < 50 ms",
     );
     if let Some(p) = &args.json {
         let j = serde_json::json!({
@@ -547,12 +672,17 @@ pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Resu
             "full_best_over_raw_best": full_best / raw_best,
             "raw_cpu_us_per_msg": raw_cpu,
             "full_cpu_us_per_msg": full_cpu,
+            "full_cpu_us_per_msg_by_thread": roles
+                .iter_mut()
+                .map(|(r, v)| (r.clone(), percentile(v, 0.5)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
             "latency": {
                 "rate_events_per_s": args.rate,
                 "seconds": args.latency_secs,
-                "raw_consume_ms": {"p50": r50, "p99": r99, "n": raw_lat.len()},
-                "event_to_decision_ms": {"p50": e50, "p99": e99, "n": ev_lat.len()},
-                "event_to_command_ms": {"p50": c50, "p99": c99, "n": cmd_lat.len()},
+                "warmup_seconds": args.warmup_secs,
+                "raw_consume_ms": raw_lat.json(),
+                "event_to_decision_ms": ev.json(),
+                "event_to_command_ms": cmd.json(),
             }
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")

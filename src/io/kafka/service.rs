@@ -132,10 +132,11 @@ pub struct Stats {
     pub merge_peak: AtomicU64,
     /// Input partitions (group topics) currently owned.
     pub assigned: AtomicU64,
-    /// When set, each applied event's produce→decided latency (ms) is
-    /// recorded in `latencies_ms` (benchmarks).
+    /// When set, each applied event's produce time (ms since the epoch)
+    /// and produce→decided latency (ms) are recorded in `latencies_ms`
+    /// (benchmarks, which tell warm-up from steady state by produce time).
     pub record_latency: std::sync::atomic::AtomicBool,
-    pub latencies_ms: Mutex<Vec<f64>>,
+    pub latencies_ms: Mutex<Vec<(i64, f64)>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -285,6 +286,9 @@ struct Active {
     /// Merger slot by input index and partition, filled on first sight, so
     /// the per-message path compares no topic names in the merger.
     slots: Vec<Vec<Option<Option<usize>>>>,
+    /// The input index of each merge slot seen so far (the reverse of
+    /// `slots`), for messages of split partition queues, whose slot is known.
+    slot_input: Vec<Option<usize>>,
 }
 
 impl Active {
@@ -297,7 +301,14 @@ impl Active {
         if row.len() <= p {
             row.resize(p + 1, None);
         }
-        *row[p].get_or_insert_with(|| self.merger.slot(topic, partition))
+        let slot = *row[p].get_or_insert_with(|| self.merger.slot(topic, partition));
+        if let Some(s) = slot {
+            if self.slot_input.len() <= s {
+                self.slot_input.resize(s + 1, None);
+            }
+            self.slot_input[s] = Some(input);
+        }
+        slot
     }
 }
 
@@ -766,6 +777,7 @@ fn activate(
             dirty: false,
             pending: None,
             slots: Vec::new(),
+            slot_input: Vec::new(),
         },
         restored,
     ))
@@ -848,11 +860,23 @@ impl Ingest<'_> {
         m: Result<&dyn MessageView, &RdError>,
         now: Instant,
     ) -> Result<bool, KafkaError> {
+        self.take_from(a, m, None, now)
+    }
+
+    /// [`Ingest::take`] of a message read from merge slot `slot`'s own
+    /// partition queue, when known.
+    fn take_from(
+        &self,
+        a: Option<&mut Active>,
+        m: Result<&dyn MessageView, &RdError>,
+        slot: Option<usize>,
+        now: Instant,
+    ) -> Result<bool, KafkaError> {
         match m {
             Ok(m) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
                 if let Some(a) = a {
-                    self.ingest(a, m, now)?;
+                    self.ingest(a, m, slot, now)?;
                 }
                 return Ok(true);
             }
@@ -883,7 +907,7 @@ impl Ingest<'_> {
                 let Some(Some(m)) = stream.next().now_or_never() else {
                     break;
                 };
-                if self.take(Some(a), view(&m), now)? {
+                if self.take_from(Some(a), view(&m), Some(slot), now)? {
                     n += 1;
                 }
             }
@@ -895,23 +919,41 @@ impl Ingest<'_> {
     /// decode or validate goes to the dead-letter topic and only advances
     /// its offset. Seeks its partition back when the merger asks (see
     /// [`Push::Rewind`]).
-    fn ingest(&self, a: &mut Active, m: &dyn MessageView, now: Instant) -> Result<(), KafkaError> {
+    ///
+    /// `known`: the merge slot of the partition queue it came from. Its
+    /// input is then looked up by slot: the topic name (a C string checked
+    /// as UTF-8 and compared with each input's) is only read for messages
+    /// of the consumers' own queues.
+    fn ingest(
+        &self,
+        a: &mut Active,
+        m: &dyn MessageView,
+        known: Option<usize>,
+        now: Instant,
+    ) -> Result<(), KafkaError> {
         let cfg = self.cfg;
-        let topic = m.topic();
-        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
-            if topic == cfg.topics.budget_spend() {
-                match a.exchange.on_record(m.payload().unwrap_or(&[])) {
-                    Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
-                    Ok(None) => {}
-                    Err(e) => self.dead_letter(m, &e)?,
-                }
+        let by_slot = known.and_then(|s| Some((a.slot_input.get(s).copied()??, s)));
+        let (i, slot) = match by_slot {
+            Some(found) => found,
+            None => {
+                let topic = m.topic();
+                let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
+                    if topic == cfg.topics.budget_spend() {
+                        match a.exchange.on_record(m.payload().unwrap_or(&[])) {
+                            Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
+                            Ok(None) => {}
+                            Err(e) => self.dead_letter(m, &e)?,
+                        }
+                    }
+                    return Ok(());
+                };
+                let Some(slot) = a.slot(i, topic, m.partition()) else {
+                    return Ok(());
+                };
+                (i, slot)
             }
-            return Ok(());
         };
         let input = &self.inputs[i];
-        let Some(slot) = a.slot(i, topic, m.partition()) else {
-            return Ok(());
-        };
         let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
             Ok(ev) => {
                 let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());

@@ -186,7 +186,7 @@ fn record_latencies(stats: &Stats, produced_at: &mut Vec<i64>) {
     }
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
     if let Ok(mut l) = stats.latencies_ms.lock() {
-        l.extend(produced_at.iter().map(|&p| now - p as f64));
+        l.extend(produced_at.iter().map(|&p| (p, now - p as f64)));
     }
     produced_at.clear();
 }
