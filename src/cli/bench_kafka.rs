@@ -307,6 +307,8 @@ fn thread_cpu() -> HashMap<u32, (String, u64)> {
 /// CPU per message (µs) by thread role between two [`thread_cpu`]
 /// readings: librdkafka's numbered threads grouped (`rdk:broker*`), the
 /// bench's own main thread (which only watches the counters) left out.
+/// Threads that ended between the readings (each periodic checkpoint's
+/// writer) are not in it; the process total ([`Pass::cpu_us`]) has them.
 fn thread_roles(
     before: &HashMap<u32, (String, u64)>,
     after: &HashMap<u32, (String, u64)>,
