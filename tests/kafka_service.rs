@@ -445,3 +445,60 @@ fn rebalance_checkpoints_revoked_state_and_restores_it() {
 fn is_snapshot(p: &std::path::Path) -> bool {
     p.extension().is_some_and(|e| e == "json")
 }
+
+/// `prescale bench kafka` runs end to end against the broker and writes
+/// the figures it prints: both rates, CPU per message (in all and for the
+/// loop's thread), and each latency hop split into warm-up and steady
+/// state. No timing is asserted, only that everything was measured.
+#[test]
+fn bench_kafka_measures_every_figure() {
+    let broker = Broker::shared();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "bench", state.path());
+    let json = state.path().join("bench.json");
+    let out = run_ok(
+        prescale()
+            .args(["bench", "kafka"])
+            .args(cli_args(&cfg))
+            .args([
+                "--messages",
+                "3000",
+                "--repeat",
+                "1",
+                "--rate",
+                "2000",
+                "--warmup-secs",
+                "1",
+                "--latency-secs",
+                "2",
+                "--json",
+                json.to_str().unwrap(),
+            ]),
+    );
+    assert!(out.contains("prescale full path"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in [
+        "raw_consume_msgs_per_s",
+        "full_path_msgs_per_s",
+        "raw_cpu_us_per_msg",
+        "full_cpu_us_per_msg",
+    ] {
+        assert!(j[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {j}");
+    }
+    if cfg!(target_os = "linux") {
+        let loop_us = &j["full_cpu_us_per_msg_by_thread"]["prescale-loop"];
+        assert!(loop_us.as_f64().is_some_and(|v| v > 0.0), "{j}");
+    }
+    let lat = &j["latency"];
+    // 3 s at 2,000 events/s: every event decided, each counted once.
+    let decided = &lat["event_to_decision_ms"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    assert_eq!(n(&decided["n"]) + n(&decided["warmup_n"]), 6000, "{lat}");
+    assert!(
+        n(&decided["n"]) > 0 && decided["p99"].as_f64().is_some(),
+        "{lat}"
+    );
+    let cmd = &lat["event_to_command_ms"];
+    assert!(n(&cmd["n"]) + n(&cmd["warmup_n"]) > 0, "no command: {lat}");
+}
