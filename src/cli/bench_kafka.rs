@@ -407,27 +407,33 @@ impl Latencies {
         }
     }
 
+    /// Steady-state p50 and p99, and the warm-up's worst.
+    fn summary(&self) -> (f64, f64, f64) {
+        let (mut s, mut w) = (self.steady.clone(), self.warmup.clone());
+        (
+            percentile(&mut s, 0.5),
+            percentile(&mut s, 0.99),
+            percentile(&mut w, 1.0),
+        )
+    }
+
     fn print(&self, hop: &str, what: &str) {
-        let j = self.json();
+        let (p50, p99, worst) = self.summary();
         println!(
-            "    {hop} p50 {:>6.1} ms  p99 {:>6.1} ms  ({} {what}; warm-up: worst {:.1} ms of {})",
-            j["p50"].as_f64().unwrap_or(f64::NAN),
-            j["p99"].as_f64().unwrap_or(f64::NAN),
+            "    {hop} p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  ({} {what}; warm-up: worst {worst:.1} ms of {})",
             self.steady.len(),
-            j["warmup_max"].as_f64().unwrap_or(f64::NAN),
             self.warmup.len()
         );
     }
 
-    /// p50, p99 and count of the steady state; worst and count of the warm-up.
     fn json(&self) -> serde_json::Value {
-        let (mut s, mut w) = (self.steady.clone(), self.warmup.clone());
+        let (p50, p99, worst) = self.summary();
         serde_json::json!({
-            "p50": percentile(&mut s, 0.5),
-            "p99": percentile(&mut s, 0.99),
-            "n": s.len(),
-            "warmup_max": percentile(&mut w, 1.0),
-            "warmup_n": w.len(),
+            "p50": p50,
+            "p99": p99,
+            "n": self.steady.len(),
+            "warmup_max": worst,
+            "warmup_n": self.warmup.len(),
         })
     }
 }

@@ -286,8 +286,9 @@ struct Active {
     /// Merger slot by input index and partition, filled on first sight, so
     /// the per-message path compares no topic names in the merger.
     slots: Vec<Vec<Option<Option<usize>>>>,
-    /// The input index of each merge slot seen so far (the reverse of
-    /// `slots`), for messages of split partition queues, whose slot is known.
+    /// The input index of each merge slot (`None`: not an input, i.e. the
+    /// budget-spend topic), for messages of split partition queues, whose
+    /// slot is known. Set with the assignment.
     slot_input: Vec<Option<usize>>,
 }
 
@@ -301,14 +302,7 @@ impl Active {
         if row.len() <= p {
             row.resize(p + 1, None);
         }
-        let slot = *row[p].get_or_insert_with(|| self.merger.slot(topic, partition));
-        if let Some(s) = slot {
-            if self.slot_input.len() <= s {
-                self.slot_input.resize(s + 1, None);
-            }
-            self.slot_input[s] = Some(input);
-        }
-        slot
+        *row[p].get_or_insert_with(|| self.merger.slot(topic, partition))
     }
 }
 
@@ -444,8 +438,13 @@ pub async fn run(
                 gsplit = None;
                 psplit = None;
                 if !plan.assignment.is_empty() {
-                    let a = activate(cfg, factory, &prices, plan, &stats, &decided_tx)?;
+                    let mut a = activate(cfg, factory, &prices, plan, &stats, &decided_tx)?;
                     restored |= a.1;
+                    a.0.slot_input =
+                        a.0.merger
+                            .partitions()
+                            .map(|(_, (t, _))| inputs.iter().position(|i| i.topic == *t))
+                            .collect();
                     let broadcast_topics = &broadcast_topics;
                     let parts = |broadcast: bool| {
                         a.0.merger
@@ -553,7 +552,7 @@ pub async fn run(
                     }
                 };
                 if let Some(first) = first {
-                    if ing.take(active.as_mut(), first, now)? {
+                    if ing.take(active.as_mut(), first, None, now)? {
                         last_input = now;
                     }
                 }
@@ -571,7 +570,7 @@ pub async fn run(
                             break;
                         };
                         apply_plan!();
-                        if ing.take(active.as_mut(), view(&m), now)? {
+                        if ing.take(active.as_mut(), view(&m), None, now)? {
                             last_input = now;
                         }
                         n += 1;
@@ -580,7 +579,7 @@ pub async fn run(
                         let Some(m) = poll_own(&prices, &mut psplit) else {
                             break;
                         };
-                        if ing.take(active.as_mut(), view(&m), now)? {
+                        if ing.take(active.as_mut(), view(&m), None, now)? {
                             last_input = now;
                         }
                         n += 1;
@@ -853,19 +852,9 @@ struct Ingest<'a> {
 impl Ingest<'_> {
     /// One poll result: count a message and put it in the merge (or the
     /// budget exchange, or the dead-letter topic); log a client error.
-    /// Returns whether it was a message.
+    /// Returns whether it was a message. `slot`: the merge slot of the
+    /// partition queue it was read from, when it came from one.
     fn take(
-        &self,
-        a: Option<&mut Active>,
-        m: Result<&dyn MessageView, &RdError>,
-        now: Instant,
-    ) -> Result<bool, KafkaError> {
-        self.take_from(a, m, None, now)
-    }
-
-    /// [`Ingest::take`] of a message read from merge slot `slot`'s own
-    /// partition queue, when known.
-    fn take_from(
         &self,
         a: Option<&mut Active>,
         m: Result<&dyn MessageView, &RdError>,
@@ -907,7 +896,7 @@ impl Ingest<'_> {
                 let Some(Some(m)) = stream.next().now_or_never() else {
                     break;
                 };
-                if self.take_from(Some(a), view(&m), Some(slot), now)? {
+                if self.take(Some(a), view(&m), Some(slot), now)? {
                     n += 1;
                 }
             }
@@ -932,7 +921,7 @@ impl Ingest<'_> {
         now: Instant,
     ) -> Result<(), KafkaError> {
         let cfg = self.cfg;
-        let by_slot = known.and_then(|s| Some((a.slot_input.get(s).copied()??, s)));
+        let by_slot = known.and_then(|s| Some((a.slot_input.get(s).copied().flatten()?, s)));
         let (i, slot) = match by_slot {
             Some(found) => found,
             None => {
