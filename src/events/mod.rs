@@ -6,6 +6,7 @@
 //! milliseconds since the Unix epoch (`timestamp-millis` in Avro).
 
 pub mod avro;
+mod binary;
 pub mod file;
 
 use serde::{Deserialize, Serialize};
