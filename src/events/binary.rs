@@ -136,52 +136,59 @@ const STATUSES: [JobStatus; 4] = [
     JobStatus::Cancelled,
 ];
 
-/// Decode a `JobSubmitted` datum (fields in `schemas/job_submitted.avsc` order).
-pub(crate) fn job_submitted(bytes: &[u8]) -> Result<JobSubmitted, CodecError> {
+/// Read one whole datum of `schema` with `fields`; bytes left over are an error.
+fn read<T>(
+    bytes: &[u8],
+    schema: &'static str,
+    fields: impl FnOnce(&mut Datum) -> Result<T, CodecError>,
+) -> Result<T, CodecError> {
     let mut d = Datum {
         rest: bytes,
-        schema: "JobSubmitted",
+        schema,
     };
-    let j = JobSubmitted {
-        job_id: d.text("job_id")?,
-        submitted_at: d.long("submitted_at")?,
-        compute_environment: d.text("compute_environment")?,
-        job_type: d.text("job_type")?,
-        project: d.text("project")?,
-        user: d.text("user")?,
-        priority: d.int("priority")?,
-        vcpus: d.double("vcpus")?,
-        memory_mib: d.long("memory_mib")?,
-        gpus: d.int("gpus")?,
-        estimated_runtime_s: d.optional("estimated_runtime_s", Datum::long)?,
-        budget_usd: d.optional("budget_usd", Datum::double)?,
-        deadline: d.optional("deadline", Datum::long)?,
-        elasticity: d.boolean("elasticity")?,
-    };
+    let v = fields(&mut d)?;
     d.end()?;
-    Ok(j)
+    Ok(v)
+}
+
+/// Decode a `JobSubmitted` datum (fields in `schemas/job_submitted.avsc` order).
+pub(crate) fn job_submitted(bytes: &[u8]) -> Result<JobSubmitted, CodecError> {
+    read(bytes, "JobSubmitted", |d| {
+        Ok(JobSubmitted {
+            job_id: d.text("job_id")?,
+            submitted_at: d.long("submitted_at")?,
+            compute_environment: d.text("compute_environment")?,
+            job_type: d.text("job_type")?,
+            project: d.text("project")?,
+            user: d.text("user")?,
+            priority: d.int("priority")?,
+            vcpus: d.double("vcpus")?,
+            memory_mib: d.long("memory_mib")?,
+            gpus: d.int("gpus")?,
+            estimated_runtime_s: d.optional("estimated_runtime_s", Datum::long)?,
+            budget_usd: d.optional("budget_usd", Datum::double)?,
+            deadline: d.optional("deadline", Datum::long)?,
+            elasticity: d.boolean("elasticity")?,
+        })
+    })
 }
 
 /// Decode a `JobCompleted` datum (fields in `schemas/job_completed.avsc` order).
 pub(crate) fn job_completed(bytes: &[u8]) -> Result<JobCompleted, CodecError> {
-    let mut d = Datum {
-        rest: bytes,
-        schema: "JobCompleted",
-    };
-    let c = JobCompleted {
-        job_id: d.text("job_id")?,
-        compute_environment: d.text("compute_environment")?,
-        started_at: d.long("started_at")?,
-        finished_at: d.long("finished_at")?,
-        status: d.symbol("status", &STATUSES)?,
-        instance_type: d.optional("instance_type", Datum::text)?,
-        market: d.optional("market", |d, f| d.symbol(f, &MARKETS))?,
-        region: d.optional("region", Datum::text)?,
-        vcpu_seconds: d.double("vcpu_seconds")?,
-        max_memory_mib: d.optional("max_memory_mib", Datum::long)?,
-    };
-    d.end()?;
-    Ok(c)
+    read(bytes, "JobCompleted", |d| {
+        Ok(JobCompleted {
+            job_id: d.text("job_id")?,
+            compute_environment: d.text("compute_environment")?,
+            started_at: d.long("started_at")?,
+            finished_at: d.long("finished_at")?,
+            status: d.symbol("status", &STATUSES)?,
+            instance_type: d.optional("instance_type", Datum::text)?,
+            market: d.optional("market", |d, f| d.symbol(f, &MARKETS))?,
+            region: d.optional("region", Datum::text)?,
+            vcpu_seconds: d.double("vcpu_seconds")?,
+            max_memory_mib: d.optional("max_memory_mib", Datum::long)?,
+        })
+    })
 }
 
 #[cfg(test)]
