@@ -110,7 +110,10 @@ pub struct BacktestInput<'a> {
     pub prices: &'a SimPrices,
     pub cfg: &'a SimConfig,
     pub policies: &'a [PolicyKind],
-    pub source: &'a dyn CommandSource,
+    /// How many policies run at once (each on a thread of its own; at
+    /// least 1). The report does not depend on it.
+    pub threads: usize,
+    pub source: &'a (dyn CommandSource + Sync),
     /// The oracle's forecaster (built from the same events by the caller).
     pub oracle: Option<Arc<dyn Forecaster>>,
     pub trace: TraceInfo,
@@ -286,10 +289,11 @@ fn biggest_mcpu(prices: &SimPrices) -> i64 {
         .unwrap_or(0)
 }
 
-/// Run every requested policy and assemble the report.
+/// Run every requested policy and assemble the report. `progress` hears the
+/// name of each policy as it finishes (from the thread that ran it).
 pub fn run_backtest(
     input: &BacktestInput<'_>,
-    progress: &dyn Fn(&str),
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<BacktestReport, SimError> {
     let w = input.workload;
     if w.jobs.is_empty() {
@@ -319,76 +323,110 @@ pub fn run_backtest(
         busy_vcpus: w.demand_series(None, series_start, cfg.bucket_ms, n),
         ..Default::default()
     };
-    let closed = !input.budgets.is_empty();
-    for &kind in input.policies {
-        progress(kind.name());
-        let engine_driven = matches!(kind, PolicyKind::Predictive | PolicyKind::Oracle);
-        let fc = if kind == PolicyKind::Oracle {
-            input.oracle.clone()
-        } else {
-            None
-        };
-        if engine_driven && closed {
-            let engine = input
-                .source
-                .engine(fc)
-                .ok_or(SimError::ClosedLoopNeedsEngine)?;
-            let run = run_closed_loop(input, kind, engine, series_start);
-            let rep = PolicyReport::from_stats(&run.total, run.scaling_commands, run.unknown)
-                .with_budgets(&run.book, run.budget_commands);
-            report.policies.insert(kind.name().to_string(), rep);
-            report.series.insert(kind.name().to_string(), run.series);
-            continue;
-        }
-        let (cmds, n_cmds, unknown) = if engine_driven {
-            let raw = input.source.commands(input.events, fc);
-            let n = raw.len() as u64;
-            let (f, u) = floor_commands(&raw, w, input.prices);
-            (f, n, u)
-        } else {
-            (vec![Vec::new(); w.envs.len()], 0, 0)
-        };
-        let mut total = RunStats::default();
-        let mut series: Option<Series> = None;
-        let mut book = BudgetBook::new(input.budgets);
-        for (env, env_cmds) in cmds.iter().enumerate() {
-            let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
-            let mode = match kind {
-                PolicyKind::Reactive => Mode::Reactive,
-                PolicyKind::Static => match static_fleet(w, env, input.prices, cfg) {
-                    Some((pool, count)) => Mode::Static { pool, count },
-                    None => return Err(SimError::NoInstanceTypes),
-                },
-                PolicyKind::Predictive | PolicyKind::Oracle => {
-                    Mode::Commanded { commands: env_cmds }
-                }
-            };
-            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
-            let st = Cluster::new(
-                cfg,
-                input.prices,
-                jobs.clone(),
-                mode,
-                seed,
-                series_start,
-                w.last_event,
-            )
-            .run();
-            book.charge(&jobs, &st.spend, input.prices);
-            merge(&mut total, &st);
-            match &mut series {
-                None => series = Some(st.series.clone()),
-                Some(s) => s.add(&st.series),
+    // Policies are independent (each its own engine, clusters and seeds), so
+    // they run side by side; the report is keyed by name, so the order they
+    // finish in changes nothing.
+    let threads = input.threads.clamp(1, input.policies.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<Option<Result<(PolicyReport, Series), SimError>>> =
+        (0..input.policies.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&kind) = input.policies.get(i) else {
+                            return out;
+                        };
+                        let r = run_policy(input, kind, series_start);
+                        progress(kind.name());
+                        out.push((i, r));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            // A panic in a policy's run is a bug: let it surface as one.
+            for (i, r) in w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+                done[i] = Some(r);
             }
         }
-        let series = series.unwrap_or_default();
-        report.policies.insert(
-            kind.name().to_string(),
-            PolicyReport::from_stats(&total, n_cmds, unknown).with_budgets(&book, 0),
-        );
+    });
+    for (&kind, r) in input.policies.iter().zip(done) {
+        let (rep, series) = r.expect("every policy ran")?;
+        report.policies.insert(kind.name().to_string(), rep);
         report.series.insert(kind.name().to_string(), series);
     }
     Ok(report)
+}
+
+/// One policy over the whole trace: its report and its series.
+fn run_policy(
+    input: &BacktestInput<'_>,
+    kind: PolicyKind,
+    series_start: Millis,
+) -> Result<(PolicyReport, Series), SimError> {
+    let w = input.workload;
+    let cfg = input.cfg;
+    let engine_driven = matches!(kind, PolicyKind::Predictive | PolicyKind::Oracle);
+    let fc = if kind == PolicyKind::Oracle {
+        input.oracle.clone()
+    } else {
+        None
+    };
+    if engine_driven && !input.budgets.is_empty() {
+        let engine = input
+            .source
+            .engine(fc)
+            .ok_or(SimError::ClosedLoopNeedsEngine)?;
+        let run = run_closed_loop(input, kind, engine, series_start);
+        let rep = PolicyReport::from_stats(&run.total, run.scaling_commands, run.unknown)
+            .with_budgets(&run.book, run.budget_commands);
+        return Ok((rep, run.series));
+    }
+    let (cmds, n_cmds, unknown) = if engine_driven {
+        let raw = input.source.commands(input.events, fc);
+        let n = raw.len() as u64;
+        let (f, u) = floor_commands(&raw, w, input.prices);
+        (f, n, u)
+    } else {
+        (vec![Vec::new(); w.envs.len()], 0, 0)
+    };
+    let mut total = RunStats::default();
+    let mut series: Option<Series> = None;
+    let mut book = BudgetBook::new(input.budgets);
+    for (env, env_cmds) in cmds.iter().enumerate() {
+        let jobs: Vec<_> = w.jobs.iter().filter(|j| j.env == env).collect();
+        let mode = match kind {
+            PolicyKind::Reactive => Mode::Reactive,
+            PolicyKind::Static => match static_fleet(w, env, input.prices, cfg) {
+                Some((pool, count)) => Mode::Static { pool, count },
+                None => return Err(SimError::NoInstanceTypes),
+            },
+            PolicyKind::Predictive | PolicyKind::Oracle => Mode::Commanded { commands: env_cmds },
+        };
+        let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
+        let st = Cluster::new(
+            cfg,
+            input.prices,
+            jobs.clone(),
+            mode,
+            seed,
+            series_start,
+            w.last_event,
+        )
+        .run();
+        book.charge(&jobs, &st.spend, input.prices);
+        merge(&mut total, &st);
+        match &mut series {
+            None => series = Some(st.series.clone()),
+            Some(s) => s.add(&st.series),
+        }
+    }
+    let rep = PolicyReport::from_stats(&total, n_cmds, unknown).with_budgets(&book, 0);
+    Ok((rep, series.unwrap_or_default()))
 }
 
 /// What one closed-loop run produced.

@@ -509,6 +509,7 @@ fn policies_side_by_side_on_a_tiny_trace() {
         prices: &p,
         cfg: &cfg,
         policies: &policies,
+        threads: 4,
         source: &src,
         oracle: None,
         trace: TraceInfo::default(),
@@ -540,8 +541,13 @@ fn policies_side_by_side_on_a_tiny_trace() {
         s.cost_by_market.keys().collect::<Vec<_>>(),
         vec!["ON_DEMAND"]
     );
-    // Same input, same report.
-    let again = run_backtest(&input, &|_| {}).unwrap();
+    // Same input, same report, whether the policies ran side by side or one
+    // after the other.
+    let sequential = BacktestInput {
+        threads: 1,
+        ..input
+    };
+    let again = run_backtest(&sequential, &|_| {}).unwrap();
     assert_eq!(rep.to_json(), again.to_json());
     assert_eq!(
         rep.series["reactive"].capacity_vcpus.len(),
