@@ -3,7 +3,7 @@
 //! as already-paid pools.
 
 use super::offers::{canonical_arch, Offer};
-use crate::events::{Market, Millis};
+use crate::events::{Market, Millis, Text};
 use crate::policy::ReservedInstances;
 use crate::pricing::{Catalog, PriceBook};
 
@@ -136,15 +136,15 @@ pub fn offers_from_book(
             continue;
         }
         out.push(Offer {
-            provider: k.provider.to_string(),
-            region: k.region.to_string(),
-            zone: k.zone.map(str::to_string),
-            instance_type: k.instance_type.to_string(),
+            provider: k.provider.into(),
+            region: k.region.into(),
+            zone: k.zone.map(Text::from),
+            instance_type: k.instance_type.into(),
             market: k.market,
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             gpus: spec.gpus,
-            arch: spec.arch.clone(),
+            arch: spec.arch.as_str().into(),
             usd_per_hour: price,
             on_demand_usd_per_hour: od,
             interruption_rate_per_h: 0.0,
@@ -164,15 +164,15 @@ pub fn offers_from_book(
             };
             let od = catalog.ondemand_price(&r.region, &r.instance_type);
             out.push(Offer {
-                provider: r.provider.clone(),
-                region: r.region.clone(),
+                provider: r.provider.as_str().into(),
+                region: r.region.as_str().into(),
                 zone: None,
-                instance_type: r.instance_type.clone(),
+                instance_type: r.instance_type.as_str().into(),
                 market: Market::Reserved,
                 vcpus: spec.vcpus,
                 memory_mib: spec.memory_mib,
                 gpus: spec.gpus,
-                arch: spec.arch.clone(),
+                arch: spec.arch.as_str().into(),
                 usd_per_hour: od.unwrap_or(0.0),
                 on_demand_usd_per_hour: od,
                 interruption_rate_per_h: 0.0,

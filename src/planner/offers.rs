@@ -3,24 +3,24 @@
 //! slice of offers, so it is independent of where prices come from (price
 //! book, catalogue, a test).
 
-use crate::events::{Market, Millis};
+use crate::events::{Market, Millis, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One pool the planner may buy from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
-    pub provider: String,
-    pub region: String,
-    pub zone: Option<String>,
-    pub instance_type: String,
+    pub provider: Text,
+    pub region: Text,
+    pub zone: Option<Text>,
+    pub instance_type: Text,
     pub market: Market,
     pub vcpus: f64,
     pub memory_mib: i64,
     pub gpus: i32,
     /// CPU architecture from the catalogue (`amd64`, `arm64`).
     #[serde(default)]
-    pub arch: String,
+    pub arch: Text,
     /// List price. For reserved capacity this is the (already paid) nominal
     /// rate: reported, but its marginal cost is 0.
     pub usd_per_hour: f64,
@@ -139,7 +139,7 @@ impl RiskModel {
         let keys = [
             o.pool_key(),
             format!("{}/{}", o.region, o.instance_type),
-            o.instance_type.clone(),
+            o.instance_type.to_string(),
         ];
         for k in &keys {
             if let Some(r) = self.overrides.get(k) {
@@ -178,14 +178,14 @@ pub fn filter_offers<'a>(
     offers
         .iter()
         .filter(|o| markets.is_empty() || markets.contains(&o.market))
-        .filter(|o| regions.is_empty() || regions.iter().any(|r| r == &o.region))
+        .filter(|o| regions.is_empty() || regions.iter().any(|r| r == o.region))
         .filter(|o| {
             providers.is_empty()
                 || providers
                     .iter()
                     .any(|p| p.eq_ignore_ascii_case(&o.provider))
         })
-        .filter(|o| types.is_empty() || types.iter().any(|t| t == &o.instance_type))
+        .filter(|o| types.is_empty() || types.iter().any(|t| t == o.instance_type))
         .collect()
 }
 

@@ -239,10 +239,10 @@ fn choice_from(cands: &[&Cand<'_>], counts: &[i64], t_h: f64, method: &str) -> R
         list += c.list * n as f64;
         exp += c.cost * n as f64;
         pools.push(ChosenPool {
-            provider: o.provider.clone(),
-            region: o.region.clone(),
-            zone: o.zone.clone(),
-            instance_type: o.instance_type.clone(),
+            provider: o.provider.to_string(),
+            region: o.region.to_string(),
+            zone: o.zone.as_deref().map(str::to_string),
+            instance_type: o.instance_type.to_string(),
             market: o.market,
             count: n,
             usd_per_hour: o.usd_per_hour,
@@ -787,7 +787,7 @@ mod tests {
                 0,
                 v * (if i % 3 == 0 { 0.05 } else { 0.015 } + 0.0005 * i as f64),
             );
-            o.zone = Some(format!("z{}", i % 5));
+            o.zone = Some(compact_str::format_compact!("z{}", i % 5));
             o.interruption_rate_per_h = 0.05;
             offers.push(o);
         }
