@@ -241,8 +241,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             .filter(|e| matches!(e, Event::PriceTick(_)))
             .cloned()
             .collect();
-        let dense_scale = a.dense_scale;
-        for k in 0..dense_scale.max(1) {
+        for k in 0..a.dense_scale.max(1) {
             dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
         }
         dense.sort_by_key(|e| e.time());
@@ -255,10 +254,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             dmsgs.len(),
             t_dense * 1e6 / ticks.max(1) as f64,
             out.len(),
-            dense_scale
+            a.dense_scale
         );
         println!(
-            "  whole loop per core, event-bound (dense x{dense_scale}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",
+            "  whole loop per core, event-bound (dense x{}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",
+            a.dense_scale,
             dmsgs.len() as f64 / t_dense / 1e6
         );
     }
