@@ -328,9 +328,7 @@ pub fn run_backtest(
     // finish in changes nothing.
     let threads = input.threads.clamp(1, input.policies.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<Option<Result<(PolicyReport, Series), SimError>>> =
-        (0..input.policies.len()).map(|_| None).collect();
-    std::thread::scope(|scope| {
+    let mut done: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -340,24 +338,25 @@ pub fn run_backtest(
                         let Some(&kind) = input.policies.get(i) else {
                             return out;
                         };
-                        let r = run_policy(input, kind, series_start);
+                        out.push((i, run_policy(input, kind, series_start)));
                         progress(kind.name());
-                        out.push((i, r));
                     }
                 })
             })
             .collect();
-        for w in workers {
-            // A panic in a policy's run is a bug: let it surface as one.
-            for (i, r) in w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) {
-                done[i] = Some(r);
-            }
-        }
+        // A panic in a policy's run is a bug: let it surface as one.
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
     });
-    for (&kind, r) in input.policies.iter().zip(done) {
-        let (rep, series) = r.expect("every policy ran")?;
-        report.policies.insert(kind.name().to_string(), rep);
-        report.series.insert(kind.name().to_string(), series);
+    // In the order asked for, so the first error reported is the first policy's.
+    done.sort_by_key(|(i, _)| *i);
+    for (i, r) in done {
+        let (rep, series) = r?;
+        let name = input.policies[i].name().to_string();
+        report.policies.insert(name.clone(), rep);
+        report.series.insert(name, series);
     }
     Ok(report)
 }

@@ -286,9 +286,9 @@ struct Active {
     /// Merger slot by input index and partition, filled on first sight, so
     /// the per-message path compares no topic names in the merger.
     slots: Vec<Vec<Option<Option<usize>>>>,
-    /// The input index of each merge slot (`None`: not an input, i.e. the
-    /// budget-spend topic), for messages of split partition queues, whose
-    /// slot is known. Set with the assignment.
+    /// The input index of each merge slot (`None`: not an input), for
+    /// messages of split partition queues, whose slot is known. Derived from
+    /// the merger when the assignment is activated.
     slot_input: Vec<Option<usize>>,
 }
 
@@ -438,13 +438,8 @@ pub async fn run(
                 gsplit = None;
                 psplit = None;
                 if !plan.assignment.is_empty() {
-                    let mut a = activate(cfg, factory, &prices, plan, &stats, &decided_tx)?;
+                    let a = activate(cfg, factory, &prices, &inputs, plan, &stats, &decided_tx)?;
                     restored |= a.1;
-                    a.0.slot_input =
-                        a.0.merger
-                            .partitions()
-                            .map(|(_, (t, _))| inputs.iter().position(|i| i.topic == *t))
-                            .collect();
                     let broadcast_topics = &broadcast_topics;
                     let parts = |broadcast: bool| {
                         a.0.merger
@@ -692,6 +687,7 @@ fn activate(
     cfg: &KafkaConfig,
     factory: &dyn BrainFactory,
     prices: &StreamConsumer<PriceCtx>,
+    inputs: &[Input],
     plan: Plan,
     stats: &Arc<Stats>,
     decided: &mpsc::UnboundedSender<Decided>,
@@ -766,17 +762,23 @@ fn activate(
         .chain(&broadcast)
         .map(|(t, p)| ((t.clone(), *p), resume(t, *p)))
         .collect();
+    let merger = Merger::new(all).with_reread(reread);
+    // The merger numbers its partitions (slots) in its own order.
+    let slot_input = merger
+        .partitions()
+        .map(|(_, (t, _))| inputs.iter().position(|i| i.topic == *t))
+        .collect();
     Ok((
         Active {
             assignment: plan.assignment,
             worker: Worker::spawn(brain, stats.clone(), decided.clone())?,
             exchange: super::spend::Exchange::default(),
             split,
-            merger: Merger::new(all).with_reread(reread),
+            merger,
             dirty: false,
             pending: None,
             slots: Vec::new(),
-            slot_input: Vec::new(),
+            slot_input,
         },
         restored,
     ))
@@ -904,6 +906,29 @@ impl Ingest<'_> {
         Ok(n)
     }
 
+    /// The input and merge slot of a message read from a consumer's own
+    /// queue, by its topic name; `None` when it is not event-time input (a
+    /// budget-spend record is handed to the exchange here) or its partition
+    /// is not in the merge.
+    fn locate_by_topic(
+        &self,
+        a: &mut Active,
+        m: &dyn MessageView,
+    ) -> Result<Option<(usize, usize)>, KafkaError> {
+        let topic = m.topic();
+        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
+            if topic == self.cfg.topics.budget_spend() {
+                match a.exchange.on_record(m.payload().unwrap_or(&[])) {
+                    Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
+                    Ok(None) => {}
+                    Err(e) => self.dead_letter(m, &e)?,
+                }
+            }
+            return Ok(None);
+        };
+        Ok(a.slot(i, topic, m.partition()).map(|slot| (i, slot)))
+    }
+
     /// Decode one input message into the merge buffer; one that does not
     /// decode or validate goes to the dead-letter topic and only advances
     /// its offset. Seeks its partition back when the merger asks (see
@@ -922,25 +947,12 @@ impl Ingest<'_> {
     ) -> Result<(), KafkaError> {
         let cfg = self.cfg;
         let by_slot = known.and_then(|s| Some((a.slot_input.get(s).copied().flatten()?, s)));
-        let (i, slot) = match by_slot {
-            Some(found) => found,
-            None => {
-                let topic = m.topic();
-                let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
-                    if topic == cfg.topics.budget_spend() {
-                        match a.exchange.on_record(m.payload().unwrap_or(&[])) {
-                            Ok(Some(share)) => a.worker.post(move |b| b.apply_share(&share))?,
-                            Ok(None) => {}
-                            Err(e) => self.dead_letter(m, &e)?,
-                        }
-                    }
-                    return Ok(());
-                };
-                let Some(slot) = a.slot(i, topic, m.partition()) else {
-                    return Ok(());
-                };
-                (i, slot)
-            }
+        let found = match by_slot {
+            Some(found) => Some(found),
+            None => self.locate_by_topic(a, m)?,
+        };
+        let Some((i, slot)) = found else {
+            return Ok(());
         };
         let input = &self.inputs[i];
         let pushed = match decode_input(cfg, input.kind, m.payload().unwrap_or(&[])) {
