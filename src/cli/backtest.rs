@@ -71,21 +71,21 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub skip_bad: bool,
     /// Instance boot delay, seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = super::values::secs)]
     pub boot_delay_s: i64,
     /// Idle time before an autoscaled instance is terminated, seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::values::positive_secs)]
     pub idle_timeout_s: i64,
     /// Spot interruptions per instance-hour drawn by the simulator (the
     /// default is pessimistic against AWS's published frequencies; see
     /// `pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR`).
-    #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR)]
+    #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, value_parser = super::values::rate)]
     pub spot_rate: f64,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::vcpus)]
     pub static_vcpus: Option<i64>,
     /// Maximum vCPUs of an autoscaled environment (Batch maxvCpus).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::vcpus)]
     pub max_vcpus: Option<i64>,
     /// Feed the engine the trace's recorded completion times (with the
     /// source cluster's queueing) instead of re-timing them to start at
@@ -243,6 +243,15 @@ pub fn prepare(
         },
     );
     let prices = sim_prices(&catalog, &tiled);
+    if let Some(e) = prescale::limits::span_error(start, end, SimConfig::default().bucket_ms) {
+        bail!("{}: {e}", info.file);
+    }
+    let unplaceable = drop_unplaceable(&mut events, &prices, skip_bad, &info.file)?;
+    if unplaceable > 0 {
+        info.skipped_records += unplaceable;
+        info.import_notes
+            .insert("skipped_larger_than_catalogue".into(), unplaceable);
+    }
     let workload = Workload::from_events(&events);
     info.jobs = workload.jobs.len() as u64;
     info.price_ticks = tiled.len() as u64;
@@ -265,6 +274,55 @@ pub fn prepare(
         trace: info,
         raw_ticks: ticks,
     })
+}
+
+/// Jobs no gang of at most [`prescale::limits::MAX_GANG_INSTANCES`]
+/// instances of the catalogue can hold are an error naming the job (with
+/// `skip_bad`, they and their completions are dropped and counted).
+fn drop_unplaceable(
+    events: &mut Vec<Event>,
+    prices: &SimPrices,
+    skip_bad: bool,
+    file: &str,
+) -> anyhow::Result<u64> {
+    use prescale::limits::MAX_GANG_INSTANCES;
+    let max_mcpu = prices
+        .types
+        .iter()
+        .map(|t| t.vcpus as i64 * 1000)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut bad = std::collections::HashSet::new();
+    for ev in events.iter() {
+        let Event::JobSubmitted(j) = ev else { continue };
+        let mcpu = (j.vcpus * 1000.0).round().max(1.0) as i64;
+        let fits = mcpu.div_ceil(max_mcpu) <= MAX_GANG_INSTANCES
+            && prescale::sim::cluster::gang_parts(prices, mcpu, j.memory_mib, j.gpus)
+                .is_some_and(|(k, ..)| i64::from(k) <= MAX_GANG_INSTANCES);
+        if fits {
+            continue;
+        }
+        if !skip_bad {
+            bail!(
+                "{file}: job `{}`: {} vCPUs, {} MiB, {} GPUs is more than {MAX_GANG_INSTANCES} \
+                 instances of the catalogue can hold (--skip-bad skips such jobs)",
+                prescale::limits::quote(&j.job_id),
+                j.vcpus,
+                j.memory_mib,
+                j.gpus
+            );
+        }
+        bad.insert(j.job_id.clone());
+    }
+    if !bad.is_empty() {
+        events.retain(|ev| match ev {
+            Event::JobSubmitted(j) => !bad.contains(&j.job_id),
+            Event::JobCompleted(c) => !bad.contains(&c.job_id),
+            _ => true,
+        });
+    }
+    Ok(bad.len() as u64)
 }
 
 /// The engine the service runs, with its default forecaster and planner.

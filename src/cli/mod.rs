@@ -13,6 +13,7 @@ pub mod run;
 pub mod serve;
 pub mod tail;
 pub mod train;
+mod values;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -544,7 +544,14 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
+        let mut check_quiet_at = first;
         while (first + 1) * b <= watermark {
+            if first == check_quiet_at {
+                match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
+                    Some(to) => first = to,
+                    None => check_quiet_at = first + self.cfg.history_buckets.max(1) as i64,
+                }
+            }
             let accs = self.open.remove(&first).unwrap_or_default();
             for (s, series) in self.series.iter_mut().enumerate() {
                 let acc = accs.get(&s);
@@ -587,6 +594,44 @@ impl DemandState {
             }
         }
         self.first_open = Some(first);
+    }
+
+    /// Cost grows with events, not with time spans: when every series has
+    /// been exactly zero for a whole history window, nothing is outstanding
+    /// and nothing is recorded up to bucket `last`, the buckets before
+    /// `last` would all close to zeros and give ticks whose forecasts see
+    /// nothing but zeros; they are closed at once (no tick each) and the
+    /// series keep their window of zeros. Returns the bucket to go on from
+    /// (`last`, whose tick still comes), or `None` when not quiet.
+    fn skip_quiet(&mut self, first: i64, last: i64) -> Option<i64> {
+        let cap = self.cfg.history_buckets.max(1);
+        let quiet = last > first + 1
+            && self.open.range(..=last).next().is_none()
+            && self.level.iter().flatten().all(|&x| x == 0.0)
+            && self.jobs.outstanding().next().is_none()
+            && self.series.iter().all(|s| {
+                s.values.len() >= cap
+                    && s.values[s.values.len() - cap..]
+                        .iter()
+                        .flatten()
+                        .all(|&x| x == 0.0)
+            });
+        if !quiet {
+            return None;
+        }
+        let b = self.cfg.bucket_ms;
+        for s in &mut self.series {
+            s.values = vec![[0.0; 3]; cap];
+            s.submissions = vec![0; cap];
+            s.start = (last - cap as i64) * b;
+        }
+        let horizon = last * b - self.cfg.dedup_window_ms;
+        self.jobs.0.retain(|_, e| match e {
+            JobEntry::Completed(t) => *t >= horizon,
+            JobEntry::Outstanding(_) => true,
+        });
+        self.closed_any = true;
+        Some(last)
     }
 
     /// A job held by a budget command (QUEUE or PREEMPT) is not demand any
