@@ -251,8 +251,8 @@ fn issue_gaps_cost_events_not_time() {
     }
     let n = ticks_for(&ten);
     let per_bucket = (10 * year / StateConfig::default().bucket_ms) as usize;
-    assert!(n < 100 * (window + 10), "{n} ticks for 10 years");
-    assert!(n * 50 < per_bucket, "{n} ticks vs {per_bucket} buckets");
+    assert!(n < 100 * (window + 50), "{n} ticks for 10 years");
+    assert!(n * 2 < per_bucket, "{n} ticks vs {per_bucket} buckets");
     // an event at time 0, then jobs in 2023
     let mut zero = vec![Event::PriceTick(PriceTick {
         at: 0,
@@ -792,7 +792,7 @@ fn api_request() -> impl Strategy<Value = (String, Vec<u8>)> {
             "usd",
             "period",
         ]),
-        num.clone(),
+        num,
         0u8..5,
     )
         .prop_map(|(k, v, shape)| {

@@ -297,7 +297,7 @@ fn drop_unplaceable(
     for ev in events.iter() {
         let Event::JobSubmitted(j) = ev else { continue };
         let mcpu = (j.vcpus * 1000.0).round().max(1.0) as i64;
-        let fits = mcpu.div_ceil(max_mcpu) <= MAX_GANG_INSTANCES
+        let fits = (mcpu + max_mcpu - 1) / max_mcpu <= MAX_GANG_INSTANCES
             && prescale::sim::cluster::gang_parts(prices, mcpu, j.memory_mib, j.gpus)
                 .is_some_and(|(k, ..)| i64::from(k) <= MAX_GANG_INSTANCES);
         if fits {

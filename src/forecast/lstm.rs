@@ -1353,10 +1353,11 @@ pub(crate) mod tests {
         let (m, v) = trained();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.json");
-        for (what, edit) in [
+        type Edit = Box<dyn FnOnce(&mut Body)>;
+        let cases: [(&str, Edit); 4] = [
             (
                 "calibration",
-                Box::new(|b: &mut Body| b.calibration[0] = 1e30) as Box<dyn FnOnce(&mut Body)>,
+                Box::new(|b: &mut Body| b.calibration[0] = 1e30),
             ),
             (
                 "calibration",
@@ -1365,9 +1366,10 @@ pub(crate) mod tests {
             ("weight", Box::new(|b: &mut Body| b.weights.b2[0] = 1e9)),
             (
                 "above the limit",
-                Box::new(|b: &mut Body| b.config.hidden = usize::MAX / 2),
+                Box::new(|b| b.config.hidden = usize::MAX / 2),
             ),
-        ] {
+        ];
+        for (what, edit) in cases {
             m.save(&p).unwrap();
             rewrite_checkpoint(&p, edit);
             let e = LstmForecaster::load(&p).unwrap_err().to_string();

@@ -544,12 +544,12 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
-        let mut check_quiet_at = first;
+        let mut check_quiet_at = Some(first);
         while (first + 1) * b <= watermark {
-            if first == check_quiet_at {
+            if check_quiet_at == Some(first) {
                 match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
-                    Some(to) => first = to,
-                    None => check_quiet_at = first + self.cfg.history_buckets.max(1) as i64,
+                    Ok(to) => first = to,
+                    Err(next) => check_quiet_at = next,
                 }
             }
             let accs = self.open.remove(&first).unwrap_or_default();
@@ -601,23 +601,35 @@ impl DemandState {
     /// and nothing is recorded up to bucket `last`, the buckets before
     /// `last` would all close to zeros and give ticks whose forecasts see
     /// nothing but zeros; they are closed at once (no tick each) and the
-    /// series keep their window of zeros. Returns the bucket to go on from
-    /// (`last`, whose tick still comes), or `None` when not quiet.
-    fn skip_quiet(&mut self, first: i64, last: i64) -> Option<i64> {
+    /// series keep their window of zeros. `Ok(last)`: go on from `last`
+    /// (whose tick still comes); `Err(Some(b))`: not quiet yet, it may be
+    /// from bucket `b` on; `Err(None)`: not before another event.
+    fn skip_quiet(&mut self, first: i64, last: i64) -> Result<i64, Option<i64>> {
         let cap = self.cfg.history_buckets.max(1);
-        let quiet = last > first + 1
-            && self.open.range(..=last).next().is_none()
-            && self.level.iter().flatten().all(|&x| x == 0.0)
-            && self.jobs.outstanding().next().is_none()
-            && self.series.iter().all(|s| {
-                s.values.len() >= cap
-                    && s.values[s.values.len() - cap..]
-                        .iter()
-                        .flatten()
-                        .all(|&x| x == 0.0)
-            });
-        if !quiet {
-            return None;
+        if last <= first + 1
+            || self.level.iter().flatten().any(|&x| x != 0.0)
+            || self.jobs.outstanding().next().is_some()
+        {
+            return Err(None);
+        }
+        if let Some((&k, _)) = self.open.range(..=last).next_back() {
+            return Err(Some(k + 1 + cap as i64));
+        }
+        let zeros = self
+            .series
+            .iter()
+            .map(|s| {
+                s.values
+                    .iter()
+                    .rev()
+                    .take(cap)
+                    .take_while(|v| v.iter().all(|&x| x == 0.0))
+                    .count()
+            })
+            .min()
+            .unwrap_or(cap);
+        if zeros < cap {
+            return Err(Some(first + (cap - zeros) as i64));
         }
         let b = self.cfg.bucket_ms;
         for s in &mut self.series {
@@ -631,7 +643,7 @@ impl DemandState {
             JobEntry::Outstanding(_) => true,
         });
         self.closed_any = true;
-        Some(last)
+        Ok(last)
     }
 
     /// A job held by a budget command (QUEUE or PREEMPT) is not demand any
