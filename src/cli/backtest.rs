@@ -265,6 +265,11 @@ pub fn prepare(
     let mut all: Vec<Event> = tiled.into_iter().map(Event::PriceTick).collect();
     all.extend(events);
     all.sort_by_key(|e| e.time());
+    let thinned = thin_idle_prices(&mut all);
+    if thinned > 0 {
+        info.import_notes
+            .insert("price_ticks_in_idle_stretches_folded".into(), thinned);
+    }
     info.events = all.len() as u64;
     Ok(Prepared {
         events: all,
@@ -274,6 +279,75 @@ pub fn prepare(
         trace: info,
         raw_ticks: ticks,
     })
+}
+
+/// Cost grows with events, not with time spans: in a stretch with no job
+/// outstanding that starts a full state history window after the last job
+/// activity (the engine then sees only zeros and closes the rest of the
+/// stretch at once, see `state::DemandState`), only each pool's last price
+/// tick is kept, so the price book is the same when work resumes. Tiled
+/// prices would otherwise tick through a ten-year gap and wake the engine
+/// every few minutes. Returns the ticks dropped.
+fn thin_idle_prices(all: &mut Vec<Event>) -> u64 {
+    let cfg = prescale::state::StateConfig::default();
+    let window = (cfg.history_buckets as i64 + 2) * cfg.bucket_ms;
+    let mut outstanding = std::collections::HashSet::new();
+    let mut last_activity = i64::MIN;
+    // index in `all` where the current idle stretch began (its first price tick)
+    let mut stretch: Option<usize> = None;
+    let mut drop = vec![false; all.len()];
+    let fold = |from: usize, to: usize, drop: &mut Vec<bool>, all: &[Event]| {
+        let mut seen = std::collections::HashSet::new();
+        for i in (from..to).rev() {
+            if let Event::PriceTick(t) = &all[i] {
+                let key = (&t.provider, &t.region, &t.zone, &t.instance_type, t.market);
+                if !seen.insert(key) {
+                    drop[i] = true;
+                }
+            }
+        }
+    };
+    for i in 0..all.len() {
+        let t = all[i].time();
+        match &all[i] {
+            Event::PriceTick(_) => {
+                if outstanding.is_empty()
+                    && stretch.is_none()
+                    && t > last_activity.saturating_add(window)
+                {
+                    stretch = Some(i);
+                }
+            }
+            ev => {
+                if let Some(from) = stretch.take() {
+                    fold(from, i, &mut drop, all);
+                }
+                last_activity = t;
+                match ev {
+                    Event::JobSubmitted(j) => {
+                        outstanding.insert(j.job_id.clone());
+                    }
+                    Event::JobCompleted(c) => {
+                        outstanding.remove(&c.job_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // the stretch after the last job runs to the end of the trace
+    if let Some(from) = stretch {
+        fold(from, all.len(), &mut drop, all);
+    }
+    let n = drop.iter().filter(|&&d| d).count() as u64;
+    if n > 0 {
+        let mut k = 0;
+        all.retain(|_| {
+            k += 1;
+            !drop[k - 1]
+        });
+    }
+    n
 }
 
 /// Jobs no gang of at most [`prescale::limits::MAX_GANG_INSTANCES`]
