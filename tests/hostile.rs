@@ -1140,3 +1140,99 @@ fn api_drops_slow_and_stalled_clients() {
     let code = http(addr, "/predict_demand", b"{\"compute_environment\":\"ce\"}").unwrap();
     assert_eq!(code, 200);
 }
+
+/// Hostile numeric flags are refused by clap, naming the flag, before any
+/// work starts (each once hung, or bent the report).
+#[test]
+fn issue_hostile_flags_are_refused() {
+    let bin = env!("CARGO_BIN_EXE_prescale");
+    let cases: &[&[&str]] = &[
+        &["backtest", "--idle-timeout-s", "0"],
+        &["backtest", "--spot-rate", "inf"],
+        &["backtest", "--spot-rate=-1"],
+        &["backtest", "--spot-rate", "NaN"],
+        &["backtest", "--max-vcpus=-1"],
+        &["backtest", "--static-vcpus", "0"],
+        &["backtest", "--boot-delay-s=-5"],
+        &[
+            "forecast",
+            "eval",
+            "--trace",
+            "x.swf",
+            "--train-frac",
+            "1.5",
+        ],
+        &["train", "--trace", "x.swf", "--train-frac", "0"],
+        &["train", "--trace", "x.swf", "--last-days", "inf"],
+        &["import", "swf", "x.swf", "-o", "y.avro", "--slack", "NaN"],
+        &["serve", "--no-auth", "--header-timeout-s", "0"],
+        &["serve", "--no-auth", "--max-connections", "0"],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(bin)
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted: {err}");
+        let flag = args
+            .iter()
+            .find(|a| a.starts_with("--") && *a != &"--trace" && *a != &"--no-auth")
+            .unwrap();
+        let flag = flag.split('=').next().unwrap();
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    // --bucket 1ms is refused by name too (after parsing, exit code 1)
+    let out = std::process::Command::new(bin)
+        .args(["train", "--trace", "none.swf", "--bucket", "1ms"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--bucket"), "{err}");
+}
+
+/// The backtest refuses a job larger than the catalogue can assemble (it
+/// once looped over 1e15 gang sizes) and, with --skip-bad, counts it.
+#[test]
+fn issue_backtest_refuses_unplaceable_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let swf = dir.path().join("t.swf");
+    let mut text = String::from("; UnixStartTime: 1262304000\n");
+    for i in 0..20 {
+        text.push_str(&format!(
+            "{} {} 0 600 4 -1 -1 4 1200 -1 1 1 1 -1 1 -1 -1 -1\n",
+            i + 1,
+            i * 600
+        ));
+    }
+    // 9 million vCPUs: inside the importer's limit, beyond 4096 machines
+    text.push_str("99 700 0 600 9000000 -1 -1 9000000 1200 -1 1 1 1 -1 1 -1 -1 -1\n");
+    std::fs::write(&swf, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_prescale");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["backtest", "--policies", "reactive", "--trace"])
+            .arg(&swf)
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("swf-99"), "{err}");
+    let json = dir.path().join("r.json");
+    let out = run(&["--skip-bad", "--json", json.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["trace"]["skipped_records"], 1);
+    assert_eq!(
+        v["trace"]["import_notes"]["skipped_larger_than_catalogue"],
+        1
+    );
+}
