@@ -164,7 +164,9 @@ fn amount(v: &toml::Value) -> Result<f64, String> {
     if x.is_finite() && (0.0..=max).contains(&x) {
         Ok(x)
     } else {
-        Err(format!("must be a finite amount in [0, {max}], got {x}"))
+        Err(format!(
+            "must be a finite amount >= 0 (at most {max}), got {x}"
+        ))
     }
 }
 

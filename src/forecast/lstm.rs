@@ -1389,9 +1389,12 @@ pub(crate) mod tests {
         let recent = v[v.len() - 7 * 24..].iter().copied().fold(1.0, f64::max);
         let cap = crate::limits::FORECAST_MAX_MULTIPLE * recent;
         assert!(f.values.iter().flatten().all(|&x| x <= cap), "{f:?}");
-        assert!(big.clamped() > 0);
+        let clamped = big.clamped();
+        assert!(clamped > 0);
+        // a sane model on the same history clamps nothing (the counter is
+        // shared by clones, so it stays where the poisoned one left it)
         assert_eq!(m.forecast(&h, 4, &[0.5]).values.len(), 4);
-        assert_eq!(m.clamped(), 0);
+        assert_eq!(m.clamped(), clamped);
     }
 
     #[test]

@@ -606,9 +606,15 @@ impl DemandState {
     /// from bucket `b` on; `Err(None)`: not before another event.
     fn skip_quiet(&mut self, first: i64, last: i64) -> Result<i64, Option<i64>> {
         let cap = self.cfg.history_buckets.max(1);
+        let b = self.cfg.bucket_ms;
+        // Jobs submitted after `last` (the event that moved the watermark,
+        // applied before the close) do not touch the stretch.
         if last <= first + 1
             || self.level.iter().flatten().any(|&x| x != 0.0)
-            || self.jobs.outstanding().next().is_some()
+            || self
+                .jobs
+                .outstanding()
+                .any(|(_, o)| o.job.submitted_at.div_euclid(b) <= last)
         {
             return Err(None);
         }
@@ -631,7 +637,6 @@ impl DemandState {
         if zeros < cap {
             return Err(Some(first + (cap - zeros) as i64));
         }
-        let b = self.cfg.bucket_ms;
         for s in &mut self.series {
             s.values = vec![[0.0; 3]; cap];
             s.submissions = vec![0; cap];

@@ -654,6 +654,7 @@ mod tests {
         m.add_store_dropped(DropReason::BufferFull, 2);
         m.add_store_dropped(DropReason::WriteFailed, 5);
         m.observe_api_request("/predict_demand", "POST", 200, 0.01);
+        m.inc_api_dropped("header_timeout");
         m.inc_events_late("job-submission", 1);
         m.inc_events_duplicate("job-submission", 1);
         m.inc_store_write_error();
