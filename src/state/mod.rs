@@ -607,19 +607,23 @@ impl DemandState {
     fn skip_quiet(&mut self, first: i64, last: i64) -> Result<i64, Option<i64>> {
         let cap = self.cfg.history_buckets.max(1);
         let b = self.cfg.bucket_ms;
+        if last <= first + 1 {
+            return Err(None);
+        }
+        // Changes still to close (a completion's) move the level: look
+        // again a window after the last of them.
+        if let Some((&k, _)) = self.open.range(..=last).next_back() {
+            return Err(Some(k + 1 + cap as i64));
+        }
         // Jobs submitted after `last` (the event that moved the watermark,
         // applied before the close) do not touch the stretch.
-        if last <= first + 1
-            || self.level.iter().flatten().any(|&x| x != 0.0)
+        if self.level.iter().flatten().any(|&x| x != 0.0)
             || self
                 .jobs
                 .outstanding()
                 .any(|(_, o)| o.job.submitted_at.div_euclid(b) <= last)
         {
             return Err(None);
-        }
-        if let Some((&k, _)) = self.open.range(..=last).next_back() {
-            return Err(Some(k + 1 + cap as i64));
         }
         let zeros = self
             .series
