@@ -142,6 +142,10 @@ fn swf_notes(r: &SwfReport) -> BTreeMap<String, u64> {
     m.insert("partial_lines".into(), r.partial_lines);
     m.insert("skipped_unknown_runtime".into(), r.skipped_unknown_runtime);
     m.insert("skipped_no_processors".into(), r.skipped_no_processors);
+    // Only when there are some, so a clean trace's report is unchanged.
+    if r.skipped_duplicate_ids > 0 {
+        m.insert("skipped_duplicate_ids".into(), r.skipped_duplicate_ids);
+    }
     m
 }
 
