@@ -34,9 +34,6 @@ pub const MAX_BUDGET_USD: f64 = 1e12;
 /// Largest sane hourly price of one instance, USD. The dearest EC2 types
 /// list about $100/h; anything a thousand times that is a typo or an attack.
 pub const MAX_PRICE_USD_PER_HOUR: f64 = 100_000.0;
-/// A spot price may be at most this many times the catalogue's on-demand
-/// price of its type (AWS caps spot bids at 10x on-demand).
-pub const MAX_PRICE_FACTOR: f64 = 10.0;
 /// Largest number of buckets a dense time axis may hold (state windows,
 /// series, simulator samples): 4 Mi buckets = 38 years of 5-minute buckets,
 /// 32 MiB per `f64` series. Beyond it the span is refused with an error that
