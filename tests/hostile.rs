@@ -130,21 +130,21 @@ fn corpus_catalogue_budgets_policy() {
             "ok" => {
                 check_catalog(&r.unwrap()).unwrap();
             }
-            _ => assert_clean(&r.err().expect("refused").to_string(), &p),
+            _ => assert_clean(&r.expect_err("refused").to_string(), &p),
         }
     }
     for p in corpus("budgets") {
         let r = BudgetFile::load(&p);
         match expect_of(&p) {
             "ok" => check_budgets(&r.unwrap()).unwrap(),
-            _ => assert_clean(&r.err().expect("refused").to_string(), &p),
+            _ => assert_clean(&r.expect_err("refused").to_string(), &p),
         }
     }
     for p in corpus("policy") {
         let r = PolicyFile::load(&p);
         match expect_of(&p) {
             "ok" => drop(r.unwrap()),
-            _ => assert_clean(&r.err().expect("refused").to_string(), &p),
+            _ => assert_clean(&r.expect_err("refused").to_string(), &p),
         }
     }
 }

@@ -79,7 +79,7 @@ pub fn positive_secs(s: &str) -> Result<i64, String> {
             prescale::limits::quote(s)
         )
     })?;
-    if v <= 0 || v > prescale::limits::MAX_DURATION_S {
+    if !(1..=prescale::limits::MAX_DURATION_S).contains(&v) {
         return Err(format!(
             "{v} must be between 1 and {} seconds",
             prescale::limits::MAX_DURATION_S
@@ -102,7 +102,7 @@ pub fn vcpus(s: &str) -> Result<i64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("`{}` is not a whole number", prescale::limits::quote(s)))?;
-    if v < 1 || v > prescale::limits::MAX_JOB_VCPUS {
+    if !(1..=prescale::limits::MAX_JOB_VCPUS).contains(&v) {
         return Err(format!(
             "{v} must be between 1 and {}",
             prescale::limits::MAX_JOB_VCPUS
