@@ -14,6 +14,7 @@ pub mod run;
 pub mod serve;
 pub mod tail;
 pub mod train;
+mod values;
 
 #[derive(Debug, Parser)]
 #[command(

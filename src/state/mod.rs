@@ -544,7 +544,14 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
+        let mut check_quiet_at = Some(first);
         while (first + 1) * b <= watermark {
+            if check_quiet_at == Some(first) {
+                match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
+                    Ok(to) => first = to,
+                    Err(next) => check_quiet_at = next,
+                }
+            }
             let accs = self.open.remove(&first).unwrap_or_default();
             for (s, series) in self.series.iter_mut().enumerate() {
                 let acc = accs.get(&s);
@@ -587,6 +594,65 @@ impl DemandState {
             }
         }
         self.first_open = Some(first);
+    }
+
+    /// Cost grows with events, not with time spans: when every series has
+    /// been exactly zero for a whole history window, nothing is outstanding
+    /// and nothing is recorded up to bucket `last`, the buckets before
+    /// `last` would all close to zeros and give ticks whose forecasts see
+    /// nothing but zeros; they are closed at once (no tick each) and the
+    /// series keep their window of zeros. `Ok(last)`: go on from `last`
+    /// (whose tick still comes); `Err(Some(b))`: not quiet yet, it may be
+    /// from bucket `b` on; `Err(None)`: not before another event.
+    fn skip_quiet(&mut self, first: i64, last: i64) -> Result<i64, Option<i64>> {
+        let cap = self.cfg.history_buckets.max(1);
+        let b = self.cfg.bucket_ms;
+        if last <= first + 1 {
+            return Err(None);
+        }
+        // Changes still to close (a completion's) move the level: look
+        // again a window after the last of them.
+        if let Some((&k, _)) = self.open.range(..=last).next_back() {
+            return Err(Some(k + 1 + cap as i64));
+        }
+        // Jobs submitted after `last` (the event that moved the watermark,
+        // applied before the close) do not touch the stretch.
+        if self.level.iter().flatten().any(|&x| x != 0.0)
+            || self
+                .jobs
+                .outstanding()
+                .any(|(_, o)| o.job.submitted_at.div_euclid(b) <= last)
+        {
+            return Err(None);
+        }
+        let zeros = self
+            .series
+            .iter()
+            .map(|s| {
+                s.values
+                    .iter()
+                    .rev()
+                    .take(cap)
+                    .take_while(|v| v.iter().all(|&x| x == 0.0))
+                    .count()
+            })
+            .min()
+            .unwrap_or(cap);
+        if zeros < cap {
+            return Err(Some(first + (cap - zeros) as i64));
+        }
+        for s in &mut self.series {
+            s.values = vec![[0.0; 3]; cap];
+            s.submissions = vec![0; cap];
+            s.start = (last - cap as i64) * b;
+        }
+        let horizon = last * b - self.cfg.dedup_window_ms;
+        self.jobs.0.retain(|_, e| match e {
+            JobEntry::Completed(t) => *t >= horizon,
+            JobEntry::Outstanding(_) => true,
+        });
+        self.closed_any = true;
+        Ok(last)
     }
 
     /// A job held by a budget command (QUEUE or PREEMPT) is not demand any
