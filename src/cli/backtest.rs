@@ -328,7 +328,10 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     if policies.is_empty() {
-        bail!("--policies: name at least one of {}", PolicyKind::DEFAULT_LIST);
+        bail!(
+            "--policies: name at least one of {}",
+            PolicyKind::DEFAULT_LIST
+        );
     }
     let prep = prepare(
         a.trace.as_deref(),

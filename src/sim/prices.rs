@@ -134,7 +134,10 @@ impl PriceCurve {
 
     /// The lowest hourly price the curve ever takes.
     pub fn min_price(&self) -> f64 {
-        self.usd_per_hour.iter().copied().fold(f64::INFINITY, f64::min)
+        self.usd_per_hour
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
     }
 }
 

@@ -354,12 +354,23 @@ impl BacktestReport {
     pub fn cost_table(&self) -> String {
         let mut s = format!(
             "{:<14} {:>12} {:>12} {:>12} {:>10} {:>10} {:>9} {:>8}\n",
-            "policy", "busy_usd", "idle_usd", "(boot_usd)", "lost_usd", "od_share", "spot_fail", "consol"
+            "policy",
+            "busy_usd",
+            "idle_usd",
+            "(boot_usd)",
+            "lost_usd",
+            "od_share",
+            "spot_fail",
+            "consol"
         );
         for name in self.ordered_names() {
             let p = &self.policies[name];
             let od = p.cost_by_market.get("ON_DEMAND").copied().unwrap_or(0.0);
-            let share = if p.cost_usd > 0.0 { od / p.cost_usd } else { 0.0 };
+            let share = if p.cost_usd > 0.0 {
+                od / p.cost_usd
+            } else {
+                0.0
+            };
             s.push_str(&format!(
                 "{:<14} {:>12.2} {:>12.2} {:>12.2} {:>10.2} {:>9.1}% {:>9} {:>8}\n",
                 name,
@@ -472,8 +483,18 @@ impl BacktestReport {
                 .x_desc("USD")
                 .draw()
                 .map_err(|e| e.to_string())?;
-            let spot = [RGBColor(31, 119, 180), RGBColor(44, 160, 200), RGBColor(23, 190, 207), RGBColor(60, 90, 170)];
-            let od = [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(200, 80, 120), RGBColor(170, 60, 30)];
+            let spot = [
+                RGBColor(31, 119, 180),
+                RGBColor(44, 160, 200),
+                RGBColor(23, 190, 207),
+                RGBColor(60, 90, 170),
+            ];
+            let od = [
+                RGBColor(214, 39, 40),
+                RGBColor(255, 127, 14),
+                RGBColor(200, 80, 120),
+                RGBColor(170, 60, 30),
+            ];
             let other = RGBColor(127, 127, 127);
             for (k, name) in names.iter().enumerate() {
                 let p = &self.policies[*name];
@@ -492,12 +513,22 @@ impl BacktestReport {
                         od[(oi - 1) % od.len()]
                     };
                     let m = if t.market == "SPOT" { "spot" } else { "od" };
-                    segs.push((format!("{} {m}", t.instance_type), c, t.busy_usd, t.usd - t.busy_usd));
+                    segs.push((
+                        format!("{} {m}", t.instance_type),
+                        c,
+                        t.busy_usd,
+                        t.usd - t.busy_usd,
+                    ));
                     rest_usd -= t.usd;
                     rest_busy -= t.busy_usd;
                 }
                 if rest_usd > 1e-6 {
-                    segs.push(("other".into(), other, rest_busy.max(0.0), (rest_usd - rest_busy).max(0.0)));
+                    segs.push((
+                        "other".into(),
+                        other,
+                        rest_busy.max(0.0),
+                        (rest_usd - rest_busy).max(0.0),
+                    ));
                 }
                 for (label, c, busy, idle) in segs {
                     for (w, style) in [(busy, c.filled()), (idle, c.mix(0.3).filled())] {
@@ -505,7 +536,10 @@ impl BacktestReport {
                             continue;
                         }
                         chart
-                            .draw_series(std::iter::once(Rectangle::new([(x, y0), (x + w, y1)], style)))
+                            .draw_series(std::iter::once(Rectangle::new(
+                                [(x, y0), (x + w, y1)],
+                                style,
+                            )))
                             .map_err(|e| e.to_string())?;
                         x += w;
                     }

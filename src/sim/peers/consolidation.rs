@@ -109,13 +109,22 @@ impl<'a> Cluster<'a> {
     /// The cheapest pool whose type holds `need`, cheaper than `below`:
     /// spot first when the rules say so (spot pools that cannot launch now
     /// left out), and how many cheaper spot types fit.
-    fn replacement_pool(&self, need: Need, below: f64, t: Millis, od_only: bool) -> (Option<usize>, usize) {
+    fn replacement_pool(
+        &self,
+        need: Need,
+        below: f64,
+        t: Millis,
+        od_only: bool,
+    ) -> (Option<usize>, usize) {
         let mut best_spot: Option<(f64, usize)> = None;
         let mut best_od: Option<(f64, usize)> = None;
         let mut cheaper_spot_types = 0;
         for (p, pool) in self.prices.pools.iter().enumerate() {
             let ty = &self.prices.types[pool.ty];
-            if (ty.vcpus as i64) * 1000 < need.mcpu || ty.memory_mib < need.mem || ty.gpus < need.gpu {
+            if (ty.vcpus as i64) * 1000 < need.mcpu
+                || ty.memory_mib < need.mem
+                || ty.gpus < need.gpu
+            {
                 continue;
             }
             let price = pool.curve.at(t);
@@ -194,7 +203,8 @@ impl<'a> Cluster<'a> {
             let (p, cheaper_spot) =
                 self.replacement_pool(self.need_of(&[i]), self.price_now(i, t), t, od_only);
             let Some(p) = p else { continue };
-            let spot_to_spot = self.prices.pools[self.insts[i as usize].pool].market == Market::Spot
+            let spot_to_spot = self.prices.pools[self.insts[i as usize].pool].market
+                == Market::Spot
                 && self.prices.pools[p].market == Market::Spot;
             if spot_to_spot && cheaper_spot < MIN_SPOT_TO_SPOT_TYPES {
                 continue;
@@ -226,7 +236,9 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             let jobs = inst.jobs.clone();
-            let fits_all = jobs.iter().all(|&j| self.movable(j) && !(spot && self.od_only(j, t)))
+            let fits_all = jobs
+                .iter()
+                .all(|&j| self.movable(j) && !(spot && self.od_only(j, t)))
                 && {
                     let n = self.need_of(&[old]);
                     let r = &self.insts[i as usize];

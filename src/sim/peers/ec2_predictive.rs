@@ -156,7 +156,12 @@ fn floor_types(workload: &Workload, env: usize, prices: &SimPrices) -> Vec<usize
         mcpu.push(j.mcpu as f64);
         mem.push(j.memory_mib as f64);
     }
-    let biggest = prices.types.iter().map(|t| t.vcpus as i64 * 1000).max().unwrap_or(0);
+    let biggest = prices
+        .types
+        .iter()
+        .map(|t| t.vcpus as i64 * 1000)
+        .max()
+        .unwrap_or(0);
     let want = (percentile(&mut mcpu, 0.9) as i64).max(1);
     let need = want.min(biggest);
     // A part of a wider gang needs its share of the memory.
@@ -178,7 +183,9 @@ fn floor_types(workload: &Workload, env: usize, prices: &SimPrices) -> Vec<usize
 
 fn cheapest_per_vcpu(prices: &SimPrices, pools: &[usize], t: Millis) -> Option<usize> {
     pools.iter().copied().min_by(|&a, &b| {
-        let per = |p: usize| prices.pools[p].curve.at(t) / prices.types[prices.pools[p].ty].vcpus.max(1) as f64;
+        let per = |p: usize| {
+            prices.pools[p].curve.at(t) / prices.types[prices.pools[p].ty].vcpus.max(1) as f64
+        };
         per(a).total_cmp(&per(b)).then(a.cmp(&b))
     })
 }

@@ -115,7 +115,10 @@ fn batch_spot_and_karpenter_fall_back_to_on_demand_when_spot_launches_fail() {
     let cfg = cfg();
     // A 2-vCPU hour at 0 while no spot pool can launch, another at 11 h
     // when spot is back.
-    let w = workload(vec![job("a", 0, 2, 3600, false), job("b", 11 * H, 2, 3600, false)]);
+    let w = workload(vec![
+        job("a", 0, 2, 3600, false),
+        job("b", 11 * H, 2, 3600, false),
+    ]);
     let outages = vec![(2, 0, 10 * H), (3, 0, 10 * H)];
     for peer in [Peer::BatchSpot, Peer::Karpenter] {
         let st = run_peer(peer, &cfg, &p, &w, outages.clone());
