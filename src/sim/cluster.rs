@@ -509,6 +509,10 @@ fn undominated_on_demand(prices: &SimPrices, od_pools: &[usize]) -> Vec<usize> {
     keep
 }
 
+/// How a launch choice ranks: `(tier, BEST_FIT score)`, lower wins (see
+/// `Cluster::choose_pool`).
+type Rank = (u8, f64);
+
 /// One compute environment's simulation.
 pub struct Cluster<'a> {
     cfg: &'a SimConfig,
@@ -1570,7 +1574,7 @@ impl<'a> Cluster<'a> {
                     if room <= 0 {
                         continue;
                     }
-                    let mut best: Option<((u8, f64), GangShape, usize, Vec<usize>)> = None;
+                    let mut best: Option<(Rank, GangShape, usize, Vec<usize>)> = None;
                     let mut by_parts = order.clone();
                     by_parts.sort_by_key(|s| s.parts);
                     for sh in by_parts {
@@ -1680,7 +1684,7 @@ impl<'a> Cluster<'a> {
         aggregate: i64,
         max_type_mcpu: i64,
         t: Millis,
-    ) -> (Option<((u8, f64), usize)>, u64) {
+    ) -> (Option<(Rank, usize)>, u64) {
         let fit = |from: &[usize]| self.best_fit(from, j, shape, aggregate, max_type_mcpu, t);
         if self.spot_outages.is_empty() && !self.rules.spot_first {
             return (fit(pools).map(|(s, p)| ((0, s), p)), 0);
