@@ -681,6 +681,41 @@ impl BacktestReport {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn best_peer_has_no_more_deadline_misses() {
+        let mut r = BacktestReport::default();
+        for (name, cost, miss) in [
+            ("batch_spot", 10.0, 0.1),
+            ("karpenter", 12.0, 0.0),
+            ("ec2_predictive", 15.0, 0.0),
+            ("predictive", 11.0, 0.0),
+            ("static", 30.0, 0.2),
+        ] {
+            let p = PolicyReport {
+                cost_usd: cost,
+                deadline_miss_rate: miss,
+                ..Default::default()
+            };
+            r.policies.insert(name.into(), p);
+        }
+        r.set_limits(crate::sim::bound::LowerBound {
+            usd: 5.0,
+            on_demand_usd: 20.0,
+        });
+        let p = &r.policies["predictive"];
+        // batch_spot is cheaper but misses deadlines predictive meets.
+        assert_eq!(p.best_peer.as_deref(), Some("karpenter"));
+        assert_eq!(p.cost_vs_best_peer, Some(r6(11.0 / 12.0)));
+        assert_eq!(p.cost_vs_lower_bound, Some(2.2));
+        // A policy missing more may be compared with the cheaper peer.
+        let s = &r.policies["static"];
+        assert_eq!(s.best_peer.as_deref(), Some("batch_spot"));
+        assert_eq!(s.cost_vs_best_peer, Some(3.0));
+        assert_eq!(r.lower_bound_on_demand_usd, 20.0);
+    }
+
     #[test]
     fn rounding_never_reports_a_negative_zero() {
         assert_eq!(super::r6(-0.0).to_string(), "0");
