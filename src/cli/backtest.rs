@@ -48,8 +48,14 @@ pub struct BacktestArgs {
     /// On-demand catalogue CSV (Karpenter-derived format); default: the bundled subset.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
-    /// Policies to compare, comma-separated.
-    #[arg(long, default_value = "reactive,static,predictive,oracle")]
+    /// Policies to compare, comma-separated: reactive (on-demand AWS Batch),
+    /// static, the peer baselines batch_spot (AWS Batch spot CE with an
+    /// on-demand fallback), karpenter (spot first, consolidation) and
+    /// ec2_predictive (EC2 Auto Scaling predictive scaling, mixed
+    /// instances), and prescale's predictive and oracle. Every report also
+    /// gives the trace's lower bound and each policy's cost against it and
+    /// against the best peer (docs/planner.md).
+    #[arg(long, default_value = PolicyKind::DEFAULT_LIST)]
     pub policies: String,
     /// Write the JSON report here.
     #[arg(long)]
@@ -458,7 +464,10 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     if policies.is_empty() {
-        bail!("--policies: name at least one of reactive, static, predictive, oracle");
+        bail!(
+            "--policies: name at least one of {}",
+            PolicyKind::DEFAULT_LIST
+        );
     }
     let prep = prepare(
         a.trace.as_deref(),
@@ -527,6 +536,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         t.seed
     );
     print!("{}", report.table());
+    print!("{}", report.cost_table());
     if !budgets.is_empty() {
         print!("{}", report.budget_table());
     }
