@@ -17,7 +17,7 @@
 //! commands the loop publishes before writing it.
 
 use super::merge::Tp;
-use super::service::{Brain, Refused, Stats};
+use super::service::{Brain, Stats};
 use super::KafkaError;
 use crate::events::{Command, Event};
 use std::sync::atomic::Ordering;
@@ -226,6 +226,7 @@ fn record_latencies(stats: &Stats, produced_at: &mut Vec<i64>) {
 mod tests {
     use super::*;
     use crate::events::{PreemptionAction, PreemptionCommand};
+    use crate::io::kafka::service::Refused;
     use crate::state::tests_support::job;
 
     /// Counts events and answers with what it has seen; decides a command
