@@ -1130,7 +1130,7 @@ impl Sink<'_> {
     /// origin in the headers, as for a message that does not decode. A
     /// replay from a snapshot taken before it refuses it again, so like
     /// every dead letter it arrives at least once.
-    fn dead_letter_refused(&self, r: RefusedAt) -> Result<(), KafkaError> {
+    fn dead_letter_refused(&self, r: &RefusedAt) -> Result<(), KafkaError> {
         let kind = match r.event {
             Event::JobSubmitted(_) => EventKind::JobSubmitted,
             Event::JobCompleted(_) => EventKind::JobCompleted,
@@ -1176,7 +1176,7 @@ impl Outbox<'_> {
     /// dead-letter the event the brain refused.
     fn publish(&self, mut d: Decided) -> Result<(), KafkaError> {
         if let Some(r) = d.refused.take() {
-            self.sink.dead_letter_refused(r)?;
+            self.sink.dead_letter_refused(&r)?;
         }
         if d.commands.is_empty() {
             return Ok(());

@@ -37,8 +37,9 @@ pub struct Decided {
     pub trigger_ts: Option<i64>,
     /// The decision tick's span, so publishing nests under it.
     pub span: tracing::Span,
-    /// The event, when the brain refused it (to be dead-lettered).
-    pub refused: Option<RefusedAt>,
+    /// The event, when the brain refused it (to be dead-lettered). Boxed:
+    /// rare, and an event inline would triple the size of every decision.
+    pub refused: Option<Box<RefusedAt>>,
 }
 
 /// An event the brain refused, with the message it came from.
@@ -111,13 +112,13 @@ impl Worker {
                                 let refused = brain.handle(ev, &mut out).map(|r| {
                                     let (topic, partition) =
                                         slots.get(slot).cloned().unwrap_or_default();
-                                    RefusedAt {
+                                    Box::new(RefusedAt {
                                         event: r.event,
                                         reason: r.reason,
                                         topic,
                                         partition,
                                         offset,
-                                    }
+                                    })
                                 });
                                 if let (true, Some(p)) = (timed, trigger_ts) {
                                     latencies.push(p);
