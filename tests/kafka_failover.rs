@@ -449,18 +449,27 @@ fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
         assert!(started.elapsed() < Duration::from_secs(60), "no split");
         std::thread::sleep(Duration::from_millis(50));
     };
-    run_ok(
-        prescale()
-            .arg("produce")
-            .arg(&bt.events)
-            .args(&args)
-            .args(["--rate", &(bt.n_events as f64 / 3.0).to_string()]),
-    );
+    // Live input over ~4 s; the kill comes 1 s in, so the lost partitions
+    // still receive input after it.
+    let mut producer = prescale()
+        .arg("produce")
+        .arg(&bt.events)
+        .args(&args)
+        .args(["--rate", &(bt.n_events as f64 / 4.0).to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let jobs = cfg.topics.job_submission();
-    let busy: Vec<String> = non_empty_partitions(&cfg, &jobs)
-        .into_iter()
-        .map(|p| format!("{jobs}/{p}"))
-        .collect();
+    let busy: Vec<String> = loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let busy: Vec<String> = non_empty_partitions(&cfg, &jobs)
+            .into_iter()
+            .map(|p| format!("{jobs}/{p}"))
+            .collect();
+        if !busy.is_empty() {
+            break busy;
+        }
+    };
     // Kill the instance holding the (first) busy job partition.
     let (mut victim, mut survivor, held) = if split.0.contains(&busy[0]) {
         (a, b, split.0)
@@ -470,6 +479,10 @@ fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
     victim.proc.kill().unwrap();
     let killed = Instant::now();
     victim.proc.wait().unwrap();
+    assert!(
+        producer.wait().unwrap().success(),
+        "prescale produce failed"
+    );
     let taken = loop {
         survivor.pump();
         if survivor
