@@ -399,6 +399,14 @@ impl Child {
     }
 }
 
+/// A failed assertion must not leave the child running.
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
 /// Partitions of a topic holding messages.
 fn non_empty_partitions(cfg: &prescale::io::kafka::config::KafkaConfig, topic: &str) -> Vec<i32> {
     let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(cfg, None)
