@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod backtest;
 mod bench;
 pub mod bench_kafka;
+mod bench_spot;
 mod bench_store;
 pub mod forecast;
 mod import;

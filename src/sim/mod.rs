@@ -21,6 +21,8 @@ pub mod oracle;
 pub mod policy;
 pub mod prices;
 pub mod report;
+pub mod spot_bench;
+pub mod spot_trace;
 pub mod trace;
 
 pub use budget::BudgetBook;
