@@ -7,7 +7,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use prescale::sim::spot_bench::{omniscient, run_policy, JobSpec, PolicyName};
+use prescale::sim::spot_bench::{run_policy, JobSpec, PolicyName};
 use prescale::sim::spot_trace::{parse_trace_name, SpotTrace};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -223,15 +223,7 @@ fn bench_market(
             .collect();
         let base = spec.on_demand_cost();
         for (p, t) in out.iter_mut() {
-            let o = if *p == PolicyName::Omniscient {
-                let c = omniscient(spec, &market).unwrap_or(f64::NAN);
-                prescale::sim::spot_bench::Outcome {
-                    cost: c,
-                    missed: false,
-                }
-            } else {
-                run_policy(*p, spec, &market, &past)
-            };
+            let o = run_policy(*p, spec, &market, &past);
             t.ratio_sum += o.cost / base;
             t.misses += u64::from(o.missed);
             t.runs += 1;
@@ -304,7 +296,7 @@ fn report(
 ) -> anyhow::Result<()> {
     let mut total: BTreeMap<PolicyName, Tally> = BTreeMap::new();
     let mut market_json = Vec::new();
-    for (m, r) in markets.iter().zip(per_market) {
+    for ((m, r), (spec, _)) in markets.iter().zip(per_market).zip(specs) {
         let mut pj = serde_json::Map::new();
         for (p, t) in r.iter().flatten() {
             let e = total.entry(*p).or_default();
@@ -316,7 +308,8 @@ fn report(
                 json!({"cost_vs_on_demand": t.ratio_sum / t.runs.max(1) as f64, "deadline_misses": t.misses}),
             );
         }
-        market_json.push(json!({"market": m.name, "zones": m.zones.len(), "policies": pj}));
+        market_json.push(json!({"market": m.name, "zones": m.zones.len(),
+            "instance_type": m.instance_type, "spot_price_ratio": spec.spot_ratio, "policies": pj}));
     }
     let mean = |t: &Tally| t.ratio_sum / t.runs.max(1) as f64;
     let opt = total

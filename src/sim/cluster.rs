@@ -160,6 +160,8 @@ pub struct RunStats {
     pub budget_held: u64,
     /// Elastic jobs moved to cheaper capacity by MIGRATE.
     pub migrations: u64,
+    /// Traced spot pools (`type/region`): reclaims and refused launches.
+    pub spot_pools: BTreeMap<String, super::spot_market::SpotPoolStats>,
 }
 
 /// Spend on one instance type in one market.
@@ -212,6 +214,8 @@ pub struct SimCompletion {
 enum Ev {
     Finish(u32, u32),
     Interrupt(u32),
+    /// A traced spot pool's capacity may have changed (see `spot_market`).
+    SpotCapacity(u32),
     Ready(u32),
     Command(u32),
     Submit(u32),
@@ -227,7 +231,7 @@ impl Ev {
     fn rank(self) -> u8 {
         match self {
             Ev::Finish(..) => 0,
-            Ev::Interrupt(_) => 1,
+            Ev::Interrupt(_) | Ev::SpotCapacity(_) => 1,
             Ev::Ready(_) => 2,
             Ev::Command(_) => 3,
             Ev::Submit(_) => 4,
@@ -238,6 +242,9 @@ impl Ev {
 }
 
 const IDLE_RANK: u8 = 5;
+
+/// EC2 Spot's interruption notice: two minutes before the reclaim.
+pub const SPOT_NOTICE_MS: Millis = 120_000;
 
 #[derive(Debug, Clone)]
 struct Inst {
@@ -255,6 +262,8 @@ struct Inst {
     idle_since: Millis,
     idle_epoch: u32,
     alive_pos: usize,
+    /// A traced market reclaims it (the two-minute notice was given).
+    reclaim_noticed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -532,6 +541,8 @@ pub struct Cluster<'a> {
     /// The run is over (see [`Cluster::advance`]).
     done: bool,
     completions: Vec<SimCompletion>,
+    /// Measured capacity of each traced spot pool (`SimConfig::spot_markets`).
+    spot_feed: Vec<Option<&'a super::spot_market::PoolFeed>>,
 }
 
 impl<'a> Cluster<'a> {
@@ -635,6 +646,14 @@ impl<'a> Cluster<'a> {
             now: Millis::MIN,
             done: false,
             completions: Vec::new(),
+            spot_feed: prices
+                .pools
+                .iter()
+                .map(|p| match (&cfg.spot_markets, p.market) {
+                    (Some(m), Market::Spot) => m.for_pool(&prices.types[p.ty].name, &p.region),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -683,6 +702,11 @@ impl<'a> Cluster<'a> {
         }
         let s0 = self.stats.series.start;
         self.push(s0, Ev::Sample);
+        for p in 0..self.spot_feed.len() {
+            if self.spot_feed[p].is_some() {
+                self.push(s0, Ev::SpotCapacity(p as u32));
+            }
+        }
     }
 
     /// Past the trace with nothing running or booting and the scheduler
@@ -723,6 +747,7 @@ impl<'a> Cluster<'a> {
                 Ev::Finish(j, e) => self.on_finish(t, j, e),
                 Ev::Ready(i) => self.on_ready(t, i),
                 Ev::Interrupt(i) => self.on_interrupt(t, i),
+                Ev::SpotCapacity(p) => self.on_spot_capacity(t, p as usize),
                 Ev::Command(c) => self.on_command(t, c),
                 Ev::Idle(i, e) => self.on_idle(t, i, e),
                 Ev::Sample => self.on_sample(t),
@@ -1063,6 +1088,73 @@ impl<'a> Cluster<'a> {
         self.dirty = true;
     }
 
+    /// Key of pool `p` in [`RunStats::spot_pools`].
+    fn pool_key(&self, p: usize) -> String {
+        let pool = &self.prices.pools[p];
+        format!("{}/{}", self.prices.types[pool.ty].name, pool.region)
+    }
+
+    /// Alive spot instances of pool `p` not already told of a reclaim.
+    fn spot_running(&self, p: usize) -> Vec<u32> {
+        self.alive
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let inst = &self.insts[i as usize];
+                inst.pool == p && !inst.reclaim_noticed
+            })
+            .collect()
+    }
+
+    /// May pool `p` take one more instance at `t`? (Untraced pools: yes.)
+    fn spot_room(&self, p: usize, t: Millis) -> bool {
+        let Some(feed) = self.spot_feed[p] else {
+            return true;
+        };
+        match feed.capacity(t - self.stats.series.start) {
+            None => true,
+            Some(cap) => (self.spot_running(p).len() as u64) < cap,
+        }
+    }
+
+    fn refuse_launch(&mut self, p: usize) {
+        let k = self.pool_key(p);
+        self.stats.spot_pools.entry(k).or_default().failed_launches += 1;
+    }
+
+    /// A traced pool's capacity at `t`: while it is below the pool's running
+    /// spot count, the youngest instances get the two-minute notice and are
+    /// reclaimed when it ends. Then wait for the trace's next sample.
+    fn on_spot_capacity(&mut self, t: Millis, p: usize) {
+        let Some(feed) = self.spot_feed[p] else {
+            return;
+        };
+        let offset = t - self.stats.series.start;
+        let cap = feed.capacity(offset);
+        if cap != Some(0) {
+            // Capacity may have come back: let the scheduler (and the
+            // floors) launch again.
+            self.dirty = true;
+        }
+        if let Some(cap) = cap {
+            let mut running = self.spot_running(p);
+            if running.len() as u64 > cap {
+                running.sort_by_key(|&i| (Reverse(self.insts[i as usize].launched), Reverse(i)));
+                let excess = running.len() - cap as usize;
+                let key = self.pool_key(p);
+                for &i in &running[..excess] {
+                    self.insts[i as usize].reclaim_noticed = true;
+                    self.push(t + SPOT_NOTICE_MS, Ev::Interrupt(i));
+                }
+                self.stats.spot_pools.entry(key).or_default().interruptions += excess as u64;
+            }
+        }
+        let next = self.stats.series.start + feed.next_change(offset);
+        if next <= self.horizon.saturating_add(self.cfg.max_tail_ms) {
+            self.push(next, Ev::SpotCapacity(p as u32));
+        }
+    }
+
     fn on_command(&mut self, t: Millis, c: u32) {
         let Mode::Commanded { commands } = self.mode else {
             return;
@@ -1139,6 +1231,10 @@ impl<'a> Cluster<'a> {
             let share = short as i128 * (mcpu_of(p) * n as i64) as i128 / total.max(1) as i128;
             let count = (share as i64 + mcpu_of(p) - 1) / mcpu_of(p);
             for _ in 0..count {
+                if !self.spot_room(p, t) {
+                    self.refuse_launch(p);
+                    continue;
+                }
                 self.launch(p, t);
             }
         }
@@ -1185,6 +1281,7 @@ impl<'a> Cluster<'a> {
             idle_since: t,
             idle_epoch: 0,
             alive_pos: self.alive.len(),
+            reclaim_noticed: false,
         });
         self.alive.push(id);
         self.alive_mcpu += mcpu;
@@ -1193,7 +1290,12 @@ impl<'a> Cluster<'a> {
         self.push(t + self.cfg.boot_delay_ms, Ev::Ready(id));
         let p = &self.prices.pools[pool];
         if p.market == Market::Spot {
-            let rate = self.cfg.spot_rate(&ty.name, &p.region);
+            // A traced pool's reclaims come from its trace, not a rate.
+            let rate = if self.spot_feed[pool].is_some() {
+                0.0
+            } else {
+                self.cfg.spot_rate(&ty.name, &p.region)
+            };
             let mut at = Millis::MAX;
             if rate > 0.0 {
                 let u: f64 = self.rng.random::<f64>();
@@ -1474,6 +1576,19 @@ impl<'a> Cluster<'a> {
                 .filter(|&p| self.prices.pools[p].market != Market::OnDemand || self.is_od_best[p])
                 .collect()
         };
+        // Traced spot pools at capacity refuse launches (counted once per
+        // scheduling pass with work queued).
+        let full: Vec<usize> = pools
+            .iter()
+            .copied()
+            .filter(|&p| !self.spot_room(p, t))
+            .collect();
+        if !queued.is_empty() {
+            for &p in &full {
+                self.refuse_launch(p);
+            }
+        }
+        let pools: Vec<usize> = pools.into_iter().filter(|p| !full.contains(p)).collect();
         let find_slots = |virt: &[(i64, i64, i32, bool)], sh: &GangShape, od_only: bool| {
             let mut slots: Vec<usize> = Vec::new();
             for (k, v) in virt.iter().enumerate() {

@@ -495,10 +495,13 @@ pub fn run_policy(name: PolicyName, spec: &JobSpec, market: &Market, history: &M
             p.warm_up(history, spec.tick_h);
             simulate(spec, market, &mut p)
         }
-        PolicyName::Omniscient => Outcome {
-            cost: omniscient(spec, market).unwrap_or(f64::NAN),
-            missed: omniscient(spec, market).is_none(),
-        },
+        PolicyName::Omniscient => {
+            let best = omniscient(spec, market);
+            Outcome {
+                cost: best.unwrap_or(f64::NAN),
+                missed: best.is_none(),
+            }
+        }
     }
 }
 
