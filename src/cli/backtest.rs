@@ -404,12 +404,16 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     );
     print!("{}", report.table());
     for (name, p) in &report.policies {
-        for (pool, st) in &p.spot_pools {
-            println!(
-                "  {name}: spot pool {pool}: {} interruptions, {} failed launches",
-                st.interruptions, st.failed_launches
-            );
+        if p.spot_pools.is_empty() {
+            continue;
         }
+        let (i, f) = p.spot_pools.values().fold((0, 0), |(i, f), s| {
+            (i + s.interruptions, f + s.failed_launches)
+        });
+        println!(
+            "  {name}: measured spot markets: {i} interruptions, {f} failed launches over {} traced pools (per pool: JSON `spot_pools`)",
+            p.spot_pools.len()
+        );
     }
     if !budgets.is_empty() {
         print!("{}", report.budget_table());

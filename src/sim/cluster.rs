@@ -1567,7 +1567,7 @@ impl<'a> Cluster<'a> {
         let queued: Vec<u32> = self.queue.iter().map(|k| k.2).collect();
         let mut behind: i64 = queued.iter().map(|&j| self.jobs[j as usize].mcpu).sum();
         // Dominated on-demand pools can never win (see `undominated_on_demand`).
-        let pools: Vec<usize> = if self.burst_pools.is_empty() {
+        let mut pools: Vec<usize> = if self.burst_pools.is_empty() {
             self.od_best.clone()
         } else {
             self.burst_pools
@@ -1576,19 +1576,7 @@ impl<'a> Cluster<'a> {
                 .filter(|&p| self.prices.pools[p].market != Market::OnDemand || self.is_od_best[p])
                 .collect()
         };
-        // Traced spot pools at capacity refuse launches (counted once per
-        // scheduling pass with work queued).
-        let full: Vec<usize> = pools
-            .iter()
-            .copied()
-            .filter(|&p| !self.spot_room(p, t))
-            .collect();
-        if !queued.is_empty() {
-            for &p in &full {
-                self.refuse_launch(p);
-            }
-        }
-        let pools: Vec<usize> = pools.into_iter().filter(|p| !full.contains(p)).collect();
+
         let find_slots = |virt: &[(i64, i64, i32, bool)], sh: &GangShape, od_only: bool| {
             let mut slots: Vec<usize> = Vec::new();
             for (k, v) in virt.iter().enumerate() {
@@ -1642,10 +1630,19 @@ impl<'a> Cluster<'a> {
                         } else {
                             i64::MAX
                         };
-                        let from = if od_only { &self.od_best } else { &pools };
-                        if let Some((score, pool)) =
-                            self.best_fit(from, j, &sh, aggregate, max_type, t)
-                        {
+                        let pick = loop {
+                            let from = if od_only { &self.od_best } else { &pools };
+                            match self.best_fit(from, j, &sh, aggregate, max_type, t) {
+                                // A traced spot pool out of capacity refuses
+                                // the launch; BEST_FIT falls back to the next.
+                                Some((_, pool)) if !self.spot_room(pool, t) => {
+                                    self.refuse_launch(pool);
+                                    pools.retain(|&p| p != pool);
+                                }
+                                other => break other,
+                            }
+                        };
+                        if let Some((score, pool)) = pick {
                             if best.as_ref().is_none_or(|b| score < b.0 - 1e-12) {
                                 best = Some((score, sh, pool, slots));
                             }
