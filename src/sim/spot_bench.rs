@@ -305,8 +305,8 @@ impl PrescalePolicy {
         let ticks = past.iter().map(Vec::len).min().unwrap_or(0);
         let mut now = vec![false; past.len()];
         for t in 0..ticks {
-            for (z, a) in now.iter_mut().enumerate() {
-                *a = past[z][t];
+            for (a, zone) in now.iter_mut().zip(past) {
+                *a = zone[t];
             }
             self.observe(&now, tick_h, t > 0);
         }
@@ -533,6 +533,7 @@ mod tests {
         let choices = 2 + zones;
         let n = spec.deadline as usize;
         let mut best: Option<f64> = None;
+        let has_spot = |z: usize, i: usize| market[z][i];
         for code in 0..choices.pow(n as u32) {
             let mut c = code;
             let mut seq = Vec::with_capacity(n);
@@ -542,7 +543,7 @@ mod tests {
                     0 => Placement::Wait,
                     1 => Placement::OnDemand,
                     z => {
-                        if !market[z - 2][i] {
+                        if !has_spot(z - 2, i) {
                             valid = false;
                         }
                         Placement::Spot(z - 2)
