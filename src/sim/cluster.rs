@@ -1131,9 +1131,10 @@ impl<'a> Cluster<'a> {
         };
         let offset = t - self.stats.series.start;
         let cap = feed.capacity(offset);
-        if cap != Some(0) {
-            // Capacity may have come back: let the scheduler (and the
-            // floors) launch again.
+        let usable = self.burst_pools.contains(&p) || self.mix.iter().any(|m| m.0 == p);
+        if cap != Some(0) && usable {
+            // Capacity may have come back to a pool the environment buys
+            // from: let the scheduler (and the floors) launch again.
             self.dirty = true;
         }
         if let Some(cap) = cap {
@@ -1232,8 +1233,9 @@ impl<'a> Cluster<'a> {
             let count = (share as i64 + mcpu_of(p) - 1) / mcpu_of(p);
             for _ in 0..count {
                 if !self.spot_room(p, t) {
+                    // Refused: once per pool and attempt, not per instance.
                     self.refuse_launch(p);
-                    continue;
+                    break;
                 }
                 self.launch(p, t);
             }
