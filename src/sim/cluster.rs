@@ -740,7 +740,11 @@ impl<'a> Cluster<'a> {
             let Some(Reverse((t, rank, _, ev))) = self.heap.pop() else {
                 break;
             };
-            self.now = t;
+            // A trace's capacity sample is not activity: it must not move
+            // the run's end (what alive instances are billed up to).
+            if !matches!(ev, Ev::SpotCapacity(_)) {
+                self.now = t;
+            }
             self.stats.sim_events += 1;
             match ev {
                 Ev::Submit(j) => self.on_submit(j),
