@@ -722,6 +722,16 @@ impl<'a> Cluster<'a> {
         if self.done {
             return None;
         }
+        // A trace's capacity sample neither ends a run early nor keeps a
+        // finished one going: past the end it is dropped, and the next real
+        // event decides.
+        while let Some(&Reverse((t, _, _, ev))) = self.heap.peek() {
+            if matches!(ev, Ev::SpotCapacity(_)) && self.over(t) {
+                self.heap.pop();
+            } else {
+                break;
+            }
+        }
         let t = self.heap.peek().map(|Reverse((t, ..))| *t)?;
         if self.over(t) {
             self.done = true;
