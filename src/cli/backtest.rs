@@ -87,6 +87,17 @@ pub struct BacktestArgs {
     /// `pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR`).
     #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, value_parser = super::values::rate)]
     pub spot_rate: f64,
+    /// Replay measured spot markets (Can't Be Late traces,
+    /// `<zone>_<tag>.json`) in this folder as the capacity of the matching
+    /// spot pools (type from the tag, region from the zone); pools without
+    /// a trace keep `--spot-rate`. See `sim::spot_market`.
+    #[arg(long, conflicts_with = "spot_trace_map")]
+    pub spot_traces: Option<PathBuf>,
+    /// Like `--spot-traces`, with a TOML file that assigns each trace to a
+    /// pool class (`[[trace]] file, pool = "type/region" | "type" | "*",
+    /// scale`).
+    #[arg(long)]
+    pub spot_trace_map: Option<PathBuf>,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
     #[arg(long, value_parser = super::values::vcpus)]
     pub static_vcpus: Option<i64>,
@@ -487,6 +498,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         static_vcpus: a.static_vcpus,
         max_vcpus: a.max_vcpus,
         seed: a.seed,
+        spot_markets: load_spot_markets(&a)?.map(Arc::new),
         ..Default::default()
     };
     let catalog = prep.catalog.clone();
@@ -537,6 +549,18 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
     );
     print!("{}", report.table());
     print!("{}", report.cost_table());
+    for (name, p) in &report.policies {
+        if p.spot_pools.is_empty() {
+            continue;
+        }
+        let (i, f) = p.spot_pools.values().fold((0, 0), |(i, f), s| {
+            (i + s.interruptions, f + s.failed_launches)
+        });
+        println!(
+            "  {name}: measured spot markets: {i} interruptions, {f} failed launches over {} traced pools (per pool: JSON `spot_pools`)",
+            p.spot_pools.len()
+        );
+    }
     if !budgets.is_empty() {
         print!("{}", report.budget_table());
     }
@@ -607,4 +631,43 @@ fn forecaster() -> Arc<dyn Forecaster> {
         eprintln!("forecaster: {e}; using the statistical model (ETS)");
     }
     Arc::new(f)
+}
+
+/// The measured spot markets of `--spot-traces` / `--spot-trace-map`.
+fn load_spot_markets(
+    a: &BacktestArgs,
+) -> anyhow::Result<Option<prescale::sim::spot_market::SpotMarkets>> {
+    use prescale::sim::spot_market::SpotMarkets;
+    let read = |p: &Path| -> anyhow::Result<(String, String)> {
+        let name = p.display().to_string();
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading spot trace {name}"))?;
+        Ok((name, text))
+    };
+    if let Some(dir) = &a.spot_traces {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading --spot-traces folder {}", dir.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.retain(|f| f.extension().is_some_and(|x| x == "json"));
+        files.sort();
+        if files.is_empty() {
+            bail!("--spot-traces {}: no *.json trace files", dir.display());
+        }
+        let texts = files
+            .iter()
+            .map(|f| read(f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(Some(SpotMarkets::from_named_files(&texts)?));
+    }
+    if let Some(map) = &a.spot_trace_map {
+        let text = std::fs::read_to_string(map)
+            .with_context(|| format!("reading --spot-trace-map {}", map.display()))?;
+        let base = map.parent().map(Path::to_path_buf).unwrap_or_default();
+        let m = SpotMarkets::from_mapping(&map.display().to_string(), &text, |f| {
+            read(&base.join(f)).map_err(|e| format!("{e:#}"))
+        })?;
+        return Ok(Some(m));
+    }
+    Ok(None)
 }

@@ -39,6 +39,8 @@ pub enum BenchCmd {
     Kafka(Box<super::bench_kafka::BenchKafkaArgs>),
     /// What reporting (metrics, prediction store; store up or down) costs the decision loop.
     Store(super::bench_store::BenchStoreArgs),
+    /// Deadline benchmark on measured spot traces (Can't Be Late, NSDI '24): cost and misses per policy.
+    Spot(Box<super::bench_spot::BenchSpotArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +79,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Replay(r) => replay(r),
         BenchCmd::Kafka(k) => super::bench_kafka::run(*k, super::backtest::decision_core),
         BenchCmd::Store(s) => super::bench_store::run(s),
+        BenchCmd::Spot(s) => super::bench_spot::run(*s),
     }
 }
 

@@ -6,6 +6,7 @@ mod actuate;
 mod backtest;
 mod bench;
 pub mod bench_kafka;
+mod bench_spot;
 mod bench_store;
 pub mod forecast;
 mod import;

@@ -5,9 +5,12 @@
 //! always give the same plan and the same `reason` text (the engine hashes
 //! commands by their inputs). See `docs/planner.md`.
 
+pub mod deadline;
+pub mod deadline_plan;
 pub mod market;
 pub mod offers;
 pub mod optimize;
+pub mod spot_risk;
 
 pub use market::{offers_from_book, MarketView, ShapeFilter};
 pub use offers::{spot_slowdown, Offer, RiskModel};

@@ -175,6 +175,8 @@ pub struct RunStats {
     /// USD of runs of rigid jobs that were cut short (spot reclaim, budget
     /// preemption) and had to start over (filled by the backtest).
     pub lost_work_usd: f64,
+    /// Traced spot pools (`type/region`): reclaims and refused launches.
+    pub spot_pools: BTreeMap<String, super::spot_market::SpotPoolStats>,
 }
 
 /// Spend on one instance type in one market.
@@ -230,6 +232,8 @@ pub struct SimCompletion {
 enum Ev {
     Finish(u32, u32),
     Interrupt(u32),
+    /// A traced spot pool's capacity may have changed (see `spot_market`).
+    SpotCapacity(u32),
     Ready(u32),
     Command(u32),
     Submit(u32),
@@ -245,7 +249,7 @@ impl Ev {
     fn rank(self) -> u8 {
         match self {
             Ev::Finish(..) => 0,
-            Ev::Interrupt(_) => 1,
+            Ev::Interrupt(_) | Ev::SpotCapacity(_) => 1,
             Ev::Ready(_) => 2,
             Ev::Command(_) => 3,
             Ev::Submit(_) => 4,
@@ -256,6 +260,9 @@ impl Ev {
 }
 
 const IDLE_RANK: u8 = 5;
+
+/// EC2 Spot's interruption notice: two minutes before the reclaim.
+pub const SPOT_NOTICE_MS: Millis = 120_000;
 
 #[derive(Debug, Clone)]
 struct Inst {
@@ -273,6 +280,8 @@ struct Inst {
     idle_since: Millis,
     idle_epoch: u32,
     alive_pos: usize,
+    /// A traced market reclaims it (the two-minute notice was given).
+    reclaim_noticed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -559,6 +568,8 @@ pub struct Cluster<'a> {
     /// `(pool, from, to)`: spot launches in `pool` fail within `[from, to)`.
     spot_outages: Vec<(usize, Millis, Millis)>,
     consolidation: consolidation::Pending,
+    /// Measured capacity of each traced spot pool (`SimConfig::spot_markets`).
+    spot_feed: Vec<Option<&'a super::spot_market::PoolFeed>>,
 }
 
 impl<'a> Cluster<'a> {
@@ -665,6 +676,14 @@ impl<'a> Cluster<'a> {
             rules: ProvisionRules::default(),
             spot_outages: Vec::new(),
             consolidation: consolidation::Pending::default(),
+            spot_feed: prices
+                .pools
+                .iter()
+                .map(|p| match (&cfg.spot_markets, p.market) {
+                    (Some(m), Market::Spot) => m.for_pool(&prices.types[p.ty].name, &p.region),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -684,11 +703,14 @@ impl<'a> Cluster<'a> {
     }
 
     /// Can a spot instance of `pool` be launched at `t`?
+    /// Whether a spot launch in `pool` can succeed at `t`: no outage, and
+    /// room under a traced pool's measured capacity.
     fn spot_available(&self, pool: usize, t: Millis) -> bool {
         !self
             .spot_outages
             .iter()
             .any(|&(p, a, b)| p == pool && a <= t && t < b)
+            && self.spot_room(pool, t)
     }
 
     fn push(&mut self, t: Millis, ev: Ev) {
@@ -736,6 +758,11 @@ impl<'a> Cluster<'a> {
         }
         let s0 = self.stats.series.start;
         self.push(s0, Ev::Sample);
+        for p in 0..self.spot_feed.len() {
+            if self.spot_feed[p].is_some() {
+                self.push(s0, Ev::SpotCapacity(p as u32));
+            }
+        }
     }
 
     /// Past the trace with nothing running or booting and the scheduler
@@ -750,6 +777,16 @@ impl<'a> Cluster<'a> {
     pub fn next_time(&mut self) -> Option<Millis> {
         if self.done {
             return None;
+        }
+        // A trace's capacity sample neither ends a run early nor keeps a
+        // finished one going: past the end it is dropped, and the next real
+        // event decides.
+        while let Some(&Reverse((t, _, _, ev))) = self.heap.peek() {
+            if matches!(ev, Ev::SpotCapacity(_)) && self.over(t) {
+                self.heap.pop();
+            } else {
+                break;
+            }
         }
         let t = self.heap.peek().map(|Reverse((t, ..))| *t)?;
         if self.over(t) {
@@ -769,13 +806,18 @@ impl<'a> Cluster<'a> {
             let Some(Reverse((t, rank, _, ev))) = self.heap.pop() else {
                 break;
             };
-            self.now = t;
+            // A trace's capacity sample is not activity: it must not move
+            // the run's end (what alive instances are billed up to).
+            if !matches!(ev, Ev::SpotCapacity(_)) {
+                self.now = t;
+            }
             self.stats.sim_events += 1;
             match ev {
                 Ev::Submit(j) => self.on_submit(j),
                 Ev::Finish(j, e) => self.on_finish(t, j, e),
                 Ev::Ready(i) => self.on_ready(t, i),
                 Ev::Interrupt(i) => self.on_interrupt(t, i),
+                Ev::SpotCapacity(p) => self.on_spot_capacity(t, p as usize),
                 Ev::Command(c) => self.on_command(t, c),
                 Ev::Idle(i, e) => self.on_idle(t, i, e),
                 Ev::Sample => self.on_sample(t),
@@ -1119,6 +1161,74 @@ impl<'a> Cluster<'a> {
         self.dirty = true;
     }
 
+    /// Key of pool `p` in [`RunStats::spot_pools`].
+    fn pool_key(&self, p: usize) -> String {
+        let pool = &self.prices.pools[p];
+        format!("{}/{}", self.prices.types[pool.ty].name, pool.region)
+    }
+
+    /// Alive spot instances of pool `p` not already told of a reclaim.
+    fn spot_running(&self, p: usize) -> Vec<u32> {
+        self.alive
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let inst = &self.insts[i as usize];
+                inst.pool == p && !inst.reclaim_noticed
+            })
+            .collect()
+    }
+
+    /// May pool `p` take one more instance at `t`? (Untraced pools: yes.)
+    fn spot_room(&self, p: usize, t: Millis) -> bool {
+        let Some(feed) = self.spot_feed[p] else {
+            return true;
+        };
+        match feed.capacity(t - self.stats.series.start) {
+            None => true,
+            Some(cap) => (self.spot_running(p).len() as u64) < cap,
+        }
+    }
+
+    fn refuse_launch(&mut self, p: usize) {
+        let k = self.pool_key(p);
+        self.stats.spot_pools.entry(k).or_default().failed_launches += 1;
+    }
+
+    /// A traced pool's capacity at `t`: while it is below the pool's running
+    /// spot count, the youngest instances get the two-minute notice and are
+    /// reclaimed when it ends. Then wait for the trace's next sample.
+    fn on_spot_capacity(&mut self, t: Millis, p: usize) {
+        let Some(feed) = self.spot_feed[p] else {
+            return;
+        };
+        let offset = t - self.stats.series.start;
+        let cap = feed.capacity(offset);
+        let usable = self.burst_pools.contains(&p) || self.mix.iter().any(|m| m.0 == p);
+        if cap != Some(0) && usable {
+            // Capacity may have come back to a pool the environment buys
+            // from: let the scheduler (and the floors) launch again.
+            self.dirty = true;
+        }
+        if let Some(cap) = cap {
+            let mut running = self.spot_running(p);
+            if running.len() as u64 > cap {
+                running.sort_by_key(|&i| (Reverse(self.insts[i as usize].launched), Reverse(i)));
+                let excess = running.len() - cap as usize;
+                let key = self.pool_key(p);
+                for &i in &running[..excess] {
+                    self.insts[i as usize].reclaim_noticed = true;
+                    self.push(t + SPOT_NOTICE_MS, Ev::Interrupt(i));
+                }
+                self.stats.spot_pools.entry(key).or_default().interruptions += excess as u64;
+            }
+        }
+        let next = self.stats.series.start + feed.next_change(offset);
+        if next <= self.horizon.saturating_add(self.cfg.max_tail_ms) {
+            self.push(next, Ev::SpotCapacity(p as u32));
+        }
+    }
+
     fn on_command(&mut self, t: Millis, c: u32) {
         let Mode::Commanded { commands } = self.mode else {
             return;
@@ -1195,6 +1305,11 @@ impl<'a> Cluster<'a> {
             let share = short as i128 * (mcpu_of(p) * n as i64) as i128 / total.max(1) as i128;
             let count = (share as i64 + mcpu_of(p) - 1) / mcpu_of(p);
             for _ in 0..count {
+                if !self.spot_room(p, t) {
+                    // Refused: once per pool and attempt, not per instance.
+                    self.refuse_launch(p);
+                    break;
+                }
                 self.launch(p, t);
             }
         }
@@ -1244,6 +1359,7 @@ impl<'a> Cluster<'a> {
             idle_since: t,
             idle_epoch: 0,
             alive_pos: self.alive.len(),
+            reclaim_noticed: false,
         });
         self.alive.push(id);
         self.alive_mcpu += mcpu;
@@ -1252,7 +1368,12 @@ impl<'a> Cluster<'a> {
         self.push(t + self.cfg.boot_delay_ms, Ev::Ready(id));
         let p = &self.prices.pools[pool];
         if p.market == Market::Spot {
-            let rate = self.cfg.spot_rate(&ty.name, &p.region);
+            // A traced pool's reclaims come from its trace, not a rate.
+            let rate = if self.spot_feed[pool].is_some() {
+                0.0
+            } else {
+                self.cfg.spot_rate(&ty.name, &p.region)
+            };
             let mut at = Millis::MAX;
             if rate > 0.0 {
                 let u: f64 = self.rng.random::<f64>();
@@ -1533,6 +1654,7 @@ impl<'a> Cluster<'a> {
                 .filter(|&p| self.prices.pools[p].market != Market::OnDemand || self.is_od_best[p])
                 .collect()
         };
+
         let find_slots = |virt: &[(i64, i64, i32, bool)], sh: &GangShape, od_only: bool| {
             let mut slots: Vec<usize> = Vec::new();
             for (k, v) in virt.iter().enumerate() {
@@ -1589,7 +1711,12 @@ impl<'a> Cluster<'a> {
                         let from = if od_only { &self.od_best } else { &pools };
                         let (choice, failed) =
                             self.choose_pool(from, j, &sh, aggregate, max_type, t);
-                        self.stats.spot_launch_failures += failed;
+                        self.stats.spot_launch_failures += failed.len() as u64;
+                        for p in failed {
+                            if self.spot_feed[p].is_some() {
+                                self.refuse_launch(p);
+                            }
+                        }
                         if let Some((score, pool)) = choice {
                             let better = best.as_ref().is_none_or(|b| {
                                 score.0 < b.0 .0 || (score.0 == b.0 .0 && score.1 < b.0 .1 - 1e-12)
@@ -1684,19 +1811,21 @@ impl<'a> Cluster<'a> {
         aggregate: i64,
         max_type_mcpu: i64,
         t: Millis,
-    ) -> (Option<(Rank, usize)>, u64) {
+    ) -> (Option<(Rank, usize)>, Vec<usize>) {
         let fit = |from: &[usize]| self.best_fit(from, j, shape, aggregate, max_type_mcpu, t);
-        if self.spot_outages.is_empty() && !self.rules.spot_first {
-            return (fit(pools).map(|(s, p)| ((0, s), p)), 0);
+        let traced = self.spot_feed.iter().any(Option::is_some);
+        if self.spot_outages.is_empty() && !traced && !self.rules.spot_first {
+            return (fit(pools).map(|(s, p)| ((0, s), p)), Vec::new());
         }
         let spot = |p: usize| self.prices.pools[p].market == Market::Spot;
         let mut from: Vec<usize> = pools.to_vec();
-        let mut failed = 0;
+        // The pools whose launch was tried and failed (one per fallback).
+        let mut failed = Vec::new();
         while let Some((_, p)) = fit(&from) {
             if !spot(p) || self.spot_available(p, t) {
                 break;
             }
-            failed += 1;
+            failed.push(p);
             from.retain(|&q| !spot(q) || self.spot_available(q, t));
         }
         if self.rules.spot_first {

@@ -27,6 +27,9 @@ pub mod peers;
 pub mod policy;
 pub mod prices;
 pub mod report;
+pub mod spot_bench;
+pub mod spot_market;
+pub mod spot_trace;
 pub mod trace;
 
 pub use budget::BudgetBook;
@@ -75,6 +78,10 @@ pub struct SimConfig {
     pub max_tail_ms: Millis,
     /// RNG seed (spot interruptions).
     pub seed: u64,
+    /// Measured spot markets replayed as the capacity of traced spot pools
+    /// (`backtest --spot-traces`); untraced pools keep the rate model.
+    #[serde(skip)]
+    pub spot_markets: Option<std::sync::Arc<spot_market::SpotMarkets>>,
 }
 
 impl Default for SimConfig {
@@ -92,6 +99,7 @@ impl Default for SimConfig {
             spot_retries: 1,
             max_tail_ms: 30 * 86_400_000,
             seed: 42,
+            spot_markets: None,
         }
     }
 }

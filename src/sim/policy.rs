@@ -667,6 +667,11 @@ fn merge(total: &mut RunStats, st: &RunStats) {
     total.budget_preemptions += st.budget_preemptions;
     total.budget_held += st.budget_held;
     total.migrations += st.migrations;
+    for (k, v) in &st.spot_pools {
+        let t = total.spot_pools.entry(k.clone()).or_default();
+        t.interruptions += v.interruptions;
+        t.failed_launches += v.failed_launches;
+    }
     total.instances_launched += st.instances_launched;
     total.waits_ms.extend_from_slice(&st.waits_ms);
     total.jobs += st.jobs;

@@ -68,6 +68,10 @@ pub struct PolicyReport {
     pub commands: u64,
     /// Instance-mix entries naming a pool the simulator has no price for.
     pub unknown_pools: u64,
+    /// Traced spot pools (`--spot-traces`): reclaims and refused launches
+    /// per `type/region`. Left out of the JSON without traces.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spot_pools: BTreeMap<String, super::spot_market::SpotPoolStats>,
     /// The instance types (per market) that cost the most, most first (at
     /// most [`TOP_TYPES`]): where the money went.
     pub top_instance_types: Vec<TypeSpend>,
@@ -195,6 +199,7 @@ impl PolicyReport {
             vcpu_hours: r6(st.billed_mcpu_ms / 1000.0 / 3_600_000.0),
             commands,
             unknown_pools,
+            spot_pools: st.spot_pools.clone(),
             top_instance_types: top_types(st),
             busy_usd: r6(busy),
             idle_usd: r6(cost - busy),

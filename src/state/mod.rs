@@ -782,7 +782,7 @@ impl DemandState {
         }
         let horizon = last * b - self.cfg.dedup_window_ms;
         self.jobs.0.retain(|_, e| match e {
-            JobEntry::Completed(t) => *t >= horizon,
+            JobEntry::Completed(d) => d.at >= horizon,
             JobEntry::Outstanding(_) => true,
         });
         self.closed_any = true;

@@ -197,8 +197,8 @@ impl<A: Actuator> Loop<A> {
                     .unwrap_or(-1)
             };
             let done = at(&positions).max(at(&committed));
-            let (_, high) = self.consumer.fetch_watermarks(topic, partition, timeout)?;
-            if done < high {
+            let (low, high) = self.consumer.fetch_watermarks(topic, partition, timeout)?;
+            if high > low && done < high {
                 return Ok(false);
             }
         }
