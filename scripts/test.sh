@@ -24,13 +24,17 @@ fi
 # Start the real services the integration tests talk to; stop them on exit.
 source scripts/kafka.sh
 source scripts/tsdb.sh
-trap 'kafka_stop || true; tsdb_stop || true' EXIT
+source scripts/moto.sh
+trap 'kafka_stop || true; tsdb_stop || true; moto_stop || true' EXIT
 kafka_install
 kafka_start
 tsdb_start
+# AWS endpoint (moto) for the `aws` feature's actuator and producer tests.
+moto_start
 
 echo "==> cargo test"
 # Benches (criterion, harness = false) are compiled by `cargo check --benches`,
 # not run: their figures come from `cargo bench` / `prescale bench`.
 cargo check --benches --locked
-cargo test --locked --lib --bins --tests -- --test-threads=2
+# `--features aws`: the AWS actuators and producer (off in a default build).
+cargo test --locked --features aws --lib --bins --tests -- --test-threads=2

@@ -2,4 +2,6 @@
 //! `state`, `forecast`, `pricing`, `planner`, `budget` or `engine` knows about
 //! these; they only see `Event`s in and `Command`s out.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod kafka;
