@@ -10,7 +10,13 @@ moto_server's own.
    allocationStrategy, bidPercentage) into the environment's `computeResources`, after the same
    validation moto applies at creation (min <= desired <= max, no negative values). Nothing else
    about moto changes: launched instances, queues and jobs behave as upstream.
-2. No Docker on the test machines: Batch jobs run through moto's own Docker-free "batch_simple"
+2. EC2 Auto Scaling `UpdateAutoScalingGroup`: moto 5.2.x replaces the group's
+   `MixedInstancesPolicy` with whatever the request carries, so an update that omits it (a
+   size-only change, as `aws autoscaling update-auto-scaling-group --desired-capacity` makes)
+   deletes the group's mix. AWS updates only the parameters a request specifies; the patch keeps
+   the current policy when the request names neither a policy nor a launch template or
+   configuration.
+3. No Docker on the test machines: Batch jobs run through moto's own Docker-free "batch_simple"
    backend (the documented `{"batch": {"use_docker": false}}` config), which marks a submitted
    job finished instead of starting a container.
 
@@ -22,6 +28,7 @@ import sys
 
 from moto.batch.exceptions import ClientException, InvalidParameterValueException
 from moto.batch.models import BatchBackend
+from moto.autoscaling.models import FakeAutoScalingGroup
 from moto.core.models import default_user_config
 
 UPDATABLE = (
@@ -64,6 +71,31 @@ def _update_compute_environment(
 
 
 BatchBackend.update_compute_environment = _update_compute_environment
+
+_upstream_asg_update = FakeAutoScalingGroup.update
+
+
+def _asg_update(self, *args, **kwargs):
+    names = (
+        "availability_zones", "desired_capacity", "max_size", "min_size",
+        "launch_config_name", "launch_template", "vpc_zone_identifier",
+        "health_check_period", "health_check_type",
+    )
+    given = dict(zip(names, args))
+    given.update(kwargs)
+    keep = (
+        given.get("mixed_instances_policy") is None
+        and not given.get("launch_template")
+        and not given.get("launch_config_name")
+    )
+    saved = self.mixed_instances_policy
+    result = _upstream_asg_update(self, *args, **kwargs)
+    if keep:
+        self.mixed_instances_policy = saved
+    return result
+
+
+FakeAutoScalingGroup.update = _asg_update
 default_user_config.setdefault("batch", {})["use_docker"] = False
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ pub struct IngestArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum IngestSource {
     /// AWS Batch job events (EventBridge "Batch Job State Change", SQS, or polling ListJobs).
-    Batch(Box<BatchArgs>),
+    Batch(BatchArgs),
 }
 
 /// Read AWS Batch job state changes and publish each job's submission and completion once.

@@ -530,3 +530,20 @@ async fn read_request(c: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)
     }
     Some((head, body))
 }
+
+/// (MinSize, DesiredCapacity, MaxSize) of every `UpdateAutoScalingGroup` moto received for
+/// `group`, in order.
+pub async fn group_updates(m: &Moto, group: &str) -> Vec<(i32, i32, i32)> {
+    m.recording()
+        .await
+        .into_iter()
+        .filter(|(a, _)| a == "UpdateAutoScalingGroup")
+        .filter_map(|(_, body)| {
+            let p = form_pairs(&body);
+            let get = |k: &str| p.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+            (get("AutoScalingGroupName")? == group).then_some(())?;
+            let n = |k: &str| get(k).and_then(|v| v.parse().ok()).unwrap_or(-1);
+            Some((n("MinSize"), n("DesiredCapacity"), n("MaxSize")))
+        })
+        .collect()
+}

@@ -350,6 +350,17 @@ impl AsgActuator {
     }
 }
 
+/// The launch template by id or by name, not both: `DescribeAutoScalingGroups` returns both,
+/// and `UpdateAutoScalingGroup` refuses a specification that has both.
+fn template_ref(lt: &LaunchTemplateSpecification) -> LaunchTemplateSpecification {
+    let b = LaunchTemplateSpecification::builder().set_version(lt.version().map(str::to_string));
+    match lt.launch_template_id() {
+        Some(id) => b.launch_template_id(id),
+        None => b.set_launch_template_name(lt.launch_template_name().map(str::to_string)),
+    }
+    .build()
+}
+
 fn mixed_policy(m: &MixPlan, lt: &LaunchTemplateSpecification) -> MixedInstancesPolicy {
     let overrides: Vec<LaunchTemplateOverrides> = m
         .overrides
@@ -364,7 +375,7 @@ fn mixed_policy(m: &MixPlan, lt: &LaunchTemplateSpecification) -> MixedInstances
     MixedInstancesPolicy::builder()
         .launch_template(
             LaunchTemplate::builder()
-                .launch_template_specification(lt.clone())
+                .launch_template_specification(template_ref(lt))
                 .set_overrides(Some(overrides))
                 .build(),
         )

@@ -93,7 +93,7 @@ pub(crate) fn classify<E>(
 where
     E: aws_sdk_autoscaling::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
+    use aws_sdk_autoscaling::error::SdkError;
     let msg = |detail: String| format!("{call} {target}: {detail}");
     match err {
         SdkError::ServiceError(ctx) => {
