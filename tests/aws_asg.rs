@@ -123,8 +123,8 @@ async fn throttling_is_retried_by_the_sdk_and_reported_transient_when_it_persist
     let m = Moto::shared();
     let g = unique("asg-throttle");
     create_group(m, &g).await;
-    // Two of every three requests answered `Throttling`: with 3 attempts per call every call
-    // gets through on its third.
+    // Two of every three requests answered `Throttling` (the 2nd and 3rd): with 3 attempts
+    // per call every call gets through.
     let proxy = ThrottlingProxy::start(&m.endpoint, 2, 3).await;
     let mut a = AsgActuator::new(&m.sdk_at(&proxy.endpoint).await, &mapping("ce-t", &g));
     let c = cmd("ce-t", "t1", 1, (1, 5, 9), &[("m5.large", Market::Spot, 3)]);
@@ -143,4 +143,289 @@ async fn throttling_is_retried_by_the_sdk_and_reported_transient_when_it_persist
         .unwrap_err();
     assert_eq!(e.retry, Retry::Transient, "{}", e.message);
     assert!(e.message.contains("Throttling"), "{}", e.message);
+}
+
+// ---- Through Kafka: `prescale produce` + `prescale run` + `prescale actuate asg` -------------
+
+#[allow(dead_code)]
+#[path = "kafka_support/mod.rs"]
+mod kafka_support;
+
+use prescale::events::Command;
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// `prescale actuate asg` with its own consumer group and ledger.
+fn actuate_cmd(cfg: &prescale::io::kafka::KafkaConfig, dir: &std::path::Path, mapping: &std::path::Path, endpoint: &str, extra: &[&str]) -> std::process::Command {
+    let mut cfg = cfg.clone();
+    cfg.group_id = format!("{}-asg", cfg.group_id);
+    let mut c = kafka_support::prescale();
+    c.args(["actuate", "asg"])
+        .args(kafka_support::cli_args(&cfg))
+        .arg("--mapping")
+        .arg(mapping)
+        .args(["--endpoint-url", endpoint])
+        .arg("--ledger")
+        .arg(dir.join("asg.ledger"))
+        .args(extra);
+    for (flag, default) in [("--reconcile-interval-s", "3600")] {
+        if !extra.contains(&flag) {
+            c.args([flag, default]);
+        }
+    }
+    c
+}
+
+/// The scaling commands per environment, in issued order.
+fn by_env(cmds: impl IntoIterator<Item = ScalingCommand>) -> BTreeMap<String, Vec<ScalingCommand>> {
+    let mut m: BTreeMap<String, Vec<ScalingCommand>> = BTreeMap::new();
+    for c in cmds {
+        m.entry(c.compute_environment.clone()).or_default().push(c);
+    }
+    for v in m.values_mut() {
+        v.sort_by(|a, b| (a.issued_at, &a.command_id).cmp(&(b.issued_at, &b.command_id)));
+    }
+    m
+}
+
+#[test]
+fn trace_through_produce_run_and_actuate_leaves_each_group_at_its_last_command_after_every_tick() {
+    let m = Moto::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = kafka_support::Broker::shared();
+    let bt = kafka_support::backtest_replay();
+    let scaling: Vec<ScalingCommand> = bt
+        .commands
+        .values()
+        .filter_map(|l| match serde_json::from_str::<Command>(l).expect("a command") {
+            Command::Scaling(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let envs = by_env(scaling);
+    assert!(!envs.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let groups: Vec<(String, String)> = envs.keys().map(|e| (e.clone(), unique("e2e"))).collect();
+    for (_, g) in &groups {
+        rt.block_on(create_group(m, g));
+    }
+    // The trace asks for thousands of vCPUs; a unit of 64 vCPUs keeps moto's fake fleet small.
+    let mapping = asg_mapping(dir.path(), &groups, Some(64));
+    let cfg = kafka_support::config(broker, "aws-e2e", dir.path());
+    let args = kafka_support::cli_args(&cfg);
+    kafka_support::run_ok(kafka_support::prescale().arg("produce").arg(&bt.events).args(&args).arg("--create-topics"));
+    kafka_support::run_ok(kafka_support::prescale().arg("run").args(&args).args(["--instance", "solo", "--exit-when-idle-ms", "1000"]));
+    let lasts: Vec<(String, String)> = groups.iter().map(|(e, g)| (g.clone(), envs[e].last().unwrap().command_id.clone())).collect();
+    let s = run_until(&mut actuate_cmd(&cfg, dir.path(), &mapping, &m.endpoint, &[]), Duration::from_secs(240), || {
+        lasts.iter().all(|(g, id)| rt.block_on(describe_group(m, g)).last_command.as_deref() == Some(id.as_str()))
+    });
+    let total: usize = envs.values().map(Vec::len).sum();
+    assert_eq!(s["applied_scaling"].as_u64(), Some(total as u64), "{s}");
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+
+    let catalog = prescale::pricing::Catalog::bundled();
+    for (env, g) in &groups {
+        let cmds = &envs[env];
+        // Every tick: one update per command, in order, each with that command's sizes.
+        let updates = rt.block_on(group_updates(m, g));
+        let want: Vec<(i32, i32, i32)> = {
+            let mut max = 0; // the fixture group's MaxSize
+            cmds.iter()
+                .map(|c| {
+                    let s = expected_units(c, max, 64);
+                    max = s.2;
+                    s
+                })
+                .collect()
+        };
+        assert_eq!(updates, want, "{env}: update calls vs commands");
+        let ids: Vec<String> = cmds.iter().map(|c| c.command_id.clone()).collect();
+        assert_eq!(rt.block_on(tagged_commands(m, g)), ids, "{env}");
+        // The end state, as DescribeAutoScalingGroups reports it.
+        let last = cmds.last().unwrap();
+        let st = rt.block_on(describe_group(m, g));
+        assert_eq!((st.min, st.desired, st.max), *want.last().unwrap(), "{env}");
+        assert_eq!(st.last_command.as_deref(), Some(last.command_id.as_str()));
+        if let Some(with_mix) = cmds.iter().rev().find(|c| !c.instance_mix.is_empty()) {
+            let mut types: Vec<(String, String)> = Vec::new();
+            for a in &with_mix.instance_mix {
+                if !types.iter().any(|(t, _)| *t == a.instance_type) {
+                    let v = catalog.spec(&a.instance_type).expect("catalogued type").vcpus;
+                    types.push((a.instance_type.clone(), ((v / 64.0).round() as i64).clamp(1, 999).to_string()));
+                }
+            }
+            assert_eq!(st.overrides, types, "{env}: overrides of the last mix");
+            assert!(st.on_demand_pct.is_some() && st.on_demand_base.is_some(), "{st:?}");
+        }
+    }
+}
+
+fn sized(env: &str, i: i64) -> ScalingCommand {
+    cmd(env, &format!("{env}-k{i:03}"), 1_000 * (i + 1), (i % 5, 4 + 2 * i, 200), &[("m5.large", Market::Spot, (2 + i % 3) as i32)])
+}
+
+fn publish(cfg: &prescale::io::kafka::KafkaConfig, cmds: &[ScalingCommand]) {
+    let p = prescale::io::kafka::publish::Publisher::new(cfg).unwrap();
+    for c in cmds {
+        let c = Command::Scaling(c.clone());
+        p.send(
+            &cfg.topics.scaling_command(),
+            c.key().as_bytes(),
+            &prescale::io::kafka::codec::encode_output(cfg, &c).unwrap(),
+            &[],
+            None,
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The first message of `topic` (from the beginning), with its headers.
+fn first_message(cfg: &prescale::io::kafka::KafkaConfig, topic: &str) -> Option<(Vec<u8>, BTreeMap<String, String>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(cfg, None).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or(&[])).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Some((msg.payload().unwrap_or(&[]).to_vec(), headers));
+        }
+    }
+    None
+}
+
+#[test]
+fn sigkilled_actuator_restarts_to_the_same_state_never_applying_an_older_command_and_dead_letters_the_unknown() {
+    let m = Moto::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = kafka_support::Broker::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_support::config(broker, "aws-kill", dir.path());
+    kafka_support::create_topics(&cfg);
+    let groups = vec![("k-a".to_string(), unique("kill")), ("k-b".to_string(), unique("kill"))];
+    for (_, g) in &groups {
+        rt.block_on(create_group(m, g));
+    }
+    let mapping = asg_mapping(dir.path(), &groups, None);
+    let mut all = Vec::new();
+    for i in 0..40 {
+        all.push(sized("k-a", i));
+        all.push(sized("k-b", i));
+    }
+    let mut unknown = sized("k-nowhere", 0);
+    unknown.command_id = "unmapped-1".into();
+    all.insert(10, unknown);
+    publish(&cfg, &all);
+
+    // First run: killed (SIGKILL) once it has applied a dozen commands to k-a. Static
+    // membership: the restarted process takes the killed member's place at once instead of
+    // waiting for its session to expire.
+    let member = ["-X", "group.instance.id=asg-kill"];
+    let mut first = actuate_cmd(&cfg, dir.path(), &mapping, &m.endpoint, &member)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let n = rt.block_on(tagged_commands(m, &groups[0].1)).len();
+        if n >= 12 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "first run applied only {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let before = rt.block_on(tagged_commands(m, &groups[0].1)).len();
+    assert!(before < 40, "killed mid-stream ({before} of 40 applied)");
+
+    // Restart with the same ledger and group: it finishes the stream.
+    let lasts: Vec<(String, String)> = groups.iter().map(|(_, g)| g.clone()).zip(["k-a-k039", "k-b-k039"].map(String::from)).collect();
+    let s = run_until(&mut actuate_cmd(&cfg, dir.path(), &mapping, &m.endpoint, &member), Duration::from_secs(120), || {
+        lasts.iter().all(|(g, id)| rt.block_on(describe_group(m, g)).last_command.as_deref() == Some(id.as_str()))
+    });
+    assert!(s["applied_scaling"].as_u64().unwrap() > 0, "{s}");
+
+    let issued: BTreeMap<String, i64> = all.iter().map(|c| (c.command_id.clone(), c.issued_at)).collect();
+    for (env, g) in &groups {
+        let last = all.iter().filter(|c| c.compute_environment == *env).last().unwrap();
+        let st = rt.block_on(describe_group(m, g));
+        assert_eq!((st.min, st.desired, st.max), expected_sizes(last, 0), "{env}: same end state as a run without the kill");
+        assert_eq!(st.last_command.as_deref(), Some(last.command_id.as_str()));
+        // Every update call moto recorded, in order: never an older command after a newer one.
+        let seq: Vec<i64> = rt.block_on(tagged_commands(m, g)).iter().map(|id| issued[id]).collect();
+        assert!(seq.windows(2).all(|w| w[0] <= w[1]), "{env}: applied out of order: {seq:?}");
+        assert_eq!(seq.len() as i64, 40 + seq.windows(2).filter(|w| w[0] == w[1]).count() as i64,
+            "{env}: every command applied, repeats only of the one in flight at the kill");
+    }
+
+    // The unmapped environment's command is in the dead-letter topic with the reason.
+    let dlq = cfg.topics.dlq(&cfg.topics.scaling_command());
+    let (payload, headers) = first_message(&cfg, &dlq).expect("a dead letter");
+    let cmd = prescale::io::kafka::codec::decode_output(&cfg, true, &payload).unwrap();
+    assert_eq!(cmd.id(), "unmapped-1");
+    let why = headers.get(prescale::io::kafka::codec::headers::DLQ_ERROR).cloned().unwrap_or_default();
+    assert!(why.contains("k-nowhere"), "{headers:?}");
+}
+
+#[test]
+fn throttled_calls_delay_but_do_not_lose_commands_and_a_hand_change_is_reverted_by_reconcile() {
+    let m = Moto::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = kafka_support::Broker::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_support::config(broker, "aws-thr", dir.path());
+    kafka_support::create_topics(&cfg);
+    let g = unique("thr");
+    rt.block_on(create_group(m, &g));
+    let mapping = asg_mapping(dir.path(), &[("t-a".to_string(), g.clone())], None);
+    let cmds: Vec<ScalingCommand> = (0..8).map(|i| sized("t-a", i)).collect();
+    publish(&cfg, &cmds);
+    // One call in four answered `Throttling`; the SDK makes one attempt per call, so the
+    // runtime's own backoff does the retrying.
+    let proxy = rt.block_on(ThrottlingProxy::start(&m.endpoint, 1, 4));
+    let last_id = cmds.last().unwrap().command_id.clone();
+    let s = run_until(
+        &mut actuate_cmd(&cfg, dir.path(), &mapping, &proxy.endpoint, &["--sdk-max-attempts", "1", "--max-attempts", "20"]),
+        Duration::from_secs(120),
+        || rt.block_on(describe_group(m, &g)).last_command.as_deref() == Some(last_id.as_str()),
+    );
+    assert_eq!(s["applied_scaling"], 8, "{s}");
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+    assert!(s["retries"].as_u64().unwrap() > 0, "{s}");
+    assert!(proxy.throttled.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let last = cmds.last().unwrap();
+    let st = rt.block_on(describe_group(m, &g));
+    assert_eq!((st.min, st.desired, st.max), expected_sizes(last, 0));
+    drop(proxy);
+
+    // A hand change, then an actuator with a 1 s reconcile interval: put back.
+    let asg = rt.block_on(async { aws_sdk_autoscaling::Client::new(&m.sdk().await) });
+    rt.block_on(asg.update_auto_scaling_group().auto_scaling_group_name(&g).min_size(0).desired_capacity(1).max_size(2).send())
+        .unwrap();
+    let want = expected_sizes(last, 0);
+    let s = run_until(
+        &mut actuate_cmd(&cfg, dir.path(), &mapping, &m.endpoint, &["--reconcile-interval-s", "1"]),
+        Duration::from_secs(60),
+        || {
+            let st = rt.block_on(describe_group(m, &g));
+            (st.min, st.desired, st.max) == want
+        },
+    );
+    assert!(s["drift_reapplied"].as_u64().unwrap() >= 1, "{s}");
+    let st = rt.block_on(describe_group(m, &g));
+    assert_eq!((st.min, st.desired, st.max), expected_sizes(last, 0), "reverted");
 }

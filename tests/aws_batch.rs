@@ -166,3 +166,80 @@ async fn preempt_terminates_with_the_command_id_and_resume_resubmits() {
         .unwrap_err();
     assert_eq!(e.retry, Retry::Permanent);
 }
+
+// ---- Through Kafka: `prescale actuate batch` consuming the command topic -----------------------
+
+#[allow(dead_code)]
+#[path = "kafka_support/mod.rs"]
+mod kafka_support;
+
+#[test]
+fn actuate_batch_from_the_command_topic_leaves_each_environment_at_its_last_command() {
+    use prescale::events::Command;
+    let m = Moto::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = kafka_support::Broker::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_support::config(broker, "aws-batch", dir.path());
+    kafka_support::create_topics(&cfg);
+    let envs = ["bb-a", "bb-b"];
+    let mut text = String::new();
+    let mut targets = Vec::new();
+    for env in envs {
+        let t = rt.block_on(create_batch(m, &unique(env)));
+        text.push_str(&format!(
+            "[batch.{env}]\nspot_compute_environment = \"{}\"\non_demand_compute_environment = \"{}\"\njob_queue = \"{}\"\n\n",
+            t.spot_compute_environment, t.on_demand_compute_environment, t.job_queue
+        ));
+        targets.push(t);
+    }
+    let mapping = dir.path().join("aws.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut cmds = Vec::new();
+    for i in 0..12i64 {
+        for env in envs {
+            let spot = if i % 4 == 1 { 1 } else { 6 }; // the last command (i = 11) is 75 % spot
+            let mut c = cmd(env, &format!("{env}-{i}"), (0, 8 + 2 * i, 64 + i), &[("m5.large", Market::Spot, spot), ("m5.xlarge", Market::OnDemand, 1)]);
+            c.issued_at = 1_000 * (i + 1);
+            cmds.push(c);
+        }
+    }
+    let p = prescale::io::kafka::publish::Publisher::new(&cfg).unwrap();
+    for c in &cmds {
+        let c = Command::Scaling(c.clone());
+        let payload = prescale::io::kafka::codec::encode_output(&cfg, &c).unwrap();
+        p.send(&cfg.topics.scaling_command(), c.key().as_bytes(), &payload, &[], None).unwrap();
+    }
+    p.flush(std::time::Duration::from_secs(10)).unwrap();
+    let mut acfg = cfg.clone();
+    acfg.group_id = format!("{}-batch", cfg.group_id);
+    let spot_ces: Vec<String> = targets.iter().map(|t| t.spot_compute_environment.clone()).collect();
+    let s = run_until(
+        kafka_support::prescale()
+            .args(["actuate", "batch"])
+            .args(kafka_support::cli_args(&acfg))
+            .arg("--mapping")
+            .arg(&mapping)
+            .args(["--endpoint-url", &m.endpoint])
+            .arg("--ledger")
+            .arg(dir.path().join("batch.ledger")),
+        std::time::Duration::from_secs(120),
+        // Only the last command of each environment sets its spot CE's desired to
+        // round(0.75 x 30) = 23.
+        || spot_ces.iter().all(|ce| rt.block_on(describe_ce(m, ce)).1 == 23),
+    );
+    assert_eq!(s["applied_scaling"], 24, "{s}");
+    for (env, t) in envs.iter().zip(&targets) {
+        let last = cmds.iter().filter(|c| c.compute_environment == *env).last().unwrap();
+        // 12 spot vCPUs (6 x m5.large) and 4 on demand (1 x m5.xlarge): 75 % spot.
+        let split = |x: i64| {
+            let s = (x as f64 * 0.75).round() as i32;
+            (s, x as i32 - s)
+        };
+        let (sd, od) = split(last.desired_vcpus);
+        let (sm, om) = split(last.max_vcpus);
+        assert_eq!(rt.block_on(describe_ce(m, &t.spot_compute_environment)), (0, sd, sm), "{env} spot");
+        assert_eq!(rt.block_on(describe_ce(m, &t.on_demand_compute_environment)), (0, od, om), "{env} on demand");
+        assert_eq!(rt.block_on(queue_order(m, &t.job_queue))[0], t.spot_compute_environment, "{env}: spot first");
+    }
+}

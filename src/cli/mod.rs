@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod actuate;
+#[cfg(feature = "aws")]
+mod actuate_aws;
 mod backtest;
 mod bench;
 pub mod bench_kafka;
@@ -33,6 +36,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Apply the command topics to real compute environments (EC2 Auto Scaling, AWS Batch, Slurm, a file).
+    Actuate(actuate::ActuateArgs),
     /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
     Backtest(backtest::BacktestArgs),
     /// Throughput benchmarks (events/s).
@@ -58,6 +63,7 @@ pub enum Cmd {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Actuate(a) => actuate::run(a),
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),

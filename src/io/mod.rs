@@ -2,6 +2,7 @@
 //! `state`, `forecast`, `pricing`, `planner`, `budget` or `engine` knows about
 //! these; they only see `Event`s in and `Command`s out.
 
+pub mod actuate;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod kafka;

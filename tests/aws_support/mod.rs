@@ -439,7 +439,8 @@ impl Drop for ThrottlingProxy {
 }
 
 impl ThrottlingProxy {
-    /// Throttle `throttle` of every `period` requests (deterministically: the first ones).
+    /// Throttle `throttle` of every `period` requests (deterministically: the last ones of each
+    /// period, so the very first request, an actuator's start-up check, gets through).
     pub async fn start(upstream: &str, throttle: u64, period: u64) -> ThrottlingProxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -456,7 +457,7 @@ impl ThrottlingProxy {
                 tokio::spawn(async move {
                     let Some((head, body)) = read_request(&mut client).await else { return };
                     let n = seq.fetch_add(1, Ordering::Relaxed);
-                    if n % period < throttle {
+                    if n % period >= period - throttle {
                         t.fetch_add(1, Ordering::Relaxed);
                         let json = !head.to_ascii_lowercase().contains("x-www-form-urlencoded");
                         let (ctype, text) = if json {
@@ -546,4 +547,62 @@ pub async fn group_updates(m: &Moto, group: &str) -> Vec<(i32, i32, i32)> {
             Some((n("MinSize"), n("DesiredCapacity"), n("MaxSize")))
         })
         .collect()
+}
+
+/// A mapping file of Auto Scaling groups, one per environment.
+pub fn asg_mapping(dir: &std::path::Path, groups: &[(String, String)], vcpus_per_unit: Option<u32>) -> std::path::PathBuf {
+    let mut text = String::new();
+    for (env, g) in groups {
+        text.push_str(&format!("[asg.\"{env}\"]\ngroup = \"{g}\"\n"));
+        if let Some(v) = vcpus_per_unit {
+            text.push_str(&format!("vcpus_per_unit = {v}\n"));
+        }
+        text.push('\n');
+    }
+    let p = dir.join("aws.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// What a command asks of a group prescale weights by vCPUs (one unit = one vCPU):
+/// (min, desired, max) with the group's max kept for a command without a ceiling.
+pub fn expected_sizes(c: &prescale::events::ScalingCommand, group_max: i32) -> (i32, i32, i32) {
+    expected_units(c, group_max, 1)
+}
+
+/// The same with one capacity unit = `per_unit` vCPUs (sizes rounded up to whole units).
+pub fn expected_units(c: &prescale::events::ScalingCommand, group_max: i32, per_unit: i64) -> (i32, i32, i32) {
+    let u = |v: i64| ((v + per_unit - 1) / per_unit) as i32;
+    let min = u(c.min_vcpus);
+    let desired = u(c.desired_vcpus).max(min);
+    let max = if c.max_vcpus == 0 { group_max } else { u(c.max_vcpus) }.max(desired);
+    (min, desired, max)
+}
+
+/// Run an actuator until `done` holds (checked every 100 ms, at most `limit`), then stop it
+/// with SIGTERM as an operator would and return its summary JSON (its last stdout line).
+pub fn run_until(cmd: &mut Proc, limit: std::time::Duration, mut done: impl FnMut() -> bool) -> serde_json::Value {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start prescale");
+    let started = std::time::Instant::now();
+    while !done() {
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!("actuator exited early ({st}):\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(30).collect();
+            panic!("condition not reached within {limit:?}; actuator log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st = Proc::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "actuator failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("summary JSON")
 }

@@ -18,9 +18,7 @@ pub mod asg;
 pub mod batch;
 pub mod config;
 pub mod ingest;
-mod spec;
-
-pub use spec::{ActuateError, Actuator, Retry};
+pub use crate::io::actuate::{ActuateError, Actuator, Retry};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
