@@ -583,26 +583,34 @@ pub fn expected_units(c: &prescale::events::ScalingCommand, group_max: i32, per_
 /// with SIGTERM as an operator would and return its summary JSON (its last stdout line).
 pub fn run_until(cmd: &mut Proc, limit: std::time::Duration, mut done: impl FnMut() -> bool) -> serde_json::Value {
     use std::process::Stdio;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start prescale");
+    // The log goes to a file: a pipe nobody reads would fill and block the actuator.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .expect("start prescale");
+    let tail = || {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
     let started = std::time::Instant::now();
     while !done() {
         if let Ok(Some(st)) = child.try_wait() {
-            let out = child.wait_with_output().unwrap();
-            panic!("actuator exited early ({st}):\n{}", String::from_utf8_lossy(&out.stderr));
+            panic!("actuator exited early ({st}):\n{}", tail());
         }
         if started.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(30).collect();
-            panic!("condition not reached within {limit:?}; actuator log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let _ = child.wait();
+            panic!("condition not reached within {limit:?}; actuator log tail:\n{}", tail());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let st = Proc::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "actuator failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "actuator failed:\n{}", tail());
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("summary JSON")
 }
