@@ -56,7 +56,15 @@ fn eventbridge_file_maps_each_transition_once_and_bad_records_go_to_the_dead_let
     let dir = tempfile::tempdir().unwrap();
     let out1 = dir.path().join("1.avro");
     let f = fixture();
-    let stats = ingest(dir.path(), &["--events", f.to_str().unwrap(), "--out", out1.to_str().unwrap()]);
+    let stats = ingest(
+        dir.path(),
+        &[
+            "--events",
+            f.to_str().unwrap(),
+            "--out",
+            out1.to_str().unwrap(),
+        ],
+    );
     assert_eq!(stats["submitted"], 3, "{stats}");
     assert_eq!(stats["completed"], 3, "{stats}");
     assert_eq!(stats["bad"], 1, "{stats}");
@@ -66,7 +74,10 @@ fn eventbridge_file_maps_each_transition_once_and_bad_records_go_to_the_dead_let
     let evs = events(&out1);
     assert_eq!(evs.len(), 6);
     let times: Vec<i64> = evs.iter().map(Event::time).collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "event-time order: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "event-time order: {times:?}"
+    );
     let sub = |id: &str| {
         evs.iter()
             .find_map(|e| match e {
@@ -84,35 +95,72 @@ fn eventbridge_file_maps_each_transition_once_and_bad_records_go_to_the_dead_let
             .unwrap_or_else(|| panic!("no completion of {id}"))
     };
     let a = sub("4c7599ae");
-    assert_eq!(a.compute_environment, "ce-render", "queue → environment by the mapping");
+    assert_eq!(
+        a.compute_environment, "ce-render",
+        "queue → environment by the mapping"
+    );
     assert_eq!((a.vcpus, a.memory_mib, a.gpus), (4.0, 8192, 0));
-    assert_eq!((a.project.as_str(), a.user.as_str(), a.priority), ("films", "ana", 5));
+    assert_eq!(
+        (a.project.as_str(), a.user.as_str(), a.priority),
+        ("films", "ana", 5)
+    );
     assert_eq!(a.job_type, "render");
     assert_eq!(a.submitted_at, 1_764_547_200_000, "createdAt");
     assert_eq!(a.deadline, Some(1_764_568_800_000));
-    assert_eq!((a.budget_usd, a.estimated_runtime_s, a.elasticity), (Some(12.5), Some(1800), true));
+    assert_eq!(
+        (a.budget_usd, a.estimated_runtime_s, a.elasticity),
+        (Some(12.5), Some(1800), true)
+    );
     let ac = done("4c7599ae");
     assert_eq!(ac.status, JobStatus::Succeeded);
-    assert_eq!((ac.started_at, ac.finished_at), (1_764_547_320_000, 1_764_549_120_000));
+    assert_eq!(
+        (ac.started_at, ac.finished_at),
+        (1_764_547_320_000, 1_764_549_120_000)
+    );
     assert_eq!(ac.vcpu_seconds, 4.0 * 1800.0);
     assert_eq!(ac.region.as_deref(), Some("us-east-1"));
 
     let b = sub("8d1f6c2e");
     assert_eq!(b.compute_environment, "ce-gpu", "tag wins over the queue");
-    assert_eq!((b.vcpus, b.gpus, b.job_type.as_str()), (8.0, 1, "train-gpu"));
+    assert_eq!(
+        (b.vcpus, b.gpus, b.job_type.as_str()),
+        (8.0, 1, "train-gpu")
+    );
     let bc = done("8d1f6c2e");
-    assert_eq!((bc.status, bc.vcpu_seconds), (JobStatus::Failed, 0.0), "never started");
+    assert_eq!(
+        (bc.status, bc.vcpu_seconds),
+        (JobStatus::Failed, 0.0),
+        "never started"
+    );
     let c = sub("f3a9b7c1");
-    assert_eq!((c.project.as_str(), c.user.as_str(), c.priority), ("default", "unknown", 0));
+    assert_eq!(
+        (c.project.as_str(), c.user.as_str(), c.priority),
+        ("default", "unknown", 0)
+    );
     assert_eq!(done("f3a9b7c1").vcpu_seconds, 2.0 * 2110.0);
 
     let dlq = std::fs::read_to_string(dir.path().join("dlq.jsonl")).unwrap();
-    assert!(dlq.contains("0b1c2d3e") && dlq.contains("prescale:priority"), "{dlq}");
+    assert!(
+        dlq.contains("0b1c2d3e") && dlq.contains("prescale:priority"),
+        "{dlq}"
+    );
 
     // The same events delivered again (a replayed file, a re-driven queue): nothing new.
     let out2 = dir.path().join("2.avro");
-    let again = ingest(dir.path(), &["--events", f.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
-    assert_eq!((again["submitted"].as_u64(), again["completed"].as_u64()), (Some(0), Some(0)), "{again}");
+    let again = ingest(
+        dir.path(),
+        &[
+            "--events",
+            f.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        (again["submitted"].as_u64(), again["completed"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
     assert!(events(&out2).is_empty());
 }
 
@@ -123,11 +171,24 @@ fn sqs_messages_are_ingested_once_and_deleted() {
     let name = unique("batch-events");
     let url = rt.block_on(async {
         let sqs = aws_sdk_sqs::Client::new(&m.sdk().await);
-        let url = sqs.create_queue().queue_name(&name).send().await.unwrap().queue_url().unwrap().to_string();
+        let url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
         let text = std::fs::read_to_string(fixture()).unwrap();
         // Every event, and the first three a second time (SQS delivers at least once).
         for line in text.lines().chain(text.lines().take(3)) {
-            sqs.send_message().queue_url(&url).message_body(line).send().await.unwrap();
+            sqs.send_message()
+                .queue_url(&url)
+                .message_body(line)
+                .send()
+                .await
+                .unwrap();
         }
         url
     });
@@ -135,9 +196,23 @@ fn sqs_messages_are_ingested_once_and_deleted() {
     let out = dir.path().join("sqs.avro");
     let stats = ingest(
         dir.path(),
-        &["--sqs-queue-url", &url, "--once", "--sqs-wait-s", "0", "--endpoint-url", &m.endpoint, "--out", out.to_str().unwrap()],
+        &[
+            "--sqs-queue-url",
+            &url,
+            "--once",
+            "--sqs-wait-s",
+            "0",
+            "--endpoint-url",
+            &m.endpoint,
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
-    assert_eq!((stats["submitted"].as_u64(), stats["completed"].as_u64()), (Some(3), Some(3)), "{stats}");
+    assert_eq!(
+        (stats["submitted"].as_u64(), stats["completed"].as_u64()),
+        (Some(3), Some(3)),
+        "{stats}"
+    );
     assert_eq!(events(&out).len(), 6);
     let left = rt.block_on(async {
         let sqs = aws_sdk_sqs::Client::new(&m.sdk().await);
@@ -149,7 +224,10 @@ fn sqs_messages_are_ingested_once_and_deleted() {
             .await
             .unwrap();
         r.attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages).cloned())
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    .cloned()
+            })
             .unwrap_or_default()
     });
     assert_eq!(left, "0", "delivered messages are deleted");
@@ -169,8 +247,18 @@ fn polling_list_and_describe_jobs_emits_each_job_once() {
             .container_properties(
                 aws_sdk_batch::types::ContainerProperties::builder()
                     .image("busybox")
-                    .resource_requirements(aws_sdk_batch::types::ResourceRequirement::builder().r#type(aws_sdk_batch::types::ResourceType::Vcpu).value("2").build())
-                    .resource_requirements(aws_sdk_batch::types::ResourceRequirement::builder().r#type(aws_sdk_batch::types::ResourceType::Memory).value("1024").build())
+                    .resource_requirements(
+                        aws_sdk_batch::types::ResourceRequirement::builder()
+                            .r#type(aws_sdk_batch::types::ResourceType::Vcpu)
+                            .value("2")
+                            .build(),
+                    )
+                    .resource_requirements(
+                        aws_sdk_batch::types::ResourceRequirement::builder()
+                            .r#type(aws_sdk_batch::types::ResourceType::Memory)
+                            .value("1024")
+                            .build(),
+                    )
                     .build(),
             )
             .send()
@@ -190,18 +278,55 @@ fn polling_list_and_describe_jobs_emits_each_job_once() {
     });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("poll.avro");
-    let stats = ingest(dir.path(), &["--poll", &queue, "--once", "--endpoint-url", &m.endpoint, "--out", out.to_str().unwrap()]);
+    let stats = ingest(
+        dir.path(),
+        &[
+            "--poll",
+            &queue,
+            "--once",
+            "--endpoint-url",
+            &m.endpoint,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     // moto's Docker-free Batch finishes each job at once: a submission and a completion each.
-    assert_eq!((stats["submitted"].as_u64(), stats["completed"].as_u64()), (Some(3), Some(3)), "{stats}");
+    assert_eq!(
+        (stats["submitted"].as_u64(), stats["completed"].as_u64()),
+        (Some(3), Some(3)),
+        "{stats}"
+    );
     let evs = events(&out);
     assert_eq!(evs.len(), 6);
     for e in &evs {
         if let Event::JobSubmitted(s) = e {
-            assert_eq!((s.vcpus, s.memory_mib, s.project.as_str()), (2.0, 1024, "poll"));
-            assert_eq!(s.compute_environment, queue.as_str(), "unmapped queue: its name");
+            assert_eq!(
+                (s.vcpus, s.memory_mib, s.project.as_str()),
+                (2.0, 1024, "poll")
+            );
+            assert_eq!(
+                s.compute_environment,
+                queue.as_str(),
+                "unmapped queue: its name"
+            );
         }
     }
     let out2 = dir.path().join("poll2.avro");
-    let again = ingest(dir.path(), &["--poll", &queue, "--once", "--endpoint-url", &m.endpoint, "--out", out2.to_str().unwrap()]);
-    assert_eq!((again["submitted"].as_u64(), again["completed"].as_u64()), (Some(0), Some(0)), "{again}");
+    let again = ingest(
+        dir.path(),
+        &[
+            "--poll",
+            &queue,
+            "--once",
+            "--endpoint-url",
+            &m.endpoint,
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        (again["submitted"].as_u64(), again["completed"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
 }

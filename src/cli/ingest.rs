@@ -60,13 +60,21 @@ pub struct BatchArgs {
     #[arg(long, value_name = "FILE")]
     pub mapping: Option<PathBuf>,
     /// Emitted (job, transition) pairs, kept across runs.
-    #[arg(long, value_name = "FILE", default_value = "prescale-ingest-batch.seen")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "prescale-ingest-batch.seen"
+    )]
     pub seen: PathBuf,
     /// Write an events file (Avro, as `prescale produce` reads) instead of publishing to Kafka.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Records that cannot be read (JSON lines with the reason).
-    #[arg(long, value_name = "FILE", default_value = "prescale-ingest-batch.dlq.jsonl")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "prescale-ingest-batch.dlq.jsonl"
+    )]
     pub dead_letter: PathBuf,
     /// Another AWS endpoint (moto, LocalStack, a VPC endpoint).
     #[arg(long, env = "PRESCALE_AWS_ENDPOINT")]
@@ -95,7 +103,8 @@ impl Sink {
         match self {
             Sink::File(w) => {
                 for e in &evs {
-                    w.append(e).map_err(|e| anyhow::anyhow!("writing the events file: {e}"))?;
+                    w.append(e)
+                        .map_err(|e| anyhow::anyhow!("writing the events file: {e}"))?;
                 }
             }
             Sink::Kafka {
@@ -148,8 +157,7 @@ impl DeadLetters {
 
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let IngestSource::Batch(args) = args.source;
-    let _telemetry =
-        prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
+    let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let mapping = match &args.mapping {
         Some(p) => Mapping::load(p)?,
         None => Mapping::default(),
@@ -186,7 +194,12 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// A file or stdin of EventBridge lines: read all, deliver once, then remember them as seen.
-fn from_lines(path: &PathBuf, ingest: &mut Ingest, sink: &mut Sink, dlq: &mut DeadLetters) -> anyhow::Result<()> {
+fn from_lines(
+    path: &PathBuf,
+    ingest: &mut Ingest,
+    sink: &mut Sink,
+    dlq: &mut DeadLetters,
+) -> anyhow::Result<()> {
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -211,7 +224,12 @@ fn from_lines(path: &PathBuf, ingest: &mut Ingest, sink: &mut Sink, dlq: &mut De
     Ok(())
 }
 
-async fn from_aws(args: &BatchArgs, ingest: &mut Ingest, sink: &mut Sink, dlq: &mut DeadLetters) -> anyhow::Result<()> {
+async fn from_aws(
+    args: &BatchArgs,
+    ingest: &mut Ingest,
+    sink: &mut Sink,
+    dlq: &mut DeadLetters,
+) -> anyhow::Result<()> {
     let sdk = sdk_config(&AwsConnect {
         endpoint_url: args.endpoint_url.clone(),
         region: args.region.clone(),
@@ -251,7 +269,10 @@ async fn shutdown() {
     }
 }
 
-async fn receive(sqs: &aws_sdk_sqs::Client, args: &BatchArgs) -> anyhow::Result<Vec<aws_sdk_sqs::types::Message>> {
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    args: &BatchArgs,
+) -> anyhow::Result<Vec<aws_sdk_sqs::types::Message>> {
     let url = args.sqs_queue_url.as_deref().unwrap_or_default();
     let r = sqs
         .receive_message()
@@ -305,7 +326,15 @@ async fn sqs_batch(
 
 const LISTED: [aws_sdk_batch::types::JobStatus; 7] = {
     use aws_sdk_batch::types::JobStatus as S;
-    [S::Submitted, S::Pending, S::Runnable, S::Starting, S::Running, S::Succeeded, S::Failed]
+    [
+        S::Submitted,
+        S::Pending,
+        S::Runnable,
+        S::Starting,
+        S::Running,
+        S::Succeeded,
+        S::Failed,
+    ]
 };
 
 /// One pass over the queues: list every job, describe those with a transition not yet emitted.
@@ -320,7 +349,11 @@ async fn poll_once(
     let mut ids: Vec<String> = Vec::new();
     for q in queues {
         for status in LISTED.iter() {
-            let terminal = matches!(status, aws_sdk_batch::types::JobStatus::Succeeded | aws_sdk_batch::types::JobStatus::Failed);
+            let terminal = matches!(
+                status,
+                aws_sdk_batch::types::JobStatus::Succeeded
+                    | aws_sdk_batch::types::JobStatus::Failed
+            );
             let mut pages = batch
                 .list_jobs()
                 .job_queue(q)
@@ -331,7 +364,11 @@ async fn poll_once(
                 let page = page.with_context(|| format!("ListJobs {q} {}", status.as_str()))?;
                 for j in page.job_summary_list() {
                     let id = j.job_id().unwrap_or_default();
-                    let done = if terminal { ingest.finished(id) } else { ingest.submitted(id) };
+                    let done = if terminal {
+                        ingest.finished(id)
+                    } else {
+                        ingest.submitted(id)
+                    };
                     if !done && !id.is_empty() {
                         ids.push(id.to_string());
                     }
@@ -363,4 +400,3 @@ async fn poll_once(
     ingest.seen.commit()?;
     Ok(())
 }
-

@@ -107,12 +107,15 @@ impl Moto {
 
     /// Every request moto received so far (its recorder), in order: (action, decoded body).
     pub async fn recording(&self) -> Vec<(String, String)> {
-        let text = reqwest::get(format!("{}/moto-api/recorder/download-recording", self.endpoint))
-            .await
-            .expect("recording")
-            .text()
-            .await
-            .unwrap();
+        let text = reqwest::get(format!(
+            "{}/moto-api/recorder/download-recording",
+            self.endpoint
+        ))
+        .await
+        .expect("recording")
+        .text()
+        .await
+        .unwrap();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .map(|v| {
@@ -135,7 +138,9 @@ impl Moto {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -152,7 +157,11 @@ pub fn form_value(body: &str, key: &str) -> Option<String> {
 /// All (key, value) pairs of a form-encoded body.
 pub fn form_pairs(body: &str) -> Vec<(String, String)> {
     reqwest::Url::parse(&format!("http://x/?{body}"))
-        .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .map(|u| {
+            u.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -308,7 +317,9 @@ pub async fn tagged_commands(m: &Moto, group: &str) -> Vec<String> {
         .filter(|(a, _)| a == "CreateOrUpdateTags")
         .filter_map(|(_, body)| {
             let pairs = form_pairs(&body);
-            let on_group = pairs.iter().any(|(k, v)| k.ends_with("ResourceId") && v == group);
+            let on_group = pairs
+                .iter()
+                .any(|(k, v)| k.ends_with("ResourceId") && v == group);
             let key_i = pairs
                 .iter()
                 .find(|(k, v)| k.ends_with(".Key") && v == "prescale:last-command-id")
@@ -360,7 +371,11 @@ pub async fn create_batch(m: &Moto, prefix: &str) -> prescale::io::aws::config::
     use aws_sdk_batch::types::*;
     let mut arns = Vec::new();
     for (suffix, ty, strategy) in [
-        ("spot", CrType::Spot, CrAllocationStrategy::SpotPriceCapacityOptimized),
+        (
+            "spot",
+            CrType::Spot,
+            CrAllocationStrategy::SpotPriceCapacityOptimized,
+        ),
         ("od", CrType::Ec2, CrAllocationStrategy::BestFitProgressive),
     ] {
         let r = batch
@@ -392,8 +407,18 @@ pub async fn create_batch(m: &Moto, prefix: &str) -> prescale::io::aws::config::
         .job_queue_name(format!("{prefix}-q"))
         .state(JqState::Enabled)
         .priority(1)
-        .compute_environment_order(ComputeEnvironmentOrder::builder().order(1).compute_environment(&arns[1]).build())
-        .compute_environment_order(ComputeEnvironmentOrder::builder().order(2).compute_environment(&arns[0]).build())
+        .compute_environment_order(
+            ComputeEnvironmentOrder::builder()
+                .order(1)
+                .compute_environment(&arns[1])
+                .build(),
+        )
+        .compute_environment_order(
+            ComputeEnvironmentOrder::builder()
+                .order(2)
+                .compute_environment(&arns[0])
+                .build(),
+        )
         .send()
         .await
         .expect("CreateJobQueue");
@@ -445,27 +470,42 @@ impl ThrottlingProxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let up = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let up = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         let throttled = Arc::new(AtomicU64::new(0));
         let forwarded = Arc::new(AtomicU64::new(0));
         let (t, f) = (throttled.clone(), forwarded.clone());
         let seq = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 let (up, t, f, seq) = (up.clone(), t.clone(), f.clone(), seq.clone());
                 tokio::spawn(async move {
-                    let Some((head, body)) = read_request(&mut client).await else { return };
+                    let Some((head, body)) = read_request(&mut client).await else {
+                        return;
+                    };
                     let n = seq.fetch_add(1, Ordering::Relaxed);
                     if n % period >= period - throttle {
                         t.fetch_add(1, Ordering::Relaxed);
                         let json = !head.to_ascii_lowercase().contains("x-www-form-urlencoded");
                         let (ctype, text) = if json {
-                            ("application/x-amz-json-1.1", r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string())
+                            (
+                                "application/x-amz-json-1.1",
+                                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+                                    .to_string(),
+                            )
                         } else {
                             ("text/xml", r#"<ErrorResponse xmlns="https://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>proxy</RequestId></ErrorResponse>"#.to_string())
                         };
-                        let status = if json { "429 Too Many Requests" } else { "400 Bad Request" };
+                        let status = if json {
+                            "429 Too Many Requests"
+                        } else {
+                            "400 Bad Request"
+                        };
                         let resp = format!(
                             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nx-amzn-ErrorType: ThrottlingException\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
                             text.len()
@@ -474,14 +514,18 @@ impl ThrottlingProxy {
                         return;
                     }
                     f.fetch_add(1, Ordering::Relaxed);
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&up).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&up).await else {
+                        return;
+                    };
                     let head: String = head
                         .split("\r\n")
                         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
                         .collect::<Vec<_>>()
                         .join("\r\n");
                     let req = format!("{}\r\nConnection: close\r\n\r\n", head.trim_end());
-                    if server.write_all(req.as_bytes()).await.is_err() || server.write_all(&body).await.is_err() {
+                    if server.write_all(req.as_bytes()).await.is_err()
+                        || server.write_all(&body).await.is_err()
+                    {
                         return;
                     }
                     let mut resp = Vec::new();
@@ -518,7 +562,8 @@ async fn read_request(c: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     let mut body = buf[end + 4..].to_vec();
@@ -550,7 +595,11 @@ pub async fn group_updates(m: &Moto, group: &str) -> Vec<(i32, i32, i32)> {
 }
 
 /// A mapping file of Auto Scaling groups, one per environment.
-pub fn asg_mapping(dir: &std::path::Path, groups: &[(String, String)], vcpus_per_unit: Option<u32>) -> std::path::PathBuf {
+pub fn asg_mapping(
+    dir: &std::path::Path,
+    groups: &[(String, String)],
+    vcpus_per_unit: Option<u32>,
+) -> std::path::PathBuf {
     let mut text = String::new();
     for (env, g) in groups {
         text.push_str(&format!("[asg.\"{env}\"]\ngroup = \"{g}\"\n"));
@@ -571,17 +620,30 @@ pub fn expected_sizes(c: &prescale::events::ScalingCommand, group_max: i32) -> (
 }
 
 /// The same with one capacity unit = `per_unit` vCPUs (sizes rounded up to whole units).
-pub fn expected_units(c: &prescale::events::ScalingCommand, group_max: i32, per_unit: i64) -> (i32, i32, i32) {
+pub fn expected_units(
+    c: &prescale::events::ScalingCommand,
+    group_max: i32,
+    per_unit: i64,
+) -> (i32, i32, i32) {
     let u = |v: i64| ((v + per_unit - 1) / per_unit) as i32;
     let min = u(c.min_vcpus);
     let desired = u(c.desired_vcpus).max(min);
-    let max = if c.max_vcpus == 0 { group_max } else { u(c.max_vcpus) }.max(desired);
+    let max = if c.max_vcpus == 0 {
+        group_max
+    } else {
+        u(c.max_vcpus)
+    }
+    .max(desired);
     (min, desired, max)
 }
 
 /// Run an actuator until `done` holds (checked every 100 ms, at most `limit`), then stop it
 /// with SIGTERM as an operator would and return its summary JSON (its last stdout line).
-pub fn run_until(cmd: &mut Proc, limit: std::time::Duration, mut done: impl FnMut() -> bool) -> serde_json::Value {
+pub fn run_until(
+    cmd: &mut Proc,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> serde_json::Value {
     use std::process::Stdio;
     // The log goes to a file: a pipe nobody reads would fill and block the actuator.
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -603,11 +665,17 @@ pub fn run_until(cmd: &mut Proc, limit: std::time::Duration, mut done: impl FnMu
         if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("condition not reached within {limit:?}; actuator log tail:\n{}", tail());
+            panic!(
+                "condition not reached within {limit:?}; actuator log tail:\n{}",
+                tail()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let st = Proc::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let st = Proc::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "actuator failed:\n{}", tail());

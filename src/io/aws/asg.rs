@@ -68,7 +68,8 @@ impl GroupView {
                 })
                 .unwrap_or_default(),
             on_demand_base: dist.and_then(|d| d.on_demand_base_capacity()),
-            on_demand_pct_above_base: dist.and_then(|d| d.on_demand_percentage_above_base_capacity()),
+            on_demand_pct_above_base: dist
+                .and_then(|d| d.on_demand_percentage_above_base_capacity()),
             spot_strategy: dist
                 .and_then(|d| d.spot_allocation_strategy())
                 .map(str::to_string),
@@ -118,7 +119,10 @@ fn vcpus_per_unit(
         return Ok(1.0);
     }
     for (ty, w) in &group.overrides {
-        if let (Some(w), Some(v)) = (w.as_deref().and_then(|w| w.parse::<f64>().ok()), vcpus.get(ty)) {
+        if let (Some(w), Some(v)) = (
+            w.as_deref().and_then(|w| w.parse::<f64>().ok()),
+            vcpus.get(ty),
+        ) {
             if w > 0.0 {
                 return Ok(v / w);
             }
@@ -261,7 +265,11 @@ impl AsgActuator {
         })
     }
 
-    async fn describe(&self, names: &[String], command_id: &str) -> Result<Vec<GroupView>, ActuateError> {
+    async fn describe(
+        &self,
+        names: &[String],
+        command_id: &str,
+    ) -> Result<Vec<GroupView>, ActuateError> {
         let mut out = Vec::new();
         // DescribeAutoScalingGroups takes at most 100 names per call.
         for chunk in names.chunks(100) {
@@ -279,7 +287,12 @@ impl AsgActuator {
         Ok(out)
     }
 
-    async fn group(&self, target: &AsgTarget, env: &str, command_id: &str) -> Result<GroupView, ActuateError> {
+    async fn group(
+        &self,
+        target: &AsgTarget,
+        env: &str,
+        command_id: &str,
+    ) -> Result<GroupView, ActuateError> {
         self.describe(std::slice::from_ref(&target.group), command_id)
             .await?
             .into_iter()
@@ -293,7 +306,13 @@ impl AsgActuator {
     }
 
     /// One `UpdateAutoScalingGroup` and one `CreateOrUpdateTags` (each logged with the command id).
-    async fn write(&self, cmd: &ScalingCommand, group: &GroupView, p: &AsgPlan, dry_run: bool) -> Result<(), ActuateError> {
+    async fn write(
+        &self,
+        cmd: &ScalingCommand,
+        group: &GroupView,
+        p: &AsgPlan,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let id = cmd.command_id.as_str();
         let mut req = self
             .client
@@ -417,16 +436,28 @@ impl Actuator for AsgActuator {
         self.targets.contains_key(environment)
     }
 
-    async fn apply_scaling(&mut self, cmd: &ScalingCommand, dry_run: bool) -> Result<(), ActuateError> {
-        let target = self.target(&cmd.compute_environment, &cmd.command_id)?.clone();
-        let group = self.group(&target, &cmd.compute_environment, &cmd.command_id).await?;
+    async fn apply_scaling(
+        &mut self,
+        cmd: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
+        let target = self
+            .target(&cmd.compute_environment, &cmd.command_id)?
+            .clone();
+        let group = self
+            .group(&target, &cmd.compute_environment, &cmd.command_id)
+            .await?;
         let p = plan(cmd, &target, &group, &self.vcpus)?;
         self.write(cmd, &group, &p, dry_run).await
     }
 
     /// An Auto Scaling group runs no jobs prescale can address, so preemption commands are
     /// acknowledged with a log line (the scheduler on top of the group acts on them).
-    async fn apply_preemption(&mut self, cmd: &PreemptionCommand, _dry_run: bool) -> Result<(), ActuateError> {
+    async fn apply_preemption(
+        &mut self,
+        cmd: &PreemptionCommand,
+        _dry_run: bool,
+    ) -> Result<(), ActuateError> {
         self.target(&cmd.compute_environment, &cmd.command_id)?;
         tracing::info!(
             command_id = %cmd.command_id, job_id = %cmd.job_id, action = ?cmd.action,
@@ -436,9 +467,17 @@ impl Actuator for AsgActuator {
         Ok(())
     }
 
-    async fn reconcile(&mut self, last: &ScalingCommand, dry_run: bool) -> Result<bool, ActuateError> {
-        let target = self.target(&last.compute_environment, &last.command_id)?.clone();
-        let group = self.group(&target, &last.compute_environment, &last.command_id).await?;
+    async fn reconcile(
+        &mut self,
+        last: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<bool, ActuateError> {
+        let target = self
+            .target(&last.compute_environment, &last.command_id)?
+            .clone();
+        let group = self
+            .group(&target, &last.compute_environment, &last.command_id)
+            .await?;
         let p = plan(last, &target, &group, &self.vcpus)?;
         if p.matches(&group) {
             return Ok(false);
@@ -492,11 +531,25 @@ mod tests {
     fn weighted_mix_is_in_vcpus_with_on_demand_base_up_to_min() {
         let v = InstanceVcpus::new(&Default::default());
         // 2 x m5.xlarge (4 vCPU) on demand + 6 x m5.large (2 vCPU) spot = 8 OD + 12 spot.
-        let c = cmd(4, 20, 64, &[("m5.large", Market::Spot, 6), ("m5.xlarge", Market::OnDemand, 2)]);
+        let c = cmd(
+            4,
+            20,
+            64,
+            &[
+                ("m5.large", Market::Spot, 6),
+                ("m5.xlarge", Market::OnDemand, 2),
+            ],
+        );
         let p = plan(&c, &target(), &GroupView::default(), &v).unwrap();
         assert_eq!((p.min, p.desired, p.max), (4, 20, 64));
         let m = p.mix.unwrap();
-        assert_eq!(m.overrides, vec![("m5.large".into(), "2".into()), ("m5.xlarge".into(), "4".into())]);
+        assert_eq!(
+            m.overrides,
+            vec![
+                ("m5.large".into(), "2".into()),
+                ("m5.xlarge".into(), "4".into())
+            ]
+        );
         // base = min(8, 4) = 4; above base 16 units of which 4 on demand = 25 %.
         assert_eq!((m.on_demand_base, m.on_demand_pct_above_base), (4, 25));
         // At desired 20: 4 + 25 % of 16 = 8 on-demand vCPUs, as the mix says.
@@ -522,8 +575,13 @@ mod tests {
         let v = InstanceVcpus::new(&Default::default());
         let e = plan(&cmd(0, 1, 2, &[]), &target(), &GroupView::default(), &v).unwrap_err();
         assert!(e.message.contains("vcpus_per_unit"), "{}", e.message);
-        let e = plan(&cmd(0, 1, 2, &[("zz.huge", Market::Spot, 1)]), &target(), &GroupView::default(), &v)
-            .unwrap_err();
+        let e = plan(
+            &cmd(0, 1, 2, &[("zz.huge", Market::Spot, 1)]),
+            &target(),
+            &GroupView::default(),
+            &v,
+        )
+        .unwrap_err();
         assert!(e.message.contains("zz.huge"), "{}", e.message);
         assert_eq!(e.retry, super::super::Retry::Permanent);
     }

@@ -171,7 +171,11 @@ impl BatchActuator {
         })
     }
 
-    async fn describe_ces(&self, names: &[String], command_id: &str) -> Result<Vec<CeView>, ActuateError> {
+    async fn describe_ces(
+        &self,
+        names: &[String],
+        command_id: &str,
+    ) -> Result<Vec<CeView>, ActuateError> {
         let mut out = Vec::new();
         for chunk in names.chunks(100) {
             tracing::info!(command_id, call = "DescribeComputeEnvironments", compute_environments = ?chunk, "aws call");
@@ -188,8 +192,16 @@ impl BatchActuator {
     }
 
     /// The environment's (spot, on-demand) CEs as Batch describes them now.
-    async fn ces(&self, t: &BatchTarget, env: &str, command_id: &str) -> Result<(CeView, CeView), ActuateError> {
-        let names = [t.spot_compute_environment.clone(), t.on_demand_compute_environment.clone()];
+    async fn ces(
+        &self,
+        t: &BatchTarget,
+        env: &str,
+        command_id: &str,
+    ) -> Result<(CeView, CeView), ActuateError> {
+        let names = [
+            t.spot_compute_environment.clone(),
+            t.on_demand_compute_environment.clone(),
+        ];
         let found = self.describe_ces(&names, command_id).await?;
         let pick = |want: &str| {
             found
@@ -202,10 +214,19 @@ impl BatchActuator {
                     ))
                 })
         };
-        Ok((pick(&t.spot_compute_environment)?, pick(&t.on_demand_compute_environment)?))
+        Ok((
+            pick(&t.spot_compute_environment)?,
+            pick(&t.on_demand_compute_environment)?,
+        ))
     }
 
-    async fn update_ce(&self, cmd: &ScalingCommand, ce: &CeView, p: &CePlan, dry_run: bool) -> Result<(), ActuateError> {
+    async fn update_ce(
+        &self,
+        cmd: &ScalingCommand,
+        ce: &CeView,
+        p: &CePlan,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let id = cmd.command_id.as_str();
         tracing::info!(
             command_id = id, call = "UpdateComputeEnvironment", compute_environment = %ce.name,
@@ -244,7 +265,14 @@ impl BatchActuator {
     }
 
     /// Put the preferred market's CE first in the queue, when it is not already.
-    async fn order_queue(&self, cmd: &ScalingCommand, t: &BatchTarget, first: &CeView, second: &CeView, dry_run: bool) -> Result<(), ActuateError> {
+    async fn order_queue(
+        &self,
+        cmd: &ScalingCommand,
+        t: &BatchTarget,
+        first: &CeView,
+        second: &CeView,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let id = cmd.command_id.as_str();
         tracing::info!(command_id = id, call = "DescribeJobQueues", job_queue = %t.job_queue, "aws call");
         let r = self
@@ -255,11 +283,18 @@ impl BatchActuator {
             .await
             .map_err(|e| classify("DescribeJobQueues", &t.job_queue, &e))?;
         let q = r.job_queues().first().ok_or_else(|| {
-            ActuateError::permanent(format!("command {id}: job queue `{}` does not exist", t.job_queue))
+            ActuateError::permanent(format!(
+                "command {id}: job queue `{}` does not exist",
+                t.job_queue
+            ))
         })?;
-        let mut order: Vec<&ComputeEnvironmentOrder> = q.compute_environment_order().iter().collect();
+        let mut order: Vec<&ComputeEnvironmentOrder> =
+            q.compute_environment_order().iter().collect();
         order.sort_by_key(|o| o.order());
-        let now_first = order.first().and_then(|o| o.compute_environment()).map(resource_name);
+        let now_first = order
+            .first()
+            .and_then(|o| o.compute_environment())
+            .map(resource_name);
         if now_first == Some(first.name.as_str()) {
             return Ok(());
         }
@@ -268,7 +303,12 @@ impl BatchActuator {
             order = ?[&first.name, &second.name], dry_run, "aws call"
         );
         if !dry_run {
-            let entry = |n: i32, ce: &CeView| ComputeEnvironmentOrder::builder().order(n).compute_environment(&ce.arn).build();
+            let entry = |n: i32, ce: &CeView| {
+                ComputeEnvironmentOrder::builder()
+                    .order(n)
+                    .compute_environment(&ce.arn)
+                    .build()
+            };
             self.client
                 .update_job_queue()
                 .job_queue(&t.job_queue)
@@ -281,11 +321,23 @@ impl BatchActuator {
         Ok(())
     }
 
-    async fn write(&self, cmd: &ScalingCommand, t: &BatchTarget, spot: &CeView, od: &CeView, p: &BatchPlan, dry_run: bool) -> Result<(), ActuateError> {
+    async fn write(
+        &self,
+        cmd: &ScalingCommand,
+        t: &BatchTarget,
+        spot: &CeView,
+        od: &CeView,
+        p: &BatchPlan,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         // Shrink before growing, so the two CEs never hold more than either command asked for.
         let spot_first = p.spot.desired <= spot.desired;
         let both = [(spot, &p.spot), (od, &p.on_demand)];
-        let ordered = if spot_first { [both[0], both[1]] } else { [both[1], both[0]] };
+        let ordered = if spot_first {
+            [both[0], both[1]]
+        } else {
+            [both[1], both[0]]
+        };
         for (ce, cp) in ordered {
             self.update_ce(cmd, ce, cp, dry_run).await?;
         }
@@ -297,7 +349,10 @@ impl BatchActuator {
     }
 
     async fn terminate(&self, cmd: &PreemptionCommand, dry_run: bool) -> Result<(), ActuateError> {
-        let reason = format!("prescale {:?} command {}: {}", cmd.action, cmd.command_id, cmd.reason);
+        let reason = format!(
+            "prescale {:?} command {}: {}",
+            cmd.action, cmd.command_id, cmd.reason
+        );
         tracing::info!(command_id = %cmd.command_id, call = "TerminateJob", job_id = %cmd.job_id, reason = %reason, dry_run, "aws call");
         if !dry_run {
             self.client
@@ -313,7 +368,12 @@ impl BatchActuator {
 
     /// Submit a copy of the job (same name, queue, definition, parameters and tags) through its
     /// definition: Batch cannot restart a stopped job, so resuming means submitting it again.
-    async fn resubmit(&self, cmd: &PreemptionCommand, t: &BatchTarget, dry_run: bool) -> Result<(), ActuateError> {
+    async fn resubmit(
+        &self,
+        cmd: &PreemptionCommand,
+        t: &BatchTarget,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let id = cmd.command_id.as_str();
         tracing::info!(command_id = id, call = "DescribeJobs", job_id = %cmd.job_id, "aws call");
         let r = self
@@ -324,11 +384,17 @@ impl BatchActuator {
             .await
             .map_err(|e| classify("DescribeJobs", &cmd.job_id, &e))?;
         let job = r.jobs().first().ok_or_else(|| {
-            ActuateError::permanent(format!("command {id}: job {} not found (Batch keeps finished jobs for about 7 days)", cmd.job_id))
+            ActuateError::permanent(format!(
+                "command {id}: job {} not found (Batch keeps finished jobs for about 7 days)",
+                cmd.job_id
+            ))
         })?;
         let definition = job.job_definition().unwrap_or_default().to_string();
         let name = job.job_name().unwrap_or("prescale-resumed").to_string();
-        let queue = job.job_queue().map(str::to_string).unwrap_or_else(|| t.job_queue.clone());
+        let queue = job
+            .job_queue()
+            .map(str::to_string)
+            .unwrap_or_else(|| t.job_queue.clone());
         let mut job_tags: HashMap<String, String> = job.tags().cloned().unwrap_or_default();
         job_tags.insert("prescale:resumed-from".into(), cmd.job_id.clone());
         job_tags.insert(tags::LAST_COMMAND_ID.into(), cmd.command_id.clone());
@@ -359,12 +425,23 @@ impl Actuator for BatchActuator {
         let names: Vec<String> = self
             .targets
             .values()
-            .flat_map(|t| [t.spot_compute_environment.clone(), t.on_demand_compute_environment.clone()])
+            .flat_map(|t| {
+                [
+                    t.spot_compute_environment.clone(),
+                    t.on_demand_compute_environment.clone(),
+                ]
+            })
             .collect();
         let found = self.describe_ces(&names, "-").await?;
         for (env, t) in &self.targets {
-            for ce in [&t.spot_compute_environment, &t.on_demand_compute_environment] {
-                if !found.iter().any(|c| c.name == resource_name(ce) || c.arn == *ce) {
+            for ce in [
+                &t.spot_compute_environment,
+                &t.on_demand_compute_environment,
+            ] {
+                if !found
+                    .iter()
+                    .any(|c| c.name == resource_name(ce) || c.arn == *ce)
+                {
                     missing.push(format!("compute environment {ce} (environment {env})"));
                 }
             }
@@ -383,7 +460,10 @@ impl Actuator for BatchActuator {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(ActuateError::permanent(format!("not found: {}", missing.join(", "))))
+            Err(ActuateError::permanent(format!(
+                "not found: {}",
+                missing.join(", ")
+            )))
         }
     }
 
@@ -391,9 +471,15 @@ impl Actuator for BatchActuator {
         self.targets.contains_key(environment)
     }
 
-    async fn apply_scaling(&mut self, cmd: &ScalingCommand, dry_run: bool) -> Result<(), ActuateError> {
+    async fn apply_scaling(
+        &mut self,
+        cmd: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let t = self.target(&cmd.compute_environment, &cmd.command_id)?;
-        let (spot, od) = self.ces(&t, &cmd.compute_environment, &cmd.command_id).await?;
+        let (spot, od) = self
+            .ces(&t, &cmd.compute_environment, &cmd.command_id)
+            .await?;
         let p = plan(cmd, &spot, &od, &self.vcpus)?;
         self.write(cmd, &t, &spot, &od, &p, dry_run).await
     }
@@ -402,7 +488,11 @@ impl Actuator for BatchActuator {
     /// queue, whose order now puts the preferred market first. RESUME: the job is submitted again
     /// through its definition. QUEUE: Batch has no hold for a queued job; acknowledged with a log
     /// line (the job stays in its queue, which is what QUEUE asks).
-    async fn apply_preemption(&mut self, cmd: &PreemptionCommand, dry_run: bool) -> Result<(), ActuateError> {
+    async fn apply_preemption(
+        &mut self,
+        cmd: &PreemptionCommand,
+        dry_run: bool,
+    ) -> Result<(), ActuateError> {
         let t = self.target(&cmd.compute_environment, &cmd.command_id)?;
         match cmd.action {
             PreemptionAction::Preempt => self.terminate(cmd, dry_run).await,
@@ -418,9 +508,15 @@ impl Actuator for BatchActuator {
         }
     }
 
-    async fn reconcile(&mut self, last: &ScalingCommand, dry_run: bool) -> Result<bool, ActuateError> {
+    async fn reconcile(
+        &mut self,
+        last: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<bool, ActuateError> {
         let t = self.target(&last.compute_environment, &last.command_id)?;
-        let (spot, od) = self.ces(&t, &last.compute_environment, &last.command_id).await?;
+        let (spot, od) = self
+            .ces(&t, &last.compute_environment, &last.command_id)
+            .await?;
         let p = plan(last, &spot, &od, &self.vcpus)?;
         if p.spot.matches(&spot) && p.on_demand.matches(&od) {
             return Ok(false);
@@ -476,14 +572,25 @@ mod tests {
     fn splits_by_the_mix_and_adds_up_exactly() {
         let v = InstanceVcpus::new(&Default::default());
         // 12 spot vCPUs (6 x m5.large), 4 on-demand (1 x m5.xlarge): 75 % spot.
-        let c = cmd(3, 17, 101, &[("m5.large", Market::Spot, 6), ("m5.xlarge", Market::OnDemand, 1)]);
+        let c = cmd(
+            3,
+            17,
+            101,
+            &[
+                ("m5.large", Market::Spot, 6),
+                ("m5.xlarge", Market::OnDemand, 1),
+            ],
+        );
         let p = plan(&c, &ce(0, true), &ce(0, false), &v).unwrap();
         assert_eq!(p.spot.min + p.on_demand.min, 3);
         assert_eq!(p.spot.desired + p.on_demand.desired, 17);
         assert_eq!(p.spot.max + p.on_demand.max, 101);
         assert_eq!((p.spot.desired, p.on_demand.desired), (13, 4));
         assert_eq!(p.spot.instance_types, Some(vec!["m5.large".to_string()]));
-        assert_eq!(p.on_demand.instance_types, None, "BEST_FIT CE keeps its types");
+        assert_eq!(
+            p.on_demand.instance_types, None,
+            "BEST_FIT CE keeps its types"
+        );
         assert_eq!(p.preferred, Some(Market::Spot));
     }
 
@@ -492,7 +599,10 @@ mod tests {
         let v = InstanceVcpus::new(&Default::default());
         let p = plan(&cmd(2, 40, 0, &[]), &ce(16, true), &ce(32, true), &v).unwrap();
         assert_eq!((p.spot.min, p.spot.desired, p.spot.max), (0, 0, 16));
-        assert_eq!((p.on_demand.min, p.on_demand.desired, p.on_demand.max), (2, 40, 40));
+        assert_eq!(
+            (p.on_demand.min, p.on_demand.desired, p.on_demand.max),
+            (2, 40, 40)
+        );
         assert_eq!(p.preferred, None);
     }
 }

@@ -98,7 +98,10 @@ impl Mapping {
         for (env, t) in &m.batch {
             for (key, v) in [
                 ("spot_compute_environment", &t.spot_compute_environment),
-                ("on_demand_compute_environment", &t.on_demand_compute_environment),
+                (
+                    "on_demand_compute_environment",
+                    &t.on_demand_compute_environment,
+                ),
                 ("job_queue", &t.job_queue),
             ] {
                 if v.trim().is_empty() {
@@ -177,8 +180,14 @@ job_queue = "arn:aws:batch:us-east-1:1:job-queue/q"
         .unwrap();
         assert_eq!(m.asg["ce-a"].group, "g-a");
         assert_eq!(m.environment_of_queue("q"), Some("ce-b"));
-        assert_eq!(InstanceVcpus::new(&m.instance_vcpus).get("x1.tiny"), Some(3.0));
-        assert_eq!(InstanceVcpus::new(&m.instance_vcpus).get("m5.large"), Some(2.0));
+        assert_eq!(
+            InstanceVcpus::new(&m.instance_vcpus).get("x1.tiny"),
+            Some(3.0)
+        );
+        assert_eq!(
+            InstanceVcpus::new(&m.instance_vcpus).get("m5.large"),
+            Some(2.0)
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ fn add_requirements(job: &mut BatchJob, reqs: &[Value], record: &str) -> Result<
         let ty = r.get("type").and_then(Value::as_str).unwrap_or("");
         let v = r.get("value").and_then(Value::as_str).unwrap_or("");
         let num: f64 = v.parse().map_err(|_| {
-            bad(record, format!("resourceRequirements {ty}: value `{v}` is not a number"))
+            bad(
+                record,
+                format!("resourceRequirements {ty}: value `{v}` is not a number"),
+            )
         })?;
         match ty {
             "VCPU" => job.vcpus += num,
@@ -116,8 +119,7 @@ fn add_requirements(job: &mut BatchJob, reqs: &[Value], record: &str) -> Result<
 /// Parse one EventBridge event (a line of a file, or an SQS message body). `Ok(None)` for an
 /// event of another kind (EventBridge rules often route several to one queue).
 pub fn parse_event(line: &str, record: &str) -> Result<Option<BatchJob>, BadRecord> {
-    let v: Value =
-        serde_json::from_str(line).map_err(|e| bad(record, format!("not JSON: {e}")))?;
+    let v: Value = serde_json::from_str(line).map_err(|e| bad(record, format!("not JSON: {e}")))?;
     if v.get("detail-type").and_then(Value::as_str) != Some("Batch Job State Change") {
         return Ok(None);
     }
@@ -156,7 +158,10 @@ pub fn parse_event(line: &str, record: &str) -> Result<Option<BatchJob>, BadReco
     };
     // Single-container jobs carry `container`; ECS-properties jobs one or more containers.
     let mut containers: Vec<&Value> = d.get("container").into_iter().collect();
-    if let Some(tasks) = d.pointer("/ecsProperties/taskProperties").and_then(Value::as_array) {
+    if let Some(tasks) = d
+        .pointer("/ecsProperties/taskProperties")
+        .and_then(Value::as_array)
+    {
         for t in tasks {
             if let Some(cs) = t.get("containers").and_then(Value::as_array) {
                 containers.extend(cs.iter());
@@ -182,7 +187,10 @@ pub fn from_detail(j: &aws_sdk_batch::types::JobDetail, region: Option<&str>) ->
         job_id: j.job_id().unwrap_or_default().to_string(),
         job_queue: j.job_queue().unwrap_or_default().to_string(),
         job_definition: j.job_definition().unwrap_or_default().to_string(),
-        status: j.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        status: j
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
         status_reason: j.status_reason().map(str::to_string),
         created_at: j.created_at(),
         started_at: j.started_at(),
@@ -222,7 +230,10 @@ fn tag_parse<T: std::str::FromStr>(job: &BatchJob, key: &str) -> Result<Option<T
     match job.tags.get(key) {
         None => Ok(None),
         Some(v) => v.trim().parse().map(Some).map_err(|_| {
-            bad(&format!("job {}", job.job_id), format!("tag `{key}`: cannot read `{v}`"))
+            bad(
+                &format!("job {}", job.job_id),
+                format!("tag `{key}`: cannot read `{v}`"),
+            )
         }),
     }
 }
@@ -239,7 +250,10 @@ fn deadline(job: &BatchJob) -> Result<Option<Millis>, BadRecord> {
         .map_err(|_| {
             bad(
                 &format!("job {}", job.job_id),
-                format!("tag `{}`: `{v}` is neither RFC 3339 nor milliseconds", tag::DEADLINE),
+                format!(
+                    "tag `{}`: `{v}` is neither RFC 3339 nor milliseconds",
+                    tag::DEADLINE
+                ),
             )
         })
 }
@@ -247,8 +261,12 @@ fn deadline(job: &BatchJob) -> Result<Option<Millis>, BadRecord> {
 /// The events of one job in one state, regardless of what was emitted before.
 pub fn events_of(job: &BatchJob, mapping: &Mapping) -> Result<Vec<(Transition, Event)>, BadRecord> {
     let record = format!("job {}", job.job_id);
-    let phase = Phase::parse(&job.status)
-        .ok_or_else(|| bad(&record, format!("field `status`: unknown state `{}`", job.status)))?;
+    let phase = Phase::parse(&job.status).ok_or_else(|| {
+        bad(
+            &record,
+            format!("field `status`: unknown state `{}`", job.status),
+        )
+    })?;
     let created = job
         .created_at
         .ok_or_else(|| bad(&record, "field `createdAt` is missing"))?;
@@ -256,19 +274,35 @@ pub fn events_of(job: &BatchJob, mapping: &Mapping) -> Result<Vec<(Transition, E
         .tags
         .get(tag::COMPUTE_ENVIRONMENT)
         .cloned()
-        .or_else(|| mapping.environment_of_queue(&job.job_queue).map(str::to_string))
+        .or_else(|| {
+            mapping
+                .environment_of_queue(&job.job_queue)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| resource_name(&job.job_queue).to_string());
     let definition = resource_name(&job.job_definition);
     let job_type = job.tags.get(tag::JOB_TYPE).cloned().unwrap_or_else(|| {
-        definition.split(':').next().unwrap_or(definition).to_string()
+        definition
+            .split(':')
+            .next()
+            .unwrap_or(definition)
+            .to_string()
     });
     let submitted = JobSubmitted {
         job_id: job.job_id.as_str().into(),
         submitted_at: created,
         compute_environment: env.as_str().into(),
         job_type: job_type.as_str().into(),
-        project: job.tags.get(tag::PROJECT).map_or("default", String::as_str).into(),
-        user: job.tags.get(tag::USER).map_or("unknown", String::as_str).into(),
+        project: job
+            .tags
+            .get(tag::PROJECT)
+            .map_or("default", String::as_str)
+            .into(),
+        user: job
+            .tags
+            .get(tag::USER)
+            .map_or("unknown", String::as_str)
+            .into(),
         priority: tag_parse(job, tag::PRIORITY)?
             .or(job.scheduling_priority)
             .unwrap_or(0),
@@ -287,10 +321,9 @@ pub fn events_of(job: &BatchJob, mapping: &Mapping) -> Result<Vec<(Transition, E
             .ok_or_else(|| bad(&record, "field `stoppedAt` is missing for a finished job"))?;
         // A job that never started (failed while RUNNABLE) ran for no time.
         let started = job.started_at.unwrap_or(finished).min(finished);
-        let preempted = job
-            .status_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("prescale Preempt") || r.starts_with("prescale Migrate"));
+        let preempted = job.status_reason.as_deref().is_some_and(|r| {
+            r.starts_with("prescale Preempt") || r.starts_with("prescale Migrate")
+        });
         out.push((
             Transition::Completed,
             Event::JobCompleted(JobCompleted {
@@ -360,7 +393,11 @@ impl SeenSet {
             source,
         };
         let seen = match std::fs::read_to_string(path) {
-            Ok(t) => t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+            Ok(t) => t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
             Err(e) => return Err(err(e)),
         };
@@ -518,10 +555,16 @@ mod tests {
 
     #[test]
     fn bad_tag_names_job_and_tag() {
-        let line = RUNNABLE.replace("\"prescale:elastic\":\"true\"", "\"prescale:priority\":\"high\"");
+        let line = RUNNABLE.replace(
+            "\"prescale:elastic\":\"true\"",
+            "\"prescale:priority\":\"high\"",
+        );
         let mut ing = Ingest::new(Mapping::default(), SeenSet::in_memory());
         let e = ing.observe_line(&line, "line 1").unwrap_err().to_string();
-        assert!(e.contains("4c7599ae") && e.contains("prescale:priority"), "{e}");
+        assert!(
+            e.contains("4c7599ae") && e.contains("prescale:priority"),
+            "{e}"
+        );
         assert_eq!(ing.stats.bad, 1);
     }
 }
