@@ -152,8 +152,12 @@ async fn preempt_terminates_with_the_command_id_and_resume_resubmits() {
         .container_properties(
             aws_sdk_batch::types::ContainerProperties::builder()
                 .image("busybox")
-                .vcpus(1)
-                .memory(512)
+                .resource_requirements(
+                    aws_sdk_batch::types::ResourceRequirement::builder()
+                        .r#type(aws_sdk_batch::types::ResourceType::Vcpu)
+                        .value("1")
+                        .build(),
+                )
                 .build(),
         )
         .send()
