@@ -182,7 +182,6 @@ async fn throttling_is_retried_by_the_sdk_and_reported_transient_when_it_persist
 
 // ---- Through Kafka: `prescale produce` + `prescale run` + `prescale actuate asg` -------------
 
-#[allow(dead_code)]
 #[path = "kafka_support/mod.rs"]
 mod kafka_support;
 
@@ -483,11 +482,7 @@ fn sigkilled_actuator_restarts_to_the_same_state_never_applying_an_older_command
         .map(|c| (c.command_id.clone(), c.issued_at))
         .collect();
     for (env, g) in &groups {
-        let last = all
-            .iter()
-            .filter(|c| c.compute_environment == *env)
-            .last()
-            .unwrap();
+        let last = all.iter().rfind(|c| c.compute_environment == *env).unwrap();
         let st = rt.block_on(describe_group(m, g));
         assert_eq!(
             (st.min, st.desired, st.max),

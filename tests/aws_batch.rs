@@ -232,7 +232,6 @@ async fn preempt_terminates_with_the_command_id_and_resume_resubmits() {
 
 // ---- Through Kafka: `prescale actuate batch` consuming the command topic -----------------------
 
-#[allow(dead_code)]
 #[path = "kafka_support/mod.rs"]
 mod kafka_support;
 
@@ -317,8 +316,7 @@ fn actuate_batch_from_the_command_topic_leaves_each_environment_at_its_last_comm
     for (env, t) in envs.iter().zip(&targets) {
         let last = cmds
             .iter()
-            .filter(|c| c.compute_environment == *env)
-            .last()
+            .rfind(|c| c.compute_environment == *env)
             .unwrap();
         // 12 spot vCPUs (6 x m5.large) and 4 on demand (1 x m5.xlarge): 75 % spot.
         let split = |x: i64| {

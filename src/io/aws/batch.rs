@@ -124,12 +124,10 @@ pub fn plan(
     Ok(BatchPlan {
         spot: ce(smin, sdes, smax, types(Market::Spot, spot)),
         on_demand: ce(omin, odes, omax, types(Market::OnDemand, on_demand)),
-        preferred: (split.total() > 0.0).then(|| {
-            if split.spot >= split.on_demand {
-                Market::Spot
-            } else {
-                Market::OnDemand
-            }
+        preferred: (split.total() > 0.0).then_some(if split.spot >= split.on_demand {
+            Market::Spot
+        } else {
+            Market::OnDemand
         }),
     })
 }
