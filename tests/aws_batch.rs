@@ -158,6 +158,12 @@ async fn preempt_terminates_with_the_command_id_and_resume_resubmits() {
                         .value("1")
                         .build(),
                 )
+                .resource_requirements(
+                    aws_sdk_batch::types::ResourceRequirement::builder()
+                        .r#type(aws_sdk_batch::types::ResourceType::Memory)
+                        .value("512")
+                        .build(),
+                )
                 .build(),
         )
         .send()
