@@ -9,7 +9,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin prescale \
+# `aws`: the AWS actuators and producer (prescale actuate asg|batch, prescale ingest batch).
+ARG PRESCALE_FEATURES=aws
+RUN cargo build --release --locked --bin prescale --features "$PRESCALE_FEATURES" \
     && install -m 0755 target/release/prescale /usr/local/bin/prescale
 
 FROM debian:bookworm-slim

@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PRESCALE_TOOLS="${PRESCALE_TOOLS:-$HOME/.cache/prescale-tools}"
-# Optional parts the tests exercise (the AWS SDK is feature-gated so the
-# backtest build stays light).
-PRESCALE_FEATURES="${PRESCALE_FEATURES:-}"
+# Optional parts the tests exercise: `--features aws` (the AWS actuators and
+# producer; off in a default build so the backtest build stays light).
+PRESCALE_FEATURES="${PRESCALE_FEATURES:---features aws}"
 
 if [ -z "${PRESCALE_SKIP_INSTALL:-}" ]; then
   need=()
@@ -27,10 +27,13 @@ fi
 # Start the real services the integration tests talk to; stop them on exit.
 source scripts/kafka.sh
 source scripts/tsdb.sh
-trap 'kafka_stop || true; tsdb_stop || true' EXIT
+source scripts/moto.sh
+trap 'kafka_stop || true; tsdb_stop || true; moto_stop || true' EXIT
 kafka_install
 kafka_start
 tsdb_start
+# AWS endpoint (moto) for the `aws` feature's actuator and producer tests.
+moto_start
 
 echo "==> cargo test (release profile: the README's first command builds the same dependencies)"
 # One profile for both README commands, so a fresh machine compiles every

@@ -27,6 +27,13 @@ pub struct ActuateArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ActuateKind {
     // one variant per target; keep alphabetical to ease merges
+    /// EC2 Auto Scaling groups: min / desired / max and the mixed instances policy (feature `aws`).
+    #[cfg(feature = "aws")]
+    Asg(AwsActuateArgs),
+    /// AWS Batch: the spot and on-demand compute environments and job queue of each environment;
+    /// preemption as TerminateJob (feature `aws`).
+    #[cfg(feature = "aws")]
+    Batch(AwsActuateArgs),
     /// Keep each environment's desired capacity (and jobs' preemption state) in a JSON file that
     /// other tooling reads.
     File(FileArgs),
@@ -73,6 +80,16 @@ impl CommonArgs {
     }
 }
 
+/// Flags of `prescale actuate asg` and `prescale actuate batch`.
+#[cfg(feature = "aws")]
+#[derive(Debug, clap::Args)]
+pub struct AwsActuateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub aws: super::actuate_aws::AwsArgs,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct FileArgs {
     #[command(flatten)]
@@ -88,6 +105,18 @@ pub struct FileArgs {
 pub fn run(args: ActuateArgs) -> anyhow::Result<()> {
     let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     match args.kind {
+        #[cfg(feature = "aws")]
+        ActuateKind::Asg(a) => {
+            let cfg = a.common.config("asg")?;
+            let actuator = block_on(a.aws.asg())?;
+            drive(cfg, actuator)
+        }
+        #[cfg(feature = "aws")]
+        ActuateKind::Batch(a) => {
+            let cfg = a.common.config("batch")?;
+            let actuator = block_on(a.aws.batch())?;
+            drive(cfg, actuator)
+        }
         ActuateKind::File(a) => {
             let cfg = a.common.config("file")?;
             let actuator = FileActuator::new(FileConfig {
@@ -97,6 +126,17 @@ pub fn run(args: ActuateArgs) -> anyhow::Result<()> {
             drive(cfg, actuator)
         }
     }
+}
+
+/// Build an actuator that needs async set-up (loading AWS credentials) before `drive` starts
+/// its own runtime.
+#[cfg(feature = "aws")]
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }
 
 /// Run an actuator until SIGINT/SIGTERM (or idle), then print its summary.

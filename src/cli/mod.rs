@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 mod actuate;
+#[cfg(feature = "aws")]
+mod actuate_aws;
 mod backtest;
 mod bench;
 pub mod bench_kafka;
@@ -10,6 +12,8 @@ mod bench_spot;
 mod bench_store;
 pub mod forecast;
 mod import;
+#[cfg(feature = "aws")]
+mod ingest;
 pub mod produce;
 pub mod run;
 pub mod serve;
@@ -42,6 +46,9 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
+    /// Read a scheduler's job events (AWS Batch) and publish them as input events.
+    #[cfg(feature = "aws")]
+    Ingest(ingest::IngestArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
     /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
@@ -62,6 +69,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
+        #[cfg(feature = "aws")]
+        Cmd::Ingest(a) => ingest::run(a),
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),

@@ -3,4 +3,6 @@
 //! these; they only see `Event`s in and `Command`s out.
 
 pub mod actuate;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod kafka;

@@ -9,7 +9,7 @@
 
 use super::{ActuateError, Actuator, Ledger, Verdict};
 use crate::events::{Command, PreemptionCommand, ScalingCommand};
-use crate::io::kafka::client::{consumer_config, ensure_topics};
+use crate::io::kafka::client::{consumer_config, ensure_topics, partitions_of};
 use crate::io::kafka::codec::{decode_output, headers};
 use crate::io::kafka::publish::Publisher;
 use crate::io::kafka::KafkaConfig;
@@ -123,7 +123,8 @@ pub async fn run<A: Actuator>(
     let dlqs = [topics.dlq(&scaling_topic), topics.dlq(&preemption_topic)];
     ensure_topics(&cfg.kafka, &dlqs.map(|t| (t, 1))).await?;
     let consumer: StreamConsumer = consumer_config(&cfg.kafka, Some(&cfg.group)).create()?;
-    consumer.subscribe(&[&scaling_topic, &preemption_topic])?;
+    let start = start_positions(&consumer, &[&scaling_topic, &preemption_topic])?;
+    consumer.assign(&start)?;
     tracing::info!(kind = actuator.kind(), group = %cfg.group, dry_run = cfg.dry_run, "actuator started");
     let mut l = Loop {
         dlq: Publisher::new(&cfg.kafka)?,
@@ -138,6 +139,37 @@ pub async fn run<A: Actuator>(
     l.dlq.flush(Duration::from_secs(10))?;
     tracing::info!(summary = ?l.summary, "actuator stopped");
     Ok(l.summary)
+}
+
+/// Every partition of the command topics, from the group's committed
+/// offsets (the oldest retained message where none is committed).
+///
+/// The actuator assigns itself all partitions instead of joining the group
+/// as a member: one actuator owns one target (two would race on it), and a
+/// restart after a crash must not wait for the broker to expire the dead
+/// member — tansu never does (docs/service.md, "A lost instance"). The group
+/// id still holds the committed offsets; the ledger makes re-reading safe.
+fn start_positions(
+    consumer: &StreamConsumer,
+    topics: &[&str],
+) -> Result<TopicPartitionList, RunError> {
+    let timeout = Duration::from_secs(10);
+    let mut all = TopicPartitionList::new();
+    for t in topics {
+        for p in partitions_of(consumer.client(), t, timeout)? {
+            all.add_partition(t, p);
+        }
+    }
+    let committed = consumer.committed_offsets(all, timeout)?;
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements() {
+        let at = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        start.add_partition_offset(e.topic(), e.partition(), at)?;
+    }
+    Ok(start)
 }
 
 impl<A: Actuator> Loop<A> {
