@@ -8,6 +8,7 @@ pub mod bench_kafka;
 mod bench_store;
 pub mod forecast;
 mod import;
+pub mod ingest;
 pub mod produce;
 pub mod run;
 pub mod serve;
@@ -37,6 +38,8 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
+    /// Turn a live scheduler's jobs (Slurm) into events on the input topics.
+    Ingest(ingest::IngestArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
     /// Serve the HTTP API (predict_demand, get_optimal_instance, allocate_budget).
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
+        Cmd::Ingest(a) => ingest::run(a),
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),

@@ -3,3 +3,4 @@
 //! these; they only see `Event`s in and `Command`s out.
 
 pub mod kafka;
+pub mod slurm;
