@@ -285,12 +285,36 @@ _slurm_kill_pidfile() {
     rm -f "$f"
 }
 
+# Job steps of this cluster that are still alive: slurmstepd keeps
+# this cluster's slurmd log open, which is how they are told apart
+# from another cluster's on the same host.
+_slurm_kill_steps() {
+    local p
+    for p in $(pgrep -x slurmstepd 2>/dev/null); do
+        if ls -l "/proc/$p/fd" 2>/dev/null | grep -q "$SLURM_DIR/"; then
+            pkill -TERM -P "$p" 2>/dev/null
+            kill "$p" 2>/dev/null
+        fi
+    done
+}
+
 slurm_stop() {
     if [[ ! -d "$SLURM_DIR" ]]; then
         _slurm_log "no state dir $SLURM_DIR"
         return 0
     fi
     local f
+    # Jobs first, while slurmd is there to end their steps: a job step
+    # (slurmstepd and the job's processes) outlives its slurmd otherwise.
+    if slurm_answers; then
+        SLURM_CONF="$SLURM_DIR/slurm.conf" scancel --full --quiet --user=root 2>/dev/null || true
+        SLURM_CONF="$SLURM_DIR/slurm.conf" scancel --quiet --user=root 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            [[ -z "$(SLURM_CONF="$SLURM_DIR/slurm.conf" squeue -h -t R,CF,CG,S -o %i 2>/dev/null)" ]] && break
+            sleep 0.1
+        done
+    fi
+    _slurm_kill_steps
     # Controller first (so it starts no node while the nodes go), then every
     # node daemon and pending boot, then munge.
     _slurm_kill_pidfile "$SLURM_DIR/tini.pid"

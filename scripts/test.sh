@@ -24,7 +24,12 @@ fi
 # Start the real services the integration tests talk to; stop them on exit.
 source scripts/kafka.sh
 source scripts/tsdb.sh
+# Slurm: Debian packages installed here; each Slurm test binary starts and
+# stops its own single-host cluster through scripts/slurm.sh (own ports from
+# PRESCALE_SLURM_TEST_PORT, default 16817), so they can run side by side.
+source scripts/slurm.sh
 trap 'kafka_stop || true; tsdb_stop || true' EXIT
+slurm_install
 kafka_install
 kafka_start
 tsdb_start
