@@ -45,9 +45,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def read_swf(path):
     op = gzip.open if path.endswith(".gz") else open
     jobs = []
+    start = 0
     with op(path, "rt") as f:
         for line in f:
-            if line.startswith(";") or not line.strip():
+            if line.startswith(";"):
+                k, _, v = line[1:].partition(":")
+                if k.strip() == "UnixStartTime":
+                    start = int(v.strip())
+                continue
+            if not line.strip():
                 continue
             r = line.split()
             submit, run, procs, req_procs = int(r[1]), int(r[3]), int(r[4]), int(r[7])
@@ -56,7 +62,7 @@ def read_swf(path):
                 continue  # cancelled before start / no size: nothing to replay
             jobs.append({"id": r[0], "submit": submit, "run": run, "procs": procs, "line": r})
     jobs.sort(key=lambda j: (j["submit"], int(j["id"])))
-    return jobs
+    return jobs, start
 
 
 def slice_jobs(jobs, start_h, hours, max_run_s):
@@ -81,11 +87,12 @@ def peak_demand(jobs):
     return peak
 
 
-def write_slice_swf(jobs, t0, scale, path):
-    """The slice as the cluster runs it (scaled sizes, capped runtimes),
-    for `prescale backtest`."""
+def write_slice_swf(jobs, t0, scale, path, unix_start):
+    """The slice as the cluster runs it (scaled sizes, capped runtimes, one
+    queue = one partition), for `prescale backtest`."""
     with open(path, "w") as f:
         f.write("; slice written by scripts/slurm-experiment.py\n")
+        f.write(f"; UnixStartTime: {unix_start + t0}\n")
         for j in jobs:
             r = list(j["line"])
             cpus = math.ceil(j["procs"] / scale)
@@ -95,6 +102,7 @@ def write_slice_swf(jobs, t0, scale, path):
             r[4] = str(cpus)
             r[7] = str(cpus)
             r[8] = str(max(int(r[8]) if int(r[8]) > 0 else 0, j["run"]))
+            r[14] = "1"
             f.write(" ".join(r) + "\n")
 
 
@@ -325,7 +333,7 @@ def main():
     else:
         a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + 60), cooldown=int(a.suspend_s))
     workdir = a.workdir or tempfile.mkdtemp(prefix="prescale-slurm-exp-")
-    jobs = read_swf(a.trace)
+    jobs, unix_start = read_swf(a.trace)
     report = {"trace": os.path.basename(a.trace), "factor": a.factor, "nodes": a.nodes, "cpus": a.cpus,
               "boot_s": a.boot_s, "suspend_s": a.suspend_s, "max_runtime_h": a.max_runtime_h,
               "prescale": a.prescale, "slices": []}
@@ -338,7 +346,7 @@ def main():
         scale = max(1, math.ceil(peak_demand(sl) / (a.fill * a.nodes * a.cpus)))
         tag = f"s{k}"
         swf = os.path.join(workdir, f"{tag}.swf")
-        write_slice_swf(sl, t0, scale, swf)
+        write_slice_swf(sl, t0, scale, swf, unix_start)
         entry = {"slice": spec, "jobs": len(sl), "core_scale": scale,
                  "peak_demand_cpus": math.ceil(peak_demand(sl) / scale), "runs": []}
         print(f"slice {spec}: {len(sl)} jobs, core scale {scale}", file=sys.stderr)

@@ -152,7 +152,8 @@ EOF
 _slurm_write_conf() {
     local host
     host="$(hostname -s)"
-    local last_cloud=$((SLURM_NCLOUD))
+    local last_cloud=$((SLURM_NCLOUD)) global_suspend="$SLURM_SUSPEND_TIME"
+    [[ "$global_suspend" =~ ^[0-9]+$ ]] || global_suspend=3600
     {
         cat <<EOF
 # Written by scripts/slurm.sh: a single-host test cluster. Do not edit.
@@ -194,7 +195,9 @@ ResumeProgram=$SLURM_DIR/resume.sh
 SuspendProgram=$SLURM_DIR/suspend.sh
 ResumeTimeout=$SLURM_RESUME_TIMEOUT
 SuspendTimeout=10
-SuspendTime=$SLURM_SUSPEND_TIME
+# A global INFINITE would turn power saving off altogether (POWER_UP is then
+# refused); the partitions carry their own SuspendTime instead.
+SuspendTime=$global_suspend
 ResumeRate=0
 SuspendRate=0
 SlurmctldParameters=idle_on_node_suspend

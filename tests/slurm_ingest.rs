@@ -34,40 +34,48 @@ fn read_jobs(cfg: &KafkaConfig) -> Vec<Event> {
         (cfg.topics.job_completion(), EventKind::JobCompleted),
     ];
     let mut tpl = TopicPartitionList::new();
-    let mut left = 0;
     for (t, _) in &topics {
         for p in partitions_of(consumer.client(), t, Duration::from_secs(10)).unwrap() {
-            let (_, high) = consumer
-                .fetch_watermarks(t, p, Duration::from_secs(10))
-                .unwrap();
-            if high > 0 {
-                tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
-                left += high;
-            }
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
         }
     }
     let mut out = Vec::new();
-    if left == 0 {
-        return out;
-    }
     consumer.assign(&tpl).unwrap();
+    // Until the topics stay quiet for a while (tansu's watermarks are not
+    // message counts, so they cannot tell when everything was read).
     let t = Instant::now();
-    while (out.len() as i64) < left {
-        assert!(t.elapsed() < Duration::from_secs(30), "reading the job topics timed out");
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "reading the job topics timed out"
+        );
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
             let kind = topics.iter().find(|(t, _)| t == m.topic()).unwrap().1;
             out.push(decode_input(cfg, kind, m.payload().unwrap()).expect("event decodes"));
+            last = Instant::now();
         }
     }
     out
 }
 
-fn split(evs: &[Event]) -> (BTreeMap<String, Vec<JobSubmitted>>, BTreeMap<String, Vec<JobCompleted>>) {
+fn split(
+    evs: &[Event],
+) -> (
+    BTreeMap<String, Vec<JobSubmitted>>,
+    BTreeMap<String, Vec<JobCompleted>>,
+) {
     let (mut s, mut c) = (BTreeMap::new(), BTreeMap::new());
     for e in evs {
         match e {
-            Event::JobSubmitted(j) => s.entry(j.job_id.to_string()).or_insert_with(Vec::new).push(j.clone()),
-            Event::JobCompleted(j) => c.entry(j.job_id.to_string()).or_insert_with(Vec::new).push(j.clone()),
+            Event::JobSubmitted(j) => s
+                .entry(j.job_id.to_string())
+                .or_insert_with(Vec::new)
+                .push(j.clone()),
+            Event::JobCompleted(j) => c
+                .entry(j.job_id.to_string())
+                .or_insert_with(Vec::new)
+                .push(j.clone()),
             _ => panic!("unexpected event {e:?}"),
         }
     }
@@ -83,13 +91,18 @@ struct Ingest<'a> {
 impl Ingest<'_> {
     fn spawn(&self) -> Child {
         self.cluster
-            .cmd(prescale_bin())
+            .cmd(&prescale_bin())
             .args(["ingest", "slurm", "--poll-interval-ms", "300"])
             .arg("--spool")
             .arg(self.cluster.spool())
             .arg("--state")
             .arg(&self.state)
-            .args(["--environment", "static=slurm-static", "--partition", "static"])
+            .args([
+                "--environment",
+                "static=slurm-static",
+                "--partition",
+                "static",
+            ])
             .args(["--brokers", &self.cfg.brokers])
             .args(["--topic-prefix", &self.cfg.topics.prefix])
             .args(["-X", "fetch.wait.max.ms=10"])
@@ -108,11 +121,17 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn sigterm(child: &mut Child) {
-    let st = Proc::new("kill").arg(child.id().to_string()).status().unwrap();
+    let st = Proc::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(20), "ingester ignored SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "ingester ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -132,17 +151,31 @@ fn sbatch_jobs_reach_the_topics_once_across_restarts_and_kill_9() {
     let mut child = ing.spawn();
 
     let a = cluster.sbatch(&[
-        "-p", "static", "-c", "1", "--mem=100", "-t", "5", "-A", "physics", "-J", "sim",
-        "--comment", "nightly priority=3 deadline=+2h budget=1.5 type=etl",
-        "--wrap", "sleep 1",
+        "-p",
+        "static",
+        "-c",
+        "1",
+        "--mem=100",
+        "-t",
+        "5",
+        "-A",
+        "physics",
+        "-J",
+        "sim",
+        "--comment",
+        "nightly priority=3 deadline=+2h budget=1.5 type=etl",
+        "--wrap",
+        "sleep 1",
     ]);
     let held = cluster.sbatch(&["-p", "static", "-H", "-c", "2", "--wrap", "sleep 1"]);
     let c = cluster.sbatch(&["-p", "static", "-c", "1", "--wrap", "sleep 6"]);
     // Not ingested: another partition.
     cluster.sbatch(&["-p", "cloud", "-H", "--wrap", "sleep 1"]);
-    wait_until("job A's completion on the topic", Duration::from_secs(40), || {
-        split(&read_jobs(&cfg)).1.contains_key(&a.to_string())
-    });
+    wait_until(
+        "job A's completion on the topic",
+        Duration::from_secs(40),
+        || split(&read_jobs(&cfg)).1.contains_key(&a.to_string()),
+    );
 
     // kill -9, more jobs while it is away, restart.
     child.kill().unwrap();
@@ -162,11 +195,28 @@ fn sbatch_jobs_reach_the_topics_once_across_restarts_and_kill_9() {
     sigterm(&mut child);
 
     let (subs, dones) = split(&read_jobs(&cfg));
-    assert_eq!(subs.keys().collect::<Vec<_>>(), dones.keys().collect::<Vec<_>>());
-    assert_eq!(subs.len(), 4, "only the static partition's four jobs: {subs:?}");
+    assert_eq!(
+        subs.keys().collect::<Vec<_>>(),
+        dones.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        subs.len(),
+        4,
+        "only the static partition's four jobs: {subs:?}"
+    );
     for j in &want {
-        assert_eq!(subs[j].len(), 1, "job {j} submitted {} times", subs[j].len());
-        assert_eq!(dones[j].len(), 1, "job {j} completed {} times", dones[j].len());
+        assert_eq!(
+            subs[j].len(),
+            1,
+            "job {j} submitted {} times",
+            subs[j].len()
+        );
+        assert_eq!(
+            dones[j].len(),
+            1,
+            "job {j} completed {} times",
+            dones[j].len()
+        );
     }
     // Job A field by field against what Slurm says.
     let sa = &subs[&a.to_string()][0];
@@ -231,7 +281,11 @@ fn crash_between_publish_and_save_publishes_nothing_twice() {
         .map(|_| cluster.sbatch(&["-p", "static", "-c", "1", "--wrap", "true"]))
         .collect();
     wait_until("three completions spooled", Duration::from_secs(30), || {
-        std::fs::read_to_string(cluster.spool()).unwrap_or_default().lines().count() >= 3
+        std::fs::read_to_string(cluster.spool())
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
     });
     let icfg = IngestConfig {
         naming: Naming::default(),
@@ -249,7 +303,11 @@ fn crash_between_publish_and_save_publishes_nothing_twice() {
         .enable_all()
         .build()
         .unwrap();
-    let mut crashing = Ingester::open(icfg.clone(), CrashAfterPublish(KafkaSink::new(&cfg).unwrap())).unwrap();
+    let mut crashing = Ingester::open(
+        icfg.clone(),
+        CrashAfterPublish(KafkaSink::new(&cfg).unwrap()),
+    )
+    .unwrap();
     let e = rt.block_on(crashing.tick()).unwrap_err();
     assert!(e.message.contains("simulated"), "{e}");
     drop(crashing);
@@ -257,7 +315,11 @@ fn crash_between_publish_and_save_publishes_nothing_twice() {
     // A job finishing while the ingester is down, then a restart.
     let late = cluster.sbatch(&["-p", "static", "-c", "1", "--wrap", "true"]);
     wait_until("fourth completion spooled", Duration::from_secs(30), || {
-        std::fs::read_to_string(cluster.spool()).unwrap_or_default().lines().count() >= 4
+        std::fs::read_to_string(cluster.spool())
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 4
     });
     let mut ing = Ingester::open(icfg, KafkaSink::new(&cfg).unwrap()).unwrap();
     let n = rt.block_on(ing.tick()).unwrap();
@@ -280,9 +342,16 @@ fn jobcomp_hook_appends_a_readable_record() {
             .args(["ingest", "slurm", "--jobcomp", "--spool"])
             .arg(&spool)
             .envs([
-                ("JOBID", id), ("JOBSTATE", "FAILED"), ("PARTITION", "cloud"),
-                ("PROCS", "4"), ("SUBMIT", "100"), ("START", "110"), ("END", "130"),
-                ("ACCOUNT", "acct"), ("USERNAME", "ana"), ("JOBNAME", "x"),
+                ("JOBID", id),
+                ("JOBSTATE", "FAILED"),
+                ("PARTITION", "cloud"),
+                ("PROCS", "4"),
+                ("SUBMIT", "100"),
+                ("START", "110"),
+                ("END", "130"),
+                ("ACCOUNT", "acct"),
+                ("USERNAME", "ana"),
+                ("JOBNAME", "x"),
             ])
             .status()
             .unwrap();
@@ -295,7 +364,10 @@ fn jobcomp_hook_appends_a_readable_record() {
         .collect();
     assert_eq!(recs.len(), 2);
     let c = recs[1].completion(&Naming::default()).unwrap();
-    assert_eq!((c.job_id.as_str(), c.status, c.vcpu_seconds), ("42", JobStatus::Failed, 80.0));
+    assert_eq!(
+        (c.job_id.as_str(), c.status, c.vcpu_seconds),
+        ("42", JobStatus::Failed, 80.0)
+    );
     // A record missing a required variable is refused, not spooled.
     let st = Proc::new(prescale_bin())
         .args(["ingest", "slurm", "--jobcomp", "--spool"])

@@ -109,8 +109,7 @@ fn run_slurm(a: SlurmIngestArgs) -> anyhow::Result<()> {
         return append_jobcomp_from_env(&a.spool)
             .with_context(|| format!("appending to {}", a.spool.display()));
     }
-    let _telemetry =
-        prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
+    let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let cfg = IngestConfig {
         naming: Naming {
             environments: a.environments.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -132,7 +131,10 @@ fn run_slurm(a: SlurmIngestArgs) -> anyhow::Result<()> {
         },
     };
     if !(a.time_scale.is_finite() && a.time_scale > 0.0) {
-        anyhow::bail!("--time-scale must be a positive number, got {}", a.time_scale);
+        anyhow::bail!(
+            "--time-scale must be a positive number, got {}",
+            a.time_scale
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -87,8 +87,14 @@ impl Cluster {
         let s = &self.spec;
         vec![
             ("PRESCALE_SLURM_PORT".into(), self.port.to_string()),
-            ("PRESCALE_SLURM_DIR".into(), self.path().display().to_string()),
-            ("PRESCALE_SLURM_CLOUD_NODES".into(), s.cloud_nodes.to_string()),
+            (
+                "PRESCALE_SLURM_DIR".into(),
+                self.path().display().to_string(),
+            ),
+            (
+                "PRESCALE_SLURM_CLOUD_NODES".into(),
+                s.cloud_nodes.to_string(),
+            ),
             ("PRESCALE_SLURM_CPUS".into(), s.cpus.to_string()),
             ("PRESCALE_SLURM_BOOT_S".into(), s.boot_s.to_string()),
             ("PRESCALE_SLURM_SUSPEND_TIME".into(), s.suspend_time.into()),
@@ -201,6 +207,10 @@ pub fn is_off(state: &str) -> bool {
     state.contains("POWERED_DOWN")
 }
 
-pub fn prescale_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_prescale")
+/// The prescale binary: `PRESCALE_TEST_BIN` when set (a copy taken right
+/// after the build, safe from other builds sharing the target dir), else
+/// cargo's.
+pub fn prescale_bin() -> String {
+    std::env::var("PRESCALE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_prescale").to_string())
 }

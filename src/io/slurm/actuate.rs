@@ -62,11 +62,15 @@ impl SlurmActuator {
     }
 
     fn partition(&self, environment: &str) -> Result<&str, SlurmError> {
-        self.cfg.partitions.get(environment).map(String::as_str).ok_or_else(|| {
-            SlurmError::permanent(format!(
-                "environment `{environment}` is not mapped to a Slurm partition"
-            ))
-        })
+        self.cfg
+            .partitions
+            .get(environment)
+            .map(String::as_str)
+            .ok_or_else(|| {
+                SlurmError::permanent(format!(
+                    "environment `{environment}` is not mapped to a Slurm partition"
+                ))
+            })
     }
 
     /// Every mapped partition exists and has nodes.
@@ -109,7 +113,13 @@ impl SlurmActuator {
         for (node, reason) in &p.unusable {
             if self.reported.insert(node.clone()) {
                 self.stats.failed_nodes_reported += 1;
-                tracing::warn!(command_id, partition = part, node, reason, "node unusable (failed to boot, down or drained); planning around it");
+                tracing::warn!(
+                    command_id,
+                    partition = part,
+                    node,
+                    reason,
+                    "node unusable (failed to boot, down or drained); planning around it"
+                );
             }
         }
         self.reported.retain(|n| now.contains(n));
@@ -135,7 +145,12 @@ impl SlurmActuator {
     /// Apply the plan. A node that refuses (already changing state) does
     /// not stop the others; the first error is returned after all were
     /// tried, so the runtime retries and the next plan re-reads the nodes.
-    async fn execute(&mut self, p: &Plan, command_id: &str, dry_run: bool) -> Result<(), SlurmError> {
+    async fn execute(
+        &mut self,
+        p: &Plan,
+        command_id: &str,
+        dry_run: bool,
+    ) -> Result<(), SlurmError> {
         let mut first_err = None;
         for a in &p.actions {
             match self.scontrol(&a.scontrol_args(), command_id, dry_run).await {

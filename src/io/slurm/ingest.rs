@@ -151,9 +151,8 @@ impl<S: Sink> Ingester<S> {
     /// Load the state file (a missing file is a fresh start).
     pub fn open(cfg: IngestConfig, sink: S) -> Result<Self, SlurmError> {
         let state = match std::fs::read(&cfg.state_file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                SlurmError::permanent(format!("{}: {e}", cfg.state_file.display()))
-            })?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| SlurmError::permanent(format!("{}: {e}", cfg.state_file.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => {
                 return Err(SlurmError::permanent(format!(
@@ -205,7 +204,12 @@ impl<S: Sink> Ingester<S> {
             return Ok(());
         };
         let found = self.sink.published_since(&p.mark)?;
-        let done: Vec<String> = p.keys.iter().filter(|k| found.contains(*k)).cloned().collect();
+        let done: Vec<String> = p
+            .keys
+            .iter()
+            .filter(|k| found.contains(*k))
+            .cloned()
+            .collect();
         tracing::warn!(
             batch = p.keys.len(),
             already_published = done.len(),
@@ -234,7 +238,8 @@ impl<S: Sink> Ingester<S> {
             tracing::warn!(spool = %path.display(), "spool is shorter than the saved offset (rotated?): reading it from the start");
             self.state.spool_offset = 0;
         }
-        f.seek(SeekFrom::Start(self.state.spool_offset)).map_err(io)?;
+        f.seek(SeekFrom::Start(self.state.spool_offset))
+            .map_err(io)?;
         let mut text = String::new();
         f.read_to_string(&mut text).map_err(io)?;
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
@@ -262,11 +267,16 @@ impl<S: Sink> Ingester<S> {
             jobs.iter().map(|j| (j.job_id.to_string(), j)).collect();
         let mut out = Vec::new();
         let mut submitted_now = BTreeSet::new();
-        let mut submit = |out: &mut Vec<(String, Event)>, j: &SqueueJob, s: &mut IngestSummary| {
+        let submit = |out: &mut Vec<(String, Event)>, j: &SqueueJob, s: &mut IngestSummary| {
             let (ev, bad) = submission(j, naming);
             for b in bad {
                 s.bad_records += 1;
-                tracing::warn!(job = j.job_id, field = b.field, "comment field ignored: {}", b.message);
+                tracing::warn!(
+                    job = j.job_id,
+                    field = b.field,
+                    "comment field ignored: {}",
+                    b.message
+                );
             }
             s.submissions += 1;
             out.push((format!("s/{}", ev.job_id), Event::JobSubmitted(ev)));
@@ -279,9 +289,14 @@ impl<S: Sink> Ingester<S> {
             submit(&mut out, j, &mut self.summary);
             submitted_now.insert(id);
         }
-        for r in done.iter().filter(|r| r.is_final() && naming.ingests(&r.partition)) {
+        for r in done
+            .iter()
+            .filter(|r| r.is_final() && naming.ingests(&r.partition))
+        {
             let id = naming.job_id(&r.jobid).to_string();
-            if self.state.completed.contains_key(&id) || out.iter().any(|(k, _)| k == &format!("c/{id}")) {
+            if self.state.completed.contains_key(&id)
+                || out.iter().any(|(k, _)| k == &format!("c/{id}"))
+            {
                 continue;
             }
             if !self.state.submitted.contains_key(&id) && !submitted_now.contains(&id) {
@@ -320,7 +335,11 @@ impl<S: Sink> Ingester<S> {
     pub async fn tick(&mut self) -> Result<usize, SlurmError> {
         self.recover()?;
         let (done, offset) = self.read_spool()?;
-        let text = self.cfg.commands.run("squeue", &["--all", "--json"]).await?;
+        let text = self
+            .cfg
+            .commands
+            .run("squeue", &["--all", "--json"])
+            .await?;
         let jobs = parse_squeue(&text)?;
         self.summary.polls += 1;
         let mut events = self.batch(&jobs, &done);
@@ -362,7 +381,10 @@ impl<S: Sink> Ingester<S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => match self.tick().await {
+                _ = tick.tick() => match tokio::select! {
+                    r = self.tick() => r,
+                    _ = shutdown.changed() => break,
+                } {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(events = n, "published"),
                     Err(e) if e.transient => {

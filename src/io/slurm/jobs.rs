@@ -56,10 +56,13 @@ struct SqueueOutput {
 
 /// Parse `squeue --json` output; errors the command reported are an error.
 pub fn parse_squeue(text: &str) -> Result<Vec<SqueueJob>, SlurmError> {
-    let out: SqueueOutput = serde_json::from_str(text)
-        .map_err(|e| SlurmError::permanent(format!("squeue --json: not the 22.05 job view: {e}")))?;
+    let out: SqueueOutput = serde_json::from_str(text).map_err(|e| {
+        SlurmError::permanent(format!("squeue --json: not the 22.05 job view: {e}"))
+    })?;
     if let Some(e) = out.errors.first() {
-        return Err(SlurmError::transient(format!("squeue --json reported: {e}")));
+        return Err(SlurmError::transient(format!(
+            "squeue --json reported: {e}"
+        )));
     }
     Ok(out.jobs)
 }
@@ -120,7 +123,10 @@ fn duration_s(v: &str) -> Option<i64> {
         (i, 'd') => (&v[..i], 86_400),
         _ => (v, 1),
     };
-    num.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| n * mult)
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(|n| n * mult)
 }
 
 /// A deadline: RFC 3339 time, Unix seconds, or `+<duration>` after submit.
@@ -147,8 +153,13 @@ pub fn parse_comment(comment: &str, submitted_at: Millis) -> (CommentFields, Vec
             message: format!("`{v}` is not {want}"),
         })
     };
-    for word in comment.split([' ', ',', ';', '\t']).filter(|w| !w.is_empty()) {
-        let Some((k, v)) = word.split_once('=') else { continue };
+    for word in comment
+        .split([' ', ',', ';', '\t'])
+        .filter(|w| !w.is_empty())
+    {
+        let Some((k, v)) = word.split_once('=') else {
+            continue;
+        };
         match k.to_ascii_lowercase().as_str() {
             "type" | "job_type" => f.job_type = Some(v.to_string()),
             "priority" => match v.parse() {
@@ -182,7 +193,9 @@ pub fn parse_comment(comment: &str, submitted_at: Millis) -> (CommentFields, Vec
 fn parse_tres(s: &str) -> (Option<f64>, Option<i64>, i32) {
     let (mut cpu, mut mem, mut gpus) = (None, None, 0);
     for kv in s.split(',') {
-        let Some((k, v)) = kv.split_once('=') else { continue };
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
         match k {
             "cpu" => cpu = v.parse().ok(),
             "mem" => mem = memory_mib(v),
@@ -334,7 +347,11 @@ impl JobCompRecord {
     /// conventions' fields are unset.
     pub fn submission(&self, naming: &Naming) -> Result<JobSubmitted, SlurmError> {
         let submit = self.secs("SUBMIT", &self.submit)?;
-        let user = if self.username.is_empty() { &self.user } else { &self.username };
+        let user = if self.username.is_empty() {
+            &self.user
+        } else {
+            &self.username
+        };
         Ok(JobSubmitted {
             job_id: naming.job_id(&self.jobid),
             submitted_at: submit * 1000,
@@ -426,7 +443,10 @@ mod tests {
         .unwrap();
         let c = r.completion(&Naming::default()).unwrap();
         assert_eq!(c.status, JobStatus::Failed);
-        assert_eq!((c.started_at, c.finished_at, c.vcpu_seconds), (110_000, 170_000, 240.0));
+        assert_eq!(
+            (c.started_at, c.finished_at, c.vcpu_seconds),
+            (110_000, 170_000, 240.0)
+        );
         assert!(r.is_final());
         let bad = JobCompRecord::parse(
             r#"{"JOBID":"9","JOBSTATE":"COMPLETED","PARTITION":"p","PROCS":"x","SUBMIT":"1","START":"1","END":"2"}"#,

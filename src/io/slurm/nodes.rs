@@ -29,8 +29,9 @@ struct SinfoOutput {
 }
 
 pub fn parse_sinfo(text: &str) -> Result<Vec<SinfoNode>, SlurmError> {
-    let out: SinfoOutput = serde_json::from_str(text)
-        .map_err(|e| SlurmError::transient(format!("sinfo --json: not the 22.05 node view: {e}")))?;
+    let out: SinfoOutput = serde_json::from_str(text).map_err(|e| {
+        SlurmError::transient(format!("sinfo --json: not the 22.05 node view: {e}"))
+    })?;
     Ok(out.nodes)
 }
 
@@ -106,7 +107,11 @@ impl NodeAction {
             NodeAction::PowerUp(n) => (n, "POWER_UP"),
             NodeAction::PowerDown(n) => (n, "POWER_DOWN_ASAP"),
         };
-        vec!["update".into(), format!("NodeName={n}"), format!("State={s}")]
+        vec![
+            "update".into(),
+            format!("NodeName={n}"),
+            format!("State={s}"),
+        ]
     }
 }
 
@@ -138,9 +143,7 @@ pub fn plan(nodes: &[SinfoNode], min: i64, desired: i64, max: i64) -> Plan {
     let mut p = Plan::default();
     for n in &sorted {
         match n.power() {
-            Power::Static | Power::Booting | Power::Idle | Power::Busy => {
-                p.powered_vcpus += n.cpus
-            }
+            Power::Static | Power::Booting | Power::Idle | Power::Busy => p.powered_vcpus += n.cpus,
             Power::Unusable => p.unusable.push((n.name.clone(), n.reason.clone())),
             Power::Off | Power::GoingOff => {}
         }
@@ -245,7 +248,10 @@ mod tests {
         use Power::*;
         assert_eq!(kinds, [Busy, Idle, Off, Unusable, Off, Booting]);
         assert_eq!(node("static1", "idle", &[], 0).power(), Static);
-        assert_eq!(node("c", "idle", &["CLOUD", "POWER_DOWN"], 0).power(), GoingOff);
+        assert_eq!(
+            node("c", "idle", &["CLOUD", "POWER_DOWN"], 0).power(),
+            GoingOff
+        );
         assert_eq!(node("c", "idle", &["CLOUD", "DRAIN"], 0).power(), Unusable);
     }
 }

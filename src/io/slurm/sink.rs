@@ -41,7 +41,10 @@ impl KafkaSink {
     }
 
     fn topics(&self) -> [String; 2] {
-        [self.cfg.topics.job_submission(), self.cfg.topics.job_completion()]
+        [
+            self.cfg.topics.job_submission(),
+            self.cfg.topics.job_completion(),
+        ]
     }
 }
 
@@ -75,7 +78,10 @@ impl Sink for KafkaSink {
         let mut marks: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
         for t in self.topics() {
             for p in partitions_of(self.consumer.client(), &t, TIMEOUT).map_err(kafka)? {
-                let (_, high) = self.consumer.fetch_watermarks(&t, p, TIMEOUT).map_err(kafka)?;
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&t, p, TIMEOUT)
+                    .map_err(kafka)?;
                 marks.entry(t.clone()).or_default().insert(p, high);
             }
         }
@@ -89,42 +95,51 @@ impl Sink for KafkaSink {
         let marks: BTreeMap<String, BTreeMap<i32, i64>> = serde_json::from_value(mark.clone())
             .map_err(|e| SlurmError::permanent(format!("pending batch mark: {e}")))?;
         let mut tpl = TopicPartitionList::new();
-        let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut any = false;
         for (t, parts) in &marks {
             for (p, from) in parts {
-                let (_, high) = self.consumer.fetch_watermarks(t, *p, TIMEOUT).map_err(kafka)?;
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(t, *p, TIMEOUT)
+                    .map_err(kafka)?;
                 if high > *from {
-                    tpl.add_partition_offset(t, *p, Offset::Offset(*from)).map_err(kafka)?;
-                    ends.insert((t.clone(), *p), high);
+                    tpl.add_partition_offset(t, *p, Offset::Offset(*from))
+                        .map_err(kafka)?;
+                    any = true;
                 }
             }
         }
         let mut found = BTreeSet::new();
-        if ends.is_empty() {
+        if !any {
             return Ok(found);
         }
         self.consumer.assign(&tpl).map_err(kafka)?;
+        // Read until the partitions stay quiet: offsets are not counted
+        // against the watermarks, since a broker may number a produced
+        // batch differently (tansu) and counting would stop early.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() {
+        let mut quiet = 0;
+        while quiet < 8 {
             if Instant::now() > deadline {
-                return Err(SlurmError::transient("reading back the pending batch timed out"));
+                return Err(SlurmError::transient(
+                    "reading back the pending batch timed out",
+                ));
             }
-            let Some(m) = self.consumer.poll(Duration::from_millis(200)) else { continue };
-            let m = match m {
-                Ok(m) => m,
-                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => continue,
-                Err(e) => return Err(kafka(e)),
+            let m = match self.consumer.poll(Duration::from_millis(200)) {
+                None | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                    quiet += 1;
+                    continue;
+                }
+                Some(Err(e)) => return Err(kafka(e)),
+                Some(Ok(m)) => m,
             };
+            quiet = 0;
             if let Some(h) = m.headers() {
                 for x in h.iter().filter(|x| x.key == KEY_HEADER) {
                     if let Some(v) = x.value {
                         found.insert(String::from_utf8_lossy(v).into_owned());
                     }
                 }
-            }
-            let k = (m.topic().to_string(), m.partition());
-            if ends.get(&k).is_some_and(|end| m.offset() + 1 >= *end) {
-                ends.remove(&k);
             }
         }
         self.consumer.unassign().map_err(kafka)?;
@@ -149,8 +164,11 @@ impl FileSink {
     pub fn finish(&mut self) -> Result<(), SlurmError> {
         if let Some(w) = self.writer.take() {
             use std::io::Write;
-            let mut f = w.finish().map_err(|e| SlurmError::permanent(e.to_string()))?;
-            f.flush().map_err(|e| SlurmError::permanent(e.to_string()))?;
+            let mut f = w
+                .finish()
+                .map_err(|e| SlurmError::permanent(e.to_string()))?;
+            f.flush()
+                .map_err(|e| SlurmError::permanent(e.to_string()))?;
         }
         Ok(())
     }
