@@ -99,7 +99,7 @@ impl SlurmActuator {
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| n.partitions.iter().any(|p| *p == part))
+            .filter(|n| n.partitions.contains(&part))
             .collect();
         let p = plan(&nodes, cmd.min_vcpus, cmd.desired_vcpus, cmd.max_vcpus);
         self.report_unusable(&part, &p, &cmd.command_id);

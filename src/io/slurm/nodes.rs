@@ -139,7 +139,7 @@ pub fn plan(nodes: &[SinfoNode], min: i64, desired: i64, max: i64) -> Plan {
     let ceiling = if max > 0 { max } else { i64::MAX };
     let want = desired.max(min).min(ceiling);
     let mut sorted: Vec<&SinfoNode> = nodes.iter().collect();
-    sorted.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    sorted.sort_by_key(|n| natural_key(&n.name));
     let mut p = Plan::default();
     for n in &sorted {
         match n.power() {
