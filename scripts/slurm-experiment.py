@@ -107,8 +107,18 @@ def write_slice_swf(jobs, t0, scale, path, unix_start):
 
 
 def hostnames(expr):
-    out = subprocess.run(["scontrol", "show", "hostnames", expr], capture_output=True, text=True)
-    return out.stdout.split()
+    """Expand a Slurm hostlist ("cloud[1-3,5],static1") without a controller."""
+    out = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", expr):
+        m = re.fullmatch(r"(.*)\[(.*)\]", part)
+        if not m:
+            out.append(part)
+            continue
+        for r in m.group(2).split(","):
+            a, _, b = r.partition("-")
+            for i in range(int(a), int(b or a) + 1):
+                out.append(f"{m.group(1)}{str(i).zfill(len(a))}")
+    return out
 
 
 def pct(xs, q):
