@@ -13,6 +13,7 @@ pub mod events;
 pub mod forecast;
 pub mod import;
 pub mod io;
+pub mod limits;
 pub mod planner;
 pub mod policy;
 pub mod pricing;

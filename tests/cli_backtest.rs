@@ -44,12 +44,33 @@ fn sample_backtest_writes_table_json_and_plot_deterministically() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for p in ["reactive", "static", "predictive", "oracle"] {
+    let all = [
+        "reactive",
+        "static",
+        "batch_spot",
+        "karpenter",
+        "ec2_predictive",
+        "predictive",
+        "oracle",
+    ];
+    for p in all {
         assert!(stdout.contains(p), "table lacks {p}: {stdout}");
     }
+    assert!(stdout.contains("lower bound: $"), "{stdout}");
     let v = json(&a);
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.keys().collect::<Vec<_>>(), vec!["policies", "trace"]);
+    assert_eq!(
+        obj.keys().collect::<Vec<_>>(),
+        vec![
+            "lower_bound_on_demand_usd",
+            "lower_bound_usd",
+            "policies",
+            "trace"
+        ]
+    );
+    let lb = v["lower_bound_usd"].as_f64().unwrap();
+    let lb_od = v["lower_bound_on_demand_usd"].as_f64().unwrap();
+    assert!(lb > 0.0 && lb <= lb_od, "{lb} vs {lb_od}");
     let trace = &v["trace"];
     assert_eq!(trace["seed"], 7);
     assert_eq!(trace["skipped_records"], 0);
@@ -57,7 +78,7 @@ fn sample_backtest_writes_table_json_and_plot_deterministically() {
     assert!(trace["events"].as_u64().unwrap() > trace["jobs"].as_u64().unwrap());
     assert!(trace["span_s"].as_f64().unwrap() > 86_400.0);
     let pol = v["policies"].as_object().unwrap();
-    assert_eq!(pol.len(), 4);
+    assert_eq!(pol.len(), all.len());
     for (name, p) in pol {
         for f in [
             "cost_usd",
@@ -74,6 +95,13 @@ fn sample_backtest_writes_table_json_and_plot_deterministically() {
         }
         assert!(p["cost_by_market"].is_object());
         assert!(p["cost_usd"].as_f64().unwrap() > 0.0, "{name} cost");
+        // Nothing runs below the physical limit.
+        let vs_lb = p["cost_vs_lower_bound"].as_f64().unwrap();
+        assert!(vs_lb >= 1.0, "{name} cost_vs_lower_bound {vs_lb}");
+        assert!(p["cost_vs_best_peer"].is_f64() || p["cost_vs_best_peer"].is_null());
+        for f in ["busy_usd", "idle_usd", "boot_usd", "lost_work_usd"] {
+            assert!(p[f].is_f64(), "{name}.{f} = {}", p[f]);
+        }
         let u = p["utilization"].as_f64().unwrap();
         assert!(u > 0.0 && u <= 1.0, "{name} utilization {u}");
         assert_eq!(p["jobs"], trace["jobs"]);

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Default request body limit (64 KiB: every request is a small JSON object).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -89,9 +89,105 @@ pub fn router(app: Arc<AppState>, body_limit: usize) -> Router {
         .with_state(app)
 }
 
-/// Serves the router on a bound listener until the future is dropped.
+/// Serves the router on a bound listener until the future is dropped, with
+/// the default [`ServeLimits`].
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
+    serve_with_limits(listener, app, ServeLimits::default()).await
+}
+
+/// What the API allows a client before it drops it, so slow or stalled
+/// clients cannot hold connections (and memory) forever. Documented in
+/// docs/planner.md (API limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Time a connection has to send a request's headers (also bounds an
+    /// idle keep-alive connection): past it the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Time a request has from its headers to its response, body read
+    /// included: a request that promises a body and never sends it gets 408.
+    pub request_timeout: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// [`serve`] with explicit limits: each connection is served by hyper's
+/// HTTP/1 connection with a header read timeout, the router gets a request
+/// timeout, and a semaphore bounds the connections. Every drop is logged
+/// (`tracing` warn) and counted in `prescale_api_connections_dropped`.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+        request_deadline(limits.request_timeout, req, next)
+    }));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, retry.
+                tracing::warn!(error = %e, "API: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "API: connection limit reached, dropping connection");
+            crate::telemetry::metrics().inc_api_dropped("connection_limit");
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                if e.is_timeout() {
+                    tracing::warn!(%peer, "API: client too slow sending headers, connection dropped");
+                    crate::telemetry::metrics().inc_api_dropped("header_timeout");
+                } else {
+                    tracing::debug!(%peer, error = %e, "API: connection ended with an error");
+                }
+            }
+        });
+    }
+}
+
+/// 408 when a request (its body read included) takes longer than `limit`.
+async fn request_deadline(limit: Duration, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(%path, limit_s = limit.as_secs_f64(), "API: request not complete in time (stalled body?), dropped");
+            crate::telemetry::metrics().inc_api_dropped("request_timeout");
+            let mut r = ApiError::status(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!("request not complete within {} s", limit.as_secs_f64()),
+                Some("body"),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            r
+        }
+    }
 }
 
 /// Constant-time comparison, so response timing does not leak the token.

@@ -72,9 +72,18 @@ impl BudgetFile {
                 ));
             };
             for (id, entry) in ids {
-                let key = format!("{scope_name}.{id}");
+                let key = format!("{scope_name}.{}", crate::limits::quote(id));
                 if id.trim().is_empty() {
                     return Err(err(&key, "the id is empty".into()));
+                }
+                if id.len() > crate::limits::MAX_NAME_LEN {
+                    return Err(err(
+                        &key,
+                        format!(
+                            "the id is longer than {} bytes",
+                            crate::limits::MAX_NAME_LEN
+                        ),
+                    ));
                 }
                 let (usd, period) = match entry {
                     toml::Value::Table(t) => {
@@ -97,7 +106,8 @@ impl BudgetFile {
                                     return Err(err(
                                         &format!("{key}.period"),
                                         format!(
-                                            "unknown period `{s}` (expected total, day, week or month)"
+                                            "unknown period `{}` (expected total, day, week or month)",
+                                            crate::limits::quote(s)
                                         ),
                                     ));
                                 }
@@ -150,10 +160,13 @@ fn amount(v: &toml::Value) -> Result<f64, String> {
             ))
         }
     };
-    if x.is_finite() && x >= 0.0 {
+    let max = crate::limits::MAX_BUDGET_USD;
+    if x.is_finite() && (0.0..=max).contains(&x) {
         Ok(x)
     } else {
-        Err(format!("must be a finite amount >= 0, got {x}"))
+        Err(format!(
+            "must be a finite amount >= 0 (at most {max}), got {x}"
+        ))
     }
 }
 

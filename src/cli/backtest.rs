@@ -48,8 +48,14 @@ pub struct BacktestArgs {
     /// On-demand catalogue CSV (Karpenter-derived format); default: the bundled subset.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
-    /// Policies to compare, comma-separated.
-    #[arg(long, default_value = "reactive,static,predictive,oracle")]
+    /// Policies to compare, comma-separated: reactive (on-demand AWS Batch),
+    /// static, the peer baselines batch_spot (AWS Batch spot CE with an
+    /// on-demand fallback), karpenter (spot first, consolidation) and
+    /// ec2_predictive (EC2 Auto Scaling predictive scaling, mixed
+    /// instances), and prescale's predictive and oracle. Every report also
+    /// gives the trace's lower bound and each policy's cost against it and
+    /// against the best peer (docs/planner.md).
+    #[arg(long, default_value = PolicyKind::DEFAULT_LIST)]
     pub policies: String,
     /// Write the JSON report here.
     #[arg(long)]
@@ -71,21 +77,21 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub skip_bad: bool,
     /// Instance boot delay, seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = super::values::secs)]
     pub boot_delay_s: i64,
     /// Idle time before an autoscaled instance is terminated, seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::values::positive_secs)]
     pub idle_timeout_s: i64,
     /// Spot interruptions per instance-hour drawn by the simulator (the
     /// default is pessimistic against AWS's published frequencies; see
     /// `pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR`).
-    #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR)]
+    #[arg(long, default_value_t = prescale::pricing::DEFAULT_SPOT_INTERRUPTIONS_PER_HOUR, value_parser = super::values::rate)]
     pub spot_rate: f64,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::vcpus)]
     pub static_vcpus: Option<i64>,
     /// Maximum vCPUs of an autoscaled environment (Batch maxvCpus).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::vcpus)]
     pub max_vcpus: Option<i64>,
     /// Feed the engine the trace's recorded completion times (with the
     /// source cluster's queueing) instead of re-timing them to start at
@@ -142,6 +148,10 @@ fn swf_notes(r: &SwfReport) -> BTreeMap<String, u64> {
     m.insert("partial_lines".into(), r.partial_lines);
     m.insert("skipped_unknown_runtime".into(), r.skipped_unknown_runtime);
     m.insert("skipped_no_processors".into(), r.skipped_no_processors);
+    // Only when there are some, so a clean trace's report is unchanged.
+    if r.skipped_duplicate_ids > 0 {
+        m.insert("skipped_duplicate_ids".into(), r.skipped_duplicate_ids);
+    }
     m
 }
 
@@ -243,6 +253,15 @@ pub fn prepare(
         },
     );
     let prices = sim_prices(&catalog, &tiled);
+    if let Some(e) = prescale::limits::span_error(start, end, SimConfig::default().bucket_ms) {
+        bail!("{}: {e}", info.file);
+    }
+    let unplaceable = drop_unplaceable(&mut events, &prices, skip_bad, &info.file)?;
+    if unplaceable > 0 {
+        info.skipped_records += unplaceable;
+        info.import_notes
+            .insert("skipped_larger_than_catalogue".into(), unplaceable);
+    }
     let workload = Workload::from_events(&events);
     info.jobs = workload.jobs.len() as u64;
     info.price_ticks = tiled.len() as u64;
@@ -256,6 +275,11 @@ pub fn prepare(
     let mut all: Vec<Event> = tiled.into_iter().map(Event::PriceTick).collect();
     all.extend(events);
     all.sort_by_key(|e| e.time());
+    let thinned = thin_idle_prices(&mut all);
+    if thinned > 0 {
+        info.import_notes
+            .insert("price_ticks_in_idle_stretches_folded".into(), thinned);
+    }
     info.events = all.len() as u64;
     Ok(Prepared {
         events: all,
@@ -265,6 +289,124 @@ pub fn prepare(
         trace: info,
         raw_ticks: ticks,
     })
+}
+
+/// Cost grows with events, not with time spans: in a stretch with no job
+/// outstanding that starts a full state history window after the last job
+/// activity (the engine then sees only zeros and closes the rest of the
+/// stretch at once, see `state::DemandState`), only each pool's last price
+/// tick is kept, so the price book is the same when work resumes. Tiled
+/// prices would otherwise tick through a ten-year gap and wake the engine
+/// every few minutes. Returns the ticks dropped.
+fn thin_idle_prices(all: &mut Vec<Event>) -> u64 {
+    let cfg = prescale::state::StateConfig::default();
+    let window = (cfg.history_buckets as i64 + 2) * cfg.bucket_ms;
+    let mut outstanding = std::collections::HashSet::new();
+    let mut last_activity = i64::MIN;
+    // index in `all` where the current idle stretch began (its first price tick)
+    let mut stretch: Option<usize> = None;
+    let mut drop = vec![false; all.len()];
+    let fold = |from: usize, to: usize, drop: &mut Vec<bool>, all: &[Event]| {
+        let mut seen = std::collections::HashSet::new();
+        for i in (from..to).rev() {
+            if let Event::PriceTick(t) = &all[i] {
+                let key = (&t.provider, &t.region, &t.zone, &t.instance_type, t.market);
+                if !seen.insert(key) {
+                    drop[i] = true;
+                }
+            }
+        }
+    };
+    for i in 0..all.len() {
+        let t = all[i].time();
+        match &all[i] {
+            Event::PriceTick(_) => {
+                if outstanding.is_empty()
+                    && stretch.is_none()
+                    && t > last_activity.saturating_add(window)
+                {
+                    stretch = Some(i);
+                }
+            }
+            ev => {
+                if let Some(from) = stretch.take() {
+                    fold(from, i, &mut drop, all);
+                }
+                last_activity = t;
+                match ev {
+                    Event::JobSubmitted(j) => {
+                        outstanding.insert(j.job_id.clone());
+                    }
+                    Event::JobCompleted(c) => {
+                        outstanding.remove(&c.job_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // the stretch after the last job runs to the end of the trace
+    if let Some(from) = stretch {
+        fold(from, all.len(), &mut drop, all);
+    }
+    let n = drop.iter().filter(|&&d| d).count() as u64;
+    if n > 0 {
+        let mut k = 0;
+        all.retain(|_| {
+            k += 1;
+            !drop[k - 1]
+        });
+    }
+    n
+}
+
+/// Jobs no gang of at most [`prescale::limits::MAX_GANG_INSTANCES`]
+/// instances of the catalogue can hold are an error naming the job (with
+/// `skip_bad`, they and their completions are dropped and counted).
+fn drop_unplaceable(
+    events: &mut Vec<Event>,
+    prices: &SimPrices,
+    skip_bad: bool,
+    file: &str,
+) -> anyhow::Result<u64> {
+    use prescale::limits::MAX_GANG_INSTANCES;
+    let max_mcpu = prices
+        .types
+        .iter()
+        .map(|t| t.vcpus as i64 * 1000)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut bad = std::collections::HashSet::new();
+    for ev in events.iter() {
+        let Event::JobSubmitted(j) = ev else { continue };
+        let mcpu = (j.vcpus * 1000.0).round().max(1.0) as i64;
+        let fits = (mcpu + max_mcpu - 1) / max_mcpu <= MAX_GANG_INSTANCES
+            && prescale::sim::cluster::gang_parts(prices, mcpu, j.memory_mib, j.gpus)
+                .is_some_and(|(k, ..)| i64::from(k) <= MAX_GANG_INSTANCES);
+        if fits {
+            continue;
+        }
+        if !skip_bad {
+            bail!(
+                "{file}: job `{}`: {} vCPUs, {} MiB, {} GPUs is more than {MAX_GANG_INSTANCES} \
+                 instances of the catalogue can hold (--skip-bad skips such jobs)",
+                prescale::limits::quote(&j.job_id),
+                j.vcpus,
+                j.memory_mib,
+                j.gpus
+            );
+        }
+        bad.insert(j.job_id.clone());
+    }
+    if !bad.is_empty() {
+        events.retain(|ev| match ev {
+            Event::JobSubmitted(j) => !bad.contains(&j.job_id),
+            Event::JobCompleted(c) => !bad.contains(&c.job_id),
+            _ => true,
+        });
+    }
+    Ok(bad.len() as u64)
 }
 
 /// The engine the service runs, with its default forecaster and planner.
@@ -322,7 +464,10 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     if policies.is_empty() {
-        bail!("--policies: name at least one of reactive, static, predictive, oracle");
+        bail!(
+            "--policies: name at least one of {}",
+            PolicyKind::DEFAULT_LIST
+        );
     }
     let prep = prepare(
         a.trace.as_deref(),
@@ -391,6 +536,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         t.seed
     );
     print!("{}", report.table());
+    print!("{}", report.cost_table());
     if !budgets.is_empty() {
         print!("{}", report.budget_table());
     }

@@ -43,7 +43,7 @@ pub struct BenchKafkaArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// Input rate (events/s) of the latency measurement.
-    #[arg(long, default_value_t = 10_000.0)]
+    #[arg(long, default_value_t = 10_000.0, value_parser = super::values::positive_rate)]
     pub rate: f64,
     /// Duration of the latency measurement.
     #[arg(long, default_value_t = 10)]

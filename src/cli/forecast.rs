@@ -46,7 +46,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "1h")]
     pub horizon: String,
     /// Fraction of the trace before the training cut.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = super::values::fraction_open)]
     pub train_frac: f64,
     /// Write the JSON report here.
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct EvalArgs {
     pub skip_bad: bool,
     /// Use only the last N days of the trace (for traces whose activity is
     /// concentrated at the end, like the Alibaba pod snapshot).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::days)]
     pub last_days: Option<f64>,
     /// Also score a per-series selector over the three models.
     #[arg(long)]
@@ -96,7 +96,30 @@ pub fn parse_duration_ms(s: &str) -> Result<i64> {
     if n <= 0 {
         bail!("duration {s:?} must be positive");
     }
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .filter(|&ms| ms <= prescale::limits::MAX_DURATION_S * 1000)
+        .with_context(|| format!("duration {s:?} is longer than 10 years"))
+}
+
+/// `--bucket` and `--horizon`: the bucket at least
+/// [`prescale::limits::MIN_BUCKET_MS`] (finer buckets only multiply the
+/// work), the horizon at most [`prescale::limits::MAX_LSTM_DIM`] buckets.
+pub fn parse_bucket_horizon(bucket: &str, horizon: &str) -> Result<(i64, i64)> {
+    let b = parse_duration_ms(bucket).context("--bucket")?;
+    let h = parse_duration_ms(horizon).context("--horizon")?;
+    if b < prescale::limits::MIN_BUCKET_MS {
+        bail!(
+            "--bucket {bucket}: at least {} ms",
+            prescale::limits::MIN_BUCKET_MS
+        );
+    }
+    if h / b > prescale::limits::MAX_LSTM_DIM as i64 {
+        bail!(
+            "--horizon {horizon}: at most {} buckets of {bucket}",
+            prescale::limits::MAX_LSTM_DIM
+        );
+    }
+    Ok((b, h))
 }
 
 /// Read a trace into events.
@@ -149,12 +172,25 @@ fn load_swf(path: &Path, skip_bad: bool) -> Result<Vec<Event>> {
     Ok(imp.events)
 }
 
-/// Events → demand series of the selected metrics.
-pub fn series_for(events: &[Event], bucket_ms: i64, metrics: &[String]) -> Vec<DemandSeries> {
-    demand_series(events, bucket_ms)
+/// Events → demand series of the selected metrics. The series are dense
+/// (training needs every bucket), so a span beyond
+/// [`prescale::limits::MAX_SPAN_BUCKETS`] is an error naming both ends.
+pub fn series_for(
+    events: &[Event],
+    bucket_ms: i64,
+    metrics: &[String],
+) -> Result<Vec<DemandSeries>> {
+    let first = events.iter().map(Event::time).min();
+    let last = events.iter().map(Event::time).max();
+    if let (Some(a), Some(b)) = (first, last) {
+        if let Some(e) = prescale::limits::span_error(a, b, bucket_ms) {
+            bail!("{e}");
+        }
+    }
+    Ok(demand_series(events, bucket_ms)
         .into_iter()
         .filter(|s| metrics.iter().any(|m| m == s.metric.as_str()))
-        .collect()
+        .collect())
 }
 
 /// Keep only the last `days` days of every series (they share one axis).
@@ -203,12 +239,11 @@ pub fn run(args: ForecastArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let bucket_ms = parse_duration_ms(&a.bucket)?;
-    let horizon_ms = parse_duration_ms(&a.horizon)?;
+    let (bucket_ms, horizon_ms) = parse_bucket_horizon(&a.bucket, &a.horizon)?;
     let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
     let events = load_events(&a.trace, a.format, a.skip_bad)?;
-    let mut series = series_for(&events, bucket_ms, &a.metrics);
+    let mut series = series_for(&events, bucket_ms, &a.metrics)?;
     trim_last_days(&mut series, a.last_days);
     let mut cfg = EvalConfig::new(bucket_ms, horizon);
     cfg.quantiles = a.quantiles.clone();

@@ -31,10 +31,10 @@ pub struct SwfArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// Deadline = submit + SLACK × run time + GRACE.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = super::values::slack)]
     pub slack: f64,
     /// Seconds added to every deadline (covers instance boot).
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 900, value_parser = super::values::secs)]
     pub grace_s: i64,
     /// SWF field that names the compute environment.
     #[arg(long, value_enum, default_value_t = SwfKey::Partition)]

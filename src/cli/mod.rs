@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod actuate;
+mod actuate_slurm;
 mod backtest;
 mod bench;
 pub mod bench_kafka;
@@ -14,6 +16,7 @@ pub mod run;
 pub mod serve;
 pub mod tail;
 pub mod train;
+mod values;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +35,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     // one line per sub-command; keep alphabetical to ease merges
+    /// Apply the command topics to real compute environments (EC2 Auto Scaling, AWS Batch, Slurm, a file).
+    Actuate(actuate::ActuateArgs),
     /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
     Backtest(backtest::BacktestArgs),
     /// Throughput benchmarks (events/s).
@@ -56,6 +61,7 @@ pub enum Cmd {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Actuate(a) => actuate::run(a),
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),

@@ -20,7 +20,7 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Messages per second (paced evenly).
-    #[arg(long, conflicts_with = "as_fast_as_possible")]
+    #[arg(long, conflicts_with = "as_fast_as_possible", value_parser = super::values::positive_rate)]
     pub rate: Option<f64>,
     /// Publish without pacing (the default when --rate is absent).
     #[arg(long)]

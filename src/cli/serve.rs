@@ -44,9 +44,27 @@ pub struct ServeArgs {
     /// Skip (and count) undecodable records in the events files.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Seconds a client has to send a request's headers (and the longest a
+    /// keep-alive connection may sit idle); slower clients are dropped.
+    #[arg(long, default_value_t = 10, value_parser = super::values::positive_secs)]
+    pub header_timeout_s: i64,
+    /// Seconds a request has to complete, its body included (408 after).
+    #[arg(long, default_value_t = 30, value_parser = super::values::positive_secs)]
+    pub request_timeout_s: i64,
+    /// Connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    // Dropped slow clients are logged (warn) on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let token = a.token.filter(|t| !t.trim().is_empty());
     if token.is_none() && !a.no_auth {
         bail!("no API token: pass --token or set PRESCALE_API_TOKEN (or --no-auth for local experiments)");
@@ -107,7 +125,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
-        api::serve(listener, api::router(app, a.body_limit)).await?;
+        let limits = api::ServeLimits {
+            header_read_timeout: std::time::Duration::from_secs(a.header_timeout_s as u64),
+            request_timeout: std::time::Duration::from_secs(a.request_timeout_s as u64),
+            max_connections: a.max_connections as usize,
+        };
+        api::serve_with_limits(listener, api::router(app, a.body_limit), limits).await?;
         Ok(())
     })
 }

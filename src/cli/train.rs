@@ -2,7 +2,8 @@
 //! plus a model card into `models/NAME/`.
 
 use super::forecast::{
-    load_events, loss_bar, on_progress, parse_duration_ms, series_for, trim_last_days, TraceFormat,
+    load_events, loss_bar, on_progress, parse_bucket_horizon, series_for, trim_last_days,
+    TraceFormat,
 };
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -64,7 +65,7 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Train on this leading fraction of the trace (the rest is the
     /// evaluation tail; `prescale forecast eval` uses the same cut).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::values::fraction)]
     pub train_frac: f64,
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
     pub quantiles: Vec<f64>,
@@ -80,7 +81,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub skip_bad: bool,
     /// Use only the last N days of the trace.
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::days)]
     pub last_days: Option<f64>,
 }
 
@@ -154,14 +155,13 @@ fn store_series(
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let bucket_ms = parse_duration_ms(&a.bucket)?;
-    let horizon_ms = parse_duration_ms(&a.horizon)?;
+    let (bucket_ms, horizon_ms) = parse_bucket_horizon(&a.bucket, &a.horizon)?;
     let horizon = ((horizon_ms + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let device: DeviceChoice = a.device.parse().map_err(anyhow::Error::msg)?;
     let (mut series, source) = match (&a.trace, &a.from_store) {
         (Some(trace), _) => {
             let events = load_events(trace, a.format, a.skip_bad)?;
-            let series = series_for(&events, bucket_ms, &a.metrics);
+            let series = series_for(&events, bucket_ms, &a.metrics)?;
             let src = Source::Trace {
                 path: trace.clone(),
                 events: events.len(),

@@ -120,6 +120,28 @@ pub struct EngineCounters {
     pub scaling_commands: u64,
     pub preemption_commands: u64,
     pub rejected_budget_allocations: u64,
+    /// Input seen again with the same content (at-least-once delivery):
+    /// changed nothing.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Input seen again with different content: refused (see [`Handled::Conflict`]).
+    #[serde(default)]
+    pub conflicts: u64,
+}
+
+/// What [`Engine::handle`] did with an event. Input arrives at least once
+/// (a producer's retry, a replay), so a copy of a record already applied
+/// must change nothing, and a record that contradicts one already applied
+/// (same job id, or same budget scope and time, with other content) is
+/// refused rather than silently changing a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Applied,
+    /// A copy of a record already applied: nothing changed.
+    Duplicate,
+    /// Contradicts a record already applied; refused, nothing changed. The
+    /// reason names the record and the field (for the dead-letter topic).
+    Conflict(String),
 }
 
 /// Everything that must survive a restart (checkpointed with input offsets).
@@ -136,6 +158,10 @@ pub struct EngineState {
     /// [`Engine::learn_paid_rate`]).
     #[serde(default)]
     paid_usd_per_vcpu_hour: BTreeMap<String, (f64, Millis)>,
+    /// Budget allocations applied, by account and time (`<account>@<ms>`),
+    /// so a copy is told from a contradicting record.
+    #[serde(default)]
+    allocations: BTreeMap<String, (f64, Option<String>)>,
     /// Budgets. Jobs are tracked once any budget exists (before that there
     /// is nothing to enforce, and the hot path stays cheap).
     pub ledger: Ledger,
@@ -171,6 +197,7 @@ impl Engine {
             previous: BTreeMap::new(),
             usd_per_vcpu_hour: BTreeMap::new(),
             paid_usd_per_vcpu_hour: BTreeMap::new(),
+            allocations: BTreeMap::new(),
             // Look one decision tick ahead: spend accrues between ticks, so
             // work is stopped before, not after, its scope overruns.
             ledger: Ledger {
@@ -239,17 +266,35 @@ impl Engine {
         self.forecaster = f;
     }
 
-    /// Apply one input event; append any commands it triggers.
-    pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) {
+    /// Apply one input event; append any commands it triggers. A copy of a
+    /// record already applied changes nothing; a contradicting one is
+    /// refused (see [`Handled`]).
+    pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) -> Handled {
         self.st.counters.events += 1;
+        let seen = self.seen_before(ev);
+        if seen != Handled::Applied {
+            if let Handled::Conflict(_) = seen {
+                self.st.counters.conflicts += 1;
+            } else {
+                self.st.counters.duplicates += 1;
+            }
+            return seen;
+        }
         self.ticks.clear();
         let mut ticks = std::mem::take(&mut self.ticks);
         let applied = self.st.demand.apply(ev, &mut ticks);
+        // A job the state already knew changed nothing there; nor here.
+        let copy = self.job_copy(ev, applied);
         match ev {
+            _ if copy.is_some() => {}
             Event::PriceTick(p) => self.st.book.apply(p),
-            Event::BudgetAllocation(a) if self.st.ledger.on_allocation(a).is_err() => {
-                self.st.counters.rejected_budget_allocations += 1;
-            }
+            Event::BudgetAllocation(a) => match self.st.ledger.on_allocation(a) {
+                Ok(_) => {
+                    let seen = (a.usd, a.period.clone());
+                    self.st.allocations.insert(allocation_key(a), seen);
+                }
+                Err(_) => self.st.counters.rejected_budget_allocations += 1,
+            },
             Event::JobSubmitted(j)
                 if applied == Applied::Accepted && !self.st.ledger.accounts.is_empty() =>
             {
@@ -289,6 +334,75 @@ impl Engine {
             self.decide(t, out);
         }
         self.ticks = ticks;
+        copy.unwrap_or(Handled::Applied)
+    }
+
+    /// Whether a price tick or budget allocation is a copy of one already
+    /// applied (same pool or account, same time: same content) or
+    /// contradicts it. Job events are the demand state's to tell.
+    fn seen_before(&self, ev: &Event) -> Handled {
+        match ev {
+            Event::PriceTick(p) => {
+                let held = self.st.book.prices_at(p);
+                if held
+                    .iter()
+                    .any(|&x| x.to_bits() == p.usd_per_hour.to_bits())
+                {
+                    Handled::Duplicate
+                } else {
+                    Handled::Applied
+                }
+            }
+            Event::BudgetAllocation(a) => match self.st.allocations.get(&allocation_key(a)) {
+                None => Handled::Applied,
+                Some((usd, period)) if usd.to_bits() == a.usd.to_bits() && *period == a.period => {
+                    Handled::Duplicate
+                }
+                Some((usd, period)) => Handled::Conflict(format!(
+                    "BudgetAllocation {}@{}: field `{}`: {} differs from the {} applied before",
+                    crate::budget::account_key(a.scope, &a.id),
+                    a.at,
+                    if usd.to_bits() != a.usd.to_bits() {
+                        "usd"
+                    } else {
+                        "period"
+                    },
+                    if usd.to_bits() != a.usd.to_bits() {
+                        a.usd.to_string()
+                    } else {
+                        format!("{:?}", a.period)
+                    },
+                    if usd.to_bits() != a.usd.to_bits() {
+                        usd.to_string()
+                    } else {
+                        format!("{period:?}")
+                    },
+                )),
+            },
+            _ => Handled::Applied,
+        }
+    }
+
+    /// What the demand state said about a job event it did not apply.
+    fn job_copy(&mut self, ev: &Event, applied: Applied) -> Option<Handled> {
+        let (what, id) = match ev {
+            Event::JobSubmitted(j) => ("JobSubmitted", &j.job_id),
+            Event::JobCompleted(c) => ("JobCompleted", &c.job_id),
+            _ => return None,
+        };
+        match applied {
+            Applied::Accepted | Applied::Ignored => None,
+            Applied::Duplicate => {
+                self.st.counters.duplicates += 1;
+                Some(Handled::Duplicate)
+            }
+            Applied::Conflict(field) => {
+                self.st.counters.conflicts += 1;
+                Some(Handled::Conflict(format!(
+                    "{what} {id}: field `{field}` differs from the record with this job id applied before"
+                )))
+            }
+        }
     }
 
     /// End of input: close every open bucket and decide on each tick.
@@ -438,6 +552,11 @@ impl Engine {
             }));
         }
     }
+}
+
+/// Where [`EngineState::allocations`] keeps an allocation.
+fn allocation_key(a: &crate::events::BudgetAllocation) -> String {
+    format!("{}@{}", crate::budget::account_key(a.scope, &a.id), a.at)
 }
 
 /// Project budgets shared between instances (see [`crate::budget::share`]).

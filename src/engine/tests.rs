@@ -334,3 +334,107 @@ fn a_dear_completion_raises_the_rate_of_running_work() {
     e.handle(&job("d", 30 * MIN + 86_400_000, 2.0), &mut out);
     assert!(rate(&e, "d") < 0.06 * 2.0, "{}", rate(&e, "d"));
 }
+
+fn price(at: Millis, usd: f64) -> Event {
+    Event::PriceTick(crate::events::PriceTick {
+        at,
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+        zone: None,
+        instance_type: "m5.large".into(),
+        market: Market::Spot,
+        usd_per_hour: usd,
+    })
+}
+
+/// At-least-once input: every job event, price tick and budget record
+/// delivered again (right after itself, and again much later) decides
+/// exactly what the input decides once, and every copy is counted.
+#[test]
+fn copies_of_input_records_decide_nothing_new() {
+    let mut once = vec![project_budget(500.0)];
+    for (i, ev) in events().into_iter().enumerate() {
+        if i % 5 == 0 {
+            once.push(price(ev.time(), 0.02 + (i % 3) as f64 * 0.01));
+        }
+        once.push(ev);
+    }
+    let mut twice = Vec::new();
+    for (i, ev) in once.iter().enumerate() {
+        twice.push(ev.clone());
+        twice.push(ev.clone());
+        if i >= 12 {
+            twice.push(once[i - 12].clone());
+        }
+    }
+    let decide = |evs: &[Event]| {
+        let (mut e, _) = budgeted_engine(500.0);
+        let mut out = Vec::new();
+        let handled: Vec<Handled> = evs.iter().map(|ev| e.handle(ev, &mut out)).collect();
+        e.finish(&mut out);
+        (out, handled, e.counters().clone())
+    };
+    let (want, _, _) = decide(&once);
+    let (got, handled, counters) = decide(&twice);
+    assert!(want.len() > 5, "the input decides something");
+    assert_eq!(got, want);
+    assert_eq!(counters.conflicts, 0);
+    // The first budget record is a copy of the one `budgeted_engine` applied.
+    assert_eq!(counters.duplicates, (twice.len() - once.len()) as u64 + 1);
+    assert!(!handled.iter().any(|h| matches!(h, Handled::Conflict(_))));
+}
+
+/// A record contradicting one applied before is refused with a reason
+/// naming the record and field, and the decisions are those without it.
+#[test]
+fn contradicting_records_are_refused_and_change_nothing() {
+    let base = events();
+    let mut with = Vec::new();
+    let mut refused = Vec::new();
+    for (i, ev) in base.iter().enumerate() {
+        with.push(ev.clone());
+        if i % 9 == 4 {
+            if let Event::JobSubmitted(j) = ev {
+                let mut bad = j.clone();
+                bad.vcpus += 8.0;
+                with.push(Event::JobSubmitted(bad));
+                refused.push(j.job_id.to_string());
+            }
+        }
+    }
+    assert!(refused.len() >= 2);
+    let mut allocation = project_budget(500.0);
+    with.insert(0, allocation.clone());
+    if let Event::BudgetAllocation(a) = &mut allocation {
+        a.usd = 900.0;
+    }
+    with.insert(1, allocation);
+    let decide = |evs: &[Event]| {
+        let (mut e, _) = budgeted_engine(500.0);
+        let mut out = Vec::new();
+        let reasons: Vec<String> = evs
+            .iter()
+            .filter_map(|ev| match e.handle(ev, &mut out) {
+                Handled::Conflict(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        e.finish(&mut out);
+        (out, reasons)
+    };
+    let (want, none) = decide(&base);
+    assert!(none.is_empty());
+    let (got, reasons) = decide(&with);
+    assert_eq!(got, want);
+    assert_eq!(reasons.len(), refused.len() + 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("BudgetAllocation project:p@0: field `usd`"),
+        "{reasons:?}"
+    );
+    for (r, id) in reasons[1..].iter().zip(&refused) {
+        assert!(
+            r.contains(&format!("JobSubmitted {id}: field `vcpus`")),
+            "{r}"
+        );
+    }
+}

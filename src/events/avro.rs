@@ -192,15 +192,140 @@ pub fn decode_event(kind: EventKind, bytes: &[u8]) -> Result<Event, CodecError> 
     Ok(ev)
 }
 
-/// Check the invariants Avro's types cannot express.
-pub fn validate(ev: &Event) -> Result<(), CodecError> {
-    fn bad(schema: &'static str, field: &'static str, message: String) -> CodecError {
-        CodecError::Invalid {
-            schema,
-            field,
-            message,
+fn bad(schema: &'static str, field: &'static str, message: String) -> CodecError {
+    CodecError::Invalid {
+        schema,
+        field,
+        message,
+    }
+}
+
+/// The limits of [`crate::limits`] every input event must keep: times inside
+/// the accepted window, sizes and durations bounded, names short. Checked
+/// before the rest of [`validate`] so a record far out of range is named
+/// for that (the reason a dead-letter record carries).
+fn check_limits(ev: &Event) -> Result<(), CodecError> {
+    use crate::limits::{
+        quote, time_ok, MAX_BUDGET_USD, MAX_DURATION_S, MAX_JOB_MEMORY_MIB, MAX_JOB_VCPUS,
+        MAX_NAME_LEN, MAX_PRICE_USD_PER_HOUR,
+    };
+    let time = |s, field, t: Millis| {
+        if time_ok(t) {
+            Ok(())
+        } else {
+            Err(bad(
+                s,
+                field,
+                format!("{t} ms is outside the accepted window (1970..2200)"),
+            ))
+        }
+    };
+    let name = |s, field, v: &str| {
+        if v.len() <= MAX_NAME_LEN {
+            Ok(())
+        } else {
+            Err(bad(
+                s,
+                field,
+                format!("`{}` is longer than {MAX_NAME_LEN} bytes", quote(v)),
+            ))
+        }
+    };
+    match ev {
+        Event::JobSubmitted(e) => {
+            const S: &str = "JobSubmitted";
+            name(S, "job_id", &e.job_id)?;
+            name(S, "compute_environment", &e.compute_environment)?;
+            time(S, "submitted_at", e.submitted_at)?;
+            if let Some(d) = e.deadline {
+                time(S, "deadline", d)?;
+            }
+            if e.vcpus > MAX_JOB_VCPUS as f64 {
+                return Err(bad(
+                    S,
+                    "vcpus",
+                    format!("{} is above the limit of {MAX_JOB_VCPUS}", e.vcpus),
+                ));
+            }
+            if e.memory_mib > MAX_JOB_MEMORY_MIB {
+                return Err(bad(
+                    S,
+                    "memory_mib",
+                    format!(
+                        "{} is above the limit of {MAX_JOB_MEMORY_MIB}",
+                        e.memory_mib
+                    ),
+                ));
+            }
+            if e.gpus as i64 > MAX_JOB_VCPUS {
+                return Err(bad(S, "gpus", format!("{} is above the limit", e.gpus)));
+            }
+            if e.estimated_runtime_s.is_some_and(|r| r > MAX_DURATION_S) {
+                return Err(bad(
+                    S,
+                    "estimated_runtime_s",
+                    format!("is longer than the limit of {MAX_DURATION_S} s"),
+                ));
+            }
+        }
+        Event::JobCompleted(e) => {
+            const S: &str = "JobCompleted";
+            name(S, "job_id", &e.job_id)?;
+            name(S, "compute_environment", &e.compute_environment)?;
+            time(S, "started_at", e.started_at)?;
+            time(S, "finished_at", e.finished_at)?;
+            if e.max_memory_mib.is_some_and(|m| m > MAX_JOB_MEMORY_MIB) {
+                return Err(bad(S, "max_memory_mib", "is above the limit".into()));
+            }
+        }
+        Event::PriceTick(e) => {
+            const S: &str = "PriceTick";
+            time(S, "at", e.at)?;
+            name(S, "instance_type", &e.instance_type)?;
+            name(S, "region", &e.region)?;
+            if e.usd_per_hour > MAX_PRICE_USD_PER_HOUR {
+                return Err(bad(
+                    S,
+                    "usd_per_hour",
+                    format!(
+                        "{} is above the limit of {MAX_PRICE_USD_PER_HOUR}",
+                        e.usd_per_hour
+                    ),
+                ));
+            }
+        }
+        Event::BudgetAllocation(e) => {
+            const S: &str = "BudgetAllocation";
+            time(S, "at", e.at)?;
+            name(S, "id", &e.id)?;
+            // What the ledger would refuse, refused here for every reader
+            // alike (the backtest used to drop these silently, serve to
+            // count them): a bad record, dead-lettered or counted.
+            if crate::budget::Period::parse(e.period.as_deref()).is_none() {
+                return Err(bad(
+                    S,
+                    "period",
+                    format!(
+                        "`{}` is not total, day, week or month",
+                        quote(e.period.as_deref().unwrap_or_default())
+                    ),
+                ));
+            }
+            if !(e.usd.is_finite() && (0.0..=MAX_BUDGET_USD).contains(&e.usd)) {
+                return Err(bad(
+                    S,
+                    "usd",
+                    format!("{} is not an amount in [0, {MAX_BUDGET_USD}]", e.usd),
+                ));
+            }
         }
     }
+    Ok(())
+}
+
+/// Check the invariants Avro's types cannot express.
+pub fn validate(ev: &Event) -> Result<(), CodecError> {
+    check_limits(ev)?;
     match ev {
         Event::JobSubmitted(e) => {
             const S: &str = "JobSubmitted";

@@ -135,6 +135,21 @@ impl LstmConfig {
         if self.bucket_ms <= 0 || self.season == 0 {
             return Err("bucket_ms and season must be positive".into());
         }
+        let dims = [
+            ("window", self.window),
+            ("hidden", self.hidden),
+            ("head_hidden", self.head_hidden),
+            ("horizon", self.horizon),
+            ("season", self.season),
+        ];
+        for (name, v) in dims {
+            if v > crate::limits::MAX_LSTM_DIM {
+                return Err(format!(
+                    "{name} {v} is above the limit of {}",
+                    crate::limits::MAX_LSTM_DIM
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -212,6 +227,10 @@ impl Weights {
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(format!("weight {name} holds a non-finite value"));
+            }
+            let max = crate::limits::MAX_ABS_WEIGHT;
+            if let Some(x) = v.iter().find(|x| x.abs() > max) {
+                return Err(format!("weight {name} holds {x}, beyond ±{max}"));
             }
         }
         Ok(())
@@ -375,11 +394,15 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
         steps.push((v / scale - 1.0) as f32);
         steps.extend_from_slice(&calendar(t));
     }
-    let m = cfg.season;
+    let m = cfg.season as i64;
     let mut extra = Vec::with_capacity(cfg.extra());
     for h in 1..=cfg.horizon {
-        // same time of day one day back (0 when history is shorter)
-        let idx = n as i64 + h as i64 - 1 - m as i64;
+        // The nearest whole number of seasons back that is already observed:
+        // one season for a step inside the first season ahead, more when the
+        // horizon is longer than a season (target n + h - 1, history < n).
+        let k0 = h.div_ceil(cfg.season).max(1) as i64;
+        // same time of day one (or k0) days back (0 when history is shorter)
+        let idx = n as i64 + h as i64 - 1 - k0 * m;
         let d1 = if idx >= 0 {
             (y[idx as usize] - last) / scale
         } else {
@@ -387,8 +410,8 @@ fn inputs(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<Inputs> {
         };
         // mean of the same time of day over up to 7 days
         let (mut s, mut c) = (0.0, 0);
-        for k in 1..=7i64 {
-            let j = n as i64 + h as i64 - 1 - k * m as i64;
+        for k in k0..k0 + 7 {
+            let j = n as i64 + h as i64 - 1 - k * m;
             if j >= 0 {
                 s += y[j as usize];
                 c += 1;
@@ -508,6 +531,9 @@ pub struct LstmForecaster {
     /// Used when the history is shorter than the window, the bucket width
     /// differs from training, or more horizon / other levels are asked for.
     pub fallback: Ets,
+    /// Forecast values clamped to the sanity bound so far (see
+    /// [`LstmForecaster::clamped`]); shared by clones.
+    clamped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What training measured.
@@ -681,6 +707,7 @@ pub fn train(
         weights,
         calibration: vec![1.0; cfg.horizon * nq],
         fallback: Ets::default(),
+        clamped: Default::default(),
     };
     let val = model.raw_batch(series, &val_idx, &dev);
     let raw_cov = model.val_coverage(series, &val);
@@ -945,12 +972,23 @@ impl LstmForecaster {
                 reason: "calibration length does not match horizon x quantiles".into(),
             });
         }
+        check_calibration(&b.calibration).map_err(|reason| ForecastError::Mismatch {
+            path: p.clone(),
+            reason,
+        })?;
         Ok(Self {
             config: b.config,
             weights: b.weights,
             calibration: b.calibration,
             fallback: Ets::default(),
+            clamped: Default::default(),
         })
+    }
+
+    /// Forecast values this model (and its clones) clamped to
+    /// [`crate::limits::FORECAST_MAX_MULTIPLE`] × the series' recent maximum.
+    pub fn clamped(&self) -> u64 {
+        self.clamped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Check a loaded model fits how the caller will use it.
@@ -966,6 +1004,45 @@ impl LstmForecaster {
         }
         Ok(())
     }
+}
+
+/// Calibration factors must be finite and inside the range training clamps
+/// them to: an edited factor of 1e30 would stretch every interval to
+/// absurdity (the checksum only proves the file was not changed by accident).
+fn check_calibration(k: &[f32]) -> Result<(), String> {
+    let (lo, hi) = crate::limits::CALIBRATION_RANGE;
+    // a little slack: factors are stored as f32 after an f64 clamp
+    match k
+        .iter()
+        .position(|x| !x.is_finite() || *x < lo * 0.999 || *x > hi * 1.001)
+    {
+        Some(i) => Err(format!(
+            "calibration factor {i} is {}, outside [{lo}, {hi}]",
+            k[i]
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Clamp every value above [`crate::limits::FORECAST_MAX_MULTIPLE`] × the
+/// recent maximum of `y` (up to a week of seasons, at least 1) and say how
+/// many were clamped.
+fn clamp_to_recent(values: &mut [Vec<f64>], y: &[f64], season: usize) -> u64 {
+    let recent = &y[y.len().saturating_sub(7 * season.max(1))..];
+    let max = recent
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max);
+    let cap = crate::limits::FORECAST_MAX_MULTIPLE * max;
+    let mut n = 0;
+    for v in values.iter_mut().flatten() {
+        if *v > cap {
+            *v = cap;
+            n += 1;
+        }
+    }
+    n
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1031,6 +1108,11 @@ impl Forecaster for LstmForecaster {
                     .map(|r| interpolate(&cfg.quantiles, &r, quantiles))
                     .collect();
                 super::tidy_rows(&mut values);
+                let n = clamp_to_recent(&mut values, history.values, cfg.season);
+                if n > 0 {
+                    self.clamped
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Forecast {
                     quantiles: quantiles.to_vec(),
                     values,
@@ -1218,6 +1300,101 @@ pub(crate) mod tests {
             m.expect(300_000, 4, &p),
             Err(ForecastError::Mismatch { .. })
         ));
+    }
+
+    /// Issue #21: a horizon longer than one season of buckets indexed past
+    /// the history in the seasonal-lag features (a panic).
+    #[test]
+    fn horizon_longer_than_a_season_forecasts() {
+        let cfg = LstmConfig {
+            horizon: 30, // > season 24
+            epochs: 1,
+            steps_per_epoch: 2,
+            ..tiny_cfg()
+        };
+        let v = synthetic(24 * 12, cfg.bucket_ms, 3);
+        let h = History {
+            key: "ce/vcpus",
+            start: 0,
+            bucket_ms: cfg.bucket_ms,
+            values: &v,
+        };
+        let (m, _) = train(&[h], &cfg, DeviceChoice::Cpu, &mut |_| {}).unwrap();
+        let f = m.forecast(&h, 30, &[0.1, 0.5, 0.9]);
+        assert_eq!(f.values.len(), 30);
+        assert!(f.values.iter().flatten().all(|x| x.is_finite()));
+        // the lags used are whole seasons back and observed: step 25 (one
+        // season and one bucket ahead) looks two seasons back
+        let inp = inputs(&v, 0, &cfg).unwrap();
+        let n = v.len();
+        let last = v[n - 1];
+        let scale = v[n - cfg.window..].iter().sum::<f64>() / cfg.window as f64;
+        let want = ((v[n + 25 - 1 - 48] - last) / scale).clamp(-50.0, 50.0) as f32;
+        assert_eq!(inp.extra[2 * 24], want);
+        // a season of 1 bucket (the extreme) does not index out either
+        let one = LstmConfig {
+            season: 1,
+            ..cfg.clone()
+        };
+        assert!(inputs(&v, 0, &one).is_some());
+    }
+
+    fn rewrite_checkpoint(p: &Path, edit: impl FnOnce(&mut Body)) {
+        let mut ck: Checkpoint = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        edit(&mut ck.body);
+        ck.sha256 = ck.body.digest();
+        std::fs::write(p, serde_json::to_vec(&ck).unwrap()).unwrap();
+    }
+
+    /// Issue #21: an edited checkpoint (checksum recomputed) with absurd
+    /// calibration or weights is refused at load, not forecast from.
+    #[test]
+    fn absurd_checkpoint_is_refused_and_output_is_bounded() {
+        let (m, v) = trained();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        type Edit = Box<dyn FnOnce(&mut Body)>;
+        let cases: [(&str, Edit); 4] = [
+            (
+                "calibration",
+                Box::new(|b: &mut Body| b.calibration[0] = 1e30),
+            ),
+            (
+                "calibration",
+                Box::new(|b: &mut Body| b.calibration[1] = -2.0),
+            ),
+            ("weight", Box::new(|b: &mut Body| b.weights.b2[0] = 1e9)),
+            (
+                "above the limit",
+                Box::new(|b| b.config.hidden = usize::MAX / 2),
+            ),
+        ];
+        for (what, edit) in cases {
+            m.save(&p).unwrap();
+            rewrite_checkpoint(&p, edit);
+            let e = LstmForecaster::load(&p).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("m.json"), "{e}");
+        }
+        // weights that pass the checks but push the output far up: clamped
+        // to the documented multiple of the recent max, and counted
+        let mut big = m.clone();
+        big.weights.b2.iter_mut().for_each(|b| *b = 9_000.0);
+        let h = History {
+            key: "k",
+            start: 0,
+            bucket_ms: m.config.bucket_ms,
+            values: &v,
+        };
+        let f = big.forecast(&h, 4, &[0.1, 0.5, 0.9]);
+        let recent = v[v.len() - 7 * 24..].iter().copied().fold(1.0, f64::max);
+        let cap = crate::limits::FORECAST_MAX_MULTIPLE * recent;
+        assert!(f.values.iter().flatten().all(|&x| x <= cap), "{f:?}");
+        let clamped = big.clamped();
+        assert!(clamped > 0);
+        // a sane model on the same history clamps nothing (the counter is
+        // shared by clones, so it stays where the poisoned one left it)
+        assert_eq!(m.forecast(&h, 4, &[0.5]).values.len(), 4);
+        assert_eq!(m.clamped(), clamped);
     }
 
     #[test]

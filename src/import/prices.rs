@@ -14,6 +14,7 @@
 
 use super::open_maybe_compressed;
 use crate::events::{Market, PriceTick};
+use crate::limits::{quote, MAX_NAME_LEN, MAX_PRICE_USD_PER_HOUR};
 use serde::Serialize;
 use std::io::BufRead;
 use std::path::Path;
@@ -122,10 +123,19 @@ pub fn region_of_zone(zone: &str) -> String {
 }
 
 /// Parse an ISO-8601 / RFC 3339 timestamp (or epoch seconds) to epoch ms.
+/// `None` for anything else, including a time outside the accepted window
+/// ([`crate::limits::time_ok`]: `NaN`, `inf`, `-1e19` or `1e300` seconds
+/// would otherwise saturate to 1970 or the integer limits).
 pub fn parse_time_ms(s: &str) -> Option<i64> {
+    parse_time_any(s).filter(|&t| crate::limits::time_ok(t))
+}
+
+fn parse_time_any(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return Some((secs * 1000.0) as i64);
+        let ms = secs * 1000.0;
+        // `as` saturates (NaN to 0): only convert what an i64 holds exactly
+        return (ms.is_finite() && ms.abs() < 9.0e18).then_some(ms as i64);
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%z"))
@@ -159,7 +169,7 @@ fn columns_from_header(h: &[String], path: &str) -> Result<Columns, PriceImportE
         find_col(h, names).ok_or_else(|| PriceImportError::Header {
             path: path.to_string(),
             column: col,
-            found: h.join(","),
+            found: quote(&h.join(",")),
         })
     };
     Ok(Columns {
@@ -286,19 +296,45 @@ fn parse_row(
         }
     }
     let at_s = get(c.time, "timestamp")?;
-    let at =
-        parse_time_ms(at_s).ok_or(("timestamp", format!("`{at_s}` is not an ISO-8601 time")))?;
+    let at = parse_time_ms(at_s).ok_or((
+        "timestamp",
+        format!(
+            "`{}` is not an ISO-8601 time (or epoch seconds) between 1970 and 2200",
+            quote(at_s)
+        ),
+    ))?;
     let itype = get(c.itype, "instance_type")?;
     if itype.is_empty() {
         return Err(("instance_type", "empty".into()));
     }
+    if itype.len() > MAX_NAME_LEN {
+        return Err((
+            "instance_type",
+            format!("`{}` is longer than {MAX_NAME_LEN} bytes", quote(itype)),
+        ));
+    }
     let zone = get(c.zone, "zone")?;
+    if zone.is_empty() || zone.len() > MAX_NAME_LEN {
+        return Err((
+            "zone",
+            format!(
+                "`{}` is empty or longer than {MAX_NAME_LEN} bytes",
+                quote(zone)
+            ),
+        ));
+    }
     let price_s = get(c.price, "price")?;
     let price: f64 = price_s
         .parse()
         .ok()
-        .filter(|p: &f64| p.is_finite() && *p >= 0.0)
-        .ok_or(("price", format!("`{price_s}` is not a non-negative number")))?;
+        .filter(|p: &f64| p.is_finite() && *p > 0.0 && *p <= MAX_PRICE_USD_PER_HOUR)
+        .ok_or((
+            "price",
+            format!(
+                "`{}` is not a price in (0, {MAX_PRICE_USD_PER_HOUR}] USD/h",
+                quote(price_s)
+            ),
+        ))?;
     let region = region_of_zone(zone);
     Ok(Some(PriceTick {
         at,

@@ -17,6 +17,9 @@
 
 use super::open_maybe_compressed;
 use crate::events::{Event, JobCompleted, JobStatus, JobSubmitted, Millis};
+use crate::limits::{
+    quote, MAX_DURATION_S, MAX_JOB_MEMORY_MIB, MAX_JOB_VCPUS, MAX_TIME_MS, MIN_TIME_MS,
+};
 use serde::Serialize;
 use std::io::BufRead;
 use std::path::Path;
@@ -106,6 +109,12 @@ pub enum SwfError {
         field: &'static str,
         message: String,
     },
+    #[error("{path}:{line}: header `UnixStartTime`: {message}")]
+    Header {
+        path: String,
+        line: u64,
+        message: String,
+    },
     #[error("{path}:{line}: expected 18 fields, found {found}")]
     Shape {
         path: String,
@@ -127,6 +136,9 @@ pub struct SwfReport {
     pub skipped_unknown_runtime: u64,
     pub skipped_no_processors: u64,
     pub skipped_bad_lines: u64,
+    /// Of `skipped_bad_lines`, those that repeated an earlier job's number
+    /// (each counted once: the second record is bad, the first is kept).
+    pub skipped_duplicate_ids: u64,
     /// First few bad-line errors, for the user.
     pub bad_line_examples: Vec<String>,
     pub unix_start_time: Option<i64>,
@@ -159,6 +171,19 @@ pub fn parse_swf(
     let mut unix_start: i64 = 0;
     let mut events = Vec::new();
     let mut seen_jobs = 0usize;
+    let mut ids = std::collections::HashSet::new();
+    // A bad record fails the import, or with `skip_bad` is counted and kept
+    // as an example.
+    let bad = |e: SwfError, report: &mut SwfReport| {
+        if !opts.skip_bad {
+            return Err(e);
+        }
+        report.skipped_bad_lines += 1;
+        if report.bad_line_examples.len() < 5 {
+            report.bad_line_examples.push(e.to_string());
+        }
+        Ok(())
+    };
     for (i, line) in reader.lines().enumerate() {
         let line_no = i as u64 + 1;
         let line = line.map_err(|source| SwfError::Io {
@@ -173,28 +198,55 @@ pub fn parse_swf(
         if let Some(h) = t.strip_prefix(';') {
             if let Some((k, v)) = h.split_once(':') {
                 if k.trim() == "UnixStartTime" {
-                    if let Ok(s) = v.trim().parse::<i64>() {
-                        unix_start = s;
-                        report.unix_start_time = Some(s);
+                    match v.trim().parse::<i64>() {
+                        Ok(s) if crate::limits::time_ok(s.saturating_mul(1000)) => {
+                            unix_start = s;
+                            report.unix_start_time = Some(s);
+                        }
+                        Ok(_) => {
+                            let message = format!(
+                                "{} is outside 1970..2200 (epoch seconds)",
+                                quote(v.trim())
+                            );
+                            bad(
+                                SwfError::Header {
+                                    path: name.to_string(),
+                                    line: line_no,
+                                    message,
+                                },
+                                &mut report,
+                            )?;
+                        }
+                        Err(_) => {}
                     }
                 }
             }
             continue;
         }
-        let rec = match parse_line(t, name, line_no) {
+        let rec = match parse_line(t, name, line_no)
+            .and_then(|r| check_ranges(&r, unix_start, name, line_no).map(|_| r))
+        {
             Ok(r) => r,
-            Err(e) if opts.skip_bad => {
-                report.skipped_bad_lines += 1;
-                if report.bad_line_examples.len() < 5 {
-                    report.bad_line_examples.push(e.to_string());
-                }
+            Err(e) => {
+                bad(e, &mut report)?;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         if rec[10] == 2 {
             // A partial execution; the job's outcome is on its last partial line.
             report.partial_lines += 1;
+            continue;
+        }
+        if !ids.insert(rec[0]) {
+            let e = SwfError::Field {
+                path: name.to_string(),
+                line: line_no,
+                field_no: 1,
+                field: FIELDS[0],
+                message: format!("job {} appears again (ids must be unique)", rec[0]),
+            };
+            bad(e, &mut report)?;
+            report.skipped_duplicate_ids += 1;
             continue;
         }
         seen_jobs += 1;
@@ -221,13 +273,14 @@ fn parse_line(t: &str, name: &str, line: u64) -> Result<[i64; 18], SwfError> {
             n = j + 1;
             continue;
         }
-        // Some logs write fractional seconds or memory; round them.
+        // Some logs write fractional seconds or memory; round them (only
+        // what an i64 holds: `as` would saturate 1e300 to the limit).
         let v = tok
             .parse::<i64>()
             .or_else(|_| {
                 tok.parse::<f64>()
                     .ok()
-                    .filter(|f| f.is_finite())
+                    .filter(|f| f.is_finite() && f.abs() < 9.0e18)
                     .map(|f| f.round() as i64)
                     .ok_or(())
             })
@@ -236,7 +289,7 @@ fn parse_line(t: &str, name: &str, line: u64) -> Result<[i64; 18], SwfError> {
                 line,
                 field_no: j + 1,
                 field: FIELDS[j],
-                message: format!("`{tok}` is not a number"),
+                message: format!("`{}` is not a number", quote(tok)),
             })?;
         rec[j] = v;
         n = j + 1;
@@ -258,6 +311,67 @@ fn parse_line(t: &str, name: &str, line: u64) -> Result<[i64; 18], SwfError> {
         });
     }
     Ok(rec)
+}
+
+/// The documented ranges of [`crate::limits`] for the fields prescale
+/// derives events from, so the arithmetic below cannot overflow and every
+/// time lands inside the accepted window (finish after submission follows:
+/// wait and run are never negative when used).
+fn check_ranges(rec: &[i64; 18], unix_start: i64, name: &str, line: u64) -> Result<(), SwfError> {
+    let err = |j: usize, message: String| SwfError::Field {
+        path: name.to_string(),
+        line,
+        field_no: j + 1,
+        field: FIELDS[j],
+        message,
+    };
+    for j in [2, 3, 8] {
+        if rec[j] > MAX_DURATION_S {
+            return Err(err(
+                j,
+                format!(
+                    "{} s is longer than the limit of {MAX_DURATION_S} s",
+                    rec[j]
+                ),
+            ));
+        }
+    }
+    for j in [4, 7] {
+        if rec[j] > MAX_JOB_VCPUS {
+            return Err(err(
+                j,
+                format!(
+                    "{} processors is above the limit of {MAX_JOB_VCPUS}",
+                    rec[j]
+                ),
+            ));
+        }
+    }
+    let procs = if rec[4] > 0 { rec[4] } else { rec[7] };
+    for j in [6, 9] {
+        let mib = rec[j].max(0) as i128 * procs.max(0) as i128 / 1024;
+        if mib > MAX_JOB_MEMORY_MIB as i128 {
+            return Err(err(
+                j,
+                format!(
+                    "{} KB per processor x {procs} is above the limit of {MAX_JOB_MEMORY_MIB} MiB",
+                    rec[j]
+                ),
+            ));
+        }
+    }
+    let submit = (unix_start as i128 + rec[1] as i128) * 1000;
+    let end = submit + (rec[2].max(0) as i128 + rec[3].max(0) as i128) * 1000;
+    if submit < MIN_TIME_MS as i128 || end > MAX_TIME_MS as i128 {
+        return Err(err(
+            1,
+            format!(
+                "submit time {} (+ UnixStartTime {unix_start}) puts the job outside 1970..2200",
+                rec[1]
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn key_of(rec: &[i64; 18], k: SwfKey, procs: i64) -> String {
@@ -305,7 +419,13 @@ fn to_events(
     } else {
         rec[8].max(0)
     };
-    let deadline = submit + ((opts.slack * deadline_basis as f64) as i64 + opts.grace_s) * 1000;
+    // Saturating: the ranges above bound the basis, but slack and grace are
+    // the caller's (the CLI bounds them too).
+    let deadline = submit.saturating_add(
+        ((opts.slack * deadline_basis as f64) as i64)
+            .saturating_add(opts.grace_s)
+            .saturating_mul(1000),
+    );
     out.push(Event::JobSubmitted(JobSubmitted {
         job_id: job_id.as_str().into(),
         submitted_at: submit,

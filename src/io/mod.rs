@@ -2,5 +2,6 @@
 //! `state`, `forecast`, `pricing`, `planner`, `budget` or `engine` knows about
 //! these; they only see `Event`s in and `Command`s out.
 
+pub mod actuate;
 pub mod kafka;
 pub mod slurm;

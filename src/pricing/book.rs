@@ -362,6 +362,20 @@ impl PriceBook {
         self.pools.len()
     }
 
+    /// The prices held for the tick's pool at exactly its time, oldest
+    /// first: a copy of a tick already applied finds its own price here.
+    pub fn prices_at(&self, tick: &PriceTick) -> Vec<f64> {
+        let Some(pool) = self.pools.get(&PoolKey::of(tick).id()) else {
+            return Vec::new();
+        };
+        let from = pool.ticks.partition_point(|x| x.0 < tick.at);
+        pool.ticks[from..]
+            .iter()
+            .take_while(|x| x.0 == tick.at)
+            .map(|x| x.1)
+            .collect()
+    }
+
     pub fn ticks_applied(&self) -> u64 {
         self.ticks_applied
     }

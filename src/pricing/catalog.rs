@@ -41,6 +41,11 @@ pub struct Catalog {
     pub rows_without_specs: u64,
 }
 
+/// Most vCPUs one instance type may list (the largest EC2 type has 896).
+const MAX_INSTANCE_VCPUS: f64 = 100_000.0;
+/// Most GPUs one instance type may list (the largest EC2 type has 16).
+const MAX_INSTANCE_GPUS: i32 = 1024;
+
 const BUNDLED: &str = include_str!("../../data/catalog-us-east-1.csv");
 
 impl Catalog {
@@ -101,15 +106,28 @@ impl Catalog {
             let bad = |field: &str, v: &str| CatalogError::Row {
                 path: name.into(),
                 line,
-                message: format!("field `{field}`: `{v}` is not a number"),
+                message: format!(
+                    "field `{field}`: `{}` is not a number in range",
+                    crate::limits::quote(v)
+                ),
+            };
+            // Physically sensible ranges: a negative, zero or NaN price or
+            // size would silently change every cost and packing decision.
+            let num = |field: &str, v: &str, max: f64| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0 && *x <= max)
+                    .ok_or_else(|| bad(field, v))
             };
             let itype = rec[ci_type].to_string();
             let region = rec[ci_region].to_string();
             let price_s = &rec[ci_price];
             if !price_s.is_empty() {
-                let price: f64 = price_s
-                    .parse()
-                    .map_err(|_| bad("ondemand_usd_per_hour", price_s))?;
+                let price = num(
+                    "ondemand_usd_per_hour",
+                    price_s,
+                    crate::limits::MAX_PRICE_USD_PER_HOUR,
+                )?;
                 cat.ondemand
                     .entry(region)
                     .or_default()
@@ -121,6 +139,8 @@ impl Catalog {
                 continue;
             }
             let g = &rec[ci_gpu];
+            num("vcpu", v, MAX_INSTANCE_VCPUS)?;
+            num("memory_mib", m, crate::limits::MAX_JOB_MEMORY_MIB as f64)?;
             let spec = InstanceSpec {
                 name: itype.clone(),
                 family: rec[ci_family].to_string(),
@@ -129,7 +149,10 @@ impl Catalog {
                 gpus: if g.is_empty() {
                     0
                 } else {
-                    g.parse().map_err(|_| bad("gpu_count", g))?
+                    g.parse()
+                        .ok()
+                        .filter(|n: &i32| (0..=MAX_INSTANCE_GPUS).contains(n))
+                        .ok_or_else(|| bad("gpu_count", g))?
                 },
                 arch: rec[ci_arch].to_string(),
             };

@@ -238,9 +238,8 @@ pub fn render_simple(
 /// `prescale backtest --html OUT.html`.
 pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, String> {
     let t = &report.trace;
-    let order = ["reactive", "static", "predictive", "oracle"];
-    let mut names: Vec<&String> = report.policies.keys().collect();
-    names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+    let names = report.ordered_names();
+    let ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}×"));
     let base = report.policies.get("reactive").map(|r| r.cost_usd);
     let rows = names
         .iter()
@@ -254,6 +253,11 @@ pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, S
                 name.to_string(),
                 format!("{:.2}", p.cost_usd),
                 vs,
+                match (&p.best_peer, p.cost_vs_best_peer) {
+                    (Some(b), Some(r)) => format!("{r:.2}× ({b})"),
+                    _ => "–".into(),
+                },
+                ratio(p.cost_vs_lower_bound),
                 format!("{:.4}", p.deadline_miss_rate),
                 format!("{:.0}", p.queue_wait_p50_s),
                 format!("{:.0}", p.queue_wait_p95_s),
@@ -276,6 +280,8 @@ pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, S
         "policy",
         "cost_usd",
         "vs reactive",
+        "vs best peer",
+        "vs lower bound",
         "deadline_miss_rate",
         "queue_wait_p50_s",
         "queue_wait_p95_s",
@@ -287,6 +293,38 @@ pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, S
         "budget_overrun_usd",
     ];
     let svg = report.plot_svg()?;
+    let bars = report.cost_bars_svg()?;
+    let cost_rows = names
+        .iter()
+        .map(|name| {
+            let p = &report.policies[*name];
+            let od = p.cost_by_market.get("ON_DEMAND").copied().unwrap_or(0.0);
+            vec![
+                name.to_string(),
+                format!("{:.2}", p.busy_usd),
+                format!("{:.2}", p.idle_usd),
+                format!("{:.2}", p.boot_usd),
+                format!("{:.2}", p.lost_work_usd),
+                if p.cost_usd > 0.0 {
+                    format!("{:.1} %", od / p.cost_usd * 100.0)
+                } else {
+                    "–".into()
+                },
+                p.spot_launch_failures.to_string(),
+                p.consolidations.to_string(),
+            ]
+        })
+        .collect();
+    let cost_headers = [
+        "policy",
+        "busy_usd",
+        "idle_usd",
+        "of which boot (est.)",
+        "lost_work_usd",
+        "on-demand share",
+        "spot launch failures",
+        "consolidations",
+    ];
     Ok(render(&Report {
         title: format!("prescale backtest — {}", t.file),
         meta: vec![
@@ -303,18 +341,35 @@ pub fn backtest(report: &crate::sim::report::BacktestReport) -> Result<String, S
             ("span".into(), format!("{:.1} h", t.span_s / 3600.0)),
             ("skipped records".into(), t.skipped_records.to_string()),
             ("seed".into(), t.seed.to_string()),
+            (
+                "lower bound".into(),
+                format!(
+                    "${:.2} (every job on the cheapest capacity that fits it, spot uninterrupted, perfectly packed, no idle or boot); on-demand only ${:.2}",
+                    report.lower_bound_usd, report.lower_bound_on_demand_usd
+                ),
+            ),
         ],
         tables: vec![Table {
             caption: "Scaling policies compared".into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows,
+        }, Table {
+            caption: "Where the money goes".into(),
+            headers: cost_headers.iter().map(|h| h.to_string()).collect(),
+            rows: cost_rows,
         }],
-        figures: vec![Figure {
-            caption:
-                "Demand and each policy's capacity (vCPUs, top); cumulative cost (USD, bottom)"
-                    .into(),
-            svg,
-        }],
+        figures: vec![
+            Figure {
+                caption:
+                    "Demand and each policy's capacity (vCPUs, top); cumulative cost (USD, bottom)"
+                        .into(),
+                svg,
+            },
+            Figure {
+                caption: "Each policy's cost by instance type and market, busy against idle; the last bar is the lower bound".into(),
+                svg: bars,
+            },
+        ],
     }))
 }
 

@@ -57,6 +57,13 @@ use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+// Consolidation (the `karpenter` peer) moves jobs between instances, so it
+// lives in a child module of this one, with access to the instance state;
+// its file sits with the other peer code.
+#[path = "peers/consolidation.rs"]
+mod consolidation;
+pub use super::peers::ProvisionRules;
+
 /// A capacity decision applied at `at` in commanded mode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FloorCommand {
@@ -160,6 +167,14 @@ pub struct RunStats {
     pub budget_held: u64,
     /// Elastic jobs moved to cheaper capacity by MIGRATE.
     pub migrations: u64,
+    /// Spot launches that failed for want of capacity (see
+    /// [`Cluster::with_spot_outages`]); the launcher then tried elsewhere.
+    pub spot_launch_failures: u64,
+    /// Nodes removed or replaced by consolidation (`karpenter`).
+    pub consolidations: u64,
+    /// USD of runs of rigid jobs that were cut short (spot reclaim, budget
+    /// preemption) and had to start over (filled by the backtest).
+    pub lost_work_usd: f64,
 }
 
 /// Spend on one instance type in one market.
@@ -168,6 +183,9 @@ pub struct TypeCost {
     pub usd: f64,
     pub vcpu_hours: f64,
     pub instances: u64,
+    /// The part of `usd` jobs ran on (filled by the backtest from the spend
+    /// segments; the rest was idle or booting).
+    pub busy_usd: f64,
 }
 
 /// A stretch of time one part of a job ran on one instance: the job is
@@ -491,6 +509,10 @@ fn undominated_on_demand(prices: &SimPrices, od_pools: &[usize]) -> Vec<usize> {
     keep
 }
 
+/// How a launch choice ranks: `(tier, BEST_FIT score)`, lower wins (see
+/// `Cluster::choose_pool`).
+type Rank = (u8, f64);
+
 /// One compute environment's simulation.
 pub struct Cluster<'a> {
     cfg: &'a SimConfig,
@@ -532,6 +554,11 @@ pub struct Cluster<'a> {
     /// The run is over (see [`Cluster::advance`]).
     done: bool,
     completions: Vec<SimCompletion>,
+    /// How capacity is chosen and given back beyond the mode (the peers).
+    rules: ProvisionRules,
+    /// `(pool, from, to)`: spot launches in `pool` fail within `[from, to)`.
+    spot_outages: Vec<(usize, Millis, Millis)>,
+    consolidation: consolidation::Pending,
 }
 
 impl<'a> Cluster<'a> {
@@ -635,7 +662,33 @@ impl<'a> Cluster<'a> {
             now: Millis::MIN,
             done: false,
             completions: Vec::new(),
+            rules: ProvisionRules::default(),
+            spot_outages: Vec::new(),
+            consolidation: consolidation::Pending::default(),
         }
+    }
+
+    /// Choose and give back capacity by `rules` (the peer policies: spot
+    /// first with on-demand fallback, consolidation).
+    pub fn with_rules(mut self, rules: ProvisionRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Spot launches in `pool` fail within each `[from, to)` (insufficient
+    /// capacity), for every policy alike: the top-up then launches from the
+    /// next choice (on-demand where the rules fall back to it).
+    pub fn with_spot_outages(mut self, outages: Vec<(usize, Millis, Millis)>) -> Self {
+        self.spot_outages = outages;
+        self
+    }
+
+    /// Can a spot instance of `pool` be launched at `t`?
+    fn spot_available(&self, pool: usize, t: Millis) -> bool {
+        !self
+            .spot_outages
+            .iter()
+            .any(|&(p, a, b)| p == pool && a <= t && t < b)
     }
 
     fn push(&mut self, t: Millis, ev: Ev) {
@@ -1037,6 +1090,9 @@ impl<'a> Cluster<'a> {
         self.booting -= 1;
         self.became_idle(t, i);
         self.dirty = true;
+        if self.rules.consolidate_after_ms.is_some() {
+            self.replacement_ready(t, i);
+        }
     }
 
     fn on_interrupt(&mut self, t: Millis, i: u32) {
@@ -1145,6 +1201,9 @@ impl<'a> Cluster<'a> {
     }
 
     fn on_sample(&mut self, t: Millis) {
+        if let Some(after) = self.rules.consolidate_after_ms {
+            self.consolidate(t, after);
+        }
         let mut cost = self.cost_closed;
         for &i in &self.alive {
             let inst = &self.insts[i as usize];
@@ -1515,7 +1574,7 @@ impl<'a> Cluster<'a> {
                     if room <= 0 {
                         continue;
                     }
-                    let mut best: Option<(f64, GangShape, usize, Vec<usize>)> = None;
+                    let mut best: Option<(Rank, GangShape, usize, Vec<usize>)> = None;
                     let mut by_parts = order.clone();
                     by_parts.sort_by_key(|s| s.parts);
                     for sh in by_parts {
@@ -1528,10 +1587,14 @@ impl<'a> Cluster<'a> {
                             i64::MAX
                         };
                         let from = if od_only { &self.od_best } else { &pools };
-                        if let Some((score, pool)) =
-                            self.best_fit(from, j, &sh, aggregate, max_type, t)
-                        {
-                            if best.as_ref().is_none_or(|b| score < b.0 - 1e-12) {
+                        let (choice, failed) =
+                            self.choose_pool(from, j, &sh, aggregate, max_type, t);
+                        self.stats.spot_launch_failures += failed;
+                        if let Some((score, pool)) = choice {
+                            let better = best.as_ref().is_none_or(|b| {
+                                score.0 < b.0 .0 || (score.0 == b.0 .0 && score.1 < b.0 .1 - 1e-12)
+                            });
+                            if better {
                                 best = Some((score, sh, pool, slots));
                             }
                         }
@@ -1604,5 +1667,46 @@ impl<'a> Cluster<'a> {
             }
         }
         best.map(|b| (b.0, b.2))
+    }
+
+    /// The pool to launch from for job `j` split as `shape`, with its rank
+    /// `(tier, score)` (lower wins): BEST_FIT over `pools` without spot
+    /// pools whose launches fail now; returned with the number of failed
+    /// launches tried before it (a failing pool that would have been the
+    /// choice). With `rules.spot_first` every spot
+    /// choice (tier 0) beats every on-demand one (tier 1): spot first, and
+    /// on-demand only when no spot pool fits or can launch.
+    fn choose_pool(
+        &self,
+        pools: &[usize],
+        j: u32,
+        shape: &GangShape,
+        aggregate: i64,
+        max_type_mcpu: i64,
+        t: Millis,
+    ) -> (Option<(Rank, usize)>, u64) {
+        let fit = |from: &[usize]| self.best_fit(from, j, shape, aggregate, max_type_mcpu, t);
+        if self.spot_outages.is_empty() && !self.rules.spot_first {
+            return (fit(pools).map(|(s, p)| ((0, s), p)), 0);
+        }
+        let spot = |p: usize| self.prices.pools[p].market == Market::Spot;
+        let mut from: Vec<usize> = pools.to_vec();
+        let mut failed = 0;
+        while let Some((_, p)) = fit(&from) {
+            if !spot(p) || self.spot_available(p, t) {
+                break;
+            }
+            failed += 1;
+            from.retain(|&q| !spot(q) || self.spot_available(q, t));
+        }
+        if self.rules.spot_first {
+            let spot_pools: Vec<usize> = from.iter().copied().filter(|&p| spot(p)).collect();
+            if let Some((s, p)) = fit(&spot_pools) {
+                return (Some(((0, s), p)), failed);
+            }
+            from.retain(|&p| !spot(p));
+            return (fit(&from).map(|(s, p)| ((1, s), p)), failed);
+        }
+        (fit(&from).map(|(s, p)| ((0, s), p)), failed)
     }
 }

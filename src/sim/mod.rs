@@ -8,16 +8,22 @@
 //! - [`policy`] turns each policy (`reactive`, `static`, `predictive`,
 //!   `oracle`) into cluster modes; `predictive` and `oracle` run the real
 //!   decision engine and apply its `ScalingCommand`s;
+//! - [`peers`] are the baselines a cost-aware team would run instead
+//!   (`batch_spot`, `karpenter`, `ec2_predictive`), from their public docs;
+//! - [`bound`] is the physical limit of a trace's cost (`lower_bound_usd`);
 //! - [`oracle`] is the forecaster that knows the future (lower-bound reference);
 //! - [`report`] is the result (JSON, table, SVG plot).
 //!
 //! Everything here is pure and deterministic for a given seed: no clock, no
 //! I/O (the CLI reads the files and writes the outputs).
 
+pub mod bound;
 pub mod budget;
 pub mod cluster;
+pub mod costs;
 pub mod inputs;
 pub mod oracle;
+pub mod peers;
 pub mod policy;
 pub mod prices;
 pub mod report;
@@ -108,7 +114,7 @@ impl SimConfig {
 /// Errors of the backtest's pure part.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("unknown policy `{0}` (expected reactive, static, predictive or oracle)")]
+    #[error("unknown policy `{0}` (expected reactive, static, batch_spot, karpenter, ec2_predictive, predictive or oracle)")]
     UnknownPolicy(String),
     #[error("no instance types with on-demand prices: the catalogue is empty or has no region matching the prices")]
     NoInstanceTypes,

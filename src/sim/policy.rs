@@ -14,6 +14,13 @@
 //!   markets the mix names (on-demand when it names none).
 //! - `oracle`: the same engine with [`super::OracleForecaster`], which knows
 //!   the future demand: a lower-bound reference for any forecaster.
+//! - `batch_spot`, `karpenter`, `ec2_predictive`: the peer baselines
+//!   ([`super::peers`]), commanded clusters whose commands and provisioning
+//!   rules follow each product's documentation.
+//!
+//! After the runs the report gets the trace's physical limit
+//! ([`super::bound`]) and each policy's cost against it and against the
+//! best peer.
 //!
 //! **With budgets** (`BacktestInput::budgets` non-empty) `predictive` and
 //! `oracle` run in a closed loop instead (`run_closed_loop`): the engine
@@ -30,6 +37,7 @@
 
 use super::budget::BudgetBook;
 use super::cluster::{Cluster, FloorCommand, Mode, RunStats, Series};
+use super::peers::{Peer, ProvisionRules};
 use super::prices::SimPrices;
 use super::report::{percentile, BacktestReport, PolicyReport, TraceInfo};
 use super::trace::Workload;
@@ -48,15 +56,26 @@ pub enum PolicyKind {
     Static,
     Predictive,
     Oracle,
+    /// A peer baseline (see [`super::peers`]).
+    Peer(Peer),
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 7] = [
         PolicyKind::Reactive,
         PolicyKind::Static,
+        PolicyKind::Peer(Peer::BatchSpot),
+        PolicyKind::Peer(Peer::Karpenter),
+        PolicyKind::Peer(Peer::Ec2Predictive),
         PolicyKind::Predictive,
         PolicyKind::Oracle,
     ];
+
+    /// What `--policies` runs when not given: every policy, so each
+    /// backtest answers both "better than what I would otherwise run?" and
+    /// "how far from the limit?".
+    pub const DEFAULT_LIST: &'static str =
+        "reactive,static,batch_spot,karpenter,ec2_predictive,predictive,oracle";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -64,6 +83,7 @@ impl PolicyKind {
             PolicyKind::Static => "static",
             PolicyKind::Predictive => "predictive",
             PolicyKind::Oracle => "oracle",
+            PolicyKind::Peer(p) => p.name(),
         }
     }
 
@@ -75,6 +95,9 @@ impl PolicyKind {
                 "static" => PolicyKind::Static,
                 "predictive" => PolicyKind::Predictive,
                 "oracle" => PolicyKind::Oracle,
+                "batch_spot" => PolicyKind::Peer(Peer::BatchSpot),
+                "karpenter" => PolicyKind::Peer(Peer::Karpenter),
+                "ec2_predictive" => PolicyKind::Peer(Peer::Ec2Predictive),
                 other => return Err(SimError::UnknownPolicy(other.to_string())),
             };
             if !out.contains(&k) {
@@ -314,6 +337,8 @@ pub fn run_backtest(
         policies: BTreeMap::new(),
         series: BTreeMap::new(),
         demand: Series::default(),
+        lower_bound_usd: 0.0,
+        lower_bound_on_demand_usd: 0.0,
     };
     // Demand as recorded, on the same grid as the policies' samples.
     let n = ((w.last_event - series_start) / cfg.bucket_ms + 1).max(1) as usize;
@@ -358,6 +383,7 @@ pub fn run_backtest(
         report.policies.insert(name.clone(), rep);
         report.series.insert(name, series);
     }
+    report.set_limits(super::bound::lower_bound(w, input.prices));
     Ok(report)
 }
 
@@ -382,7 +408,8 @@ fn run_policy(
             .ok_or(SimError::ClosedLoopNeedsEngine)?;
         let run = run_closed_loop(input, kind, engine, series_start);
         let rep = PolicyReport::from_stats(&run.total, run.scaling_commands, run.unknown)
-            .with_budgets(&run.book, run.budget_commands);
+            .with_budgets(&run.book, run.budget_commands)
+            .with_boot_estimate(&run.total, input.prices, cfg.boot_delay_ms);
         return Ok((rep, run.series));
     }
     let (cmds, n_cmds, unknown) = if engine_driven {
@@ -390,6 +417,12 @@ fn run_policy(
         let n = raw.len() as u64;
         let (f, u) = floor_commands(&raw, w, input.prices);
         (f, n, u)
+    } else if let PolicyKind::Peer(peer) = kind {
+        let f: Vec<Vec<FloorCommand>> = (0..w.envs.len())
+            .map(|env| peer.commands(w, env, input.prices, cfg))
+            .collect();
+        let n = f.iter().map(|v| v.len() as u64).sum();
+        (f, n, 0)
     } else {
         (vec![Vec::new(); w.envs.len()], 0, 0)
     };
@@ -404,10 +437,16 @@ fn run_policy(
                 Some((pool, count)) => Mode::Static { pool, count },
                 None => return Err(SimError::NoInstanceTypes),
             },
-            PolicyKind::Predictive | PolicyKind::Oracle => Mode::Commanded { commands: env_cmds },
+            PolicyKind::Predictive | PolicyKind::Oracle | PolicyKind::Peer(_) => {
+                Mode::Commanded { commands: env_cmds }
+            }
+        };
+        let rules = match kind {
+            PolicyKind::Peer(p) => p.rules(cfg),
+            _ => ProvisionRules::default(),
         };
         let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
-        let st = Cluster::new(
+        let mut st = Cluster::new(
             cfg,
             input.prices,
             jobs.clone(),
@@ -416,7 +455,9 @@ fn run_policy(
             series_start,
             w.last_event,
         )
+        .with_rules(rules)
         .run();
+        super::costs::attribute_spend(&mut st, &jobs, input.prices);
         book.charge(&jobs, &st.spend, input.prices);
         merge(&mut total, &st);
         match &mut series {
@@ -424,7 +465,9 @@ fn run_policy(
             Some(s) => s.add(&st.series),
         }
     }
-    let rep = PolicyReport::from_stats(&total, n_cmds, unknown).with_budgets(&book, 0);
+    let rep = PolicyReport::from_stats(&total, n_cmds, unknown)
+        .with_budgets(&book, 0)
+        .with_boot_estimate(&total, input.prices, cfg.boot_delay_ms);
     Ok((rep, series.unwrap_or_default()))
 }
 
@@ -591,7 +634,8 @@ fn run_closed_loop(
     }
     let mut series: Option<Series> = None;
     for (env, c) in clusters.into_iter().enumerate() {
-        let st = c.finish();
+        let mut st = c.finish();
+        super::costs::attribute_spend(&mut st, &env_jobs[env], input.prices);
         run.book.charge(&env_jobs[env], &st.spend, input.prices);
         merge(&mut run.total, &st);
         match &mut series {
@@ -612,7 +656,11 @@ fn merge(total: &mut RunStats, st: &RunStats) {
         t.usd += c.usd;
         t.vcpu_hours += c.vcpu_hours;
         t.instances += c.instances;
+        t.busy_usd += c.busy_usd;
     }
+    total.spot_launch_failures += st.spot_launch_failures;
+    total.consolidations += st.consolidations;
+    total.lost_work_usd += st.lost_work_usd;
     total.busy_mcpu_ms += st.busy_mcpu_ms;
     total.billed_mcpu_ms += st.billed_mcpu_ms;
     total.preemptions += st.preemptions;

@@ -131,6 +131,14 @@ impl PriceCurve {
     pub fn points(&self) -> usize {
         self.times.len()
     }
+
+    /// The lowest hourly price the curve ever takes.
+    pub fn min_price(&self) -> f64 {
+        self.usd_per_hour
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    }
 }
 
 /// A place capacity can be bought: one type in one market and region.

@@ -9,8 +9,11 @@
 //!
 //! Late events (older than an already-closed bucket) are counted and applied
 //! to the oldest open bucket, so the demand level stays right and nothing is
-//! lost; duplicate submissions and completions (same job id) are counted and
-//! ignored.
+//! lost. Input is delivered at least once, so a submission or completion
+//! seen again (same job id) with the same content is counted and changes
+//! nothing; one with *different* content is a conflict: refused (the state
+//! keeps the first), counted, and reported as [`Applied::Conflict`] naming the
+//! field, so the adapter can dead-letter it.
 
 use crate::events::{Event, JobCompleted, JobSubmitted, Millis};
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,11 @@ pub struct StateCounters {
     pub duplicate_completions: u64,
     /// Completions that arrived before their submission (held until it comes).
     pub early_completions: u64,
+    /// Seen again with different content (refused, see [`Applied::Conflict`]).
+    #[serde(default)]
+    pub conflicting_submissions: u64,
+    #[serde(default)]
+    pub conflicting_completions: u64,
 }
 
 /// A job that has been submitted and not completed.
@@ -228,7 +236,7 @@ struct DemandStateData {
     #[serde(with = "map_as_vec")]
     outstanding: HashMap<JobId, OutstandingJob>,
     #[serde(with = "map_as_vec")]
-    completed: HashMap<JobId, Millis>,
+    completed: HashMap<JobId, Done>,
     #[serde(with = "map_as_vec")]
     early: HashMap<JobId, JobCompleted>,
     counters: StateCounters,
@@ -239,7 +247,81 @@ struct DemandStateData {
 #[derive(Debug, Clone)]
 enum JobEntry {
     Outstanding(OutstandingJob),
-    Completed(Millis),
+    Completed(Done),
+}
+
+/// What the state remembers of a completed job: when it finished, and
+/// fingerprints of its submission and completion, so a copy arriving again
+/// is told from a conflicting record with the same job id without keeping
+/// the records (the table of completed jobs is large). Checkpoints hold it
+/// as `[finished_at, fingerprints]`; older ones hold `finished_at` alone,
+/// read as fingerprints unknown (0: then a copy counts as a duplicate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Done {
+    at: Millis,
+    /// Submission's fingerprint in the high half, completion's in the low.
+    fp: u64,
+}
+
+impl Done {
+    fn new(job: &JobSubmitted, c: &JobCompleted) -> Self {
+        Done {
+            at: c.finished_at,
+            fp: (u64::from(fingerprint::submission(job)) << 32)
+                | u64::from(fingerprint::completion(c)),
+        }
+    }
+
+    /// The field a copy of the submission differs in (`None`: same, or not known).
+    fn submission_differs(&self, j: &JobSubmitted) -> Option<&'static str> {
+        let known = (self.fp >> 32) as u32;
+        (known != 0 && known != fingerprint::submission(j)).then_some("content")
+    }
+
+    /// The field a copy of the completion differs in (`None`: same, or not known).
+    fn completion_differs(&self, c: &JobCompleted) -> Option<&'static str> {
+        if c.finished_at != self.at {
+            return Some("finished_at");
+        }
+        let known = self.fp as u32;
+        (known != 0 && known != fingerprint::completion(c)).then_some("content")
+    }
+}
+
+impl Serialize for Done {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.at, self.fp).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Done {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Done;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[finished_at, fingerprints] or finished_at")
+            }
+            fn visit_i64<E: serde::de::Error>(self, at: i64) -> Result<Done, E> {
+                Ok(Done { at, fp: 0 })
+            }
+            fn visit_u64<E: serde::de::Error>(self, at: u64) -> Result<Done, E> {
+                let at = Millis::try_from(at).map_err(E::custom)?;
+                Ok(Done { at, fp: 0 })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Done, A::Error> {
+                use serde::de::Error;
+                let at = s
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let fp = s
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                Ok(Done { at, fp })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The job table (see [`DemandState`]'s `jobs`).
@@ -259,7 +341,7 @@ impl Serialize for Jobs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let completed = self.0.iter().filter_map(|(k, e)| match e {
-            JobEntry::Completed(t) => Some((k, t)),
+            JobEntry::Completed(d) => Some((k, d)),
             JobEntry::Outstanding(_) => None,
         });
         let mut m = s.serialize_map(Some(2))?;
@@ -309,7 +391,7 @@ impl TryFrom<DemandStateData> for DemandState {
         let mut jobs: HashMap<JobId, JobEntry> = d
             .completed
             .into_iter()
-            .map(|(k, t)| (k, JobEntry::Completed(t)))
+            .map(|(k, d)| (k, JobEntry::Completed(d)))
             .collect();
         jobs.extend(
             d.outstanding
@@ -337,7 +419,12 @@ impl TryFrom<DemandStateData> for DemandState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Accepted,
+    /// Seen before with the same content: nothing changed.
     Duplicate,
+    /// Seen before (same job id) with different content, in the named
+    /// field (`content` when only a fingerprint of it is kept): refused,
+    /// nothing changed.
+    Conflict(&'static str),
     /// Not a job event (prices, budgets): only moves the watermark.
     Ignored,
 }
@@ -387,7 +474,9 @@ impl DemandState {
             Event::JobCompleted(c) => self.complete(c),
             _ => Applied::Ignored,
         };
-        if self.max_event_time.is_none_or(|m| t > m) {
+        // A refused record moves no watermark: its time is not news.
+        let refused = matches!(r, Applied::Conflict(_));
+        if !refused && self.max_event_time.is_none_or(|m| t > m) {
             self.max_event_time = Some(t);
         }
         self.close_until(self.watermark().unwrap_or(Millis::MIN), ticks);
@@ -476,18 +565,28 @@ impl DemandState {
         use std::collections::hash_map::Entry;
         // One probe of the job table on the common path (its series exists):
         // the duplicate check and the insert are the same entry. A job of a
-        // new series is checked before the series is made, so a duplicate
-        // never creates one. Known = outstanding, or completed within the
-        // dedup window.
+        // new series is checked before the series is made, so a copy never
+        // creates one. Known = outstanding, or completed within the dedup
+        // window.
         let (env, ty) = (&j.compute_environment, &j.job_type);
         let s = match self.find_series(env, ty) {
-            Some(s) => Some(s),
-            None if self.jobs.0.contains_key(j.job_id.as_str()) => None,
-            None => Some(self.series_id(env, ty)),
+            Some(s) => s,
+            None => match self
+                .jobs
+                .0
+                .get(j.job_id.as_str())
+                .map(|k| resubmission(k, j))
+            {
+                Some(differs) => return self.resubmitted(differs),
+                None => self.series_id(env, ty),
+            },
         };
-        let (Some(s), Entry::Vacant(v)) = (s, self.jobs.0.entry(j.job_id.clone())) else {
-            self.counters.duplicate_submissions += 1;
-            return Applied::Duplicate;
+        let v = match self.jobs.0.entry(j.job_id.clone()) {
+            Entry::Vacant(v) => v,
+            Entry::Occupied(o) => {
+                let differs = resubmission(o.get(), j);
+                return self.resubmitted(differs);
+            }
         };
         v.insert(JobEntry::Outstanding(OutstandingJob {
             // A copy, not an allocation per string: job events hold their
@@ -505,22 +604,57 @@ impl DemandState {
         Applied::Accepted
     }
 
+    /// A submission of a known job: a duplicate, or a conflict in `differs`.
+    fn resubmitted(&mut self, differs: Option<&'static str>) -> Applied {
+        match differs {
+            None => {
+                self.counters.duplicate_submissions += 1;
+                Applied::Duplicate
+            }
+            Some(field) => {
+                self.counters.conflicting_submissions += 1;
+                Applied::Conflict(field)
+            }
+        }
+    }
+
+    /// A completion seen before: a duplicate, or a conflict in `differs`.
+    fn recompleted(&mut self, differs: Option<&'static str>) -> Applied {
+        match differs {
+            None => {
+                self.counters.duplicate_completions += 1;
+                Applied::Duplicate
+            }
+            Some(field) => {
+                self.counters.conflicting_completions += 1;
+                Applied::Conflict(field)
+            }
+        }
+    }
+
     fn complete(&mut self, c: &JobCompleted) -> Applied {
         let o = match self.jobs.0.get_mut(c.job_id.as_str()) {
             Some(slot @ JobEntry::Outstanding(_)) => {
-                match std::mem::replace(slot, JobEntry::Completed(c.finished_at)) {
-                    JobEntry::Outstanding(o) => o,
-                    JobEntry::Completed(_) => unreachable!("matched as outstanding"),
-                }
+                let JobEntry::Outstanding(o) = std::mem::replace(
+                    slot,
+                    JobEntry::Completed(Done {
+                        at: c.finished_at,
+                        fp: 0,
+                    }),
+                ) else {
+                    unreachable!("matched as outstanding")
+                };
+                *slot = JobEntry::Completed(Done::new(&o.job, c));
+                o
             }
-            Some(JobEntry::Completed(_)) => {
-                self.counters.duplicate_completions += 1;
-                return Applied::Duplicate;
+            Some(JobEntry::Completed(done)) => {
+                let differs = done.completion_differs(c);
+                return self.recompleted(differs);
             }
             None => {
-                if self.early.contains_key(c.job_id.as_str()) {
-                    self.counters.duplicate_completions += 1;
-                    return Applied::Duplicate;
+                if let Some(first) = self.early.get(c.job_id.as_str()) {
+                    let differs = fingerprint::completion_field(first, c);
+                    return self.recompleted(differs);
                 }
                 self.counters.early_completions += 1;
                 self.early.insert(c.job_id.clone(), c.clone());
@@ -544,7 +678,14 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
+        let mut check_quiet_at = Some(first);
         while (first + 1) * b <= watermark {
+            if check_quiet_at == Some(first) {
+                match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
+                    Ok(to) => first = to,
+                    Err(next) => check_quiet_at = next,
+                }
+            }
             let accs = self.open.remove(&first).unwrap_or_default();
             for (s, series) in self.series.iter_mut().enumerate() {
                 let acc = accs.get(&s);
@@ -581,12 +722,71 @@ impl DemandState {
             if first % 288 == 0 {
                 let horizon = first * b - self.cfg.dedup_window_ms;
                 self.jobs.0.retain(|_, e| match e {
-                    JobEntry::Completed(t) => *t >= horizon,
+                    JobEntry::Completed(d) => d.at >= horizon,
                     JobEntry::Outstanding(_) => true,
                 });
             }
         }
         self.first_open = Some(first);
+    }
+
+    /// Cost grows with events, not with time spans: when every series has
+    /// been exactly zero for a whole history window, nothing is outstanding
+    /// and nothing is recorded up to bucket `last`, the buckets before
+    /// `last` would all close to zeros and give ticks whose forecasts see
+    /// nothing but zeros; they are closed at once (no tick each) and the
+    /// series keep their window of zeros. `Ok(last)`: go on from `last`
+    /// (whose tick still comes); `Err(Some(b))`: not quiet yet, it may be
+    /// from bucket `b` on; `Err(None)`: not before another event.
+    fn skip_quiet(&mut self, first: i64, last: i64) -> Result<i64, Option<i64>> {
+        let cap = self.cfg.history_buckets.max(1);
+        let b = self.cfg.bucket_ms;
+        if last <= first + 1 {
+            return Err(None);
+        }
+        // Changes still to close (a completion's) move the level: look
+        // again a window after the last of them.
+        if let Some((&k, _)) = self.open.range(..=last).next_back() {
+            return Err(Some(k + 1 + cap as i64));
+        }
+        // Jobs submitted after `last` (the event that moved the watermark,
+        // applied before the close) do not touch the stretch.
+        if self.level.iter().flatten().any(|&x| x != 0.0)
+            || self
+                .jobs
+                .outstanding()
+                .any(|(_, o)| o.job.submitted_at.div_euclid(b) <= last)
+        {
+            return Err(None);
+        }
+        let zeros = self
+            .series
+            .iter()
+            .map(|s| {
+                s.values
+                    .iter()
+                    .rev()
+                    .take(cap)
+                    .take_while(|v| v.iter().all(|&x| x == 0.0))
+                    .count()
+            })
+            .min()
+            .unwrap_or(cap);
+        if zeros < cap {
+            return Err(Some(first + (cap - zeros) as i64));
+        }
+        for s in &mut self.series {
+            s.values = vec![[0.0; 3]; cap];
+            s.submissions = vec![0; cap];
+            s.start = (last - cap as i64) * b;
+        }
+        let horizon = last * b - self.cfg.dedup_window_ms;
+        self.jobs.0.retain(|_, e| match e {
+            JobEntry::Completed(d) => d.at >= horizon,
+            JobEntry::Outstanding(_) => true,
+        });
+        self.closed_any = true;
+        Ok(last)
     }
 
     /// A job held by a budget command (QUEUE or PREEMPT) is not demand any
@@ -692,6 +892,137 @@ impl DemandState {
 
     pub fn outstanding_jobs(&self) -> impl Iterator<Item = &OutstandingJob> {
         self.jobs.outstanding().map(|(_, o)| o)
+    }
+}
+
+/// The field a submission of a known job differs in from what the state
+/// holds of it (`None`: the same).
+fn resubmission(known: &JobEntry, j: &JobSubmitted) -> Option<&'static str> {
+    match known {
+        JobEntry::Outstanding(o) => fingerprint::submission_field(&o.job, j),
+        JobEntry::Completed(d) => d.submission_differs(j),
+    }
+}
+
+/// Comparing job records: the first differing field, and stable
+/// fingerprints (FNV-1a over the fields, the same in every process and
+/// version, since checkpoints keep them). Floats compare by bits: a copy is
+/// the same bytes.
+mod fingerprint {
+    use crate::events::{JobCompleted, JobSubmitted};
+
+    /// The first field `b` differs from `a` in.
+    pub(super) fn submission_field(a: &JobSubmitted, b: &JobSubmitted) -> Option<&'static str> {
+        let fields = [
+            ("submitted_at", a.submitted_at == b.submitted_at),
+            (
+                "compute_environment",
+                a.compute_environment == b.compute_environment,
+            ),
+            ("job_type", a.job_type == b.job_type),
+            ("project", a.project == b.project),
+            ("user", a.user == b.user),
+            ("priority", a.priority == b.priority),
+            ("vcpus", a.vcpus.to_bits() == b.vcpus.to_bits()),
+            ("memory_mib", a.memory_mib == b.memory_mib),
+            ("gpus", a.gpus == b.gpus),
+            (
+                "estimated_runtime_s",
+                a.estimated_runtime_s == b.estimated_runtime_s,
+            ),
+            (
+                "budget_usd",
+                a.budget_usd.map(f64::to_bits) == b.budget_usd.map(f64::to_bits),
+            ),
+            ("deadline", a.deadline == b.deadline),
+            ("elasticity", a.elasticity == b.elasticity),
+        ];
+        fields.iter().find(|(_, same)| !same).map(|(f, _)| *f)
+    }
+
+    /// The first field `b` differs from `a` in.
+    pub(super) fn completion_field(a: &JobCompleted, b: &JobCompleted) -> Option<&'static str> {
+        let fields = [
+            (
+                "compute_environment",
+                a.compute_environment == b.compute_environment,
+            ),
+            ("started_at", a.started_at == b.started_at),
+            ("finished_at", a.finished_at == b.finished_at),
+            ("status", a.status == b.status),
+            ("instance_type", a.instance_type == b.instance_type),
+            ("market", a.market == b.market),
+            ("region", a.region == b.region),
+            (
+                "vcpu_seconds",
+                a.vcpu_seconds.to_bits() == b.vcpu_seconds.to_bits(),
+            ),
+            ("max_memory_mib", a.max_memory_mib == b.max_memory_mib),
+        ];
+        fields.iter().find(|(_, same)| !same).map(|(f, _)| *f)
+    }
+
+    struct Fnv(u64);
+
+    impl Fnv {
+        fn new() -> Self {
+            Fnv(0xcbf2_9ce4_8422_2325)
+        }
+        fn bytes(&mut self, b: &[u8]) -> &mut Self {
+            for &x in b {
+                self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+            }
+            // A separator, so adjacent fields cannot trade bytes.
+            self.0 = (self.0 ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+            self
+        }
+        fn int(&mut self, v: i64) -> &mut Self {
+            self.bytes(&v.to_le_bytes())
+        }
+        fn opt(&mut self, v: Option<i64>) -> &mut Self {
+            match v {
+                Some(v) => self.bytes(&[1]).int(v),
+                None => self.bytes(&[0]),
+            }
+        }
+        /// Folded to 32 bits, never 0 (0 means "not known").
+        fn finish(&self) -> u32 {
+            ((self.0 >> 32) as u32 ^ self.0 as u32).max(1)
+        }
+    }
+
+    pub(super) fn submission(j: &JobSubmitted) -> u32 {
+        let mut h = Fnv::new();
+        h.bytes(j.job_id.as_bytes())
+            .int(j.submitted_at)
+            .bytes(j.compute_environment.as_bytes())
+            .bytes(j.job_type.as_bytes())
+            .bytes(j.project.as_bytes())
+            .bytes(j.user.as_bytes())
+            .int(i64::from(j.priority))
+            .int(j.vcpus.to_bits() as i64)
+            .int(j.memory_mib)
+            .int(i64::from(j.gpus))
+            .opt(j.estimated_runtime_s)
+            .opt(j.budget_usd.map(|u| u.to_bits() as i64))
+            .opt(j.deadline)
+            .bytes(&[u8::from(j.elasticity)]);
+        h.finish()
+    }
+
+    pub(super) fn completion(c: &JobCompleted) -> u32 {
+        let mut h = Fnv::new();
+        h.bytes(c.job_id.as_bytes())
+            .bytes(c.compute_environment.as_bytes())
+            .int(c.started_at)
+            .int(c.finished_at)
+            .bytes(format!("{:?}", c.status).as_bytes())
+            .bytes(c.instance_type.as_deref().unwrap_or("\0").as_bytes())
+            .bytes(c.market.map_or("", |m| m.as_str()).as_bytes())
+            .bytes(c.region.as_deref().unwrap_or("\0").as_bytes())
+            .int(c.vcpu_seconds.to_bits() as i64)
+            .opt(c.max_memory_mib);
+        h.finish()
     }
 }
 

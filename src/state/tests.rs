@@ -107,7 +107,9 @@ fn duplicates_are_counted_and_ignored() {
     ]);
     let c = st.counters();
     assert_eq!(c.submissions, 1);
-    assert_eq!(c.duplicate_submissions, 2);
+    assert_eq!(c.duplicate_submissions, 1);
+    // Submitted again at another time: a contradiction, refused all the same.
+    assert_eq!(c.conflicting_submissions, 1);
     assert_eq!(c.duplicate_completions, 1);
     assert_eq!(st.outstanding_in("ce")[VCPU], 0.0);
 }
@@ -119,7 +121,7 @@ fn a_duplicate_naming_another_environment_creates_no_series() {
         j.compute_environment = "other".into();
     }
     let (st, _) = run(&[job("a", 0, 1.0), dup]);
-    assert_eq!(st.counters().duplicate_submissions, 1);
+    assert_eq!(st.counters().conflicting_submissions, 1);
     assert_eq!(st.environments(), vec!["ce"]);
     assert_eq!(st.series().len(), 1);
 }
@@ -323,15 +325,27 @@ fn one_job_table_checkpoints_as_outstanding_and_completed_lists() {
     let v = serde_json::to_value(&st).unwrap();
     assert_eq!(v["outstanding"].as_array().unwrap().len(), 1);
     assert_eq!(v["outstanding"][0][0], "b");
-    assert_eq!(v["completed"], serde_json::json!([["a", 2 * MIN]]));
+    let completed = v["completed"].as_array().unwrap();
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0][0], "a");
+    assert_eq!(completed[0][1][0], 2 * MIN);
     let mut back: DemandState = serde_json::from_value(v).unwrap();
     assert_eq!(
-        back.apply(&job("a", 3 * MIN, 1.0), &mut ticks),
+        back.apply(&job("a", MIN, 1.0), &mut ticks),
         Applied::Duplicate
     );
     assert_eq!(
-        back.apply(&done("a", 3 * MIN), &mut ticks),
+        back.apply(&done("a", 2 * MIN), &mut ticks),
         Applied::Duplicate
+    );
+    // The restored fingerprints still tell a contradicting copy.
+    assert_eq!(
+        back.apply(&job("a", MIN, 3.0), &mut ticks),
+        Applied::Conflict("content")
+    );
+    assert_eq!(
+        back.apply(&done("a", 3 * MIN), &mut ticks),
+        Applied::Conflict("finished_at")
     );
     assert_eq!(
         back.apply(&done("b", 3 * MIN), &mut ticks),
@@ -342,6 +356,108 @@ fn one_job_table_checkpoints_as_outstanding_and_completed_lists() {
         Applied::Duplicate
     );
     assert!(back.outstanding_job("b").is_none());
+}
+
+#[test]
+fn a_checkpoint_of_completed_times_alone_still_reads_and_counts_copies_as_duplicates() {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    st.apply(&job("a", MIN, 1.0), &mut ticks);
+    st.apply(&done("a", 2 * MIN), &mut ticks);
+    let mut v = serde_json::to_value(&st).unwrap();
+    // The layout before fingerprints: `[id, finished_at]`.
+    v["completed"] = serde_json::json!([["a", 2 * MIN]]);
+    let mut back: DemandState = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        back.apply(&job("a", MIN, 7.0), &mut ticks),
+        Applied::Duplicate
+    );
+    assert_eq!(
+        back.apply(&done("a", 2 * MIN), &mut ticks),
+        Applied::Duplicate
+    );
+}
+
+/// At-least-once input: every record delivered twice (right after itself,
+/// and again much later) gives the same series as once; the copies are
+/// counted and nothing else changes.
+#[test]
+fn copies_of_records_change_nothing() {
+    let mut once = Vec::new();
+    for i in 0..40 {
+        once.push(job(&format!("j{i}"), i * 3 * MIN, 1.0 + (i % 3) as f64));
+        if i >= 4 {
+            let k = i - 4;
+            once.push(done(&format!("j{k}"), i * 3 * MIN + 1));
+        }
+    }
+    let mut twice = Vec::new();
+    for (i, e) in once.iter().enumerate() {
+        twice.push(e.clone());
+        twice.push(e.clone());
+        if i >= 9 {
+            // A copy of a record from well before, after its bucket closed.
+            twice.push(once[i - 9].clone());
+        }
+    }
+    let (a, ta) = run(&once);
+    let (b, tb) = run(&twice);
+    assert_eq!(ta, tb);
+    assert_eq!(a.series(), b.series());
+    let c = b.counters();
+    assert_eq!(c.submissions, a.counters().submissions);
+    assert_eq!(c.completions, a.counters().completions);
+    assert_eq!(
+        c.duplicate_submissions + c.duplicate_completions,
+        (twice.len() - once.len()) as u64
+    );
+    assert_eq!(c.late, 0, "a copy is not a late event");
+    assert_eq!(c.conflicting_submissions + c.conflicting_completions, 0);
+}
+
+/// A record with a known job id and other content is refused, naming the
+/// field, and changes nothing (not even the watermark).
+#[test]
+fn a_contradicting_copy_is_refused_naming_the_field() {
+    let mut st = DemandState::new(cfg());
+    let mut ticks = Vec::new();
+    st.apply(&job("a", MIN, 2.0), &mut ticks);
+    let before = serde_json::to_value(&st).unwrap();
+    assert_eq!(
+        st.apply(&job("a", MIN, 4.0), &mut ticks),
+        Applied::Conflict("vcpus")
+    );
+    assert_eq!(
+        st.apply(&job("a", 90 * MIN, 2.0), &mut ticks),
+        Applied::Conflict("submitted_at")
+    );
+    assert!(ticks.is_empty(), "a refused record closed a bucket");
+    let mut after = serde_json::to_value(&st).unwrap();
+    after["counters"] = before["counters"].clone();
+    assert_eq!(before, after);
+    assert_eq!(st.counters().conflicting_submissions, 2);
+
+    // A completion before its submission is held whole: compared field by field.
+    let Event::JobCompleted(mut c) = done("b", 5 * MIN) else {
+        unreachable!()
+    };
+    st.apply(&Event::JobCompleted(c.clone()), &mut ticks);
+    c.vcpu_seconds = 9.0;
+    assert_eq!(
+        st.apply(&Event::JobCompleted(c.clone()), &mut ticks),
+        Applied::Conflict("vcpu_seconds")
+    );
+    // Completed: fingerprints.
+    st.apply(&done("a", 6 * MIN), &mut ticks);
+    let Event::JobCompleted(mut c) = done("a", 6 * MIN) else {
+        unreachable!()
+    };
+    c.status = JobStatus::Failed;
+    assert_eq!(
+        st.apply(&Event::JobCompleted(c), &mut ticks),
+        Applied::Conflict("content")
+    );
+    assert_eq!(st.counters().conflicting_completions, 2);
 }
 
 #[test]

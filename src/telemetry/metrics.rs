@@ -137,6 +137,7 @@ pub struct Metrics {
     retrain_failures: Counter,
     api_requests: Family<ApiLabels, Counter>,
     api_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    api_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +181,7 @@ impl Metrics {
             retrain_failures: Counter::default(),
             api_requests: Family::default(),
             api_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            api_dropped: Family::default(),
         };
         r.register(
             "prescale_events_in",
@@ -276,6 +278,12 @@ impl Metrics {
             "prescale_api_request_duration_seconds",
             "HTTP API request latency, by route",
             m.api_duration.clone(),
+        );
+        r.register(
+            "prescale_api_connections_dropped",
+            "HTTP connections the API dropped, by reason (header_timeout, \
+             request_timeout, connection_limit)",
+            m.api_dropped.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
@@ -459,6 +467,26 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Count one HTTP connection or request the API dropped (a slow or
+    /// stalled client, or one over the connection limit).
+    pub fn inc_api_dropped(&self, reason: &str) {
+        self.api_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// HTTP connections dropped for `reason` so far (tests).
+    pub fn api_dropped(&self, reason: &str) -> u64 {
+        self.api_dropped
+            .get(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
     /// Total points dropped for any reason (tests, reports).
     pub fn store_points_dropped_total(&self) -> u64 {
         [DropReason::BufferFull, DropReason::WriteFailed]
@@ -504,6 +532,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("prescale_retrain_failures", "counter"),
     ("prescale_api_requests", "counter"),
     ("prescale_api_request_duration_seconds", "histogram"),
+    ("prescale_api_connections_dropped", "counter"),
 ];
 
 /// Content type of [`Metrics::render`]'s output.
@@ -625,6 +654,7 @@ mod tests {
         m.add_store_dropped(DropReason::BufferFull, 2);
         m.add_store_dropped(DropReason::WriteFailed, 5);
         m.observe_api_request("/predict_demand", "POST", 200, 0.01);
+        m.inc_api_dropped("header_timeout");
         m.inc_events_late("job-submission", 1);
         m.inc_events_duplicate("job-submission", 1);
         m.inc_store_write_error();

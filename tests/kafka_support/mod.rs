@@ -474,9 +474,14 @@ pub fn assert_same(got: &BTreeMap<String, Command>, want: &BTreeMap<String, Comm
 
 // ---- The real `prescale` binary -------------------------------------------
 
-/// A `prescale` command line (the binary cargo built for this test run).
+/// A `prescale` command line (the binary cargo built for this test run, or
+/// `PRESCALE_TEST_BIN` when set: a copy kept aside where several checkouts
+/// share one target directory and overwrite each other's binary).
 pub fn prescale() -> Proc {
-    Proc::new(env!("CARGO_BIN_EXE_prescale"))
+    match std::env::var_os("PRESCALE_TEST_BIN") {
+        Some(bin) if !bin.is_empty() => Proc::new(bin),
+        _ => Proc::new(env!("CARGO_BIN_EXE_prescale")),
+    }
 }
 
 /// The connection flags of `cfg`, as `prescale run|produce|tail` take them.

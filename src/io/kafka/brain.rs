@@ -2,7 +2,7 @@
 //! `crate::engine::Engine` the backtest drives, with its state serialised
 //! into snapshots.
 
-use super::service::{Brain, BrainFactory};
+use super::service::{Brain, BrainFactory, Refused};
 use crate::engine::{CapacityPlanner, Engine, EngineConfig, EngineState};
 use crate::events::{Command, Event};
 use crate::forecast::Forecaster;
@@ -61,6 +61,14 @@ impl EngineFactory {
 
 pub struct EngineBrain(pub Engine);
 
+/// The event back, when the engine refused it (see [`Refused`]).
+pub(super) fn refused(h: crate::engine::Handled, event: Event) -> Option<Refused> {
+    match h {
+        crate::engine::Handled::Conflict(reason) => Some(Refused { event, reason }),
+        crate::engine::Handled::Applied | crate::engine::Handled::Duplicate => None,
+    }
+}
+
 /// A copy of an engine's state, encoded later (on the checkpoint writer's
 /// thread): the [`Brain::capture`] of every brain that wraps an engine.
 pub(super) fn capture_engine(engine: &Engine) -> super::service::Capture {
@@ -69,8 +77,8 @@ pub(super) fn capture_engine(engine: &Engine) -> super::service::Capture {
 }
 
 impl Brain for EngineBrain {
-    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
-        self.0.handle(&ev, out);
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) -> Option<Refused> {
+        refused(self.0.handle(&ev, out), ev)
     }
     fn finish(&mut self, out: &mut Vec<Command>) {
         self.0.finish(out);

@@ -14,7 +14,7 @@
 //! is configured only the metrics are kept.
 
 use super::brain::EngineFactory;
-use super::service::{Brain, BrainFactory};
+use super::service::{Brain, BrainFactory, Refused};
 use crate::engine::Engine;
 use crate::events::{Command, Event, Millis, ScalingCommand};
 use crate::forecast::retrain::{RetrainConfig, Retrainer};
@@ -183,13 +183,14 @@ struct ObservingBrain {
 }
 
 impl Brain for ObservingBrain {
-    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) -> Option<Refused> {
         let (t0, ticks0, n0) = (Instant::now(), self.engine.counters().ticks, out.len());
         if let (Event::PriceTick(p), Some(s)) = (&ev, &self.store) {
             s.write(points::price(p));
         }
-        self.engine.handle(&ev, out);
+        let h = self.engine.handle(&ev, out);
         self.after(t0, ticks0, &out[n0..]);
+        super::brain::refused(h, ev)
     }
 
     fn finish(&mut self, out: &mut Vec<Command>) {

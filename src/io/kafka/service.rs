@@ -23,7 +23,7 @@ use super::config::KafkaConfig;
 use super::merge::{Merger, OrderKey, Push, Tp};
 use super::publish::Publisher;
 use super::split::{MessageView, Split, Woken, AHEAD};
-use super::worker::{Decided, Worker};
+use super::worker::{Decided, RefusedAt, Worker};
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
 use crate::events::avro::EventKind;
@@ -47,7 +47,10 @@ use tokio::sync::mpsc;
 /// of the core and lets the benchmark swap in a no-op brain. The loop calls
 /// it on a thread of its own, in input order (the `worker` module).
 pub trait Brain: Send {
-    fn handle(&mut self, ev: Event, out: &mut Vec<Command>);
+    /// Apply one event. A record that contradicts one applied before (same
+    /// job id, other content: see [`crate::engine::Handled`]) changes
+    /// nothing and is handed back, to be dead-lettered.
+    fn handle(&mut self, ev: Event, out: &mut Vec<Command>) -> Option<Refused>;
     /// End of input (only with `exit_when_idle`): flush what the last
     /// buckets decide, as a file replay does at end of file.
     fn finish(&mut self, out: &mut Vec<Command>);
@@ -90,6 +93,13 @@ pub trait Brain: Send {
     /// A share of a project budget granted to one of this brain's
     /// environments.
     fn apply_share(&mut self, _share: &crate::budget::share::Share) {}
+}
+
+/// An input record a brain refused, and why.
+#[derive(Debug)]
+pub struct Refused {
+    pub event: Event,
+    pub reason: String,
 }
 
 /// A brain's state captured for a checkpoint; called (on another thread)
@@ -150,6 +160,8 @@ pub struct RunReport {
     pub rebalances: u64,
     pub merge_peak: u64,
     pub restored_from_snapshot: bool,
+    /// Snapshots refused at restore (edited or corrupt: checksum or JSON).
+    pub refused_snapshots: u64,
     pub partitions: Vec<String>,
     pub finished: bool,
 }
@@ -170,6 +182,9 @@ struct GroupCtx {
     /// `KafkaConfig::reread_messages`.
     reread: u32,
     plan: Mutex<Option<Plan>>,
+    /// Snapshots refused at restore (checksum or JSON), see
+    /// [`checkpoint::read_with_fallback`].
+    refused_snapshots: AtomicU64,
 }
 
 /// librdkafka reports reaching the end of a partition (which the loop asks
@@ -222,13 +237,23 @@ impl ConsumerContext for GroupCtx {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 let path = checkpoint::path_for(&self.dir, &self.group, &assignment);
-                let snapshot = match checkpoint::read(&path) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring unreadable snapshot; replaying from the beginning");
-                        None
-                    }
-                };
+                // A snapshot that fails its checksum is refused: the one
+                // before it is restored instead, or the partitions replayed.
+                let found = checkpoint::read_with_fallback(&path);
+                for e in &found.refused {
+                    tracing::warn!(error = %e, "refused a snapshot");
+                }
+                if !found.refused.is_empty() {
+                    let how = if found.snapshot.is_some() {
+                        "restoring the snapshot before it"
+                    } else {
+                        "replaying the partitions from the beginning"
+                    };
+                    tracing::warn!("{how}");
+                }
+                self.refused_snapshots
+                    .fetch_add(found.refused.len() as u64, Ordering::Relaxed);
+                let snapshot = found.snapshot;
                 // Seek every partition to what the restored state reflects
                 // (from a little before it, see `reread_from`), or to the
                 // beginning when there is no state.
@@ -245,9 +270,12 @@ impl ConsumerContext for GroupCtx {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
+                let owned: Vec<String> =
+                    assignment.iter().map(|(t, p)| format!("{t}/{p}")).collect();
                 tracing::info!(
                     partitions = assignment.len(),
                     restored = snapshot.is_some(),
+                    owned = owned.join(","),
                     "assigned"
                 );
                 *self.plan.lock().expect("plan lock") = Some(Plan {
@@ -357,6 +385,7 @@ pub async fn run(
         spend_topic: spend_topic.clone(),
         reread: cfg.reread_messages,
         plan: Mutex::new(None),
+        refused_snapshots: AtomicU64::new(0),
     };
     // In `Arc`s: partition queues split off them hold a reference.
     let group: Arc<StreamConsumer<GroupCtx>> =
@@ -479,6 +508,7 @@ pub async fn run(
         Ctl(Option<Control>),
     }
 
+    let mut group_done = GroupDone::default();
     let ing = Ingest {
         cfg,
         inputs: &inputs,
@@ -627,7 +657,11 @@ pub async fn run(
                         // Only after input was seen (or state restored): an
                         // instance still waiting for a producer is not done.
                         let seen = stats.messages.load(Ordering::Relaxed) > 0 || restored;
-                        if seen && last_input.elapsed() >= idle && a.merger.drained(caught!()) {
+                        if seen
+                            && last_input.elapsed() >= idle
+                            && a.merger.drained(caught!())
+                            && group_done.check(&group, &a.assignment, &group_topics[..2])
+                        {
                             let mut out = a.worker.call(|b| {
                                 let mut out = Vec::new();
                                 b.finish(&mut out);
@@ -675,6 +709,7 @@ pub async fn run(
         rebalances: stats.rebalances.load(Ordering::Relaxed),
         merge_peak: stats.merge_peak.load(Ordering::Relaxed),
         restored_from_snapshot: restored,
+        refused_snapshots: group.context().refused_snapshots.load(Ordering::Relaxed),
         partitions,
         finished,
     })
@@ -771,7 +806,12 @@ fn activate(
     Ok((
         Active {
             assignment: plan.assignment,
-            worker: Worker::spawn(brain, stats.clone(), decided.clone())?,
+            worker: Worker::spawn(
+                brain,
+                merger.partitions().map(|(_, tp)| tp.clone()).collect(),
+                stats.clone(),
+                decided.clone(),
+            )?,
             exchange: super::spend::Exchange::default(),
             split,
             merger,
@@ -1084,6 +1124,46 @@ impl Sink<'_> {
     }
 }
 
+impl Sink<'_> {
+    /// Dead-letter an event the brain refused (it contradicts one applied
+    /// before): re-encoded as its topic carries it, with the reason and its
+    /// origin in the headers, as for a message that does not decode. A
+    /// replay from a snapshot taken before it refuses it again, so like
+    /// every dead letter it arrives at least once.
+    fn dead_letter_refused(&self, r: &RefusedAt) -> Result<(), KafkaError> {
+        let kind = match r.event {
+            Event::JobSubmitted(_) => EventKind::JobSubmitted,
+            Event::JobCompleted(_) => EventKind::JobCompleted,
+            Event::PriceTick(_) => EventKind::PriceTick,
+            Event::BudgetAllocation(_) => EventKind::BudgetAllocation,
+        };
+        let value = super::codec::encode_input(self.cfg, kind, &r.event)?;
+        let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
+        tracing::warn!(
+            topic = %r.topic,
+            partition = r.partition,
+            offset = r.offset,
+            error = %r.reason,
+            "dead-lettered a conflicting duplicate"
+        );
+        self.publisher.send(
+            &self.cfg.topics.dlq(&r.topic),
+            r.event.key().as_bytes(),
+            &value,
+            &[
+                (headers::DLQ_ERROR, r.reason.as_bytes()),
+                (headers::DLQ_TOPIC, r.topic.as_bytes()),
+                (headers::DLQ_PARTITION, partition.as_bytes()),
+                (headers::DLQ_OFFSET, offset.as_bytes()),
+            ],
+            None,
+        )?;
+        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics().inc_dlq(&r.topic);
+        Ok(())
+    }
+}
+
 /// Decided commands on their way out: the decision thread's channel, and
 /// where they are published.
 struct Outbox<'a> {
@@ -1092,8 +1172,15 @@ struct Outbox<'a> {
 }
 
 impl Outbox<'_> {
-    /// Publish one event's decisions, nested under its decision tick.
+    /// Publish one event's decisions, nested under its decision tick, or
+    /// dead-letter the event the brain refused.
     fn publish(&self, mut d: Decided) -> Result<(), KafkaError> {
+        if let Some(r) = d.refused.take() {
+            self.sink.dead_letter_refused(&r)?;
+        }
+        if d.commands.is_empty() {
+            return Ok(());
+        }
         let _t = d.span.enter();
         let _p = crate::telemetry::spans::publish(d.commands.len()).entered();
         self.sink.publish(&mut d.commands, d.trigger_ts)
@@ -1132,7 +1219,7 @@ fn drain(
         v
     };
     while let Some(r) = a.merger.pop(now, merge_idle, &mut caught) {
-        a.worker.push(r.event, r.produced_at);
+        a.worker.push(r.event, r.produced_at, (r.slot, r.offset));
         a.dirty = true;
     }
     a.worker.flush()
@@ -1140,6 +1227,84 @@ fn drain(
 
 /// Resume offsets per topic and partition, as snapshots hold them.
 type Offsets = std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>;
+
+/// Whether the whole group is done with its job topics, asked before an
+/// idle instance reports itself finished: the partitions it does not own
+/// must have been consumed by their owners too (their committed offsets, which
+/// owners commit after each snapshot, at the end of each partition). An
+/// instance whose peer died holding partitions that nobody took over would
+/// otherwise report a finished run with that input never read.
+#[derive(Default)]
+struct GroupDone {
+    last: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+/// How often [`GroupDone`] asks the broker.
+const GROUP_DONE_EVERY: Duration = Duration::from_secs(1);
+
+impl GroupDone {
+    fn check(&mut self, group: &StreamConsumer<GroupCtx>, own: &[Tp], topics: &[String]) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < GROUP_DONE_EVERY) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        match unconsumed(group, own, topics) {
+            Ok(left) if left.is_empty() => true,
+            Ok(left) => {
+                if self
+                    .warned
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        partitions = ?left,
+                        "idle, but the group has not consumed these partitions: not finished"
+                    );
+                    self.warned = Some(Instant::now());
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask the group's offsets; not finished yet");
+                false
+            }
+        }
+    }
+}
+
+/// Partitions of `topics` this instance does not own whose group offset is
+/// short of their end, as `topic/partition committed/end`.
+fn unconsumed(
+    group: &StreamConsumer<GroupCtx>,
+    own: &[Tp],
+    topics: &[String],
+) -> Result<Vec<String>, KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in partitions_of(group.client(), t, timeout)? {
+            if !own.iter().any(|(ot, op)| ot == t && *op == p) {
+                tpl.add_partition(t, p);
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = group.committed_offsets(tpl, timeout)?;
+    let mut left = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = group.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if at < high {
+            left.push(format!("{}/{} {at}/{high}", e.topic(), e.partition()));
+        }
+    }
+    Ok(left)
+}
 
 /// Where a checkpoint's state is encoded and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

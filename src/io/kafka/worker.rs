@@ -16,6 +16,7 @@
 //! checkpoint taken through `call` reflects exactly the events whose
 //! commands the loop publishes before writing it.
 
+use super::merge::Tp;
 use super::service::{Brain, Stats};
 use super::KafkaError;
 use crate::events::{Command, Event};
@@ -36,10 +37,27 @@ pub struct Decided {
     pub trigger_ts: Option<i64>,
     /// The decision tick's span, so publishing nests under it.
     pub span: tracing::Span,
+    /// The event, when the brain refused it (to be dead-lettered). Boxed:
+    /// rare, and an event inline would triple the size of every decision.
+    pub refused: Option<Box<RefusedAt>>,
 }
 
-/// A merged event on its way to the brain, with its message's produce time.
-type Item = (Event, Option<i64>);
+/// An event the brain refused, with the message it came from.
+#[derive(Debug)]
+pub struct RefusedAt {
+    pub event: Event,
+    pub reason: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Where a merged event came from: its merge slot and offset.
+pub type Origin = (usize, i64);
+
+/// A merged event on its way to the brain, with its message's produce time
+/// and origin.
+type Item = (Event, Option<i64>, Origin);
 
 /// Work run on the brain in its turn (see [`Worker::post`]).
 type BrainCall = Box<dyn FnOnce(&mut dyn Brain) + Send>;
@@ -65,8 +83,11 @@ impl Worker {
     /// Start the thread that owns `brain`. What it decides goes to
     /// `decided`; it counts applied events (and, when asked, their
     /// produce→decided latency) in `stats`.
+    /// `slots`: the topic-partition of each merge slot (origins of refused
+    /// events).
     pub fn spawn(
         mut brain: Box<dyn Brain>,
+        slots: Vec<Tp>,
         stats: Arc<Stats>,
         decided: mpsc::UnboundedSender<Decided>,
     ) -> Result<Self, KafkaError> {
@@ -87,16 +108,27 @@ impl Worker {
                                 .events
                                 .fetch_add(items.len() as u64, Ordering::Relaxed);
                             let timed = stats.record_latency.load(Ordering::Relaxed);
-                            for (ev, trigger_ts) in items {
-                                brain.handle(ev, &mut out);
+                            for (ev, trigger_ts, (slot, offset)) in items {
+                                let refused = brain.handle(ev, &mut out).map(|r| {
+                                    let (topic, partition) =
+                                        slots.get(slot).cloned().unwrap_or_default();
+                                    Box::new(RefusedAt {
+                                        event: r.event,
+                                        reason: r.reason,
+                                        topic,
+                                        partition,
+                                        offset,
+                                    })
+                                });
                                 if let (true, Some(p)) = (timed, trigger_ts) {
                                     latencies.push(p);
                                 }
-                                if !out.is_empty() {
+                                if !out.is_empty() || refused.is_some() {
                                     let d = Decided {
                                         commands: std::mem::take(&mut out),
                                         trigger_ts,
                                         span: brain.tick_span(),
+                                        refused,
                                     };
                                     // The loop gone means the service is
                                     // stopping; nothing is left to publish to.
@@ -120,8 +152,8 @@ impl Worker {
     }
 
     /// Queue one merged event; it is sent with the batch at [`Self::flush`].
-    pub fn push(&mut self, ev: Event, trigger_ts: Option<i64>) {
-        self.batch.push((ev, trigger_ts));
+    pub fn push(&mut self, ev: Event, trigger_ts: Option<i64>, origin: Origin) {
+        self.batch.push((ev, trigger_ts, origin));
     }
 
     /// Send the queued events. Waits while the thread is [`IN_FLIGHT`]
@@ -195,6 +227,7 @@ fn record_latencies(stats: &Stats, produced_at: &mut Vec<i64>) {
 mod tests {
     use super::*;
     use crate::events::{PreemptionAction, PreemptionCommand};
+    use crate::io::kafka::service::Refused;
     use crate::state::tests_support::job;
 
     /// Counts events and answers with what it has seen; decides a command
@@ -205,11 +238,12 @@ mod tests {
     }
 
     impl Brain for Counting {
-        fn handle(&mut self, ev: Event, out: &mut Vec<Command>) {
+        fn handle(&mut self, ev: Event, out: &mut Vec<Command>) -> Option<Refused> {
             self.seen.push(ev.time());
             if self.seen.len() % 3 == 0 {
                 out.push(self.template.clone());
             }
+            None
         }
         fn finish(&mut self, _out: &mut Vec<Command>) {}
         fn save(&self) -> Result<serde_json::Value, String> {
@@ -241,9 +275,9 @@ mod tests {
             seen: Vec::new(),
             template,
         });
-        let mut w = Worker::spawn(brain, stats.clone(), tx).expect("spawn");
+        let mut w = Worker::spawn(brain, Vec::new(), stats.clone(), tx).expect("spawn");
         for (i, ev) in events(10).into_iter().enumerate() {
-            w.push(ev, Some(i as i64));
+            w.push(ev, Some(i as i64), (0, i as i64));
             if i % 4 == 3 {
                 w.flush().expect("flush");
             }
@@ -264,7 +298,7 @@ mod tests {
     fn a_panicking_engine_is_an_error_not_a_hang() {
         struct Panics;
         impl Brain for Panics {
-            fn handle(&mut self, _: Event, _: &mut Vec<Command>) {
+            fn handle(&mut self, _: Event, _: &mut Vec<Command>) -> Option<Refused> {
                 panic!("engine bug");
             }
             fn finish(&mut self, _: &mut Vec<Command>) {}
@@ -273,8 +307,9 @@ mod tests {
             }
         }
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut w = Worker::spawn(Box::new(Panics), Arc::new(Stats::default()), tx).expect("spawn");
-        w.push(events(1).remove(0), None);
+        let mut w = Worker::spawn(Box::new(Panics), Vec::new(), Arc::new(Stats::default()), tx)
+            .expect("spawn");
+        w.push(events(1).remove(0), None, (0, 0));
         let err = w.call(|_| ()).expect_err("the thread died");
         assert!(err.to_string().contains("decision thread stopped"), "{err}");
     }

@@ -243,3 +243,51 @@ impl SlurmActuator {
         self.scontrol(&args, &cmd.command_id, dry_run).await
     }
 }
+
+fn actuate_error(e: SlurmError) -> crate::io::actuate::ActuateError {
+    if e.transient {
+        crate::io::actuate::ActuateError::transient(e.message)
+    } else {
+        crate::io::actuate::ActuateError::permanent(e.message)
+    }
+}
+
+/// The shared runtime (`io::actuate::run`) drives the Slurm actuator.
+impl crate::io::actuate::Actuator for SlurmActuator {
+    fn kind(&self) -> &'static str {
+        "slurm"
+    }
+    async fn check(&mut self) -> Result<(), crate::io::actuate::ActuateError> {
+        SlurmActuator::check(self).await.map_err(actuate_error)
+    }
+    fn manages(&self, environment: &str) -> bool {
+        SlurmActuator::manages(self, environment)
+    }
+    async fn apply_scaling(
+        &mut self,
+        cmd: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<(), crate::io::actuate::ActuateError> {
+        SlurmActuator::apply_scaling(self, cmd, dry_run)
+            .await
+            .map_err(actuate_error)
+    }
+    async fn apply_preemption(
+        &mut self,
+        cmd: &PreemptionCommand,
+        dry_run: bool,
+    ) -> Result<(), crate::io::actuate::ActuateError> {
+        SlurmActuator::apply_preemption(self, cmd, dry_run)
+            .await
+            .map_err(actuate_error)
+    }
+    async fn reconcile(
+        &mut self,
+        last: &ScalingCommand,
+        dry_run: bool,
+    ) -> Result<bool, crate::io::actuate::ActuateError> {
+        SlurmActuator::reconcile(self, last, dry_run)
+            .await
+            .map_err(actuate_error)
+    }
+}

@@ -1,0 +1,549 @@
+//! Failover that holds, against a real broker (tansu via scripts/kafka.sh):
+//! at-least-once input (copies of records, and contradicting records),
+//! checksummed snapshots, and scale-out over every input partition.
+
+mod kafka_support;
+
+use kafka_support::*;
+use prescale::events::file::{read_events, EventsWriter};
+use prescale::events::*;
+use prescale::io::kafka::codec::headers;
+use prescale::io::kafka::produce::Pace;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The backtest's input with every 4th record delivered twice in a row,
+/// every 7th once more 40 records later (a producer's retry after others
+/// went out), and every 150th job submission followed by a record with its
+/// job id and another vCPU count. Returns the events and how many
+/// contradict one before them.
+fn with_copies(events: &[Event]) -> (Vec<Event>, usize) {
+    let mut out = Vec::new();
+    let mut conflicts = 0;
+    let mut later: Vec<(usize, Event)> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        out.push(ev.clone());
+        if i % 4 == 0 {
+            out.push(ev.clone());
+        }
+        if i % 7 == 0 {
+            later.push((i + 40, ev.clone()));
+        }
+        if let (0, Event::JobSubmitted(j)) = (i % 150, ev) {
+            let mut bad = j.clone();
+            bad.vcpus += 3.0;
+            out.push(Event::JobSubmitted(bad));
+            conflicts += 1;
+        }
+        while later.first().is_some_and(|(at, _)| *at <= i) {
+            out.push(later.remove(0).1);
+        }
+    }
+    out.extend(later.into_iter().map(|(_, e)| e));
+    (out, conflicts)
+}
+
+/// At-least-once input is idempotent: the backtest's input produced with
+/// copies interleaved (and a few records contradicting earlier ones) through
+/// `prescale produce` and `prescale run` gives exactly the commands
+/// `prescale backtest --commands` decides for the input without them; each
+/// contradicting record is dead-lettered with a reason naming its field.
+#[test]
+fn duplicated_input_gives_the_reference_commands() {
+    let broker = Broker::shared();
+    let bt = backtest_replay();
+    let events = read_events(&bt.events, false).unwrap().events;
+    let (copied, conflicts) = with_copies(&events);
+    assert!(conflicts >= 2, "the input holds contradicting records");
+    let state = tempfile::tempdir().unwrap();
+    let input = state.path().join("copied.avro");
+    let mut w = EventsWriter::create(&input).unwrap();
+    for ev in &copied {
+        w.append(ev).unwrap();
+    }
+    w.finish().unwrap();
+
+    let cfg = config(broker, "copies", state.path());
+    let args = cli_args(&cfg);
+    run_ok(
+        prescale()
+            .arg("produce")
+            .arg(&input)
+            .args(&args)
+            .arg("--create-topics"),
+    );
+    let out = run_ok(prescale().arg("run").args(&args).args([
+        "--instance",
+        "solo",
+        "--exit-when-idle-ms",
+        "1000",
+    ]));
+    let report = run_report(&out);
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["events"], copied.len() as u64, "{report}");
+    assert_eq!(report["dead_letters"], conflicts as u64, "{report}");
+    let lines = tail_lines(&cfg);
+    assert_eq!(lines.len(), bt.commands.len(), "each command once");
+    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+
+    // The dead letters name the record and the field.
+    let dlq = cfg.topics.dlq(&cfg.topics.job_submission());
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&dlq, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let m = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no dead letter"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            break m;
+        }
+    };
+    let error = m
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == headers::DLQ_ERROR)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("JobSubmitted") && error.contains("field `vcpus`"),
+        "{error}"
+    );
+}
+
+/// The snapshot files of a state directory (not the `.prev` ones).
+fn snapshots(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect()
+}
+
+/// Move one input offset of a snapshot file back by `by`, textually, so
+/// the file stays valid JSON with its digest unchanged.
+fn move_an_offset_back(path: &std::path::Path, by: i64) -> (String, i32, i64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let snap: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (topic, partition, offset) = snap["offsets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t.contains("job-submission"))
+        .flat_map(|(t, m)| {
+            m.as_object()
+                .unwrap()
+                .iter()
+                .map(move |(p, o)| (t.clone(), p.parse::<i32>().unwrap(), o.as_i64().unwrap()))
+        })
+        .find(|(_, _, o)| *o > by)
+        .expect("a job partition past its start");
+    let at = text.find("\"offsets\":").unwrap();
+    let (head, tail) = text.split_at(at);
+    let topic_at = tail.find(&format!("\"{topic}\":{{")).unwrap();
+    let (mid, rest) = tail.split_at(topic_at);
+    let old = format!("\"{partition}\":{offset}");
+    let new = format!("\"{partition}\":{}", offset - by);
+    assert!(rest.contains(&old), "{rest:.200}");
+    let edited = format!("{head}{mid}{}", rest.replacen(&old, &new, 1));
+    serde_json::from_str::<serde_json::Value>(&edited).expect("still valid JSON");
+    std::fs::write(path, edited).unwrap();
+    (topic, partition, offset)
+}
+
+/// A snapshot whose one offset was moved back (still valid JSON) fails its
+/// checksum and is refused; the instance restores the snapshot before it
+/// and the outcome is exactly the file replay's.
+#[test]
+fn an_edited_snapshot_is_refused_and_the_outcome_is_exact() {
+    let broker = Broker::shared();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "edited", state.path());
+    create_topics(&cfg);
+    let evs = events(30, 24);
+    let want = by_id(&factory().replay(&evs));
+    let half = evs.len() / 2;
+    produce(&cfg, &evs[..half], 0, Pace::AsFastAsPossible);
+
+    // Run through the first half, then checkpoint twice and stop: the
+    // current snapshot and the one before it reflect the same offsets.
+    let a = spawn_service(&cfg, "first", Duration::from_secs(600));
+    let started = Instant::now();
+    while a.stats.events.load(Ordering::Relaxed) < half as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "first half not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use prescale::io::kafka::service::Control;
+    a.control.blocking_send(Control::Checkpoint).unwrap();
+    a.control.blocking_send(Control::Stop).unwrap();
+    let ra = a.handle.join().unwrap();
+    assert!(!ra.finished);
+
+    // The snapshot of the whole assignment (a fresh group may first have
+    // been given fewer partitions).
+    let files: Vec<_> = snapshots(state.path())
+        .into_iter()
+        .filter(|p| {
+            prescale::checkpoint::read(p)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.assignment.len() == 9)
+        })
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (topic, partition, offset) = move_an_offset_back(&files[0], 20);
+    assert!(prescale::checkpoint::read(&files[0]).is_err());
+
+    produce(&cfg, &evs[half..], half as u64, Pace::AsFastAsPossible);
+    let b = spawn_service(&cfg, "second", Duration::from_millis(1000));
+    let rb = b.handle.join().unwrap();
+    assert!(rb.finished, "{rb:?}");
+    assert_eq!(rb.refused_snapshots, 1, "{rb:?}");
+    assert!(rb.restored_from_snapshot, "{rb:?}");
+    // Every event applied once: the final snapshot covers the input.
+    let last = prescale::checkpoint::read(&files[0]).unwrap().unwrap();
+    assert_eq!(
+        last.engine["counters"]["events"],
+        evs.len() as u64,
+        "{topic}/{partition} was at {offset}"
+    );
+    assert_eq!(last.engine["counters"]["duplicates"], 0);
+    assert_same(&distinct(&read_commands(&cfg)), &want);
+}
+
+/// Input over many environments, so every partition of every job topic
+/// carries some and every instance of a group decides something: `ENVS`
+/// puts all job events in two of three partitions.
+pub fn spread_events(envs: usize, buckets: i64, jobs_per_bucket: i64) -> Vec<Event> {
+    let names: Vec<String> = (0..envs).map(|i| format!("env-{i:02}")).collect();
+    let evs = events(buckets, jobs_per_bucket)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ev)| match ev {
+            Event::JobSubmitted(mut j) => {
+                j.compute_environment = names[i % envs].as_str().into();
+                Event::JobSubmitted(j)
+            }
+            other => other,
+        })
+        .collect();
+    rename_completions(evs)
+}
+
+/// Completions follow their submission's environment.
+fn rename_completions(mut evs: Vec<Event>) -> Vec<Event> {
+    let mut env_of = std::collections::HashMap::new();
+    for ev in &mut evs {
+        match ev {
+            Event::JobSubmitted(j) => {
+                env_of.insert(j.job_id.clone(), j.compute_environment.clone());
+            }
+            Event::JobCompleted(c) => {
+                c.compute_environment = env_of[&c.job_id].clone();
+            }
+            _ => {}
+        }
+    }
+    evs
+}
+
+/// N = 1, 2 and 3 instances in one group over input spread across every
+/// partition: every instance decides something, and together they publish
+/// the set one instance publishes.
+#[test]
+fn one_two_and_three_instances_publish_the_same_set() {
+    let broker = Broker::shared();
+    let evs = spread_events(24, 24, 30);
+    let want = by_id(&factory().replay(&evs));
+    assert!(
+        want.len() > 100,
+        "input must make decisions ({})",
+        want.len()
+    );
+    for n in 1..=3usize {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = config(broker, &format!("n{n}"), state.path());
+        create_topics(&cfg);
+        let names: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+        let svcs: Vec<Running> = names
+            .iter()
+            .map(|name| spawn_service(&cfg, name, Duration::from_millis(3000)))
+            .collect();
+        wait_for_split_n(&svcs);
+        produce(&cfg, &evs, 0, Pace::AsFastAsPossible);
+        let reports: Vec<_> = svcs.into_iter().map(|s| s.handle.join().unwrap()).collect();
+        let published = read_commands(&cfg);
+        let deciders: BTreeSet<&str> = published.iter().map(|p| p.instance.as_str()).collect();
+        assert_eq!(
+            deciders.len(),
+            n,
+            "every instance decides something: {deciders:?} {reports:?}"
+        );
+        assert_same(&distinct(&published), &want);
+    }
+}
+
+/// Wait until the instances have settled on a split of the group's nine
+/// partitions, each holding some.
+fn wait_for_split_n(svcs: &[Running]) {
+    let started = Instant::now();
+    loop {
+        let owned: Vec<u64> = svcs
+            .iter()
+            .map(|s| s.stats.assigned.load(Ordering::Relaxed))
+            .collect();
+        if owned.iter().all(|&x| x > 0) && owned.iter().sum::<u64>() == 9 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "group did not split: {owned:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `prescale run` child whose log lines (colour codes removed) arrive on
+/// a channel.
+struct Child {
+    proc: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Everything logged so far.
+    log: Vec<String>,
+}
+
+impl Child {
+    fn spawn(args: &[String], instance: &str, extra: &[&str]) -> Child {
+        let mut c = prescale();
+        c.arg("run")
+            .args(args)
+            .args(["--instance", instance, "--exit-when-idle-ms", "2000"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut proc = c.spawn().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = proc.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut plain = String::new();
+                let mut esc = false;
+                for ch in line.chars() {
+                    match (esc, ch) {
+                        (false, '\u{1b}') => esc = true,
+                        (true, 'm') => esc = false,
+                        (false, c) => plain.push(c),
+                        _ => {}
+                    }
+                }
+                if tx.send(plain).is_err() {
+                    return;
+                }
+            }
+        });
+        Child {
+            proc,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Take the lines logged since the last call.
+    fn pump(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+    }
+
+    /// The partitions of its latest assignment (`topic/partition`), with
+    /// the time the line was read.
+    fn owned(&self) -> Option<Vec<String>> {
+        let l = self
+            .log
+            .iter()
+            .rev()
+            .find(|l| l.contains("assigned") || l.contains("partitions revoked"))?;
+        if l.contains("partitions revoked") {
+            return Some(Vec::new());
+        }
+        let at = l.find("owned=")? + "owned=".len();
+        let rest = l[at..].trim_start_matches('"');
+        let end = rest.find([' ', '"']).unwrap_or(rest.len());
+        Some(
+            rest[..end]
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+}
+
+/// A failed assertion must not leave the child running.
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+/// Partitions of a topic holding messages.
+fn non_empty_partitions(cfg: &prescale::io::kafka::config::KafkaConfig, topic: &str) -> Vec<i32> {
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(cfg, None)
+        .create()
+        .unwrap();
+    prescale::io::kafka::client::partitions_of(consumer.client(), topic, Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .filter(|&p| {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            hi > lo
+        })
+        .collect()
+}
+
+/// Two `prescale run` processes in one group; the one holding the job
+/// partitions is killed with SIGKILL mid-stream and not restarted.
+///
+/// What must hold whatever the broker does: the survivor never reports
+/// itself finished while the lost partitions are unconsumed. A broker whose
+/// coordinator evicts the dead member after its session timeout (Kafka)
+/// gives the survivor the lost partitions; it then replays them and
+/// publishes every command of the backtest. tansu 0.6.0 does not (see
+/// docs/service.md, "A lost instance"): there the test checks that the
+/// survivor is still running 30 s after the kill, saying which partitions
+/// the group has not consumed.
+#[test]
+fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
+    let broker = Broker::shared();
+    let bt = backtest_replay();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "lost", state.path());
+    let args = cli_args(&cfg);
+    create_topics(&cfg);
+    let mut a = Child::spawn(&args, "a", &[]);
+    let mut b = Child::spawn(&args, "b", &[]);
+    let started = Instant::now();
+    let split = loop {
+        a.pump();
+        b.pump();
+        if let (Some(x), Some(y)) = (a.owned(), b.owned()) {
+            if !x.is_empty() && !y.is_empty() && x.len() + y.len() == 9 {
+                break (x, y);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no split");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Live input over ~4 s; the kill comes 1 s in, so the lost partitions
+    // still receive input after it.
+    let mut producer = prescale()
+        .arg("produce")
+        .arg(&bt.events)
+        .args(&args)
+        .args(["--rate", &(bt.n_events as f64 / 4.0).to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let jobs = cfg.topics.job_submission();
+    let busy: Vec<String> = loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let busy: Vec<String> = non_empty_partitions(&cfg, &jobs)
+            .into_iter()
+            .map(|p| format!("{jobs}/{p}"))
+            .collect();
+        if !busy.is_empty() {
+            break busy;
+        }
+    };
+    // Kill the instance holding the (first) busy job partition.
+    let (mut victim, mut survivor, held) = if split.0.contains(&busy[0]) {
+        (a, b, split.0)
+    } else {
+        (b, a, split.1)
+    };
+    victim.proc.kill().unwrap();
+    let killed = Instant::now();
+    victim.proc.wait().unwrap();
+    assert!(
+        producer.wait().unwrap().success(),
+        "prescale produce failed"
+    );
+    let taken = loop {
+        survivor.pump();
+        if survivor
+            .owned()
+            .is_some_and(|o| held.iter().all(|p| o.contains(p)))
+        {
+            break Some(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        assert!(
+            survivor.proc.try_wait().unwrap().is_none(),
+            "the survivor exited with the lost partitions {held:?} unconsumed:\n{}",
+            survivor.log.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Some(taken) = taken else {
+        // The broker never handed the lost partitions over: the survivor
+        // must still be waiting, and say why.
+        assert!(survivor.proc.try_wait().unwrap().is_none());
+        survivor.pump();
+        assert!(
+            survivor
+                .log
+                .iter()
+                .any(|l| l.contains("group has not consumed") && l.contains(&busy[0])),
+            "{}",
+            survivor.log.join("\n")
+        );
+        eprintln!("the broker never reassigned {held:?}; the survivor waits, unfinished");
+        survivor.proc.kill().unwrap();
+        return;
+    };
+    eprintln!(
+        "lost partitions taken over {:.1} s after the kill",
+        taken.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = survivor.proc.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the survivor did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    survivor.pump();
+    let mut out = String::new();
+    std::io::Read::read_to_string(survivor.proc.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{}", survivor.log.join("\n"));
+    let report = run_report(&out);
+    assert_eq!(report["finished"], true, "{report}");
+    let lines = tail_lines(&cfg);
+    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+}
