@@ -28,7 +28,12 @@ fi
 source scripts/kafka.sh
 source scripts/tsdb.sh
 source scripts/moto.sh
+# Slurm: Debian packages installed here; each Slurm test binary starts and
+# stops its own single-host cluster through scripts/slurm.sh (own ports from
+# PRESCALE_SLURM_TEST_PORT, default 16817), so they can run side by side.
+source scripts/slurm.sh
 trap 'kafka_stop || true; tsdb_stop || true; moto_stop || true' EXIT
+slurm_install
 kafka_install
 kafka_start
 tsdb_start

@@ -37,6 +37,17 @@ pub enum ActuateKind {
     /// Keep each environment's desired capacity (and jobs' preemption state) in a JSON file that
     /// other tooling reads.
     File(FileArgs),
+    /// Power a Slurm partition's cloud nodes up and down (scontrol POWER_UP /
+    /// POWER_DOWN_ASAP) and requeue / hold / release jobs (docs/slurm.md).
+    Slurm(SlurmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub slurm: super::actuate_slurm::SlurmActuateArgs,
 }
 
 /// Flags every actuator takes.
@@ -125,6 +136,7 @@ pub fn run(args: ActuateArgs) -> anyhow::Result<()> {
             });
             drive(cfg, actuator)
         }
+        ActuateKind::Slurm(a) => drive(a.common.config("slurm")?, a.slurm.actuator()),
     }
 }
 

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod actuate;
 #[cfg(feature = "aws")]
 mod actuate_aws;
+mod actuate_slurm;
 mod backtest;
 mod bench;
 pub mod bench_kafka;
@@ -12,8 +13,10 @@ mod bench_spot;
 mod bench_store;
 pub mod forecast;
 mod import;
+pub mod ingest;
 #[cfg(feature = "aws")]
-mod ingest;
+mod ingest_batch;
+mod ingest_slurm;
 pub mod produce;
 pub mod run;
 pub mod serve;
@@ -46,8 +49,7 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
-    /// Read a scheduler's job events (AWS Batch) and publish them as input events.
-    #[cfg(feature = "aws")]
+    /// Turn a live scheduler's jobs (Slurm; AWS Batch with feature `aws`) into input events.
     Ingest(ingest::IngestArgs),
     /// Evaluate forecasters on a trace (rolling origin, after the training cut).
     Forecast(forecast::ForecastArgs),
@@ -69,7 +71,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Backtest(a) => backtest::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Import(a) => import::run(a),
-        #[cfg(feature = "aws")]
         Cmd::Ingest(a) => ingest::run(a),
         Cmd::Forecast(a) => forecast::run(a),
         Cmd::Serve(a) => serve::run(a),

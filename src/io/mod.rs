@@ -6,3 +6,4 @@ pub mod actuate;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod kafka;
+pub mod slurm;
