@@ -581,28 +581,7 @@ fn run_closed_loop(
             }
             (false, Some(s)) => {
                 clock = clock.max(s);
-                let mut done: Vec<JobCompleted> = Vec::new();
-                for (env, c) in clusters.iter_mut().enumerate() {
-                    c.advance(s);
-                    for d in c.take_completions() {
-                        let job = env_jobs[env][d.job as usize];
-                        let pool = d.pool.map(|p| &input.prices.pools[p]);
-                        done.push(JobCompleted {
-                            job_id: job.id.as_str().into(),
-                            compute_environment: w.envs[env].as_str().into(),
-                            started_at: d.first_start,
-                            finished_at: d.finished_at,
-                            status: JobStatus::Succeeded,
-                            instance_type: pool
-                                .map(|p| input.prices.types[p.ty].name.as_str().into()),
-                            market: pool.map(|p| p.market),
-                            region: pool.map(|p| p.region.as_str().into()),
-                            vcpu_seconds: d.vcpu_seconds,
-                            max_memory_mib: None,
-                        });
-                    }
-                }
-                done.sort_by(|a, b| (a.finished_at, &a.job_id).cmp(&(b.finished_at, &b.job_id)));
+                let done = advance_all(&mut clusters, &env_jobs, input, s);
                 for c in done {
                     engine.handle(&Event::JobCompleted(c), &mut out);
                 }
@@ -645,6 +624,39 @@ fn run_closed_loop(
     }
     run.series = series.unwrap_or_default();
     run
+}
+
+/// Advance every environment's cluster to `s` and return the completions
+/// they report, as the engine sees them, in (finish time, job id) order.
+fn advance_all(
+    clusters: &mut [Cluster<'_>],
+    env_jobs: &[Vec<&super::trace::SimJob>],
+    input: &BacktestInput<'_>,
+    s: Millis,
+) -> Vec<JobCompleted> {
+    let w = input.workload;
+    let mut done: Vec<JobCompleted> = Vec::new();
+    for (env, c) in clusters.iter_mut().enumerate() {
+        c.advance(s);
+        for d in c.take_completions() {
+            let job = env_jobs[env][d.job as usize];
+            let pool = d.pool.map(|p| &input.prices.pools[p]);
+            done.push(JobCompleted {
+                job_id: job.id.as_str().into(),
+                compute_environment: w.envs[env].as_str().into(),
+                started_at: d.first_start,
+                finished_at: d.finished_at,
+                status: JobStatus::Succeeded,
+                instance_type: pool.map(|p| input.prices.types[p.ty].name.as_str().into()),
+                market: pool.map(|p| p.market),
+                region: pool.map(|p| p.region.as_str().into()),
+                vcpu_seconds: d.vcpu_seconds,
+                max_memory_mib: None,
+            });
+        }
+    }
+    done.sort_by(|a, b| (a.finished_at, &a.job_id).cmp(&(b.finished_at, &b.job_id)));
+    done
 }
 
 fn merge(total: &mut RunStats, st: &RunStats) {
