@@ -21,7 +21,7 @@ use prescale::events::{Command, Event};
 use prescale::pricing::{tile_onto, TileOptions};
 use prescale::sim::inputs::sim_prices;
 use prescale::sim::policy::floor_commands;
-use prescale::sim::{Cluster, Mode, SimConfig, Workload};
+use prescale::sim::{Cluster, Mode, SimConfig, SimPrices, Workload};
 use prescale::state::{DemandState, StateConfig};
 use std::time::Instant;
 
@@ -124,6 +124,47 @@ fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
         out = Some(r);
     }
     (best, out.expect("at least one run"))
+}
+
+/// The simulator stage of `bench replay`: the scaled sample under reactive
+/// scaling and under the engine's commands, in simulated events per second.
+fn bench_sim(all: &[Event], prices: &SimPrices, cmds: Vec<Command>, repeat: usize, n: f64) {
+    let workload = Workload::from_events(all);
+    let cfg = SimConfig::default();
+    let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
+    let scaling: Vec<_> = cmds
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Scaling(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let (floors, _) = floor_commands(&scaling, &workload, prices);
+    for (name, commanded) in [("reactive", false), ("predictive", true)] {
+        let (t_sim, sim_events) = best(repeat, || {
+            let mut total = 0u64;
+            for (env, env_floors) in floors.iter().enumerate() {
+                let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
+                let mode = if commanded {
+                    Mode::Commanded {
+                        commands: env_floors,
+                    }
+                } else {
+                    Mode::Reactive
+                };
+                let st =
+                    Cluster::new(&cfg, prices, jobs, mode, 1, start, workload.last_event).run();
+                total += st.sim_events;
+            }
+            total
+        });
+        println!(
+            "  simulator {name:<10}{:>10.0} sim events/s ({:.3} s, {sim_events} sim events, {:.0} trace events/s)",
+            sim_events as f64 / t_sim,
+            t_sim,
+            n / t_sim
+        );
+    }
 }
 
 fn replay(a: ReplayArgs) -> anyhow::Result<()> {
@@ -269,42 +310,6 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cmds = cmds.unwrap_or_else(|| full_loop(&msgs).0);
-
-    let workload = Workload::from_events(&all);
-    let cfg = SimConfig::default();
-    let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
-    let scaling: Vec<_> = cmds
-        .into_iter()
-        .filter_map(|c| match c {
-            Command::Scaling(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    let (floors, _) = floor_commands(&scaling, &workload, &prices);
-    for (name, commanded) in [("reactive", false), ("predictive", true)] {
-        let (t_sim, sim_events) = best(a.repeat, || {
-            let mut total = 0u64;
-            for (env, env_floors) in floors.iter().enumerate() {
-                let jobs = workload.jobs.iter().filter(|j| j.env == env).collect();
-                let mode = if commanded {
-                    Mode::Commanded {
-                        commands: env_floors,
-                    }
-                } else {
-                    Mode::Reactive
-                };
-                let st =
-                    Cluster::new(&cfg, &prices, jobs, mode, 1, start, workload.last_event).run();
-                total += st.sim_events;
-            }
-            total
-        });
-        println!(
-            "  simulator {name:<10}{:>10.0} sim events/s ({:.3} s, {sim_events} sim events, {:.0} trace events/s)",
-            sim_events as f64 / t_sim,
-            t_sim,
-            n / t_sim
-        );
-    }
+    bench_sim(&all, &prices, cmds, a.repeat, n);
     Ok(())
 }
