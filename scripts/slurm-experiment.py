@@ -65,13 +65,22 @@ def read_swf(path):
     return jobs, start
 
 
-def slice_jobs(jobs, start_h, hours, max_run_s):
+def slice_jobs(jobs, start_h, hours, max_run_s, lead_in_s=0, history_s=0):
+    """The slice [t0, t0 + hours) plus what precedes it: the lead-in (the
+    last `lead_in_s` before t0, replayed for real in every mode so the
+    cluster is not artificially cold at t0) and the history (the
+    `history_s` before the lead-in, given to prescale only as finished
+    jobs, what its ingester would have seen had it been running). Offsets
+    are trace seconds from t0 (negative before it)."""
     t0 = jobs[0]["submit"] + int(start_h * 3600)
     t1 = t0 + int(hours * 3600)
-    out = []
+    lead0 = t0 - int(lead_in_s)
+    hist0 = lead0 - int(history_s)
+    out = {"history": [], "lead_in": [], "slice": []}
     for j in jobs:
-        if t0 <= j["submit"] < t1:
-            out.append(dict(j, offset=j["submit"] - t0, run=min(j["run"], max_run_s)))
+        if hist0 <= j["submit"] < t1:
+            part = "slice" if j["submit"] >= t0 else "lead_in" if j["submit"] >= lead0 else "history"
+            out[part].append(dict(j, offset=j["submit"] - t0, run=min(j["run"], max_run_s)))
     return out, t0
 
 
@@ -133,7 +142,8 @@ class Run:
     """One mode on one slice: a fresh cluster, the replay, the measurements."""
 
     def __init__(self, args, mode, jobs, scale, port, workdir, tag):
-        self.a, self.mode, self.jobs, self.scale = args, mode, jobs, scale
+        self.a, self.mode, self.scale = args, mode, scale
+        self.jobs, self.lead_in, self.history = jobs["slice"], jobs["lead_in"], jobs["history"]
         self.port, self.tag = port, tag
         self.dir = os.path.join(workdir, f"{tag}-{mode}")
         os.makedirs(self.dir, exist_ok=True)
@@ -163,6 +173,25 @@ class Run:
         self.procs.append((name, p))
         return p
 
+    def write_history(self, t0):
+        """prescale's memory of the hours before the lead-in: finished jobs
+        in the jobcomp spool, timed on the cluster's compressed clock (t0 =
+        the cluster time of trace offset 0) and cut at the lead-in's start,
+        so the ingester publishes them as it would have, had it been running.
+        They never ran on this cluster and are not measured."""
+        F = self.a.factor
+        end_cap = t0 + min([j["offset"] for j in self.lead_in] + [0]) / F - 1
+        spool = os.path.join(self.slurm_dir, "jobcomp.spool")
+        with open(spool, "a") as f:
+            for j in self.history:
+                sub = round(t0 + j["offset"] / F)
+                end = max(sub, min(round(sub + j["run"] / F), round(end_cap)))
+                cpus = math.ceil(j["procs"] / self.scale)
+                rec = {"JOBID": str(900000000 + int(j["id"])), "JOBSTATE": "COMPLETED",
+                       "PARTITION": "cloud", "PROCS": str(cpus), "SUBMIT": str(sub),
+                       "START": str(sub), "END": str(end), "JOBNAME": f"h{j['id']}"}
+                f.write(json.dumps(rec) + "\n")
+
     def start_prescale(self, t0_ms):
         a, F = self.a, self.a.factor
         prefix = f"slurmx-{self.tag}-{os.getpid()}-{int(time.time())}."
@@ -187,30 +216,34 @@ class Run:
             "actuate",
             [a.prescale, "actuate", "slurm", *kafka, "--environment", "cloud=cloud",
              "--ledger", os.path.join(self.dir, "actuate.ledger.json"),
-             "--reconcile-interval-s", "5"],
+             "--reconcile-interval-s", "5",
+             # Never take down a node Slurm's SuspendTime would keep (see
+             # docs/slurm.md): prescale only adds capacity ahead of need.
+             "--idle-grace-s", str(max(1, round(a.suspend_s / F))) if a.idle_grace else "0"],
         )
 
-    def replay(self):
+    def replay(self, t0):
+        """Submit the lead-in ("l" names) and the slice ("t" names, the only
+        jobs measured) at cluster time t0 + offset / F."""
         F = self.a.factor
-        t0 = time.time()
         ids = []
-        for j in self.jobs:
+        for prefix, j in [("l", j) for j in self.lead_in] + [("t", j) for j in self.jobs]:
             due = t0 + j["offset"] / F
             now = time.time()
             if due > now:
                 time.sleep(due - now)
             cpus = math.ceil(j["procs"] / self.scale)
             out = self.sh("sbatch", "--parsable", "-p", "cloud", "-n", str(cpus), "-o", "/dev/null",
-                          "-J", f"t{j['id']}", "--wrap", f"sleep {j['run'] / F:.2f}")
+                          "-J", f"{prefix}{j['id']}", "--wrap", f"sleep {j['run'] / F:.2f}")
             ids.append(out.stdout.strip().split(";")[0])
-        return t0, ids
+        return ids
 
     def wait_done(self, n, timeout):
         spool = os.path.join(self.slurm_dir, "jobcomp.spool")
         end = time.time() + timeout
         while time.time() < end:
             with open(spool) as f:
-                if sum(1 for _ in f) >= n:
+                if sum(1 for l in f if '"JOBNAME": "h' not in l and '"JOBNAME":"h' not in l) >= n:
                     return True
             time.sleep(1)
         return False
@@ -218,6 +251,8 @@ class Run:
     def measure(self, t0):
         recs = [json.loads(l) for l in open(os.path.join(self.slurm_dir, "jobcomp.spool"))]
         recs = [r for r in recs if r.get("PARTITION") == "cloud"]
+        # Only the slice's own jobs are measured (not the lead-in, not history).
+        recs = [r for r in recs if r.get("JOBNAME", "").startswith("t")]
         waits = [int(r["START"]) - int(r["SUBMIT"]) for r in recs if int(r["START"]) > 0]
         t_end = max(int(r["END"]) for r in recs) if recs else time.time()
         busy = {}
@@ -260,6 +295,8 @@ class Run:
         return {
             "mode": self.mode,
             "jobs_submitted": len(self.jobs),
+            "lead_in_jobs": len(self.lead_in),
+            "history_jobs": len(self.history) if self.mode == "prescale" else 0,
             "jobs_completed": sum(1 for r in recs if r["JOBSTATE"] == "COMPLETED"),
             "wait_s": {"p50": pct(waits, 0.5), "p95": pct(waits, 0.95), "max": max(waits) if waits else None,
                        "mean": round(sum(waits) / len(waits), 2) if waits else None},
@@ -286,11 +323,16 @@ class Run:
             r = self.sh("bash", os.path.join(REPO, "scripts/slurm.sh"), "start", check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"slurm.sh start failed: {r.stderr[-2000:]}")
+            F = self.a.factor
+            # Cluster time of trace offset 0: after prescale's start-up and
+            # the lead-in (whole seconds: the spool's times are).
+            first = min([j["offset"] for j in self.lead_in] + [0])
+            t0 = math.ceil(time.time()) + (8 if self.mode == "prescale" else 1) - first / F
             if self.mode == "prescale":
-                self.start_prescale(int(time.time() * 1000))
-                time.sleep(3)
-            t0, ids = self.replay()
-            span = max(j["offset"] + j["run"] for j in self.jobs) / self.a.factor
+                self.write_history(t0)
+                self.start_prescale(int(t0 * 1000))
+            ids = self.replay(t0)
+            span = max(j["offset"] + j["run"] for j in self.jobs) / F
             ok = self.wait_done(len(ids), timeout=span + 300)
             res = self.measure(t0)
             res["all_finished"] = ok
@@ -328,6 +370,13 @@ def main():
     p.add_argument("--boot-s", type=float, default=120.0, help="node boot delay, trace seconds")
     p.add_argument("--suspend-s", type=float, default=600.0, help="Slurm SuspendTime (reactive), trace seconds")
     p.add_argument("--max-runtime-h", type=float, default=1.0, help="cap on job runtimes, trace hours")
+    p.add_argument("--lead-in-min", type=float, default=30.0,
+                   help="trace minutes before each slice replayed for real in every mode (not measured)")
+    p.add_argument("--history-h", type=float, default=24.0,
+                   help="trace hours before the lead-in given to prescale as finished jobs (its memory)")
+    p.add_argument("--no-idle-grace", dest="idle_grace", action="store_false",
+                   help="prescale powers idle nodes down as soon as its forecast allows (default: only "
+                        "after --suspend-s / F idle, as Slurm's own power saving would)")
     p.add_argument("--fill", type=float, default=0.8, help="slice peak demand / partition CPUs")
     p.add_argument("--modes", default="reactive,prescale")
     p.add_argument("--policy", help="policy TOML for prescale run (default: written here)")
@@ -343,26 +392,30 @@ def main():
     else:
         a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + 60), cooldown=int(a.suspend_s))
     workdir = a.workdir or tempfile.mkdtemp(prefix="prescale-slurm-exp-")
+    os.makedirs(workdir, exist_ok=True)
     jobs, unix_start = read_swf(a.trace)
     report = {"trace": os.path.basename(a.trace), "factor": a.factor, "nodes": a.nodes, "cpus": a.cpus,
               "boot_s": a.boot_s, "suspend_s": a.suspend_s, "max_runtime_h": a.max_runtime_h,
               "prescale": a.prescale, "slices": []}
     for k, spec in enumerate(a.slices.split(",")):
         start_h, hours = (float(x) for x in spec.split(":"))
-        sl, t0 = slice_jobs(jobs, start_h, hours, int(a.max_runtime_h * 3600))
+        parts, t0 = slice_jobs(jobs, start_h, hours, int(a.max_runtime_h * 3600),
+                               a.lead_in_min * 60, a.history_h * 3600)
+        sl = parts["slice"]
         if not sl:
             print(f"slice {spec}: no jobs", file=sys.stderr)
             continue
-        scale = max(1, math.ceil(peak_demand(sl) / (a.fill * a.nodes * a.cpus)))
+        scale = max(1, math.ceil(peak_demand(parts["lead_in"] + sl) / (a.fill * a.nodes * a.cpus)))
         tag = f"s{k}"
         swf = os.path.join(workdir, f"{tag}.swf")
         write_slice_swf(sl, t0, scale, swf, unix_start)
-        entry = {"slice": spec, "jobs": len(sl), "core_scale": scale,
+        entry = {"slice": spec, "jobs": len(sl), "lead_in_jobs": len(parts["lead_in"]),
+                 "history_jobs": len(parts["history"]), "core_scale": scale,
                  "peak_demand_cpus": math.ceil(peak_demand(sl) / scale), "runs": []}
         print(f"slice {spec}: {len(sl)} jobs, core scale {scale}", file=sys.stderr)
         for mode in a.modes.split(","):
             t = time.time()
-            res = Run(a, mode, sl, scale, a.port, workdir, tag).go()
+            res = Run(a, mode, parts, scale, a.port, workdir, tag).go()
             res["wall_s"] = round(time.time() - t, 1)
             print(json.dumps(res), file=sys.stderr)
             entry["runs"].append(res)

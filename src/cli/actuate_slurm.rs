@@ -28,6 +28,13 @@ pub struct SlurmActuateArgs {
     /// Timeout of one Slurm command (seconds; a timeout is retried).
     #[arg(long, default_value_t = 30)]
     pub slurm_timeout_s: u64,
+    /// Power an idle node down only after it has been idle this long
+    /// (seconds; 0: as soon as the forecast no longer needs it). Set it to
+    /// the partition's usual SuspendTime so prescale only ever adds
+    /// capacity ahead of demand and never takes down a node Slurm's own
+    /// power saving would still keep.
+    #[arg(long, default_value_t = 0)]
+    pub idle_grace_s: u64,
 }
 
 impl SlurmActuateArgs {
@@ -40,6 +47,7 @@ impl SlurmActuateArgs {
                 slurm_conf: self.slurm_conf.clone(),
                 timeout: Duration::from_secs(self.slurm_timeout_s.max(1)),
             },
+            idle_grace: Duration::from_secs(self.idle_grace_s),
         })
     }
 }

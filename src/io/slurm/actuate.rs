@@ -12,10 +12,11 @@
 //! Only nodes of the managed partitions are ever touched; every `scontrol`
 //! call is logged with the command id; dry-run logs and changes nothing.
 
-use super::nodes::{parse_sinfo, plan, NodeAction, Plan, SinfoNode};
+use super::nodes::{parse_sinfo, plan, NodeAction, Plan, Power, SinfoNode};
 use super::{SlurmCommands, SlurmError};
 use crate::events::{PreemptionAction, PreemptionCommand, ScalingCommand};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// Which environments map to which partitions, and how to reach Slurm.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +26,12 @@ pub struct SlurmActuatorConfig {
     /// Prefix the ingester put before Slurm job ids (stripped here).
     pub job_id_prefix: String,
     pub commands: SlurmCommands,
+    /// An idle node is powered down only once it has been seen idle this
+    /// long (zero: at once). With Slurm's `SuspendTime` as the grace,
+    /// prescale never takes down a node Slurm's own power saving would
+    /// still keep for the next job, so it only adds capacity ahead of
+    /// need and never costs a job a boot that reactive scaling would not.
+    pub idle_grace: Duration,
 }
 
 /// Counters the actuator reports.
@@ -41,6 +48,8 @@ pub struct SlurmActuator {
     cfg: SlurmActuatorConfig,
     /// Nodes already reported unusable (reported once until they recover).
     reported: BTreeSet<String>,
+    /// When each idle node was first seen idle (since it last was not).
+    idle_since: BTreeMap<String, Instant>,
     pub stats: SlurmActuatorStats,
 }
 
@@ -49,6 +58,7 @@ impl SlurmActuator {
         SlurmActuator {
             cfg,
             reported: BTreeSet::new(),
+            idle_since: BTreeMap::new(),
             stats: SlurmActuatorStats::default(),
         }
     }
@@ -101,9 +111,39 @@ impl SlurmActuator {
             .into_iter()
             .filter(|n| n.partitions.contains(&part))
             .collect();
-        let p = plan(&nodes, cmd.min_vcpus, cmd.desired_vcpus, cmd.max_vcpus);
+        let recent = self.recently_busy(&nodes, Instant::now());
+        let p = plan(
+            &nodes,
+            cmd.min_vcpus,
+            cmd.desired_vcpus,
+            cmd.max_vcpus,
+            &recent,
+        );
         self.report_unusable(&part, &p, &cmd.command_id);
         Ok((part, p))
+    }
+
+    /// Idle nodes seen idle for less than the grace (the actuator's own
+    /// observations: a restart starts their clocks again, which only keeps
+    /// nodes up a little longer).
+    fn recently_busy(&mut self, nodes: &[SinfoNode], now: Instant) -> BTreeSet<String> {
+        for n in nodes {
+            if n.power() == Power::Idle {
+                self.idle_since.entry(n.name.clone()).or_insert(now);
+            } else {
+                self.idle_since.remove(&n.name);
+            }
+        }
+        let grace = self.cfg.idle_grace;
+        nodes
+            .iter()
+            .filter(|n| {
+                self.idle_since
+                    .get(&n.name)
+                    .is_some_and(|t| now.duration_since(*t) < grace)
+            })
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     /// A node that failed to boot (DOWN after ResumeTimeout) or was drained

@@ -3,6 +3,7 @@
 
 use super::SlurmError;
 use serde::Deserialize;
+use std::collections::BTreeSet;
 
 /// One node of `sinfo --json` (Slurm 22.05), the fields the plan needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,8 +135,16 @@ pub struct Plan {
 /// ceiling): power up Off nodes (in name order) until powered ≥ desired
 /// without passing max; power down Idle nodes (last name first) while
 /// what stays powered is still ≥ desired and ≥ min. Busy, booting,
-/// unusable and static nodes are never touched.
-pub fn plan(nodes: &[SinfoNode], min: i64, desired: i64, max: i64) -> Plan {
+/// unusable and static nodes are never touched, nor idle nodes in
+/// `recently_busy` (idle for less than the actuator's grace: the node
+/// Slurm's own `SuspendTime` would still keep for the next job).
+pub fn plan(
+    nodes: &[SinfoNode],
+    min: i64,
+    desired: i64,
+    max: i64,
+    recently_busy: &BTreeSet<String>,
+) -> Plan {
     let ceiling = if max > 0 { max } else { i64::MAX };
     let want = desired.max(min).min(ceiling);
     let mut sorted: Vec<&SinfoNode> = nodes.iter().collect();
@@ -162,7 +171,8 @@ pub fn plan(nodes: &[SinfoNode], min: i64, desired: i64, max: i64) -> Plan {
         }
         p.shortfall_vcpus = (want - powered).max(0);
     } else {
-        for n in sorted.iter().rev().filter(|n| n.power() == Power::Idle) {
+        let idle = |n: &&&SinfoNode| n.power() == Power::Idle && !recently_busy.contains(&n.name);
+        for n in sorted.iter().rev().filter(idle) {
             if powered - n.cpus < want {
                 continue;
             }
@@ -210,7 +220,7 @@ mod tests {
 
     #[test]
     fn powers_up_to_desired_skipping_unusable_nodes() {
-        let p = plan(&cluster(), 0, 10, 0);
+        let p = plan(&cluster(), 0, 10, 0, &none());
         assert_eq!(p.powered_vcpus, 6);
         assert_eq!(
             p.actions,
@@ -222,23 +232,39 @@ mod tests {
         assert_eq!(p.unusable.len(), 1);
         assert_eq!((p.target_vcpus, p.shortfall_vcpus), (10, 0));
         // Never above max: 8 allows one more node only.
-        let p = plan(&cluster(), 0, 10, 8);
+        let p = plan(&cluster(), 0, 10, 8, &none());
         assert_eq!(p.actions, [NodeAction::PowerUp("cloud3".into())]);
         assert_eq!(p.shortfall_vcpus, 0);
-        let p = plan(&cluster(), 0, 20, 0);
+        let p = plan(&cluster(), 0, 20, 0, &none());
         assert_eq!(p.shortfall_vcpus, 10);
     }
 
     #[test]
     fn powers_down_idle_only_never_below_min() {
-        let p = plan(&cluster(), 0, 0, 0);
+        let p = plan(&cluster(), 0, 0, 0, &none());
         // cloud2 is the only idle node; busy cloud1 and booting cloud5 stay.
         assert_eq!(p.actions, [NodeAction::PowerDown("cloud2".into())]);
-        let p = plan(&cluster(), 6, 0, 0);
+        let p = plan(&cluster(), 6, 0, 0, &none());
         assert!(p.actions.is_empty());
         // Desired 5 with nodes of 2 vCPUs: keep 6 powered (never below desired).
-        let p = plan(&cluster(), 0, 5, 0);
+        let p = plan(&cluster(), 0, 5, 0, &none());
         assert!(p.actions.is_empty());
+    }
+
+    fn none() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    #[test]
+    fn idle_nodes_within_the_grace_stay_powered() {
+        let recent: BTreeSet<String> = ["cloud2".to_string()].into();
+        // cloud2 is idle but was busy within the grace: nothing to power down.
+        assert!(plan(&cluster(), 0, 0, 0, &recent).actions.is_empty());
+        // Powering up is not affected by the grace.
+        assert_eq!(
+            plan(&cluster(), 0, 10, 0, &recent),
+            plan(&cluster(), 0, 10, 0, &none())
+        );
     }
 
     #[test]
