@@ -447,7 +447,10 @@ fn sigkilled_actuator_restarts_to_the_same_state_never_applying_an_older_command
     let started = Instant::now();
     while applied("k-a") < 12 {
         if let Ok(Some(st)) = first.try_wait() {
-            panic!("first run exited ({st}) after {} k-a commands", applied("k-a"));
+            panic!(
+                "first run exited ({st}) after {} k-a commands",
+                applied("k-a")
+            );
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),

@@ -415,7 +415,10 @@ fn trace_through_produce_run_and_actuate_batch_leaves_each_environment_at_its_la
             }
         }
     }
-    assert!(!envs.is_empty(), "prescale run published no scaling command");
+    assert!(
+        !envs.is_empty(),
+        "prescale run published no scaling command"
+    );
     let mut text = String::new();
     let mut targets = BTreeMap::new();
     for env in envs.keys() {
@@ -457,7 +460,10 @@ fn trace_through_produce_run_and_actuate_batch_leaves_each_environment_at_its_la
     for (env, cmds) in &envs {
         let t = &targets[env];
         let last = cmds.last().unwrap();
-        for ce in [&t.spot_compute_environment, &t.on_demand_compute_environment] {
+        for ce in [
+            &t.spot_compute_environment,
+            &t.on_demand_compute_environment,
+        ] {
             assert_eq!(
                 rt.block_on(ce_last_command(m, ce)).as_deref(),
                 Some(last.command_id.as_str()),

@@ -5,9 +5,9 @@
 //! one after a newer one, and the cluster's nodes end where the last command
 //! put them.
 
-mod slurm_support;
 #[path = "kafka_support/mod.rs"]
 mod kafka_support;
+mod slurm_support;
 
 use prescale::events::{Command, ScalingCommand};
 use slurm_support::*;

@@ -128,8 +128,7 @@ pub async fn run<A: Actuator>(
     ensure_topics(&cfg.kafka, &dlqs.map(|t| (t, 1))).await?;
     let consumer: StreamConsumer = consumer_config(&cfg.kafka, Some(&cfg.group)).create()?;
     let reread = i64::from(cfg.kafka.reread_messages);
-    let (start, resume) =
-        start_positions(&consumer, &[&scaling_topic, &preemption_topic], reread)?;
+    let (start, resume) = start_positions(&consumer, &[&scaling_topic, &preemption_topic], reread)?;
     consumer.assign(&start)?;
     tracing::info!(kind = actuator.kind(), group = %cfg.group, dry_run = cfg.dry_run, "actuator started");
     let mut l = Loop {
@@ -276,8 +275,13 @@ impl<A: Actuator> Loop<A> {
             return true;
         }
         if m.offset() > at {
-            tracing::warn!(topic = m.topic(), partition = m.partition(), expected = at,
-                got = m.offset(), "the broker skipped messages after the resume offset");
+            tracing::warn!(
+                topic = m.topic(),
+                partition = m.partition(),
+                expected = at,
+                got = m.offset(),
+                "the broker skipped messages after the resume offset"
+            );
         }
         self.resume.remove(&key);
         false
