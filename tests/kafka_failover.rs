@@ -843,7 +843,8 @@ fn sigkilled_run_recovers_each_time_and_reports_its_recovery_time() {
         t.elapsed()
     };
     let mut run = Child::spawn_idle(&args, "recover", 3000, &member);
-    joined(&mut run, Duration::from_secs(60));
+    // Baseline: the first start's join (a fresh member, no snapshot).
+    let first_join = joined(&mut run, Duration::from_secs(60));
     // ~40 s of live input: three kills 4 s after each (re)start has settled.
     let mut producer = prescale()
         .arg("produce")
@@ -907,6 +908,10 @@ fn sigkilled_run_recovers_each_time_and_reports_its_recovery_time() {
     assert_eq!(input_diff(&cfg, &events), (0, 0, 0), "input topics");
     let lines = tail_lines(&cfg);
     assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+    eprintln!(
+        "first start → assigned: {:.2} s (baseline)",
+        first_join.as_secs_f64()
+    );
     eprintln!("kill | restart→assigned s | restart→first command s | restart→first snapshot s");
     for (k, j, c, s) in &rows {
         eprintln!("{k} | {j:.2} | {c:.2} | {s:.2}");
