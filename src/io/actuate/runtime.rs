@@ -97,6 +97,10 @@ impl RunError {
     }
 }
 
+/// Per partition read from before its committed offset: that offset, below
+/// which messages were handled by an earlier run and are passed over.
+type ResumeOffsets = BTreeMap<(String, i32), i64>;
+
 struct Loop<A> {
     cfg: ActuateConfig,
     actuator: A,
@@ -104,9 +108,8 @@ struct Loop<A> {
     consumer: StreamConsumer,
     dlq: Publisher,
     scaling_topic: String,
-    /// Per partition read from before its committed offset: that offset.
-    /// Messages below it were handled by an earlier run and are passed over.
-    resume: BTreeMap<(String, i32), i64>,
+    /// Messages below these offsets were handled by an earlier run.
+    resume: ResumeOffsets,
     summary: RunSummary,
 }
 
@@ -169,7 +172,7 @@ fn start_positions(
     consumer: &StreamConsumer,
     topics: &[&str],
     reread: i64,
-) -> Result<(TopicPartitionList, BTreeMap<(String, i32), i64>), RunError> {
+) -> Result<(TopicPartitionList, ResumeOffsets), RunError> {
     let timeout = Duration::from_secs(10);
     let mut all = TopicPartitionList::new();
     for t in topics {
