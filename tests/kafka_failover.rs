@@ -716,7 +716,7 @@ fn input_diff(
 /// every event the producer had accepted is applied, and the commands are
 /// exactly the backtest's, each id with one content.
 #[test]
-#[ignore = "fails on main (#28 item 3): after the outage the input topics hold every record, no copies, but ~1,090 records out of their order per key (the publisher re-sends failed deliveries after later ones), and the run decides 354-362 of the reference 506 ids; run with --ignored once fixed"]
+#[ignore = "fails on main (#28 item 3): after the outage the input topics hold every record, no copies, but ~1,090 records out of their order per key (likely: deliveries tansu failed while stopping, re-sent by the publisher after later ones), and the run decides 354-362 of the reference 506 ids; run with --ignored once fixed"]
 fn broker_outage_under_live_traffic_loses_nothing_and_decides_nothing_twice() {
     let broker = Broker::file_backed();
     let bt = backtest_replay();
