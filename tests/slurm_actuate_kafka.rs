@@ -75,6 +75,17 @@ fn spawn_actuator(
         .expect("start prescale actuate slurm")
 }
 
+/// An actuator process, SIGKILLed when dropped: a failed assertion must not
+/// leave it running against the next test's cluster.
+struct Actuator(Child);
+
+impl Drop for Actuator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// JSON log lines of an actuator run, as values.
 fn log_lines(log: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
@@ -161,7 +172,8 @@ fn sigkilled_slurm_actuator_applies_every_command_once_in_order_and_the_nodes_fo
 
     // First run: SIGKILLed once it has started on 8 commands.
     let (log1, log2) = (dir.path().join("first.log"), dir.path().join("second.log"));
-    let mut first = spawn_actuator(&c, &cfg, dir.path(), &log1);
+    let mut first = Actuator(spawn_actuator(&c, &cfg, dir.path(), &log1));
+    let first = &mut first.0;
     let t = Instant::now();
     while applied_ids(&log1).len() < 8 {
         if let Ok(Some(st)) = first.try_wait() {
@@ -190,7 +202,8 @@ fn sigkilled_slurm_actuator_applies_every_command_once_in_order_and_the_nodes_fo
     // Restart, same group and ledger: it finishes the stream; the reconcile
     // loop (1 s) holds the partition to the last command while nodes that
     // were powering down become usable again.
-    let mut second = spawn_actuator(&c, &cfg, dir.path(), &log2);
+    let mut guard = Actuator(spawn_actuator(&c, &cfg, dir.path(), &log2));
+    let second = &mut guard.0;
     let t = Instant::now();
     loop {
         if let Ok(Some(st)) = second.try_wait() {
@@ -217,9 +230,10 @@ fn sigkilled_slurm_actuator_applies_every_command_once_in_order_and_the_nodes_fo
         .args(["-TERM", &second.id().to_string()])
         .status()
         .unwrap();
-    let out = second.wait_with_output().unwrap();
-    assert!(out.status.success(), "restarted actuator failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let status = second.wait().unwrap();
+    assert!(status.success(), "restarted actuator failed");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(second.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let s: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("a summary")).unwrap();
 
