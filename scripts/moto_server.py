@@ -99,6 +99,13 @@ FakeAutoScalingGroup.update = _asg_update
 default_user_config.setdefault("batch", {})["use_docker"] = False
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
     from moto.server import main
+
+    # `kill -USR1 <pid>` writes every thread's stack to the log: how to see where a server
+    # that stopped answering is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     sys.exit(main(sys.argv[1:]))

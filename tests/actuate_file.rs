@@ -164,3 +164,82 @@ fn dry_run_changes_nothing() {
     assert!(!dir.path().join("state.json").exists());
     assert!(!dir.path().join("ledger").exists());
 }
+
+/// A restart whose committed offset lies inside a record batch (commands
+/// published together are one batch): tansu answers a fetch from there
+/// with the *next* batch, or nothing when it was the last, so an actuator
+/// resuming exactly at the committed offset stalled for good (#22, the
+/// "moto stall" of the SIGKILL test). Read from before it, the actuator
+/// applies exactly the commands from the committed offset on.
+#[test]
+fn a_restart_inside_a_record_batch_applies_the_rest_of_the_batch() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let broker = Broker::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "actbatch", dir.path());
+    create_topics(&cfg);
+    let cmds: Vec<Command> = (0..40)
+        .map(|i| scaling(&format!("a{i:02}"), "env-a", 1_000 * (i + 1), 4 + i, 64))
+        .collect();
+    publish(&cfg, &cmds, false);
+    // The group's committed offset: 13 on env-a's partition, as a run
+    // killed after its 13th command leaves it.
+    let group = format!("{}-mid", cfg.group_id);
+    let mut gcfg = cfg.clone();
+    gcfg.group_id = group.clone();
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&gcfg, Some(&group))
+        .create()
+        .unwrap();
+    let topic = cfg.topics.scaling_command();
+    let marks: Vec<(i64, i64)> = (0..3)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect();
+    // The only partition with messages (tansu's ListOffsets answers one past the last
+    // batch's base offset, so a partition holding one batch of 40 reads (0, 1)).
+    let part = marks
+        .iter()
+        .position(|&(lo, hi)| hi > lo)
+        .unwrap_or_else(|| panic!("env-a's partition holds the commands: {marks:?}"))
+        as i32;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, part, rdkafka::Offset::Offset(13))
+        .unwrap();
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+
+    let mut acfg = cfg.clone();
+    acfg.group_id = group;
+    let mut child = prescale()
+        .args(["actuate", "file"])
+        .args(cli_args(&acfg))
+        .arg("--state")
+        .arg(dir.path().join("state.json"))
+        .arg("--ledger")
+        .arg(dir.path().join("ledger"))
+        .args(["--environments", "env-a", "--exit-when-idle-s", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the restarted actuator did not get past offset 13 within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // Offsets 13..39: applied; below 13: passed over, not even judged.
+    assert_eq!(s["applied_scaling"], 27, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert_eq!(s["stale"], 0, "{s}");
+    let st = state(dir.path());
+    assert_eq!(st.environments["env-a"].command_id, "a39");
+}

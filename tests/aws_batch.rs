@@ -348,3 +348,174 @@ fn actuate_batch_from_the_command_topic_leaves_each_environment_at_its_last_comm
         );
     }
 }
+
+/// (spot vCPUs, all vCPUs, spot share) of a command's instance mix.
+fn spot_share(c: &ScalingCommand, catalog: &prescale::pricing::Catalog) -> (f64, f64, f64) {
+    let (mut spot, mut total) = (0.0, 0.0);
+    for a in &c.instance_mix {
+        let v = catalog.spec(&a.instance_type).expect("catalogued").vcpus * f64::from(a.count);
+        total += v;
+        if a.market == Market::Spot {
+            spot += v;
+        }
+    }
+    let f = if total > 0.0 { spot / total } else { 0.0 };
+    (spot, total, f)
+}
+
+/// The `prescale:last-command-id` tag of a compute environment.
+async fn ce_last_command(m: &Moto, name: &str) -> Option<String> {
+    let b = aws_sdk_batch::Client::new(&m.sdk().await);
+    let r = b
+        .describe_compute_environments()
+        .compute_environments(name)
+        .send()
+        .await
+        .expect("DescribeComputeEnvironments");
+    r.compute_environments()
+        .first()
+        .and_then(|c| c.tags())
+        .and_then(|t| t.get("prescale:last-command-id").cloned())
+}
+
+/// The real path: a trace slice through `prescale produce` → `prescale run` → the command topic
+/// → `prescale actuate batch` → moto's Batch compute environments, as a user deploys it.
+#[test]
+fn trace_through_produce_run_and_actuate_batch_leaves_each_environment_at_its_last_command() {
+    use prescale::events::Command;
+    use std::collections::BTreeMap;
+    let m = Moto::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = kafka_support::Broker::shared();
+    let bt = kafka_support::backtest_replay();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_support::config(broker, "aws-batch-e2e", dir.path());
+    let args = kafka_support::cli_args(&cfg);
+    kafka_support::run_ok(
+        kafka_support::prescale()
+            .arg("produce")
+            .arg(&bt.events)
+            .args(&args)
+            .arg("--create-topics"),
+    );
+    kafka_support::run_ok(kafka_support::prescale().arg("run").args(&args).args([
+        "--instance",
+        "solo",
+        "--exit-when-idle-ms",
+        "1000",
+    ]));
+    // What the actuator will apply per environment: the commands in topic order, each newer
+    // than the last applied one.
+    let mut envs: BTreeMap<String, Vec<ScalingCommand>> = BTreeMap::new();
+    for p in kafka_support::read_commands(&cfg) {
+        if let Command::Scaling(c) = p.command {
+            let v = envs.entry(c.compute_environment.clone()).or_default();
+            if v.last().is_none_or(|l| c.issued_at > l.issued_at) {
+                v.push(c);
+            }
+        }
+    }
+    assert!(
+        !envs.is_empty(),
+        "prescale run published no scaling command"
+    );
+    let mut text = String::new();
+    let mut targets = BTreeMap::new();
+    for env in envs.keys() {
+        let t = rt.block_on(create_batch(m, &unique("e2e")));
+        text.push_str(&format!(
+            "[batch.\"{env}\"]\nspot_compute_environment = \"{}\"\non_demand_compute_environment = \"{}\"\njob_queue = \"{}\"\n\n",
+            t.spot_compute_environment, t.on_demand_compute_environment, t.job_queue
+        ));
+        targets.insert(env.clone(), t);
+    }
+    let mapping = dir.path().join("aws.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut acfg = cfg.clone();
+    acfg.group_id = format!("{}-batch", cfg.group_id);
+    let ledger = dir.path().join("batch.ledger");
+    let lasts: BTreeMap<String, String> = envs
+        .iter()
+        .map(|(e, v)| (e.clone(), v.last().unwrap().command_id.clone()))
+        .collect();
+    // Progress from the actuator's ledger (the endpoint serves only the actuator meanwhile).
+    let s = run_until(
+        kafka_support::prescale()
+            .args(["actuate", "batch"])
+            .args(kafka_support::cli_args(&acfg))
+            .arg("--mapping")
+            .arg(&mapping)
+            .args(["--endpoint-url", &m.endpoint])
+            .arg("--ledger")
+            .arg(&ledger)
+            .args(["--reconcile-interval-s", "3600"]),
+        std::time::Duration::from_secs(300),
+        || ledger_last(&ledger) == lasts,
+    );
+    let total: usize = envs.values().map(Vec::len).sum();
+    assert_eq!(s["applied_scaling"].as_u64(), Some(total as u64), "{s}");
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+
+    let catalog = prescale::pricing::Catalog::bundled();
+    for (env, cmds) in &envs {
+        let t = &targets[env];
+        let last = cmds.last().unwrap();
+        for ce in [
+            &t.spot_compute_environment,
+            &t.on_demand_compute_environment,
+        ] {
+            assert_eq!(
+                rt.block_on(ce_last_command(m, ce)).as_deref(),
+                Some(last.command_id.as_str()),
+                "{env}: {ce} tagged with the last command"
+            );
+        }
+        let (smin, sdes, smax) = rt.block_on(describe_ce(m, &t.spot_compute_environment));
+        let (omin, odes, omax) = rt.block_on(describe_ce(m, &t.on_demand_compute_environment));
+        // The two CEs add up to the command exactly; the spot one gets the mix's spot share.
+        let desired = last.desired_vcpus.max(last.min_vcpus);
+        assert_eq!(i64::from(smin + omin), last.min_vcpus, "{env}: min");
+        assert_eq!(i64::from(sdes + odes), desired, "{env}: desired");
+        // Maxima: a command with a ceiling splits it; one without (max 0) keeps each CE's
+        // own, as earlier commands left it (64 in the fixture), raised to its desired.
+        let (mut want_smax, mut want_omax) = (64i64, 64i64);
+        for c in cmds {
+            let f = spot_share(c, &catalog).2;
+            let part = |x: i64| {
+                let s = (x as f64 * f).round() as i64;
+                (s, x - s)
+            };
+            let d = c.desired_vcpus.max(c.min_vcpus);
+            if c.max_vcpus > 0 {
+                (want_smax, want_omax) = part(c.max_vcpus.max(d));
+            }
+            let ((sd, od), (sm, om)) = (part(d), part(c.min_vcpus));
+            want_smax = want_smax.max(sd).max(sm);
+            want_omax = want_omax.max(od).max(om);
+        }
+        assert_eq!(
+            (i64::from(smax), i64::from(omax)),
+            (want_smax, want_omax),
+            "{env}: max"
+        );
+        let (spot, total, f) = spot_share(last, &catalog);
+        assert_eq!(
+            i64::from(sdes),
+            (desired as f64 * f).round() as i64,
+            "{env}: spot share {f:.3} of {desired}"
+        );
+        if total > 0.0 {
+            let first = rt.block_on(queue_order(m, &t.job_queue))[0].clone();
+            let want = if spot >= total - spot {
+                &t.spot_compute_environment
+            } else {
+                &t.on_demand_compute_environment
+            };
+            assert_eq!(&first, want, "{env}: the cheaper market's CE first");
+        }
+    }
+    eprintln!(
+        "{} environments, {total} scaling commands applied through produce + run + actuate batch",
+        envs.len()
+    );
+}

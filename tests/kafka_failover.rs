@@ -329,10 +329,16 @@ struct Child {
 
 impl Child {
     fn spawn(args: &[String], instance: &str, extra: &[&str]) -> Child {
+        Child::spawn_idle(args, instance, 2000, extra)
+    }
+
+    /// `spawn` with its own idle limit (`--exit-when-idle-ms`).
+    fn spawn_idle(args: &[String], instance: &str, idle_ms: u64, extra: &[&str]) -> Child {
         let mut c = prescale();
         c.arg("run")
             .args(args)
-            .args(["--instance", instance, "--exit-when-idle-ms", "2000"])
+            .args(["--instance", instance, "--exit-when-idle-ms"])
+            .arg(idle_ms.to_string())
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
@@ -546,4 +552,368 @@ fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
     assert_eq!(report["finished"], true, "{report}");
     let lines = tail_lines(&cfg);
     assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+}
+
+/// Messages on the command topics so far (the sum of their high watermarks).
+fn command_messages(cfg: &prescale::io::kafka::config::KafkaConfig, c: &BaseConsumer) -> i64 {
+    let mut n = 0;
+    for t in [
+        cfg.topics.scaling_command(),
+        cfg.topics.preemption_command(),
+    ] {
+        for p in prescale::io::kafka::client::partitions_of(c.client(), &t, Duration::from_secs(5))
+            .unwrap_or_default()
+        {
+            if let Ok((lo, hi)) = c.fetch_watermarks(&t, p, Duration::from_secs(5)) {
+                n += hi - lo.min(hi);
+            }
+        }
+    }
+    n
+}
+
+/// Wait for a child `prescale run` to exit (at most `limit`); its report.
+fn finish(mut c: Child, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        c.pump();
+        if let Some(s) = c.proc.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prescale run did not finish within {limit:?}:\n{}",
+            c.log[c.log.len().saturating_sub(40)..].join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    c.pump();
+    let mut out = String::new();
+    std::io::Read::read_to_string(c.proc.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        status.success(),
+        "prescale run failed ({status}):\n{}",
+        c.log[c.log.len().saturating_sub(40)..].join("\n")
+    );
+    run_report(&out)
+}
+
+/// What the input topics hold against the events `prescale produce` sent:
+/// (records missing, extra copies, records out of their source order
+/// within a partition). Every message is read back and matched by its
+/// bytes, so the broker's part is told apart from the service's.
+fn input_diff(
+    cfg: &prescale::io::kafka::config::KafkaConfig,
+    events: &[Event],
+) -> (usize, usize, usize) {
+    use prescale::events::avro::EventKind;
+    use std::collections::BTreeMap;
+    // Source: per (topic, key), the framed payloads in the order sent.
+    let mut want: BTreeMap<(String, String), Vec<Vec<u8>>> = BTreeMap::new();
+    for m in messages(events) {
+        let topic = cfg.topics.configured(&m.topic).unwrap().to_string();
+        let payload = match EventKind::from_default_topic(&m.topic) {
+            Ok(k) => prescale::io::kafka::codec::frame_input(cfg, k, m.payload),
+            Err(_) => m.payload,
+        };
+        want.entry((topic, m.key)).or_default().push(payload);
+    }
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(cfg, None)
+        .create()
+        .unwrap();
+    let topics: BTreeSet<String> = want.keys().map(|(t, _)| t.clone()).collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut next = std::collections::BTreeMap::new();
+    for t in &topics {
+        for p in prescale::io::kafka::client::partitions_of(
+            consumer.client(),
+            t,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        {
+            tpl.add_partition_offset(t, p, rdkafka::Offset::Beginning)
+                .unwrap();
+            next.insert((t.clone(), p), None);
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got: BTreeMap<(String, String), Vec<Vec<u8>>> = BTreeMap::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "reading input timed out"
+        );
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                next.insert((m.topic().to_string(), m.partition()), Some(m.offset() + 1));
+                let key = String::from_utf8_lossy(m.key().unwrap_or(&[])).into_owned();
+                got.entry((m.topic().to_string(), key))
+                    .or_default()
+                    .push(m.payload().unwrap_or(&[]).to_vec());
+            }
+            _ => {
+                if started.elapsed() > Duration::from_millis(500)
+                    && next.iter().all(|((t, p), n)| {
+                        prescale::io::kafka::client::caught_up(consumer.client(), t, *p, *n)
+                    })
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let (mut missing, mut extra, mut disorder) = (0, 0, 0);
+    for (k, sent) in &want {
+        let read = got.remove(k).unwrap_or_default();
+        // Copies: a payload read more often than sent (equal events are
+        // counted by multiplicity).
+        let mut count: BTreeMap<&[u8], i64> = BTreeMap::new();
+        for p in sent {
+            *count.entry(p).or_default() += 1;
+        }
+        for p in &read {
+            *count.entry(p).or_default() -= 1;
+        }
+        missing += count
+            .values()
+            .filter(|&&c| c > 0)
+            .map(|&c| c as usize)
+            .sum::<usize>();
+        extra += count
+            .values()
+            .filter(|&&c| c < 0)
+            .map(|&c| (-c) as usize)
+            .sum::<usize>();
+        // Order: first occurrences of the read records, against the sent order.
+        let pos: BTreeMap<&[u8], usize> = sent
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, p)| (p.as_slice(), i))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut last = 0;
+        for p in &read {
+            if seen.insert(p.as_slice()) {
+                if let Some(&i) = pos.get(p.as_slice()) {
+                    if i < last {
+                        disorder += 1;
+                    }
+                    last = last.max(i);
+                }
+            }
+        }
+    }
+    extra += got.values().map(Vec::len).sum::<usize>();
+    (missing, extra, disorder)
+}
+
+/// A broker outage under live traffic: `prescale produce --rate` feeds the
+/// input while `prescale run` consumes it; the file-backed broker is stopped
+/// for 10 s mid-stream and started again. Producer and service ride it out:
+/// every event the producer had accepted is applied, and the commands are
+/// exactly the backtest's, each id with one content.
+#[test]
+#[ignore = "fails on main (#28 item 3): after the outage the input topics hold every record, no copies, but ~1,090 records out of their order per key (likely: deliveries tansu failed while stopping, re-sent by the publisher after later ones), and the run decides 354-362 of the reference 506 ids; run with --ignored once fixed"]
+fn broker_outage_under_live_traffic_loses_nothing_and_decides_nothing_twice() {
+    let broker = Broker::file_backed();
+    let bt = backtest_replay();
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = config(&broker, "outage", state.path());
+    cfg.properties
+        .insert("reconnect.backoff.max.ms".into(), "500".into());
+    // Not idempotent: tansu 0.6.0's file storage panics when an idempotent
+    // producer that was writing before the stop writes again after the
+    // restart ("more or less than one row" in
+    // `lite::Delegate::idempotent_message_check`), and the broker then fails
+    // every request (`UnableToSend`) until it is restarted. Kafka keeps
+    // producer state across restarts. Without idempotence a retried batch
+    // may be written twice: the test then also checks that duplicated
+    // input changes no decision.
+    cfg.properties
+        .insert("enable.idempotence".into(), "false".into());
+    // Without idempotence, retries keep a partition's order only with one
+    // request in flight.
+    cfg.properties
+        .insert("max.in.flight.requests.per.connection".into(), "1".into());
+    // Replay-identical merging needs a grace above the producers' skew
+    // across partitions (docs/service.md); an outage makes that skew as
+    // long as the outage.
+    cfg.merge_idle_ms = 15_000;
+    let args = cli_args(&cfg);
+    create_topics(&cfg);
+    // Its idle limit outlasts the outage: it must wait, not finish.
+    let mut run = Child::spawn_idle(&args, "o", 30_000, &[]);
+    let started = Instant::now();
+    while run.owned().map_or(0, |o| o.len()) != 9 {
+        run.pump();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "prescale run did not join:\n{}",
+            run.log.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ~12 s of live input; the outage starts 3 s in.
+    let mut producer = prescale()
+        .arg("produce")
+        .arg(&bt.events)
+        .args(&args)
+        .args(["--rate", &(bt.n_events as f64 / 12.0).to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
+        .create()
+        .unwrap();
+    let before = command_messages(&cfg, &consumer);
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    broker.start();
+    let back = Instant::now();
+    // The first command published after the broker came back.
+    let mut first_after = None;
+    while back.elapsed() < Duration::from_secs(60) {
+        if command_messages(&cfg, &consumer) > before {
+            first_after = Some(back.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        producer.wait().unwrap().success(),
+        "prescale produce failed across the outage"
+    );
+    let report = finish(run, Duration::from_secs(240));
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["dead_letters"], 0, "{report}");
+    // Every event the producer had accepted reached the engine (copies a
+    // producer retry may add are at most extra deliveries, never fewer).
+    assert!(
+        report["events"].as_u64().unwrap() >= bt.n_events as u64,
+        "{report}"
+    );
+    // The broker's part: every record the producer sent is in the input
+    // topics, in its order per key (copies of a retried batch may be there).
+    let events = read_events(&bt.events, false).unwrap().events;
+    let (missing, copies, disorder) = input_diff(&cfg, &events);
+    eprintln!(
+        "input topics: {missing} records missing, {copies} extra copies, {disorder} out of order"
+    );
+    assert_eq!(
+        (missing, disorder),
+        (0, 0),
+        "the input topics lost or reordered records"
+    );
+    let lines = tail_lines(&cfg);
+    // One content per id (json_lines_by_id panics otherwise), the reference set.
+    let got = json_lines_by_id(&lines);
+    eprintln!(
+        "outage 10 s: {} command messages for {} ids; {before} before the outage; first command {first_after:?} after the broker came back; report {report}",
+        lines.len(),
+        got.len(),
+    );
+    assert_same_lines(&got, &bt.commands);
+}
+
+/// Recovery after SIGKILL, measured: `prescale run` (static membership) is
+/// killed three times while live input flows and restarted at once; each
+/// restart's time to its first published command and to its first snapshot
+/// is printed (figures for docs/benchmarks.md, not asserted). The commands
+/// in the end are exactly the backtest's, one content per id.
+#[test]
+fn sigkilled_run_recovers_each_time_and_reports_its_recovery_time() {
+    let broker = Broker::shared();
+    let bt = backtest_replay();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "recover", state.path());
+    let args = cli_args(&cfg);
+    create_topics(&cfg);
+    let member = ["-X", "group.instance.id=recover"];
+    let joined = |c: &mut Child, limit: Duration| {
+        let t = Instant::now();
+        while c.owned().map_or(0, |o| o.len()) != 9 {
+            c.pump();
+            assert!(t.elapsed() < limit, "no join:\n{}", c.log.join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    };
+    let mut run = Child::spawn_idle(&args, "recover", 3000, &member);
+    // Baseline: the first start's join (a fresh member, no snapshot).
+    let first_join = joined(&mut run, Duration::from_secs(60));
+    // ~40 s of live input: three kills 4 s after each (re)start has settled.
+    let mut producer = prescale()
+        .arg("produce")
+        .arg(&bt.events)
+        .args(&args)
+        .args(["--rate", &(bt.n_events as f64 / 40.0).to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
+        .create()
+        .unwrap();
+    let snapshot_after = |t: std::time::SystemTime| {
+        snapshots(state.path()).iter().any(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > t)
+        })
+    };
+    let mut rows = Vec::new();
+    for kill in 1..=3 {
+        std::thread::sleep(Duration::from_secs(4));
+        run.proc.kill().unwrap(); // SIGKILL
+        run.proc.wait().unwrap();
+        let before = command_messages(&cfg, &consumer);
+        let wall = std::time::SystemTime::now();
+        let t = Instant::now();
+        run = Child::spawn_idle(&args, "recover", 3000, &member);
+        let (mut join, mut command, mut snapshot) = (None, None, None);
+        while t.elapsed() < Duration::from_secs(60)
+            && (join.is_none() || command.is_none() || snapshot.is_none())
+        {
+            run.pump();
+            if join.is_none() && run.owned().map_or(0, |o| o.len()) == 9 {
+                join = Some(t.elapsed());
+            }
+            if command.is_none() && command_messages(&cfg, &consumer) > before {
+                command = Some(t.elapsed());
+            }
+            if snapshot.is_none() && snapshot_after(wall) {
+                snapshot = Some(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+        assert!(
+            join.is_some() && command.is_some(),
+            "restart {kill}: join {join:?}, first command {command:?}:\n{}",
+            run.log.join("\n")
+        );
+        rows.push((kill, secs(join), secs(command), secs(snapshot)));
+    }
+    assert!(
+        producer.wait().unwrap().success(),
+        "prescale produce failed"
+    );
+    let report = finish(run, Duration::from_secs(180));
+    assert_eq!(report["finished"], true, "{report}");
+    // The broker kept the input as sent (the consumer's kills touch only it).
+    let events = read_events(&bt.events, false).unwrap().events;
+    assert_eq!(input_diff(&cfg, &events), (0, 0, 0), "input topics");
+    let lines = tail_lines(&cfg);
+    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+    eprintln!(
+        "first start → assigned: {:.2} s (baseline)",
+        first_join.as_secs_f64()
+    );
+    eprintln!("kill | restart→assigned s | restart→first command s | restart→first snapshot s");
+    for (k, j, c, s) in &rows {
+        eprintln!("{k} | {j:.2} | {c:.2} | {s:.2}");
+    }
 }

@@ -107,15 +107,21 @@ impl Moto {
 
     /// Every request moto received so far (its recorder), in order: (action, decoded body).
     pub async fn recording(&self) -> Vec<(String, String)> {
-        let text = reqwest::get(format!(
-            "{}/moto-api/recorder/download-recording",
-            self.endpoint
-        ))
-        .await
-        .expect("recording")
-        .text()
-        .await
-        .unwrap();
+        // Bounded: a server that stops answering fails the test instead of hanging it.
+        let text = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap()
+            .get(format!(
+                "{}/moto-api/recorder/download-recording",
+                self.endpoint
+            ))
+            .send()
+            .await
+            .expect("recording")
+            .text()
+            .await
+            .expect("recording body");
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .map(|v| {
@@ -681,4 +687,23 @@ pub fn run_until(
     assert!(out.status.success(), "actuator failed:\n{}", tail());
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("summary JSON")
+}
+
+/// The last scaling command id per environment in an actuator's ledger file (its first line is
+/// the body's checksum, then the JSON body; a missing or half-written file reads as empty).
+/// Reading the actuator's own file lets a test follow its progress without loading the endpoint.
+pub fn ledger_last(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let body = text.split_once('\n').map(|(_, b)| b).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(env, e)| {
+                    let id = e["scaling"]["command_id"].as_str()?;
+                    Some((env.clone(), id.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -18,6 +18,7 @@ use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -96,6 +97,10 @@ impl RunError {
     }
 }
 
+/// Per partition read from before its committed offset: that offset, below
+/// which messages were handled by an earlier run and are passed over.
+type ResumeOffsets = BTreeMap<(String, i32), i64>;
+
 struct Loop<A> {
     cfg: ActuateConfig,
     actuator: A,
@@ -103,6 +108,8 @@ struct Loop<A> {
     consumer: StreamConsumer,
     dlq: Publisher,
     scaling_topic: String,
+    /// Messages below these offsets were handled by an earlier run.
+    resume: ResumeOffsets,
     summary: RunSummary,
 }
 
@@ -123,7 +130,8 @@ pub async fn run<A: Actuator>(
     let dlqs = [topics.dlq(&scaling_topic), topics.dlq(&preemption_topic)];
     ensure_topics(&cfg.kafka, &dlqs.map(|t| (t, 1))).await?;
     let consumer: StreamConsumer = consumer_config(&cfg.kafka, Some(&cfg.group)).create()?;
-    let start = start_positions(&consumer, &[&scaling_topic, &preemption_topic])?;
+    let reread = i64::from(cfg.kafka.reread_messages);
+    let (start, resume) = start_positions(&consumer, &[&scaling_topic, &preemption_topic], reread)?;
     consumer.assign(&start)?;
     tracing::info!(kind = actuator.kind(), group = %cfg.group, dry_run = cfg.dry_run, "actuator started");
     let mut l = Loop {
@@ -133,6 +141,7 @@ pub async fn run<A: Actuator>(
         ledger,
         consumer,
         scaling_topic,
+        resume,
         summary: RunSummary::default(),
     };
     l.run(&mut shutdown).await?;
@@ -141,8 +150,18 @@ pub async fn run<A: Actuator>(
     Ok(l.summary)
 }
 
-/// Every partition of the command topics, from the group's committed
-/// offsets (the oldest retained message where none is committed).
+/// Every partition of the command topics, from a little before the group's
+/// committed offsets (the oldest retained message where none is committed),
+/// and those committed offsets, below which messages are passed over.
+///
+/// Why from before: a broker may answer a fetch from inside a record batch
+/// with the *following* batch (tansu 0.6 does; Kafka returns the containing
+/// batch). Resuming exactly at a committed offset in the middle of a batch
+/// then skips the rest of that batch, or, when it is the partition's last,
+/// stalls the partition for good: a restarted actuator applied nothing
+/// (#22). Starting `reread` messages earlier (`KafkaConfig::reread_messages`,
+/// above a producer's batch) lands on or before the batch that holds the
+/// committed offset, as `prescale run` does (docs/service.md).
 ///
 /// The actuator assigns itself all partitions instead of joining the group
 /// as a member: one actuator owns one target (two would race on it), and a
@@ -152,7 +171,8 @@ pub async fn run<A: Actuator>(
 fn start_positions(
     consumer: &StreamConsumer,
     topics: &[&str],
-) -> Result<TopicPartitionList, RunError> {
+    reread: i64,
+) -> Result<(TopicPartitionList, ResumeOffsets), RunError> {
     let timeout = Duration::from_secs(10);
     let mut all = TopicPartitionList::new();
     for t in topics {
@@ -162,14 +182,21 @@ fn start_positions(
     }
     let committed = consumer.committed_offsets(all, timeout)?;
     let mut start = TopicPartitionList::new();
+    let mut resume = BTreeMap::new();
     for e in committed.elements() {
+        let (topic, partition) = (e.topic(), e.partition());
         let at = match e.offset() {
+            Offset::Offset(o) if o > 0 => {
+                let (low, _) = consumer.fetch_watermarks(topic, partition, timeout)?;
+                resume.insert((topic.to_string(), partition), o);
+                Offset::Offset(o.saturating_sub(reread).max(low).min(o))
+            }
             Offset::Offset(o) => Offset::Offset(o),
             _ => Offset::Beginning,
         };
-        start.add_partition_offset(e.topic(), e.partition(), at)?;
+        start.add_partition_offset(topic, partition, at)?;
     }
-    Ok(start)
+    Ok((start, resume))
 }
 
 impl<A: Actuator> Loop<A> {
@@ -237,7 +264,36 @@ impl<A: Actuator> Loop<A> {
         Ok(true)
     }
 
+    /// Whether `m` lies before where this run resumes its partition (read
+    /// again only to get past a broker's batch boundary; see
+    /// [`start_positions`]). The first message at or past that point ends
+    /// the re-read; one past it means the broker skipped messages, which
+    /// is logged (a command may have been lost upstream of the actuator).
+    fn before_resume(&mut self, m: &OwnedMessage) -> bool {
+        let key = (m.topic().to_string(), m.partition());
+        let Some(&at) = self.resume.get(&key) else {
+            return false;
+        };
+        if m.offset() < at {
+            return true;
+        }
+        if m.offset() > at {
+            tracing::warn!(
+                topic = m.topic(),
+                partition = m.partition(),
+                expected = at,
+                got = m.offset(),
+                "the broker skipped messages after the resume offset"
+            );
+        }
+        self.resume.remove(&key);
+        false
+    }
+
     async fn handle(&mut self, m: &OwnedMessage) -> Result<(), RunError> {
+        if self.before_resume(m) {
+            return Ok(());
+        }
         let scaling = m.topic() == self.scaling_topic;
         let decoded = decode_output(&self.cfg.kafka, scaling, m.payload().unwrap_or(&[]));
         match decoded {
