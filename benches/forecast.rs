@@ -18,8 +18,8 @@ use std::time::Instant;
 const SAMPLE: &str = "data/ricc-2010-2-excerpt.swf.gz";
 
 fn load(path: &Path) -> Option<Vec<Event>> {
-    use prescale::events::file::{is_events_file, read_events};
     use prescale::import::alibaba::{is_alibaba_csv, read_alibaba, AlibabaOptions};
+    use prescale::import::events_file::{is_events_file, read_events};
     use prescale::import::swf::{read_swf, SwfKey, SwfOptions};
     if !path.exists() {
         return None;

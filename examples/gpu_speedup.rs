@@ -19,8 +19,8 @@ fn main() {
     };
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(40);
     let path = Path::new(trace);
-    let events = if prescale::events::file::is_events_file(path) {
-        prescale::events::file::read_events(path, true)
+    let events = if prescale::import::events_file::is_events_file(path) {
+        prescale::import::events_file::read_events(path, true)
             .map(|d| d.events)
             .unwrap_or_default()
     } else if prescale::import::alibaba::is_alibaba_csv(path) {

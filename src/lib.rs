@@ -1,9 +1,12 @@
 //! prescale: forecasts batch demand from scheduler events and decides, ahead of
 //! need, the cheapest capacity that keeps deadlines and budgets.
 //!
-//! The pure decision core (`state`, `forecast`, `pricing`, `planner`,
-//! `budget`, `engine`) does no I/O, so the live service and the backtest
-//! (`sim`) run exactly the same code. Adapters live in `io` and `import`.
+//! The pure decision core (`events`, `state`, `forecast`, `pricing`,
+//! `policy`, `budget`, `engine`, `planner`) does no I/O, so the live service
+//! and the backtest (`sim`) run exactly the same code. Adapters (`import`,
+//! `io`, `store`, `telemetry`, `api`, `checkpoint`) sit around it, and
+//! `wiring` builds engines from configuration. `tests/layers.rs` holds the
+//! layers (docs/architecture.md).
 
 pub mod api;
 pub mod budget;
@@ -22,3 +25,4 @@ pub mod sim;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod wiring;

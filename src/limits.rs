@@ -7,7 +7,9 @@
 //! the value it has; a record outside one is an error naming the file, the
 //! record and the field (or, with `--skip-bad`, a counted skip).
 
-use crate::events::Millis;
+/// Epoch milliseconds, as `events::Millis` (spelled out here: the limits
+/// sit below every other module and import none).
+type Millis = i64;
 
 /// Earliest accepted timestamp: 1970-01-01 (epoch ms). Traces whose logs use
 /// a relative clock (SWF with no `UnixStartTime`) start here.

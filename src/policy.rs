@@ -11,7 +11,6 @@
 use crate::events::Market;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// A TOML settings file (policy, budgets) failed to load. `key` is the
 /// dotted path of the offending key (empty for syntax errors, whose reason
@@ -26,19 +25,6 @@ pub struct FileError {
 
 /// A policy file failed to load.
 pub type PolicyError = FileError;
-
-/// Read a TOML settings file into its top-level table; errors name the file
-/// (and line and column for syntax errors).
-pub(crate) fn read_toml(path: &Path) -> Result<(String, toml::Table), FileError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
-        file: file.clone(),
-        key: String::new(),
-        reason: format!("cannot read: {e}"),
-    })?;
-    let table = parse_toml(&text, &file)?;
-    Ok((file, table))
-}
 
 /// Parse TOML text into its top-level table; `origin` names it in errors.
 pub(crate) fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, FileError> {
@@ -362,13 +348,8 @@ pub struct PolicyFile {
 }
 
 impl PolicyFile {
-    /// Reads and validates a policy file.
-    pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
-        let (file, root) = crate::policy::read_toml(path)?;
-        Self::from_table(&root, &file)
-    }
-
     /// Parses and validates policy TOML; `origin` names the source in errors.
+    /// (`PolicyFile::load`, in `import::settings`, reads it from a file.)
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PolicyFile, PolicyError> {
         Self::from_table(&crate::policy::parse_toml(text, origin)?, origin)
     }
@@ -470,6 +451,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const GOOD: &str = r#"
 [defaults]

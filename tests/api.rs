@@ -3,8 +3,8 @@
 //! message on bad JSON, 413 on an oversize body, and a bad policy file
 //! failing at start with file, key and reason.
 
-use prescale::events::file::EventsWriter;
 use prescale::events::{Event, JobCompleted, JobStatus, JobSubmitted, Market, PriceTick};
+use prescale::import::events_file::EventsWriter;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

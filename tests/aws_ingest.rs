@@ -8,8 +8,8 @@
 mod aws_support;
 
 use aws_support::*;
-use prescale::events::file::read_events;
 use prescale::events::{Event, JobStatus};
+use prescale::import::events_file::read_events;
 use std::path::Path;
 use std::process::Command as Proc;
 

@@ -5,8 +5,8 @@
 mod kafka_support;
 
 use kafka_support::*;
-use prescale::events::file::{read_events, EventsWriter};
 use prescale::events::*;
+use prescale::import::events_file::{read_events, EventsWriter};
 use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::produce::Pace;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -21,7 +21,6 @@
 
 use super::Period;
 use crate::events::{BudgetAllocation, BudgetScope, Millis};
-use std::path::Path;
 
 /// A budgets file that failed to load (file, key and reason).
 pub type BudgetFileError = crate::policy::FileError;
@@ -35,13 +34,8 @@ pub struct BudgetFile {
 }
 
 impl BudgetFile {
-    /// Reads and validates a budgets file.
-    pub fn load(path: &Path) -> Result<BudgetFile, BudgetFileError> {
-        let (file, root) = crate::policy::read_toml(path)?;
-        Self::from_table(&root, &file)
-    }
-
     /// Parses and validates budgets TOML; `origin` names the source in errors.
+    /// (`BudgetFile::load`, in `import::settings`, reads it from a file.)
     pub fn from_toml_str(text: &str, origin: &str) -> Result<BudgetFile, BudgetFileError> {
         Self::from_table(&crate::policy::parse_toml(text, origin)?, origin)
     }
@@ -173,6 +167,7 @@ fn amount(v: &toml::Value) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_scopes_periods_and_shorthand() {

@@ -13,7 +13,7 @@
 //! - `simulator`: the discrete-event cluster replaying the jobs (reactive,
 //!   and predictive with the commands of the full loop).
 
-use super::backtest::{make_engine, prepare};
+use super::inputs::prepare;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use prescale::events::avro::{decode_event, encode_event, EventKind};
@@ -23,6 +23,7 @@ use prescale::sim::inputs::sim_prices;
 use prescale::sim::policy::floor_commands;
 use prescale::sim::{Cluster, Mode, SimConfig, SimPrices, Workload};
 use prescale::state::{DemandState, StateConfig};
+use prescale::wiring::make_engine;
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -77,7 +78,7 @@ pub enum Stage {
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.what {
         BenchCmd::Replay(r) => replay(r),
-        BenchCmd::Kafka(k) => super::bench_kafka::run(*k, super::backtest::decision_core),
+        BenchCmd::Kafka(k) => super::bench_kafka::run(*k, prescale::wiring::decision_core),
         BenchCmd::Store(s) => super::bench_store::run(s),
         BenchCmd::Spot(s) => super::bench_spot::run(*s),
     }

@@ -12,9 +12,8 @@ use super::run::KafkaArgs;
 use anyhow::{bail, Context};
 use cpu_time::ProcessTime;
 use prescale::engine::EngineConfig;
-use prescale::events::file::RecordedMessage;
 use prescale::events::*;
-use prescale::io::kafka::brain::EngineFactory;
+use prescale::import::events_file::RecordedMessage;
 use prescale::io::kafka::client::{consumer_config, ensure_topics, partitions_of};
 use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::config::KafkaConfig;
@@ -22,6 +21,7 @@ use prescale::io::kafka::produce::{publish_messages, Pace};
 use prescale::io::kafka::publish::Publisher;
 use prescale::io::kafka::service::{self, Control, RunOptions, Stats};
 use prescale::state::StateConfig;
+use prescale::wiring::EngineFactory;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -438,8 +438,8 @@ impl Latencies {
     }
 }
 
-pub fn run(args: BenchKafkaArgs, core: super::run::DecisionCore) -> anyhow::Result<()> {
-    let factory = super::run::engine_factory(args.catalog.as_deref(), None, core)?;
+pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow::Result<()> {
+    let factory = prescale::wiring::engine_factory(args.catalog.as_deref(), None, core)?;
     let mut base = args.kafka.load()?;
     // tansu answers a fetch only when `fetch.wait.max.ms` has run out, even
     // with data waiting (a Kafka broker answers at `fetch.min.bytes`), so

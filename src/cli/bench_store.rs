@@ -8,14 +8,14 @@
 //! Issue 6 asks that a down store costs the loop less than 5 %. Prints
 //! figures; asserts nothing.
 
-use super::backtest::{decision_core, prepare};
-use super::run::engine_factory;
+use super::inputs::prepare;
 use clap::Args;
 use prescale::events::Command;
-use prescale::forecast::retrain::RetrainConfig;
 use prescale::io::kafka::observe::ObservingFactory;
 use prescale::io::kafka::service::BrainFactory;
+use prescale::io::retrain::RetrainConfig;
 use prescale::store::{StoreConfig, StoreWriter};
+use prescale::wiring::{decision_core, engine_factory};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]

@@ -124,8 +124,8 @@ pub fn parse_bucket_horizon(bucket: &str, horizon: &str) -> Result<(i64, i64)> {
 
 /// Read a trace into events.
 pub fn load_events(path: &Path, format: TraceFormat, skip_bad: bool) -> Result<Vec<Event>> {
-    use prescale::events::file::{is_events_file, read_events};
     use prescale::import::alibaba::{is_alibaba_csv, read_alibaba, AlibabaOptions};
+    use prescale::import::events_file::{is_events_file, read_events};
     let format = match format {
         TraceFormat::Auto if is_events_file(path) => TraceFormat::Events,
         TraceFormat::Auto if is_alibaba_csv(path) => TraceFormat::Alibaba,

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use prescale::events::file::EventsWriter;
 use prescale::events::Event;
+use prescale::import::events_file::EventsWriter;
 use prescale::import::prices::{read_prices, PriceOptions};
 use prescale::import::swf::{read_swf, SwfKey, SwfOptions};
 use std::path::PathBuf;

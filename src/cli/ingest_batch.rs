@@ -3,8 +3,8 @@
 
 use super::run::KafkaArgs;
 use anyhow::Context;
-use prescale::events::file::{EventsWriter, RecordedMessage};
 use prescale::events::Event;
+use prescale::import::events_file::{EventsWriter, RecordedMessage};
 use prescale::io::aws::config::Mapping;
 use prescale::io::aws::ingest::{from_detail, BadRecord, Ingest, SeenSet};
 use prescale::io::aws::{sdk_config, AwsConnect};

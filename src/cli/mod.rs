@@ -17,6 +17,7 @@ pub mod ingest;
 #[cfg(feature = "aws")]
 mod ingest_batch;
 mod ingest_slurm;
+mod inputs;
 pub mod produce;
 pub mod run;
 pub mod serve;
@@ -76,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Train(a) => train::run(a),
         Cmd::Produce(a) => produce::run(a),
-        Cmd::Run(a) => run::run(a, backtest::decision_core),
+        Cmd::Run(a) => run::run(a, prescale::wiring::decision_core),
         Cmd::Tail(a) => tail::run(a),
     }
 }

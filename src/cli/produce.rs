@@ -5,7 +5,7 @@
 
 use super::run::KafkaArgs;
 use anyhow::{bail, Context};
-use prescale::events::file::{is_events_file, read_messages, RecordedMessage};
+use prescale::import::events_file::{is_events_file, read_messages, RecordedMessage};
 use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::produce::{publish_messages, Pace};
 use prescale::io::kafka::publish::Publisher;

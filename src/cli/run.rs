@@ -3,16 +3,13 @@
 //! checkpoints state with the offsets it reflects.
 
 use anyhow::Context;
-use prescale::engine::CapacityPlanner;
-use prescale::forecast::Forecaster;
-use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
 use prescale::io::kafka::extras::{ExtrasOverrides, ServiceExtras};
 use prescale::io::kafka::observe::ObservingFactory;
 use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
-use prescale::pricing::Catalog;
 use prescale::store::StoreWriter;
+use prescale::wiring::{engine_factory, DecisionCore};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,31 +78,6 @@ impl KafkaArgs {
         }
         Ok(KafkaConfig::load(self.config.as_deref(), &ov)?)
     }
-}
-
-/// The forecaster and planner of the engine (`cli::backtest::decision_core`,
-/// passed in by `cli::run`, so the service and the backtest share it).
-pub type DecisionCore =
-    fn(&Catalog, prescale::policy::PolicyFile) -> (Arc<dyn Forecaster>, Arc<dyn CapacityPlanner>);
-
-/// The engine the service runs: the backtest's construction (same config,
-/// forecaster and planner), so a replay through Kafka decides what the
-/// backtest decides.
-pub fn engine_factory(
-    catalog: Option<&std::path::Path>,
-    policy: Option<&std::path::Path>,
-    core: DecisionCore,
-) -> anyhow::Result<EngineFactory> {
-    // The backtest's default catalogue, so both decide over the same offers.
-    let catalog = Arc::new(match catalog {
-        Some(p) => Catalog::load(p).with_context(|| format!("loading {}", p.display()))?,
-        None => Catalog::parse(
-            super::backtest::SAMPLE_CATALOG,
-            super::backtest::SAMPLE_CATALOG_NAME,
-        )?,
-    });
-    let (forecaster, planner) = core(&catalog, super::backtest::load_policy(policy)?);
-    Ok(EngineFactory::new(catalog, forecaster, planner))
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use prescale::api::{self, AppState, ServiceState};
-use prescale::events::file::read_events;
 use prescale::forecast::{load_or_fallback, Ets, Forecaster};
+use prescale::import::events_file::read_events;
 use prescale::policy::PolicyFile;
 use prescale::pricing::Catalog;
 use prescale::state::StateConfig;

@@ -7,18 +7,23 @@
 //! forecast demand over the horizon, ask the planner for capacity and an
 //! instance mix, and emit a [`ScalingCommand`] when the decision changed.
 
-use crate::budget::{Ledger, Verdict};
+use crate::budget::{expected_job_cost, Ledger, Verdict};
 use crate::events::{
     command_id, Command, Event, Millis, PreemptionAction, QuantileValue, ScalingCommand,
 };
 use crate::forecast::{Forecast, Forecaster, History};
-use crate::planner::{expected_job_cost, PreviousPlan};
-use crate::policy::{EnvPolicy, OverBudget};
 use crate::pricing::{Catalog, PriceBook};
-use crate::state::{Applied, DemandState, EnvSummary, StateConfig, StateCounters, VCPU};
+use crate::state::{Applied, DemandState, StateConfig, StateCounters, VCPU};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+mod port;
+mod report;
+pub mod spans;
+
+pub use port::{CapacityPlanner, PlanDecision, PlanRequest, PreviousPlan};
+pub use report::{BudgetLine, TickForecast, TickPlan, TickReport};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EngineConfig {
@@ -64,51 +69,6 @@ impl Default for EngineConfig {
             default_usd_per_vcpu_hour: 0.048,
             budget_floor_usd_per_vcpu_hour: default_budget_floor(),
         }
-    }
-}
-
-/// What the planner is asked on each tick for one environment.
-#[derive(Debug)]
-pub struct PlanRequest<'a> {
-    pub compute_environment: &'a str,
-    pub now: Millis,
-    pub bucket_ms: i64,
-    pub forecast: &'a Forecast,
-    /// Jobs submitted and not completed in this environment.
-    pub outstanding: &'a EnvSummary,
-    pub book: &'a PriceBook,
-    pub catalog: &'a Catalog,
-    /// USD/h the environment's budgets can still sustain (None: no budget applies).
-    pub budget_headroom_usd_per_h: Option<f64>,
-    /// What the previous tick decided.
-    pub previous: Option<PreviousPlan>,
-    /// Offers already built in this tick for another environment (the
-    /// book, catalogue and time are the same for all of them); None: build
-    /// them afresh.
-    pub offers_cache: Option<&'a crate::planner::OffersCache>,
-}
-
-/// The planner's answer (becomes a [`ScalingCommand`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanDecision {
-    pub min_vcpus: i64,
-    pub desired_vcpus: i64,
-    pub max_vcpus: i64,
-    pub instance_mix: Vec<crate::events::InstanceAllocation>,
-    pub constraints: BTreeMap<String, String>,
-    pub reason: String,
-    /// Expected cost of a vCPU-hour on this plan (prices new jobs' budget commitments).
-    pub usd_per_vcpu_hour: f64,
-}
-
-/// Capacity planning strategy; pure and deterministic.
-pub trait CapacityPlanner: Send + Sync {
-    fn plan(&self, req: &PlanRequest<'_>) -> PlanDecision;
-
-    /// The user policy of an environment, when this planner has one
-    /// (decides what happens to over-budget submissions).
-    fn policy(&self, _env: &str) -> Option<&EnvPolicy> {
-        None
     }
 }
 
@@ -175,9 +135,6 @@ pub struct Engine {
     forecaster: Arc<dyn Forecaster>,
     planner: Arc<dyn CapacityPlanner>,
     ticks: Vec<Millis>,
-    /// Offers shared by the environments of a tick and kept across ticks
-    /// while the book and the time leave them right.
-    offers_cache: crate::planner::OffersCache,
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
     tick_span: tracing::Span,
@@ -224,12 +181,11 @@ impl Engine {
             forecaster,
             planner,
             ticks: Vec::new(),
-            offers_cache: Default::default(),
             tick_span: tracing::Span::none(),
         }
     }
 
-    /// The span of the last decision tick (see [`crate::telemetry::spans`]);
+    /// The span of the last decision tick (see [`spans`]);
     /// a disabled span before the first tick.
     pub fn tick_span(&self) -> &tracing::Span {
         &self.tick_span
@@ -248,9 +204,9 @@ impl Engine {
     }
 
     /// How many plans built their offers and how many reused those of an
-    /// earlier plan (see [`crate::planner::OffersCache`]).
+    /// earlier plan (see [`CapacityPlanner::offers_built_and_reused`]).
     pub fn offers_built_and_reused(&self) -> (u64, u64) {
-        self.offers_cache.built_and_reused()
+        self.planner.offers_built_and_reused()
     }
 
     pub fn counters(&self) -> &EngineCounters {
@@ -270,6 +226,18 @@ impl Engine {
     /// record already applied changes nothing; a contradicting one is
     /// refused (see [`Handled`]).
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<Command>) -> Handled {
+        self.handle_reporting(ev, out, None)
+    }
+
+    /// [`Engine::handle`], and when `reports` is given, a [`TickReport`]
+    /// appended for each decision tick the event closed. Reports cost a
+    /// little (names copied), so only adapters that read them ask.
+    pub fn handle_reporting(
+        &mut self,
+        ev: &Event,
+        out: &mut Vec<Command>,
+        mut reports: Option<&mut Vec<TickReport>>,
+    ) -> Handled {
         self.st.counters.events += 1;
         let seen = self.seen_before(ev);
         if seen != Handled::Applied {
@@ -300,10 +268,7 @@ impl Engine {
             {
                 let rate = self.env_rate(&j.compute_environment, j.submitted_at);
                 let cost = expected_job_cost(j.vcpus, j.estimated_runtime_s, rate);
-                let over = self
-                    .planner
-                    .policy(&j.compute_environment)
-                    .map_or(OverBudget::Queue, |p| p.over_budget);
+                let over = self.planner.over_budget(&j.compute_environment);
                 let d = self.st.ledger.on_submit(j, cost, over);
                 // prescale provisions ahead of demand, so admitted work is
                 // charged as running from submission (queue wait included:
@@ -331,7 +296,7 @@ impl Engine {
             _ => {}
         }
         for &t in &ticks {
-            self.decide(t, out);
+            self.decide(t, out, reports.as_deref_mut());
         }
         self.ticks = ticks;
         copy.unwrap_or(Handled::Applied)
@@ -407,15 +372,30 @@ impl Engine {
 
     /// End of input: close every open bucket and decide on each tick.
     pub fn finish(&mut self, out: &mut Vec<Command>) {
+        self.finish_reporting(out, None);
+    }
+
+    /// [`Engine::finish`], with a [`TickReport`] per tick when asked.
+    pub fn finish_reporting(
+        &mut self,
+        out: &mut Vec<Command>,
+        mut reports: Option<&mut Vec<TickReport>>,
+    ) {
         let mut ticks = Vec::new();
         self.st.demand.flush(&mut ticks);
         for t in ticks {
-            self.decide(t, out);
+            self.decide(t, out, reports.as_deref_mut());
         }
     }
 
     /// Forecast one environment's vCPU demand from its closed history.
     pub fn forecast_environment(&self, env: &str) -> Option<Forecast> {
+        self.forecast_from_history(env).map(|(f, _)| f)
+    }
+
+    /// [`Engine::forecast_environment`], and where the forecast starts (the
+    /// end of its history).
+    fn forecast_from_history(&self, env: &str) -> Option<(Forecast, Millis)> {
         let (start, values) = self.st.demand.environment_history(env, VCPU);
         if values.is_empty() {
             return None;
@@ -428,14 +408,18 @@ impl Engine {
             bucket_ms: self.cfg.state.bucket_ms,
             values: &values[off..],
         };
-        Some(
-            self.forecaster
-                .forecast(&h, self.cfg.horizon_buckets, &self.cfg.quantiles),
-        )
+        let f = self
+            .forecaster
+            .forecast(&h, self.cfg.horizon_buckets, &self.cfg.quantiles);
+        Some((f, h.end()))
     }
 
-    fn decide(&mut self, now: Millis, out: &mut Vec<Command>) {
-        use crate::telemetry::spans;
+    fn decide(
+        &mut self,
+        now: Millis,
+        out: &mut Vec<Command>,
+        reports: Option<&mut Vec<TickReport>>,
+    ) {
         let tick = spans::tick(now, "");
         let entered = tick.enter();
         let n0 = out.len();
@@ -444,10 +428,39 @@ impl Engine {
             let _budget = spans::budget().entered();
             self.budget_tick(now, out);
         }
-        self.decide_environments(now, out);
+        let mut report = reports.is_some().then(|| TickReport {
+            at: now,
+            forecasts: Vec::new(),
+            plans: Vec::new(),
+            commands: n0..n0,
+            budget_actions: out.len() - n0,
+            budgets: Vec::new(),
+        });
+        self.decide_environments(now, out, report.as_mut());
         spans::record_commands(&tick, out.len() - n0);
         drop(entered);
         self.tick_span = tick;
+        if let (Some(mut r), Some(reports)) = (report, reports) {
+            r.commands = n0..out.len();
+            r.budgets = self.budget_lines();
+            reports.push(r);
+        }
+    }
+
+    /// Every budget account as it stands, for a [`TickReport`].
+    fn budget_lines(&self) -> Vec<BudgetLine> {
+        self.st
+            .ledger
+            .accounts
+            .values()
+            .map(|a| BudgetLine {
+                scope: a.scope,
+                id: a.id.clone(),
+                allocated: a.allocated,
+                committed: a.committed,
+                spent: a.spent,
+            })
+            .collect()
     }
 
     /// Accrue spend and enforce budgets at a tick.
@@ -473,8 +486,12 @@ impl Engine {
         }
     }
 
-    fn decide_environments(&mut self, now: Millis, out: &mut Vec<Command>) {
-        use crate::telemetry::spans;
+    fn decide_environments(
+        &mut self,
+        now: Millis,
+        out: &mut Vec<Command>,
+        mut report: Option<&mut TickReport>,
+    ) {
         let envs: Vec<String> = self
             .st
             .demand
@@ -483,7 +500,8 @@ impl Engine {
             .map(str::to_string)
             .collect();
         for env in envs {
-            let Some(forecast) = spans::forecast(1).in_scope(|| self.forecast_environment(&env))
+            let Some((forecast, origin)) =
+                spans::forecast(1).in_scope(|| self.forecast_from_history(&env))
             else {
                 continue;
             };
@@ -503,7 +521,6 @@ impl Engine {
                 catalog: &self.catalog,
                 budget_headroom_usd_per_h: headroom,
                 previous: self.st.previous.get(&env).copied(),
-                offers_cache: Some(&self.offers_cache),
             });
             let raised_at = match self.st.previous.get(&env) {
                 Some(p) if p.desired_vcpus >= d.desired_vcpus => p.raised_at,
@@ -527,30 +544,54 @@ impl Engine {
                 .map(|a| format!("{}:{}:{}:{};", a.instance_type, a.market, a.region, a.count))
                 .collect();
             let sig = (d.min_vcpus, d.desired_vcpus, d.max_vcpus, mix_sig);
-            if self.st.last.get(&env) == Some(&sig) {
-                continue;
+            let changed = self.st.last.get(&env) != Some(&sig);
+            if let Some(r) = report.as_deref_mut() {
+                r.plans.push(TickPlan {
+                    compute_environment: env.clone(),
+                    min_vcpus: d.min_vcpus,
+                    desired_vcpus: d.desired_vcpus,
+                    max_vcpus: d.max_vcpus,
+                    usd_per_vcpu_hour: d.usd_per_vcpu_hour,
+                    command: changed.then_some(out.len()),
+                });
             }
-            self.st.last.insert(env.clone(), sig);
-            let first_step = forecast.values.first().cloned().unwrap_or_default();
-            self.st.counters.scaling_commands += 1;
-            out.push(Command::Scaling(ScalingCommand {
-                command_id: command_id(&["scale", &env, &now.to_string()]),
-                issued_at: now,
-                compute_environment: env,
-                min_vcpus: d.min_vcpus,
-                desired_vcpus: d.desired_vcpus,
-                max_vcpus: d.max_vcpus,
-                instance_mix: d.instance_mix,
-                constraints: d.constraints,
-                forecast: forecast
-                    .quantiles
-                    .iter()
-                    .zip(first_step)
-                    .map(|(&quantile, vcpus)| QuantileValue { quantile, vcpus })
-                    .collect(),
-                reason: d.reason,
-            }));
+            if changed {
+                self.st.last.insert(env.clone(), sig);
+                self.st.counters.scaling_commands += 1;
+                out.push(Command::Scaling(scaling_command(&env, now, d, &forecast)));
+            }
+            if let Some(r) = report.as_deref_mut() {
+                r.forecasts.push(TickForecast {
+                    compute_environment: env,
+                    origin,
+                    model: self.forecaster.name().to_string(),
+                    forecast,
+                });
+            }
         }
+    }
+}
+
+/// The command a changed decision becomes; its `forecast` is the first
+/// forecast step, its id derived from (kind, environment, tick time).
+fn scaling_command(env: &str, now: Millis, d: PlanDecision, forecast: &Forecast) -> ScalingCommand {
+    let first_step = forecast.values.first().cloned().unwrap_or_default();
+    ScalingCommand {
+        command_id: command_id(&["scale", env, &now.to_string()]),
+        issued_at: now,
+        compute_environment: env.into(),
+        min_vcpus: d.min_vcpus,
+        desired_vcpus: d.desired_vcpus,
+        max_vcpus: d.max_vcpus,
+        instance_mix: d.instance_mix,
+        constraints: d.constraints,
+        forecast: forecast
+            .quantiles
+            .iter()
+            .zip(first_step)
+            .map(|(&quantile, vcpus)| QuantileValue { quantile, vcpus })
+            .collect(),
+        reason: d.reason,
     }
 }
 

@@ -438,3 +438,79 @@ fn contradicting_records_are_refused_and_change_nothing() {
         );
     }
 }
+
+#[test]
+fn tick_reports_say_what_each_tick_did_and_change_nothing() {
+    let evs = events();
+    let mut plain = engine();
+    let mut want = Vec::new();
+    for ev in &evs {
+        plain.handle(ev, &mut want);
+    }
+    plain.finish(&mut want);
+
+    let mut e = engine();
+    let (mut out, mut reports) = (Vec::new(), Vec::new());
+    for ev in &evs {
+        e.handle_reporting(ev, &mut out, Some(&mut reports));
+    }
+    e.finish_reporting(&mut out, Some(&mut reports));
+    assert_eq!(out, want, "reporting changes no decision");
+    assert_eq!(reports.len() as u64, e.counters().ticks);
+    let mut next = 0;
+    for r in &reports {
+        // The ticks' commands tile the output in order (no budgets here:
+        // no command outside a tick).
+        assert_eq!(r.commands.start, next);
+        next = r.commands.end;
+        assert_eq!(r.budget_actions, 0);
+        assert!(r.budgets.is_empty());
+        assert_eq!(r.forecasts.len(), r.plans.len());
+        for (f, p) in r.forecasts.iter().zip(&r.plans) {
+            assert_eq!(f.compute_environment, p.compute_environment);
+            assert_eq!(
+                f.origin, r.at,
+                "a tick forecasts from the end of its history"
+            );
+            assert_eq!(f.model, "last");
+            if let Some(i) = p.command {
+                assert!(r.commands.contains(&i));
+                let Command::Scaling(s) = &out[i] else {
+                    panic!("plan {p:?} points at {:?}", out[i]);
+                };
+                assert_eq!(s.compute_environment, p.compute_environment);
+                assert_eq!(s.desired_vcpus, p.desired_vcpus);
+                assert_eq!(s.issued_at, r.at);
+                assert_eq!(s.forecast[1].vcpus, f.forecast.values[0][1]);
+            }
+        }
+        let published = r.plans.iter().filter(|p| p.command.is_some()).count();
+        assert_eq!(published, r.commands.len());
+    }
+    assert_eq!(next, out.len());
+    assert!(reports
+        .iter()
+        .any(|r| r.plans.iter().any(|p| p.command.is_none())));
+}
+
+#[test]
+fn tick_reports_carry_budget_actions_and_accounts() {
+    let mut e = engine();
+    let (mut out, mut reports) = (Vec::new(), Vec::new());
+    e.handle_reporting(&project_budget(0.5), &mut out, Some(&mut reports));
+    for ev in events() {
+        e.handle_reporting(&ev, &mut out, Some(&mut reports));
+    }
+    e.finish_reporting(&mut out, Some(&mut reports));
+    assert!(reports.iter().any(|r| r.budget_actions > 0));
+    for r in &reports {
+        assert_eq!(r.budgets.len(), 1);
+        assert_eq!(r.budgets[0].id, "p");
+        for c in &out[r.commands.start..r.commands.start + r.budget_actions] {
+            assert!(matches!(c, Command::Preemption(_)), "{c:?}");
+        }
+    }
+    let last = &reports.last().unwrap().budgets[0];
+    let acc = e.state().ledger.accounts.values().next().unwrap();
+    assert_eq!((last.allocated, last.spent), (acc.allocated, acc.spent));
+}

@@ -301,7 +301,7 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
             // What the ledger would refuse, refused here for every reader
             // alike (the backtest used to drop these silently, serve to
             // count them): a bad record, dead-lettered or counted.
-            if crate::budget::Period::parse(e.period.as_deref()).is_none() {
+            if super::Period::parse(e.period.as_deref()).is_none() {
                 return Err(bad(
                     S,
                     "period",

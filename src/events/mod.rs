@@ -2,12 +2,15 @@
 //! and what prescale publishes (scaling and preemption commands).
 //!
 //! Field names follow the Avro schemas in `schemas/*.avsc`; `avro` holds the
-//! codec and `file` the events file (recorded topics) format. Times are
+//! codec (events files, which hold recorded topics, are read and written by
+//! `import::events_file`: the core does no I/O). Times are
 //! milliseconds since the Unix epoch (`timestamp-millis` in Avro).
 
 pub mod avro;
 mod binary;
-pub mod file;
+mod period;
+
+pub use period::Period;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

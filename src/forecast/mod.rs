@@ -43,7 +43,6 @@ pub mod eval;
 pub mod lstm;
 pub mod metrics;
 pub mod naive;
-pub mod retrain;
 pub mod select;
 pub mod series;
 pub mod shared;

@@ -1,8 +1,11 @@
 //! Importers: turn public traces and price histories (the producers' side)
-//! into prescale events. They read files; the decision core never does.
+//! into prescale events, and read and write events files (recorded topics).
+//! They read files; the decision core never does.
 
 pub mod alibaba;
+pub mod events_file;
 pub mod prices;
+pub mod settings;
 pub mod swf;
 
 use std::io::{BufRead, BufReader, Read};

@@ -6,4 +6,5 @@ pub mod actuate;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod kafka;
+pub mod retrain;
 pub mod slurm;

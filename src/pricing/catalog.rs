@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSpec {
@@ -54,16 +53,8 @@ impl Catalog {
         Catalog::parse(BUNDLED.as_bytes(), "bundled catalogue").expect("bundled catalogue parses")
     }
 
-    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let p = path.display().to_string();
-        let r = crate::import::open_maybe_compressed(path).map_err(|source| CatalogError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        Catalog::parse(r, &p)
-    }
-
-    /// Parse the Karpenter-derived CSV:
+    /// Parse the Karpenter-derived CSV (`Catalog::load`, in
+    /// `import::settings`, reads it from a file):
     /// `region,instance_type,family,category,generation,vcpu,memory_mib,gpu_count,gpu_name,gpu_memory_mib,arch,ondemand_usd_per_hour`.
     pub fn parse(r: impl std::io::Read, name: &str) -> Result<Catalog, CatalogError> {
         let mut rdr = csv::Reader::from_reader(r);

@@ -9,7 +9,9 @@
 pub mod http;
 pub mod metrics;
 pub mod otel;
-pub mod spans;
+/// The span shape of a decision tick; the engine owns it (creating a span is
+/// not I/O), telemetry exports it.
+pub use crate::engine::spans;
 
 use std::time::Duration;
 

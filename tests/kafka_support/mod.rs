@@ -11,12 +11,12 @@
 use prescale::engine::{CapacityPlanner, EngineConfig, PlanDecision, PlanRequest};
 use prescale::events::*;
 use prescale::forecast::{Forecast, Forecaster, History};
-use prescale::io::kafka::brain::EngineFactory;
 use prescale::io::kafka::client::{caught_up, consumer_config, ensure_topics, partitions_of};
 use prescale::io::kafka::codec::{decode_output, headers};
 use prescale::io::kafka::config::KafkaConfig;
 use prescale::pricing::Catalog;
 use prescale::state::StateConfig;
+use prescale::wiring::EngineFactory;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -272,9 +272,9 @@ pub fn events(buckets: i64, jobs_per_bucket: i64) -> Vec<Event> {
     v
 }
 
-pub fn messages(evs: &[Event]) -> Vec<prescale::events::file::RecordedMessage> {
+pub fn messages(evs: &[Event]) -> Vec<prescale::import::events_file::RecordedMessage> {
     evs.iter()
-        .map(|e| prescale::events::file::RecordedMessage::from_event(e).unwrap())
+        .map(|e| prescale::import::events_file::RecordedMessage::from_event(e).unwrap())
         .collect()
 }
 
@@ -547,7 +547,7 @@ pub fn backtest_replay() -> &'static BacktestReplay {
                 .arg("--commands")
                 .arg(&commands),
         );
-        let n_events = prescale::events::file::read_events(&events, false)
+        let n_events = prescale::import::events_file::read_events(&events, false)
             .expect("read the exported events")
             .events
             .len();

@@ -3,61 +3,9 @@
 //! into snapshots.
 
 use super::service::{Brain, BrainFactory, Refused};
-use crate::engine::{CapacityPlanner, Engine, EngineConfig, EngineState};
+use crate::engine::Engine;
 use crate::events::{Command, Event};
-use crate::forecast::Forecaster;
-use crate::pricing::Catalog;
-use std::sync::Arc;
-
-/// Builds engines from one configuration and policy, fresh or restored.
-#[derive(Clone)]
-pub struct EngineFactory {
-    pub config: EngineConfig,
-    pub catalog: Arc<Catalog>,
-    pub forecaster: Arc<dyn Forecaster>,
-    pub planner: Arc<dyn CapacityPlanner>,
-}
-
-impl EngineFactory {
-    /// The one construction of the decision engine that `prescale run`,
-    /// `prescale backtest` and the benchmarks share: the default engine
-    /// configuration around a catalogue, forecaster and planner. Keeping it in
-    /// one place is what makes a Kafka replay decide what the backtest decides.
-    pub fn new(
-        catalog: Arc<Catalog>,
-        forecaster: Arc<dyn Forecaster>,
-        planner: Arc<dyn CapacityPlanner>,
-    ) -> Self {
-        EngineFactory {
-            config: EngineConfig::default(),
-            catalog,
-            forecaster,
-            planner,
-        }
-    }
-
-    /// A fresh engine (what a file replay uses).
-    pub fn engine(&self) -> Engine {
-        Engine::new(
-            self.config.clone(),
-            self.catalog.clone(),
-            self.forecaster.clone(),
-            self.planner.clone(),
-        )
-    }
-
-    /// The commands a file replay decides for `events` (in order), ending
-    /// with `finish` as the backtest does at end of input.
-    pub fn replay(&self, events: &[Event]) -> Vec<Command> {
-        let mut e = self.engine();
-        let mut out = Vec::new();
-        for ev in events {
-            e.handle(ev, &mut out);
-        }
-        e.finish(&mut out);
-        out
-    }
-}
+use crate::wiring::EngineFactory;
 
 pub struct EngineBrain(pub Engine);
 
@@ -109,27 +57,6 @@ impl Brain for EngineBrain {
     }
 }
 
-impl EngineFactory {
-    /// A fresh engine, or one restored from a snapshot's engine state.
-    pub fn engine_from(&self, restore: Option<&serde_json::Value>) -> Result<Engine, String> {
-        Ok(match restore {
-            None => self.engine(),
-            Some(v) => {
-                let st: EngineState = serde_json::from_value(v.clone()).map_err(|e| {
-                    format!("snapshot engine state does not match this version: {e}")
-                })?;
-                Engine::restore(
-                    self.config.clone(),
-                    st,
-                    self.catalog.clone(),
-                    self.forecaster.clone(),
-                    self.planner.clone(),
-                )
-            }
-        })
-    }
-}
-
 impl BrainFactory for EngineFactory {
     fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
         Ok(Box::new(EngineBrain(self.engine_from(restore)?)))
@@ -139,10 +66,13 @@ impl BrainFactory for EngineFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{PlanDecision, PlanRequest};
+    use crate::engine::{CapacityPlanner, EngineConfig, PlanDecision, PlanRequest};
     use crate::events::*;
+    use crate::forecast::Forecaster;
     use crate::forecast::{Forecast, History};
+    use crate::pricing::Catalog;
     use crate::state::StateConfig;
+    use std::sync::Arc;
 
     const MIN: i64 = 60_000;
 

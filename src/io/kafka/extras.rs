@@ -8,7 +8,7 @@
 //! `INFLUX_TOKEN` as a fallback token); retraining reads
 //! `PRESCALE_RETRAIN_<FIELD>` (e.g. `PRESCALE_RETRAIN_INTERVAL_S`).
 
-use crate::forecast::retrain::RetrainConfig;
+use crate::io::retrain::RetrainConfig;
 use crate::store::StoreConfig;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;

@@ -1,117 +1,56 @@
 //! What the running service reports about its decisions, without touching
 //! them: a [`BrainFactory`] that wraps the engine and, after every event,
-//! turns what the engine saw and decided into prediction-store points
-//! (`docs/telemetry.md`) and metrics (ticks, forecast error, spend, budgets),
-//! and starts periodic retraining ([`crate::forecast::retrain`]).
+//! turns the [`TickReport`]s the engine returned (forecasts used, plans,
+//! commands, budgets) into prediction-store points (`docs/telemetry.md`)
+//! and metrics (ticks, forecast error, spend, budgets), and starts periodic
+//! retraining ([`crate::io::retrain`]).
 //!
 //! Why a wrapper and not code in the engine: the engine is pure and shared
-//! with the backtest; everything here is I/O or wall-clock. The forecasts are
-//! captured by [`RecordingForecaster`] as the engine makes them (forecasting
-//! twice would double the most expensive part of a tick), so the decisions
-//! are exactly those of an unwrapped engine.
+//! with the backtest; everything here is I/O or wall-clock. The engine says
+//! what each tick did, so nothing here forecasts again or reads the engine
+//! from outside, and the decisions are exactly those of an unwrapped engine.
 //!
 //! Store writes go through [`StoreHandle`], which never blocks; when no store
 //! is configured only the metrics are kept.
 
-use super::brain::EngineFactory;
 use super::service::{Brain, BrainFactory, Refused};
-use crate::engine::Engine;
+use crate::engine::{Engine, TickForecast, TickReport};
 use crate::events::{Command, Event, Millis, ScalingCommand};
-use crate::forecast::retrain::{RetrainConfig, Retrainer};
-use crate::forecast::{Forecast, Forecaster, History, SharedForecaster};
+use crate::forecast::{Forecaster, SharedForecaster};
+use crate::io::retrain::{RetrainConfig, Retrainer};
 use crate::state::{GPUS, MEMORY_MIB, VCPU};
 use crate::store::points::{self, Demand, Point};
 use crate::store::StoreHandle;
 use crate::telemetry::Metrics;
+use crate::wiring::EngineFactory;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// One forecast the engine made: for `env`, from the history ending at
-/// `origin` (the decision tick), by `model`.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub env: String,
-    pub origin: Millis,
-    pub model: String,
-    pub forecast: Forecast,
-}
-
-/// The engine's forecaster: forwards to the hot-swappable model and keeps
-/// a copy of each answer until the observer takes it.
-pub struct RecordingForecaster {
-    model: SharedForecaster,
-    log: Mutex<Vec<Recorded>>,
-}
-
-impl RecordingForecaster {
-    pub fn new(model: SharedForecaster) -> Self {
-        RecordingForecaster {
-            model,
-            log: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The swappable model behind it.
-    pub fn model(&self) -> &SharedForecaster {
-        &self.model
-    }
-
-    /// Take what was recorded since the last call.
-    pub fn take(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Forecaster for RecordingForecaster {
-    fn name(&self) -> &str {
-        "recording"
-    }
-
-    fn forecast(&self, h: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
-        let m = self.model.current();
-        let f = m.forecast(h, horizon, quantiles);
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded even if nobody takes (e.g. a forecast outside the loop).
-        if log.len() < 100_000 {
-            log.push(Recorded {
-                env: h.key.to_string(),
-                origin: h.start + h.values.len() as i64 * h.bucket_ms,
-                model: m.name().to_string(),
-                forecast: f.clone(),
-            });
-        }
-        f
-    }
-}
-
-/// Latest USD/h per pool, grouped by what a command names: (instance type,
-/// market, region) → (provider, zone) → price.
 /// Builds observed engines (see the module docs).
 pub struct ObservingFactory {
     engines: EngineFactory,
-    recorder: Arc<RecordingForecaster>,
+    /// The model retraining swaps in; each brain's engine takes it up.
+    model: SharedForecaster,
     store: Option<StoreHandle>,
     metrics: &'static Metrics,
     retrainer: Option<Arc<Mutex<Retrainer>>>,
 }
 
 impl ObservingFactory {
-    /// Wrap `engines`: its forecaster becomes hot-swappable and recorded.
-    /// Retraining starts only when `retrain.interval_s > 0`.
+    /// Wrap `engines`: its forecaster becomes hot-swappable. Retraining
+    /// starts only when `retrain.interval_s > 0`.
     pub fn new(
-        mut engines: EngineFactory,
+        engines: EngineFactory,
         store: Option<StoreHandle>,
         retrain: &RetrainConfig,
         metrics: &'static Metrics,
     ) -> Self {
         let shared = SharedForecaster::new(engines.forecaster.clone());
-        let recorder = Arc::new(RecordingForecaster::new(shared.clone()));
-        engines.forecaster = recorder.clone();
         let retrainer = (retrain.interval_s > 0).then(|| {
             Arc::new(Mutex::new(Retrainer::new(
                 retrain.clone(),
-                shared,
+                shared.clone(),
                 engines.config.state.bucket_ms,
                 engines.config.horizon_buckets,
                 engines.config.quantiles.clone(),
@@ -123,26 +62,31 @@ impl ObservingFactory {
         metrics.touch_store_dropped();
         ObservingFactory {
             engines,
-            recorder,
+            model: shared,
             store,
             metrics,
             retrainer,
         }
     }
 
-    /// The model the engines forecast with (swap it to change it).
+    /// The model the engines forecast with (swap it to change it; each
+    /// engine takes the new one up after its next decision tick, or at the
+    /// service's next timer).
     pub fn model(&self) -> &SharedForecaster {
-        self.recorder.model()
+        &self.model
     }
 }
 
 impl BrainFactory for ObservingFactory {
     fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
-        let engine = self.engines.engine_from(restore)?;
-        self.recorder.take();
+        let mut engine = self.engines.engine_from(restore)?;
+        let using = self.model.current();
+        engine.set_forecaster(using.clone());
         Ok(Box::new(ObservingBrain {
             engine,
-            recorder: self.recorder.clone(),
+            model: self.model.clone(),
+            using,
+            reports: Vec::new(),
             store: self.store.clone(),
             metrics: self.metrics,
             retrainer: self.retrainer.clone(),
@@ -175,7 +119,12 @@ struct SpendAcc {
 
 struct ObservingBrain {
     engine: Engine,
-    recorder: Arc<RecordingForecaster>,
+    model: SharedForecaster,
+    /// The model the engine forecasts with now.
+    using: Arc<dyn Forecaster>,
+    /// What the engine's ticks did during the last call (kept for its
+    /// allocation).
+    reports: Vec<TickReport>,
     store: Option<StoreHandle>,
     metrics: &'static Metrics,
     retrainer: Option<Arc<Mutex<Retrainer>>>,
@@ -184,19 +133,23 @@ struct ObservingBrain {
 
 impl Brain for ObservingBrain {
     fn handle(&mut self, ev: Event, out: &mut Vec<Command>) -> Option<Refused> {
-        let (t0, ticks0, n0) = (Instant::now(), self.engine.counters().ticks, out.len());
+        let (t0, n0) = (Instant::now(), out.len());
         if let (Event::PriceTick(p), Some(s)) = (&ev, &self.store) {
             s.write(points::price(p));
         }
-        let h = self.engine.handle(&ev, out);
-        self.after(t0, ticks0, &out[n0..]);
+        let mut reports = std::mem::take(&mut self.reports);
+        reports.clear();
+        let h = self.engine.handle_reporting(&ev, out, Some(&mut reports));
+        self.after(t0, &reports, &out[n0..]);
+        self.reports = reports;
         super::brain::refused(h, ev)
     }
 
     fn finish(&mut self, out: &mut Vec<Command>) {
-        let (t0, ticks0, n0) = (Instant::now(), self.engine.counters().ticks, out.len());
-        self.engine.finish(out);
-        self.after(t0, ticks0, &out[n0..]);
+        let (t0, n0) = (Instant::now(), out.len());
+        let mut reports = Vec::new();
+        self.engine.finish_reporting(out, Some(&mut reports));
+        self.after(t0, &reports, &out[n0..]);
     }
 
     fn save(&self) -> Result<serde_json::Value, String> {
@@ -214,6 +167,7 @@ impl Brain for ObservingBrain {
     }
 
     fn on_timer(&mut self) {
+        self.take_up_model();
         self.maybe_retrain();
     }
 
@@ -238,12 +192,14 @@ impl Brain for ObservingBrain {
 }
 
 impl ObservingBrain {
-    fn after(&mut self, t0: Instant, ticks0: u64, new: &[Command]) {
-        let ticks = self.engine.counters().ticks - ticks0;
-        let recs = self.recorder.take();
-        if ticks == 0 && recs.is_empty() && new.is_empty() {
+    /// Report what the ticks of one call did (`new`: every command of the
+    /// call, budget refusals at submission included).
+    fn after(&mut self, t0: Instant, reports: &[TickReport], new: &[Command]) {
+        let ticks = reports.len();
+        if ticks == 0 && new.is_empty() {
             return;
         }
+        let recs: Vec<&TickForecast> = reports.iter().flat_map(|r| &r.forecasts).collect();
         if ticks > 0 {
             let per = t0.elapsed().as_secs_f64() / ticks as f64;
             for _ in 0..ticks {
@@ -256,12 +212,12 @@ impl ObservingBrain {
         let bucket_ms = self.engine.config().state.bucket_ms;
         // Observed demand up to each tick, and last tick's forecast error.
         for r in &recs {
-            self.observe_demand(&r.env, r.origin, bucket_ms, &mut pts);
+            self.observe_demand(&r.compute_environment, r.origin, bucket_ms, &mut pts);
         }
         for r in &recs {
             if write {
                 pts.extend(points::forecast(
-                    &r.env,
+                    &r.compute_environment,
                     &r.model,
                     r.origin,
                     bucket_ms,
@@ -276,7 +232,9 @@ impl ObservingBrain {
                 .min_by(|a, b| (a.1 - 0.5).abs().total_cmp(&(b.1 - 0.5).abs()))
                 .map(|(i, _)| i);
             if let Some(p50) = mid.and_then(|i| f.values.first()?.get(i).copied()) {
-                self.book.next_p50.insert(r.env.clone(), (r.origin, p50));
+                self.book
+                    .next_p50
+                    .insert(r.compute_environment.clone(), (r.origin, p50));
             }
         }
         self.account_spend(&recs, new, &mut pts);
@@ -285,8 +243,10 @@ impl ObservingBrain {
         }
         if ticks > 0 {
             let at = recs.iter().map(|r| r.origin).max();
+            // The budgets as the call's last tick left them.
+            let budgets = reports.last().map_or(&[][..], |r| &r.budgets[..]);
             if let Some(at) = at {
-                for a in self.engine.state().ledger.accounts.values() {
+                for a in budgets {
                     let scope = crate::budget::scope_str(a.scope);
                     self.metrics.set_budget(scope, &a.id, a.allocated, a.spent);
                     if !write {
@@ -302,10 +262,20 @@ impl ObservingBrain {
                     ));
                 }
             }
+            self.take_up_model();
             self.maybe_retrain();
         }
         if let Some(s) = &self.store {
             s.write_all(pts);
+        }
+    }
+
+    /// Forecast with the model retraining swapped in, if it did.
+    fn take_up_model(&mut self) {
+        let current = self.model.current();
+        if !Arc::ptr_eq(&current, &self.using) {
+            self.engine.set_forecaster(current.clone());
+            self.using = current;
         }
     }
 
@@ -376,7 +346,7 @@ impl ObservingBrain {
     /// Accrue spend per environment up to each tick; a scaling command
     /// changes the rate from its issue time. Ticks and commands are taken in
     /// event-time order (a tick before a command of the same time).
-    fn account_spend(&mut self, recs: &[Recorded], new: &[Command], pts: &mut Vec<Point>) {
+    fn account_spend(&mut self, recs: &[&TickForecast], new: &[Command], pts: &mut Vec<Point>) {
         let mut steps: Vec<(Millis, u8, usize)> = recs
             .iter()
             .enumerate()
@@ -389,7 +359,7 @@ impl ObservingBrain {
         steps.sort_unstable();
         for (t, kind, i) in steps {
             if kind == 0 {
-                let env = &recs[i].env;
+                let env = &recs[i].compute_environment;
                 let acc = self.book.spend.entry(env.clone()).or_default();
                 if let Some(since) = acc.since {
                     let usd = acc.usd_per_hour * (t - since).max(0) as f64 / 3_600_000.0;
@@ -440,6 +410,7 @@ mod tests {
     use super::*;
     use crate::engine::{CapacityPlanner, EngineConfig, PlanDecision, PlanRequest};
     use crate::events::{InstanceAllocation, JobSubmitted, Market, PriceTick};
+    use crate::forecast::{Forecast, History};
     use crate::pricing::Catalog;
     use crate::state::StateConfig;
 

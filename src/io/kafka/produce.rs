@@ -6,7 +6,7 @@ use super::config::KafkaConfig;
 use super::publish::Publisher;
 use super::KafkaError;
 use crate::events::avro::EventKind;
-use crate::events::file::RecordedMessage;
+use crate::import::events_file::RecordedMessage;
 use std::time::{Duration, Instant};
 
 /// Pacing of a replay.

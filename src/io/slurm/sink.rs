@@ -4,8 +4,8 @@
 use super::ingest::{Sink, KEY_HEADER};
 use super::SlurmError;
 use crate::events::avro::EventKind;
-use crate::events::file::EventsWriter;
 use crate::events::Event;
+use crate::import::events_file::EventsWriter;
 use crate::io::kafka::client::{consumer_config, partitions_of};
 use crate::io::kafka::codec::{encode_input, headers};
 use crate::io::kafka::publish::Publisher;

@@ -6,8 +6,8 @@
 //! the same path as live messages, which is what lets the backtest and the
 //! service share one brain.
 
-use super::avro::{decode_event, encode_event, CodecError, EventKind};
-use super::Event;
+use crate::events::avro::{decode_event, encode_event, CodecError, EventKind};
+use crate::events::Event;
 use apache_avro::{types::Value, Codec, Reader, Schema, Writer};
 use std::io::{Read, Write};
 use std::path::Path;

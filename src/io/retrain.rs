@@ -2,17 +2,17 @@
 //!
 //! [`RetrainSchedule`] decides *when* (pure: wall-clock ms and history length
 //! in, yes/no out); [`Retrainer`] does it: it copies the demand history the
-//! engine holds, trains the shared LSTM ([`super::lstm::train`]) on a blocking
+//! engine holds, trains the shared LSTM ([`crate::forecast::lstm::train`]) on a blocking
 //! thread so the decision loop never waits, writes the checkpoint and a model
 //! card into the models directory, and only then swaps the new model into the
 //! [`SharedForecaster`] the engine forecasts with. Any failure (too little
 //! data, training error, unwritable directory) is logged and counted, and the
 //! model in use stays.
 
-use super::lstm::{self, DeviceChoice, LstmConfig};
-use super::series::{DemandSeries, Metric};
-use super::{History, SharedForecaster};
 use crate::events::Millis;
+use crate::forecast::lstm::{self, DeviceChoice, LstmConfig};
+use crate::forecast::series::{DemandSeries, Metric};
+use crate::forecast::{History, SharedForecaster};
 use crate::state::DemandState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -252,7 +252,9 @@ impl Job {
         self.busy.store(false, Ordering::SeqCst);
     }
 
-    fn train_and_save(&self) -> Result<(super::LstmForecaster, lstm::TrainReport), String> {
+    fn train_and_save(
+        &self,
+    ) -> Result<(crate::forecast::LstmForecaster, lstm::TrainReport), String> {
         let hist: Vec<History<'_>> = self.series.iter().map(|s| s.history()).collect();
         let (model, rep) = lstm::train(&hist, &self.lstm, DeviceChoice::Cpu, &mut |_| {})
             .map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
-//! Span names and constructors for one decision tick, so the engine adapters,
-//! the Kafka service and the backtest emit the same trace shape:
+//! Span names and constructors for one decision tick, so the engine, the
+//! Kafka service and the backtest emit the same trace shape:
 //!
 //! ```text
 //! decision_tick {tick_at, compute_environment}
@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Spans are plain `tracing` spans; they become OpenTelemetry spans when
-//! [`crate::telemetry::init`] installed the OTLP layer, and cost next to
-//! nothing otherwise. Creating a span is not I/O, so the pure core may use
-//! them.
+//! the telemetry adapter (`telemetry::init`) installed the OTLP layer, and
+//! cost next to nothing otherwise. Creating a span is not I/O, so the
+//! engine owns them; `telemetry::spans` re-exports them for the adapters.
 
 use tracing::Span;
 

@@ -1,0 +1,95 @@
+//! The planner behind the engine's port ([`CapacityPlanner`]): the one place
+//! the engine's request becomes the planner's [`PlanInput`] and its
+//! [`PlanOutput`] the engine's answer.
+
+use super::{plan_environment_cached, OffersCache, PlanInput};
+use crate::engine::{CapacityPlanner, PlanDecision, PlanRequest};
+use crate::policy::{OverBudget, PolicyFile};
+use std::collections::BTreeMap;
+
+/// The engine's [`CapacityPlanner`] backed by this planner and a policy
+/// file. The engine's request carries only outstanding vCPUs (submitted,
+/// not completed), so they are treated as running work with an empty queue
+/// (the forecast covers the same quantity, so nothing is counted twice), at
+/// normal priority, with 2 GiB per vCPU and no GPUs.
+///
+/// It keeps the offers it builds ([`OffersCache`]) across plans: shared by
+/// the environments of a tick and kept across ticks while the book and the
+/// time leave them right. Engines sharing one planner share the cache; its
+/// entries are keyed by their book's content, so none is used for another
+/// book.
+#[derive(Debug, Default)]
+pub struct CostAwarePlanner {
+    pub policy: PolicyFile,
+    pub interruption_rates: BTreeMap<String, f64>,
+    offers: OffersCache,
+}
+
+impl CostAwarePlanner {
+    /// A planner for `policy`, with no measured interruption rates.
+    pub fn new(policy: PolicyFile) -> Self {
+        CostAwarePlanner {
+            policy,
+            ..Default::default()
+        }
+    }
+}
+
+/// A copy plans the same and starts with an empty cache.
+impl Clone for CostAwarePlanner {
+    fn clone(&self) -> Self {
+        CostAwarePlanner {
+            policy: self.policy.clone(),
+            interruption_rates: self.interruption_rates.clone(),
+            offers: OffersCache::default(),
+        }
+    }
+}
+
+impl CapacityPlanner for CostAwarePlanner {
+    fn plan(&self, req: &PlanRequest<'_>) -> PlanDecision {
+        let policy = self.policy.for_env(req.compute_environment);
+        let o = req.outstanding;
+        let input = PlanInput {
+            env: req.compute_environment,
+            now: req.now,
+            bucket_ms: req.bucket_ms,
+            forecast: req.forecast,
+            queued_vcpus: 0.0,
+            running_vcpus: o.vcpus,
+            top_priority: o.top_priority,
+            deadline_pressure: o.deadline_pressure,
+            memory_mib_per_vcpu: if o.vcpus > 0.0 {
+                o.memory_mib / o.vcpus
+            } else {
+                2048.0
+            },
+            gpus_per_vcpu: if o.vcpus > 0.0 { o.gpus / o.vcpus } else { 0.0 },
+            policy,
+            book: req.book,
+            catalog: req.catalog,
+            reserved: &[],
+            budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
+            previous: req.previous,
+            interruption_rates: &self.interruption_rates,
+        };
+        let out = plan_environment_cached(&input, &self.offers);
+        PlanDecision {
+            min_vcpus: out.min_vcpus,
+            desired_vcpus: out.desired_vcpus,
+            max_vcpus: out.max_vcpus,
+            instance_mix: out.instance_mix,
+            constraints: out.constraints,
+            reason: out.reason,
+            usd_per_vcpu_hour: out.usd_per_vcpu_hour,
+        }
+    }
+
+    fn over_budget(&self, env: &str) -> OverBudget {
+        self.policy.for_env(env).over_budget
+    }
+
+    fn offers_built_and_reused(&self) -> (u64, u64) {
+        self.offers.built_and_reused()
+    }
+}
