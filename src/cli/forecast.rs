@@ -107,6 +107,22 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', default_value = "user,size",
           value_parser = clap::builder::PossibleValuesParser::new(["user", "size", "none"]))]
     pub strata: Vec<String>,
+    /// Structured model: refit its survival functions every N days of the
+    /// test on the jobs seen by then (0: once, at the cut).
+    #[arg(long, default_value_t = 0.0, value_parser = days_or_zero)]
+    pub refit_days: f64,
+    /// Structured model: fit on the jobs of the last N days before each
+    /// fit (0: all).
+    #[arg(long, default_value_t = 0.0, value_parser = days_or_zero)]
+    pub fit_window_days: f64,
+}
+
+/// Days, 0 (off) up to 100 years.
+fn days_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=36_500.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: need a number of days from 0 to 36500")),
+    }
 }
 
 /// Parse `5m`, `300s`, `1h`, `2d` or plain seconds into milliseconds.
@@ -289,6 +305,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     cfg.structured.arrival_analogs = a.arrival_analogs;
     cfg.structured.by_user = a.strata.iter().any(|s| s == "user");
     cfg.structured.by_size = a.strata.iter().any(|s| s == "size");
+    cfg.structured_refit_ms = (a.refit_days * 86_400_000.0) as i64;
+    cfg.structured.fit_window_ms = (a.fit_window_days * 86_400_000.0) as i64;
     cfg.lstm.seed = a.seed;
     if let Some(e) = a.epochs {
         cfg.lstm.epochs = e;

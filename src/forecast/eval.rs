@@ -66,6 +66,10 @@ pub struct EvalConfig {
     /// Recent scores per step and level the recalibration keeps.
     pub calibration_window: usize,
     pub structured: StructuredConfig,
+    /// Refit the structured model's survival functions this often during
+    /// the test, on the jobs seen by then (0: once, at the cut) — as a
+    /// service refits daily.
+    pub structured_refit_ms: i64,
 }
 
 impl EvalConfig {
@@ -95,6 +99,7 @@ impl EvalConfig {
             calibrate: true,
             calibration_window: 100,
             structured: StructuredConfig::default(),
+            structured_refit_ms: 0,
         }
     }
 
@@ -264,10 +269,9 @@ pub fn evaluate(
     }
     let start = su.series[0].start;
     let cut_ms = start + su.cut as i64 * bucket_ms;
-    let knowns = match jobs.filter(|_| cfg.wants("structured")) {
-        Some(j) => Some(KnownSeries::build(j, &su, cfg.horizon)),
-        None => None,
-    };
+    let knowns = jobs
+        .filter(|_| cfg.wants("structured"))
+        .map(|j| KnownSeries::build(j, &su, cfg.horizon));
     let t0 = Instant::now();
     let structured = match (jobs, &knowns) {
         (Some(j), Some(_)) => Some(Structured::fit(j, cut_ms, cfg.structured.clone())),
@@ -292,7 +296,18 @@ pub fn evaluate(
         models.push(("lstm", Arc::new(m.clone()), lstm_fit));
     }
     if let (true, Some(m), Some(_)) = (cfg.wants("structured"), &structured, &knowns) {
-        models.push(("structured", Arc::new(m.clone()), structured_fit));
+        match jobs {
+            Some(j) if cfg.structured_refit_ms > 0 => {
+                let r = Refitting {
+                    jobs: Arc::new(j.to_vec()),
+                    cfg: cfg.structured.clone(),
+                    every_ms: cfg.structured_refit_ms,
+                    current: std::sync::Mutex::new(None),
+                };
+                models.push(("structured", Arc::new(r), structured_fit));
+            }
+            _ => models.push(("structured", Arc::new(m.clone()), structured_fit)),
+        }
     }
     if let (true, Some(m)) = (cfg.wants("selector"), &lstm_model) {
         let sel = Selector::new(vec![Arc::new(snaive), Arc::new(ets), Arc::new(m.clone())]);
@@ -343,6 +358,58 @@ pub fn evaluate(
         structured_check: knowns.as_ref().map(|k| k.check),
         per_origin: per,
     })
+}
+
+/// The structured model refitted every `every_ms` of the test on the jobs
+/// submitted before the refit time (censored there): what a service that
+/// refits daily would use. Evaluation only (it caches the fit behind a
+/// lock); origins arrive in time order, so each period is fitted once.
+struct Refitting {
+    jobs: Arc<Vec<JobRecord>>,
+    cfg: StructuredConfig,
+    every_ms: i64,
+    current: std::sync::Mutex<Option<(i64, Arc<Structured>)>>,
+}
+
+impl Forecaster for Refitting {
+    fn name(&self) -> &str {
+        "structured"
+    }
+
+    fn forecast(
+        &self,
+        history: &History<'_>,
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> super::Forecast {
+        self.forecast_known(history, None, horizon, quantiles)
+    }
+
+    fn forecast_known(
+        &self,
+        history: &History<'_>,
+        known: Option<&Known<'_>>,
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> super::Forecast {
+        let period = history.end().div_euclid(self.every_ms);
+        let model = {
+            let mut g = match self.current.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            match g.as_ref() {
+                Some((p, m)) if *p == period => m.clone(),
+                _ => {
+                    let cut = period * self.every_ms;
+                    let m = Arc::new(Structured::fit(&self.jobs, cut, self.cfg.clone()));
+                    *g = Some((period, m.clone()));
+                    m
+                }
+            }
+        };
+        model.forecast_known(history, known, horizon, quantiles)
+    }
 }
 
 /// Forecasts of one model at every origin for every series; returns the

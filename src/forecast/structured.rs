@@ -358,6 +358,9 @@ pub struct StructuredConfig {
     /// past origins, and `ε` sampled from their residual paths. Off:
     /// arrivals independent of completions (`β = 0`).
     pub arrival_response: bool,
+    /// Fit on the jobs submitted this long before the fitting time (0: all
+    /// of them).
+    pub fit_window_ms: i64,
     /// Grid of the survival tables the normal part reads (and how finely
     /// a bucket is split for its moments).
     pub survival_step_ms: i64,
@@ -378,6 +381,7 @@ impl Default for StructuredConfig {
             by_user: true,
             by_size: true,
             arrival_response: true,
+            fit_window_ms: 0,
             survival_step_ms: 60_000,
             survival_table_ms: 30 * super::DAY_MS,
         }
@@ -401,9 +405,16 @@ impl Structured {
     /// (a job still outstanding at `cut` is censored there, so nothing after
     /// the cut is seen).
     pub fn fit(jobs: &[JobRecord], cut: Millis, cfg: StructuredConfig) -> Self {
+        let from = match cfg.fit_window_ms {
+            0 => Millis::MIN,
+            w => cut.saturating_sub(w),
+        };
         let mut per_env: BTreeMap<&str, Vec<Obs>> = BTreeMap::new();
         let mut all = Vec::new();
-        for j in jobs.iter().filter(|j| j.submitted_at < cut) {
+        for j in jobs
+            .iter()
+            .filter(|j| j.submitted_at < cut && j.submitted_at >= from)
+        {
             let (end, done) = match j.finished_at {
                 Some(f) if f <= cut => (f, true),
                 _ => (cut, false),
