@@ -272,12 +272,10 @@ pub fn evaluate(
     let knowns = jobs
         .filter(|_| cfg.wants("structured"))
         .map(|j| KnownSeries::build(j, &su, cfg.horizon));
-    let t0 = Instant::now();
     let structured = match (jobs, &knowns) {
-        (Some(j), Some(_)) => Some(Structured::fit(j, cut_ms, cfg.structured.clone())),
+        (Some(j), Some(_)) => Some(structured_model(j, cut_ms, cfg)),
         _ => None,
     };
-    let structured_fit = t0.elapsed().as_secs_f64();
 
     let mut models: Vec<(&str, Arc<dyn Forecaster>, f64)> = Vec::new();
     models.push(("naive", Arc::new(Naive::default()), 0.0));
@@ -295,44 +293,14 @@ pub fn evaluate(
     if let (true, Some(m)) = (cfg.wants("lstm"), &lstm_model) {
         models.push(("lstm", Arc::new(m.clone()), lstm_fit));
     }
-    if let (true, Some(m), Some(_)) = (cfg.wants("structured"), &structured, &knowns) {
-        match jobs {
-            Some(j) if cfg.structured_refit_ms > 0 => {
-                let r = Refitting {
-                    jobs: Arc::new(j.to_vec()),
-                    cfg: cfg.structured.clone(),
-                    every_ms: cfg.structured_refit_ms,
-                    current: std::sync::Mutex::new(None),
-                };
-                models.push(("structured", Arc::new(r), structured_fit));
-            }
-            _ => models.push(("structured", Arc::new(m.clone()), structured_fit)),
-        }
+    if let Some((m, fit_s)) = structured {
+        models.push(("structured", m, fit_s));
     }
     if let (true, Some(m)) = (cfg.wants("selector"), &lstm_model) {
         let sel = Selector::new(vec![Arc::new(snaive), Arc::new(ets), Arc::new(m.clone())]);
         models.push(("selector", Arc::new(sel), lstm_fit));
     }
-    let mut per = PerOrigin {
-        quantiles: cfg.quantiles.clone(),
-        series: su.series.iter().map(|s| s.key.clone()).collect(),
-        origins: su
-            .origins
-            .iter()
-            .map(|&t| start + t as i64 * bucket_ms)
-            .collect(),
-        actual: su
-            .origins
-            .iter()
-            .map(|&t| {
-                su.series
-                    .iter()
-                    .map(|s| s.values[t..t + cfg.horizon].to_vec())
-                    .collect()
-            })
-            .collect(),
-        models: Vec::new(),
-    };
+    let mut per = empty_per_origin(&su, cfg);
     let mut timing = BTreeMap::new();
     for (name, model, fit_s) in &models {
         let (grid, us) = run_model(model.as_ref(), &su, knowns.as_ref(), cfg, lcfg.window);
@@ -358,6 +326,53 @@ pub fn evaluate(
         structured_check: knowns.as_ref().map(|k| k.check),
         per_origin: per,
     })
+}
+
+/// The structured model fitted at the cut (or refitting during the test,
+/// when configured) and its fitting time.
+fn structured_model(
+    jobs: &[JobRecord],
+    cut_ms: i64,
+    cfg: &EvalConfig,
+) -> (Arc<dyn Forecaster>, f64) {
+    let t0 = Instant::now();
+    let m = Structured::fit(jobs, cut_ms, cfg.structured.clone());
+    let fit_s = t0.elapsed().as_secs_f64();
+    if cfg.structured_refit_ms > 0 {
+        let r = Refitting {
+            jobs: Arc::new(jobs.to_vec()),
+            cfg: cfg.structured.clone(),
+            every_ms: cfg.structured_refit_ms,
+            current: std::sync::Mutex::new(None),
+        };
+        return (Arc::new(r), fit_s);
+    }
+    (Arc::new(m), fit_s)
+}
+
+/// The origins, series and actuals of the evaluation, with no forecasts yet.
+fn empty_per_origin(su: &Setup<'_>, cfg: &EvalConfig) -> PerOrigin {
+    let start = su.series[0].start;
+    PerOrigin {
+        quantiles: cfg.quantiles.clone(),
+        series: su.series.iter().map(|s| s.key.clone()).collect(),
+        origins: su
+            .origins
+            .iter()
+            .map(|&t| start + t as i64 * su.bucket_ms)
+            .collect(),
+        actual: su
+            .origins
+            .iter()
+            .map(|&t| {
+                su.series
+                    .iter()
+                    .map(|s| s.values[t..t + cfg.horizon].to_vec())
+                    .collect()
+            })
+            .collect(),
+        models: Vec::new(),
+    }
 }
 
 /// The structured model refitted every `every_ms` of the test on the jobs
