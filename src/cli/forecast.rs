@@ -6,9 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use prescale::events::Event;
-use prescale::forecast::eval::{evaluate, EvalConfig};
+use prescale::forecast::eval::{evaluate, EvalConfig, EvalOutcome, PerOrigin, MODELS};
 use prescale::forecast::lstm::{DeviceChoice, Progress};
 use prescale::forecast::series::{demand_series, DemandSeries};
+use prescale::forecast::structured::job_records;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -22,7 +23,8 @@ pub enum TraceFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum ForecastCmd {
-    /// Rolling-origin evaluation of seasonal naive, ETS and the LSTM.
+    /// Rolling-origin evaluation of persistence, seasonal naive, ETS, the
+    /// LSTM and the structured (jobs + arrivals) model.
     Eval(EvalArgs),
 }
 
@@ -75,9 +77,52 @@ pub struct EvalArgs {
     /// concentrated at the end, like the Alibaba pod snapshot).
     #[arg(long, value_parser = super::values::days)]
     pub last_days: Option<f64>,
-    /// Also score a per-series selector over the three models.
+    /// Also score a per-series selector over seasonal naive, ETS and the
+    /// LSTM (same as adding `selector` to --models).
     #[arg(long)]
     pub selector: bool,
+    /// Models to score (persistence, `naive`, is always scored: it is the
+    /// yardstick of skill and of the Diebold–Mariano test).
+    #[arg(long, value_delimiter = ',', default_value = "naive,seasonal_naive,ets,arima,lstm,structured",
+          value_parser = clap::builder::PossibleValuesParser::new(MODELS))]
+    pub models: Vec<String>,
+    /// Capacity level for the decision metric (under/over-provisioned
+    /// vCPU-minutes): the planner's quantile for normal-priority work.
+    #[arg(long, default_value_t = 0.5, value_parser = super::values::fraction_open)]
+    pub planner_quantile: f64,
+    /// Write every forecast as CSV (model, series, origin, step, each
+    /// quantile, actual) for significance tests of your own.
+    #[arg(long, value_name = "FILE")]
+    pub per_origin: Option<PathBuf>,
+    /// Do not score the `+cal` (rolling conformal recalibration) variants.
+    #[arg(long)]
+    pub no_calibrate: bool,
+    /// Structured model: sample arrivals only from the N past origins whose
+    /// preceding hour of arrivals was closest to this origin's (0: from
+    /// every candidate).
+    #[arg(long, default_value_t = 0)]
+    pub arrival_analogs: usize,
+    /// Structured model: survival functions per user and/or per size class
+    /// (within the walltime class) where they have enough completions.
+    #[arg(long, value_delimiter = ',', default_value = "user,size",
+          value_parser = clap::builder::PossibleValuesParser::new(["user", "size", "none"]))]
+    pub strata: Vec<String>,
+    /// Structured model: refit its survival functions every N days of the
+    /// test on the jobs seen by then (0: once, at the cut).
+    #[arg(long, default_value_t = 0.0, value_parser = days_or_zero)]
+    pub refit_days: f64,
+    /// Structured model: fit on the jobs of the last N days before each
+    /// fit (0: all).
+    #[arg(long, default_value_t = 0.0, value_parser = days_or_zero)]
+    pub fit_window_days: f64,
+}
+
+/// Days, 0 (off) up to 100 years.
+fn days_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=36_500.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: need a number of days from 0 to 36500")),
+    }
 }
 
 /// Parse `5m`, `300s`, `1h`, `2d` or plain seconds into milliseconds.
@@ -245,11 +290,23 @@ fn eval(a: EvalArgs) -> Result<()> {
     let events = load_events(&a.trace, a.format, a.skip_bad)?;
     let mut series = series_for(&events, bucket_ms, &a.metrics)?;
     trim_last_days(&mut series, a.last_days);
+    let jobs = job_records(&events);
+    drop(events);
     let mut cfg = EvalConfig::new(bucket_ms, horizon);
     cfg.quantiles = a.quantiles.clone();
     cfg.train_frac = a.train_frac;
     cfg.device = device;
-    cfg.selector = a.selector;
+    cfg.models = a.models.clone();
+    if a.selector {
+        cfg.models.push("selector".into());
+    }
+    cfg.planner_quantile = a.planner_quantile;
+    cfg.calibrate = !a.no_calibrate;
+    cfg.structured.arrival_analogs = a.arrival_analogs;
+    cfg.structured.by_user = a.strata.iter().any(|s| s == "user");
+    cfg.structured.by_size = a.strata.iter().any(|s| s == "size");
+    cfg.structured_refit_ms = (a.refit_days * 86_400_000.0) as i64;
+    cfg.structured.fit_window_ms = (a.fit_window_days * 86_400_000.0) as i64;
     cfg.lstm.seed = a.seed;
     if let Some(e) = a.epochs {
         cfg.lstm.epochs = e;
@@ -258,59 +315,140 @@ fn eval(a: EvalArgs) -> Result<()> {
         cfg.stride = s;
     }
     eprintln!(
-        "{}: {} events → {} series of {} buckets",
+        "{}: {} jobs → {} series of {} buckets",
         a.trace.display(),
-        events.len(),
+        jobs.len(),
         series.len(),
         series.first().map(|s| s.values.len()).unwrap_or(0)
     );
-    let pb = loss_bar((cfg.lstm.epochs * cfg.lstm.steps_per_epoch) as u64);
+    let trains = cfg.models.iter().any(|m| m == "lstm" || m == "selector");
+    let pb = loss_bar(if trains {
+        (cfg.lstm.epochs * cfg.lstm.steps_per_epoch) as u64
+    } else {
+        0
+    });
     let out = {
         let mut cb = on_progress(&pb);
-        evaluate(&series, &cfg, &mut cb)?
+        evaluate(&series, Some(&jobs), &cfg, &mut cb)?
     };
     pb.finish_and_clear();
+    print_outcome(&out);
+    if let Some(p) = &a.per_origin {
+        write_per_origin(p, &out.per_origin)?;
+        eprintln!("per-origin forecasts written to {}", p.display());
+    }
+    let json = serde_json::to_string_pretty(&out.report)?;
+    if let Some(p) = &a.json {
+        create_parent(p)?;
+        std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn create_parent(p: &Path) -> Result<()> {
+    if let Some(d) = p.parent() {
+        if !d.as_os_str().is_empty() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_outcome(out: &EvalOutcome) {
     eprintln!(
-        "evaluated {} series ({} skipped as constant before the cut: {:?}), {} origins; \
-         LSTM trained in {:.1}s, validation coverage {:.3} raw → {:.3} calibrated",
+        "evaluated {} series ({} skipped as constant before the cut: {:?}), {} origins",
         out.evaluated.len(),
         out.skipped.len(),
         out.skipped,
         out.origins,
-        out.train.train_s,
-        out.train.val_coverage_raw,
-        out.train.val_coverage_calibrated
     );
+    if let Some(t) = &out.train {
+        eprintln!(
+            "LSTM trained in {:.1}s, validation coverage {:.3} raw → {:.3} calibrated",
+            t.train_s, t.val_coverage_raw, t.val_coverage_calibrated
+        );
+    }
+    if let Some(c) = out.structured_check {
+        eprintln!("structured bookkeeping: max |series − (known + arrivals)| = {c:.2e}");
+    }
+    let r = &out.report;
+    let naive = r.models.get("naive").map_or(f64::NAN, |m| m.mase_pooled);
     println!(
-        "{:<16} {:>8} {:>8} {:>9} {:>8} {:>8} {:>12}",
-        "model", "MASE", "sMAPE%", "pinball", "cov80", "fit_s", "us/series"
+        "{:<16} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>11} {:>11} {:>7} {:>8} {:>7} {:>10}",
+        "model",
+        "MASE",
+        "pooled",
+        "/naive",
+        "sMAPE%",
+        "pinball",
+        "cov80",
+        "under_vmin",
+        "over_vmin",
+        "DM",
+        "p",
+        "fit_s",
+        "us/series"
     );
-    for (name, m) in &out.report.models {
+    for (name, m) in &r.models {
         println!(
-            "{:<16} {:>8.4} {:>8.2} {:>9.4} {:>8.3} {:>8.2} {:>12.1}",
+            "{:<16} {:>8.4} {:>8.4} {:>7.3} {:>7.2} {:>8.4} {:>6.3} {:>11.0} {:>11.0} {:>7.2} {:>8.4} {:>7.2} {:>10.1}",
             name,
             m.mase,
+            m.mase_pooled,
+            m.mase_pooled / naive,
             m.smape,
             m.pinball,
             m.coverage.get("0.8").copied().unwrap_or(f64::NAN),
+            m.under_vcpu_min,
+            m.over_vcpu_min,
+            m.dm_vs_naive.unwrap_or(f64::NAN),
+            m.dm_p.unwrap_or(f64::NAN),
             m.fit_s,
             m.predict_us_per_series
         );
     }
-    if let (Some(l), Some(s)) = (
-        out.report.models.get("lstm"),
-        out.report.models.get("seasonal_naive"),
-    ) {
-        println!("lstm / seasonal_naive MASE ratio: {:.3}", l.mase / s.mase);
+    println!(
+        "decision metric at the planner quantile {}; DM > 0: more accurate than persistence",
+        r.planner_quantile
+    );
+    println!("skill vs persistence per horizon step (1 − MAE ratio):");
+    for (name, m) in &r.models {
+        let s: Vec<String> = m
+            .skill_per_step
+            .iter()
+            .map(|x| format!("{x:+.3}"))
+            .collect();
+        println!("  {:<16} {}", name, s.join(" "));
     }
-    let json = serde_json::to_string_pretty(&out.report)?;
-    if let Some(p) = &a.json {
-        if let Some(d) = p.parent() {
-            if !d.as_os_str().is_empty() {
-                std::fs::create_dir_all(d)?;
+}
+
+/// `--per-origin`: one CSV row per (model, series, origin, step).
+fn write_per_origin(path: &Path, per: &PerOrigin) -> Result<()> {
+    use std::io::Write;
+    create_parent(path)?;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let qs: Vec<String> = per.quantiles.iter().map(|q| format!("q{q}")).collect();
+    writeln!(w, "model,series,origin_ms,step,{},actual", qs.join(","))?;
+    for (name, grid) in &per.models {
+        for (oi, row) in grid.iter().enumerate() {
+            for (si, f) in row.iter().enumerate() {
+                for (k, vals) in f.iter().enumerate() {
+                    let v: Vec<String> = vals.iter().map(|x| format!("{x}")).collect();
+                    writeln!(
+                        w,
+                        "{name},{},{},{},{},{}",
+                        per.series[si],
+                        per.origins[oi],
+                        k + 1,
+                        v.join(","),
+                        per.actual[oi][si][k]
+                    )?;
+                }
             }
         }
-        std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
     }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -58,6 +58,58 @@ pub fn level_key(level: f64) -> String {
     s.to_string()
 }
 
+/// Diebold–Mariano test of equal accuracy, with the Harvey–Leybourne–
+/// Newbold small-sample correction. `d[t]` is the loss differential at
+/// origin `t` (baseline loss minus model loss, so a positive statistic
+/// means the model is more accurate); `lag` autocovariances enter the
+/// long-run variance (`h − 1` for `h`-step forecasts whose windows
+/// overlap). Returns `(statistic, two-sided p-value)` from the normal
+/// distribution, or `None` with fewer than 3 differentials or no variance.
+pub fn diebold_mariano(d: &[f64], lag: usize) -> Option<(f64, f64)> {
+    let n = d.len();
+    if n < 3 {
+        return None;
+    }
+    let nf = n as f64;
+    let mean = d.iter().sum::<f64>() / nf;
+    let gamma = |k: usize| -> f64 {
+        (k..n)
+            .map(|t| (d[t] - mean) * (d[t - k] - mean))
+            .sum::<f64>()
+            / nf
+    };
+    let lag = lag.min(n - 1);
+    let mut lrv = gamma(0);
+    for k in 1..=lag {
+        lrv += 2.0 * gamma(k);
+    }
+    if lrv <= 0.0 || !lrv.is_finite() {
+        return None;
+    }
+    let h = (lag + 1) as f64;
+    let hln = ((nf + 1.0 - 2.0 * h + h * (h - 1.0) / nf) / nf)
+        .max(0.0)
+        .sqrt();
+    let stat = hln * mean / (lrv / nf).sqrt();
+    Some((stat, 2.0 * (1.0 - normal_cdf(stat.abs()))))
+}
+
+/// Standard normal CDF (Abramowitz–Stegun 7.1.26 erf, error < 1.5e-7).
+pub fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-z * z).exp();
+    if x >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +132,25 @@ mod tests {
         let s = seasonal_naive_mae(&[1.0, 3.0], 5).unwrap();
         assert!((s - 2.0).abs() < 1e-12);
         assert!(seasonal_naive_mae(&[1.0], 5).is_none());
+    }
+
+    #[test]
+    fn diebold_mariano_by_hand() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.959_964) - 0.975).abs() < 1e-6);
+        assert!((normal_cdf(-1.0) - 0.158_655_25).abs() < 1e-6);
+        // d = 1,2,3,4,5 lag 0: mean 3, gamma0 = 2, var of mean 2/5,
+        // HLN factor sqrt((5+1-2+0)/5) = sqrt(0.8) → 3/sqrt(0.4)*sqrt(0.8)
+        let (s, p) = diebold_mariano(&[1.0, 2.0, 3.0, 4.0, 5.0], 0).unwrap();
+        assert!(
+            (s - 3.0 / 0.4f64.sqrt() * 0.8f64.sqrt()).abs() < 1e-9,
+            "{s}"
+        );
+        assert!(p < 1e-4);
+        // symmetric differentials: no evidence either way
+        let (s, p) = diebold_mariano(&[1.0, -1.0, 1.0, -1.0, 1.0, -1.0], 0).unwrap();
+        assert!(s.abs() < 1e-12 && (p - 1.0).abs() < 1e-6);
+        assert!(diebold_mariano(&[1.0, 1.0, 1.0], 0).is_none());
     }
 
     #[test]

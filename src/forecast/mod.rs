@@ -33,12 +33,47 @@ pub struct Forecast {
     pub values: Vec<Vec<f64>>,
 }
 
+/// What the state knows at a forecast origin beyond the series: the jobs
+/// outstanding now, and the realised arrival paths of past origins. Models
+/// that use it forecast the known work from the jobs themselves and only
+/// the arrivals as unknown ([`structured::Structured`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Known<'a> {
+    /// Jobs outstanding at the origin ([`History::end`]), sizes in the
+    /// series' unit.
+    pub jobs: &'a [structured::ActiveJob],
+    /// `arrivals[i][k]`: demand in the `k`-th bucket after origin
+    /// `arrivals_start + i·bucket` of the jobs submitted at or after that
+    /// origin; only rows whose buckets have all closed.
+    pub arrivals: &'a [Vec<f64>],
+    /// `drains[i][k]`: for the same origins, how much of the demand
+    /// outstanding at the origin had completed by bucket `k` (the level at
+    /// the origin minus the old jobs' demand in that bucket); empty when
+    /// unknown. Lets a model learn how arrivals answer completions.
+    pub drains: &'a [Vec<f64>],
+    pub arrivals_start: Millis,
+}
+
 pub trait Forecaster: Send + Sync {
     fn name(&self) -> &str;
     /// Forecast `horizon` buckets ahead at the given ascending quantile levels.
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast;
+    /// Forecast with what the state knows besides the series (when the
+    /// caller has it). Models that use only the series ignore it.
+    fn forecast_known(
+        &self,
+        history: &History<'_>,
+        known: Option<&Known<'_>>,
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Forecast {
+        let _ = known;
+        self.forecast(history, horizon, quantiles)
+    }
 }
 
+pub mod arima;
+pub mod conformal;
 pub mod eval;
 pub mod lstm;
 pub mod metrics;
@@ -47,12 +82,15 @@ pub mod select;
 pub mod series;
 pub mod shared;
 pub mod stat;
+pub mod structured;
 
+pub use arima::AutoArima;
 pub use lstm::{LstmConfig, LstmForecaster, TrainReport};
-pub use naive::SeasonalNaive;
+pub use naive::{Naive, SeasonalNaive};
 pub use select::Selector;
 pub use shared::{load_or_fallback, FallbackForecaster, SharedForecaster};
 pub use stat::Ets;
+pub use structured::Structured;
 
 /// One day in milliseconds: the default season of the statistical models,
 /// because batch demand follows the working day.

@@ -103,6 +103,62 @@ impl Forecaster for SeasonalNaive {
     }
 }
 
+/// Persistence (Hyndman's NAIVE): every step ahead is the last value. The
+/// hardest baseline one hour ahead, because most of the demand then is jobs
+/// already running. Quantiles add, per step `h`, the empirical quantiles of
+/// the lag-`h` differences `y[t] - y[t - h]` over the last `error_window`
+/// buckets — the spread of its own errors at that lead, so its intervals
+/// widen with the horizon as a random walk's do, with no normality assumed.
+/// The differences are centred on their median so the p50 is exactly the
+/// last value.
+#[derive(Debug, Clone)]
+pub struct Naive {
+    /// Recent buckets whose lag-`h` differences form the error distribution
+    /// (default one week of 5-minute buckets).
+    pub error_window: usize,
+}
+
+impl Default for Naive {
+    fn default() -> Self {
+        Self {
+            error_window: 7 * 288,
+        }
+    }
+}
+
+impl Forecaster for Naive {
+    fn name(&self) -> &str {
+        "naive"
+    }
+
+    fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
+        let y = history.values;
+        let Some(&last) = y.last() else {
+            return Forecast {
+                quantiles: quantiles.to_vec(),
+                values: vec![vec![0.0; quantiles.len()]; horizon],
+            };
+        };
+        let mut values: Vec<Vec<f64>> = (1..=horizon)
+            .map(|h| {
+                let e = SeasonalNaive::errors(y, h, self.error_window);
+                // centred on the errors' median, so the p50 is the last
+                // value exactly (the persistence point forecast)
+                let mid = sorted_quantile(&e, 0.5);
+                quantiles
+                    .iter()
+                    .map(|&q| last + sorted_quantile(&e, q) - mid)
+                    .collect()
+            })
+            .collect();
+        tidy_rows(&mut values);
+        Forecast {
+            quantiles: quantiles.to_vec(),
+            values,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +170,30 @@ mod tests {
             bucket_ms: 300_000,
             values: v,
         }
+    }
+
+    #[test]
+    fn naive_is_the_last_value_with_lag_h_spread() {
+        // steps cycle +1, -1, -1: lag-1 errors are +1 (1/3) and -1 (2/3),
+        // median -1, so p5 = last and p95 = last + 2; lag-3 errors are all
+        // -1: no spread at step 3
+        let v: Vec<f64> = (0..200)
+            .scan(500.0, |s, i| {
+                *s += if (i * 7) % 3 == 0 { 1.0 } else { -1.0 };
+                Some(*s)
+            })
+            .collect();
+        let f = Naive::default().forecast(&hist(&v), 3, &[0.05, 0.5, 0.95]);
+        let last = *v.last().unwrap();
+        for r in &f.values {
+            assert!(r[0] <= r[1] && r[1] <= r[2]);
+        }
+        assert!((f.values[0][2] - f.values[0][0] - 2.0).abs() < 1e-9);
+        assert_eq!(f.values[0][0], last);
+        assert_eq!(f.values[2][0], f.values[2][2]);
+        assert!(f.values.iter().all(|r| r[1] == last));
+        let f = Naive::default().forecast(&hist(&[]), 2, &[0.5]);
+        assert_eq!(f.values, vec![vec![0.0], vec![0.0]]);
     }
 
     #[test]

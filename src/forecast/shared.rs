@@ -1,7 +1,7 @@
 //! What the service holds: a forecaster that can be swapped while decisions
 //! keep running (periodic retraining), and loading with a safe fallback.
 
-use super::{Ets, Forecast, ForecastError, Forecaster, History, LstmForecaster};
+use super::{Ets, Forecast, ForecastError, Forecaster, History, Known, LstmForecaster};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -57,6 +57,17 @@ impl Forecaster for SharedForecaster {
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
         self.current().forecast(history, horizon, quantiles)
+    }
+
+    fn forecast_known(
+        &self,
+        history: &History<'_>,
+        known: Option<&Known<'_>>,
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Forecast {
+        self.current()
+            .forecast_known(history, known, horizon, quantiles)
     }
 }
 
