@@ -156,10 +156,13 @@ fn the_live_api_answers_from_the_engine_as_serve_does() {
     );
 
     let model = repo().join("models/lstm/model.json");
+    // One catalogue for both (`run` and `serve` default to different ones).
+    let catalog = repo().join("data/aws-ondemand-us-east-1.csv");
     let mut run_args: Vec<String> = vec!["run".into()];
     run_args.extend(cli_args(&cfg));
     run_args.extend(["--instance".into(), "api-a".into()]);
     run_args.extend(["--api-listen".into(), "127.0.0.1:0".into()]);
+    run_args.extend(["--catalog".into(), catalog.display().to_string()]);
     let live = Server::start(&run_args);
     let serve = Server::start(&[
         "serve".into(),
@@ -169,6 +172,8 @@ fn the_live_api_answers_from_the_engine_as_serve_does() {
         "127.0.0.1:0".into(),
         "--model".into(),
         model.display().to_string(),
+        "--catalog".into(),
+        catalog.display().to_string(),
     ]);
 
     // Every event reached the live engine.
