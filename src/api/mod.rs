@@ -42,8 +42,9 @@ pub type AllocationHook = Arc<dyn Fn(&BudgetAllocation) -> Result<(), String> + 
 
 /// Where the engine the API answers from lives.
 enum Source {
-    /// `prescale serve`: an engine of the API's own, fed from files.
-    Local(RwLock<ServiceState>),
+    /// `prescale serve`: an engine of the API's own, fed from files
+    /// (boxed: an engine is large, the live handle small).
+    Local(Box<RwLock<ServiceState>>),
     /// `prescale run --api-listen`: the service's live engine, asked on its
     /// decision thread.
     Live(LiveEngine),
@@ -85,7 +86,7 @@ impl AppState {
         token: Option<String>,
     ) -> Self {
         AppState {
-            source: Source::Local(RwLock::new(state)),
+            source: Source::Local(Box::new(RwLock::new(state))),
             forecaster,
             policy: Arc::new(policy),
             token,

@@ -127,7 +127,7 @@ impl Ingest<'_> {
     }
 
     /// Whether a message was read by the price consumer (broadcast input).
-    pub(super) fn from_prices(&self, m: &Result<BorrowedMessage<'_>, RdError>) -> bool {
+    pub(super) fn read_by_prices(&self, m: &Result<BorrowedMessage<'_>, RdError>) -> bool {
         m.as_ref().is_ok_and(|m| {
             self.inputs
                 .iter()

@@ -436,7 +436,7 @@ impl<'a> Loop<'a> {
         // assignment reads it again if it still wants it. (A price message
         // taken before the price consumer was reassigned is stale.)
         let first = match &step {
-            Step::Msg(m) => (!(fresh && self.ing.from_prices(m))).then(|| view(m)),
+            Step::Msg(m) => (!(fresh && self.ing.read_by_prices(m))).then(|| view(m)),
             Step::Woken(m) => (!fresh).then(|| view(m)),
             Step::Tick | Step::Ctl(_) | Step::Decided(_) => unreachable!("a message step"),
         };
