@@ -23,7 +23,7 @@ URL=tcp://127.0.0.1:19392
 pack() {
     set -e
     bash scripts/kafka.sh install
-    cargo build --release
+    cargo build --release --features bench
     mkdir -p "$DIR"
     local tmp
     tmp=$(mktemp -d)

@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PRESCALE_TOOLS="${PRESCALE_TOOLS:-$HOME/.cache/prescale-tools}"
 # Optional parts the tests exercise: `--features aws` (the AWS actuators and
-# producer; off in a default build so the backtest build stays light).
-PRESCALE_FEATURES="${PRESCALE_FEATURES:---features aws}"
+# producer; off in a default build so the backtest build stays light) and
+# `bench` (the `prescale bench` sub-commands, which tests/kafka_service.rs runs).
+PRESCALE_FEATURES="${PRESCALE_FEATURES:---features aws,bench}"
 
 if [ -z "${PRESCALE_SKIP_INSTALL:-}" ]; then
   need=()

@@ -454,6 +454,9 @@ fn is_snapshot(p: &std::path::Path) -> bool {
 /// the figures it prints: both rates, CPU per message (in all and for the
 /// loop's thread), and each latency hop split into warm-up and steady
 /// state. No timing is asserted, only that everything was measured.
+/// Needs the `bench` feature (`prescale bench` is only a pointer to it
+/// without).
+#[cfg(feature = "bench")]
 #[test]
 fn bench_kafka_measures_every_figure() {
     let broker = Broker::shared();

@@ -2,10 +2,10 @@
 //! encode. Bodies are taken as bytes so size, syntax and field errors all
 //! come back as the API's JSON error.
 
-use super::{ApiError, AppState};
-use crate::budget::{account_key, scope_str, Account, BudgetError};
-use crate::events::{BudgetAllocation, BudgetScope, JobSubmitted, Market, Millis};
-use crate::forecast::{check_quantiles, History};
+use super::{ApiError, AppState, Rejected, View};
+use crate::budget::{account_key, scope_str, Account, BudgetError, Ledger};
+use crate::events::{BudgetAllocation, BudgetScope, Event, JobSubmitted, Market, Millis};
+use crate::forecast::{check_quantiles, Forecaster, History};
 use crate::planner::{optimal_instances, InstanceRequest, RankedChoice};
 use crate::state::{GPUS, MEMORY_MIB, VCPU};
 use axum::body::Bytes;
@@ -128,7 +128,13 @@ pub async fn predict_demand(
             "compute_environment",
             "missing field `compute_environment` (or give `job`)",
         )),
-        (None, Some(job)) => predict_job(&app, job, &quantiles).map(Json),
+        (None, Some(job)) => {
+            let job = job.clone();
+            let env = job.compute_environment.to_string();
+            app.with_view(Some(env), move |v| predict_job(v, &job, &quantiles))
+                .await
+                .map(Json)
+        }
         (Some(env), None) => {
             let horizon_s = req.horizon_s.unwrap_or(3600);
             if !(1..=7 * 86_400).contains(&horizon_s) {
@@ -137,31 +143,37 @@ pub async fn predict_demand(
                     format!("must be between 1 and 604800 seconds, got {horizon_s}"),
                 ));
             }
-            predict_env(&app, env, horizon_s, &quantiles).map(Json)
+            let forecaster = app.forecaster.clone();
+            let env = env.clone();
+            app.with_view(Some(env.clone()), move |v| {
+                predict_env(v, forecaster.as_ref(), &env, horizon_s, &quantiles)
+            })
+            .await
+            .map(Json)
         }
     }
 }
 
 fn predict_env(
-    app: &AppState,
+    st: &View<'_>,
+    forecaster: &dyn Forecaster,
     env: &str,
     horizon_s: i64,
     quantiles: &[f64],
 ) -> Result<PredictResponse, ApiError> {
-    let st = app.read();
-    if !st.demand.environments().contains(&env) {
+    if !st.demand().environments().contains(&env) {
         return Err(ApiError::status(
             StatusCode::NOT_FOUND,
             format!("unknown compute_environment `{env}` (no events seen for it)"),
             Some("compute_environment"),
         ));
     }
-    let bucket_ms = st.demand.config().bucket_ms;
+    let bucket_ms = st.demand().config().bucket_ms;
     let horizon = ((horizon_s * 1000 + bucket_ms - 1) / bucket_ms).max(1) as usize;
     let mut per_res = Vec::new();
     let mut origin = 0;
     for r in [VCPU, MEMORY_MIB, GPUS] {
-        let (start, values) = st.demand.environment_history(env, r);
+        let (start, values) = st.demand().environment_history(env, r);
         let h = History {
             key: env,
             start,
@@ -175,7 +187,7 @@ fn predict_env(
                 values: vec![vec![0.0; quantiles.len()]; horizon],
             }
         } else {
-            app.forecaster.forecast(&h, horizon, quantiles)
+            forecaster.forecast(&h, horizon, quantiles)
         };
         per_res.push(f);
     }
@@ -208,7 +220,7 @@ fn predict_env(
     };
     Ok(PredictResponse {
         compute_environment: env.to_string(),
-        forecaster: app.forecaster.name().to_string(),
+        forecaster: forecaster.name().to_string(),
         quantiles: quantiles
             .iter()
             .enumerate()
@@ -230,7 +242,7 @@ fn predict_env(
 }
 
 fn predict_job(
-    app: &AppState,
+    st: &View<'_>,
     job: &JobSubmitted,
     quantiles: &[f64],
 ) -> Result<PredictResponse, ApiError> {
@@ -240,22 +252,7 @@ fn predict_job(
     if let Some(r) = job.estimated_runtime_s {
         non_neg_i("job.estimated_runtime_s", r)?;
     }
-    let st = app.read();
-    let exact = format!("{}/{}", job.compute_environment, job.job_type);
-    let mut samples: Vec<f64> = st
-        .runtimes
-        .get(&exact)
-        .map(|q| q.iter().copied().collect())
-        .unwrap_or_default();
-    if samples.is_empty() {
-        let prefix = format!("{}/", job.compute_environment);
-        samples = st
-            .runtimes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .flat_map(|(_, q)| q.iter().copied())
-            .collect();
-    }
+    let mut samples = st.runtimes.samples(&job.compute_environment, &job.job_type);
     samples.sort_by(f64::total_cmp);
     let source = if !samples.is_empty() {
         format!("history:{}", samples.len())
@@ -336,6 +333,34 @@ pub struct OptimalResponse {
     pub alternatives: Vec<RankedChoice>,
 }
 
+/// A request that names an environment gets that environment's policy
+/// where it left a choice open (markets, regions, providers), and the
+/// policy's instance types, caps, reserved capacity and risk settings.
+fn apply_policy(req: &mut InstanceRequest, policy: &crate::policy::PolicyFile, env: &str) {
+    let p = policy.for_env(env);
+    if req.markets.is_empty() {
+        req.markets = p.markets.clone();
+    }
+    if req.regions.is_empty() {
+        req.regions = p.regions.clone();
+    }
+    if req.providers.is_empty() {
+        req.providers = p.providers.clone();
+    }
+    req.instance_types = p.instance_types.clone();
+    req.max_usd_per_job = req.max_usd_per_job.or(p.max_usd_per_job);
+    req.restart_overhead_s = p.restart_overhead_s;
+    req.max_spot_pool_share = p.max_spot_pool_share;
+    req.spot_interruption_rate_per_h = p.spot_interruption_rate_per_h;
+    req.max_price_age_s = p.max_price_age_s;
+    req.reserved = p.reserved.clone();
+    req.architectures = p.architectures.clone();
+    req.exclude_burstable = p.exclude_burstable;
+    if req.duration_s.is_none() {
+        req.duration_s = Some(p.typical_job_s);
+    }
+}
+
 pub async fn get_optimal_instance(
     State(app): State<Arc<AppState>>,
     b: Result<Bytes, BytesRejection>,
@@ -362,7 +387,6 @@ pub async fn get_optimal_instance(
                 .map_err(|e| ApiError::bad_field(&format!("markets[{i}]"), e))?,
         );
     }
-    let st = app.read();
     let mut req = InstanceRequest {
         vcpus: r.vcpus,
         memory_mib: r.memory_mib,
@@ -379,40 +403,25 @@ pub async fn get_optimal_instance(
         ..InstanceRequest::default()
     };
     if let Some(env) = &r.compute_environment {
-        let p = st.policy.for_env(env);
-        if req.markets.is_empty() {
-            req.markets = p.markets.clone();
-        }
-        if req.regions.is_empty() {
-            req.regions = p.regions.clone();
-        }
-        if req.providers.is_empty() {
-            req.providers = p.providers.clone();
-        }
-        req.instance_types = p.instance_types.clone();
-        req.max_usd_per_job = req.max_usd_per_job.or(p.max_usd_per_job);
-        req.restart_overhead_s = p.restart_overhead_s;
-        req.max_spot_pool_share = p.max_spot_pool_share;
-        req.spot_interruption_rate_per_h = p.spot_interruption_rate_per_h;
-        req.max_price_age_s = p.max_price_age_s;
-        req.reserved = p.reserved.clone();
-        req.architectures = p.architectures.clone();
-        req.exclude_burstable = p.exclude_burstable;
-        if req.duration_s.is_none() {
-            req.duration_s = Some(p.typical_job_s);
-        }
+        apply_policy(&mut req, &app.policy, env);
     }
     if let Some(a) = &r.architectures {
         req.architectures = a.clone();
     }
-    let now = st.now();
-    let mut ranked = optimal_instances(&req, &st.book, &st.catalog, now);
-    if ranked.is_empty() && r.fleet.is_none() {
-        // Nothing holds it on one machine: fall back to a fleet.
-        req.fleet = true;
-        ranked = optimal_instances(&req, &st.book, &st.catalog, now);
-    }
-    drop(st);
+    // Prices are read whole by every instance: any one answers.
+    let fleet_unset = r.fleet.is_none();
+    let ranked = app
+        .with_view(None, move |st| {
+            let now = st.now();
+            let mut ranked = optimal_instances(&req, st.book(), st.catalog(), now);
+            if ranked.is_empty() && fleet_unset {
+                // Nothing holds it on one machine: fall back to a fleet.
+                req.fleet = true;
+                ranked = optimal_instances(&req, st.book(), st.catalog(), now);
+            }
+            Ok(ranked)
+        })
+        .await?;
     let mut it = ranked.into_iter();
     let Some(choice) = it.next() else {
         return Err(ApiError::status(
@@ -486,7 +495,7 @@ impl From<&Account> for AccountView {
 pub async fn allocate_budget(
     State(app): State<Arc<AppState>>,
     b: Result<Bytes, BytesRejection>,
-) -> Res<AccountView> {
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let r: AllocateRequest = ApiError::decode(&body(b)?)?;
     let scope = match r.scope.to_ascii_lowercase().as_str() {
         "job" => BudgetScope::Job,
@@ -508,55 +517,130 @@ pub async fn allocate_budget(
             format!("must be >= 0, got {}", r.usd),
         ));
     }
-    let mut st = app.write();
-    let alloc = BudgetAllocation {
-        at: st.now(),
+    let template = BudgetAllocation {
+        at: 0,
         scope,
         id: r.id.clone(),
         usd: r.usd,
         period: r.period.clone(),
     };
-    let view = match st.ledger.on_allocation(&alloc) {
-        Ok(acc) => AccountView::from(acc),
-        Err(e @ BudgetError::Period { .. }) => {
-            return Err(ApiError::bad_field("period", e.to_string()))
+    // What the ledger would refuse whatever it holds (period, amount).
+    if let Err(e) = Ledger::default().on_allocation(&template) {
+        return Err(refused(e));
+    }
+    let (status, alloc, view) = match allocate_local(&app, template.clone()) {
+        Some(done) => {
+            let (alloc, view) = done?;
+            (StatusCode::OK, alloc, view)
         }
-        Err(e @ BudgetError::Amount { .. }) => {
-            return Err(ApiError::bad_field("usd", e.to_string()))
+        // `run --api-listen`: published on the budget-allocation topic,
+        // which every instance's engine (this one's included) applies in
+        // order; the answer is the account as it will be then.
+        None => {
+            let stamps = app.clone();
+            let (alloc, view) = app
+                .with_view(None, move |st| {
+                    let alloc = BudgetAllocation {
+                        at: stamps.stamp(st.now()),
+                        ..template
+                    };
+                    let mut ledger = st.ledger().clone();
+                    let view = ledger.on_allocation(&alloc).map(AccountView::from);
+                    Ok((alloc, view.map_err(refused)?))
+                })
+                .await?;
+            (StatusCode::ACCEPTED, alloc, view)
         }
     };
-    drop(st);
-    crate::telemetry::metrics().set_budget(&view.scope, &view.id, view.allocated, view.spent);
     if let Some(hook) = &app.on_allocation {
-        hook(&alloc);
+        hook(&alloc).map_err(|e| {
+            ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the allocation could not be published: {e}"),
+                None,
+            )
+        })?;
     }
-    Ok(Json(view))
+    crate::telemetry::metrics().set_budget(&view.scope, &view.id, view.allocated, view.spent);
+    Ok((status, Json(view)))
+}
+
+/// `serve`: apply the allocation through the engine, as one read from a
+/// file; `None` when the API serves a live engine.
+fn allocate_local(
+    app: &AppState,
+    template: BudgetAllocation,
+) -> Option<Result<(BudgetAllocation, AccountView), ApiError>> {
+    let mut st = app.write()?;
+    let alloc = BudgetAllocation {
+        at: app.stamp(st.view().now()),
+        ..template
+    };
+    match st.apply(&Event::BudgetAllocation(alloc.clone())) {
+        Ok(()) => {}
+        Err(Rejected::Budget(e)) => return Some(Err(refused(e))),
+        Err(e @ Rejected::Conflict(_)) => {
+            return Some(Err(ApiError::status(
+                StatusCode::CONFLICT,
+                e.to_string(),
+                None,
+            )))
+        }
+    }
+    let key = account_key(alloc.scope, &alloc.id);
+    let view = st.view().ledger().accounts.get(&key).map(AccountView::from);
+    Some(match view {
+        Some(v) => Ok((alloc, v)),
+        None => Err(ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the allocation was applied but its account is missing",
+            None,
+        )),
+    })
+}
+
+/// 400 naming the field the ledger refused.
+fn refused(e: BudgetError) -> ApiError {
+    match e {
+        e @ BudgetError::Period { .. } => ApiError::bad_field("period", e.to_string()),
+        e @ BudgetError::Amount { .. } => ApiError::bad_field("usd", e.to_string()),
+    }
 }
 
 // ---------------------------------------------------------------- misc
 
 pub async fn healthz(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let st = app.read();
-    Json(serde_json::json!({
-        "status": "ok",
-        "events_applied": st.events_applied,
-        "environments": st.demand.environments(),
-        "price_pools": st.book.pools(),
-        "budget_accounts": st.ledger.accounts.len(),
-        "forecaster": app.forecaster.name(),
-    }))
+    let forecaster = app.forecaster.name().to_string();
+    let health = app
+        .with_view(None, move |st| {
+            Ok(serde_json::json!({
+                "status": "ok",
+                "events_applied": st.events_applied,
+                "environments": st.demand().environments(),
+                "price_pools": st.book().pools(),
+                "budget_accounts": st.ledger().accounts.len(),
+                "forecaster": forecaster,
+            }))
+        })
+        .await;
+    // A live instance still joining its group is up, with nothing to say yet.
+    Json(health.unwrap_or_else(|e| serde_json::json!({"status": "starting", "detail": e.error})))
 }
 
 /// Prometheus text from the shared telemetry registry (budget gauges are
 /// refreshed first so a scrape sees the ledger as it is).
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    {
-        let st = app.read();
-        let m = crate::telemetry::metrics();
-        for a in st.ledger.accounts.values() {
-            m.set_budget(scope_str(a.scope), &a.id, a.allocated, a.spent);
-        }
-    }
+    let refreshed = app
+        .with_view(None, |st| {
+            let m = crate::telemetry::metrics();
+            for a in st.ledger().accounts.values() {
+                m.set_budget(scope_str(a.scope), &a.id, a.allocated, a.spent);
+            }
+            Ok(())
+        })
+        .await;
+    // Without an engine yet, the gauges stay as they were.
+    drop(refreshed);
     (
         [(
             header::CONTENT_TYPE,

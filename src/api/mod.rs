@@ -12,19 +12,23 @@
 
 mod error;
 mod handlers;
+pub mod live;
 pub mod openapi;
 mod state;
 
 pub use error::ApiError;
-pub use state::{ServiceState, RUNTIME_SAMPLES};
+pub use live::LiveEngine;
+pub use state::{Rejected, Runtimes, ServiceState, View, RUNTIME_SAMPLES};
 
-use crate::events::BudgetAllocation;
+use crate::events::{BudgetAllocation, Millis};
 use crate::forecast::Forecaster;
+use crate::policy::PolicyFile;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -32,41 +36,135 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// Called with each allocation accepted over HTTP, so a Kafka adapter can
-/// publish it on the budget-allocation topic for the other instances.
-pub type AllocationHook = Arc<dyn Fn(&BudgetAllocation) + Send + Sync>;
+/// publish it on the budget-allocation topic for the other instances. An
+/// error (why it could not) fails the request with 503.
+pub type AllocationHook = Arc<dyn Fn(&BudgetAllocation) -> Result<(), String> + Send + Sync>;
+
+/// Where the engine the API answers from lives.
+enum Source {
+    /// `prescale serve`: an engine of the API's own, fed from files
+    /// (boxed: an engine is large, the live handle small).
+    Local(Box<RwLock<ServiceState>>),
+    /// `prescale run --api-listen`: the service's live engine, asked on its
+    /// decision thread.
+    Live(LiveEngine),
+}
 
 /// The API's shared state.
 pub struct AppState {
-    state: RwLock<ServiceState>,
+    source: Source,
     pub forecaster: Arc<dyn Forecaster>,
+    /// The environments' policies (markets, regions, reserved capacity) for
+    /// `/get_optimal_instance`: the file the engine's planner was built
+    /// from.
+    pub policy: Arc<PolicyFile>,
     /// Required bearer token; `None` disables auth (only with an explicit
     /// opt-out in `prescale serve`).
     pub token: Option<String>,
     pub on_allocation: Option<AllocationHook>,
+    /// The event time of the last allocation made over HTTP (see
+    /// [`AppState::stamp`]).
+    last_stamp: AtomicI64,
 }
 
 impl AppState {
+    /// Serve from an engine of the API's own (`prescale serve`); `policy`
+    /// is the file its planner was built from.
     pub fn new(
         state: ServiceState,
         forecaster: Arc<dyn Forecaster>,
         token: Option<String>,
     ) -> Self {
+        Self::with_policy(state, PolicyFile::default(), forecaster, token)
+    }
+
+    /// [`AppState::new`] with the environments' policies.
+    pub fn with_policy(
+        state: ServiceState,
+        policy: PolicyFile,
+        forecaster: Arc<dyn Forecaster>,
+        token: Option<String>,
+    ) -> Self {
         AppState {
-            state: RwLock::new(state),
+            source: Source::Local(Box::new(RwLock::new(state))),
             forecaster,
+            policy: Arc::new(policy),
             token,
             on_allocation: None,
+            last_stamp: AtomicI64::new(i64::MIN),
         }
     }
 
-    /// Read access (a poisoned lock still holds consistent data: every
-    /// mutation is a single pure call).
-    pub fn read(&self) -> RwLockReadGuard<'_, ServiceState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    /// Serve from a running service's live engine (`prescale run
+    /// --api-listen`). Allocations go to the budget-allocation topic
+    /// through `on_allocation`, which every instance's engine applies in
+    /// order, this one's included.
+    pub fn live(
+        engine: LiveEngine,
+        policy: PolicyFile,
+        forecaster: Arc<dyn Forecaster>,
+        token: Option<String>,
+        on_allocation: AllocationHook,
+    ) -> Self {
+        AppState {
+            source: Source::Live(engine),
+            forecaster,
+            policy: Arc::new(policy),
+            token,
+            on_allocation: Some(on_allocation),
+            last_stamp: AtomicI64::new(i64::MIN),
+        }
     }
 
-    pub fn write(&self) -> RwLockWriteGuard<'_, ServiceState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    /// Read access to a local engine (a poisoned lock still holds
+    /// consistent data: every mutation is a single pure call); `None` when
+    /// serving a live one.
+    pub fn read(&self) -> Option<RwLockReadGuard<'_, ServiceState>> {
+        match &self.source {
+            Source::Local(s) => Some(s.read().unwrap_or_else(|e| e.into_inner())),
+            Source::Live(_) => None,
+        }
+    }
+
+    pub fn write(&self) -> Option<RwLockWriteGuard<'_, ServiceState>> {
+        match &self.source {
+            Source::Local(s) => Some(s.write().unwrap_or_else(|e| e.into_inner())),
+            Source::Live(_) => None,
+        }
+    }
+
+    /// The event time of an allocation made over HTTP: `now` (the newest
+    /// event time seen), or just after the previous one. The engine takes
+    /// a budget record's account and time as its identity (a copy is
+    /// skipped, a different amount at the same time refused), so two
+    /// allocations made between the same two input events need distinct
+    /// times.
+    pub fn stamp(&self, now: Millis) -> Millis {
+        let mut at = now;
+        let _ = self
+            .last_stamp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                at = now.max(last.saturating_add(1));
+                Some(at)
+            });
+        at
+    }
+
+    /// Run `f` on the engine. `env`: the compute environment the request
+    /// is about, when it is about one; the live engine answers only for the
+    /// environments its instance owns (see [`LiveEngine`]).
+    pub async fn with_view<R: Send + 'static>(
+        &self,
+        env: Option<String>,
+        f: impl FnOnce(&View<'_>) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        match &self.source {
+            Source::Local(s) => {
+                let st = s.read().unwrap_or_else(|e| e.into_inner());
+                f(&st.view())
+            }
+            Source::Live(l) => l.ask(env, f).await,
+        }
     }
 }
 

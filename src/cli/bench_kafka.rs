@@ -19,7 +19,7 @@ use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::config::KafkaConfig;
 use prescale::io::kafka::produce::{publish_messages, Pace};
 use prescale::io::kafka::publish::Publisher;
-use prescale::io::kafka::service::{self, Control, RunOptions, Stats};
+use prescale::io::kafka::service::{self, AppliedHook, Control, RunOptions, Stats};
 use prescale::state::StateConfig;
 use prescale::wiring::EngineFactory;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -247,6 +247,7 @@ fn spawn(
     factory: &EngineFactory,
     idle: Option<Duration>,
     stats: Arc<Stats>,
+    on_applied: Option<AppliedHook>,
 ) -> (
     tokio::sync::mpsc::Sender<Control>,
     std::thread::JoinHandle<anyhow::Result<service::RunReport>>,
@@ -265,11 +266,29 @@ fn spawn(
             let opts = RunOptions {
                 instance: "bench".into(),
                 exit_when_idle: idle,
+                on_applied,
             };
             Ok(rt.block_on(service::run(&cfg, &factory, &opts, rx, stats))?)
         })
         .expect("spawning the service thread");
     (tx, h)
+}
+
+/// Produce time (ms since the epoch) and produce→decided latency (ms) of
+/// each applied event, recorded on the decision thread by the service's
+/// [`AppliedHook`] (once per batch, under one lock).
+type LatencyLog = Arc<std::sync::Mutex<Vec<(i64, f64)>>>;
+
+fn latency_probe() -> (AppliedHook, LatencyLog) {
+    let log: LatencyLog = Arc::default();
+    let into = log.clone();
+    let hook: AppliedHook = Arc::new(move |produced: &[i64]| {
+        let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+        if let Ok(mut l) = into.lock() {
+            l.extend(produced.iter().map(|&p| (p, now - p as f64)));
+        }
+    });
+    (hook, log)
 }
 
 /// What one full-path run measured.
@@ -347,6 +366,7 @@ fn full_path(cfg: &KafkaConfig, factory: &EngineFactory, n: usize) -> anyhow::Re
         factory,
         Some(Duration::from_millis(500)),
         stats.clone(),
+        None,
     );
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = None;
@@ -547,8 +567,8 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
     let dir = scratch("lat")?;
     lcfg.checkpoint_dir = dir.path().to_path_buf();
     let stats = Arc::new(Stats::default());
-    stats.record_latency.store(true, Ordering::Relaxed);
-    let (tx, h) = spawn(&lcfg, &lat_factory, None, stats.clone());
+    let (probe, latencies) = latency_probe();
+    let (tx, h) = spawn(&lcfg, &lat_factory, None, stats.clone(), Some(probe));
     let started = Instant::now();
     while stats.assigned.load(Ordering::Relaxed) == 0 {
         if started.elapsed() > Duration::from_secs(60) {
@@ -651,7 +671,7 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         steady_from,
     );
     let ev = Latencies::split(
-        std::mem::take(&mut *stats.latencies_ms.lock().expect("latency lock")),
+        std::mem::take(&mut *latencies.lock().expect("latency lock")),
         steady_from,
     );
     println!(

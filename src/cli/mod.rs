@@ -7,9 +7,15 @@ mod actuate;
 mod actuate_aws;
 mod actuate_slurm;
 mod backtest;
+#[cfg(feature = "bench")]
 mod bench;
+#[cfg(not(feature = "bench"))]
+mod bench_absent;
+#[cfg(feature = "bench")]
 pub mod bench_kafka;
+#[cfg(feature = "bench")]
 mod bench_spot;
+#[cfg(feature = "bench")]
 mod bench_store;
 pub mod forecast;
 mod import;
@@ -47,7 +53,11 @@ pub enum Cmd {
     /// Replay a trace with real prices through the engine and a simulated cluster; compare policies.
     Backtest(backtest::BacktestArgs),
     /// Throughput benchmarks (events/s).
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// Benchmarks: not in this build (rebuild with `--features bench`).
+    #[cfg(not(feature = "bench"))]
+    Bench(bench_absent::BenchArgs),
     /// Turn public traces and price histories into events files.
     Import(import::ImportArgs),
     /// Turn a live scheduler's jobs (Slurm; AWS Batch with feature `aws`) into input events.
@@ -70,7 +80,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Actuate(a) => actuate::run(a),
         Cmd::Backtest(a) => backtest::run(a),
+        #[cfg(feature = "bench")]
         Cmd::Bench(a) => bench::run(a),
+        #[cfg(not(feature = "bench"))]
+        Cmd::Bench(a) => bench_absent::run(a),
         Cmd::Import(a) => import::run(a),
         Cmd::Ingest(a) => ingest::run(a),
         Cmd::Forecast(a) => forecast::run(a),

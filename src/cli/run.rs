@@ -3,10 +3,14 @@
 //! checkpoints state with the offsets it reflects.
 
 use anyhow::Context;
+use prescale::api::{AllocationHook, AppState, LiveEngine};
+use prescale::forecast::Forecaster;
 use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
 use prescale::io::kafka::extras::{ExtrasOverrides, ServiceExtras};
 use prescale::io::kafka::observe::ObservingFactory;
+use prescale::io::kafka::produce::publish_allocation;
+use prescale::io::kafka::publish::Publisher;
 use prescale::io::kafka::service::{self, BrainFactory, Control, RunOptions, Stats};
 use prescale::store::StoreWriter;
 use prescale::wiring::{engine_factory, DecisionCore};
@@ -128,6 +132,14 @@ pub struct RunArgs {
     /// Where retrained checkpoints and model cards go (`[retrain] models_dir`).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+    /// Serve the HTTP API of `prescale serve` (same endpoints, token and
+    /// limits) on this address, answered by this instance's live engine: an
+    /// environment another instance owns is answered 404 saying so;
+    /// `/allocate_budget` publishes on the budget-allocation topic (202).
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub api: super::serve::ApiAccessArgs,
 }
 
 impl RunArgs {
@@ -160,7 +172,13 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
     let opts = RunOptions {
         instance,
         exit_when_idle: args.exit_when_idle_ms.map(Duration::from_millis),
+        ..Default::default()
     };
+    // Checked before anything starts: an API without a token is refused.
+    let api_token = args.api.token();
+    if let (Some(_), Err(e)) = (args.api_listen, &api_token) {
+        anyhow::bail!("--api-listen: {e}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,6 +203,7 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
             eprintln!("metrics on http://{bound}/metrics");
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let signals = tx.clone();
         // SIGINT/SIGTERM: checkpoint, then stop.
         tokio::spawn(async move {
             let mut term =
@@ -196,7 +215,7 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            let _ = tx.send(Control::Stop).await;
+            let _ = signals.send(Control::Stop).await;
         });
         let metrics = prescale::telemetry::metrics();
         let (store, writer) = match &extras.store {
@@ -210,9 +229,19 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
         };
         let observed = ObservingFactory::new(factory, store, &extras.retrain, metrics);
         let stats = Arc::new(Stats::default());
-        let report = service::run(&cfg, &observed as &dyn BrainFactory, &opts, rx, stats)
+        let brains: Box<dyn BrainFactory> = match (args.api_listen, api_token) {
+            (Some(addr), Ok(token)) => {
+                serve_live_api(&args, &cfg, &opts, addr, token, observed, &tx, &stats).await?
+            }
+            (Some(_), Err(e)) => return Err(e),
+            (None, _) => Box::new(observed),
+        };
+        let report = service::run(&cfg, brains.as_ref(), &opts, rx, stats)
             .await
-            .context("prescale run");
+            .map_err(|e| {
+                let hint = e.retry();
+                anyhow::Error::new(e).context(format!("prescale run ({hint})"))
+            });
         // Flush what the store writer holds (bounded), whatever the outcome.
         let store_stats = match writer {
             Some(w) => Some(w.shutdown(Duration::from_secs(10)).await),
@@ -239,4 +268,36 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
         std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// `--api-listen`: serve the HTTP API from this instance's live engine
+/// (see `prescale::api::live`); returns the brain factory to run the
+/// service with (the engine's, recording what the API keeps beside it).
+#[allow(clippy::too_many_arguments)]
+async fn serve_live_api(
+    args: &RunArgs,
+    cfg: &KafkaConfig,
+    opts: &RunOptions,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+    observed: ObservingFactory,
+    control: &tokio::sync::mpsc::Sender<Control>,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<Box<dyn BrainFactory>> {
+    let forecaster: Arc<dyn Forecaster> = Arc::new(observed.model().clone());
+    let (live, served) = LiveEngine::new(
+        observed,
+        control.clone(),
+        stats.clone(),
+        &opts.instance,
+        &cfg.group_id,
+    );
+    let publisher = Arc::new(Publisher::new(cfg).context("the API's allocation publisher")?);
+    let pcfg = cfg.clone();
+    let hook: AllocationHook =
+        Arc::new(move |a| publish_allocation(&pcfg, &publisher, a).map_err(|e| e.to_string()));
+    let policy = prescale::wiring::load_policy(args.policy.as_deref())?;
+    let app = Arc::new(AppState::live(live, policy, forecaster, token, hook));
+    let _server = args.api.serve(addr, app).await?;
+    Ok(Box::new(served))
 }

@@ -1,12 +1,14 @@
-//! `prescale serve`: the HTTP API over a state built from events files.
+//! `prescale serve`: the HTTP API over a decision engine fed from events
+//! files (the engine `prescale run` runs: same event handling, duplicate
+//! and conflict checks, budget admissions and ledger).
 
 use anyhow::{bail, Context};
 use clap::Args;
 use prescale::api::{self, AppState, ServiceState};
 use prescale::forecast::{load_or_fallback, Ets, Forecaster};
 use prescale::import::events_file::read_events;
-use prescale::policy::PolicyFile;
-use prescale::pricing::Catalog;
+use prescale::planner::CostAwarePlanner;
+use prescale::wiring::{load_catalog, load_policy, EngineFactory};
 use prescale::state::StateConfig;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -32,6 +34,17 @@ pub struct ServeArgs {
     /// LSTM checkpoint; falls back to ETS when absent or unusable.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Skip (and count) undecodable records in the events files.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[command(flatten)]
+    pub access: ApiAccessArgs,
+}
+
+/// Who may call the API and what a client is allowed: shared by `prescale
+/// serve` and `prescale run --api-listen`, so both serve the endpoints alike.
+#[derive(Debug, Clone, Args)]
+pub struct ApiAccessArgs {
     /// Bearer token clients must send.
     #[arg(long, env = "PRESCALE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -41,9 +54,6 @@ pub struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
-    /// Skip (and count) undecodable records in the events files.
-    #[arg(long)]
-    pub skip_bad: bool,
     /// Seconds a client has to send a request's headers (and the longest a
     /// keep-alive connection may sit idle); slower clients are dropped.
     #[arg(long, default_value_t = 10, value_parser = super::values::positive_secs)]
@@ -56,6 +66,48 @@ pub struct ServeArgs {
     pub max_connections: u32,
 }
 
+impl ApiAccessArgs {
+    /// The token clients must send; an error when there is none and
+    /// `--no-auth` was not given.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = self.token.clone().filter(|t| !t.trim().is_empty());
+        if token.is_none() && !self.no_auth {
+            bail!("no API token: pass --token or set PRESCALE_API_TOKEN (or --no-auth for local experiments)");
+        }
+        Ok(token)
+    }
+
+    pub fn limits(&self) -> api::ServeLimits {
+        api::ServeLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_timeout_s as u64),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_s as u64),
+            max_connections: self.max_connections as usize,
+        }
+    }
+
+    /// Bind `listen` and serve `app` there on the current runtime: the
+    /// bound address is printed on stdout as `listening on http://ADDR`
+    /// (port 0 picks a free one).
+    pub async fn serve(
+        &self,
+        listen: SocketAddr,
+        app: Arc<AppState>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        let router = api::router(app, self.body_limit);
+        Ok(tokio::spawn(api::serve_with_limits(
+            listener,
+            router,
+            self.limits(),
+        )))
+    }
+}
+
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     // Dropped slow clients are logged (warn) on stderr.
     let _ = tracing_subscriber::fmt()
@@ -65,18 +117,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
-    let token = a.token.filter(|t| !t.trim().is_empty());
-    if token.is_none() && !a.no_auth {
-        bail!("no API token: pass --token or set PRESCALE_API_TOKEN (or --no-auth for local experiments)");
-    }
-    let policy = match &a.policy {
-        Some(p) => PolicyFile::load(p)?,
-        None => PolicyFile::default(),
-    };
-    let catalog = Arc::new(match &a.catalog {
-        Some(p) => Catalog::load(p)?,
-        None => Catalog::bundled(),
-    });
+    let token = a.access.token()?;
+    let policy = load_policy(a.policy.as_deref())?;
+    let catalog = Arc::new(load_catalog(a.catalog.as_deref())?);
     let cfg = StateConfig::default();
     let forecaster: Arc<dyn Forecaster> = match &a.model {
         Some(p) => {
@@ -101,36 +144,35 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         events.extend(d.events);
     }
     events.sort_by_key(|e| e.time());
-    let mut state = ServiceState::new(catalog, policy, cfg);
+    // The service's planner over the same policy file, so budget
+    // admissions follow each environment's over-budget policy as they do
+    // in `prescale run`.
+    let planner = Arc::new(CostAwarePlanner::new(policy.clone()));
+    let mut factory = EngineFactory::new(catalog, forecaster.clone(), planner);
+    factory.config.state = cfg;
+    let engine = factory.engine();
+    let mut state = ServiceState::with_engine(engine);
     let mut rejected = 0u64;
     for ev in &events {
         if state.apply(ev).is_err() {
             rejected += 1;
         }
     }
-    eprintln!(
-        "state: {} events, {} environment(s), {} price pool(s), {} budget account(s), {} rejected",
-        state.events_applied,
-        state.demand.environments().len(),
-        state.book.pools(),
-        state.ledger.accounts.len(),
-        rejected
-    );
-    let app = Arc::new(AppState::new(state, forecaster, token));
+    {
+        let v = state.view();
+        eprintln!(
+            "state: {} events, {} environment(s), {} price pool(s), {} budget account(s), {} rejected",
+            v.events_applied,
+            v.demand().environments().len(),
+            v.book().pools(),
+            v.ledger().accounts.len(),
+            rejected
+        );
+    }
+    let app = Arc::new(AppState::with_policy(state, policy, forecaster, token));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("binding {}", a.listen))?;
-        let addr = listener.local_addr()?;
-        println!("listening on http://{addr}");
-        std::io::stdout().flush()?;
-        let limits = api::ServeLimits {
-            header_read_timeout: std::time::Duration::from_secs(a.header_timeout_s as u64),
-            request_timeout: std::time::Duration::from_secs(a.request_timeout_s as u64),
-            max_connections: a.max_connections as usize,
-        };
-        api::serve_with_limits(listener, api::router(app, a.body_limit), limits).await?;
+        a.access.serve(a.listen, app).await?.await??;
         Ok(())
     })
 }

@@ -377,6 +377,7 @@ pub fn spawn_service(cfg: &KafkaConfig, instance: &str, idle: Duration) -> Runni
     let opts = RunOptions {
         instance: instance.to_string(),
         exit_when_idle: Some(idle),
+        ..Default::default()
     };
     let st = stats.clone();
     let handle = std::thread::spawn(move || {

@@ -2,7 +2,7 @@
 //! `crate::engine::Engine` the backtest drives, with its state serialised
 //! into snapshots.
 
-use super::service::{Brain, BrainFactory, Refused};
+use super::port::{Brain, BrainError, BrainFactory, BudgetShare, Capture, Refused};
 use crate::engine::Engine;
 use crate::events::{Command, Event};
 use crate::wiring::EngineFactory;
@@ -19,9 +19,9 @@ pub(super) fn refused(h: crate::engine::Handled, event: Event) -> Option<Refused
 
 /// A copy of an engine's state, encoded later (on the checkpoint writer's
 /// thread): the [`Brain::capture`] of every brain that wraps an engine.
-pub(super) fn capture_engine(engine: &Engine) -> super::service::Capture {
+pub(super) fn capture_engine(engine: &Engine) -> Capture {
     let st = engine.state().clone();
-    Box::new(move || serde_json::to_vec(&st).map_err(|e| format!("serialising engine state: {e}")))
+    Box::new(move || serde_json::to_vec(&st).map_err(BrainError::Encode))
 }
 
 impl Brain for EngineBrain {
@@ -31,35 +31,30 @@ impl Brain for EngineBrain {
     fn finish(&mut self, out: &mut Vec<Command>) {
         self.0.finish(out);
     }
-    fn save(&self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(self.0.state()).map_err(|e| format!("serialising engine state: {e}"))
+    fn save(&self) -> Result<serde_json::Value, BrainError> {
+        serde_json::to_value(self.0.state()).map_err(BrainError::Encode)
     }
-    fn save_json(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self.0.state()).map_err(|e| format!("serialising engine state: {e}"))
+    fn save_json(&self) -> Result<Vec<u8>, BrainError> {
+        serde_json::to_vec(self.0.state()).map_err(BrainError::Encode)
     }
-    fn capture(&self) -> Result<super::service::Capture, String> {
+    fn capture(&self) -> Result<Capture, BrainError> {
         Ok(capture_engine(&self.0))
     }
     fn tick_span(&self) -> tracing::Span {
         self.0.tick_span().clone()
     }
-    fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
-        self.0.budget_usage()
+    fn budgets(&mut self) -> Option<&mut dyn BudgetShare> {
+        Some(&mut self.0)
     }
-    fn budget_allocation(&self, account: &str) -> Option<f64> {
-        self.0.budget_allocation(account)
-    }
-    fn split_budgets(&mut self, split: bool) {
-        self.0.set_budget_split(split);
-    }
-    fn apply_share(&mut self, share: &crate::budget::share::Share) {
-        self.0.apply_share(share);
+    fn engine(&mut self) -> Option<&mut Engine> {
+        Some(&mut self.0)
     }
 }
 
 impl BrainFactory for EngineFactory {
-    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
-        Ok(Box::new(EngineBrain(self.engine_from(restore)?)))
+    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, BrainError> {
+        let engine = self.engine_from(restore).map_err(BrainError::Restore)?;
+        Ok(Box::new(EngineBrain(engine)))
     }
 }
 

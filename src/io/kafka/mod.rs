@@ -10,42 +10,44 @@
 //! - [`client`], [`publish`]: rdkafka plumbing.
 //! - [`observe`], [`extras`], [`lag`]: what the service reports (prediction
 //!   store, metrics) and periodic retraining, around the engine.
+//! - [`port`]: the decision core as the loop sees it ([`port::Brain`],
+//!   lifecycle only, and its [`port::BudgetShare`] facet); imports nothing
+//!   of the adapter.
 //! - [`spend`]: project budgets shared between instances over an internal
-//!   topic.
-//! - [`service`]: the `prescale run` loop (consume → decode → merge →
-//!   publish, with dead letters, checkpoints and rebalances); `worker`:
+//!   topic (the budget exchange).
+//! - [`service`]: the `prescale run` loop, one `tokio::select!` over the
+//!   consumers, the decisions, a timer and a control channel; each job it
+//!   dispatches lives in a file of its own: `rebalance` (assignment and
+//!   rebalance messages from the group consumer's callbacks), `ingest`
+//!   (poll, decode, dead letters, rewinds), `handoff` (the per-assignment
+//!   state: merge → decision thread), `outbox` (publishing decided
+//!   commands), `checkpoints` (snapshots and offset commits); `worker`:
 //!   the engine on a thread of its own, fed in order by the loop.
+//!   Dependencies point one way: `service` → the parts → `worker` /
+//!   `spend` → `port`.
 
 pub mod brain;
+mod checkpoints;
 pub mod client;
 pub mod codec;
 pub mod config;
+mod error;
 pub mod extras;
+mod handoff;
+mod ingest;
 pub mod lag;
 pub mod merge;
 pub mod observe;
+mod outbox;
+pub mod port;
 pub mod produce;
 pub mod publish;
+mod rebalance;
 pub mod service;
 pub mod spend;
 pub mod split;
+mod stats;
 mod worker;
 
 pub use config::KafkaConfig;
-
-/// Errors of the Kafka adapter.
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaError {
-    #[error("kafka: {0}")]
-    Client(#[from] rdkafka::error::KafkaError),
-    #[error("topic {topic}: {message}")]
-    Topic { topic: String, message: String },
-    #[error("{failed} message(s) could not be delivered; last error: {last}")]
-    Delivery { failed: u64, last: String },
-    #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
-    #[error("engine: {0}")]
-    Engine(String),
-    #[error(transparent)]
-    Codec(#[from] crate::events::avro::CodecError),
-}
+pub use error::{KafkaError, Retry};

@@ -13,7 +13,7 @@
 //! Store writes go through [`StoreHandle`], which never blocks; when no store
 //! is configured only the metrics are kept.
 
-use super::service::{Brain, BrainFactory, Refused};
+use super::port::{Brain, BrainError, BrainFactory, BudgetShare, Capture, Refused};
 use crate::engine::{Engine, TickForecast, TickReport};
 use crate::events::{Command, Event, Millis, ScalingCommand};
 use crate::forecast::{Forecaster, SharedForecaster};
@@ -78,8 +78,11 @@ impl ObservingFactory {
 }
 
 impl BrainFactory for ObservingFactory {
-    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, String> {
-        let mut engine = self.engines.engine_from(restore)?;
+    fn create(&self, restore: Option<&serde_json::Value>) -> Result<Box<dyn Brain>, BrainError> {
+        let mut engine = self
+            .engines
+            .engine_from(restore)
+            .map_err(BrainError::Restore)?;
         let using = self.model.current();
         engine.set_forecaster(using.clone());
         Ok(Box::new(ObservingBrain {
@@ -152,17 +155,15 @@ impl Brain for ObservingBrain {
         self.after(t0, &reports, &out[n0..]);
     }
 
-    fn save(&self) -> Result<serde_json::Value, String> {
-        serde_json::to_value(self.engine.state())
-            .map_err(|e| format!("serialising engine state: {e}"))
+    fn save(&self) -> Result<serde_json::Value, BrainError> {
+        serde_json::to_value(self.engine.state()).map_err(BrainError::Encode)
     }
 
-    fn save_json(&self) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(self.engine.state())
-            .map_err(|e| format!("serialising engine state: {e}"))
+    fn save_json(&self) -> Result<Vec<u8>, BrainError> {
+        serde_json::to_vec(self.engine.state()).map_err(BrainError::Encode)
     }
 
-    fn capture(&self) -> Result<super::service::Capture, String> {
+    fn capture(&self) -> Result<Capture, BrainError> {
         Ok(super::brain::capture_engine(&self.engine))
     }
 
@@ -175,19 +176,12 @@ impl Brain for ObservingBrain {
         self.engine.tick_span().clone()
     }
 
-    fn budget_usage(&self) -> Vec<crate::budget::share::Usage> {
-        self.engine.budget_usage()
+    fn budgets(&mut self) -> Option<&mut dyn BudgetShare> {
+        Some(&mut self.engine)
     }
 
-    fn budget_allocation(&self, account: &str) -> Option<f64> {
-        self.engine.budget_allocation(account)
-    }
-
-    fn split_budgets(&mut self, split: bool) {
-        self.engine.set_budget_split(split);
-    }
-    fn apply_share(&mut self, share: &crate::budget::share::Share) {
-        self.engine.apply_share(share);
+    fn engine(&mut self) -> Option<&mut Engine> {
+        Some(&mut self.engine)
     }
 }
 

@@ -59,3 +59,22 @@ pub fn publish_messages(
     }
     Ok(msgs.len())
 }
+
+/// Publish one budget allocation on the budget-allocation topic, keyed by
+/// its account, as an input producer would: every instance's engine
+/// applies it in order (the HTTP API of `prescale run --api-listen`).
+pub fn publish_allocation(
+    cfg: &KafkaConfig,
+    publisher: &Publisher,
+    a: &crate::events::BudgetAllocation,
+) -> Result<(), KafkaError> {
+    let ev = crate::events::Event::BudgetAllocation(a.clone());
+    let value = super::codec::encode_input(cfg, EventKind::BudgetAllocation, &ev)?;
+    publisher.send(
+        &cfg.topics.budget_allocation(),
+        ev.key().as_bytes(),
+        &value,
+        &[],
+        None,
+    )
+}

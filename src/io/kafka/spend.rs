@@ -18,6 +18,12 @@ use crate::budget::share::{Owner, Share, SpendRecord, Usage};
 use crate::events::Millis;
 use std::collections::BTreeMap;
 
+/// A record of the internal topic that is not one (wrong JSON): the
+/// caller dead-letters it. Retrying the same bytes fails the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("budget-spend record: {0}")]
+pub struct SpendError(#[from] serde_json::Error);
+
 /// Per assignment: the usage this instance last reported, and the owner's
 /// view of the projects whose partitions it holds.
 #[derive(Default)]
@@ -31,9 +37,8 @@ impl Exchange {
     /// owner); a share is returned for the caller to grant to its brain. A
     /// record that is not one (wrong JSON) is an error naming what is
     /// wrong; the caller dead-letters it.
-    pub fn on_record(&mut self, payload: &[u8]) -> Result<Option<Share>, String> {
-        let r: SpendRecord =
-            serde_json::from_slice(payload).map_err(|e| format!("budget-spend record: {e}"))?;
+    pub fn on_record(&mut self, payload: &[u8]) -> Result<Option<Share>, SpendError> {
+        let r: SpendRecord = serde_json::from_slice(payload)?;
         Ok(match r {
             SpendRecord::Usage(u) => {
                 self.owner.on_usage(u);
@@ -44,9 +49,11 @@ impl Exchange {
     }
 
     /// One exchange round (on the service's timer): report changed usage,
-    /// and, as owner, publish the shares that changed. Asks the brain (one
-    /// call, in its turn after the events already sent) for its usage and
-    /// for the allocations of the accounts whose usage changed. Returns how
+    /// and, as owner, publish the shares that changed. Asks the brain's
+    /// [`BudgetShare`](super::port::BudgetShare) (one call, in its turn
+    /// after the events already sent) for its usage and for the allocations
+    /// of the accounts whose usage changed; a brain without budgets reports
+    /// none. Returns how
     /// many records were sent.
     pub fn round(
         &mut self,
@@ -56,14 +63,17 @@ impl Exchange {
     ) -> Result<usize, KafkaError> {
         let accounts: Vec<String> = self.owner.changed().map(str::to_string).collect();
         let (usage, allocations) = worker.call(move |b| {
+            let Some(b) = b.budgets() else {
+                return (Vec::new(), BTreeMap::new());
+            };
             let allocations: BTreeMap<String, Option<f64>> = accounts
                 .into_iter()
                 .map(|p| {
-                    let v = b.budget_allocation(&p);
+                    let v = b.allocation(&p);
                     (p, v)
                 })
                 .collect();
-            (b.budget_usage(), allocations)
+            (b.usage(), allocations)
         })?;
         let allocation = |p: &str| allocations.get(p).copied().flatten();
         let mut sent = 0;

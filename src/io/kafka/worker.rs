@@ -17,7 +17,8 @@
 //! commands the loop publishes before writing it.
 
 use super::merge::Tp;
-use super::service::{Brain, Stats};
+use super::port::Brain;
+use super::stats::{AppliedHook, Stats};
 use super::KafkaError;
 use crate::events::{Command, Event};
 use std::sync::atomic::Ordering;
@@ -76,19 +77,20 @@ pub struct Worker {
 }
 
 fn stopped() -> KafkaError {
-    KafkaError::Engine("the decision thread stopped (a panic in the engine; see its log)".into())
+    KafkaError::Thread("the decision thread stopped (a panic in the engine; see its log)".into())
 }
 
 impl Worker {
     /// Start the thread that owns `brain`. What it decides goes to
-    /// `decided`; it counts applied events (and, when asked, their
-    /// produce→decided latency) in `stats`.
+    /// `decided`; it counts applied events in `stats` and calls
+    /// `on_applied` (when set) with each batch's produce times.
     /// `slots`: the topic-partition of each merge slot (origins of refused
     /// events).
     pub fn spawn(
         mut brain: Box<dyn Brain>,
         slots: Vec<Tp>,
         stats: Arc<Stats>,
+        on_applied: Option<AppliedHook>,
         decided: mpsc::UnboundedSender<Decided>,
     ) -> Result<Self, KafkaError> {
         let (tx, rx) = sync_mpsc::sync_channel::<Job>(IN_FLIGHT);
@@ -96,7 +98,7 @@ impl Worker {
             .name("prescale-decide".into())
             .spawn(move || {
                 let mut out = Vec::new();
-                let mut latencies = Vec::new();
+                let mut produced = Vec::new();
                 for job in rx {
                     match job {
                         Job::Events(items) => {
@@ -107,7 +109,7 @@ impl Worker {
                             stats
                                 .events
                                 .fetch_add(items.len() as u64, Ordering::Relaxed);
-                            let timed = stats.record_latency.load(Ordering::Relaxed);
+                            let timed = on_applied.is_some();
                             for (ev, trigger_ts, (slot, offset)) in items {
                                 let refused = brain.handle(ev, &mut out).map(|r| {
                                     let (topic, partition) =
@@ -121,7 +123,7 @@ impl Worker {
                                     })
                                 });
                                 if let (true, Some(p)) = (timed, trigger_ts) {
-                                    latencies.push(p);
+                                    produced.push(p);
                                 }
                                 if !out.is_empty() || refused.is_some() {
                                     let d = Decided {
@@ -137,13 +139,18 @@ impl Worker {
                                     }
                                 }
                             }
-                            record_latencies(&stats, &mut latencies);
+                            if let Some(hook) = &on_applied {
+                                if !produced.is_empty() {
+                                    hook(produced.as_slice());
+                                    produced.clear();
+                                }
+                            }
                         }
                         Job::Call(f) => f(brain.as_mut()),
                     }
                 }
             })
-            .map_err(|e| KafkaError::Engine(format!("starting the decision thread: {e}")))?;
+            .map_err(|e| KafkaError::Thread(format!("starting the decision thread: {e}")))?;
         Ok(Self {
             jobs: Some(tx),
             batch: Vec::new(),
@@ -210,24 +217,11 @@ impl Drop for Worker {
     }
 }
 
-/// Record the produce→decided latency of the events just applied (their
-/// produce times, ms), under one lock per batch.
-fn record_latencies(stats: &Stats, produced_at: &mut Vec<i64>) {
-    if produced_at.is_empty() {
-        return;
-    }
-    let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-    if let Ok(mut l) = stats.latencies_ms.lock() {
-        l.extend(produced_at.iter().map(|&p| (p, now - p as f64)));
-    }
-    produced_at.clear();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::{PreemptionAction, PreemptionCommand};
-    use crate::io::kafka::service::Refused;
+    use crate::io::kafka::port::{BrainError, Refused};
     use crate::state::tests_support::job;
 
     /// Counts events and answers with what it has seen; decides a command
@@ -246,7 +240,7 @@ mod tests {
             None
         }
         fn finish(&mut self, _out: &mut Vec<Command>) {}
-        fn save(&self) -> Result<serde_json::Value, String> {
+        fn save(&self) -> Result<serde_json::Value, BrainError> {
             Ok(serde_json::json!(self.seen))
         }
     }
@@ -275,7 +269,7 @@ mod tests {
             seen: Vec::new(),
             template,
         });
-        let mut w = Worker::spawn(brain, Vec::new(), stats.clone(), tx).expect("spawn");
+        let mut w = Worker::spawn(brain, Vec::new(), stats.clone(), None, tx).expect("spawn");
         for (i, ev) in events(10).into_iter().enumerate() {
             w.push(ev, Some(i as i64), (0, i as i64));
             if i % 4 == 3 {
@@ -302,13 +296,19 @@ mod tests {
                 panic!("engine bug");
             }
             fn finish(&mut self, _: &mut Vec<Command>) {}
-            fn save(&self) -> Result<serde_json::Value, String> {
+            fn save(&self) -> Result<serde_json::Value, BrainError> {
                 Ok(serde_json::Value::Null)
             }
         }
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut w = Worker::spawn(Box::new(Panics), Vec::new(), Arc::new(Stats::default()), tx)
-            .expect("spawn");
+        let mut w = Worker::spawn(
+            Box::new(Panics),
+            Vec::new(),
+            Arc::new(Stats::default()),
+            None,
+            tx,
+        )
+        .expect("spawn");
         w.push(events(1).remove(0), None, (0, 0));
         let err = w.call(|_| ()).expect_err("the thread died");
         assert!(err.to_string().contains("decision thread stopped"), "{err}");

@@ -1,0 +1,305 @@
+//! Ingest and dead letters: a poll result is counted, decoded and put in
+//! the merge (or handed to the budget exchange); a message that does not
+//! decode goes to `<topic>.dlq` with headers naming the error; a partition
+//! whose continuity the merger doubts is read again from further back
+//! (rewind).
+
+use super::client::caught_up_c;
+use super::codec::{decode_input, headers};
+use super::handoff::Active;
+use super::merge::{OrderKey, Push};
+use super::publish::Publisher;
+use super::rebalance::{is_partition_eof, GroupCtx, PriceCtx};
+use super::split::{MessageView, Split, AHEAD};
+use super::stats::Stats;
+use super::{KafkaConfig, KafkaError};
+use crate::events::avro::EventKind;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::Offset;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// One input topic as the loop sees it.
+pub(super) struct Input {
+    pub(super) topic: String,
+    c_topic: std::ffi::CString,
+    kind: EventKind,
+    /// Read whole by every instance (prices, budget allocations).
+    pub(super) broadcast: bool,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+/// Per input topic: its kind, its events-in counter (looked up once: the
+/// per-message path only increments) and its name for librdkafka's
+/// watermark lookups (converted once, not per question).
+pub(super) fn inputs(cfg: &KafkaConfig) -> Vec<Input> {
+    let broadcast = cfg.topics.broadcast();
+    cfg.topics
+        .inputs()
+        .into_iter()
+        .map(|(kind, t)| Input {
+            counter: crate::telemetry::metrics().events_in(&t),
+            c_topic: std::ffi::CString::new(t.as_str()).unwrap_or_default(),
+            broadcast: broadcast.contains(&t),
+            topic: t,
+            kind,
+        })
+        .collect()
+}
+
+/// What taking a message in needs besides the assignment's state.
+pub(super) struct Ingest<'a> {
+    pub(super) cfg: &'a KafkaConfig,
+    pub(super) inputs: &'a [Input],
+    pub(super) publisher: &'a Publisher,
+    pub(super) stats: &'a Stats,
+    /// The consumers, to seek a partition back when the merger asks.
+    pub(super) group: &'a StreamConsumer<GroupCtx>,
+    pub(super) prices: &'a StreamConsumer<PriceCtx>,
+}
+
+impl Ingest<'_> {
+    /// One poll result: count a message and put it in the merge (or the
+    /// budget exchange, or the dead-letter topic); log a client error.
+    /// Returns whether it was a message. `slot`: the merge slot of the
+    /// partition queue it was read from, when it came from one.
+    pub(super) fn take(
+        &self,
+        a: Option<&mut Active>,
+        m: Result<&dyn MessageView, &RdError>,
+        slot: Option<usize>,
+        now: Instant,
+    ) -> Result<bool, KafkaError> {
+        match m {
+            Ok(m) => {
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = a {
+                    self.ingest(a, m, slot, now)?;
+                }
+                return Ok(true);
+            }
+            Err(e) if is_partition_eof(e) => {}
+            // Transient client errors (broker down, coordinator moving) are
+            // retried by librdkafka.
+            Err(e) => tracing::warn!(error = %e, "consumer error"),
+        }
+        Ok(false)
+    }
+
+    /// Take up to `budget` messages, without waiting, from the split
+    /// partitions whose merge buffer holds fewer than [`AHEAD`].
+    pub(super) fn pump<C: ConsumerContext + 'static>(
+        &self,
+        split: &Split<C>,
+        budget: usize,
+        a: &mut Active,
+        now: Instant,
+    ) -> Result<usize, KafkaError> {
+        let mut n = 0;
+        for (slot, q) in split.ready() {
+            let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
+            // One stream per pass, not one `recv` per message: each
+            // registers a waker slot under a lock.
+            let mut stream = q.stream();
+            for _ in 0..room {
+                let Some(Some(m)) = stream.next().now_or_never() else {
+                    break;
+                };
+                if self.take(Some(a), view(&m), Some(slot), now)? {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The merger's question, whether a partition is read to its end,
+    /// answered from librdkafka's cached watermarks.
+    pub(super) fn caught(&self, t: &str, p: i32, next: Option<i64>) -> bool {
+        match self.inputs.iter().find(|i| i.topic == t) {
+            Some(i) if i.broadcast => caught_up_c(self.prices.client(), &i.c_topic, p, next),
+            Some(i) => caught_up_c(self.group.client(), &i.c_topic, p, next),
+            None => true,
+        }
+    }
+
+    /// Whether a message was read by the price consumer (broadcast input).
+    pub(super) fn read_by_prices(&self, m: &Result<BorrowedMessage<'_>, RdError>) -> bool {
+        m.as_ref().is_ok_and(|m| {
+            self.inputs
+                .iter()
+                .any(|i| i.broadcast && i.topic == m.topic())
+        })
+    }
+
+    /// The input and merge slot of a message read from a consumer's own
+    /// queue, by its topic name; `None` when it is not event-time input (a
+    /// budget-spend record is handed to the exchange here) or its partition
+    /// is not in the merge.
+    fn locate_by_topic(
+        &self,
+        a: &mut Active,
+        m: &dyn MessageView,
+    ) -> Result<Option<(usize, usize)>, KafkaError> {
+        let topic = m.topic();
+        let Some(i) = self.inputs.iter().position(|i| i.topic == topic) else {
+            if topic == self.cfg.topics.budget_spend() {
+                match a.exchange.on_record(m.payload().unwrap_or(&[])) {
+                    Ok(Some(share)) => a.worker.post(move |b| {
+                        if let Some(s) = b.budgets() {
+                            s.grant(&share);
+                        }
+                    })?,
+                    Ok(None) => {}
+                    Err(e) => self.dead_letter(m, &e.to_string())?,
+                }
+            }
+            return Ok(None);
+        };
+        Ok(a.slot(i, topic, m.partition()).map(|slot| (i, slot)))
+    }
+
+    /// Decode one input message into the merge buffer; one that does not
+    /// decode or validate goes to the dead-letter topic and only advances
+    /// its offset. Seeks its partition back when the merger asks (see
+    /// [`Push::Rewind`]).
+    ///
+    /// `known`: the merge slot of the partition queue it came from. Its
+    /// input is then looked up by slot: the topic name (a C string checked
+    /// as UTF-8 and compared with each input's) is only read for messages
+    /// of the consumers' own queues.
+    fn ingest(
+        &self,
+        a: &mut Active,
+        m: &dyn MessageView,
+        known: Option<usize>,
+        now: Instant,
+    ) -> Result<(), KafkaError> {
+        let by_slot = known.and_then(|s| Some((a.input_of(s)?, s)));
+        let found = match by_slot {
+            Some(found) => Some(found),
+            None => self.locate_by_topic(a, m)?,
+        };
+        let Some((i, slot)) = found else {
+            return Ok(());
+        };
+        let input = &self.inputs[i];
+        let pushed = match decode_input(self.cfg, input.kind, m.payload().unwrap_or(&[])) {
+            Ok(ev) => {
+                let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
+                let pushed = a
+                    .merger
+                    .push(slot, m.offset(), key, ev, m.timestamp_ms(), now);
+                if pushed == Push::Taken {
+                    input.counter.inc();
+                }
+                pushed
+            }
+            Err(e) => {
+                // Dead-lettered once, not again when read again (a restart
+                // rereads messages before its resume point).
+                let pushed = a.merger.push_skipped(slot, m.offset(), now);
+                if pushed == Push::Taken {
+                    self.dead_letter(m, &e.to_string())?;
+                    a.dirty = true;
+                }
+                pushed
+            }
+        };
+        if let Push::Rewind(to) = pushed {
+            self.rewind(m, to, input.broadcast)?;
+        }
+        Ok(())
+    }
+
+    /// Dead-letter `m` (see [`dead_letter`]) and count it.
+    fn dead_letter(&self, m: &dyn MessageView, error: &str) -> Result<(), KafkaError> {
+        dead_letter(self.cfg, self.publisher, m, error)?;
+        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics().inc_dlq(m.topic());
+        Ok(())
+    }
+
+    /// Seek the partition of `m` back to `to`, as the merger asked;
+    /// `broadcast`: the price consumer reads it.
+    fn rewind(&self, m: &dyn MessageView, to: i64, broadcast: bool) -> Result<(), KafkaError> {
+        let (t, p) = (m.topic(), m.partition());
+        tracing::info!(
+            topic = t,
+            partition = p,
+            offset = m.offset(),
+            to,
+            "offsets skipped after a seek: reading the partition again from further back"
+        );
+        // How long librdkafka may take to accept the seek.
+        let timeout = Duration::from_secs(5);
+        if broadcast {
+            self.prices.seek(t, p, Offset::Offset(to), timeout)?;
+        } else {
+            self.group.seek(t, p, Offset::Offset(to), timeout)?;
+        }
+        Ok(())
+    }
+}
+
+/// Send a message that failed to decode to `<topic>.dlq`, unchanged, with
+/// headers naming the error and where it came from.
+fn dead_letter(
+    cfg: &KafkaConfig,
+    p: &Publisher,
+    m: &dyn MessageView,
+    error: &str,
+) -> Result<(), KafkaError> {
+    let dlq = cfg.topics.dlq(m.topic());
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    tracing::warn!(
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        error,
+        "dead-lettered"
+    );
+    p.send(
+        &dlq,
+        m.key().unwrap_or(&[]),
+        m.payload().unwrap_or(&[]),
+        &[
+            (headers::DLQ_ERROR, error.as_bytes()),
+            (headers::DLQ_TOPIC, m.topic().as_bytes()),
+            (headers::DLQ_PARTITION, partition.as_bytes()),
+            (headers::DLQ_OFFSET, offset.as_bytes()),
+        ],
+        None,
+    )
+}
+
+fn seq_header(m: &dyn MessageView) -> Option<u64> {
+    std::str::from_utf8(m.header(headers::SEQ)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Poll a consumer's own queue without waiting. Seeing it empty makes its
+/// split partitions readable (see [`super::split`]).
+pub(super) fn poll_own<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    split: Option<&mut Split<C>>,
+) -> Option<Result<BorrowedMessage<'c>, RdError>> {
+    let m = consumer.recv().now_or_never();
+    if m.is_none() {
+        if let Some(s) = split {
+            s.set_clear();
+        }
+    }
+    m
+}
+
+/// A consumer's poll result as the ingest path takes it.
+pub(super) fn view<M: MessageView>(m: &Result<M, RdError>) -> Result<&dyn MessageView, &RdError> {
+    m.as_ref().map(|m| m as &dyn MessageView)
+}
