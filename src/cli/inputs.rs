@@ -34,6 +34,8 @@ pub struct Prepared {
     pub catalog: Arc<Catalog>,
     pub trace: TraceInfo,
     /// The price ticks as read, before tiling (the bench re-tiles them).
+    // Read by `prescale bench` only (feature `bench`).
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
     pub raw_ticks: Vec<PriceTick>,
 }
 
