@@ -8,8 +8,8 @@
 mod kafka_support;
 
 use kafka_support::*;
-use prescale::import::events_file::EventsWriter;
 use prescale::events::{BudgetAllocation, BudgetScope, Event};
+use prescale::import::events_file::EventsWriter;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -115,7 +115,8 @@ impl ServiceState {
     /// cost-aware planner and the statistical forecaster for its decision
     /// ticks.
     pub fn new(catalog: Arc<Catalog>, policy: PolicyFile, cfg: StateConfig) -> Self {
-        let planner: Arc<dyn CapacityPlanner> = Arc::new(crate::planner::CostAwarePlanner::new(policy));
+        let planner: Arc<dyn CapacityPlanner> =
+            Arc::new(crate::planner::CostAwarePlanner::new(policy));
         let forecaster: Arc<dyn Forecaster> = Arc::new(Ets::default());
         let config = EngineConfig {
             state: cfg,
