@@ -260,15 +260,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "hyper_parameters": cfg,
         "seed": a.seed,
         "device": rep.device,
-        "metrics": {
-            "final_train_pinball_normalised": rep.final_loss,
-            "val_interval_coverage_raw": rep.val_coverage_raw,
-            "val_interval_coverage_calibrated": rep.val_coverage_calibrated,
-            "train_windows": rep.train_windows,
-            "val_windows": rep.val_windows,
-            "steps": rep.steps,
-            "train_s": rep.train_s,
-        },
+        "metrics": prescale::io::retrain::training_metrics(&rep),
     });
     if let (Some(data), Some(src)) = (card["data"].as_object_mut(), source_json.as_object()) {
         data.extend(src.clone());

@@ -272,6 +272,20 @@ impl Job {
     }
 }
 
+/// What training measured, as the model cards of `prescale train` and of
+/// periodic retraining both record it (one place, so the keys agree).
+pub fn training_metrics(rep: &lstm::TrainReport) -> serde_json::Value {
+    serde_json::json!({
+        "final_train_pinball_normalised": rep.final_loss,
+        "val_interval_coverage_raw": rep.val_coverage_raw,
+        "val_interval_coverage_calibrated": rep.val_coverage_calibrated,
+        "train_windows": rep.train_windows,
+        "val_windows": rep.val_windows,
+        "steps": rep.steps,
+        "train_s": rep.train_s,
+    })
+}
+
 /// The model card of a retrained model: what data, which window, which
 /// hyper-parameters, what training measured (same keys as `prescale train`).
 pub fn model_card(
@@ -307,15 +321,7 @@ pub fn model_card(
         "hyper_parameters": cfg,
         "seed": cfg.seed,
         "device": rep.device,
-        "metrics": {
-            "final_train_pinball_normalised": rep.final_loss,
-            "val_interval_coverage_raw": rep.val_coverage_raw,
-            "val_interval_coverage_calibrated": rep.val_coverage_calibrated,
-            "train_windows": rep.train_windows,
-            "val_windows": rep.val_windows,
-            "steps": rep.steps,
-            "train_s": rep.train_s,
-        },
+        "metrics": training_metrics(rep),
     })
 }
 

@@ -88,25 +88,11 @@ pub struct PlanOutput {
     pub reason: String,
 }
 
-/// Linear interpolation of a quantile level between forecast levels;
-/// clamps outside the forecast's range.
-pub fn quantile_value(levels: &[f64], values: &[f64], q: f64) -> f64 {
-    let n = levels.len().min(values.len());
-    if n == 0 {
-        return 0.0;
-    }
-    if q <= levels[0] {
-        return values[0];
-    }
-    for i in 1..n {
-        if q <= levels[i] {
-            let (l0, l1) = (levels[i - 1], levels[i]);
-            let w = if l1 > l0 { (q - l0) / (l1 - l0) } else { 1.0 };
-            return values[i - 1] + w * (values[i] - values[i - 1]);
-        }
-    }
-    values[n - 1]
-}
+/// Linear interpolation of a quantile level between forecast levels,
+/// clamped outside the forecast's range: the forecast's own reading
+/// ([`crate::forecast::eval::level_value`]), so the planner provisions at
+/// the value `forecast eval` scores.
+pub use crate::forecast::eval::level_value as quantile_value;
 
 /// Plans one environment over an explicit list of offers (reserved pools
 /// included, with `available` = count owned). [`plan_environment`] builds

@@ -590,19 +590,25 @@ impl<'a> Loop<'a> {
         Ok(())
     }
 
+    /// Checkpoint the consuming assignment now (a request, or the stop).
+    fn checkpoint_now(&mut self) -> Result<(), KafkaError> {
+        if let Phase::Consuming(c) = &mut self.phase {
+            save(
+                self.cfg,
+                self.group,
+                &mut self.outbox,
+                &mut c.active,
+                Write::Now,
+            )?;
+        }
+        Ok(())
+    }
+
     /// A request on the control channel; false when the loop is to end.
     fn on_control(&mut self, c: Option<Control>) -> Result<bool, KafkaError> {
         match c {
             Some(Control::Checkpoint) => {
-                if let Phase::Consuming(c) = &mut self.phase {
-                    save(
-                        self.cfg,
-                        self.group,
-                        &mut self.outbox,
-                        &mut c.active,
-                        Write::Now,
-                    )?;
-                }
+                self.checkpoint_now()?;
                 Ok(true)
             }
             Some(Control::Engine(call)) => {
@@ -613,15 +619,7 @@ impl<'a> Loop<'a> {
                 Ok(true)
             }
             Some(Control::Stop) | None => {
-                if let Phase::Consuming(c) = &mut self.phase {
-                    save(
-                        self.cfg,
-                        self.group,
-                        &mut self.outbox,
-                        &mut c.active,
-                        Write::Now,
-                    )?;
-                }
+                self.checkpoint_now()?;
                 Ok(false)
             }
         }
