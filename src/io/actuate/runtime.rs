@@ -437,6 +437,10 @@ impl<A: Actuator> Loop<A> {
             ],
             None,
         )?;
+        // Delivered before the caller commits the offset past it: a kill
+        // right after must not lose the dead letter (it is not re-judged
+        // after a restart). Dead letters are rare; the wait is cheap.
+        self.dlq.flush(Duration::from_secs(30))?;
         Ok(())
     }
 }
