@@ -74,28 +74,14 @@ const BANNED: &[(&str, &str)] = &[
 ];
 
 /// Explicit exceptions to [`BANNED`]: (file, name, why).
-const ALLOWED: &[(&str, &str, &str)] = &[
-    (
-        "src/forecast/lstm.rs",
-        "std::fs",
-        "LSTM checkpoints are read and written here (`LstmForecaster::load` / `save`); only \
+const ALLOWED: &[(&str, &str, &str)] = &[(
+    "src/forecast/lstm.rs",
+    "std::fs",
+    "LSTM checkpoints are read and written here (`LstmForecaster::load` / `save`); only \
          the CLI (`train`), the wiring (the shipped model, at start) and `io::retrain` call \
          them, never a decision tick. Moving them out is left to the forecasting work that \
          owns this file.",
-    ),
-    (
-        "src/forecast/lstm.rs",
-        "Instant::now",
-        "training reports its wall time in the model card; training is offline, never on \
-         the decision path",
-    ),
-    (
-        "src/forecast/eval.rs",
-        "Instant::now",
-        "`prescale forecast eval` times each model for its report; offline evaluation, \
-         never on the decision path",
-    ),
-];
+)];
 
 #[test]
 fn layers_hold() {

@@ -293,6 +293,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let jobs = job_records(&events);
     drop(events);
     let mut cfg = EvalConfig::new(bucket_ms, horizon);
+    cfg.clock = monotonic_s;
     cfg.quantiles = a.quantiles.clone();
     cfg.train_frac = a.train_frac;
     cfg.device = device;
@@ -451,4 +452,14 @@ fn write_per_origin(path: &Path, per: &PerOrigin) -> Result<()> {
     w.flush()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Seconds since the first call, on the monotonic clock: the evaluation's
+/// clock (`EvalConfig::clock`; the core reads none itself).
+fn monotonic_s() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
 }

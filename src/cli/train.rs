@@ -212,10 +212,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let hist: Vec<History<'_>> = series.iter().map(|s| s.history_to(cut)).collect();
     let pb = loss_bar((cfg.epochs * cfg.steps_per_epoch) as u64);
-    let (model, rep) = {
+    let started = std::time::Instant::now();
+    let (model, mut rep) = {
         let mut cb = on_progress(&pb);
         lstm::train(&hist, &cfg, device, &mut cb)?
     };
+    rep.train_s = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ck = a.out.join("model.json");

@@ -256,8 +256,10 @@ impl Job {
         &self,
     ) -> Result<(crate::forecast::LstmForecaster, lstm::TrainReport), String> {
         let hist: Vec<History<'_>> = self.series.iter().map(|s| s.history()).collect();
-        let (model, rep) = lstm::train(&hist, &self.lstm, DeviceChoice::Cpu, &mut |_| {})
+        let started = std::time::Instant::now();
+        let (model, mut rep) = lstm::train(&hist, &self.lstm, DeviceChoice::Cpu, &mut |_| {})
             .map_err(|e| e.to_string())?;
+        rep.train_s = started.elapsed().as_secs_f64();
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         model
