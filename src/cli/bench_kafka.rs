@@ -470,23 +470,69 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         .or_insert_with(|| "1".into());
     // `fetch.queue.backoff.ms` is 5 ms for every consumer of prescale's
     // (`consumer_config`), the raw one here included.
-    let n = args.messages;
     println!(
         "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",
-        base.brokers, args.partitions, n, args.environments
+        base.brokers, args.partitions, args.messages, args.environments
     );
+    let mut tput = throughput(&args, &base, &factory)?;
+    let lat = latency(&args, &base, &factory)?;
+    if let Some(p) = &args.json {
+        let j = serde_json::json!({
+            "messages": args.messages,
+            "repeat": args.repeat,
+            "partitions": args.partitions,
+            "raw_consume_msgs_per_s": tput.raw,
+            "full_path_msgs_per_s": tput.full,
+            "full_over_raw": tput.full / tput.raw,
+            "raw_best_msgs_per_s": tput.raw_best,
+            "full_best_msgs_per_s": tput.full_best,
+            "full_best_over_raw_best": tput.full_best / tput.raw_best,
+            "raw_cpu_us_per_msg": tput.raw_cpu,
+            "full_cpu_us_per_msg": tput.full_cpu,
+            "full_cpu_us_per_msg_by_thread": tput.roles
+                .iter_mut()
+                .map(|(r, v)| (r.clone(), percentile(v, 0.5)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "latency": {
+                "rate_events_per_s": args.rate,
+                "seconds": args.latency_secs,
+                "warmup_seconds": args.warmup_secs,
+                "raw_consume_ms": lat.raw.json(),
+                "event_to_decision_ms": lat.decided.json(),
+                "event_to_command_ms": lat.command.json(),
+            }
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
 
-    // 1 + 2: same topics, same messages.
-    let cfg = fresh_topics(&base, "tput", args.partitions)?;
+/// Medians (and bests) of the throughput runs.
+struct Throughput {
+    raw: f64,
+    full: f64,
+    raw_best: f64,
+    full_best: f64,
+    raw_cpu: f64,
+    full_cpu: f64,
+    /// CPU per message of each thread role, one figure per run.
+    roles: HashMap<String, Vec<f64>>,
+}
+
+/// Parts 1 + 2: the same messages on the same topics, read by a plain
+/// rdkafka consumer and by the full path, `--repeat` times; prints each run
+/// and the medians.
+fn throughput(
+    args: &BenchKafkaArgs,
+    base: &KafkaConfig,
+    factory: &EngineFactory,
+) -> anyhow::Result<Throughput> {
+    let n = args.messages;
+    let cfg = fresh_topics(base, "tput", args.partitions)?;
     let evs = synthetic(n, args.environments, 1_700_000_000_000, 1.0);
-    let msgs: Vec<RecordedMessage> = evs
-        .iter()
-        .map(RecordedMessage::from_event)
-        .collect::<Result<_, _>>()?;
-    let publisher = Publisher::new(&cfg)?;
     let t = Instant::now();
-    publish_messages(&cfg, &publisher, &msgs, 0, Pace::AsFastAsPossible)?;
-    publisher.flush(Duration::from_secs(120))?;
+    produce(&cfg, &evs, Pace::AsFastAsPossible, Duration::from_secs(120))?;
     println!(
         "  produced {n} messages in {:.2}s",
         t.elapsed().as_secs_f64()
@@ -509,7 +555,7 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
             },
             merge_peak,
             threads,
-        } = full_path(&run_cfg, &factory, n)?;
+        } = full_path(&run_cfg, factory, n)?;
         println!(
             "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages); CPU per message {raw_cpu:.2} / {full_cpu:.2} µs",
             i + 1,
@@ -550,10 +596,45 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         "  CPU per message, all threads of this process (broker excluded), median: raw {raw_cpu:.2} µs, full path {full_cpu:.2} µs ({:.1}×)",
         full_cpu / raw_cpu
     );
+    Ok(Throughput {
+        raw,
+        full,
+        raw_best,
+        full_best,
+        raw_cpu,
+        full_cpu,
+        roles,
+    })
+}
 
-    // 3: latency at a steady rate, event time = wall time, 1 s decision
-    // buckets so decisions (and commands) happen every second.
-    let cfg = fresh_topics(&base, "lat", args.partitions)?;
+/// Publish `events` as input messages and wait for their delivery.
+fn produce(cfg: &KafkaConfig, events: &[Event], pace: Pace, flush: Duration) -> anyhow::Result<()> {
+    let msgs: Vec<RecordedMessage> = events
+        .iter()
+        .map(RecordedMessage::from_event)
+        .collect::<Result<_, _>>()?;
+    let publisher = Publisher::new(cfg)?;
+    publish_messages(cfg, &publisher, &msgs, 0, pace)?;
+    publisher.flush(flush)?;
+    Ok(())
+}
+
+/// The three latency series of part 3.
+struct LatencyRun {
+    raw: Latencies,
+    decided: Latencies,
+    command: Latencies,
+}
+
+/// Part 3: latency at a steady rate, event time = wall time, 1 s decision
+/// buckets so decisions (and commands) happen every second; prints the
+/// three series.
+fn latency(
+    args: &BenchKafkaArgs,
+    base: &KafkaConfig,
+    factory: &EngineFactory,
+) -> anyhow::Result<LatencyRun> {
+    let cfg = fresh_topics(base, "lat", args.partitions)?;
     let mut lat_factory = factory.clone();
     lat_factory.config = EngineConfig {
         state: StateConfig {
@@ -576,77 +657,33 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let stop = Arc::new(AtomicBool::new(false));
     // The floor: a plain consumer of the same input partitions, doing
     // nothing, in the same run: produce → message received.
-    let stop = Arc::new(AtomicBool::new(false));
-    let raw_cfg = cfg.clone();
-    let raw_stop = stop.clone();
-    let raw_receiver = std::thread::spawn(move || -> anyhow::Result<Vec<(i64, f64)>> {
-        let c: BaseConsumer = consumer_config(&raw_cfg, None).create()?;
-        let mut tpl = TopicPartitionList::new();
-        for (_, t) in raw_cfg.topics.inputs() {
-            for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
-                tpl.add_partition_offset(&t, p, Offset::Beginning)?;
-            }
-        }
-        c.assign(&tpl)?;
-        let mut out = Vec::new();
-        while !raw_stop.load(Ordering::Relaxed) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-                if let Some(ts) = m.timestamp().to_millis() {
-                    out.push((ts, now - ts as f64));
-                }
-            }
-        }
-        Ok(out)
+    let inputs: Vec<String> = cfg.topics.inputs().into_iter().map(|(_, t)| t).collect();
+    let raw_receiver = receive(&cfg, inputs, &stop, |m| {
+        m.timestamp().to_millis().map(|ts| ts as f64)
     });
     // Command receiver: produce-of-trigger → command arrival.
-    let rcfg = cfg.clone();
-    let rstop = stop.clone();
-    let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<(i64, f64)>> {
-        let c: BaseConsumer = consumer_config(&rcfg, None).create()?;
-        let mut tpl = TopicPartitionList::new();
-        for t in [
-            rcfg.topics.scaling_command(),
-            rcfg.topics.preemption_command(),
-        ] {
-            for p in partitions_of(c.client(), &t, Duration::from_secs(10))? {
-                tpl.add_partition_offset(&t, p, Offset::Beginning)?;
-            }
-        }
-        c.assign(&tpl)?;
-        let mut out = Vec::new();
-        while !rstop.load(Ordering::Relaxed) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
-                let ts = m
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == headers::TRIGGER_TS)
-                            .and_then(|h| h.value)
-                    })
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok());
-                if let Some(ts) = ts {
-                    out.push((ts as i64, now - ts));
-                }
-            }
-        }
-        Ok(out)
+    let commands = vec![
+        cfg.topics.scaling_command(),
+        cfg.topics.preemption_command(),
+    ];
+    let receiver = receive(&cfg, commands, &stop, |m| {
+        m.headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == headers::TRIGGER_TS)
+                    .and_then(|h| h.value)
+            })
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<f64>().ok())
     });
     let total = (args.rate * (args.warmup_secs + args.latency_secs) as f64) as usize;
     let t0 = chrono::Utc::now().timestamp_millis();
     // Events produced from here on are measured; those before are warm-up.
     let steady_from = t0 + 1000 * args.warmup_secs as i64;
     let live = synthetic(total, args.environments, t0, 1000.0 / args.rate);
-    let lmsgs: Vec<RecordedMessage> = live
-        .iter()
-        .map(RecordedMessage::from_event)
-        .collect::<Result<_, _>>()?;
-    let lp = Publisher::new(&cfg)?;
-    publish_messages(&cfg, &lp, &lmsgs, 0, Pace::Rate(args.rate))?;
-    lp.flush(Duration::from_secs(60))?;
+    produce(&cfg, &live, Pace::Rate(args.rate), Duration::from_secs(60))?;
     let settle = Instant::now();
     while (stats.events.load(Ordering::Relaxed) as usize) < total
         && settle.elapsed() < Duration::from_secs(10)
@@ -658,19 +695,14 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
     let _ = tx.blocking_send(Control::Stop);
     h.join()
         .map_err(|_| anyhow::anyhow!("service thread panicked"))??;
-    let cmd = Latencies::split(
-        receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("receiver panicked"))??,
-        steady_from,
-    );
-    let raw_lat = Latencies::split(
-        raw_receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("raw receiver panicked"))??,
-        steady_from,
-    );
-    let ev = Latencies::split(
+    let joined = |r: std::thread::JoinHandle<anyhow::Result<Vec<(i64, f64)>>>, what: &str| {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("{what} panicked"))?
+            .map(|v| Latencies::split(v, steady_from))
+    };
+    let command = joined(receiver, "receiver")?;
+    let raw = joined(raw_receiver, "raw receiver")?;
+    let decided = Latencies::split(
         std::mem::take(&mut *latencies.lock().expect("latency lock")),
         steady_from,
     );
@@ -678,43 +710,50 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         "  latency at {:.0} events/s for {} s after a {} s warm-up ({} events in all), by the time each event was produced:",
         args.rate, args.latency_secs, args.warmup_secs, total
     );
-    raw_lat.print(
+    raw.print(
         "produce → raw consumer:    ",
         "messages; plain rdkafka consumer, no processing: the floor",
     );
-    ev.print("produce → decided:         ", "events");
-    cmd.print(
+    decided.print("produce → decided:         ", "events");
+    command.print(
         "produce → command received:",
         "commands; target p99 < 50 ms",
     );
-    if let Some(p) = &args.json {
-        let j = serde_json::json!({
-            "messages": n,
-            "repeat": args.repeat,
-            "partitions": args.partitions,
-            "raw_consume_msgs_per_s": raw,
-            "full_path_msgs_per_s": full,
-            "full_over_raw": full / raw,
-            "raw_best_msgs_per_s": raw_best,
-            "full_best_msgs_per_s": full_best,
-            "full_best_over_raw_best": full_best / raw_best,
-            "raw_cpu_us_per_msg": raw_cpu,
-            "full_cpu_us_per_msg": full_cpu,
-            "full_cpu_us_per_msg_by_thread": roles
-                .iter_mut()
-                .map(|(r, v)| (r.clone(), percentile(v, 0.5)))
-                .collect::<std::collections::BTreeMap<_, _>>(),
-            "latency": {
-                "rate_events_per_s": args.rate,
-                "seconds": args.latency_secs,
-                "warmup_seconds": args.warmup_secs,
-                "raw_consume_ms": raw_lat.json(),
-                "event_to_decision_ms": ev.json(),
-                "event_to_command_ms": cmd.json(),
+    Ok(LatencyRun {
+        raw,
+        decided,
+        command,
+    })
+}
+
+/// A consumer thread on every partition of `topics` from the beginning,
+/// until `stop`: for each message with a produce time (`stamp`, ms), that
+/// time and the delay to its arrival here.
+fn receive(
+    cfg: &KafkaConfig,
+    topics: Vec<String>,
+    stop: &Arc<AtomicBool>,
+    stamp: fn(&rdkafka::message::BorrowedMessage<'_>) -> Option<f64>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<(i64, f64)>>> {
+    let (cfg, stop) = (cfg.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let c: BaseConsumer = consumer_config(&cfg, None).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            for p in partitions_of(c.client(), t, Duration::from_secs(10))? {
+                tpl.add_partition_offset(t, p, Offset::Beginning)?;
             }
-        });
-        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+        }
+        c.assign(&tpl)?;
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+                if let Some(ts) = stamp(&m) {
+                    out.push((ts as i64, now - ts));
+                }
+            }
+        }
+        Ok(out)
+    })
 }
