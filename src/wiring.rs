@@ -146,6 +146,21 @@ pub fn make_engine(
     EngineFactory::new(catalog, forecaster.unwrap_or(default_fc), planner).engine()
 }
 
+/// The engine `prescale serve` answers from: the policy's cost-aware
+/// planner (so budget admissions follow each environment's over-budget
+/// policy as in `prescale run`) and `forecaster`, over `state`'s buckets.
+pub fn serve_engine(
+    catalog: Arc<Catalog>,
+    policy: &PolicyFile,
+    forecaster: Arc<dyn Forecaster>,
+    state: crate::state::StateConfig,
+) -> Engine {
+    let planner = Arc::new(CostAwarePlanner::new(policy.clone()));
+    let mut factory = EngineFactory::new(catalog, forecaster, planner);
+    factory.config.state = state;
+    factory.engine()
+}
+
 /// The policy file at `path`, or the defaults (see `policy::EnvPolicy`).
 pub fn load_policy(path: Option<&Path>) -> Result<PolicyFile, PolicyError> {
     Ok(match path {

@@ -10,7 +10,7 @@
 //! [`View`].
 
 use crate::budget::{BudgetError, Ledger};
-use crate::engine::{CapacityPlanner, Engine, EngineConfig, Handled};
+use crate::engine::{Engine, Handled};
 use crate::events::{Event, Millis};
 use crate::forecast::{Ets, Forecaster};
 use crate::policy::PolicyFile;
@@ -115,14 +115,10 @@ impl ServiceState {
     /// cost-aware planner and the statistical forecaster for its decision
     /// ticks.
     pub fn new(catalog: Arc<Catalog>, policy: PolicyFile, cfg: StateConfig) -> Self {
-        let planner: Arc<dyn CapacityPlanner> =
-            Arc::new(crate::planner::CostAwarePlanner::new(policy));
         let forecaster: Arc<dyn Forecaster> = Arc::new(Ets::default());
-        let config = EngineConfig {
-            state: cfg,
-            ..Default::default()
-        };
-        Self::with_engine(Engine::new(config, catalog, forecaster, planner))
+        Self::with_engine(crate::wiring::serve_engine(
+            catalog, &policy, forecaster, cfg,
+        ))
     }
 
     /// Serve from `engine` (built by the caller's wiring, as `prescale run`

@@ -7,9 +7,8 @@ use clap::Args;
 use prescale::api::{self, AppState, ServiceState};
 use prescale::forecast::{load_or_fallback, Ets, Forecaster};
 use prescale::import::events_file::read_events;
-use prescale::planner::CostAwarePlanner;
 use prescale::state::StateConfig;
-use prescale::wiring::{load_catalog, load_policy, EngineFactory};
+use prescale::wiring::{load_catalog, load_policy, serve_engine};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,13 +143,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         events.extend(d.events);
     }
     events.sort_by_key(|e| e.time());
-    // The service's planner over the same policy file, so budget
-    // admissions follow each environment's over-budget policy as they do
-    // in `prescale run`.
-    let planner = Arc::new(CostAwarePlanner::new(policy.clone()));
-    let mut factory = EngineFactory::new(catalog, forecaster.clone(), planner);
-    factory.config.state = cfg;
-    let engine = factory.engine();
+    let engine = serve_engine(catalog, &policy, forecaster.clone(), cfg);
     let mut state = ServiceState::with_engine(engine);
     let mut rejected = 0u64;
     for ev in &events {
