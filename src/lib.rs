@@ -17,6 +17,7 @@ pub mod forecast;
 pub mod import;
 pub mod io;
 pub mod limits;
+pub mod model_file;
 pub mod planner;
 pub mod policy;
 pub mod pricing;

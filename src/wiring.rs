@@ -128,7 +128,7 @@ pub fn decision_core(
 /// checkpoint is missing, corrupt or made for another bucket or horizon;
 /// the reason goes to stderr, the one place a user of the CLI sees it.
 pub fn default_forecaster() -> Arc<dyn Forecaster> {
-    let (f, err) = crate::forecast::shared::load_or_fallback(Path::new(SHIPPED_MODEL), 300_000, 12);
+    let (f, err) = crate::model_file::load_or_fallback(Path::new(SHIPPED_MODEL), 300_000, 12);
     if let Some(e) = err {
         eprintln!("forecaster: {e}; using the statistical model (ETS)");
     }

@@ -42,8 +42,9 @@ const LAYERS: &[&[&str]] = &[
     // The backtest's HTML report.
     &["report"],
     // Adapters that the others build on: tracing and metrics, readers of
-    // files (traces, prices, events files, settings), engine snapshots.
-    &["telemetry", "import", "checkpoint"],
+    // files (traces, prices, events files, settings), engine snapshots,
+    // LSTM checkpoint files.
+    &["telemetry", "import", "checkpoint", "model_file"],
     // The prediction store; building an engine from configuration.
     &["store", "wiring"],
     // Live adapters: Kafka, AWS, Slurm, actuators, retraining; the HTTP API.
@@ -74,14 +75,7 @@ const BANNED: &[(&str, &str)] = &[
 ];
 
 /// Explicit exceptions to [`BANNED`]: (file, name, why).
-const ALLOWED: &[(&str, &str, &str)] = &[(
-    "src/forecast/lstm.rs",
-    "std::fs",
-    "LSTM checkpoints are read and written here (`LstmForecaster::load` / `save`); only \
-         the CLI (`train`), the wiring (the shipped model, at start) and `io::retrain` call \
-         them, never a decision tick. Moving them out is left to the forecasting work that \
-         owns this file.",
-)];
+const ALLOWED: &[(&str, &str, &str)] = &[];
 
 #[test]
 fn layers_hold() {

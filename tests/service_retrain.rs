@@ -9,7 +9,6 @@ mod service_support;
 
 use kafka_support::{config, create_topics, produce, Broker};
 use prescale::events::Event;
-use prescale::forecast::LstmForecaster;
 use prescale::io::kafka::produce::Pace;
 use prescale::telemetry::metrics::parse_samples;
 use service_support::{prescale_run, sample_slice, unique};
@@ -105,7 +104,7 @@ fn running_service_retrains_and_swaps_the_model() {
         .iter()
         .find(|d| d.join("model_card.json").exists())
         .expect("a retrained model with its card");
-    let m = LstmForecaster::load(&d.join("model.json")).expect("checkpoint loads");
+    let m = prescale::model_file::load(&d.join("model.json")).expect("checkpoint loads");
     assert_eq!(m.config.horizon, 12);
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("model_card.json")).unwrap()).unwrap();

@@ -3,7 +3,6 @@
 //! store writer, then the real binary trains from them (tiny epoch count)
 //! and writes a loadable checkpoint whose card names the store and series.
 
-use prescale::forecast::LstmForecaster;
 use prescale::store::points::{self, Demand};
 use prescale::store::{read_demand_history, StoreConfig, StoreWriter, VictoriaMetricsReader};
 use prescale::telemetry::Metrics;
@@ -99,7 +98,8 @@ fn train_reads_its_history_from_the_store() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "prescale train failed: {stderr}");
 
-    let m = LstmForecaster::load(&out_dir.path().join("model.json")).expect("checkpoint loads");
+    let m =
+        prescale::model_file::load(&out_dir.path().join("model.json")).expect("checkpoint loads");
     assert_eq!(m.config.bucket_ms, BUCKET);
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("model_card.json")).unwrap())

@@ -5,8 +5,9 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use prescale::api::{self, AppState, ServiceState};
-use prescale::forecast::{load_or_fallback, Ets, Forecaster};
+use prescale::forecast::{Ets, Forecaster};
 use prescale::import::events_file::read_events;
+use prescale::model_file::load_or_fallback;
 use prescale::state::StateConfig;
 use prescale::wiring::{load_catalog, load_policy, serve_engine};
 use std::io::Write;
@@ -91,7 +92,7 @@ impl ApiAccessArgs {
         &self,
         listen: SocketAddr,
         app: Arc<AppState>,
-    ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -99,11 +100,8 @@ impl ApiAccessArgs {
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
         let router = api::router(app, self.body_limit);
-        Ok(tokio::spawn(api::serve_with_limits(
-            listener,
-            router,
-            self.limits(),
-        )))
+        let task = tokio::spawn(api::serve_with_limits(listener, router, self.limits()));
+        Ok((addr, task))
     }
 }
 
@@ -165,7 +163,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(AppState::with_policy(state, policy, forecaster, token));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        a.access.serve(a.listen, app).await?.await??;
+        a.access.serve(a.listen, app).await?.1.await??;
         Ok(())
     })
 }

@@ -221,7 +221,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ck = a.out.join("model.json");
-    model.save(&ck)?;
+    prescale::model_file::save(&model, &ck)?;
     let source_json = match &source {
         Source::Trace { path, events } => json!({
             "trace": path.display().to_string(),

@@ -33,7 +33,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::Path;
 
 /// Features per input time step: value, sin/cos hour of day, sin/cos day of week.
 pub const STEP_FEATURES: usize = 5;
@@ -898,9 +897,10 @@ impl LstmForecaster {
         Some(to_vec(net.forward(x, ex, cfg)))
     }
 
-    /// Save as a JSON checkpoint with a SHA-256 over its content, so a
-    /// truncated or edited file is detected on load.
-    pub fn save(&self, path: &Path) -> Result<(), ForecastError> {
+    /// The checkpoint as bytes: JSON with a SHA-256 over its content, so a
+    /// truncated or edited copy is detected when read back. Files are the
+    /// caller's business (`model_file`), so the forecaster does no I/O.
+    pub fn to_checkpoint(&self) -> Vec<u8> {
         let body = Body {
             config: self.config.clone(),
             weights: self.weights.clone(),
@@ -913,30 +913,15 @@ impl LstmForecaster {
             sha256,
             body,
         };
-        let io = |source| ForecastError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-        }
-        let text = serde_json::to_string(&ck).map_err(|e| ForecastError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        std::fs::write(path, text).map_err(io)
+        // Plain numbers, strings and vectors: serialising cannot fail.
+        serde_json::to_vec(&ck).expect("a checkpoint serialises")
     }
 
-    /// Load and verify a checkpoint (format, version, checksum, shapes).
-    pub fn load(path: &Path) -> Result<Self, ForecastError> {
-        let p = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| ForecastError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        let ck: Checkpoint = serde_json::from_slice(&text).map_err(|e| ForecastError::Corrupt {
+    /// Read and verify a checkpoint's bytes (format, version, checksum,
+    /// shapes). `origin` names where they came from in errors (a path).
+    pub fn from_checkpoint(bytes: &[u8], origin: &str) -> Result<Self, ForecastError> {
+        let p = origin.to_string();
+        let ck: Checkpoint = serde_json::from_slice(bytes).map_err(|e| ForecastError::Corrupt {
             path: p.clone(),
             reason: e.to_string(),
         })?;
@@ -992,10 +977,15 @@ impl LstmForecaster {
     }
 
     /// Check a loaded model fits how the caller will use it.
-    pub fn expect(&self, bucket_ms: i64, horizon: usize, path: &Path) -> Result<(), ForecastError> {
+    pub fn expect(
+        &self,
+        bucket_ms: i64,
+        horizon: usize,
+        origin: &str,
+    ) -> Result<(), ForecastError> {
         if self.config.bucket_ms != bucket_ms || self.config.horizon < horizon {
             return Err(ForecastError::Mismatch {
-                path: path.display().to_string(),
+                path: origin.to_string(),
                 reason: format!(
                     "trained for bucket {} ms / horizon {}, asked for {} ms / {}",
                     self.config.bucket_ms, self.config.horizon, bucket_ms, horizon
@@ -1252,10 +1242,7 @@ pub(crate) mod tests {
     #[test]
     fn checkpoint_round_trip_is_identical() {
         let (m, v) = trained();
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.json");
-        m.save(&p).unwrap();
-        let back = LstmForecaster::load(&p).unwrap();
+        let back = LstmForecaster::from_checkpoint(&m.to_checkpoint(), "m").unwrap();
         assert_eq!(back.weights, m.weights);
         assert_eq!(back.calibration, m.calibration);
         let h = History {
@@ -1273,31 +1260,19 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_checkpoint_is_a_typed_error() {
         let (m, _) = trained();
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.json");
-        m.save(&p).unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        // truncated file
-        std::fs::write(&p, &text[..text.len() / 2]).unwrap();
+        let text = String::from_utf8(m.to_checkpoint()).unwrap();
+        let read = |t: &str| LstmForecaster::from_checkpoint(t.as_bytes(), "m.json");
+        // truncated
         assert!(matches!(
-            LstmForecaster::load(&p),
+            read(&text[..text.len() / 2]),
             Err(ForecastError::Corrupt { .. })
         ));
         // one weight changed: checksum catches it
         let edited = text.replacen("\"wx\":[", "\"wx\":[9.5,", 1);
-        std::fs::write(&p, edited).unwrap();
-        assert!(matches!(
-            LstmForecaster::load(&p),
-            Err(ForecastError::Corrupt { .. })
-        ));
-        // missing file
-        assert!(matches!(
-            LstmForecaster::load(&dir.path().join("none.json")),
-            Err(ForecastError::Io { .. })
-        ));
+        assert!(matches!(read(&edited), Err(ForecastError::Corrupt { .. })));
         // wrong bucket width for the caller
         assert!(matches!(
-            m.expect(300_000, 4, &p),
+            m.expect(300_000, 4, "m.json"),
             Err(ForecastError::Mismatch { .. })
         ));
     }
@@ -1339,11 +1314,11 @@ pub(crate) mod tests {
         assert!(inputs(&v, 0, &one).is_some());
     }
 
-    fn rewrite_checkpoint(p: &Path, edit: impl FnOnce(&mut Body)) {
-        let mut ck: Checkpoint = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    fn rewrite_checkpoint(bytes: &[u8], edit: impl FnOnce(&mut Body)) -> Vec<u8> {
+        let mut ck: Checkpoint = serde_json::from_slice(bytes).unwrap();
         edit(&mut ck.body);
         ck.sha256 = ck.body.digest();
-        std::fs::write(p, serde_json::to_vec(&ck).unwrap()).unwrap();
+        serde_json::to_vec(&ck).unwrap()
     }
 
     /// Issue #21: an edited checkpoint (checksum recomputed) with absurd
@@ -1351,8 +1326,6 @@ pub(crate) mod tests {
     #[test]
     fn absurd_checkpoint_is_refused_and_output_is_bounded() {
         let (m, v) = trained();
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.json");
         type Edit = Box<dyn FnOnce(&mut Body)>;
         let cases: [(&str, Edit); 4] = [
             (
@@ -1370,9 +1343,10 @@ pub(crate) mod tests {
             ),
         ];
         for (what, edit) in cases {
-            m.save(&p).unwrap();
-            rewrite_checkpoint(&p, edit);
-            let e = LstmForecaster::load(&p).unwrap_err().to_string();
+            let edited = rewrite_checkpoint(&m.to_checkpoint(), edit);
+            let e = LstmForecaster::from_checkpoint(&edited, "m.json")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(what) && e.contains("m.json"), "{e}");
         }
         // weights that pass the checks but push the output far up: clamped

@@ -88,7 +88,7 @@ pub use arima::AutoArima;
 pub use lstm::{LstmConfig, LstmForecaster, TrainReport};
 pub use naive::{Naive, SeasonalNaive};
 pub use select::Selector;
-pub use shared::{load_or_fallback, FallbackForecaster, SharedForecaster};
+pub use shared::{FallbackForecaster, SharedForecaster};
 pub use stat::Ets;
 pub use structured::Structured;
 

@@ -2,7 +2,6 @@
 //! keep running (periodic retraining), and loading with a safe fallback.
 
 use super::{Ets, Forecast, ForecastError, Forecaster, History, Known, LstmForecaster};
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 /// A hot-swappable forecaster. Readers clone the inner `Arc` under a read
@@ -95,27 +94,23 @@ impl Forecaster for FallbackForecaster {
     }
 }
 
-/// Load an LSTM checkpoint for use at `bucket_ms` / `horizon`; on any
-/// problem (missing, corrupt, mismatched) return the statistical model and
-/// the typed error instead of failing.
-pub fn load_or_fallback(
-    path: &Path,
-    bucket_ms: i64,
-    horizon: usize,
-) -> (FallbackForecaster, Option<ForecastError>) {
-    let loaded = LstmForecaster::load(path).and_then(|m| {
-        m.expect(bucket_ms, horizon, path)?;
-        Ok(m)
-    });
-    match loaded {
-        Ok(m) => (FallbackForecaster::Lstm(Box::new(m)), None),
-        Err(e) => (
-            FallbackForecaster::Statistical {
-                model: Ets::default(),
-                error: Some(e.to_string()),
-            },
-            Some(e),
-        ),
+impl FallbackForecaster {
+    /// The loaded LSTM, or on any problem loading it (missing, corrupt,
+    /// mismatched) the statistical model and the typed error instead of a
+    /// failure. Reading the checkpoint is the caller's (`model_file`).
+    pub fn from_loaded(
+        loaded: Result<LstmForecaster, ForecastError>,
+    ) -> (Self, Option<ForecastError>) {
+        match loaded {
+            Ok(m) => (Self::Lstm(Box::new(m)), None),
+            Err(e) => (
+                Self::Statistical {
+                    model: Ets::default(),
+                    error: Some(e.to_string()),
+                },
+                Some(e),
+            ),
+        }
     }
 }
 
@@ -134,12 +129,13 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_checkpoint_falls_back_to_statistical() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("bad.json");
-        std::fs::write(&p, b"{not json").unwrap();
-        let (f, err) = load_or_fallback(&p, 300_000, 12);
-        assert!(matches!(err, Some(ForecastError::Corrupt { .. })));
+    fn a_load_error_falls_back_to_statistical_and_keeps_the_reason() {
+        let err = ForecastError::Corrupt {
+            path: "m.json".into(),
+            reason: "truncated".into(),
+        };
+        let (f, back) = FallbackForecaster::from_loaded(Err(err));
+        assert!(matches!(back, Some(ForecastError::Corrupt { .. })));
         assert_eq!(f.name(), "ets");
         let v: Vec<f64> = (0..100).map(|i| i as f64).collect();
         let h = History {
@@ -149,8 +145,5 @@ mod tests {
             values: &v,
         };
         assert_eq!(f.forecast(&h, 12, &[0.1, 0.5, 0.9]).values.len(), 12);
-        let (f, err) = load_or_fallback(&dir.path().join("missing.json"), 300_000, 12);
-        assert!(matches!(err, Some(ForecastError::Io { .. })));
-        assert_eq!(f.name(), "ets");
     }
 }

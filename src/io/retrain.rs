@@ -262,9 +262,7 @@ impl Job {
         rep.train_s = started.elapsed().as_secs_f64();
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
-        model
-            .save(&self.dir.join("model.json"))
-            .map_err(|e| e.to_string())?;
+        crate::model_file::save(&model, &self.dir.join("model.json")).map_err(|e| e.to_string())?;
         let card = model_card(&self.series, &self.lstm, &rep);
         let text = serde_json::to_string_pretty(&card).map_err(|e| e.to_string())?;
         let card_path = self.dir.join("model_card.json");
@@ -421,7 +419,7 @@ mod tests {
 
     #[test]
     fn successful_training_writes_checkpoint_and_card_then_swaps() {
-        use crate::forecast::{Forecaster, LstmForecaster, SeasonalNaive};
+        use crate::forecast::{Forecaster, SeasonalNaive};
         let metrics: &'static crate::telemetry::Metrics =
             Box::leak(Box::new(crate::telemetry::Metrics::new()));
         let shared = SharedForecaster::new(Arc::new(SeasonalNaive::default()));
@@ -462,7 +460,7 @@ mod tests {
         assert_eq!(card["data"]["series"][0], "a/vcpus");
         assert_eq!(card["window"]["horizon_buckets"], 3);
         // the checkpoint on disk is the model in use
-        let loaded = LstmForecaster::load(&dir.path().join("r/model.json")).unwrap();
+        let loaded = crate::model_file::load(&dir.path().join("r/model.json")).unwrap();
         let h = History {
             key: "a",
             start: 0,
