@@ -281,3 +281,119 @@ fn the_live_api_answers_from_the_engine_as_serve_does() {
     assert!(live.stop().success(), "prescale run exits cleanly");
     drop(serve);
 }
+
+/// `events` over twelve environments (by job number), so that two
+/// instances splitting three partitions each hold some.
+fn spread_input() -> Vec<Event> {
+    let mut evs = events(12, 20);
+    let env_of = |id: &str| -> String {
+        let n: u64 = id.trim_start_matches("job-").parse().unwrap();
+        format!("ce-{:02}", n % 12)
+    };
+    for ev in &mut evs {
+        match ev {
+            Event::JobSubmitted(j) => j.compute_environment = env_of(&j.job_id).into(),
+            Event::JobCompleted(c) => c.compute_environment = env_of(&c.job_id).into(),
+            _ => {}
+        }
+    }
+    evs
+}
+
+fn environments(s: &Server) -> Vec<String> {
+    health(s)["environments"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Two instances of one group, each serving the API: a request for an
+/// environment the other holds is answered 404 naming the holder and its
+/// API address (from the API directory topic), which answers it; nobody is
+/// named for an environment nobody holds, nor an instance that left.
+#[test]
+fn an_environment_held_elsewhere_is_answered_with_its_holder() {
+    let broker = Broker::shared();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(broker, "apidir", state.path());
+    create_topics(&cfg);
+    let evs = spread_input();
+    produce(
+        &cfg,
+        &evs,
+        0,
+        prescale::io::kafka::produce::Pace::AsFastAsPossible,
+    );
+    let catalog = repo().join("data/aws-ondemand-us-east-1.csv");
+    let start = |name: &str| {
+        let mut a: Vec<String> = vec!["run".into()];
+        a.extend(cli_args(&cfg));
+        a.extend(["--instance".into(), name.into()]);
+        a.extend(["--api-listen".into(), "127.0.0.1:0".into()]);
+        a.extend(["--catalog".into(), catalog.display().to_string()]);
+        Server::start(&a)
+    };
+    let a = start("dir-a");
+    let b = start("dir-b");
+    // Wait for a split where each holds some of the twelve, none twice.
+    let t = Instant::now();
+    let (ea, eb) = loop {
+        let (ea, eb) = (environments(&a), environments(&b));
+        let disjoint = ea.iter().all(|e| !eb.contains(e));
+        if !ea.is_empty() && !eb.is_empty() && disjoint && ea.len() + eb.len() == 12 {
+            break (ea, eb);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no split: a {ea:?} b {eb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Each names the other for the other's environments (within a few
+    // publishing periods), and the holder answers.
+    for (asked, holder, name, env) in [(&a, &b, "dir-b", &eb[0]), (&b, &a, "dir-a", &ea[0])] {
+        let body = json!({"compute_environment": env, "horizon_s": 3600});
+        let t = Instant::now();
+        let e = loop {
+            let (st, e) = post(asked, "/predict_demand", &body, Some(TOKEN));
+            assert_eq!(st, 404, "{e}");
+            if e.get("holder").is_some() {
+                break e;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "never named: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(e["holder"]["instance"], name, "{e}");
+        assert_eq!(e["holder"]["api"], holder.base.as_str(), "{e}");
+        assert_eq!(e["field"], "compute_environment", "{e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(name) && msg.contains(&holder.base), "{msg}");
+        let (st, f) = post(holder, "/predict_demand", &body, Some(TOKEN));
+        assert_eq!(st, 200, "{f}");
+    }
+    // Nobody holds it: no holder.
+    let (st, e) = post(
+        &a,
+        "/predict_demand",
+        &json!({"compute_environment": "ce-nowhere"}),
+        Some(TOKEN),
+    );
+    assert_eq!(st, 404, "{e}");
+    assert!(e.get("holder").is_none(), "{e}");
+    // b leaves: a never names it again (it takes b's environments over, or
+    // says nobody holds them).
+    assert!(b.stop().success(), "prescale run exits cleanly");
+    let body = json!({"compute_environment": &eb[0]});
+    let t = Instant::now();
+    loop {
+        let (st, e) = post(&a, "/predict_demand", &body, Some(TOKEN));
+        if st == 200 || (st == 404 && e.get("holder").is_none()) {
+            break;
+        }
+        // Its last record says it left: read within moments, not after
+        // the records' 6 s of freshness.
+        assert!(t.elapsed() < Duration::from_secs(3), "{st} {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.stop().success());
+}

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub error: String,
     /// The request field at fault (`body` when the JSON itself is broken).
     pub field: Option<String>,
+    /// Who can answer instead (an environment another instance holds).
+    pub holder: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -18,6 +20,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             error: error.into(),
             field: Some(field.to_string()),
+            holder: None,
         }
     }
 
@@ -26,6 +29,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             error: "missing or invalid bearer token".into(),
             field: None,
+            holder: None,
         }
     }
 
@@ -34,6 +38,7 @@ impl ApiError {
             status,
             error: error.into(),
             field: field.map(str::to_string),
+            holder: None,
         }
     }
 
@@ -73,7 +78,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.error, "field": self.field});
+        let mut body = serde_json::json!({"error": self.error, "field": self.field});
+        if let Some(h) = self.holder {
+            body["holder"] = h;
+        }
         (self.status, Json(body)).into_response()
     }
 }

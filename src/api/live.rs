@@ -12,13 +12,16 @@
 //! Ownership: an instance holds the engines of the environments whose job
 //! partitions it was assigned. A request about an environment this
 //! instance has no events for is answered 404 saying so and naming this
-//! instance and group (the instances do not share who owns what, so the
-//! owner cannot be named; any instance can answer what does not depend on
-//! an environment: prices are read by every instance whole).
+//! instance and group, and, when the group's API directory
+//! (`io::kafka::directory`) lists another live instance holding it, that
+//! instance and its API address (`holder` in the answer). Any instance
+//! answers what does not depend on an environment: prices are read by
+//! every instance whole.
 
 use super::state::{Runtimes, View};
 use super::ApiError;
 use crate::events::{Command, Event};
+use crate::io::kafka::directory::{Directory, Entry};
 use crate::io::kafka::port::{Brain, BrainError, BrainFactory, BudgetShare, Capture, Refused};
 use crate::io::kafka::service::{Control, EngineCall, Stats};
 use axum::http::StatusCode;
@@ -42,6 +45,35 @@ pub struct LiveEngine {
     stats: Arc<Stats>,
     instance: String,
     group: String,
+    directory: Option<Arc<Directory>>,
+}
+
+/// Asks the live engine which environments it holds; see
+/// [`LiveEngine::probe`].
+#[derive(Clone)]
+pub struct EnvironmentsProbe {
+    control: mpsc::Sender<Control>,
+}
+
+impl EnvironmentsProbe {
+    /// The environments the live engine holds, sorted (`None`: no engine
+    /// yet, or the service stopped).
+    pub async fn environments(&self) -> Option<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        let call: EngineCall = Box::new(move |brain: Option<&mut dyn Brain>| {
+            let envs = brain.and_then(|b| b.engine()).map(|e| {
+                e.state()
+                    .demand
+                    .environments()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            });
+            let _ = tx.send(envs);
+        });
+        self.control.send(Control::Engine(call)).await.ok()?;
+        rx.await.ok().flatten()
+    }
 }
 
 /// Wraps the service's brain factory so every brain it makes also keeps
@@ -71,8 +103,24 @@ impl LiveEngine {
             stats,
             instance: instance.to_string(),
             group: group.to_string(),
+            directory: None,
         };
         (live, Served { inner, facts })
+    }
+
+    /// Name the holders of environments this instance does not hold from
+    /// `dir` (see the module doc).
+    pub fn with_directory(mut self, dir: Arc<Directory>) -> Self {
+        self.directory = Some(dir);
+        self
+    }
+
+    /// A handle that asks the live engine which environments it holds
+    /// (what this instance publishes to the directory).
+    pub fn probe(&self) -> EnvironmentsProbe {
+        EnvironmentsProbe {
+            control: self.control.clone(),
+        }
     }
 
     fn who(&self) -> String {
@@ -94,6 +142,7 @@ impl LiveEngine {
         let (tx, rx) = oneshot::channel();
         let facts = self.facts.clone();
         let who = self.who();
+        let directory = self.directory.clone();
         let call: EngineCall = Box::new(move |brain: Option<&mut dyn Brain>| {
             let answer = match brain.and_then(|b| b.engine()) {
                 None => Err(ApiError::status(
@@ -116,7 +165,10 @@ impl LiveEngine {
                             latest_event: (latest != i64::MIN).then_some(latest),
                         })
                     } else {
-                        Err(not_owned(env.as_deref().unwrap_or_default(), &who))
+                        let env = env.as_deref().unwrap_or_default();
+                        let now = chrono::Utc::now().timestamp_millis();
+                        let holder = directory.as_ref().and_then(|d| d.holder_of(env, now));
+                        Err(not_owned(env, &who, holder))
                     }
                 }
             };
@@ -138,16 +190,31 @@ impl LiveEngine {
     }
 }
 
-/// 404 for an environment this instance holds no engine state for.
-fn not_owned(env: &str, who: &str) -> ApiError {
-    ApiError::status(
+/// 404 for an environment this instance holds no engine state for, naming
+/// the instance that does when the directory knows one.
+fn not_owned(env: &str, who: &str, holder: Option<Entry>) -> ApiError {
+    let Some(h) = holder else {
+        return ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown compute_environment `{env}` on this instance ({who}): no events seen for it here, \
+                 and no live instance of the group lists it in the API directory"
+            ),
+            Some("compute_environment"),
+        );
+    };
+    let at = h.api.as_deref().unwrap_or("no API");
+    let mut e = ApiError::status(
         StatusCode::NOT_FOUND,
         format!(
-            "unknown compute_environment `{env}` on this instance ({who}): no events seen for it here; \
-             another instance of the group owns it if its jobs are on partitions assigned elsewhere"
+            "compute_environment `{env}` is held by instance `{}` of this group (API: {at}), \
+             not by this instance ({who}): ask it there",
+            h.instance
         ),
         Some("compute_environment"),
-    )
+    );
+    e.holder = Some(serde_json::json!({"instance": h.instance, "api": h.api}));
+    e
 }
 
 impl<F: BrainFactory> BrainFactory for Served<F> {

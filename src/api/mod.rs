@@ -17,7 +17,7 @@ pub mod openapi;
 mod state;
 
 pub use error::ApiError;
-pub use live::LiveEngine;
+pub use live::{EnvironmentsProbe, LiveEngine};
 pub use state::{Rejected, Runtimes, ServiceState, View, RUNTIME_SAMPLES};
 
 use crate::events::{BudgetAllocation, Millis};

@@ -7,6 +7,7 @@ use prescale::api::{AllocationHook, AppState, LiveEngine};
 use prescale::forecast::Forecaster;
 use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::config::{parse_property, Framing, KafkaConfig, Overrides};
+use prescale::io::kafka::directory::{self, Directory, DirectoryConfig};
 use prescale::io::kafka::extras::{ExtrasOverrides, ServiceExtras};
 use prescale::io::kafka::observe::ObservingFactory;
 use prescale::io::kafka::produce::publish_allocation;
@@ -134,10 +135,16 @@ pub struct RunArgs {
     pub models_dir: Option<PathBuf>,
     /// Serve the HTTP API of `prescale serve` (same endpoints, token and
     /// limits) on this address, answered by this instance's live engine: an
-    /// environment another instance owns is answered 404 saying so;
+    /// environment another instance holds is answered 404 naming it and its
+    /// API address (from the group's API directory topic);
     /// `/allocate_budget` publishes on the budget-allocation topic (202).
     #[arg(long, value_name = "ADDR")]
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The API address other instances name for this one
+    /// (default: `http://` and the bound address, with the host name in
+    /// place of an unspecified one such as 0.0.0.0).
+    #[arg(long, value_name = "URL", requires = "api_listen")]
+    pub api_advertise: Option<String>,
     #[command(flatten)]
     pub api: super::serve::ApiAccessArgs,
 }
@@ -229,12 +236,14 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
         };
         let observed = ObservingFactory::new(factory, store, &extras.retrain, metrics);
         let stats = Arc::new(Stats::default());
-        let brains: Box<dyn BrainFactory> = match (args.api_listen, api_token) {
+        let (brains, directory): (Box<dyn BrainFactory>, _) = match (args.api_listen, api_token) {
             (Some(addr), Ok(token)) => {
-                serve_live_api(&args, &cfg, &opts, addr, token, observed, &tx, &stats).await?
+                let (b, d) =
+                    serve_live_api(&args, &cfg, &opts, addr, token, observed, &tx, &stats).await?;
+                (b, Some(d))
             }
             (Some(_), Err(e)) => return Err(e),
-            (None, _) => Box::new(observed),
+            (None, _) => (Box::new(observed), None),
         };
         let report = service::run(&cfg, brains.as_ref(), &opts, rx, stats)
             .await
@@ -242,6 +251,9 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
                 let hint = e.retry();
                 anyhow::Error::new(e).context(format!("prescale run ({hint})"))
             });
+        if let Some(d) = directory {
+            d.leave().await;
+        }
         // Flush what the store writer holds (bounded), whatever the outcome.
         let store_stats = match writer {
             Some(w) => Some(w.shutdown(Duration::from_secs(10)).await),
@@ -271,8 +283,9 @@ pub fn run(args: RunArgs, core: DecisionCore) -> anyhow::Result<()> {
 }
 
 /// `--api-listen`: serve the HTTP API from this instance's live engine
-/// (see `prescale::api::live`); returns the brain factory to run the
-/// service with (the engine's, recording what the API keeps beside it).
+/// (see `prescale::api::live`) and take part in the group's API directory;
+/// returns the brain factory to run the service with (the engine's,
+/// recording what the API keeps beside it) and the directory's task.
 #[allow(clippy::too_many_arguments)]
 async fn serve_live_api(
     args: &RunArgs,
@@ -283,8 +296,9 @@ async fn serve_live_api(
     observed: ObservingFactory,
     control: &tokio::sync::mpsc::Sender<Control>,
     stats: &Arc<Stats>,
-) -> anyhow::Result<Box<dyn BrainFactory>> {
+) -> anyhow::Result<(Box<dyn BrainFactory>, DirectoryTask)> {
     let forecaster: Arc<dyn Forecaster> = Arc::new(observed.model().clone());
+    let dir = Arc::new(Directory::new(&cfg.group_id, &opts.instance));
     let (live, served) = LiveEngine::new(
         observed,
         control.clone(),
@@ -292,12 +306,81 @@ async fn serve_live_api(
         &opts.instance,
         &cfg.group_id,
     );
+    let live = live.with_directory(dir.clone());
+    let probe = live.probe();
     let publisher = Arc::new(Publisher::new(cfg).context("the API's allocation publisher")?);
     let pcfg = cfg.clone();
     let hook: AllocationHook =
         Arc::new(move |a| publish_allocation(&pcfg, &publisher, a).map_err(|e| e.to_string()));
     let policy = prescale::wiring::load_policy(args.policy.as_deref())?;
     let app = Arc::new(AppState::live(live, policy, forecaster, token, hook));
-    let _server = args.api.serve(addr, app).await?;
-    Ok(Box::new(served))
+    let (bound, _server) = args.api.serve(addr, app).await?;
+    let dcfg = DirectoryConfig {
+        topic: cfg.topics.api_directory(),
+        instance: opts.instance.clone(),
+        group: cfg.group_id.clone(),
+        api: Some(
+            args.api_advertise
+                .clone()
+                .unwrap_or_else(|| advertised(bound)),
+        ),
+    };
+    Ok((
+        Box::new(served),
+        DirectoryTask::spawn(cfg.clone(), dcfg, dir, probe),
+    ))
+}
+
+/// `http://host:port` for a bound address; an unspecified IP (0.0.0.0, ::)
+/// is replaced by this host's name, which other hosts can resolve.
+fn advertised(bound: std::net::SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return format!("http://{bound}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("http://{host}:{}", bound.port())
+}
+
+/// The API directory's publishing and reading task
+/// (`prescale::io::kafka::directory`); it does not stop the service when
+/// it fails (the API then names no other holder), it says why.
+struct DirectoryTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DirectoryTask {
+    fn spawn(
+        cfg: KafkaConfig,
+        dcfg: DirectoryConfig,
+        dir: Arc<Directory>,
+        probe: prescale::api::EnvironmentsProbe,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let envs = || {
+                let p = probe.clone();
+                async move { p.environments().await }
+            };
+            if let Err(e) = directory::run(&cfg, &dcfg, &dir, envs, stopped).await {
+                tracing::warn!(
+                    error = %e,
+                    topic = %dcfg.topic,
+                    "api directory stopped: requests for other instances' environments will not name them ({})",
+                    e.retry()
+                );
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Publish that this instance left (bounded wait).
+    async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
 }

@@ -29,6 +29,9 @@ pub mod topics {
     /// Internal: project budget use and shares between instances
     /// (`budget::share`), JSON records.
     pub const BUDGET_SPEND: &str = "prescale.budget-spend";
+    /// Internal: which instance holds which environments, and where its
+    /// API listens (`io::kafka::directory`), JSON records.
+    pub const API_DIRECTORY: &str = "prescale.api-directory";
 }
 
 /// Where capacity is bought.

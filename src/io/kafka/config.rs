@@ -45,6 +45,8 @@ pub struct Topics {
     /// `budget::share`); give it the input topics' partition count, so a
     /// project's records reach the instance that owns its partition.
     pub budget_spend: Option<String>,
+    /// Internal topic of the API directory (see `io::kafka::directory`).
+    pub api_directory: Option<String>,
     /// Suffix of dead-letter topics: `<input topic><dlq_suffix>`.
     pub dlq_suffix: String,
 }
@@ -60,6 +62,7 @@ impl Default for Topics {
             scaling_command: None,
             preemption_command: None,
             budget_spend: None,
+            api_directory: None,
             dlq_suffix: ".dlq".into(),
         }
     }
@@ -91,6 +94,9 @@ impl Topics {
     }
     pub fn budget_spend(&self) -> String {
         self.name(&self.budget_spend, topics::BUDGET_SPEND)
+    }
+    pub fn api_directory(&self) -> String {
+        self.name(&self.api_directory, topics::API_DIRECTORY)
     }
     /// The input topics every instance reads whole (prices and budget
     /// allocations), outside the consumer group's split.
@@ -144,6 +150,8 @@ impl Topics {
         v.push(self.preemption_command());
         v.push(self.dlq(&self.budget_spend()));
         v.push(self.budget_spend());
+        v.push(self.dlq(&self.api_directory()));
+        v.push(self.api_directory());
         v
     }
 }

@@ -31,6 +31,7 @@ mod checkpoints;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod directory;
 mod error;
 pub mod extras;
 mod handoff;
