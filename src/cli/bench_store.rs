@@ -9,6 +9,7 @@
 //! figures; asserts nothing.
 
 use super::inputs::prepare;
+use anyhow::Context;
 use clap::Args;
 use prescale::events::Command;
 use prescale::io::kafka::observe::ObservingFactory;
@@ -26,6 +27,9 @@ pub struct BenchStoreArgs {
     /// Also measure writing to this live store (InfluxDB 2 write API).
     #[arg(long)]
     pub store_url: Option<String>,
+    /// Also write the figures as JSON to this file (for CI to keep).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: BenchStoreArgs) -> anyhow::Result<()> {
@@ -116,7 +120,15 @@ pub fn run(a: BenchStoreArgs) -> anyhow::Result<()> {
         }
     }
     let n = events.len() as f64;
+    let mut rows = Vec::new();
     for (i, (name, _, _)) in variants.iter().enumerate() {
+        rows.push(serde_json::json!({
+            "variant": name,
+            "events_per_s": n / best[i],
+            "best_s": best[i],
+            "vs_engine_only": best[0] / best[i],
+            "detail": info[i],
+        }));
         let vs = if i == 0 {
             String::new()
         } else {
@@ -132,6 +144,16 @@ pub fn run(a: BenchStoreArgs) -> anyhow::Result<()> {
             best[i],
             info[i]
         );
+    }
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({
+            "bench": "store",
+            "events": events.len(),
+            "repeat": a.repeat.max(1),
+            "variants": rows,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ impl GroupCtx {
         found.snapshot
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Rebalance {
+    fn assign<K: Consumer<Self>>(&self, consumer: &K, tpl: &mut TopicPartitionList) -> Rebalance {
         let assignment: Vec<Tp> = tpl
             .elements()
             .iter()
@@ -156,6 +156,44 @@ impl GroupCtx {
             assignment,
             snapshot,
         }
+    }
+}
+
+impl GroupCtx {
+    /// Take `orphans` (job partitions nobody consumes, see [`Orphans`]) on
+    /// top of `own`, with the budget-spend partitions of the same numbers
+    /// (the range assignor gives them together): assigned here as a
+    /// rebalance would, restored from a snapshot of exactly the new set if
+    /// one exists (a shared `checkpoint_dir`) or replayed from the
+    /// beginning, and announced to the loop as a [`Rebalance::Assigned`].
+    /// The group coordinator is not asked: its next rebalance replaces this.
+    pub(super) fn adopt(
+        &self,
+        consumer: &StreamConsumer<Self>,
+        own: &[Tp],
+        orphans: &[Tp],
+    ) -> Result<(), KafkaError> {
+        let spend = partitions_of(consumer.client(), &self.spend_topic, Duration::from_secs(5))?;
+        let mut set: std::collections::BTreeSet<Tp> = own.iter().cloned().collect();
+        for (t, p) in orphans {
+            set.insert((t.clone(), *p));
+            if spend.contains(p) {
+                set.insert((self.spend_topic.clone(), *p));
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &set {
+            tpl.add_partition(t, *p);
+        }
+        let names: Vec<String> = orphans.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        tracing::warn!(
+            partitions = names.join(","),
+            "adopting partitions whose group offsets stood still short of their end: their member \
+             is gone and the group coordinator did not hand them over"
+        );
+        let msg = self.assign(consumer, &mut tpl);
+        let _ = self.tx.send(msg);
+        Ok(())
     }
 }
 
@@ -302,6 +340,19 @@ fn unconsumed(
     own: &[Tp],
     topics: &[String],
 ) -> Result<Vec<String>, KafkaError> {
+    Ok(behind(group, own, topics)?
+        .into_iter()
+        .map(|((t, p), at, high)| format!("{t}/{p} {at}/{high}"))
+        .collect())
+}
+
+/// Partitions of `topics` this instance does not own whose group offset is
+/// short of their end: (partition, committed offset, end).
+fn behind(
+    group: &StreamConsumer<GroupCtx>,
+    own: &[Tp],
+    topics: &[String],
+) -> Result<Vec<(Tp, i64, i64)>, KafkaError> {
     let timeout = Duration::from_secs(5);
     let mut tpl = TopicPartitionList::new();
     for t in topics {
@@ -323,8 +374,82 @@ fn unconsumed(
             _ => low,
         };
         if at < high {
-            left.push(format!("{}/{} {at}/{high}", e.topic(), e.partition()));
+            left.push(((e.topic().to_string(), e.partition()), at, high));
         }
     }
     Ok(left)
+}
+
+/// Job partitions that nobody consumes. A live owner commits its offsets
+/// after every snapshot (every `checkpoint_interval_ms` while it has new
+/// input), so a partition whose group offset stands still short of its end
+/// for [`Orphans::after`] has no live owner: its member died and the group
+/// coordinator did not give it to anyone (tansu 0.6.0 keeps a SIGKILLed
+/// member's share unassigned, see docs/service.md, "A lost instance"). A
+/// Kafka coordinator hands such partitions over within the session timeout,
+/// and their new owner commits, so nothing is adopted there.
+pub(super) struct Orphans {
+    /// How long an offset must stand still: three session timeouts, plus
+    /// up to 10 s by instance name so that survivors do not all adopt the
+    /// same partitions at once (the first to adopt commits, and the others
+    /// then see the offset move).
+    after: Duration,
+    last: Option<Instant>,
+    /// Per partition behind its end: its group offset, and since when.
+    still: std::collections::HashMap<Tp, (i64, Instant)>,
+}
+
+/// How often [`Orphans`] asks the broker.
+const ORPHANS_EVERY: Duration = Duration::from_secs(5);
+
+impl Orphans {
+    pub(super) fn new(instance: &str) -> Self {
+        let jitter = instance
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        Self {
+            after: Duration::from_secs(30) + Duration::from_millis(jitter % 10_000),
+            last: None,
+            still: Default::default(),
+        }
+    }
+
+    /// Forget what was seen (a new assignment changes what is owned).
+    pub(super) fn reset(&mut self) {
+        self.still.clear();
+    }
+
+    /// The partitions of `topics` (the job topics) not in `own` whose group
+    /// offset has stood still short of their end for `after`.
+    pub(super) fn check(
+        &mut self,
+        group: &StreamConsumer<GroupCtx>,
+        own: &[Tp],
+        topics: &[String],
+    ) -> Vec<Tp> {
+        if self.last.is_some_and(|t| t.elapsed() < ORPHANS_EVERY) {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        self.last = Some(now);
+        let left = match behind(group, own, topics) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask the group's offsets");
+                return Vec::new();
+            }
+        };
+        self.still
+            .retain(|tp, _| left.iter().any(|(l, _, _)| l == tp));
+        let mut out = Vec::new();
+        for (tp, at, _) in left {
+            let seen = self.still.entry(tp.clone()).or_insert((at, now));
+            if seen.0 != at {
+                *seen = (at, now);
+            } else if now.duration_since(seen.1) >= self.after {
+                out.push(tp);
+            }
+        }
+        out
+    }
 }

@@ -31,7 +31,7 @@ use super::ingest::{self, poll_own, view, Ingest};
 use super::outbox::{Outbox, Sink};
 use super::publish::Publisher;
 use super::rebalance::{
-    service_consumer_config, GroupCtx, GroupDone, PriceCtx, Rebalance, Rebalances,
+    service_consumer_config, GroupCtx, GroupDone, Orphans, PriceCtx, Rebalance, Rebalances,
 };
 use super::split::{Split, Woken};
 use super::worker::Decided;
@@ -186,6 +186,7 @@ pub async fn run(
             .checked_sub(LAG_EVERY)
             .unwrap_or_else(Instant::now),
         group_done: GroupDone::default(),
+        orphans: Orphans::new(&opts.instance),
         restored: false,
         finished: false,
     };
@@ -272,6 +273,8 @@ struct Loop<'a> {
     last_checkpoint: Instant,
     last_lag: Instant,
     group_done: GroupDone,
+    /// Job partitions nobody consumes, adopted (see [`Orphans`]).
+    orphans: Orphans,
     /// Some assignment was restored from a snapshot.
     restored: bool,
     /// Input was exhausted and finished (`exit_when_idle`).
@@ -375,6 +378,7 @@ impl<'a> Loop<'a> {
         };
         let stats = self.start.stats;
         stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.orphans.reset();
         let owned = r.assignment().len() as u64;
         if let Phase::Consuming(c) = &mut self.phase {
             if c.active.dirty {
@@ -543,6 +547,20 @@ impl<'a> Loop<'a> {
         if a.dirty && self.last_checkpoint.elapsed() >= self.checkpoint_every {
             save(self.cfg, self.group, &mut self.outbox, a, Write::Background)?;
             self.last_checkpoint = Instant::now();
+        }
+        let orphans = self
+            .orphans
+            .check(self.group, &a.assignment, &self.group_topics[..2]);
+        if !orphans.is_empty() {
+            // Taken as a rebalance at the top of the next turn; on failure
+            // (metadata not answered) the next check tries again.
+            if let Err(e) = self
+                .group
+                .context()
+                .adopt(self.group, &a.assignment, &orphans)
+            {
+                tracing::warn!(error = %e, "could not adopt partitions nobody consumes");
+            }
         }
         if self.input_exhausted() {
             self.finish()?;
