@@ -92,4 +92,16 @@ impl CapacityPlanner for CostAwarePlanner {
     fn offers_built_and_reused(&self) -> (u64, u64) {
         self.offers.built_and_reused()
     }
+
+    /// With no `min_vcpus` floor an idle request (see the trait) plans
+    /// nothing: the lead-time demand is 0, no cool-down holds (the previous
+    /// plan desired 0), the mix for 0 vCPUs is empty whatever the offers
+    /// (`rank_offers`), the ceiling is the policy's, and the reason names
+    /// only the policy's constants. The one price in the answer, the rate
+    /// of a plan that buys nothing, is the cheapest allowed on-demand offer,
+    /// which with spot-only books is the catalogue's and never stale. With
+    /// a floor the mix for it follows the spot prices: no promise.
+    fn idle_is_stable(&self, env: &str) -> bool {
+        self.policy.for_env(env).min_vcpus <= 0
+    }
 }
