@@ -200,7 +200,7 @@ impl Engine {
     }
 
     /// Decisions of idle ticks taken from the one before instead of
-    /// planning again (see [`CapacityPlanner::idle_is_stable`]); they are
+    /// planning again (see [`CapacityPlanner::is_idle`]); they are
     /// also counted in [`EngineCounters::ticks`].
     pub fn plans_reused(&self) -> u64 {
         self.idle.reused
@@ -600,7 +600,7 @@ impl Engine {
 
 impl IdlePlans {
     /// The planner's decision for `req`; for an idle request (see
-    /// [`CapacityPlanner::idle_is_stable`]) the decision of the
+    /// [`CapacityPlanner::is_idle`]) the decision of the
     /// environment's last idle plan when the planner promised that every
     /// idle request gets it. Cost grows with events, not with time spans:
     /// after a burst of work the forecaster still sees it for a history
@@ -613,7 +613,7 @@ impl IdlePlans {
         req: &PlanRequest<'_>,
     ) -> PlanDecision {
         let env = req.compute_environment;
-        let idle = !budgets && is_idle(req);
+        let idle = !budgets && planner.is_idle(req);
         if idle {
             if let Some(d) = self.plans.get(env) {
                 self.reused += 1;
@@ -621,27 +621,11 @@ impl IdlePlans {
             }
         }
         let d = planner.plan(req);
-        if idle && d.desired_vcpus == 0 && planner.idle_is_stable(env) {
+        if idle && d.desired_vcpus == 0 {
             self.plans.insert(env.to_string(), d.clone());
         }
         d
     }
-}
-
-/// Whether `req` is idle in the sense of
-/// [`CapacityPlanner::idle_is_stable`] (budgets aside). Zeros are compared
-/// by their bits: a forecast of `-0.0` reads differently in a plan's reason.
-fn is_idle(req: &PlanRequest<'_>) -> bool {
-    req.outstanding.jobs == 0
-        && req.budget_headroom_usd_per_h.is_none()
-        && req.previous.is_none_or(|p| p.desired_vcpus == 0)
-        && req.book.spot_only()
-        && req
-            .forecast
-            .values
-            .iter()
-            .flatten()
-            .all(|v| v.to_bits() == 0)
 }
 
 /// The command a changed decision becomes; its `forecast` is the first

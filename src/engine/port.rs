@@ -67,17 +67,16 @@ pub trait CapacityPlanner: Send + Sync {
         (0, 0)
     }
 
-    /// Whether [`CapacityPlanner::plan`] answers every *idle* request for
-    /// `env` with one and the same decision, whatever the time, the spot
-    /// prices and when the previous plan was raised. Idle: the forecast is
-    /// exactly 0 at every step and quantile, nothing is outstanding, no
-    /// budget headroom caps the spend, the previous plan desired 0 vCPUs
-    /// (or there was none), and the book holds spot prices only (on-demand
-    /// prices are the catalogue's). A promise lets the engine reuse the
-    /// decision of one idle tick for the idle ticks after it instead of
-    /// planning each again: a quiet stretch then costs a forecast per tick,
-    /// not a plan (see `Engine::plans_reused`). Default: no promise.
-    fn idle_is_stable(&self, _env: &str) -> bool {
+    /// Whether `req` is *idle* for this planner: [`CapacityPlanner::plan`]
+    /// answers every idle request of the environment with one and the same
+    /// decision, whatever the time, the prices and the previous plan's
+    /// `raised_at`. The engine then reuses the decision of one idle tick for
+    /// the idle ticks after it instead of planning each again (only while
+    /// no budget is set: the ledger reads the plan's rate), so a stretch
+    /// where the forecaster still sees past work but forecasts nothing
+    /// costs a forecast per tick, not a plan (see `Engine::plans_reused`).
+    /// Default: never idle.
+    fn is_idle(&self, _req: &PlanRequest<'_>) -> bool {
         false
     }
 }

@@ -377,7 +377,7 @@ impl PriceBook {
 
     /// Whether every price held is a spot price: on-demand offers are then
     /// the catalogue's, the same at any time (see
-    /// `engine::CapacityPlanner::idle_is_stable`).
+    /// `engine::CapacityPlanner::is_idle`).
     pub fn spot_only(&self) -> bool {
         self.non_spot_pools == 0
     }
