@@ -417,11 +417,17 @@ impl Engine {
     /// [`Engine::forecast_environment`], and where the forecast starts (the
     /// end of its history).
     fn forecast_from_history(&self, env: &str) -> Option<(Forecast, Millis)> {
-        let (start, values) = self.st.demand.environment_history(env, VCPU);
+        // At least one bucket, so an environment with history but a
+        // `max_history_buckets` of 0 still forecasts (from nothing).
+        let max = self.cfg.max_history_buckets;
+        let (start, values) = self
+            .st
+            .demand
+            .environment_history_tail(env, VCPU, max.max(1));
         if values.is_empty() {
             return None;
         }
-        let n = values.len().min(self.cfg.max_history_buckets);
+        let n = values.len().min(max);
         let off = values.len() - n;
         let h = History {
             key: env,

@@ -1202,6 +1202,36 @@ impl Forecaster for LstmForecaster {
 pub(crate) mod tests {
     use super::*;
 
+    /// Inputs that read only zeros are answered from the memo with the
+    /// very forecast a fresh model (a clone: empty memo) computes, a week
+    /// later too; inputs that read a value are not quiet.
+    #[test]
+    fn quiet_inputs_forecast_the_same_from_the_memo() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/lstm/model.json");
+        let m = LstmForecaster::load(Path::new(path)).unwrap();
+        let week = 7 * 288;
+        let mut y = vec![0.0; 3 * week];
+        // Far back: outside the window and every seasonal lag read below.
+        y[10] = 8.0;
+        let q = [0.1, 0.5, 0.9];
+        for cut in [week + 100, 2 * week + 100, 2 * week + 101, 3 * week] {
+            let h = History {
+                key: "e",
+                start: 1_262_304_000_000,
+                bucket_ms: 300_000,
+                values: &y[..cut],
+            };
+            assert!(quiet_origin(h.values, h.start, &m.config).is_some());
+            let warm = m.forecast(&h, 12, &q);
+            let fresh = m.clone().forecast(&h, 12, &q);
+            assert_eq!(format!("{warm:?}"), format!("{fresh:?}"));
+        }
+        // week + 100 and 2 weeks + 100 share their time of the week.
+        assert_eq!(m.quiet.0.lock().unwrap().len(), 3);
+        assert!(quiet_origin(&y[..40], 0, &m.config).is_none());
+        assert!(quiet_origin(&y[..10 + 288], 0, &m.config).is_none());
+    }
+
     #[test]
     fn fast_tanh_is_within_an_ulp() {
         let mut x = -12.0f32;
