@@ -16,14 +16,18 @@
 
 use prescale::api::{self, AppState, ServeLimits, ServiceState};
 use prescale::budget::{BudgetFile, Period};
+use prescale::engine::{CapacityPlanner, Engine, EngineConfig, PlanDecision, PlanRequest};
 use prescale::events::avro::{decode_event, encode_event, EventKind};
 use prescale::events::{
-    BudgetAllocation, BudgetScope, Event, JobCompleted, JobStatus, JobSubmitted, Market, PriceTick,
+    BudgetAllocation, BudgetScope, Command, Event, JobCompleted, JobStatus, JobSubmitted, Market,
+    PriceTick,
 };
+use prescale::forecast::shared::load_or_fallback;
 use prescale::forecast::Ets;
 use prescale::import::prices::{parse_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, SwfOptions};
 use prescale::limits::{self, time_ok};
+use prescale::planner::CostAwarePlanner;
 use prescale::policy::PolicyFile;
 use prescale::pricing::Catalog;
 use prescale::state::{DemandState, StateConfig};
@@ -266,6 +270,154 @@ fn issue_gaps_cost_events_not_time() {
     zero.extend(gap);
     assert!(ticks_for(&zero) < 4 * window);
 }
+
+/// The shipped planner without its idle promise: every tick plans.
+struct NoPromise(CostAwarePlanner);
+impl CapacityPlanner for NoPromise {
+    fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+        self.0.plan(r)
+    }
+}
+
+fn spot(at: i64, usd: f64, market: Market) -> Event {
+    Event::PriceTick(PriceTick {
+        at,
+        provider: "aws".into(),
+        region: "us-east-1".into(),
+        zone: None,
+        instance_type: "m5.large".into(),
+        market,
+        usd_per_hour: usd,
+    })
+}
+
+/// Bursts days and weeks apart with spot prices moving every 7 minutes
+/// throughout, and optionally an on-demand price from `on_demand_at` on.
+fn bursts_with_prices(on_demand_at: Option<i64>) -> Vec<Event> {
+    const DAY: i64 = 86_400_000;
+    let mut v = Vec::new();
+    for (i, at) in [0, 9 * DAY, 9 * DAY + 2_400_000, 30 * DAY]
+        .into_iter()
+        .enumerate()
+    {
+        v.push(job(&format!("j{i}"), T0 + at, 4.0));
+        v.push(done(&format!("j{i}"), T0 + at + 900_000));
+    }
+    let mut t = 0;
+    while t < 45 * DAY {
+        let usd = 0.03 + 0.01 * ((t / 420_000) % 5) as f64;
+        v.push(spot(T0 + t, usd, Market::Spot));
+        t += 420_000;
+    }
+    if let Some(at) = on_demand_at {
+        v.push(spot(T0 + at, 0.2, Market::OnDemand));
+    }
+    v.sort_by_key(|e| e.time());
+    v
+}
+
+/// `events` through the shipped engine (LSTM, bundled catalogue) with
+/// `planner`: the commands, the tick reports (debug text), the engine's
+/// state (JSON) and the engine.
+fn decide_all(
+    planner: Arc<dyn CapacityPlanner>,
+    events: &[Event],
+) -> (Vec<Command>, String, String, Engine) {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lstm/model.json");
+    let (fc, err) = load_or_fallback(&model, 300_000, 12);
+    assert!(err.is_none(), "{err:?}");
+    let mut e = Engine::new(
+        EngineConfig::default(),
+        Arc::new(Catalog::bundled()),
+        Arc::new(fc),
+        planner,
+    );
+    let (mut out, mut reports) = (Vec::new(), Vec::new());
+    // Reports of 400,000 ticks would take gigabytes: only short runs keep them.
+    let keep = events.len() < 100_000;
+    for ev in events {
+        e.handle_reporting(ev, &mut out, keep.then_some(&mut reports));
+    }
+    e.finish_reporting(&mut out, keep.then_some(&mut reports));
+    let state = serde_json::to_string(e.state()).unwrap();
+    (out, format!("{reports:?}"), state, e)
+}
+
+/// Cost grows with events, not with time spans, in the engine too: after
+/// a burst the forecaster sees it for a week of ticks, and the ticks that
+/// forecast nothing reuse the last idle plan instead of planning (counted,
+/// not timed). Exact: every command, tick report and the whole engine
+/// state are the same as when every tick plans; a `min_vcpus` floor or an
+/// on-demand price in the book withdraws the promise.
+#[test]
+fn idle_ticks_reuse_the_plan_and_decide_the_same() {
+    let planner =
+        |p: &PolicyFile| -> Arc<dyn CapacityPlanner> { Arc::new(CostAwarePlanner::new(p.clone())) };
+    let every = |p: &PolicyFile| -> Arc<dyn CapacityPlanner> {
+        Arc::new(NoPromise(CostAwarePlanner::new(p.clone())))
+    };
+    let default = PolicyFile::default();
+    let events = bursts_with_prices(None);
+    let (c1, r1, s1, fast) = decide_all(planner(&default), &events);
+    let (c2, r2, s2, slow) = decide_all(every(&default), &events);
+    assert_eq!(c1, c2);
+    assert_eq!(r1, r2);
+    assert_eq!(s1, s2);
+    assert_eq!(fast.counters(), slow.counters());
+    assert!(c1.len() > 4, "{} commands", c1.len());
+    assert_eq!(slow.plans_reused(), 0);
+    let ticks = fast.counters().ticks;
+    let planned = ticks - fast.plans_reused();
+    assert!(ticks > 3 * 2016, "{ticks} ticks");
+    assert!(planned * 10 < ticks, "{planned} of {ticks} ticks planned");
+
+    let mut floor = PolicyFile::default();
+    floor.defaults.min_vcpus = 2;
+    let (c1, r1, s1, e1) = decide_all(planner(&floor), &events);
+    let (c2, r2, s2, _) = decide_all(every(&floor), &events);
+    assert_eq!((c1, r1, s1), (c2, r2, s2));
+    assert_eq!(e1.plans_reused(), 0);
+
+    let events = bursts_with_prices(Some(20 * 86_400_000));
+    let (c1, r1, s1, e1) = decide_all(planner(&default), &events);
+    let (c2, r2, s2, _) = decide_all(every(&default), &events);
+    assert_eq!((c1, r1, s1), (c2, r2, s2));
+    assert!(e1.plans_reused() > 0 && e1.plans_reused() < fast.plans_reused());
+}
+
+/// Ten years of 100 jobs through the shipped engine: the ticks it plans
+/// are a few dozen per job (those whose forecast still sees the job at the
+/// provisioning quantile), not a history window's 4,032 each, nor one per
+/// bucket of the span.
+#[test]
+fn ten_sparse_years_plan_per_event_not_per_bucket() {
+    let year = 365 * 86_400_000i64;
+    let mut ten = Vec::new();
+    for i in 0..100i64 {
+        let at = T0 + i * (10 * year / 100);
+        ten.push(job(&format!("j{i}"), at, 4.0));
+        ten.push(done(&format!("j{i}"), at));
+        // Spot prices every 30 minutes for 15 days after each job, as the
+        // backtest feeds them (it folds those of longer idle stretches):
+        // they move the watermark, so each tick is decided when it closes.
+        for k in 0..15 * 48 {
+            ten.push(spot(at + k * 1_800_000, 0.03, Market::Spot));
+        }
+    }
+    ten.sort_by_key(|e| e.time());
+    let (_, _, _, e) = decide_all(Arc::new(CostAwarePlanner::new(PolicyFile::default())), &ten);
+    let ticks = e.counters().ticks;
+    let planned = ticks - e.plans_reused();
+    assert!(ticks <= 100 * 4100, "{ticks} ticks");
+    assert!(
+        planned <= 100 * PLANNED_PER_BURST,
+        "{planned} of {ticks} ticks planned"
+    );
+}
+
+/// Ticks planned per isolated 10-minute job at most (see
+/// `ten_sparse_years_plan_per_event_not_per_bucket`).
+const PLANNED_PER_BURST: u64 = 100;
 
 /// Valid behaviour does not change: a trace without quiet stretches ticks
 /// once per bucket, as before.

@@ -42,6 +42,8 @@ pub enum BenchCmd {
     Store(super::bench_store::BenchStoreArgs),
     /// Deadline benchmark on measured spot traces (Can't Be Late, NSDI '24): cost and misses per policy.
     Spot(Box<super::bench_spot::BenchSpotArgs>),
+    /// Sparse traces (a year-long gap, 100 jobs over ten years): ticks, plans and wall time per stage.
+    Sparse(super::bench_sparse::SparseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +83,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         BenchCmd::Kafka(k) => super::bench_kafka::run(*k, prescale::wiring::decision_core),
         BenchCmd::Store(s) => super::bench_store::run(s),
         BenchCmd::Spot(s) => super::bench_spot::run(*s),
+        BenchCmd::Sparse(s) => super::bench_sparse::run(s),
     }
 }
 

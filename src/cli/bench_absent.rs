@@ -9,7 +9,7 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The benchmark and its flags (`replay`, `kafka`, `store`, `spot`).
+    /// The benchmark and its flags (`replay`, `kafka`, `store`, `spot`, `sparse`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub args: Vec<String>,
 }
@@ -19,7 +19,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         .args
         .first()
         .map(String::as_str)
-        .unwrap_or("<replay|kafka|store|spot>");
+        .unwrap_or("<replay|kafka|store|spot|sparse>");
     anyhow::bail!(
         "`prescale bench {which}` is not in this build: the benchmarks are behind the cargo \
          feature `bench`; rebuild with `cargo build --release --features bench` \

@@ -14,6 +14,8 @@ mod bench_absent;
 #[cfg(feature = "bench")]
 pub mod bench_kafka;
 #[cfg(feature = "bench")]
+mod bench_sparse;
+#[cfg(feature = "bench")]
 mod bench_spot;
 #[cfg(feature = "bench")]
 mod bench_store;

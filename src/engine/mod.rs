@@ -138,6 +138,19 @@ pub struct Engine {
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
     tick_span: tracing::Span,
+    /// Decisions of idle ticks, reused (see [`IdlePlans`]).
+    idle: IdlePlans,
+}
+
+/// Per environment, the decision of an idle tick, when the planner
+/// promised every idle tick the same (see [`IdlePlans::plan_or_reuse`]).
+/// Derived: not checkpointed (a restored engine plans its first idle tick
+/// again).
+#[derive(Default)]
+struct IdlePlans {
+    plans: BTreeMap<String, PlanDecision>,
+    /// Decisions taken from `plans` instead of planning.
+    reused: u64,
 }
 
 impl Engine {
@@ -182,7 +195,15 @@ impl Engine {
             planner,
             ticks: Vec::new(),
             tick_span: tracing::Span::none(),
+            idle: IdlePlans::default(),
         }
+    }
+
+    /// Decisions of idle ticks taken from the one before instead of
+    /// planning again (see [`CapacityPlanner::is_idle`]); they are
+    /// also counted in [`EngineCounters::ticks`].
+    pub fn plans_reused(&self) -> u64 {
+        self.idle.reused
     }
 
     /// The span of the last decision tick (see [`spans`]);
@@ -396,11 +417,17 @@ impl Engine {
     /// [`Engine::forecast_environment`], and where the forecast starts (the
     /// end of its history).
     fn forecast_from_history(&self, env: &str) -> Option<(Forecast, Millis)> {
-        let (start, values) = self.st.demand.environment_history(env, VCPU);
+        // At least one bucket, so an environment with history but a
+        // `max_history_buckets` of 0 still forecasts (from nothing).
+        let max = self.cfg.max_history_buckets;
+        let (start, values) = self
+            .st
+            .demand
+            .environment_history_tail(env, VCPU, max.max(1));
         if values.is_empty() {
             return None;
         }
-        let n = values.len().min(self.cfg.max_history_buckets);
+        let n = values.len().min(max);
         let off = values.len() - n;
         let h = History {
             key: env,
@@ -511,17 +538,22 @@ impl Engine {
                 .demand
                 .environment_summary(&env, now, self.cfg.lead_time_ms);
             let headroom = self.budget_headroom(&env, now);
-            let d = self.planner.plan(&PlanRequest {
-                compute_environment: &env,
-                now,
-                bucket_ms: self.cfg.state.bucket_ms,
-                forecast: &forecast,
-                outstanding: &summary,
-                book: &self.st.book,
-                catalog: &self.catalog,
-                budget_headroom_usd_per_h: headroom,
-                previous: self.st.previous.get(&env).copied(),
-            });
+            let budgets = !self.st.ledger.accounts.is_empty();
+            let d = self.idle.plan_or_reuse(
+                self.planner.as_ref(),
+                budgets,
+                &PlanRequest {
+                    compute_environment: &env,
+                    now,
+                    bucket_ms: self.cfg.state.bucket_ms,
+                    forecast: &forecast,
+                    outstanding: &summary,
+                    book: &self.st.book,
+                    catalog: &self.catalog,
+                    budget_headroom_usd_per_h: headroom,
+                    previous: self.st.previous.get(&env).copied(),
+                },
+            );
             let raised_at = match self.st.previous.get(&env) {
                 Some(p) if p.desired_vcpus >= d.desired_vcpus => p.raised_at,
                 _ => now,
@@ -569,6 +601,36 @@ impl Engine {
                 });
             }
         }
+    }
+}
+
+impl IdlePlans {
+    /// The planner's decision for `req`; for an idle request (see
+    /// [`CapacityPlanner::is_idle`]) the decision of the
+    /// environment's last idle plan when the planner promised that every
+    /// idle request gets it. Cost grows with events, not with time spans:
+    /// after a burst of work the forecaster still sees it for a history
+    /// window of ticks, most of them forecasting nothing, and those ticks
+    /// no longer plan (a plan was most of a tick).
+    fn plan_or_reuse(
+        &mut self,
+        planner: &dyn CapacityPlanner,
+        budgets: bool,
+        req: &PlanRequest<'_>,
+    ) -> PlanDecision {
+        let env = req.compute_environment;
+        let idle = !budgets && planner.is_idle(req);
+        if idle {
+            if let Some(d) = self.plans.get(env) {
+                self.reused += 1;
+                return d.clone();
+            }
+        }
+        let d = planner.plan(req);
+        if idle && d.desired_vcpus == 0 {
+            self.plans.insert(env.to_string(), d.clone());
+        }
+        d
     }
 }
 

@@ -66,4 +66,17 @@ pub trait CapacityPlanner: Send + Sync {
     fn offers_built_and_reused(&self) -> (u64, u64) {
         (0, 0)
     }
+
+    /// Whether `req` is *idle* for this planner: [`CapacityPlanner::plan`]
+    /// answers every idle request of the environment with one and the same
+    /// decision, whatever the time, the prices and the previous plan's
+    /// `raised_at`. The engine then reuses the decision of one idle tick for
+    /// the idle ticks after it instead of planning each again (only while
+    /// no budget is set: the ledger reads the plan's rate), so a stretch
+    /// where the forecaster still sees past work but forecasts nothing
+    /// costs a forecast per tick, not a plan (see `Engine::plans_reused`).
+    /// Default: never idle.
+    fn is_idle(&self, _req: &PlanRequest<'_>) -> bool {
+        false
+    }
 }

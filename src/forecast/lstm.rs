@@ -532,6 +532,71 @@ pub struct LstmForecaster {
     /// Forecast values clamped to the sanity bound so far (see
     /// [`LstmForecaster::clamped`]); shared by clones.
     clamped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Outputs for quiet inputs, by the origin's time in the week (see
+    /// [`quiet_origin`]).
+    quiet: QuietMemo,
+}
+
+/// The network's normalised outputs for *quiet* inputs (every value the
+/// inputs read is exactly 0), by the forecast origin's time within the
+/// week. Such inputs differ only by their calendar features, which repeat
+/// every week, so the output is the same and one forward pass per time of
+/// the week serves every quiet stretch: after a burst of work the history
+/// window still holds it for days, but most ticks read only zeros. Exact:
+/// the same inputs give the same `f32`s. Each instance keeps its own (a
+/// clone starts empty), filled only by forecasts, after the weights are set.
+#[derive(Debug, Default)]
+struct QuietMemo(std::sync::Mutex<std::collections::HashMap<i64, std::sync::Arc<[f32]>>>);
+
+/// Bound on [`QuietMemo`]'s entries: a week of 5-minute buckets is 2,016,
+/// and origins off the bucket grid (none in practice) cannot grow it past this.
+const QUIET_MEMO_MAX: usize = 8192;
+
+impl Clone for QuietMemo {
+    fn clone(&self) -> Self {
+        QuietMemo::default()
+    }
+}
+
+impl QuietMemo {
+    fn get(&self, key: i64) -> Option<std::sync::Arc<[f32]>> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&key).cloned()
+    }
+
+    fn put(&self, key: i64, z: &[f32]) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() < QUIET_MEMO_MAX {
+            m.insert(key, z.into());
+        }
+    }
+}
+
+/// The origin's time within the week when every value [`inputs`] reads of
+/// `y` is exactly `+0.0` (the last window and each horizon step's seasonal
+/// lags): the inputs are then those of an all-zero history at that time of
+/// the week. `None` otherwise, or when `y` is shorter than the window.
+fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
+    let n = y.len();
+    if n < cfg.window || cfg.season == 0 {
+        return None;
+    }
+    let zero = |v: f64| v.to_bits() == 0;
+    if !y[n - cfg.window..].iter().all(|&v| zero(v)) {
+        return None;
+    }
+    let m = cfg.season as i64;
+    for h in 1..=cfg.horizon {
+        let k0 = h.div_ceil(cfg.season).max(1) as i64;
+        for k in k0..k0 + 7 {
+            let j = n as i64 + h as i64 - 1 - k * m;
+            if j >= 0 && !zero(y[j as usize]) {
+                return None;
+            }
+        }
+    }
+    let origin = start.checked_add((n as i64).checked_mul(cfg.bucket_ms)?)?;
+    Some(origin.rem_euclid(7 * DAY_MS))
 }
 
 /// What training measured.
@@ -707,6 +772,7 @@ pub fn train(
         calibration: vec![1.0; cfg.horizon * nq],
         fallback: Ets::default(),
         clamped: Default::default(),
+        quiet: Default::default(),
     };
     let val = model.raw_batch(series, &val_idx, &dev);
     let raw_cov = model.val_coverage(series, &val);
@@ -729,8 +795,16 @@ pub fn train(
 impl LstmForecaster {
     /// Normalised, uncalibrated quantiles and the inputs' last/scale.
     fn raw(&self, y: &[f64], start: Millis) -> Option<(Vec<f32>, f64, f64)> {
+        let quiet = quiet_origin(y, start, &self.config);
+        if let Some(z) = quiet.and_then(|k| self.quiet.get(k)) {
+            // What `inputs` gives a quiet history: last 0, scale 1.
+            return Some((z.to_vec(), 0.0, 1.0));
+        }
         let inp = inputs(y, start, &self.config)?;
         let z = forward_one(&self.weights, &self.config, &inp.steps, &inp.extra);
+        if let Some(k) = quiet {
+            self.quiet.put(k, &z);
+        }
         Some((z, inp.last, inp.scale))
     }
 
@@ -967,6 +1041,7 @@ impl LstmForecaster {
             calibration: b.calibration,
             fallback: Ets::default(),
             clamped: Default::default(),
+            quiet: Default::default(),
         })
     }
 
@@ -1116,6 +1191,36 @@ impl Forecaster for LstmForecaster {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Inputs that read only zeros are answered from the memo with the
+    /// very forecast a fresh model (a clone: empty memo) computes, a week
+    /// later too; inputs that read a value are not quiet.
+    #[test]
+    fn quiet_inputs_forecast_the_same_from_the_memo() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/lstm/model.json");
+        let m = LstmForecaster::load(Path::new(path)).unwrap();
+        let week = 7 * 288;
+        let mut y = vec![0.0; 3 * week];
+        // Far back: outside the window and every seasonal lag read below.
+        y[10] = 8.0;
+        let q = [0.1, 0.5, 0.9];
+        for cut in [week + 100, 2 * week + 100, 2 * week + 101, 3 * week] {
+            let h = History {
+                key: "e",
+                start: 1_262_304_000_000,
+                bucket_ms: 300_000,
+                values: &y[..cut],
+            };
+            assert!(quiet_origin(h.values, h.start, &m.config).is_some());
+            let warm = m.forecast(&h, 12, &q);
+            let fresh = m.clone().forecast(&h, 12, &q);
+            assert_eq!(format!("{warm:?}"), format!("{fresh:?}"));
+        }
+        // week + 100 and 2 weeks + 100 share their time of the week.
+        assert_eq!(m.quiet.0.lock().unwrap().len(), 3);
+        assert!(quiet_origin(&y[..40], 0, &m.config).is_none());
+        assert!(quiet_origin(&y[..10 + 288], 0, &m.config).is_none());
+    }
 
     #[test]
     fn fast_tanh_is_within_an_ulp() {

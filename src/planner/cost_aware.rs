@@ -92,4 +92,25 @@ impl CapacityPlanner for CostAwarePlanner {
     fn offers_built_and_reused(&self) -> (u64, u64) {
         self.offers.built_and_reused()
     }
+
+    /// Idle: no `min_vcpus` floor, nothing outstanding (normal priority,
+    /// no deadline pressure, nothing running or queued), no budget cap, a
+    /// previous plan of 0 vCPUs (or none), spot-only prices, and the
+    /// provisioning quantile exactly 0 over the lead time. Such a request
+    /// plans nothing whatever the time and the spot prices: the lead-time
+    /// demand is 0, no cool-down holds, the mix for 0 vCPUs is empty
+    /// whatever the offers (`rank_offers`), the ceiling is the policy's,
+    /// and the reason names only the policy's constants and zeros. The one
+    /// price in the answer, the rate of a plan that buys nothing, is the
+    /// cheapest allowed on-demand offer: with spot-only books the
+    /// catalogue's, never stale. With a floor the mix follows spot prices.
+    fn is_idle(&self, req: &PlanRequest<'_>) -> bool {
+        let p = self.policy.for_env(req.compute_environment);
+        p.min_vcpus <= 0
+            && req.outstanding.jobs == 0
+            && req.budget_headroom_usd_per_h.is_none()
+            && req.previous.is_none_or(|prev| prev.desired_vcpus == 0)
+            && req.book.spot_only()
+            && super::plan::nothing_forecast(p, req.bucket_ms, req.forecast)
+    }
 }

@@ -123,16 +123,38 @@ struct LeadDemand {
     forecast_used: Vec<QuantileValue>,
 }
 
-fn lead_time_demand(input: &PlanInput<'_>, q: f64, reason: &mut String) -> LeadDemand {
-    let p = input.policy;
-    let f = input.forecast;
+/// The forecast steps within the provisioning lead time.
+fn lead_steps(p: &EnvPolicy, bucket_ms: i64, forecast_steps: usize) -> usize {
     let lead_ms = p.lead_time_s.max(0) * 1000;
-    let h = if input.bucket_ms > 0 {
-        ((lead_ms + input.bucket_ms - 1) / input.bucket_ms).max(1) as usize
+    if bucket_ms > 0 {
+        ((lead_ms + bucket_ms - 1) / bucket_ms).max(1) as usize
     } else {
         1
     }
-    .min(f.values.len());
+    .min(forecast_steps)
+}
+
+/// Whether step 1 finds nothing to provision for work of normal priority
+/// (nothing outstanding): the forecast has a step within the lead time, and
+/// the provisioning quantile is exactly `+0.0` at each such step (the
+/// reason prints the peak). See `CostAwarePlanner::is_idle`.
+pub(super) fn nothing_forecast(
+    p: &EnvPolicy,
+    bucket_ms: i64,
+    f: &crate::forecast::Forecast,
+) -> bool {
+    let h = lead_steps(p, bucket_ms, f.values.len());
+    let q = p.quantile_for(PriorityClass::Normal);
+    h > 0
+        && f.values[..h]
+            .iter()
+            .all(|row| quantile_value(&f.quantiles, row, q).to_bits() == 0)
+}
+
+fn lead_time_demand(input: &PlanInput<'_>, q: f64, reason: &mut String) -> LeadDemand {
+    let p = input.policy;
+    let f = input.forecast;
+    let h = lead_steps(p, input.bucket_ms, f.values.len());
     let window = &f.values[..h];
     let peak_q = window
         .iter()

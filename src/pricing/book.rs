@@ -122,6 +122,10 @@ pub struct PriceBook {
     /// a scan of every pool. Derived from `pools` (rebuilt when restored).
     #[serde(skip)]
     regional: BTreeMap<(String, Market, String), Vec<String>>,
+    /// Pools of other markets than spot (derived, rebuilt when restored):
+    /// see [`PriceBook::spot_only`].
+    #[serde(skip)]
+    non_spot_pools: usize,
 }
 
 /// What a checkpoint holds of a [`PriceBook`].
@@ -140,11 +144,17 @@ impl From<StoredBook> for PriceBook {
                 .or_default()
                 .push(id.clone());
         }
+        let non_spot_pools = s
+            .pools
+            .values()
+            .filter(|p| p.key.market != Market::Spot)
+            .count();
         PriceBook {
             pools: s.pools,
             ticks_applied: s.ticks_applied,
             regional,
             stamp: Stamp::default(),
+            non_spot_pools,
         }
     }
 }
@@ -161,6 +171,9 @@ impl PriceBook {
         let key = PoolKey::of(tick);
         let id = key.id();
         if !self.pools.contains_key(&id) {
+            if key.market != Market::Spot {
+                self.non_spot_pools += 1;
+            }
             self.regional
                 .entry(Self::regional_key(&key))
                 .or_default()
@@ -360,6 +373,13 @@ impl PriceBook {
 
     pub fn pools(&self) -> usize {
         self.pools.len()
+    }
+
+    /// Whether every price held is a spot price: on-demand offers are then
+    /// the catalogue's, the same at any time (see
+    /// `engine::CapacityPlanner::is_idle`).
+    pub fn spot_only(&self) -> bool {
+        self.non_spot_pools == 0
     }
 
     /// The prices held for the tick's pool at exactly its time, oldest

@@ -830,6 +830,18 @@ impl DemandState {
     /// Total closed history of one environment's resource (summed over job types).
     /// Returns (start, values).
     pub fn environment_history(&self, env: &str, resource: usize) -> (Millis, Vec<f64>) {
+        self.environment_history_tail(env, resource, usize::MAX)
+    }
+
+    /// The last `max` buckets (at most) of [`DemandState::environment_history`]:
+    /// what a forecaster is shown, without summing the older buckets at
+    /// every tick (the series keep up to two history windows).
+    pub fn environment_history_tail(
+        &self,
+        env: &str,
+        resource: usize,
+        max: usize,
+    ) -> (Millis, Vec<f64>) {
         let parts: Vec<&Series> = self
             .series
             .iter()
@@ -838,6 +850,7 @@ impl DemandState {
         let Some(len) = parts.iter().map(|s| s.values.len()).min() else {
             return (0, Vec::new());
         };
+        let len = len.min(max);
         let end = parts[0].start + parts[0].values.len() as i64 * self.cfg.bucket_ms;
         let start = end - len as i64 * self.cfg.bucket_ms;
         let mut out = vec![0.0; len];
