@@ -22,7 +22,7 @@ use prescale::events::{
     BudgetAllocation, BudgetScope, Command, Event, JobCompleted, JobStatus, JobSubmitted, Market,
     PriceTick,
 };
-use prescale::forecast::shared::load_or_fallback;
+use prescale::model_file::load_or_fallback;
 use prescale::forecast::Ets;
 use prescale::import::prices::{parse_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, SwfOptions};
