@@ -34,11 +34,49 @@ pub struct DeliveryCounter {
     /// retried; this is not a count of lost messages).
     pub failed: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    order: Mutex<ResendOrder<OwnedMessage>>,
+    order: Mutex<Pending>,
+}
+
+/// The re-send bookkeeping and its pause.
+struct Pending {
+    order: ResendOrder<OwnedMessage>,
+    /// No re-send before this: a broker that fails requests (tansu answers
+    /// `UNKNOWN` for seconds while it stops) would otherwise get the whole
+    /// backlog again after every failed request.
+    not_before: Option<Instant>,
+    /// The next pause: doubles with each failure that follows a re-send,
+    /// back to the first once a delivery succeeds.
+    pause: Duration,
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            order: ResendOrder::default(),
+            not_before: None,
+            pause: FIRST_PAUSE,
+        }
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = ResendOrder<OwnedMessage>;
+    fn deref(&self) -> &Self::Target {
+        &self.order
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.order
+    }
 }
 
 impl DeliveryCounter {
-    fn order(&self) -> MutexGuard<'_, ResendOrder<OwnedMessage>> {
+    fn order(&self) -> MutexGuard<'_, Pending> {
         // A poisoned lock only means a panic elsewhere mid-update; the
         // bookkeeping is whole between calls.
         self.order.lock().unwrap_or_else(|e| e.into_inner())
@@ -66,7 +104,9 @@ impl ProducerContext for Ctx {
             Ok(m) => {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
                 let part = (m.topic().to_string(), m.partition());
-                if self.0.order().delivered(seq, &part) {
+                let mut order = self.0.order();
+                order.pause = FIRST_PAUSE;
+                if order.delivered(seq, &part) {
                     tracing::warn!(
                         topic = m.topic(),
                         partition = m.partition(),
@@ -81,7 +121,11 @@ impl ProducerContext for Ctx {
                 if !purged {
                     self.0.failed.fetch_add(1, Ordering::Relaxed);
                     if !order.needs_drain() {
+                        let pause = order.pause;
+                        order.not_before = Some(Instant::now() + pause);
+                        order.pause = (pause * 2).min(LONGEST_PAUSE);
                         tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(),
+                            pause_ms = pause.as_millis() as u64,
                             "delivery failed; holding new messages until it and those behind it are sent again");
                     }
                     if let Ok(mut l) = self.0.last_error.lock() {
@@ -234,8 +278,8 @@ impl Publisher {
     /// Send again what failed, with everything queued or held behind it, in
     /// the original order; returns how many were handed to librdkafka. Never
     /// waits for the broker: while librdkafka still holds messages a failure
-    /// may give back, it purges its queues and leaves the rest to a later
-    /// call. Cheap when nothing failed, so the service calls it on every
+    /// may give back, or during the pause after a failure, it purges
+    /// librdkafka's queues and leaves the rest to a later call. Cheap when nothing failed, so the service calls it on every
     /// tick (and `send` while it holds messages back).
     pub fn retry_failed(&self) -> Result<usize, KafkaError> {
         let Ok(_one) = self.resending.try_lock() else {
@@ -250,7 +294,14 @@ impl Publisher {
                 }
                 producer.in_flight_count() == 0
             };
-            let batch = match self.counter.order().take_resend(empty) {
+            let batch = {
+                let mut order = self.counter.order();
+                if order.not_before.is_some_and(|t| Instant::now() < t) {
+                    break;
+                }
+                order.take_resend(empty)
+            };
+            let batch = match batch {
                 Resend::Batch(b) => b,
                 Resend::Flowing | Resend::Wait => break,
             };
