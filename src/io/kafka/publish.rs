@@ -373,19 +373,21 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    /// The broker answers `UNKNOWN` (which librdkafka does not retry) to the
-    /// first produce requests, as tansu does while it stops: every message
-    /// still arrives with its headers, once, in the order sent, and `flush`
-    /// succeeds. Checked with and without idempotence (tansu needs it off).
-    /// (The mock broker stamps its own timestamps, so those are not
-    /// compared.)
-    fn failed_deliveries_are_sent_again_in_order(idempotent: bool) {
+    /// The broker answers `UNKNOWN` (which librdkafka does not retry) to
+    /// produce requests, as tansu does while it stops; every message still
+    /// arrives with its headers, once, and `flush` succeeds. `burst`: once
+    /// the producer knows the partition, all 40 messages go out together
+    /// and two requests fail; each try is then one request (a replaced
+    /// producer's first one included), so the order must be exactly the
+    /// sent one. Otherwise four requests fail and the messages are spread
+    /// over many requests, and the broker that fails one request and
+    /// accepts the next is the case that cannot be repaired without
+    /// idempotence (see `order`): the order read back must then be the sent
+    /// one exactly when no delivery was counted as `reordered`. (The mock
+    /// broker stamps its own timestamps, so those are not compared.)
+    fn failed_deliveries_come_back_in_order(idempotent: bool, burst: bool) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 4],
-        );
         let mut cfg = KafkaConfig {
             brokers: cluster.bootstrap_servers(),
             ..KafkaConfig::default()
@@ -394,13 +396,28 @@ mod tests {
             cfg.properties
                 .insert("enable.idempotence".into(), "false".into());
         }
+        if burst {
+            cfg.properties.insert("linger.ms".into(), "50".into());
+        }
         let p = Publisher::new(&cfg).unwrap();
-        for i in 0..40u32 {
+        let mut sent: Vec<i32> = Vec::new();
+        if burst {
+            // Partition known: the burst is not split by a metadata answer.
+            p.send("t", b"-1", b"-1", &[("h", b"x")], None).unwrap();
+            p.flush(Duration::from_secs(10)).unwrap();
+            sent.push(-1);
+        }
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 4][..if burst { 2 } else { 4 }],
+        );
+        for i in 0..40i32 {
             let v = i.to_string();
             p.send("t", v.as_bytes(), v.as_bytes(), &[("h", b"x")], Some(1_000))
                 .unwrap();
-            // Spread over several produce requests.
-            std::thread::sleep(Duration::from_millis(5));
+            if !burst {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         p.flush(Duration::from_secs(30)).unwrap();
         assert!(
@@ -414,36 +431,42 @@ mod tests {
         c.subscribe(&["t"]).unwrap();
         let mut got = Vec::new();
         let started = Instant::now();
-        while got.len() < 40 && started.elapsed() < Duration::from_secs(20) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+        // Until all 40 are read, then a little longer: copies would show.
+        let mut all_at = None;
+        sent.extend(0..40);
+        while all_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(500))
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                 let h = m.headers().map(|h| h.get(0).value.map(|v| v.to_vec()));
                 assert_eq!(h, Some(Some(b"x".to_vec())), "headers kept");
                 let v = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
-                got.push(v.parse::<u32>().unwrap());
+                got.push(v.parse::<i32>().unwrap());
+            }
+            if got.len() >= sent.len() && all_at.is_none() {
+                all_at = Some(Instant::now());
             }
         }
-        // A little longer: copies would show up here.
-        let more = Instant::now();
-        while more.elapsed() < Duration::from_millis(500) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                got.push(
-                    String::from_utf8_lossy(m.payload().unwrap())
-                        .parse()
-                        .unwrap(),
-                );
-            }
+        let mut each = got.clone();
+        each.sort_unstable();
+        assert_eq!(each, sent, "each message once: {got:?}");
+        let reordered = p.counter.reordered();
+        if burst {
+            assert_eq!((reordered, got), (0, sent));
+        } else {
+            assert_eq!(got == sent, reordered == 0, "{reordered} counted: {got:?}");
         }
-        assert_eq!(p.counter.reordered(), 0);
-        assert_eq!(got, (0..40).collect::<Vec<_>>());
     }
 
     #[test]
-    fn failed_deliveries_are_sent_again_in_order_idempotent() {
-        failed_deliveries_are_sent_again_in_order(true);
+    fn failed_deliveries_come_back_in_order_idempotent() {
+        failed_deliveries_come_back_in_order(true, true);
+        failed_deliveries_come_back_in_order(true, false);
     }
 
     #[test]
-    fn failed_deliveries_are_sent_again_in_order_not_idempotent() {
-        failed_deliveries_are_sent_again_in_order(false);
+    fn failed_deliveries_come_back_in_order_not_idempotent() {
+        failed_deliveries_come_back_in_order(false, true);
+        failed_deliveries_come_back_in_order(false, false);
     }
 }
