@@ -10,6 +10,7 @@ use prescale::io::kafka::client::ensure_topics;
 use prescale::io::kafka::produce::{publish_messages, Pace};
 use prescale::io::kafka::publish::Publisher;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +51,9 @@ pub fn load_messages(path: &Path, skip_bad: bool) -> anyhow::Result<Vec<Recorded
 }
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    // Logs (RUST_LOG, default info): failed deliveries and their re-sends
+    // during a broker outage are reported as they happen.
+    let _telemetry = prescale::telemetry::init(&prescale::telemetry::TelemetryConfig::from_env()?)?;
     let cfg = args.kafka.load()?;
     let mut msgs = load_messages(&args.input, args.skip_bad)
         .with_context(|| format!("reading {}", args.input.display()))?;
@@ -88,6 +92,13 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         args.input.display(),
         total as f64 / secs.max(1e-9)
     );
+    let failed = publisher.counter.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!(
+            "{failed} failed delivery attempts were sent again in order; {} messages were written out of their partition's order",
+            publisher.counter.reordered()
+        );
+    }
     Ok(())
 }
 

@@ -1,22 +1,32 @@
-//! A producer that never drops silently: sends retry while librdkafka's queue
-//! is full, and a message whose delivery failed (librdkafka gives up on
-//! errors it does not know to be retriable, such as a broker answering
-//! `UNKNOWN` while it restarts) is kept and sent again. A checkpoint is never
-//! taken over commands that did not reach the broker: `flush` only succeeds
-//! once every failed message has been redelivered.
+//! A producer that never drops silently and keeps every partition's order
+//! across a broker outage. Sends retry while librdkafka's queue is full. A
+//! message whose delivery failed (librdkafka gives up on errors it does not
+//! know to be retriable, such as a broker answering `UNKNOWN` while it
+//! stops, and on messages that time out) is kept and sent again, and so is
+//! everything queued behind it, in the original order: new messages wait
+//! until that re-send has gone out ([`order::ResendOrder`]). Re-sending the
+//! failed message alone would put it after newer messages of its partition,
+//! and a consumer would apply a job's events out of order. A checkpoint is
+//! never taken over commands that did not reach the broker: `flush` only
+//! succeeds once every failed message has been redelivered.
+
+mod order;
 
 use super::config::KafkaConfig;
 use super::KafkaError;
+use order::{Admission, Resend, ResendOrder};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Counts deliveries, keeps the last delivery error and the messages that
-/// still have to be sent again.
+/// still have to be sent again (in their order).
 #[derive(Default)]
 pub struct DeliveryCounter {
     pub delivered: AtomicU64,
@@ -24,7 +34,61 @@ pub struct DeliveryCounter {
     /// retried; this is not a count of lost messages).
     pub failed: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    retry: Mutex<Vec<OwnedMessage>>,
+    order: Mutex<Pending>,
+}
+
+/// The re-send bookkeeping and its pause.
+struct Pending {
+    order: ResendOrder<OwnedMessage>,
+    /// No re-send before this: a broker that fails requests (tansu answers
+    /// `UNKNOWN` for seconds while it stops) would otherwise get the whole
+    /// backlog again after every failed request.
+    not_before: Option<Instant>,
+    /// The next pause: doubles with each failure that follows a re-send,
+    /// back to the first once a delivery succeeds.
+    pause: Duration,
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending {
+            order: ResendOrder::default(),
+            not_before: None,
+            pause: FIRST_PAUSE,
+        }
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = ResendOrder<OwnedMessage>;
+    fn deref(&self) -> &Self::Target {
+        &self.order
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.order
+    }
+}
+
+impl DeliveryCounter {
+    fn order(&self) -> MutexGuard<'_, Pending> {
+        // A poisoned lock only means a panic elsewhere mid-update; the
+        // bookkeeping is whole between calls.
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deliveries that overtook an earlier failed message of their
+    /// partition: order that could not be kept (only possible without
+    /// idempotence, when a batch already in flight behind a failed one
+    /// succeeds).
+    pub fn reordered(&self) -> u64 {
+        self.order().reordered()
+    }
 }
 
 pub struct Ctx(pub Arc<DeliveryCounter>);
@@ -32,21 +96,43 @@ pub struct Ctx(pub Arc<DeliveryCounter>);
 impl ClientContext for Ctx {}
 
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+    /// The message's sequence number in [`ResendOrder`].
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, seq: usize) {
+        let seq = seq as u64;
         match r {
-            Ok(_) => {
+            Ok(m) => {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
+                let part = (m.topic().to_string(), m.partition());
+                let mut order = self.0.order();
+                order.pause = FIRST_PAUSE;
+                if order.delivered(seq, &part) {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        "a message was written after an earlier one of its partition failed: order not kept"
+                    );
+                }
             }
             Err((e, m)) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, topic = m.topic(), "delivery failed; will retry");
-                if let Ok(mut l) = self.0.last_error.lock() {
-                    *l = Some(e.to_string());
+                let purged = matches!(e, RdError::MessageProduction(RDKafkaErrorCode::PurgeQueue));
+                let part = (m.topic().to_string(), m.partition());
+                let mut order = self.0.order();
+                if !purged {
+                    self.0.failed.fetch_add(1, Ordering::Relaxed);
+                    if !order.needs_drain() {
+                        let pause = order.pause;
+                        order.not_before = Some(Instant::now() + pause);
+                        order.pause = (pause * 2).min(LONGEST_PAUSE);
+                        tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(),
+                            pause_ms = pause.as_millis() as u64,
+                            "delivery failed; holding new messages until it and those behind it are sent again");
+                    }
+                    if let Ok(mut l) = self.0.last_error.lock() {
+                        *l = Some(e.to_string());
+                    }
                 }
-                if let Ok(mut q) = self.0.retry.lock() {
-                    q.push(m.detach());
-                }
+                order.failed(seq, part, m.detach(), purged);
             }
         }
     }
@@ -59,6 +145,9 @@ pub struct Publisher {
     producer: RwLock<ThreadedProducer<Ctx>>,
     cfg: KafkaConfig,
     pub counter: Arc<DeliveryCounter>,
+    /// One re-send at a time: a second thread must not interleave its
+    /// batch with the first's.
+    resending: Mutex<()>,
 }
 
 impl Publisher {
@@ -69,6 +158,7 @@ impl Publisher {
             producer: RwLock::new(producer),
             cfg: cfg.clone(),
             counter,
+            resending: Mutex::new(()),
         })
     }
 
@@ -76,12 +166,24 @@ impl Publisher {
         cfg: &KafkaConfig,
         counter: &Arc<DeliveryCounter>,
     ) -> Result<ThreadedProducer<Ctx>, KafkaError> {
-        Ok(super::client::producer_config(cfg).create_with_context(Ctx(counter.clone()))?)
+        let mut c = super::client::producer_config(cfg);
+        // Without idempotence librdkafka keeps a partition's order across
+        // its own retries only with one request in flight (its default
+        // allows a million).
+        let idempotent = c.get("enable.idempotence") != Some("false");
+        if !idempotent
+            && !cfg
+                .properties
+                .contains_key("max.in.flight.requests.per.connection")
+        {
+            c.set("max.in.flight.requests.per.connection", "1");
+        }
+        Ok(c.create_with_context(Ctx(counter.clone()))?)
     }
 
     /// Swap in a new producer. Dropping the old one purges what it still
     /// held; those messages come back through the delivery callback into
-    /// the retry queue, so nothing is lost.
+    /// the re-send queue, so nothing is lost.
     fn rebuild(&self) -> Result<(), KafkaError> {
         let fresh = Self::create(&self.cfg, &self.counter)?;
         let old = match self.producer.write() {
@@ -100,7 +202,8 @@ impl Publisher {
     }
 
     /// Queue one message; waits (briefly, repeatedly) while the local queue
-    /// is full rather than dropping it.
+    /// is full rather than dropping it. While earlier failed messages wait
+    /// to be sent again, it is held behind them.
     pub fn send(
         &self,
         topic: &str,
@@ -116,14 +219,49 @@ impl Publisher {
                 value: Some(*v),
             });
         }
-        let mut rec = BaseRecord::to(topic).key(key).payload(payload).headers(h);
-        if let Some(ts) = timestamp_ms {
-            rec = rec.timestamp(ts);
+        let ts = timestamp_ms.map_or(Timestamp::NotAvailable, Timestamp::CreateTime);
+        let m = OwnedMessage::new(
+            Some(payload.to_vec()),
+            Some(key.to_vec()),
+            topic.to_string(),
+            ts,
+            -1,
+            -1,
+            Some(h),
+        );
+        let admitted = self.counter.order().admit(m);
+        match admitted {
+            Admission::Send(seq, m) => {
+                let r = self.enqueue(&m, seq);
+                self.counter.order().handed();
+                r
+            }
+            Admission::Held => self.retry_failed().map(|_| ()),
         }
-        self.enqueue(rec)
     }
 
-    fn enqueue(&self, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+    /// Hand one message to librdkafka, its sequence number as the opaque.
+    fn enqueue(&self, m: &OwnedMessage, seq: u64) -> Result<(), KafkaError> {
+        let mut h = OwnedHeaders::new();
+        if let Some(hs) = m.headers() {
+            for x in hs.iter() {
+                h = h.insert(Header {
+                    key: x.key,
+                    value: x.value,
+                });
+            }
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(m.topic(), seq as usize).headers(h);
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        if let Some(p) = m.payload() {
+            rec = rec.payload(p);
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            rec = rec.timestamp(ts);
+        }
         let producer = self.producer();
         loop {
             match producer.send(rec) {
@@ -137,39 +275,55 @@ impl Publisher {
         }
     }
 
-    /// Queue again every message whose delivery failed; returns how many.
-    /// Cheap when there are none, so the service calls it on every tick.
+    /// Send again what failed, with everything queued or held behind it, in
+    /// the original order; returns how many were handed to librdkafka. Never
+    /// waits for the broker: while librdkafka still holds messages a failure
+    /// may give back, or during the pause after a failure, it purges
+    /// librdkafka's queues and leaves the rest to a later call. Cheap when nothing failed, so the service calls it on every
+    /// tick (and `send` while it holds messages back).
     pub fn retry_failed(&self) -> Result<usize, KafkaError> {
-        let failed = match self.counter.retry.lock() {
-            Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return Ok(0),
+        let Ok(_one) = self.resending.try_lock() else {
+            return Ok(0);
         };
-        for m in &failed {
-            let mut h = OwnedHeaders::new();
-            if let Some(hs) = m.headers() {
-                for x in hs.iter() {
-                    h = h.insert(Header {
-                        key: x.key,
-                        value: x.value,
-                    });
+        let mut total = 0;
+        loop {
+            let empty = {
+                let producer = self.producer();
+                if self.counter.order().needs_drain() {
+                    producer.purge(PurgeConfig::default().queue());
                 }
+                producer.in_flight_count() == 0
+            };
+            let batch = {
+                let mut order = self.counter.order();
+                if order.not_before.is_some_and(|t| Instant::now() < t) {
+                    break;
+                }
+                order.take_resend(empty)
+            };
+            let batch = match batch {
+                Resend::Batch(b) => b,
+                Resend::Flowing | Resend::Wait => break,
+            };
+            for (seq, m) in &batch {
+                self.enqueue(m, *seq)?;
             }
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(m.topic()).headers(h);
-            if let Some(k) = m.key() {
-                rec = rec.key(k);
-            }
-            if let Some(p) = m.payload() {
-                rec = rec.payload(p);
-            }
-            if let Some(ts) = m.timestamp().to_millis() {
-                rec = rec.timestamp(ts);
-            }
-            self.enqueue(rec)?;
+            total += batch.len();
         }
-        if !failed.is_empty() {
-            tracing::info!(messages = failed.len(), "re-sent after failed delivery");
+        if total > 0 {
+            tracing::info!(messages = total, "re-sent in order after failed deliveries");
         }
-        Ok(failed.len())
+        Ok(total)
+    }
+
+    /// Messages failed or held back, not yet handed to librdkafka again.
+    fn pending(&self) -> usize {
+        let order = self.counter.order();
+        if order.holding() {
+            order.pending().max(1)
+        } else {
+            0
+        }
     }
 
     /// Wait until everything queued is delivered, re-sending failed
@@ -182,14 +336,18 @@ impl Publisher {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             self.producer().flush(left)?;
-            let pending = self.counter.retry.lock().map(|q| q.len()).unwrap_or(0);
-            if pending == 0 {
+            // Everything was answered: what failed can go out at once.
+            self.retry_failed()?;
+            if self.pending() == 0 && self.in_flight() == 0 {
                 return Ok(());
+            }
+            if self.in_flight() > 0 {
+                continue;
             }
             if Instant::now() + pause >= deadline {
                 let last = self.counter.last_error.lock().ok().and_then(|l| l.clone());
                 return Err(KafkaError::Delivery {
-                    failed: pending as u64,
+                    failed: self.pending() as u64,
                     last: last.unwrap_or_default(),
                 });
             }
@@ -214,31 +372,52 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    use std::collections::BTreeSet;
 
-    /// The broker answers `UNKNOWN` (which librdkafka does not retry) to the
-    /// first produce requests, as tansu does while it restarts: every
-    /// message still arrives with its headers, and `flush` succeeds. (The
-    /// mock broker stamps its own timestamps, so those are not compared.)
-    #[test]
-    fn failed_deliveries_are_sent_again() {
+    /// The broker answers `UNKNOWN` (which librdkafka does not retry) to
+    /// produce requests, as tansu does while it stops; every message still
+    /// arrives with its headers, once, and `flush` succeeds. `burst`: once
+    /// the producer knows the partition, all 40 messages go out together
+    /// and two requests fail; each try is then one request (a replaced
+    /// producer's first one included), so the order must be exactly the
+    /// sent one. Otherwise four requests fail and the messages are spread
+    /// over many requests, and the broker that fails one request and
+    /// accepts the next is the case that cannot be repaired without
+    /// idempotence (see `order`): the order read back must then be the sent
+    /// one exactly when no delivery was counted as `reordered`. (The mock
+    /// broker stamps its own timestamps, so those are not compared.)
+    fn failed_deliveries_come_back_in_order(idempotent: bool, burst: bool) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 1, 1).unwrap();
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 4],
-        );
-        let cfg = KafkaConfig {
+        let mut cfg = KafkaConfig {
             brokers: cluster.bootstrap_servers(),
             ..KafkaConfig::default()
         };
+        if !idempotent {
+            cfg.properties
+                .insert("enable.idempotence".into(), "false".into());
+        }
+        if burst {
+            cfg.properties.insert("linger.ms".into(), "50".into());
+        }
         let p = Publisher::new(&cfg).unwrap();
-        for i in 0..20u32 {
+        let mut sent: Vec<i32> = Vec::new();
+        if burst {
+            // Partition known: the burst is not split by a metadata answer.
+            p.send("t", b"-1", b"-1", &[("h", b"x")], None).unwrap();
+            p.flush(Duration::from_secs(10)).unwrap();
+            sent.push(-1);
+        }
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 4][..if burst { 2 } else { 4 }],
+        );
+        for i in 0..40i32 {
             let v = i.to_string();
             p.send("t", v.as_bytes(), v.as_bytes(), &[("h", b"x")], Some(1_000))
                 .unwrap();
-            // Spread over several produce requests.
-            std::thread::sleep(Duration::from_millis(5));
+            if !burst {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         p.flush(Duration::from_secs(30)).unwrap();
         assert!(
@@ -250,15 +429,44 @@ mod tests {
             .create()
             .unwrap();
         c.subscribe(&["t"]).unwrap();
-        let mut got = BTreeSet::new();
+        let mut got = Vec::new();
         let started = Instant::now();
-        while got.len() < 20 && started.elapsed() < Duration::from_secs(20) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+        // Until all 40 are read, then a little longer: copies would show.
+        let mut all_at = None;
+        sent.extend(0..40);
+        while all_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(500))
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                 let h = m.headers().map(|h| h.get(0).value.map(|v| v.to_vec()));
                 assert_eq!(h, Some(Some(b"x".to_vec())), "headers kept");
-                got.insert(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+                let v = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+                got.push(v.parse::<i32>().unwrap());
+            }
+            if got.len() >= sent.len() && all_at.is_none() {
+                all_at = Some(Instant::now());
             }
         }
-        assert_eq!(got.len(), 20, "{got:?}");
+        let mut each = got.clone();
+        each.sort_unstable();
+        assert_eq!(each, sent, "each message once: {got:?}");
+        let reordered = p.counter.reordered();
+        if burst {
+            assert_eq!((reordered, got), (0, sent));
+        } else {
+            assert_eq!(got == sent, reordered == 0, "{reordered} counted: {got:?}");
+        }
+    }
+
+    #[test]
+    fn failed_deliveries_come_back_in_order_idempotent() {
+        failed_deliveries_come_back_in_order(true, true);
+        failed_deliveries_come_back_in_order(true, false);
+    }
+
+    #[test]
+    fn failed_deliveries_come_back_in_order_not_idempotent() {
+        failed_deliveries_come_back_in_order(false, true);
+        failed_deliveries_come_back_in_order(false, false);
     }
 }
