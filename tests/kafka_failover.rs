@@ -443,22 +443,38 @@ fn non_empty_partitions(cfg: &prescale::io::kafka::config::KafkaConfig, topic: &
 /// not consumed.
 #[test]
 fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
+    lost_instance(2);
+}
+
+/// The same with three instances: two survivors may both adopt.
+#[test]
+fn a_lost_instance_of_three_is_taken_over() {
+    lost_instance(3);
+}
+
+/// `n` instances in one group; the one holding the busy job partition is
+/// SIGKILLed while input arrives and not restarted (see the test above).
+fn lost_instance(n: usize) {
     let broker = Broker::shared();
     let bt = backtest_replay();
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(broker, "lost", state.path());
+    let cfg = config(broker, &format!("lost{n}"), state.path());
     let args = cli_args(&cfg);
     create_topics(&cfg);
-    let mut a = Child::spawn(&args, "a", &[]);
-    let mut b = Child::spawn(&args, "b", &[]);
+    let names = ["a", "b", "c"];
+    let mut all: Vec<Child> = names[..n]
+        .iter()
+        .map(|name| Child::spawn(&args, name, &[]))
+        .collect();
     let started = Instant::now();
-    let split = loop {
-        a.pump();
-        b.pump();
-        if let (Some(x), Some(y)) = (a.owned(), b.owned()) {
-            if !x.is_empty() && !y.is_empty() && x.len() + y.len() == 9 {
-                break (x, y);
-            }
+    let split: Vec<Vec<String>> = loop {
+        all.iter_mut().for_each(Child::pump);
+        let owned: Vec<Vec<String>> = all.iter().filter_map(Child::owned).collect();
+        if owned.len() == n
+            && owned.iter().all(|o| !o.is_empty())
+            && owned.iter().map(Vec::len).sum::<usize>() == 9
+        {
+            break owned;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no split");
         std::thread::sleep(Duration::from_millis(50));
@@ -485,11 +501,10 @@ fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
         }
     };
     // Kill the instance holding the (first) busy job partition.
-    let (mut victim, mut survivor, held) = if split.0.contains(&busy[0]) {
-        (a, b, split.0)
-    } else {
-        (b, a, split.1)
-    };
+    let v = split.iter().position(|o| o.contains(&busy[0])).unwrap();
+    let held = split[v].clone();
+    let mut victim = all.remove(v);
+    let mut survivors = all;
     victim.proc.kill().unwrap();
     let killed = Instant::now();
     victim.proc.wait().unwrap();
@@ -511,69 +526,69 @@ fn a_lost_instance_never_leaves_a_finished_survivor_with_input_unread() {
         .filter(|p| held.contains(p))
         .collect();
     assert!(!needed.is_empty(), "the victim held no input: {held:?}");
-    let mut taken_at = None;
-    let taken = loop {
+    let taken = wait_taken_over(&mut survivors, &needed, killed);
+    eprintln!(
+        "{n} instances: lost partitions taken over {:.1} s after the kill",
+        taken.as_secs_f64()
+    );
+    for mut survivor in survivors {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = survivor.proc.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "a survivor did not finish");
+            std::thread::sleep(Duration::from_millis(100));
+        };
         survivor.pump();
-        // The latest assignment line; adoption and a coordinator's
-        // hand-over both log one.
-        if taken_at.is_none()
-            && survivor
-                .owned()
+        let mut out = String::new();
+        std::io::Read::read_to_string(survivor.proc.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(status.success(), "{}", survivor.log.join("\n"));
+        let report = run_report(&out);
+        assert_eq!(report["finished"], true, "{report}");
+    }
+    let lines = tail_lines(&cfg);
+    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+}
+
+/// Wait (90 s at most) until some survivor's latest assignment holds every
+/// `needed` partition (adopted, or handed over by the coordinator); how
+/// long after the kill. No survivor may exit before.
+fn wait_taken_over(survivors: &mut [Child], needed: &[String], killed: Instant) -> Duration {
+    let holds = |l: &str| l.contains("assigned") && needed.iter().all(|p| l.contains(p.as_str()));
+    loop {
+        for s in survivors.iter_mut() {
+            s.pump();
+            if s.owned()
                 .is_some_and(|o| needed.iter().all(|p| o.contains(p)))
-        {
-            taken_at = Some(killed.elapsed());
-        }
-        if taken_at.is_some() {
-            break taken_at;
+            {
+                return killed.elapsed();
+            }
+            if let Some(st) = s.proc.try_wait().unwrap() {
+                // Its last lines, written just before it exited.
+                std::thread::sleep(Duration::from_millis(500));
+                s.pump();
+                if s.log.iter().any(|l| holds(l)) {
+                    return killed.elapsed();
+                }
+                panic!(
+                    "a survivor exited ({st}) with the lost partitions {needed:?} unconsumed:\n{}",
+                    s.log.join("\n")
+                );
+            }
         }
         if killed.elapsed() > Duration::from_secs(90) {
-            break None;
-        }
-        if let Some(st) = survivor.proc.try_wait().unwrap() {
-            // Its last lines, written just before it exited.
-            std::thread::sleep(Duration::from_millis(500));
-            survivor.pump();
-            let took = survivor
-                .log
-                .iter()
-                .any(|l| l.contains("assigned") && needed.iter().all(|p| l.contains(p.as_str())));
-            if took {
-                break Some(killed.elapsed());
-            }
+            let logs: Vec<String> = survivors.iter().map(|s| s.log.join("\n")).collect();
+            survivors.iter_mut().for_each(|s| {
+                let _ = s.proc.kill();
+            });
             panic!(
-                "the survivor exited ({st}) with the lost partitions {held:?} unconsumed:\n{}",
-                survivor.log.join("\n")
+                "the lost partitions {needed:?} were not taken over within 90 s:\n{}",
+                logs.join("\n---\n")
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
-    let Some(taken) = taken else {
-        survivor.proc.kill().unwrap();
-        panic!(
-            "the lost partitions {needed:?} were not taken over within 90 s:\n{}",
-            survivor.log.join("\n")
-        );
-    };
-    eprintln!(
-        "lost partitions taken over {:.1} s after the kill",
-        taken.as_secs_f64()
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = survivor.proc.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the survivor did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    survivor.pump();
-    let mut out = String::new();
-    std::io::Read::read_to_string(survivor.proc.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "{}", survivor.log.join("\n"));
-    let report = run_report(&out);
-    assert_eq!(report["finished"], true, "{report}");
-    let lines = tail_lines(&cfg);
-    assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
+    }
 }
 
 /// Messages on the command topics so far (the sum of their high watermarks).

@@ -404,9 +404,10 @@ const ORPHANS_EVERY: Duration = Duration::from_secs(5);
 
 impl Orphans {
     pub(super) fn new(instance: &str) -> Self {
-        let jitter = instance
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        // FNV-1a: short names (`a`, `b`) still land far apart.
+        let jitter = instance.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         Self {
             after: Duration::from_secs(30) + Duration::from_millis(jitter % 10_000),
             last: None,
