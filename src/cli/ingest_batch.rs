@@ -76,10 +76,10 @@ pub struct BatchArgs {
 
 /// Where new events go.
 enum Sink {
-    File(EventsWriter<std::io::BufWriter<std::fs::File>>),
+    File(Box<EventsWriter<std::io::BufWriter<std::fs::File>>>),
     Kafka {
         cfg: Box<KafkaConfig>,
-        publisher: Publisher,
+        publisher: Box<Publisher>,
         seq: u64,
     },
 }
@@ -152,11 +152,11 @@ pub fn run(args: BatchArgs) -> anyhow::Result<()> {
     let seen = SeenSet::open(&args.seen)?;
     let mut ingest = Ingest::new(mapping, seen);
     let mut sink = match &args.out {
-        Some(p) => Sink::File(EventsWriter::create(p)?),
+        Some(p) => Sink::File(Box::new(EventsWriter::create(p)?)),
         None => {
             let cfg = args.kafka.load()?;
             Sink::Kafka {
-                publisher: Publisher::new(&cfg)?,
+                publisher: Box::new(Publisher::new(&cfg)?),
                 cfg: Box::new(cfg),
                 seq: 0,
             }
