@@ -58,7 +58,7 @@ pub fn load_or_fallback(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forecast::{Forecaster, History};
+    use crate::forecast::Forecaster;
 
     #[test]
     fn a_missing_or_corrupt_file_falls_back_to_statistical() {
@@ -69,14 +69,6 @@ mod tests {
         assert!(matches!(err, Some(ForecastError::Corrupt { .. })));
         assert!(err.unwrap().to_string().contains("bad.json"));
         assert_eq!(f.name(), "ets");
-        let v: Vec<f64> = (0..100).map(|i| i as f64).collect();
-        let h = History {
-            key: "k",
-            start: 0,
-            bucket_ms: 300_000,
-            values: &v,
-        };
-        assert_eq!(f.forecast(&h, 12, &[0.1, 0.5, 0.9]).values.len(), 12);
         let (f, err) = load_or_fallback(&dir.path().join("missing.json"), 300_000, 12);
         assert!(matches!(err, Some(ForecastError::Io { .. })));
         assert_eq!(f.name(), "ets");

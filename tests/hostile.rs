@@ -22,11 +22,11 @@ use prescale::events::{
     BudgetAllocation, BudgetScope, Command, Event, JobCompleted, JobStatus, JobSubmitted, Market,
     PriceTick,
 };
-use prescale::model_file::load_or_fallback;
 use prescale::forecast::Ets;
 use prescale::import::prices::{parse_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, SwfOptions};
 use prescale::limits::{self, time_ok};
+use prescale::model_file::load_or_fallback;
 use prescale::planner::CostAwarePlanner;
 use prescale::policy::PolicyFile;
 use prescale::pricing::Catalog;
@@ -434,15 +434,7 @@ fn dense_trace_ticks_every_bucket() {
 }
 
 fn tick(at: i64, usd: f64) -> Event {
-    Event::PriceTick(PriceTick {
-        at,
-        provider: "aws".into(),
-        region: "us-east-1".into(),
-        zone: None,
-        instance_type: "m5.large".into(),
-        market: Market::Spot,
-        usd_per_hour: usd,
-    })
+    spot(at, usd, Market::Spot)
 }
 
 /// Records with absurd times or sizes are refused by the decoder every
