@@ -65,6 +65,31 @@ pub struct ReplayArgs {
     /// Stages to run (default: all). Handy to profile one stage alone.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub stages: Vec<Stage>,
+    /// Also write the figures as JSON to this file (for CI to keep).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// The figures `bench replay` prints, kept for `--json`: one entry per
+/// stage, `{"stage", "events_per_s", "seconds", ...}`.
+#[derive(Default)]
+struct Figures(Vec<serde_json::Value>);
+
+impl Figures {
+    fn stage(&mut self, stage: &str, events_per_s: f64, seconds: f64, extra: serde_json::Value) {
+        let mut v =
+            serde_json::json!({"stage": stage, "events_per_s": events_per_s, "seconds": seconds});
+        if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        self.0.push(v);
+    }
+
+    fn write(self, path: &std::path::Path, events: usize, scale: usize) -> anyhow::Result<()> {
+        let j = serde_json::json!({"bench": "replay", "events": events, "scale": scale, "stages": self.0});
+        std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))
+    }
 }
 
 /// One timed stage of `bench replay`.
@@ -132,7 +157,14 @@ fn best<T>(repeat: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 
 /// The simulator stage of `bench replay`: the scaled sample under reactive
 /// scaling and under the engine's commands, in simulated events per second.
-fn bench_sim(all: &[Event], prices: &SimPrices, cmds: Vec<Command>, repeat: usize, n: f64) {
+fn bench_sim(
+    all: &[Event],
+    prices: &SimPrices,
+    cmds: Vec<Command>,
+    repeat: usize,
+    n: f64,
+    figs: &mut Figures,
+) {
     let workload = Workload::from_events(all);
     let cfg = SimConfig::default();
     let start = workload.first_event - workload.first_event.rem_euclid(cfg.bucket_ms);
@@ -168,6 +200,8 @@ fn bench_sim(all: &[Event], prices: &SimPrices, cmds: Vec<Command>, repeat: usiz
             t_sim,
             n / t_sim
         );
+        let extra = serde_json::json!({"sim_events": sim_events, "sim_events_per_s": sim_events as f64 / t_sim});
+        figs.stage(&format!("simulator {name}"), n / t_sim, t_sim, extra);
     }
 }
 
@@ -214,6 +248,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     );
 
     let on = |s: Stage| a.stages.is_empty() || a.stages.contains(&s);
+    let mut figs = Figures::default();
     if on(Stage::Decode) {
         let (t_dec, ok) = best(a.repeat, || {
             let mut ok = 0u64;
@@ -229,6 +264,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             n / t_dec,
             t_dec
         );
+        figs.stage("decode", n / t_dec, t_dec, serde_json::json!({"ok": ok}));
     }
 
     if on(Stage::State) {
@@ -250,6 +286,8 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             n / t_state,
             t_state
         );
+        let extra = serde_json::json!({"ticks": ticks_seen});
+        figs.stage("decode+state", n / t_state, t_state, extra);
     }
 
     let full_loop = |msgs: &[(EventKind, Vec<u8>)]| {
@@ -275,6 +313,8 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             t_full * 1e6 / ticks.max(1) as f64,
             out.len()
         );
+        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+        figs.stage("full", n / t_full, t_full, extra);
         cmds = Some(out);
     }
 
@@ -304,16 +344,20 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             out.len(),
             a.dense_scale
         );
+        let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+        figs.stage("dense", dmsgs.len() as f64 / t_dense, t_dense, extra);
         println!(
             "  whole loop per core, event-bound (dense x{}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",
             a.dense_scale,
             dmsgs.len() as f64 / t_dense / 1e6
         );
     }
-    if !on(Stage::Sim) {
-        return Ok(());
+    if on(Stage::Sim) {
+        let cmds = cmds.unwrap_or_else(|| full_loop(&msgs).0);
+        bench_sim(&all, &prices, cmds, a.repeat, n, &mut figs);
     }
-    let cmds = cmds.unwrap_or_else(|| full_loop(&msgs).0);
-    bench_sim(&all, &prices, cmds, a.repeat, n);
-    Ok(())
+    match &a.json {
+        Some(p) => figs.write(p, msgs.len(), a.scale),
+        None => Ok(()),
+    }
 }
