@@ -13,17 +13,19 @@
 //! - `simulator`: the discrete-event cluster replaying the jobs (reactive,
 //!   and predictive with the commands of the full loop).
 
-use super::inputs::prepare;
+use super::inputs::{prepare, Prepared};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use prescale::events::avro::{decode_event, encode_event, EventKind};
 use prescale::events::{Command, Event};
+use prescale::pricing::Catalog;
 use prescale::pricing::{tile_onto, TileOptions};
 use prescale::sim::inputs::sim_prices;
 use prescale::sim::policy::floor_commands;
 use prescale::sim::{Cluster, Mode, SimConfig, SimPrices, Workload};
 use prescale::state::{DemandState, StateConfig};
 use prescale::wiring::make_engine;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -249,10 +251,48 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 
     let on = |s: Stage| a.stages.is_empty() || a.stages.contains(&s);
     let mut figs = Figures::default();
+    bench_decode_and_state(&msgs, a.repeat, &on, &mut figs);
+    let mut cmds = None;
+    if on(Stage::Full) {
+        let (t_full, (out, ticks, built, plans)) =
+            best(a.repeat, || full_loop(&base.catalog, &msgs));
+        println!(
+            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — decode → state → engine",
+            n / t_full,
+            t_full,
+            t_full * 1e6 / ticks.max(1) as f64,
+            out.len()
+        );
+        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+        figs.stage("full", n / t_full, t_full, extra);
+        cmds = Some(out);
+    }
+
+    if on(Stage::Dense) {
+        bench_dense(&base, &jobs, &a, &mut figs)?;
+    }
+    if on(Stage::Sim) {
+        let cmds = cmds.unwrap_or_else(|| full_loop(&base.catalog, &msgs).0);
+        bench_sim(&all, &prices, cmds, a.repeat, n, &mut figs);
+    }
+    match &a.json {
+        Some(p) => figs.write(p, msgs.len(), a.scale),
+        None => Ok(()),
+    }
+}
+
+/// The `decode` and `decode+state` stages of `bench replay`.
+fn bench_decode_and_state(
+    msgs: &[(EventKind, Vec<u8>)],
+    repeat: usize,
+    on: &dyn Fn(Stage) -> bool,
+    figs: &mut Figures,
+) {
+    let n = msgs.len() as f64;
     if on(Stage::Decode) {
-        let (t_dec, ok) = best(a.repeat, || {
+        let (t_dec, ok) = best(repeat, || {
             let mut ok = 0u64;
-            for (k, b) in &msgs {
+            for (k, b) in msgs {
                 if decode_event(*k, b).is_ok() {
                     ok += 1;
                 }
@@ -266,13 +306,12 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         );
         figs.stage("decode", n / t_dec, t_dec, serde_json::json!({"ok": ok}));
     }
-
     if on(Stage::State) {
-        let (t_state, ticks_seen) = best(a.repeat, || {
+        let (t_state, ticks_seen) = best(repeat, || {
             let mut st = DemandState::new(StateConfig::default());
             let mut ticks = Vec::new();
             let mut nt = 0usize;
-            for (k, b) in &msgs {
+            for (k, b) in msgs {
                 if let Ok(ev) = decode_event(*k, b) {
                     st.apply(&ev, &mut ticks);
                     nt += ticks.len();
@@ -289,53 +328,52 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         let extra = serde_json::json!({"ticks": ticks_seen});
         figs.stage("decode+state", n / t_state, t_state, extra);
     }
+}
 
-    let full_loop = |msgs: &[(EventKind, Vec<u8>)]| {
-        let mut engine = make_engine(base.catalog.clone(), None, &Default::default());
-        let mut out: Vec<Command> = Vec::new();
-        for (k, b) in msgs {
-            if let Ok(ev) = decode_event(*k, b) {
-                engine.handle(&ev, &mut out);
-            }
+/// The whole decision loop over encoded events: decode → state → engine;
+/// the commands, ticks, offers built and plans made.
+fn full_loop(
+    catalog: &Arc<Catalog>,
+    msgs: &[(EventKind, Vec<u8>)],
+) -> (Vec<Command>, u64, u64, u64) {
+    let mut engine = make_engine(catalog.clone(), None, &Default::default());
+    let mut out: Vec<Command> = Vec::new();
+    for (k, b) in msgs {
+        if let Ok(ev) = decode_event(*k, b) {
+            engine.handle(&ev, &mut out);
         }
-        engine.finish(&mut out);
-        let ticks = engine.counters().ticks;
-        let (built, reused) = engine.offers_built_and_reused();
-        (out, ticks, built, built + reused)
-    };
-    let mut cmds = None;
-    if on(Stage::Full) {
-        let (t_full, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&msgs));
-        println!(
-            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — decode → state → engine",
-            n / t_full,
-            t_full,
-            t_full * 1e6 / ticks.max(1) as f64,
-            out.len()
-        );
-        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
-        figs.stage("full", n / t_full, t_full, extra);
-        cmds = Some(out);
     }
+    engine.finish(&mut out);
+    let ticks = engine.counters().ticks;
+    let (built, reused) = engine.offers_built_and_reused();
+    (out, ticks, built, built + reused)
+}
 
-    if on(Stage::Dense) {
-        // Dense layout: the same copies overlaid on the sample's own span
-        // (ids suffixed, times shifted by k seconds), i.e. a busier
-        // deployment with the same decision ticks. Shows the per-event cost
-        // once ticks amortise.
-        let mut dense: Vec<Event> = base
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::PriceTick(_)))
-            .cloned()
-            .collect();
-        for k in 0..a.dense_scale.max(1) {
-            dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
-        }
-        dense.sort_by_key(|e| e.time());
-        let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
-        let (t_dense, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&dmsgs));
-        println!(
+/// The `dense` stage of `bench replay`: the sample's jobs copied onto its
+/// own span.
+fn bench_dense(
+    base: &Prepared,
+    jobs: &[&Event],
+    a: &ReplayArgs,
+    figs: &mut Figures,
+) -> anyhow::Result<()> {
+    // Dense layout: the same copies overlaid on the sample's own span
+    // (ids suffixed, times shifted by k seconds), i.e. a busier
+    // deployment with the same decision ticks. Shows the per-event cost
+    // once ticks amortise.
+    let mut dense: Vec<Event> = base
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PriceTick(_)))
+        .cloned()
+        .collect();
+    for k in 0..a.dense_scale.max(1) {
+        dense.extend(jobs.iter().map(|e| shift(e, k, 1000)));
+    }
+    dense.sort_by_key(|e| e.time());
+    let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
+    let (t_dense, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&base.catalog, &dmsgs));
+    println!(
             "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — {}x jobs on the sample's own span",
             dmsgs.len() as f64 / t_dense,
             t_dense,
@@ -344,20 +382,12 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             out.len(),
             a.dense_scale
         );
-        let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
-        figs.stage("dense", dmsgs.len() as f64 / t_dense, t_dense, extra);
-        println!(
+    let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+    figs.stage("dense", dmsgs.len() as f64 / t_dense, t_dense, extra);
+    println!(
             "  whole loop per core, event-bound (dense x{}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",
             a.dense_scale,
             dmsgs.len() as f64 / t_dense / 1e6
         );
-    }
-    if on(Stage::Sim) {
-        let cmds = cmds.unwrap_or_else(|| full_loop(&msgs).0);
-        bench_sim(&all, &prices, cmds, a.repeat, n, &mut figs);
-    }
-    match &a.json {
-        Some(p) => figs.write(p, msgs.len(), a.scale),
-        None => Ok(()),
-    }
+    Ok(())
 }
