@@ -15,8 +15,8 @@
 //! against this host's wall clock (the hosts of one deployment are assumed
 //! to keep NTP time): an instance that stopped publishing (killed, cut off)
 //! is not named after that, since its environments are about to move.
-//! Records that do not parse are dead-lettered to `<topic>.dlq` with the
-//! reason, counted, and skipped.
+//! Records that do not parse are dead-lettered to the topic's dead-letter
+//! twin (`topics.dlq`) with the reason, counted, and skipped.
 
 use super::client::{consumer_config, partitions_of};
 use super::publish::Publisher;
@@ -148,12 +148,13 @@ where
         tpl.add_partition_offset(&cfg.topic, p, Offset::Beginning)?;
     }
     reader.assign(&tpl)?;
+    let dlq = kafka.topics.dlq(&cfg.topic);
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             m = reader.recv() => match m {
-                Ok(m) => read_one(&publisher, dir, &cfg.topic, m.key(), m.payload()),
+                Ok(m) => read_one(&publisher, dir, &dlq, m.key(), m.payload()),
                 Err(e) => tracing::warn!(error = %e, topic = %cfg.topic, "api directory: read failed"),
             },
             _ = tick.tick() => {
@@ -189,17 +190,16 @@ fn publish(
 }
 
 /// Apply one record, or dead-letter it with the reason.
-fn read_one(p: &Publisher, dir: &Directory, topic: &str, key: Option<&[u8]>, body: Option<&[u8]>) {
+fn read_one(p: &Publisher, dir: &Directory, dlq: &str, key: Option<&[u8]>, body: Option<&[u8]>) {
     match serde_json::from_slice::<Entry>(body.unwrap_or_default()) {
         Ok(e) => dir.apply(e),
         Err(err) => {
             dir.refused.fetch_add(1, Ordering::Relaxed);
             let reason = format!("api directory record: {err}");
-            tracing::warn!(topic, %reason, "dead-lettered");
-            let dlq = format!("{topic}.dlq");
+            tracing::warn!(dlq, %reason, "dead-lettered");
             let h: [(&str, &[u8]); 1] = [(super::codec::headers::DLQ_ERROR, reason.as_bytes())];
             if let Err(e) = p.send(
-                &dlq,
+                dlq,
                 key.unwrap_or_default(),
                 body.unwrap_or_default(),
                 &h,

@@ -380,18 +380,12 @@ impl<'a> Loop<'a> {
         stats.rebalances.fetch_add(1, Ordering::Relaxed);
         self.orphans.reset();
         let owned = r.assignment().len() as u64;
-        if let Phase::Consuming(c) = &mut self.phase {
-            if c.active.dirty {
-                save(
-                    self.cfg,
-                    self.group,
-                    &mut self.outbox,
-                    &mut c.active,
-                    Write::Now,
-                )?;
-            } else {
-                finish_pending(self.group, &mut c.active, stats, true)?;
-            }
+        // The state given up is checkpointed first (or its pending write
+        // finished), so the next owner restores it.
+        match &mut self.phase {
+            Phase::Consuming(c) if c.active.dirty => self.checkpoint_now()?,
+            Phase::Consuming(c) => finish_pending(self.group, &mut c.active, stats, true)?,
+            Phase::Idle => {}
         }
         // Before `Active::start` re-assigns the price consumer (see
         // `Split::new`): the splits go with the state.
