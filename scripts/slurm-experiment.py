@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,20 @@ def peak_demand(jobs):
         cur += d
         peak = max(peak, cur)
     return peak
+
+
+def core_scale(jobs, room):
+    """The least S for which the slice as replayed (each job ceil(P / S)
+    CPUs, so at least one) peaks at no more than `room` CPUs; None when no S
+    does (too many jobs at once for the partition). Sizing on the replayed
+    sizes, not on the trace's cores, keeps the partition from being full:
+    waits then measure power saving, not a queue for CPUs."""
+    s = max(1, math.ceil(peak_demand(jobs) / room))
+    for _ in range(200):
+        if peak_demand([dict(j, procs=math.ceil(j["procs"] / s)) for j in jobs]) <= room:
+            return s
+        s = max(s + 1, math.ceil(s * 1.1))
+    return None
 
 
 def write_slice_swf(jobs, t0, scale, path, unix_start):
@@ -341,33 +356,172 @@ class Run:
             self.stop()
 
 
-def backtest(args, swf, workdir, tag):
+def backtest(args, swf, workdir, tag, policies="reactive,predictive"):
+    """`prescale backtest` on the slice as the cluster runs it, with the
+    experiment's boot delay, SuspendTime (its idle timeout), partition size
+    and prescale's policy file."""
     out = os.path.join(workdir, f"{tag}-backtest.json")
-    cmd = [args.prescale, "backtest", "--trace", swf, "--policies", "reactive,predictive",
+    policy = os.path.join(workdir, "policy.toml")
+    with open(policy, "w") as f:
+        f.write(args.policy_text)
+    cmd = [args.prescale, "backtest", "--trace", swf, "--policies", policies,
            "--boot-delay-s", str(int(args.boot_s)), "--idle-timeout-s", str(int(args.suspend_s)),
-           "--max-vcpus", str(args.nodes * args.cpus), "--json", out]
+           "--max-vcpus", str(args.nodes * args.cpus), "--policy", policy, "--json", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return {"error": r.stderr[-1500:]}
     return json.load(open(out))
 
 
+def prepare_slice(a, jobs, unix_start, spec, workdir, tag):
+    """The slice's jobs (with lead-in and history), its core scale and its
+    SWF file for the backtest."""
+    start_h, hours = (float(x) for x in spec.split(":"))
+    parts, t0 = slice_jobs(jobs, start_h, hours, int(a.max_runtime_h * 3600),
+                           a.lead_in_min * 60, a.history_h * 3600)
+    if not parts["slice"]:
+        return None
+    scale = core_scale(parts["lead_in"] + parts["slice"], a.fill * a.nodes * a.cpus)
+    if scale is None:
+        return None
+    swf = os.path.join(workdir, f"{tag}.swf")
+    write_slice_swf(parts["slice"], t0, scale, swf, unix_start)
+    return parts, scale, swf
+
+
+def select_slices(a, jobs, unix_start, workdir):
+    """The slice rule (`--select N`): the first N whole trace hours, in trace
+    order, where Slurm's power saving matters and the replay is sound:
+    (1) a burst — at least --burst-jobs submissions within 5 trace minutes —
+    follows a quiet spell of at least SuspendTime with no submission, so
+    nodes idle long enough to be suspended and demand comes back; (2) the
+    hour starts after --history-h + the lead-in, so prescale has its full
+    history; (3) at most --max-jobs jobs (one sbatch each: more and
+    sbatch's own rate shapes the arrivals); (4) a core scale exists at which
+    the replayed slice fits --fill of the partition (otherwise the waits
+    are a queue for CPUs, in both modes). Chosen from the trace alone,
+    before any run."""
+    base = jobs[0]["submit"]
+    subs = [j["submit"] - base for j in jobs]
+    first_h = math.ceil(a.history_h + a.lead_in_min / 60)
+    span_h = int(subs[-1] // 3600)
+    chosen, seen = [], []
+    for h in range(first_h, span_h):
+        lo, hi = h * 3600, (h + 1) * 3600
+        n = sum(1 for t in subs if lo <= t < hi)
+        burst = any(
+            lo <= t < hi and i > 0 and t - subs[i - 1] >= a.suspend_s
+            and sum(1 for u in subs[i:i + a.burst_jobs] if u < t + 300) >= a.burst_jobs
+            for i, t in enumerate(subs))
+        if not burst or n > a.max_jobs:
+            continue
+        prep = prepare_slice(a, jobs, unix_start, f"{h}:1", workdir, f"rule{h}")
+        seen.append({"slice": f"{h}:1", "jobs": n, "fits": prep is not None})
+        if prep is not None:
+            chosen.append(f"{h}:1")
+            if len(chosen) >= a.select:
+                break
+    return chosen, seen
+
+
+def stats(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    med = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    return {"median": med, "min": xs[0], "max": xs[-1]}
+
+
+def summarize(entry):
+    """Median and spread per mode over the repeats, and prescale's ratios
+    to reactive (of the medians): the issue's target is p95 ≤ 0.5× at
+    powered node-seconds ≤ 1.3×."""
+    out = {}
+    for mode in sorted({r["mode"] for r in entry["runs"]}):
+        rs = [r for r in entry["runs"] if r["mode"] == mode and "wait_s" in r]
+        out[mode] = {"runs": len(rs), "failed_runs": sum(1 for r in entry["runs"] if r["mode"] == mode) - len(rs),
+                     "wait_p50_s": stats([r["wait_s"]["p50"] for r in rs]),
+                     "wait_p95_s": stats([r["wait_s"]["p95"] for r in rs]),
+                     "wait_max_s": stats([r["wait_s"]["max"] for r in rs]),
+                     "node_s_powered": stats([r["node_s"]["powered"] for r in rs]),
+                     "node_s_busy": stats([r["node_s"]["busy"] for r in rs]),
+                     "all_finished": all(r.get("all_finished") for r in rs)}
+    if "reactive" in out and "prescale" in out:
+        med = lambda m, k: (out[m][k] or {}).get("median")
+        rp95, pp95 = med("reactive", "wait_p95_s"), med("prescale", "wait_p95_s")
+        rns, pns = med("reactive", "node_s_powered"), med("prescale", "node_s_powered")
+        ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
+        out["ratios"] = {"wait_p95": ratio(pp95, rp95), "node_s_powered": ratio(pns, rns)}
+        out["target_met"] = (out["ratios"]["wait_p95"] is not None and out["ratios"]["wait_p95"] <= 0.5
+                             and out["ratios"]["node_s_powered"] is not None
+                             and out["ratios"]["node_s_powered"] <= 1.3)
+    return out
+
+
 DEFAULT_POLICY = """# prescale policy for a Slurm cloud partition (scripts/slurm-experiment.py)
 [defaults]
-lead_time_s = {lead}
-scale_in_cooldown_s = {cooldown}
 markets = ["ON_DEMAND"]
+scale_in_cooldown_s = {cooldown}
+
+# A boot-time-bound partition (docs/slurm.md, "Operator setup", 4): a job
+# that finds no booted node waits for a boot AND Slurm's CONFIGURING check,
+# so the lead time covers both and the partition provisions at the forecast's
+# upper quantile for work of normal priority.
+[environments.cloud]
+lead_time_s = {lead}
+quantile_by_priority = {{ high = 0.9, normal = 0.9, low = 0.5 }}
 """
+
+
+def run_modes(a, modes, parts, scale, workdir, tag, repeat):
+    """Each mode on its own fresh cluster (own ports and state dir), side by
+    side unless --sequential: modes that run at once see the same machine
+    load, which the shared build machine's swings would otherwise bias."""
+    results = [None] * len(modes)
+
+    def one(i, mode):
+        port = a.port + i * (a.nodes + 4)
+        t = time.time()
+        try:
+            res = Run(a, mode, parts, scale, port, workdir, f"{tag}r{repeat}").go()
+        except Exception as e:  # a failed run is reported, not fatal to the others
+            res = {"mode": mode, "error": str(e)}
+        res["repeat"] = repeat
+        res["wall_s"] = round(time.time() - t, 1)
+        print(json.dumps(res), file=sys.stderr)
+        results[i] = res
+
+    if a.sequential:
+        for i, mode in enumerate(modes):
+            one(i, mode)
+    else:
+        threads = [threading.Thread(target=one, args=(i, m)) for i, m in enumerate(modes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return results
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", default=os.path.join(REPO, "data/ricc-2010-2-excerpt.swf.gz"))
-    p.add_argument("--slices", default="52:1,64:1", help="START_H:HOURS,... from the trace start")
+    p.add_argument("--slices", default="62:1", help="START_H:HOURS,... from the trace start")
+    p.add_argument("--select", type=int, default=0,
+                   help="instead of --slices, take the first N slices of the slice rule (see select_slices)")
+    p.add_argument("--burst-jobs", type=int, default=10, help="slice rule: jobs that make a burst")
+    p.add_argument("--max-jobs", type=int, default=200, help="slice rule: most jobs in a slice")
+    p.add_argument("--repeats", type=int, default=3, help="runs per slice and mode")
+    p.add_argument("--sequential", action="store_true", help="run the modes one after the other")
     p.add_argument("--factor", type=float, default=30.0, help="time compression F")
     p.add_argument("--nodes", type=int, default=12, help="cloud nodes")
     p.add_argument("--cpus", type=int, default=4, help="CPUs per node")
     p.add_argument("--boot-s", type=float, default=120.0, help="node boot delay, trace seconds")
+    p.add_argument("--configuring-s", type=float, default=30.0,
+                   help="Slurm's wait before a job placed on a booting node runs (22.05: its 30 s "
+                        "periodic check), cluster seconds; not compressed, so the policy's lead "
+                        "time counts it times F")
     p.add_argument("--suspend-s", type=float, default=600.0, help="Slurm SuspendTime (reactive), trace seconds")
     p.add_argument("--max-runtime-h", type=float, default=1.0, help="cap on job runtimes, trace hours")
     p.add_argument("--lead-in-min", type=float, default=30.0,
@@ -379,48 +533,53 @@ def main():
                         "after --suspend-s / F idle, as Slurm's own power saving would)")
     p.add_argument("--fill", type=float, default=0.8, help="slice peak demand / partition CPUs")
     p.add_argument("--modes", default="reactive,prescale")
-    p.add_argument("--policy", help="policy TOML for prescale run (default: written here)")
+    p.add_argument("--policy", help="policy TOML for prescale run and the backtest (default: written here)")
     p.add_argument("--prescale", default=shutil.which("prescale") or os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release/prescale"))
     p.add_argument("--brokers", default=os.environ.get("PRESCALE_KAFKA_BROKERS", "127.0.0.1:19092"))
-    p.add_argument("--port", type=int, default=16840, help="first Slurm port (needs nodes+2)")
+    p.add_argument("--port", type=int, default=16840,
+                   help="first Slurm port; mode i uses PORT + i * (nodes + 4)")
     p.add_argument("--workdir")
     p.add_argument("--json", help="write the report here")
     a = p.parse_args()
     if a.policy:
         a.policy_text = open(a.policy).read()
     else:
-        a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + 60), cooldown=int(a.suspend_s))
+        a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + a.configuring_s * a.factor),
+                                              cooldown=int(a.suspend_s))
     workdir = a.workdir or tempfile.mkdtemp(prefix="prescale-slurm-exp-")
     os.makedirs(workdir, exist_ok=True)
     jobs, unix_start = read_swf(a.trace)
     report = {"trace": os.path.basename(a.trace), "factor": a.factor, "nodes": a.nodes, "cpus": a.cpus,
-              "boot_s": a.boot_s, "suspend_s": a.suspend_s, "max_runtime_h": a.max_runtime_h,
+              "boot_s": a.boot_s, "configuring_s": a.configuring_s, "suspend_s": a.suspend_s,
+              "max_runtime_h": a.max_runtime_h, "repeats": a.repeats, "policy": a.policy_text,
               "prescale": a.prescale, "slices": []}
-    for k, spec in enumerate(a.slices.split(",")):
-        start_h, hours = (float(x) for x in spec.split(":"))
-        parts, t0 = slice_jobs(jobs, start_h, hours, int(a.max_runtime_h * 3600),
-                               a.lead_in_min * 60, a.history_h * 3600)
-        sl = parts["slice"]
-        if not sl:
+    specs = a.slices.split(",")
+    if a.select:
+        specs, seen = select_slices(a, jobs, unix_start, workdir)
+        report["slice_rule"] = {"select": a.select, "burst_jobs": a.burst_jobs, "max_jobs": a.max_jobs, "chosen": specs, "seen": seen}
+    modes = a.modes.split(",")
+    for k, spec in enumerate(specs):
+        tag = f"s{k}"
+        prep = prepare_slice(a, jobs, unix_start, spec, workdir, tag)
+        if not prep:
             print(f"slice {spec}: no jobs", file=sys.stderr)
             continue
-        scale = max(1, math.ceil(peak_demand(parts["lead_in"] + sl) / (a.fill * a.nodes * a.cpus)))
-        tag = f"s{k}"
-        swf = os.path.join(workdir, f"{tag}.swf")
-        write_slice_swf(sl, t0, scale, swf, unix_start)
+        parts, scale, swf = prep
+        sl = parts["slice"]
         entry = {"slice": spec, "jobs": len(sl), "lead_in_jobs": len(parts["lead_in"]),
                  "history_jobs": len(parts["history"]), "core_scale": scale,
-                 "peak_demand_cpus": math.ceil(peak_demand(sl) / scale), "runs": []}
+                 "peak_demand_cpus": peak_demand([dict(j, procs=math.ceil(j["procs"] / scale)) for j in sl]),
+                 "runs": []}
         print(f"slice {spec}: {len(sl)} jobs, core scale {scale}", file=sys.stderr)
-        for mode in a.modes.split(","):
-            t = time.time()
-            res = Run(a, mode, parts, scale, a.port, workdir, tag).go()
-            res["wall_s"] = round(time.time() - t, 1)
-            print(json.dumps(res), file=sys.stderr)
-            entry["runs"].append(res)
+        for rep in range(a.repeats):
+            entry["runs"].extend(run_modes(a, modes, parts, scale, workdir, tag, rep))
+        entry["summary"] = summarize(entry)
         entry["backtest"] = backtest(a, swf, workdir, tag)
+        print(json.dumps({"slice": spec, "summary": entry["summary"]}), file=sys.stderr)
         report["slices"].append(entry)
+        if a.json:  # after each slice, so a long run's finished slices are kept
+            open(a.json, "w").write(json.dumps(report, indent=2))
     text = json.dumps(report, indent=2)
     if a.json:
         open(a.json, "w").write(text)
