@@ -145,6 +145,26 @@ def hostnames(expr):
     return out
 
 
+def boot_bound_jobs(recs, power_log):
+    """Jobs that waited for a boot: one of the job's nodes was resumed
+    after the job was submitted (Slurm placed it on a node it or prescale
+    was still booting, so it ran only after the boot and, on 22.05, the
+    CONFIGURING check). The rest found a booted node."""
+    resumes = {}
+    for line in open(power_log):
+        ts, what, node = line.split()
+        if what == "resume":
+            resumes.setdefault(node, []).append(float(ts))
+    n = 0
+    for r in recs:
+        if int(r["START"]) <= 0:
+            continue
+        sub, start = int(r["SUBMIT"]), int(r["START"])
+        if any(sub - 1 <= t <= start for node in hostnames(r["NODES"]) for t in resumes.get(node, [])):
+            n += 1
+    return n
+
+
 def pct(xs, q):
     if not xs:
         return None
@@ -307,6 +327,7 @@ class Run:
             if cs is not None:
                 busy_s += clip(cs, ce)
         resumes = sum(1 for l in open(os.path.join(self.slurm_dir, "power.log")) if " resume " in l)
+        boot_bound = boot_bound_jobs(recs, os.path.join(self.slurm_dir, "power.log"))
         return {
             "mode": self.mode,
             "jobs_submitted": len(self.jobs),
@@ -318,6 +339,7 @@ class Run:
             "node_s": {"powered": round(powered_s, 1), "busy": round(busy_s, 1),
                        "idle": round(powered_s - busy_s, 1)},
             "node_resumes": resumes,
+            "boot_bound_jobs": boot_bound,
             "boot_failures": failed,
             "window_s": round(t_end - t0, 1),
         }
@@ -343,6 +365,10 @@ class Run:
             # the lead-in (whole seconds: the spool's times are).
             first = min([j["offset"] for j in self.lead_in] + [0])
             t0 = math.ceil(time.time()) + (8 if self.mode == "prescale" else 1) - first / F
+            if self.mode == "warm":
+                # The bound without power saving: every cloud node up before
+                # the lead-in and never suspended (SuspendTime=INFINITE).
+                self.sh("scontrol", "update", f"NodeName=cloud[1-{self.a.nodes}]", "State=POWER_UP")
             if self.mode == "prescale":
                 self.write_history(t0)
                 self.start_prescale(int(t0 * 1000))
@@ -447,16 +473,49 @@ def summarize(entry):
                      "node_s_powered": stats([r["node_s"]["powered"] for r in rs]),
                      "node_s_busy": stats([r["node_s"]["busy"] for r in rs]),
                      "all_finished": all(r.get("all_finished") for r in rs)}
-    if "reactive" in out and "prescale" in out:
-        med = lambda m, k: (out[m][k] or {}).get("median")
-        rp95, pp95 = med("reactive", "wait_p95_s"), med("prescale", "wait_p95_s")
-        rns, pns = med("reactive", "node_s_powered"), med("prescale", "node_s_powered")
-        ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
-        out["ratios"] = {"wait_p95": ratio(pp95, rp95), "node_s_powered": ratio(pns, rns)}
-        out["target_met"] = (out["ratios"]["wait_p95"] is not None and out["ratios"]["wait_p95"] <= 0.5
-                             and out["ratios"]["node_s_powered"] is not None
-                             and out["ratios"]["node_s_powered"] <= 1.3)
+    med = lambda m, k: (out[m][k] or {}).get("median")
+    ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
+    for mode in [m for m in out if m != "reactive" and "reactive" in out]:
+        out[mode]["ratios"] = {
+            "wait_p95": ratio(med(mode, "wait_p95_s"), med("reactive", "wait_p95_s")),
+            "node_s_powered": ratio(med(mode, "node_s_powered"), med("reactive", "node_s_powered"))}
+    if "prescale" in out and "ratios" in out["prescale"]:
+        r = out["ratios"] = out["prescale"]["ratios"]
+        out["target_met"] = (r["wait_p95"] is not None and r["wait_p95"] <= 0.5
+                             and r["node_s_powered"] is not None and r["node_s_powered"] <= 1.3)
     return out
+
+
+def markdown(report):
+    """One table per slice: mode, runs, median (range) of the figures, the
+    ratios to reactive, and the backtest's figures for the same slice."""
+    out = []
+    fmt = lambda st: "–" if not st else (f"{st['median']:g}" if st["min"] == st["max"]
+                                         else f"{st['median']:g} ({st['min']:g}–{st['max']:g})")
+    for e in report["slices"]:
+        sm = summarize(e) if e.get("runs") else {}
+        out.append(f"Slice {e['slice']} ({e['jobs']} jobs, core scale {e['core_scale']}, "
+                   f"replayed peak {e['peak_demand_cpus']} CPUs):\n")
+        out.append("| mode | runs | wait p50 (s) | wait p95 (s) | wait max (s) | node-s powered | node-s busy "
+                   "| jobs on a booting node | p95 / reactive | node-s / reactive |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for mode in ("reactive", "prescale", "warm"):
+            m = sm.get(mode)
+            if not m:
+                continue
+            rs = [r for r in e["runs"] if r["mode"] == mode and "boot_bound_jobs" in r]
+            bb = stats([r["boot_bound_jobs"] for r in rs])
+            ratios = m.get("ratios", {})
+            out.append(f"| {mode} | {m['runs']} | {fmt(m['wait_p50_s'])} | {fmt(m['wait_p95_s'])} | "
+                       f"{fmt(m['wait_max_s'])} | {fmt(m['node_s_powered'])} | {fmt(m['node_s_busy'])} | "
+                       f"{fmt(bb)} | {ratios.get('wait_p95', '')} | {ratios.get('node_s_powered', '')} |")
+        for name, b in sorted(e.get("backtest", {}).get("policies", {}).items()):
+            F = report["factor"]
+            w = lambda k: f"{b.get(k, 0) / F:.1f} ({b.get(k, 0):g} trace s)"
+            out.append(f"| backtest {name} | 1 | {w('queue_wait_p50_s')} | {w('queue_wait_p95_s')} | – | "
+                       f"{b.get('vcpu_hours', 0) * 3600 / report['cpus'] / F:.0f} (vCPU-h ÷ CPUs ÷ F) | – | – | | |")
+        out.append(f"\nTarget (p95 ≤ 0.5×, node-s ≤ 1.3×) met: {sm.get('target_met')}\n")
+    return "\n".join(out)
 
 
 DEFAULT_POLICY = """# prescale policy for a Slurm cloud partition (scripts/slurm-experiment.py)
@@ -532,7 +591,9 @@ def main():
                    help="prescale powers idle nodes down as soon as its forecast allows (default: only "
                         "after --suspend-s / F idle, as Slurm's own power saving would)")
     p.add_argument("--fill", type=float, default=0.8, help="slice peak demand / partition CPUs")
-    p.add_argument("--modes", default="reactive,prescale")
+    p.add_argument("--modes", default="reactive,prescale",
+                   help="reactive, prescale, and warm (every node up all along: the wait floor and "
+                        "its cost, no power saving)")
     p.add_argument("--policy", help="policy TOML for prescale run and the backtest (default: written here)")
     p.add_argument("--prescale", default=shutil.which("prescale") or os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release/prescale"))
@@ -541,7 +602,12 @@ def main():
                    help="first Slurm port; mode i uses PORT + i * (nodes + 4)")
     p.add_argument("--workdir")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--markdown", help="write the tables (docs/benchmarks.md style) here")
+    p.add_argument("--tables-from", help="only print the tables of this JSON report (no runs)")
     a = p.parse_args()
+    if a.tables_from:
+        print(markdown(json.load(open(a.tables_from))))
+        return
     if a.policy:
         a.policy_text = open(a.policy).read()
     else:
@@ -583,6 +649,8 @@ def main():
     text = json.dumps(report, indent=2)
     if a.json:
         open(a.json, "w").write(text)
+    if a.markdown:
+        open(a.markdown, "w").write(markdown(report))
     print(text)
 
 
