@@ -563,6 +563,11 @@ def run_modes(a, modes, parts, scale, workdir, tag, repeat):
     return results
 
 
+def git_head():
+    r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", default=os.path.join(REPO, "data/ricc-2010-2-excerpt.swf.gz"))
@@ -582,6 +587,9 @@ def main():
                         "periodic check), cluster seconds; not compressed, so the policy's lead "
                         "time counts it times F")
     p.add_argument("--suspend-s", type=float, default=600.0, help="Slurm SuspendTime (reactive), trace seconds")
+    p.add_argument("--cooldown-s", type=float,
+                   help="prescale policy's scale_in_cooldown_s, trace seconds (default: --suspend-s): how "
+                        "long a raised capacity is held before the forecast may lower it; ignored with --policy")
     p.add_argument("--max-runtime-h", type=float, default=1.0, help="cap on job runtimes, trace hours")
     p.add_argument("--lead-in-min", type=float, default=30.0,
                    help="trace minutes before each slice replayed for real in every mode (not measured)")
@@ -612,14 +620,15 @@ def main():
         a.policy_text = open(a.policy).read()
     else:
         a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + a.configuring_s * a.factor),
-                                              cooldown=int(a.suspend_s))
+                                              cooldown=int(a.suspend_s if a.cooldown_s is None
+                                                           else a.cooldown_s))
     workdir = a.workdir or tempfile.mkdtemp(prefix="prescale-slurm-exp-")
     os.makedirs(workdir, exist_ok=True)
     jobs, unix_start = read_swf(a.trace)
     report = {"trace": os.path.basename(a.trace), "factor": a.factor, "nodes": a.nodes, "cpus": a.cpus,
               "boot_s": a.boot_s, "configuring_s": a.configuring_s, "suspend_s": a.suspend_s,
               "max_runtime_h": a.max_runtime_h, "repeats": a.repeats, "policy": a.policy_text,
-              "prescale": a.prescale, "slices": []}
+              "prescale": a.prescale, "commit": git_head(), "slices": []}
     specs = a.slices.split(",")
     if a.select:
         specs, seen = select_slices(a, jobs, unix_start, workdir)
