@@ -385,11 +385,14 @@ class Run:
 def backtest(args, swf, workdir, tag, policies="reactive,predictive"):
     """`prescale backtest` on the slice as the cluster runs it, with the
     experiment's boot delay, SuspendTime (its idle timeout), partition size
-    and prescale's policy file."""
+    and prescale's policy file. The slice's SWF file has one queue, which the
+    backtest names environment `queue-1`, so the policy's `[environments.cloud]`
+    block (the partition's lead time and quantiles) is given to it under that
+    name: otherwise the backtest would plan with the defaults alone."""
     out = os.path.join(workdir, f"{tag}-backtest.json")
-    policy = os.path.join(workdir, "policy.toml")
+    policy = os.path.join(workdir, "policy-backtest.toml")
     with open(policy, "w") as f:
-        f.write(args.policy_text)
+        f.write(args.policy_text.replace("[environments.cloud]", "[environments.queue-1]"))
     cmd = [args.prescale, "backtest", "--trace", swf, "--policies", policies,
            "--boot-delay-s", str(int(args.boot_s)), "--idle-timeout-s", str(int(args.suspend_s)),
            "--max-vcpus", str(args.nodes * args.cpus), "--policy", policy, "--json", out]
