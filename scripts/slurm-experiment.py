@@ -492,7 +492,10 @@ def summarize(entry):
 def markdown(report):
     """One table per slice: mode, runs, median (range) of the figures, the
     ratios to reactive, and the backtest's figures for the same slice."""
-    out = []
+    out = [f"F = {report['factor']:g}, {report['nodes']} cloud nodes × {report['cpus']} CPUs, boot "
+           f"{report['boot_s']:g} trace s, SuspendTime {report['suspend_s']:g} trace s, repeats "
+           f"{report['repeats']}, commit {report.get('commit') or '?'}; prescale's policy:\n\n```toml\n"
+           f"{report['policy'].strip()}\n```\n"]
     fmt = lambda st: "–" if not st else (f"{st['median']:g}" if st["min"] == st["max"]
                                          else f"{st['median']:g} ({st['min']:g}–{st['max']:g})")
     for e in report["slices"]:
