@@ -593,6 +593,9 @@ def main():
                         "periodic check), cluster seconds; not compressed, so the policy's lead "
                         "time counts it times F")
     p.add_argument("--suspend-s", type=float, default=600.0, help="Slurm SuspendTime (reactive), trace seconds")
+    p.add_argument("--lead-time-s", type=float,
+                   help="prescale policy's lead_time_s for the partition, trace seconds (default: boot + "
+                        "configuring × F); ignored with --policy")
     p.add_argument("--cooldown-s", type=float,
                    help="prescale policy's scale_in_cooldown_s, trace seconds (default: --suspend-s): how "
                         "long a raised capacity is held before the forecast may lower it; ignored with --policy")
@@ -625,7 +628,8 @@ def main():
     if a.policy:
         a.policy_text = open(a.policy).read()
     else:
-        a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + a.configuring_s * a.factor),
+        a.policy_text = DEFAULT_POLICY.format(lead=int(a.boot_s + a.configuring_s * a.factor if a.lead_time_s is None
+                                                       else a.lead_time_s),
                                               cooldown=int(a.suspend_s if a.cooldown_s is None
                                                            else a.cooldown_s))
     workdir = a.workdir or tempfile.mkdtemp(prefix="prescale-slurm-exp-")
