@@ -355,6 +355,25 @@ class Run:
         subprocess.run(["bash", os.path.join(REPO, "scripts/slurm.sh"), "stop"], env=self.env,
                        capture_output=True)
 
+    def check_aligned(self, earliest):
+        """The first whole second at or after `earliest` that lies
+        --check-phase-s after one of slurmctld's periodic checks (every
+        --configuring-s from its boot). A job placed on a booting node waits
+        for the next such check, so its wait depends on when in the 30 s
+        cycle it was submitted: replays that started at different phases
+        gave one mode waits up to a cycle shorter for the same jobs (7 s
+        apart: the modes' start-up delays differed). Aligning every mode's
+        trace clock to the same phase removes that bias."""
+        out = self.sh("scontrol", "show", "config").stdout
+        m = re.search(r"^BOOT_TIME\s*=\s*(\S+)", out, re.M)
+        if not m:
+            raise RuntimeError("scontrol show config: no BOOT_TIME")
+        boot = time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+        self.ctld_boot = boot
+        cycle = self.a.configuring_s
+        k = math.ceil((earliest - boot - self.a.check_phase_s) / cycle)
+        return boot + k * cycle + self.a.check_phase_s
+
     def go(self):
         try:
             r = self.sh("bash", os.path.join(REPO, "scripts/slurm.sh"), "start", check=False)
@@ -362,9 +381,11 @@ class Run:
                 raise RuntimeError(f"slurm.sh start failed: {r.stderr[-2000:]}")
             F = self.a.factor
             # Cluster time of trace offset 0: after prescale's start-up and
-            # the lead-in (whole seconds: the spool's times are).
+            # the lead-in, at the same phase of slurmctld's periodic check
+            # in every mode (whole seconds: the spool's times are).
             first = min([j["offset"] for j in self.lead_in] + [0])
-            t0 = math.ceil(time.time()) + (8 if self.mode == "prescale" else 1) - first / F
+            earliest = time.time() + (8 if self.mode == "prescale" else 1) - first / F
+            t0 = self.check_aligned(earliest)
             if self.mode == "warm":
                 # The bound without power saving: every cloud node up before
                 # the lead-in and never suspended (SuspendTime=INFINITE).
@@ -377,6 +398,8 @@ class Run:
             ok = self.wait_done(len(ids), timeout=span + 300)
             res = self.measure(t0)
             res["all_finished"] = ok
+            # Where trace offset 0 fell in slurmctld's check cycle.
+            res["check_phase_s"] = round((t0 - self.ctld_boot) % self.a.configuring_s, 1)
             return res
         finally:
             self.stop()
@@ -592,6 +615,9 @@ def main():
                    help="Slurm's wait before a job placed on a booting node runs (22.05: its 30 s "
                         "periodic check), cluster seconds; not compressed, so the policy's lead "
                         "time counts it times F")
+    p.add_argument("--check-phase-s", type=float, default=0.0,
+                   help="seconds after one of slurmctld's periodic checks (every --configuring-s from its "
+                        "boot) at which trace offset 0 falls, the same in every mode")
     p.add_argument("--suspend-s", type=float, default=600.0, help="Slurm SuspendTime (reactive), trace seconds")
     p.add_argument("--lead-time-s", type=float,
                    help="prescale policy's lead_time_s for the partition, trace seconds (default: boot + "
