@@ -110,8 +110,11 @@ for n in \$(scontrol show hostnames "\$1"); do
     fi
     # slurmctld blocks signals in its children: reset them, or slurmd ignores
     # SIGTERM; -b tells slurmctld the node has just booted (else it waits for
-    # a boot until ResumeTimeout).
-    env --default-signal setsid bash -c "echo \\\$\\\$ >\$D/boot-\$n.pid; sleep $SLURM_BOOT_S; rm -f \$D/boot-\$n.pid; exec slurmd -b -D -N \$n -f \$SLURM_CONF >>\$D/slurmd-\$n.out 2>&1" </dev/null >/dev/null 2>&1 &
+    # a boot until ResumeTimeout). The boot's pid file stays: exec keeps the
+    # pid, so it names the slurmd too until slurmd writes its own, and a
+    # stop that comes in between still finds it (removing it before the
+    # exec left a slurmd running on the cluster's port after a stop).
+    env --default-signal setsid bash -c "echo \\\$\\\$ >\$D/boot-\$n.pid; sleep $SLURM_BOOT_S; exec slurmd -b -D -N \$n -f \$SLURM_CONF >>\$D/slurmd-\$n.out 2>&1" </dev/null >/dev/null 2>&1 &
 done
 exit 0
 EOF
