@@ -341,6 +341,11 @@ class Run:
             "node_resumes": resumes,
             "boot_bound_jobs": boot_bound,
             "boot_failures": failed,
+            # Nodes slurmctld marked DOWN for not registering within
+            # ResumeTimeout (a slurmd that could not start): such a run
+            # measures a broken node, not power saving.
+            "resume_timeouts": sum(1 for l in open(os.path.join(self.slurm_dir, "slurmctld.log"))
+                                   if "not resumed by ResumeTimeout" in l),
             "window_s": round(t_end - t0, 1),
         }
 
