@@ -4,7 +4,7 @@ Slurm's own (reactive) power saving and once with prescale ingesting and
 actuating, and report queue waits and powered node-seconds per run, beside
 `prescale backtest` on the same slice.
 
-    python3 scripts/slurm-experiment.py --slices 52:1,64:1 --json out.json
+    python3 scripts/slurm-experiment.py --select 2 --repeats 3 --json out.json --markdown out.md
 
 Time compression: every trace time is divided by --factor F on the cluster:
 inter-arrival times, job lengths, the node boot delay (--boot-s) and Slurm's
