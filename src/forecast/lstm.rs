@@ -599,6 +599,53 @@ fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
     Some(origin.rem_euclid(7 * DAY_MS))
 }
 
+/// How many origins from `y`'s end on stay quiet (see [`quiet_origin`])
+/// were only zeros appended: 0 when the end is not quiet, `u64::MAX` when
+/// no value `y` holds is ever read again. Origin `n` reads `y[n - d]` for
+/// each distance `d` of [`read_distances`]; a later origin `n + i` reads a
+/// non-zero `y[p]` first at the least `i = p + d - n ≥ 1`.
+fn quiet_run(y: &[f64], start: Millis, cfg: &LstmConfig) -> u64 {
+    if quiet_origin(y, start, cfg).is_none() {
+        return 0;
+    }
+    let n = y.len();
+    let ds = read_distances(cfg);
+    let far = ds.iter().copied().max().unwrap_or(0);
+    // Positions of the values that are not +0.0 and can still be read.
+    let nonzero: Vec<usize> = (n.saturating_sub(far)..n)
+        .filter(|&p| y[p].to_bits() != 0)
+        .collect();
+    let mut first = u64::MAX;
+    for d in ds {
+        // the least p with p + d - n >= 1
+        let lo = (n + 1).saturating_sub(d);
+        let i = nonzero.partition_point(|&p| p < lo);
+        if let Some(&p) = nonzero.get(i) {
+            first = first.min((p + d - n) as u64);
+        }
+    }
+    first
+}
+
+/// Every distance `d ≥ 1` back from the origin at which [`inputs`] reads
+/// the history: the window, and each horizon step's seasonal lags.
+fn read_distances(cfg: &LstmConfig) -> Vec<usize> {
+    let mut ds: Vec<usize> = (1..=cfg.window).collect();
+    let m = cfg.season;
+    for h in 1..=cfg.horizon {
+        let k0 = h.div_ceil(m).max(1);
+        for k in k0..k0 + 7 {
+            // j = n + h - 1 - k·m = n - d
+            if let Some(d) = (k * m + 1).checked_sub(h).filter(|&d| d >= 1) {
+                ds.push(d);
+            }
+        }
+    }
+    ds.sort_unstable();
+    ds.dedup();
+    ds
+}
+
 /// What training measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -1158,14 +1205,7 @@ impl Forecaster for LstmForecaster {
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
         let cfg = &self.config;
-        let in_range = quantiles
-            .iter()
-            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
-        let usable = history.bucket_ms == cfg.bucket_ms
-            && horizon <= cfg.horizon
-            && in_range
-            && check_quantiles(quantiles).is_ok();
-        if usable {
+        if self.usable(history, horizon, quantiles) {
             if let Some(rows) = self.predict_trained(history.values, history.start) {
                 let mut values: Vec<Vec<f64>> = rows
                     .into_iter()
@@ -1185,6 +1225,31 @@ impl Forecaster for LstmForecaster {
             }
         }
         self.fallback.forecast(history, horizon, quantiles)
+    }
+
+    /// Quiet inputs (see [`quiet_origin`]) differ only by their calendar
+    /// features; the answer's clamp to the recent maximum keeps a zero a
+    /// zero and never reaches the memo. Not quiet where the fallback answers.
+    fn quiet_ahead(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Option<u64> {
+        if !self.usable(history, horizon, quantiles) {
+            return None;
+        }
+        Some(quiet_run(history.values, history.start, &self.config)).filter(|&k| k > 0)
+    }
+}
+
+impl LstmForecaster {
+    /// Whether the network answers (else the statistical fallback does):
+    /// the bucket it was trained on, a horizon and levels within its own.
+    fn usable(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> bool {
+        let cfg = &self.config;
+        let in_range = quantiles
+            .iter()
+            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
+        history.bucket_ms == cfg.bucket_ms
+            && horizon <= cfg.horizon
+            && in_range
+            && check_quantiles(quantiles).is_ok()
     }
 }
 
@@ -1223,6 +1288,36 @@ pub(crate) mod tests {
         assert_eq!(m.quiet.0.lock().unwrap().len(), 3);
         assert!(quiet_origin(&y[..40], 0, &m.config).is_none());
         assert!(quiet_origin(&y[..10 + 288], 0, &m.config).is_none());
+    }
+
+    /// `quiet_run` counts exactly the quiet origins ahead: checked origin by
+    /// origin with zeros appended, for blips at many distances.
+    #[test]
+    fn quiet_run_matches_origin_by_origin() {
+        let cfg = LstmConfig::default();
+        let start = 1_262_304_000_000;
+        let week = 7 * 288;
+        for (len, blips) in [
+            (3 * week, vec![3 * week - 60]),
+            (3 * week, vec![3 * week - 300, 3 * week - 1000]),
+            (2 * week, vec![2 * week - 290, 5]),
+            (week + 50, vec![]),
+            (2 * week, vec![2 * week - 2 * 288 + 4, 2 * week - 49]),
+        ] {
+            let mut y = vec![0.0; len];
+            for b in blips {
+                y[b] = 3.5;
+            }
+            let run = quiet_run(&y, start, &cfg);
+            let mut ext = y.clone();
+            let mut seen = 0u64;
+            while seen < 9 * 288 && quiet_origin(&ext, start, &cfg).is_some() {
+                seen += 1;
+                ext.push(0.0);
+            }
+            let want = if seen == 9 * 288 { u64::MAX } else { seen };
+            assert_eq!(run, want, "blips in a series of {len}");
+        }
     }
 
     #[test]

@@ -874,3 +874,65 @@ fn max_is_exceeded_by_at_most_one_instance() {
     // One instance at a time: the second job waits for the first.
     assert_eq!(st.waits_ms, vec![0, 600_000]);
 }
+
+/// The oracle's quiet run ends exactly where its forecast first sees a
+/// job: checked origin by origin against the forecasts themselves.
+#[test]
+fn oracle_quiet_run_ends_where_demand_enters_the_horizon() {
+    use super::OracleForecaster;
+    use crate::forecast::History;
+    let w = Workload {
+        jobs: vec![
+            job("a", 3_600_000, 4, 600, 0),
+            job("b", 20_000_000, 2, 60, 0),
+        ],
+        envs: vec!["e".into()],
+        first_event: 0,
+        last_event: 21_000_000,
+        without_runtime: 0,
+        orphan_completions: 0,
+        duplicate_submissions: 0,
+    };
+    let o = OracleForecaster::from_workload(&w);
+    let (b, horizon, q) = (300_000i64, 12, [0.1, 0.5, 0.9]);
+    let zeros = vec![0.0; 80];
+    for n in [0usize, 1, 5, 14, 40, 47, 48, 60, 79] {
+        let h = History {
+            key: "e",
+            start: 0,
+            bucket_ms: b,
+            values: &zeros[..n],
+        };
+        let run = o.quiet_ahead(&h, horizon, &q).unwrap_or(0);
+        let mut want = 0u64;
+        loop {
+            let hk = History {
+                start: want as i64 * b,
+                ..h
+            };
+            let f = o.forecast(&hk, horizon, &q);
+            if f.values.iter().flatten().any(|&v| v != 0.0) || want > 200 {
+                break;
+            }
+            want += 1;
+        }
+        assert_eq!(
+            run,
+            if want > 200 { u64::MAX } else { want },
+            "origin bucket {n}"
+        );
+    }
+    assert_eq!(
+        o.quiet_ahead(
+            &History {
+                key: "other",
+                start: 0,
+                bucket_ms: b,
+                values: &zeros
+            },
+            horizon,
+            &q
+        ),
+        None
+    );
+}

@@ -896,6 +896,35 @@ impl DemandState {
         s
     }
 
+    /// End of the closed history (the start of the oldest open bucket):
+    /// where every series' values end, and so the origin of the forecasts
+    /// made until another bucket closes.
+    pub fn closed_end(&self) -> Option<Millis> {
+        self.first_open.map(|b| b * self.cfg.bucket_ms)
+    }
+
+    /// Whether `env`'s buckets close to zeros from now until its next job
+    /// event: nothing of it outstanding (held work included), its level
+    /// zero and no change of it waiting in an open bucket. The engine then
+    /// knows what its forecaster will be shown (see
+    /// `Forecaster::quiet_ahead`).
+    pub fn settled(&self, env: &str) -> bool {
+        let mine: Vec<usize> = (0..self.series.len())
+            .filter(|&s| self.series[s].compute_environment == env)
+            .collect();
+        let quiet =
+            |s: &usize| self.totals[*s].jobs == 0 && self.level[*s].iter().all(|&x| x == 0.0);
+        mine.iter().all(quiet)
+            && !self
+                .open
+                .values()
+                .any(|accs| mine.iter().any(|s| accs.contains_key(s)))
+            && !self
+                .jobs
+                .outstanding()
+                .any(|(_, o)| mine.contains(&(o.series as usize)))
+    }
+
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {
         match self.jobs.0.get(job_id)? {
             JobEntry::Outstanding(o) => Some(o),
