@@ -7,8 +7,8 @@ use super::prices::{InstanceType, PriceCurve, SimPrices};
 use crate::engine::Engine;
 use crate::events::{Command, Event, Market, Millis, PriceTick, ScalingCommand};
 use crate::forecast::Forecaster;
-use crate::pricing::Catalog;
-use std::collections::BTreeMap;
+use crate::pricing::{Catalog, Tiling};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What the simulator can buy: every on-demand (region, type) of the
@@ -18,37 +18,74 @@ use std::sync::Arc;
 /// the mean neither favours nor penalises any zone). Spot prices of types
 /// the catalogue cannot shape are ignored.
 pub fn sim_prices(catalog: &Catalog, spot: &[PriceTick]) -> SimPrices {
+    sim_prices_from(catalog, spot.iter().map(|t| (t.at, t)))
+}
+
+/// [`sim_prices`] of a tiled history's emitted ticks, none written out.
+pub fn sim_prices_tiled(catalog: &Catalog, tiling: &Tiling<'_>) -> SimPrices {
+    sim_prices_from(catalog, tiling.iter().map(|t| (t.at, t.tick)))
+}
+
+/// One (type, region)'s spot ticks: time, zone, price.
+type ZoneTicks<'a> = Vec<(Millis, &'a str, f64)>;
+
+/// [`sim_prices`] of `(time, tick)` pairs in time order (a tick's own time
+/// is not read: a tiling shifts it).
+fn sim_prices_from<'a>(
+    catalog: &Catalog,
+    ticks: impl Iterator<Item = (Millis, &'a PriceTick)>,
+) -> SimPrices {
     let mut p = SimPrices::new();
     for (region, spec, price) in catalog.ondemand_offers() {
         let ty = p.add_type(shape(spec));
         p.add_pool(ty, Market::OnDemand, region, PriceCurve::constant(price));
     }
-    // (type, region) → zone → ticks, in time order.
-    let mut groups: BTreeMap<(&str, &str), Vec<&PriceTick>> = BTreeMap::new();
-    for t in spot.iter().filter(|t| t.market == Market::Spot) {
+    // (type, region) → (time, zone, price), in time order. A tiling repeats
+    // the same history ticks: their group is looked up once per tick.
+    let mut groups: BTreeMap<(&str, &str), ZoneTicks> = BTreeMap::new();
+    let mut keys: HashMap<*const PriceTick, (&str, &str)> = HashMap::new();
+    for (at, t) in ticks.filter(|(_, t)| t.market == Market::Spot) {
+        let key = *keys
+            .entry(t as *const PriceTick)
+            .or_insert((t.instance_type.as_str(), t.region.as_str()));
+        let zone = t.zone.as_deref().unwrap_or("");
         groups
-            .entry((t.instance_type.as_str(), t.region.as_str()))
+            .entry(key)
             .or_default()
-            .push(t);
+            .push((at, zone, t.usd_per_hour));
     }
     for ((itype, region), mut ticks) in groups {
         let Some(spec) = catalog.spec(itype) else {
             continue;
         };
-        ticks.sort_by_key(|t| t.at);
-        let mut latest: BTreeMap<&str, f64> = BTreeMap::new();
-        let mut pts: Vec<(Millis, f64)> = Vec::with_capacity(ticks.len());
-        for t in ticks {
-            latest.insert(t.zone.as_deref().unwrap_or(""), t.usd_per_hour);
-            let mean = latest.values().sum::<f64>() / latest.len() as f64;
-            pts.push((t.at, mean));
-        }
+        ticks.sort_by_key(|t| t.0);
         let ty = p.add_type(shape(spec));
-        if let Some(curve) = PriceCurve::from_points(pts) {
+        if let Some(curve) = PriceCurve::from_points(zone_means(&ticks)) {
             p.add_pool(ty, Market::Spot, region, curve);
         }
     }
     p
+}
+
+/// After each tick, the mean over the zones seen so far of each zone's
+/// latest price (summed in zone order, as a map by zone would).
+fn zone_means(ticks: &[(Millis, &str, f64)]) -> Vec<(Millis, f64)> {
+    let mut zones: Vec<&str> = ticks.iter().map(|t| t.1).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    let slot: HashMap<&str, usize> = zones.iter().enumerate().map(|(i, &z)| (z, i)).collect();
+    let mut latest: Vec<Option<f64>> = vec![None; zones.len()];
+    let mut seen = 0usize;
+    ticks
+        .iter()
+        .map(|&(at, zone, usd)| {
+            let s = &mut latest[slot[zone]];
+            seen += usize::from(s.is_none());
+            *s = Some(usd);
+            let mean = latest.iter().flatten().sum::<f64>() / seen as f64;
+            (at, mean)
+        })
+        .collect()
 }
 
 fn shape(spec: &crate::pricing::InstanceSpec) -> InstanceType {
