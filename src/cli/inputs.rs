@@ -210,7 +210,9 @@ struct Merged {
 fn merge_thinned(tiling: &Tiling<'_>, jobs: Vec<Event>) -> Merged {
     let cfg = prescale::state::StateConfig::default();
     let window = (cfg.history_buckets as i64 + 2) * cfg.bucket_ms;
-    let mut out = Vec::with_capacity(jobs.len());
+    // Sized for every tick, so the (large) vector never moves; the pages
+    // of folded ticks are never touched.
+    let mut out = Vec::with_capacity(jobs.len() + tiling.emitted_at_most());
     let mut ticks = tiling.iter().peekable();
     let mut outstanding = std::collections::HashSet::new();
     let mut last_activity = i64::MIN;

@@ -480,6 +480,11 @@ fn gemv_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
 
 /// Plain-Rust forward of one origin: normalised quantiles `[horizon * Q]`.
 fn forward_one(w: &Weights, cfg: &LstmConfig, steps: &[f32], extra: &[f32]) -> Vec<f32> {
+    head(w, cfg, &recur(w, cfg, steps), extra)
+}
+
+/// The LSTM's hidden state after the input window.
+fn recur(w: &Weights, cfg: &LstmConfig, steps: &[f32]) -> Vec<f32> {
     let h = cfg.hidden;
     let mut hs = vec![0.0f32; h];
     let mut cs = vec![0.0f32; h];
@@ -497,8 +502,15 @@ fn forward_one(w: &Weights, cfg: &LstmConfig, steps: &[f32], extra: &[f32]) -> V
             hs[k] = o * tanh_f(cs[k]);
         }
     }
+    hs
+}
+
+/// The output head: normalised quantiles `[horizon * Q]` from the hidden
+/// state and the seasonal features.
+fn head(w: &Weights, cfg: &LstmConfig, hs: &[f32], extra: &[f32]) -> Vec<f32> {
+    let h = cfg.hidden;
     let mut z1 = w.b1.clone();
-    gemv_acc(&hs, &w.w1[..h * cfg.head_hidden], &mut z1);
+    gemv_acc(hs, &w.w1[..h * cfg.head_hidden], &mut z1);
     gemv_acc(extra, &w.w1[h * cfg.head_hidden..], &mut z1);
     z1.iter_mut().for_each(|v| *v = v.max(0.0));
     let mut raw = w.b2.clone();
@@ -535,16 +547,20 @@ pub struct LstmForecaster {
     /// Outputs for quiet inputs, by the origin's time in the week (see
     /// [`quiet_origin`]).
     quiet: QuietMemo,
+    /// Hidden states after an all-zero input window, by the origin's time
+    /// in the week (see [`quiet_window`]): after a burst the seasonal lags
+    /// read it for a week while the window is already empty.
+    recurrent: QuietMemo,
 }
 
-/// The network's normalised outputs for *quiet* inputs (every value the
-/// inputs read is exactly 0), by the forecast origin's time within the
-/// week. Such inputs differ only by their calendar features, which repeat
-/// every week, so the output is the same and one forward pass per time of
-/// the week serves every quiet stretch: after a burst of work the history
-/// window still holds it for days, but most ticks read only zeros. Exact:
-/// the same inputs give the same `f32`s. Each instance keeps its own (a
-/// clone starts empty), filled only by forecasts, after the weights are set.
+/// Memo of the network's values for *quiet* inputs, by the forecast
+/// origin's time within the week: outputs when every value the inputs read
+/// is exactly 0, hidden states when the input window is. Such inputs differ
+/// only by their calendar features, which repeat every week, so one pass
+/// per time of the week serves every quiet stretch: after a burst of work
+/// the history still holds it for days, but most ticks read only zeros.
+/// Exact: the same inputs give the same `f32`s. Each instance keeps its own
+/// (a clone starts empty), filled only by forecasts, after the weights are set.
 #[derive(Debug, Default)]
 struct QuietMemo(std::sync::Mutex<std::collections::HashMap<i64, std::sync::Arc<[f32]>>>);
 
@@ -578,13 +594,11 @@ impl QuietMemo {
 /// the week. `None` otherwise, or when `y` is shorter than the window.
 fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
     let n = y.len();
-    if n < cfg.window || cfg.season == 0 {
+    if cfg.season == 0 {
         return None;
     }
+    let week_time = quiet_window(y, start, cfg)?;
     let zero = |v: f64| v.to_bits() == 0;
-    if !y[n - cfg.window..].iter().all(|&v| zero(v)) {
-        return None;
-    }
     let m = cfg.season as i64;
     for h in 1..=cfg.horizon {
         let k0 = h.div_ceil(cfg.season).max(1) as i64;
@@ -594,6 +608,18 @@ fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
                 return None;
             }
         }
+    }
+    Some(week_time)
+}
+
+/// The origin's time within the week when the input window of `y` is all
+/// exactly `+0.0`: the step inputs (and so the LSTM's hidden state) are then
+/// those of an all-zero window at that time of the week, whatever the
+/// seasonal lags read. `None` otherwise, or when `y` is shorter than the window.
+fn quiet_window(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
+    let n = y.len();
+    if n < cfg.window || !y[n - cfg.window..].iter().all(|&v| v.to_bits() == 0) {
+        return None;
     }
     let origin = start.checked_add((n as i64).checked_mul(cfg.bucket_ms)?)?;
     Some(origin.rem_euclid(7 * DAY_MS))
@@ -820,6 +846,7 @@ pub fn train(
         fallback: Ets::default(),
         clamped: Default::default(),
         quiet: Default::default(),
+        recurrent: Default::default(),
     };
     let val = model.raw_batch(series, &val_idx, &dev);
     let raw_cov = model.val_coverage(series, &val);
@@ -848,7 +875,19 @@ impl LstmForecaster {
             return Some((z.to_vec(), 0.0, 1.0));
         }
         let inp = inputs(y, start, &self.config)?;
-        let z = forward_one(&self.weights, &self.config, &inp.steps, &inp.extra);
+        let z = match quiet_window(y, start, &self.config) {
+            // Only the seasonal lags are non-zero: the hidden state is the
+            // quiet one of this time of the week.
+            Some(k) => {
+                let hs = self.recurrent.get(k).unwrap_or_else(|| {
+                    let hs = recur(&self.weights, &self.config, &inp.steps);
+                    self.recurrent.put(k, &hs);
+                    hs.into()
+                });
+                head(&self.weights, &self.config, &hs, &inp.extra)
+            }
+            None => forward_one(&self.weights, &self.config, &inp.steps, &inp.extra),
+        };
         if let Some(k) = quiet {
             self.quiet.put(k, &z);
         }
@@ -1089,6 +1128,7 @@ impl LstmForecaster {
             fallback: Ets::default(),
             clamped: Default::default(),
             quiet: Default::default(),
+            recurrent: Default::default(),
         })
     }
 
@@ -1140,6 +1180,12 @@ fn check_calibration(k: &[f32]) -> Result<(), String> {
 /// recent maximum of `y` (up to a week of seasons, at least 1) and say how
 /// many were clamped.
 fn clamp_to_recent(values: &mut [Vec<f64>], y: &[f64], season: usize) -> u64 {
+    // The maximum is at least 1, so values within the multiple of 1 stand
+    // whatever the history holds (and the history need not be read).
+    let floor = crate::limits::FORECAST_MAX_MULTIPLE;
+    if values.iter().flatten().all(|v| *v <= floor) {
+        return 0;
+    }
     let recent = &y[y.len().saturating_sub(7 * season.max(1))..];
     let max = recent
         .iter()
@@ -1288,6 +1334,35 @@ pub(crate) mod tests {
         assert_eq!(m.quiet.0.lock().unwrap().len(), 3);
         assert!(quiet_origin(&y[..40], 0, &m.config).is_none());
         assert!(quiet_origin(&y[..10 + 288], 0, &m.config).is_none());
+    }
+
+    /// An empty window whose seasonal lags read demand: the hidden state
+    /// comes from the memo (one per time of the week), and the output is
+    /// the plain forward pass's, bit for bit.
+    #[test]
+    fn an_empty_window_reuses_the_hidden_state() {
+        let shipped = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lstm/model.json"
+        ));
+        let m = LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap();
+        let (week, start) = (7 * 288, 1_262_304_000_000);
+        let mut y = vec![0.0; 3 * week];
+        let cuts = [week + 100, 2 * week + 100];
+        for (i, cut) in cuts.into_iter().enumerate() {
+            y[cut - 288] = 5.0 + i as f64;
+            y[cut - 3 * 288 + 4] = 2.0;
+        }
+        for cut in cuts {
+            let v = &y[..cut];
+            assert!(quiet_window(v, start, &m.config).is_some());
+            assert!(quiet_origin(v, start, &m.config).is_none());
+            let inp = inputs(v, start, &m.config).unwrap();
+            let direct = forward_one(&m.weights, &m.config, &inp.steps, &inp.extra);
+            assert_eq!(m.raw(v, start).unwrap().0, direct);
+        }
+        assert_eq!(m.recurrent.0.lock().unwrap().len(), 1);
+        assert!(quiet_window(&y[..week + 100 - 287], start, &m.config).is_none());
     }
 
     /// `quiet_run` counts exactly the quiet origins ahead: checked origin by

@@ -129,14 +129,40 @@ impl<'a> Tiling<'a> {
         self.ticks[index]
     }
 
-    /// Every emitted tick, in time order.
-    pub fn iter(&self) -> impl Iterator<Item = TiledTick<'a>> + '_ {
-        let copies = if self.ticks.is_empty() || self.end < self.start {
+    /// Ticks in one copy of the history (what [`Tiling::source`] indexes).
+    pub fn len(&self) -> usize {
+        self.ticks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty()
+    }
+
+    /// Copies of the history that start within the span.
+    fn copies(&self) -> i64 {
+        if self.ticks.is_empty() || self.end < self.start {
             0
         } else {
             (self.end - self.start) / self.period + 1
+        }
+    }
+
+    /// How many ticks [`Tiling::iter`] emits at most (exactly, unless the
+    /// span cuts the last copy short): to size what collects them.
+    pub fn emitted_at_most(&self) -> usize {
+        let count = |e: &[bool]| e.iter().filter(|&&x| x).count();
+        let later = self.copies().max(1) as usize - 1;
+        let first = if self.copies() > 0 {
+            count(&self.first_copy)
+        } else {
+            0
         };
-        (0..copies).flat_map(move |k| {
+        first + later * count(&self.later_copies)
+    }
+
+    /// Every emitted tick, in time order.
+    pub fn iter(&self) -> impl Iterator<Item = TiledTick<'a>> + Clone + '_ {
+        (0..self.copies()).flat_map(move |k| {
             let base = self.start + k * self.period;
             let emits = if k == 0 {
                 &self.first_copy
@@ -239,6 +265,11 @@ mod tests {
         for end in [0, h, 7 * h + 12_345, 40 * h] {
             let got = tile_onto(&ticks, 1_000, end, &c, &TileOptions::default());
             assert_eq!(got, by_hand(&ticks, 1_000, end), "end {end}");
+            let tiling = Tiling::new(&ticks, 1_000, end, &c, &TileOptions::default());
+            assert!(tiling.emitted_at_most() >= got.len(), "end {end}");
         }
+        // A span of whole copies: the bound is the count.
+        let t = Tiling::new(&ticks, 0, 4 * 3 * h - 1, &c, &TileOptions::default());
+        assert_eq!(t.emitted_at_most(), t.iter().count());
     }
 }

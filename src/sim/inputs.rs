@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::events::{Command, Event, Market, Millis, PriceTick, ScalingCommand};
 use crate::forecast::Forecaster;
 use crate::pricing::{Catalog, Tiling};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the simulator can buy: every on-demand (region, type) of the
@@ -18,68 +18,100 @@ use std::sync::Arc;
 /// the mean neither favours nor penalises any zone). Spot prices of types
 /// the catalogue cannot shape are ignored.
 pub fn sim_prices(catalog: &Catalog, spot: &[PriceTick]) -> SimPrices {
-    sim_prices_from(catalog, spot.iter().map(|t| (t.at, t)))
+    let sources: Vec<&PriceTick> = spot.iter().collect();
+    sim_prices_from(catalog, &sources, spot.iter().map(|t| t.at).zip(0..))
 }
 
 /// [`sim_prices`] of a tiled history's emitted ticks, none written out.
 pub fn sim_prices_tiled(catalog: &Catalog, tiling: &Tiling<'_>) -> SimPrices {
-    sim_prices_from(catalog, tiling.iter().map(|t| (t.at, t.tick)))
+    let sources: Vec<&PriceTick> = (0..tiling.len()).map(|i| tiling.source(i)).collect();
+    sim_prices_from(catalog, &sources, tiling.iter().map(|t| (t.at, t.index)))
 }
 
-/// One (type, region)'s spot ticks: time, zone, price.
-type ZoneTicks<'a> = Vec<(Millis, &'a str, f64)>;
-
-/// [`sim_prices`] of `(time, tick)` pairs in time order (a tick's own time
-/// is not read: a tiling shifts it).
-fn sim_prices_from<'a>(
+/// [`sim_prices`] of ticks given as `(time, index into sources)` in time
+/// order (a source's own time is not read: a tiling shifts it). Each
+/// source's (type, region) group and zone are looked up once, as a tiling
+/// repeats the same sources many times; the ticks are walked twice, to
+/// size each group's vector and to fill it.
+fn sim_prices_from(
     catalog: &Catalog,
-    ticks: impl Iterator<Item = (Millis, &'a PriceTick)>,
+    sources: &[&PriceTick],
+    ticks: impl Iterator<Item = (Millis, usize)> + Clone,
 ) -> SimPrices {
     let mut p = SimPrices::new();
     for (region, spec, price) in catalog.ondemand_offers() {
         let ty = p.add_type(shape(spec));
         p.add_pool(ty, Market::OnDemand, region, PriceCurve::constant(price));
     }
-    // (type, region) → (time, zone, price), in time order. A tiling repeats
-    // the same history ticks: their group is looked up once per tick.
-    let mut groups: BTreeMap<(&str, &str), ZoneTicks> = BTreeMap::new();
-    let mut keys: HashMap<*const PriceTick, (&str, &str)> = HashMap::new();
-    for (at, t) in ticks.filter(|(_, t)| t.market == Market::Spot) {
-        let key = *keys
-            .entry(t as *const PriceTick)
-            .or_insert((t.instance_type.as_str(), t.region.as_str()));
-        let zone = t.zone.as_deref().unwrap_or("");
-        groups
-            .entry(key)
-            .or_default()
-            .push((at, zone, t.usd_per_hour));
+    fn zone_of<'a>(t: &&'a PriceTick) -> &'a str {
+        t.zone.as_deref().unwrap_or("")
     }
-    for ((itype, region), mut ticks) in groups {
-        let Some(spec) = catalog.spec(itype) else {
+    let mut keys: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut zones: Vec<Vec<&str>> = Vec::new();
+    let group: Vec<Option<usize>> = sources
+        .iter()
+        .map(|t| {
+            (t.market == Market::Spot).then(|| {
+                let next = keys.len();
+                let g = *keys
+                    .entry((t.instance_type.as_str(), t.region.as_str()))
+                    .or_insert(next);
+                if g == zones.len() {
+                    zones.push(Vec::new());
+                }
+                zones[g].push(zone_of(t));
+                g
+            })
+        })
+        .collect();
+    zones.iter_mut().for_each(|z| {
+        z.sort_unstable();
+        z.dedup();
+    });
+    // Zones are numbered in name order, so means sum as a map by zone would.
+    let slot: Vec<usize> = sources
+        .iter()
+        .zip(&group)
+        .map(|(t, g)| g.map_or(0, |g| zones[g].binary_search(&zone_of(t)).unwrap_or(0)))
+        .collect();
+    let mut counts = vec![0usize; zones.len()];
+    ticks.clone().for_each(|(_, i)| {
+        if let Some(g) = group[i] {
+            counts[g] += 1;
+        }
+    });
+    let mut series: Vec<ZoneTicks> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (at, i) in ticks {
+        if let Some(g) = group[i] {
+            series[g].push((at, slot[i], sources[i].usd_per_hour));
+        }
+    }
+    for ((itype, region), g) in keys {
+        let mut ticks = std::mem::take(&mut series[g]);
+        let Some(spec) = catalog.spec(itype).filter(|_| !ticks.is_empty()) else {
             continue;
         };
         ticks.sort_by_key(|t| t.0);
         let ty = p.add_type(shape(spec));
-        if let Some(curve) = PriceCurve::from_points(zone_means(&ticks)) {
+        if let Some(curve) = PriceCurve::from_points(zone_means(&ticks, zones[g].len())) {
             p.add_pool(ty, Market::Spot, region, curve);
         }
     }
     p
 }
 
+/// One (type, region)'s spot ticks: time, zone (its number), price.
+type ZoneTicks = Vec<(Millis, usize, f64)>;
+
 /// After each tick, the mean over the zones seen so far of each zone's
-/// latest price (summed in zone order, as a map by zone would).
-fn zone_means(ticks: &[(Millis, &str, f64)]) -> Vec<(Millis, f64)> {
-    let mut zones: Vec<&str> = ticks.iter().map(|t| t.1).collect();
-    zones.sort_unstable();
-    zones.dedup();
-    let slot: HashMap<&str, usize> = zones.iter().enumerate().map(|(i, &z)| (z, i)).collect();
-    let mut latest: Vec<Option<f64>> = vec![None; zones.len()];
+/// latest price (summed in zone order).
+fn zone_means(ticks: &[(Millis, usize, f64)], zones: usize) -> Vec<(Millis, f64)> {
+    let mut latest: Vec<Option<f64>> = vec![None; zones];
     let mut seen = 0usize;
     ticks
         .iter()
         .map(|&(at, zone, usd)| {
-            let s = &mut latest[slot[zone]];
+            let s = &mut latest[zone];
             seen += usize::from(s.is_none());
             *s = Some(usd);
             let mean = latest.iter().flatten().sum::<f64>() / seen as f64;

@@ -246,7 +246,7 @@ pub fn floor_command(
         mix: mix.into_iter().collect(),
         min_mcpu: c.min_vcpus.max(0) * 1000,
         desired_mcpu: c.desired_vcpus.max(c.min_vcpus).max(0) * 1000,
-        burst_pools,
+        burst_pools: burst_pools.into(),
         max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
     };
     (Some((env, fc)), unknown)
@@ -461,7 +461,7 @@ fn run_policy(
         book.charge(&jobs, &st.spend, input.prices);
         merge(&mut total, &st);
         match &mut series {
-            None => series = Some(st.series.clone()),
+            None => series = Some(std::mem::take(&mut st.series)),
             Some(s) => s.add(&st.series),
         }
     }
@@ -618,7 +618,7 @@ fn run_closed_loop(
         run.book.charge(&env_jobs[env], &st.spend, input.prices);
         merge(&mut run.total, &st);
         match &mut series {
-            None => series = Some(st.series.clone()),
+            None => series = Some(std::mem::take(&mut st.series)),
             Some(s) => s.add(&st.series),
         }
     }

@@ -27,7 +27,7 @@ fn keep(p: &SimPrices, pool: usize, n: i64) -> FloorCommand {
         mix: vec![(pool, n as u32)],
         min_mcpu: n * vcpus_of(p, pool),
         desired_mcpu: n * vcpus_of(p, pool),
-        burst_pools: vec![pool],
+        burst_pools: vec![pool].into(),
         max_mcpu: None,
     }
 }
@@ -307,7 +307,7 @@ fn spot_gang_against_on_demand_giant_flips_with_the_interruption_rate() {
         mix: Vec::new(),
         min_mcpu: 0,
         desired_mcpu: 0,
-        burst_pools: all,
+        burst_pools: all.into(),
         max_mcpu: None,
     }];
     let jobs = [job("mpi", 0, 300, 5 * 3600, 0)];
@@ -705,7 +705,7 @@ fn migrate_moves_elastic_work_to_cheaper_ready_capacity() {
             // for two more, from the spot mix.
             min_mcpu: 4 * vcpus_of(&p, spot),
             desired_mcpu: 4 * vcpus_of(&p, spot),
-            burst_pools: vec![spot],
+            burst_pools: vec![spot].into(),
             max_mcpu: None,
         },
     );
@@ -816,7 +816,7 @@ fn commands_keep_min_preboot_desired_and_scale_the_rest_in() {
         mix: vec![(small, 1)],
         min_mcpu: 2_000,
         desired_mcpu: 6_000,
-        burst_pools: Vec::new(),
+        burst_pools: Vec::new().into(),
         max_mcpu: None,
     }];
     // One 2-vCPU job at t = 0 for 1 h; the trace ends at 2 h.
@@ -856,7 +856,7 @@ fn max_is_exceeded_by_at_most_one_instance() {
         mix: Vec::new(),
         min_mcpu: 0,
         desired_mcpu: 0,
-        burst_pools: Vec::new(),
+        burst_pools: Vec::new().into(),
         max_mcpu: Some(1_000),
     }];
     let jobs = [job("a", 0, 2, 600, 0), job("b", 0, 2, 600, 0)];
