@@ -345,7 +345,11 @@ pub fn run_backtest(
     report.demand = Series {
         start: series_start,
         bucket_ms: cfg.bucket_ms,
-        busy_vcpus: w.demand_series(None, series_start, cfg.bucket_ms, n),
+        busy_vcpus: if cfg.record_series {
+            w.demand_series(None, series_start, cfg.bucket_ms, n)
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     // Policies are independent (each its own engine, clusters and seeds), so

@@ -221,6 +221,12 @@ pub struct DemandState {
     /// Per series (same index), derived from the outstanding jobs (see [`EnvTotals`]).
     #[serde(skip)]
     totals: Vec<EnvTotals>,
+    /// The first bucket from which the stretch can be quiet (see
+    /// `skip_quiet`): a series with `z` trailing zero buckets needs at least
+    /// `window - z` more, and later events only add demand. Not kept in a
+    /// checkpoint (a restored state looks again at once).
+    #[serde(skip)]
+    quiet_not_before: Option<i64>,
 }
 
 /// What a checkpoint holds of a [`DemandState`]: every field but the
@@ -411,6 +417,7 @@ impl TryFrom<DemandStateData> for DemandState {
             counters: d.counters,
             closed_any: d.closed_any,
             totals,
+            quiet_not_before: None,
         })
     }
 }
@@ -445,6 +452,7 @@ impl DemandState {
             counters: StateCounters::default(),
             closed_any: false,
             totals: Vec::new(),
+            quiet_not_before: None,
         }
     }
 
@@ -678,7 +686,7 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
-        let mut check_quiet_at = Some(first);
+        let mut check_quiet_at = Some(self.quiet_not_before.map_or(first, |q| q.max(first)));
         while (first + 1) * b <= watermark {
             if check_quiet_at == Some(first) {
                 match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
@@ -773,7 +781,9 @@ impl DemandState {
             .min()
             .unwrap_or(cap);
         if zeros < cap {
-            return Err(Some(first + (cap - zeros) as i64));
+            let at = first + (cap - zeros) as i64;
+            self.quiet_not_before = Some(at);
+            return Err(Some(at));
         }
         for s in &mut self.series {
             s.values = vec![[0.0; 3]; cap];
