@@ -61,6 +61,18 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// Which policies take longest to simulate, lowest first: those the
+    /// engine decides (a decision per tick), then the hourly forecast of
+    /// `ec2_predictive`, then the reactive ones.
+    fn expected_cost_rank(self) -> u8 {
+        match self {
+            PolicyKind::Predictive => 0,
+            PolicyKind::Oracle => 1,
+            PolicyKind::Peer(Peer::Ec2Predictive) => 2,
+            _ => 3,
+        }
+    }
+
     pub const ALL: [PolicyKind; 7] = [
         PolicyKind::Reactive,
         PolicyKind::Static,
@@ -356,6 +368,10 @@ pub fn run_backtest(
     // they run side by side; the report is keyed by name, so the order they
     // finish in changes nothing.
     let threads = input.threads.clamp(1, input.policies.len().max(1));
+    // The costliest first (the engine-driven ones decide every tick), so a
+    // long run does not start last and set the wall time alone.
+    let mut order: Vec<usize> = (0..input.policies.len()).collect();
+    order.sort_by_key(|&i| input.policies[i].expected_cost_rank());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -363,10 +379,11 @@ pub fn run_backtest(
                 scope.spawn(|| {
                     let mut out = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&kind) = input.policies.get(i) else {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = order.get(k) else {
                             return out;
                         };
+                        let kind = input.policies[i];
                         out.push((i, run_policy(input, kind, series_start)));
                         progress(kind.name());
                     }
