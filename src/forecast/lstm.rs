@@ -1303,16 +1303,20 @@ impl LstmForecaster {
 pub(crate) mod tests {
     use super::*;
 
+    fn shipped_model() -> LstmForecaster {
+        let shipped = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lstm/model.json"
+        ));
+        LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap()
+    }
+
     /// Inputs that read only zeros are answered from the memo with the
     /// very forecast a fresh model (a clone: empty memo) computes, a week
     /// later too; inputs that read a value are not quiet.
     #[test]
     fn quiet_inputs_forecast_the_same_from_the_memo() {
-        let shipped = include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lstm/model.json"
-        ));
-        let m = LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap();
+        let m = shipped_model();
         let week = 7 * 288;
         let mut y = vec![0.0; 3 * week];
         // Far back: outside the window and every seasonal lag read below.
@@ -1341,11 +1345,7 @@ pub(crate) mod tests {
     /// the plain forward pass's, bit for bit.
     #[test]
     fn an_empty_window_reuses_the_hidden_state() {
-        let shipped = include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lstm/model.json"
-        ));
-        let m = LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap();
+        let m = shipped_model();
         let (week, start) = (7 * 288, 1_262_304_000_000);
         let mut y = vec![0.0; 3 * week];
         let cuts = [week + 100, 2 * week + 100];
