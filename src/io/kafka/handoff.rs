@@ -147,16 +147,20 @@ impl Active {
         // landing meanwhile, which the next drain sees: ask librdkafka
         // (locks and a topic lookup) once per partition per drain, not once
         // per event.
-        let mut asked: Vec<(String, i32, Option<i64>, bool)> = Vec::new();
+        // Keyed by where the merger's topic name lives (the merger asks
+        // with its own strings, which stay put during a drain), so asking
+        // copies no name.
+        let mut asked: Vec<(usize, i32, Option<i64>, bool)> = Vec::new();
         let mut caught = |t: &str, p: i32, next: Option<i64>| {
+            let at = t.as_ptr() as usize;
             if let Some(&(.., v)) = asked
                 .iter()
-                .find(|(at, ap, an, _)| *ap == p && *an == next && at == t)
+                .find(|(a, ap, an, _)| *ap == p && *an == next && *a == at)
             {
                 return v;
             }
             let v = caught(t, p, next);
-            asked.push((t.to_string(), p, next, v));
+            asked.push((at, p, next, v));
             v
         };
         while let Some(r) = self.merger.pop(now, merge_idle, &mut caught) {

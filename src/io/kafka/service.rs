@@ -396,18 +396,29 @@ impl<'a> Loop<'a> {
                 snapshot,
             } if !assignment.is_empty() => {
                 self.restored |= snapshot.is_some();
+                // The job partitions are split off at once, before the
+                // state is built (engine, metadata and watermark requests):
+                // see `Split::early`. Every one of them is in the merge;
+                // the budget-spend topic bypasses it.
+                let spend = self.cfg.topics.budget_spend();
+                let early = Split::early(
+                    self.group,
+                    assignment
+                        .iter()
+                        .filter(|(t, _)| *t != spend)
+                        .map(|(t, p)| (t.as_str(), *p)),
+                );
                 let active = Active::start(&self.start, assignment, snapshot)?;
+                let group = early.bind(|t, p| active.merger.slot(t, p));
                 let topics = self.cfg.topics.broadcast();
-                let broadcast = &topics;
-                let parts = |bc: bool| {
+                let prices = Split::new(
+                    self.prices,
                     active
                         .merger
                         .partitions()
-                        .filter(move |(_, (t, _))| broadcast.contains(t) == bc)
-                        .map(|(slot, (t, p))| (slot, t.as_str(), *p))
-                };
-                let group = Split::new(self.group, parts(false));
-                let prices = Split::new(self.prices, parts(true));
+                        .filter(|(_, (t, _))| topics.contains(t))
+                        .map(|(slot, (t, p))| (slot, t.as_str(), *p)),
+                );
                 self.phase = Phase::Consuming(Box::new(Consuming {
                     active,
                     group,
