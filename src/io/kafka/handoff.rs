@@ -139,8 +139,21 @@ impl Active {
     pub(super) fn drain(
         &mut self,
         merge_idle: Duration,
-        mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+        caught: impl FnMut(&str, i32, Option<i64>) -> bool,
     ) -> Result<(), KafkaError> {
+        self.release(merge_idle, caught);
+        self.worker.flush()
+    }
+
+    /// [`Active::drain`] without sending: the events released wait in the
+    /// worker's batch for the next [`Worker::flush`] (the loop sends once
+    /// per wake-up, not once per pass over the partitions: each send may
+    /// wake the decision thread, a futex call on both threads).
+    pub(super) fn release(
+        &mut self,
+        merge_idle: Duration,
+        mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+    ) {
         let now = Instant::now();
         // No message is read during one drain, so an empty partition's
         // answer cannot change between its pops except through a fetch
@@ -167,7 +180,6 @@ impl Active {
             self.worker.push(r.event, r.produced_at, (r.slot, r.offset));
             self.dirty = true;
         }
-        self.worker.flush()
     }
 }
 

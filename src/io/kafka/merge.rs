@@ -291,6 +291,10 @@ impl Merger {
         // The smallest head first; the (costlier) caught-up questions only
         // when there is something to release.
         let mut best: Option<(usize, &OrderKey, Instant)> = None;
+        // Whether some partition has nothing buffered: only then are the
+        // partitions looked at a second time (most pops of a busy merge
+        // find a head everywhere).
+        let mut some_empty = false;
         for (i, (_, p)) in self.parts.iter().enumerate() {
             match p.queue.front() {
                 Some(Entry {
@@ -303,20 +307,19 @@ impl Merger {
                 Some(Entry { item: None, .. }) => {
                     unreachable!("settled queues start with an event")
                 }
-                _ => {}
+                Some(_) => {}
+                None => some_empty = true,
             }
         }
         let (slot, _, arrived) = best?;
-        let mut any_empty = false;
-        for (tp, p) in &self.parts {
-            if p.queue.is_empty() {
-                if !caught_up(&tp.0, tp.1, p.received) {
+        if some_empty {
+            for (tp, p) in &self.parts {
+                if p.queue.is_empty() && !caught_up(&tp.0, tp.1, p.received) {
                     return None;
                 }
-                any_empty = true;
             }
         }
-        if any_empty && now.saturating_duration_since(arrived) < idle {
+        if some_empty && now.saturating_duration_since(arrived) < idle {
             return None;
         }
         let p = &mut self.parts[slot].1;

@@ -472,10 +472,14 @@ impl<'a> Loop<'a> {
                     .merge_peak
                     .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
                 let ing = &self.ing;
-                a.drain(self.merge_idle, |t, p, next| ing.caught(t, p, next))?;
+                a.release(self.merge_idle, |t, p, next| ing.caught(t, p, next));
             }
             self.outbox.publish_ready()?;
             if n == before || n >= MAX_BATCH {
+                // What the passes released, to the decision thread at once.
+                if let Some(a) = self.phase.active_mut() {
+                    a.worker.flush()?;
+                }
                 return Ok(());
             }
         }
