@@ -450,7 +450,8 @@ impl<'a> Loop<'a> {
             Step::Tick | Step::Ctl(_) | Step::Decided(_) => unreachable!("a message step"),
         };
         if let Some(first) = first {
-            if self.ing.take(self.phase.active_mut(), first, None, now)? {
+            let took = self.ing.take(self.phase.active_mut(), first, None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
         }
@@ -501,10 +502,10 @@ impl<'a> Loop<'a> {
                 break;
             };
             self.rebalance()?;
-            if self
+            let took = self
                 .ing
-                .take(self.phase.active_mut(), view(&m), None, now)?
-            {
+                .take(self.phase.active_mut(), view(&m), None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
             n += 1;
@@ -517,10 +518,10 @@ impl<'a> Loop<'a> {
             let Some(m) = poll_own(prices, split) else {
                 break;
             };
-            if self
+            let took = self
                 .ing
-                .take(self.phase.active_mut(), view(&m), None, now)?
-            {
+                .take(self.phase.active_mut(), view(&m), None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
             n += 1;
