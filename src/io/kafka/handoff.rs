@@ -152,34 +152,14 @@ impl Active {
     pub(super) fn release(
         &mut self,
         merge_idle: Duration,
-        mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+        caught: impl FnMut(&str, i32, Option<i64>) -> bool,
     ) {
         let now = Instant::now();
-        // No message is read during one drain, so an empty partition's
-        // answer cannot change between its pops except through a fetch
-        // landing meanwhile, which the next drain sees: ask librdkafka
-        // (locks and a topic lookup) once per partition per drain, not once
-        // per event.
-        // Keyed by where the merger's topic name lives (the merger asks
-        // with its own strings, which stay put during a drain), so asking
-        // copies no name.
-        let mut asked: Vec<(usize, i32, Option<i64>, bool)> = Vec::new();
-        let mut caught = |t: &str, p: i32, next: Option<i64>| {
-            let at = t.as_ptr() as usize;
-            if let Some(&(.., v)) = asked
-                .iter()
-                .find(|(a, ap, an, _)| *ap == p && *an == next && *a == at)
-            {
-                return v;
-            }
-            let v = caught(t, p, next);
-            asked.push((at, p, next, v));
-            v
-        };
-        while let Some(r) = self.merger.pop(now, merge_idle, &mut caught) {
-            self.worker.push(r.event, r.produced_at, (r.slot, r.offset));
-            self.dirty = true;
-        }
+        let (worker, dirty) = (&mut self.worker, &mut self.dirty);
+        self.merger.release(now, merge_idle, caught, |r| {
+            worker.push(r.event, r.produced_at, (r.slot, r.offset));
+            *dirty = true;
+        });
     }
 }
 

@@ -186,6 +186,8 @@ pub struct Merger {
     parts: Vec<(Tp, Part)>,
     /// Each part's [`Part::head`], by slot (`None`: nothing buffered).
     heads: Vec<Option<Head>>,
+    /// [`Merger::release`]'s answers by slot, kept for its next call.
+    asked: Vec<Option<bool>>,
     buffered: usize,
     /// How far before the next offset a first rewind seeks: further than a
     /// restored partition was read from.
@@ -213,6 +215,7 @@ impl Merger {
             .collect();
         Merger {
             heads: vec![None; parts.len()],
+            asked: Vec::new(),
             parts: parts.into_iter().collect(),
             buffered: 0,
             first_rewind: first_rewind(REREAD),
@@ -326,6 +329,40 @@ impl Merger {
         idle: Duration,
         mut caught_up: impl FnMut(&str, i32, Option<i64>) -> bool,
     ) -> Option<Released> {
+        self.pop_by(now, idle, |_, (t, p), next| caught_up(t, *p, next))
+    }
+
+    /// [`Merger::pop`] until it releases nothing, each event to `out`,
+    /// asking `caught_up` about a partition at most once: nothing is read
+    /// meanwhile, so an empty partition's answer can only change through a
+    /// fetch landing, which the next call sees. (Asked per pop, the
+    /// partitions that stay empty, such as a topic nobody writes to, were
+    /// asked again for every event released.)
+    pub fn release(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        mut caught_up: impl FnMut(&str, i32, Option<i64>) -> bool,
+        mut out: impl FnMut(Released),
+    ) {
+        let mut asked = std::mem::take(&mut self.asked);
+        asked.clear();
+        asked.resize(self.parts.len(), None);
+        while let Some(r) = self.pop_by(now, idle, |slot, (t, p), next| {
+            *asked[slot].get_or_insert_with(|| caught_up(t, *p, next))
+        }) {
+            out(r);
+        }
+        self.asked = asked;
+    }
+
+    /// [`Merger::pop`], with `caught_up` asked by slot too.
+    fn pop_by(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        mut caught_up: impl FnMut(usize, &Tp, Option<i64>) -> bool,
+    ) -> Option<Released> {
         // The smallest head first; the (costlier) caught-up questions only
         // when there is something to release.
         let mut best: Option<(usize, &Head)> = None;
@@ -342,8 +379,9 @@ impl Merger {
         }
         let (slot, arrived) = best.map(|(i, h)| (i, h.arrived))?;
         if some_empty {
-            for (tp, p) in &self.parts {
-                if p.queue.is_empty() && !caught_up(&tp.0, tp.1, p.received) {
+            for (slot, h) in self.heads.iter().enumerate() {
+                let (tp, p) = &self.parts[slot];
+                if h.is_none() && !caught_up(slot, tp, p.received) {
                     return None;
                 }
             }
@@ -423,6 +461,48 @@ mod tests {
             Event::BudgetAllocation(b) => b.id.clone(),
             _ => unreachable!(),
         }
+    }
+
+    /// `release` gives what repeated `pop`s give, in the same order, and
+    /// asks about each empty partition once.
+    #[test]
+    fn release_equals_repeated_pops_and_asks_each_partition_once() {
+        let build = || {
+            let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None), (tp("b", 0), None)]);
+            for (p, off, time) in [(0, 0, 5), (0, 1, 9), (1, 0, 7), (1, 1, 8), (0, 2, 30)] {
+                push(&mut m, "a", p, off, time, None);
+            }
+            m
+        };
+        let now = Instant::now();
+        let mut popped = Vec::new();
+        let mut m = build();
+        // Partition a/1 is caught up once emptied; b/0 never had anything.
+        while let Some(r) = m.pop(now, Duration::ZERO, |_, _, _| true) {
+            popped.push(id(&r));
+        }
+        let mut released = Vec::new();
+        let mut asked = Vec::new();
+        let mut m = build();
+        m.release(
+            now,
+            Duration::ZERO,
+            |t, p, _| {
+                asked.push(format!("{t}{p}"));
+                true
+            },
+            |r| released.push(id(&r)),
+        );
+        assert_eq!(released, popped);
+        assert_eq!(released, ["a0@0", "a1@0", "a1@1", "a0@1", "a0@2"]);
+        asked.sort();
+        assert_eq!(asked, ["a1", "b0"], "each empty partition asked once");
+        // A partition still fetching holds the release back.
+        let mut m = build();
+        let mut n = 0;
+        m.release(now, Duration::ZERO, |t, _, _| t != "b", |_| n += 1);
+        assert_eq!(n, 0);
+        assert_eq!(m.buffered(), 5);
     }
 
     #[test]
