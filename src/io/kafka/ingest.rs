@@ -74,6 +74,11 @@ pub(super) enum Took {
     Message,
     /// A message whose event the merge took, of this input.
     Event(usize),
+    /// A message the merge refused as past a gap: its partition was sought
+    /// back (see [`Push::Rewind`]), so what was read of it after this
+    /// message is stale (librdkafka drops such messages from its queue,
+    /// not from a batch already taken).
+    Rewound,
 }
 
 impl Ingest<'_> {
@@ -90,12 +95,10 @@ impl Ingest<'_> {
     ) -> Result<Took, KafkaError> {
         match m {
             Ok(m) => {
-                if let Some(a) = a {
-                    if let Some(i) = self.ingest(a, m, slot, now)? {
-                        return Ok(Took::Event(i));
-                    }
-                }
-                return Ok(Took::Message);
+                return match a {
+                    Some(a) => self.ingest(a, m, slot, now),
+                    None => Ok(Took::Message),
+                };
             }
             Err(e) if is_partition_eof(e) => {}
             // Transient client errors (broker down, coordinator moving) are
@@ -135,6 +138,12 @@ impl Ingest<'_> {
                 match self.take(Some(a), m.result().as_ref().copied(), Some(slot), now)? {
                     Took::Nothing => continue,
                     Took::Message => {}
+                    Took::Rewound => {
+                        // The rest of the batch predates the seek: dropped,
+                        // as librdkafka drops what is left in the queue.
+                        messages += 1;
+                        break;
+                    }
                     Took::Event(i) => {
                         // One partition is one input.
                         if events.0 != i && events.1 > 0 {
@@ -205,8 +214,8 @@ impl Ingest<'_> {
 
     /// Decode one input message into the merge buffer; one that does not
     /// decode or validate goes to the dead-letter topic and only advances
-    /// its offset. Returns the input whose event the merge took, if it did. Seeks its partition back when the merger asks (see
-    /// [`Push::Rewind`]).
+    /// its offset. Seeks its partition back when the merger asks (see
+    /// [`Push::Rewind`]). Returns what it took (see [`Took`]).
     ///
     /// `known`: the merge slot of the partition queue it came from. Its
     /// input is then looked up by slot: the topic name (a C string checked
@@ -218,14 +227,14 @@ impl Ingest<'_> {
         m: &dyn MessageView,
         known: Option<usize>,
         now: Instant,
-    ) -> Result<Option<usize>, KafkaError> {
+    ) -> Result<Took, KafkaError> {
         let by_slot = known.and_then(|s| Some((a.input_of(s)?, s)));
         let found = match by_slot {
             Some(found) => Some(found),
             None => self.locate_by_topic(a, m)?,
         };
         let Some((i, slot)) = found else {
-            return Ok(None);
+            return Ok(Took::Message);
         };
         let input = &self.inputs[i];
         let mut event = false;
@@ -247,10 +256,14 @@ impl Ingest<'_> {
                 pushed
             }
         };
-        if let Push::Rewind(to) = pushed {
-            self.rewind(m, to, input.broadcast)?;
-        }
-        Ok((event && pushed == Push::Taken).then_some(i))
+        Ok(match pushed {
+            Push::Rewind(to) => {
+                self.rewind(m, to, input.broadcast)?;
+                Took::Rewound
+            }
+            Push::Taken if event => Took::Event(i),
+            _ => Took::Message,
+        })
     }
 
     /// Dead-letter `m` (see [`dead_letter`]) and count it.
