@@ -22,7 +22,7 @@ use prescale::events::{
     BudgetAllocation, BudgetScope, Command, Event, JobCompleted, JobStatus, JobSubmitted, Market,
     PriceTick,
 };
-use prescale::forecast::Ets;
+use prescale::forecast::{Ets, Forecast, Forecaster, History};
 use prescale::import::prices::{parse_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, SwfOptions};
 use prescale::limits::{self, time_ok};
@@ -323,13 +323,26 @@ fn decide_all(
     planner: Arc<dyn CapacityPlanner>,
     events: &[Event],
 ) -> (Vec<Command>, String, String, Engine) {
+    decide_with(planner, shipped_model(), events)
+}
+
+fn shipped_model() -> Arc<dyn Forecaster> {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lstm/model.json");
     let (fc, err) = load_or_fallback(&model, 300_000, 12);
     assert!(err.is_none(), "{err:?}");
+    Arc::new(fc)
+}
+
+/// [`decide_all`] with another forecaster.
+fn decide_with(
+    planner: Arc<dyn CapacityPlanner>,
+    fc: Arc<dyn Forecaster>,
+    events: &[Event],
+) -> (Vec<Command>, String, String, Engine) {
     let mut e = Engine::new(
         EngineConfig::default(),
         Arc::new(Catalog::bundled()),
-        Arc::new(fc),
+        fc,
         planner,
     );
     let (mut out, mut reports) = (Vec::new(), Vec::new());
@@ -383,6 +396,46 @@ fn idle_ticks_reuse_the_plan_and_decide_the_same() {
     let (c2, r2, s2, _) = decide_all(every(&default), &events);
     assert_eq!((c1, r1, s1), (c2, r2, s2));
     assert!(e1.plans_reused() > 0 && e1.plans_reused() < fast.plans_reused());
+}
+
+/// A forecaster that never says its forecast is quiet: every tick forecasts.
+struct NeverQuiet(Arc<dyn Forecaster>);
+impl Forecaster for NeverQuiet {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
+        self.0.forecast(h, horizon, q)
+    }
+}
+
+/// Quiet ticks (the forecaster reads only zeros) are answered from one
+/// forecast per time of the week. Exact: every command, tick report and
+/// the whole engine state are the same as when every tick forecasts; and
+/// after the first week most ticks of the bursts' history windows reuse.
+#[test]
+fn quiet_ticks_reuse_the_forecast_and_decide_the_same() {
+    let planner =
+        || -> Arc<dyn CapacityPlanner> { Arc::new(CostAwarePlanner::new(PolicyFile::default())) };
+    // Price ticks with gaps (one tick closing several buckets at once,
+    // whose earlier ticks forecast from the end of the closed history),
+    // not repeating weekly.
+    let mut events = bursts_with_prices(None);
+    events.retain(|e| !matches!(e, Event::PriceTick(p) if matches!((p.at / 420_000) % 13, 3..=5)));
+    let (c1, r1, s1, fast) = decide_with(planner(), shipped_model(), &events);
+    let slow_fc = Arc::new(NeverQuiet(shipped_model()));
+    let (c2, r2, s2, slow) = decide_with(planner(), slow_fc, &events);
+    assert_eq!(c1, c2);
+    assert_eq!(r1, r2);
+    assert_eq!(s1, s2);
+    assert_eq!(fast.counters(), slow.counters());
+    assert_eq!(slow.forecasts_reused(), 0);
+    let ticks = fast.counters().ticks;
+    let reused = fast.forecasts_reused();
+    assert!(
+        reused * 2 > ticks,
+        "{reused} of {ticks} ticks reused a quiet forecast"
+    );
 }
 
 /// Ten years of 100 jobs through the shipped engine: the ticks it plans

@@ -186,6 +186,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         max_vcpus: a.max_vcpus,
         seed: a.seed,
         spot_markets: load_spot_markets(&a)?.map(Arc::new),
+        record_series: a.plot.is_some() || a.html.is_some(),
         ..Default::default()
     };
     let catalog = prep.catalog.clone();

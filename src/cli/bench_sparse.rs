@@ -8,7 +8,9 @@
 //! - `prepare`: reading the trace, tiling the prices onto it, the events;
 //! - `engine`: the predictive engine over every event (what `prescale run`
 //!   does with them), with its decision ticks, the ticks that planned and
-//!   those that reused the last idle plan (`Engine::plans_reused`);
+//!   those that reused the last idle plan (`Engine::plans_reused`), and
+//!   the quiet forecasts answered per time of the week
+//!   (`Engine::forecasts_reused`);
 //! - `backtest`: every policy simulated, as `prescale backtest` runs them.
 
 use super::inputs::prepare;
@@ -57,8 +59,16 @@ pub fn run(a: SparseArgs) -> anyhow::Result<()> {
     let times: Vec<i64> = (0..100).map(|i| i * (10 * YEAR_S / 100)).collect();
     std::fs::write(&ten, swf(&times))?;
     println!(
-        "{:<28} {:>7} {:>8} {:>8} {:>8} {:>11} {:>10} {:>12}",
-        "case", "events", "ticks", "planned", "reused", "prepare_ms", "engine_ms", "backtest_ms"
+        "{:<28} {:>7} {:>8} {:>8} {:>8} {:>8} {:>11} {:>10} {:>12}",
+        "case",
+        "events",
+        "ticks",
+        "planned",
+        "reused",
+        "quiet",
+        "prepare_ms",
+        "engine_ms",
+        "backtest_ms"
     );
     let cases: [(&str, Option<&Path>); 3] = [
         ("2 jobs a year apart", Some(&gap)),
@@ -94,7 +104,7 @@ fn case(
     })?;
     let prep = prep.expect("prepared at least once");
     let policy = PolicyFile::default();
-    let (mut ticks, mut reused) = (0, 0);
+    let (mut ticks, mut reused, mut quiet) = (0, 0, 0);
     let engine_ms = best(&mut || {
         let mut engine = make_engine(prep.catalog.clone(), None, &policy);
         let mut out = Vec::new();
@@ -104,6 +114,7 @@ fn case(
         engine.finish(&mut out);
         ticks = engine.counters().ticks;
         reused = engine.plans_reused();
+        quiet = engine.forecasts_reused();
         Ok(())
     })?;
     let catalog = prep.catalog.clone();
@@ -130,12 +141,13 @@ fn case(
         Ok(())
     })?;
     println!(
-        "{:<28} {:>7} {:>8} {:>8} {:>8} {:>11.1} {:>10.1} {:>12.1}",
+        "{:<28} {:>7} {:>8} {:>8} {:>8} {:>8} {:>11.1} {:>10.1} {:>12.1}",
         name,
         prep.events.len(),
         ticks,
         ticks - reused,
         reused,
+        quiet,
         prepare_ms,
         engine_ms,
         backtest_ms

@@ -10,8 +10,8 @@ use prescale::events::{Event, PriceTick};
 use prescale::import::events_file::{is_events_file, read_events};
 use prescale::import::prices::{parse_prices, read_prices, PriceOptions};
 use prescale::import::swf::{parse_swf, read_swf, SwfOptions, SwfReport};
-use prescale::pricing::{tile_onto, Catalog, TileOptions};
-use prescale::sim::inputs::sim_prices;
+use prescale::pricing::{Catalog, TileOptions, TiledTick, Tiling};
+use prescale::sim::inputs::sim_prices_tiled;
 use prescale::sim::trace::retime_without_queueing;
 use prescale::sim::{SimConfig, SimPrices, TraceInfo, Workload};
 use prescale::wiring::{SAMPLE_CATALOG, SAMPLE_CATALOG_NAME};
@@ -143,7 +143,7 @@ pub fn prepare(
     }
     let start = events.first().map(|e| e.time()).unwrap_or(0);
     let end = events.last().map(|e| e.time()).unwrap_or(0);
-    let tiled = tile_onto(
+    let tiling = Tiling::new(
         &ticks,
         start,
         end,
@@ -153,7 +153,7 @@ pub fn prepare(
             catalog_types_only: true,
         },
     );
-    let prices = sim_prices(&catalog, &tiled);
+    let prices = sim_prices_tiled(&catalog, &tiling);
     if let Some(e) = prescale::limits::span_error(start, end, SimConfig::default().bucket_ms) {
         bail!("{}: {e}", info.file);
     }
@@ -165,22 +165,19 @@ pub fn prepare(
     }
     let workload = Workload::from_events(&events);
     info.jobs = workload.jobs.len() as u64;
-    info.price_ticks = tiled.len() as u64;
     info.compute_environments = workload.envs.len() as u64;
     info.start_ms = start;
     info.end_ms = end;
     info.span_s = (end - start) as f64 / 1000.0;
     info.prices = prices_name;
     info.catalog = catalog_name;
-    // Prices first at equal times, so a decision at t sees the price at t.
-    let mut all: Vec<Event> = tiled.into_iter().map(Event::PriceTick).collect();
-    all.extend(events);
-    all.sort_by_key(|e| e.time());
-    let thinned = thin_idle_prices(&mut all);
-    if thinned > 0 {
+    let merged = merge_thinned(&tiling, events);
+    info.price_ticks = merged.price_ticks;
+    if merged.folded > 0 {
         info.import_notes
-            .insert("price_ticks_in_idle_stretches_folded".into(), thinned);
+            .insert("price_ticks_in_idle_stretches_folded".into(), merged.folded);
     }
+    let all = merged.events;
     info.events = all.len() as u64;
     Ok(Prepared {
         events: all,
@@ -192,73 +189,79 @@ pub fn prepare(
     })
 }
 
+/// The job events and the tiled price ticks merged in time order (prices
+/// first at equal times, so a decision at t sees the price at t), with the
+/// price ticks of idle stretches folded.
+struct Merged {
+    events: Vec<Event>,
+    /// Price ticks the tiling emitted, folded ones included.
+    price_ticks: u64,
+    /// Price ticks folded away.
+    folded: u64,
+}
+
 /// Cost grows with events, not with time spans: in a stretch with no job
 /// outstanding that starts a full state history window after the last job
 /// activity (the engine then sees only zeros and closes the rest of the
 /// stretch at once, see `state::DemandState`), only each pool's last price
 /// tick is kept, so the price book is the same when work resumes. Tiled
 /// prices would otherwise tick through a ten-year gap and wake the engine
-/// every few minutes. Returns the ticks dropped.
-fn thin_idle_prices(all: &mut Vec<Event>) -> u64 {
+/// every few minutes; folded ticks are never written out.
+fn merge_thinned(tiling: &Tiling<'_>, jobs: Vec<Event>) -> Merged {
     let cfg = prescale::state::StateConfig::default();
     let window = (cfg.history_buckets as i64 + 2) * cfg.bucket_ms;
+    // Sized for every tick, so the (large) vector never moves; the pages
+    // of folded ticks are never touched.
+    let mut out = Vec::with_capacity(jobs.len() + tiling.emitted_at_most());
+    let mut ticks = tiling.iter().peekable();
     let mut outstanding = std::collections::HashSet::new();
     let mut last_activity = i64::MIN;
-    // index in `all` where the current idle stretch began (its first price tick)
-    let mut stretch: Option<usize> = None;
-    let mut drop = vec![false; all.len()];
-    let fold = |from: usize, to: usize, drop: &mut Vec<bool>, all: &[Event]| {
-        let mut seen = std::collections::HashSet::new();
-        for i in (from..to).rev() {
-            if let Event::PriceTick(t) = &all[i] {
-                let key = (&t.provider, &t.region, &t.zone, &t.instance_type, t.market);
-                if !seen.insert(key) {
-                    drop[i] = true;
+    let (mut price_ticks, mut folded) = (0u64, 0u64);
+    // The idle stretch under way: per pool, its last tick (and its place).
+    let mut stretch: Option<Vec<Option<(u64, TiledTick<'_>)>>> = None;
+    let jobs = jobs.into_iter().map(Some).chain(std::iter::once(None));
+    for job in jobs {
+        let until = job.as_ref().map_or(i64::MAX, Event::time);
+        while let Some(t) = ticks.next_if(|t| t.at <= until) {
+            price_ticks += 1;
+            if stretch.is_none()
+                && outstanding.is_empty()
+                && t.at > last_activity.saturating_add(window)
+            {
+                stretch = Some(vec![None; tiling.pools()]);
+            }
+            match stretch.as_mut() {
+                Some(last) => {
+                    let slot = &mut last[tiling.pool_of(t.index)];
+                    folded += u64::from(slot.is_some());
+                    *slot = Some((price_ticks, t));
                 }
+                None => out.push(Event::PriceTick(t.to_tick())),
             }
         }
-    };
-    for i in 0..all.len() {
-        let t = all[i].time();
-        match &all[i] {
-            Event::PriceTick(_) => {
-                if outstanding.is_empty()
-                    && stretch.is_none()
-                    && t > last_activity.saturating_add(window)
-                {
-                    stretch = Some(i);
-                }
-            }
-            ev => {
-                if let Some(from) = stretch.take() {
-                    fold(from, i, &mut drop, all);
-                }
-                last_activity = t;
-                match ev {
-                    Event::JobSubmitted(j) => {
-                        outstanding.insert(j.job_id.clone());
-                    }
-                    Event::JobCompleted(c) => {
-                        outstanding.remove(&c.job_id);
-                    }
-                    _ => {}
-                }
-            }
+        if let Some(last) = stretch.take() {
+            let mut kept: Vec<(u64, TiledTick<'_>)> = last.into_iter().flatten().collect();
+            kept.sort_by_key(|k| k.0);
+            out.extend(kept.iter().map(|(_, t)| Event::PriceTick(t.to_tick())));
         }
+        let Some(ev) = job else { break };
+        last_activity = ev.time();
+        match &ev {
+            Event::JobSubmitted(j) => {
+                outstanding.insert(j.job_id.clone());
+            }
+            Event::JobCompleted(c) => {
+                outstanding.remove(&c.job_id);
+            }
+            _ => {}
+        }
+        out.push(ev);
     }
-    // the stretch after the last job runs to the end of the trace
-    if let Some(from) = stretch {
-        fold(from, all.len(), &mut drop, all);
+    Merged {
+        events: out,
+        price_ticks,
+        folded,
     }
-    let n = drop.iter().filter(|&&d| d).count() as u64;
-    if n > 0 {
-        let mut k = 0;
-        all.retain(|_| {
-            k += 1;
-            !drop[k - 1]
-        });
-    }
-    n
 }
 
 /// Jobs no gang of at most [`prescale::limits::MAX_GANG_INSTANCES`]

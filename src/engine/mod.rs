@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod port;
+mod quiet;
 mod report;
 pub mod spans;
 
@@ -140,6 +141,8 @@ pub struct Engine {
     tick_span: tracing::Span,
     /// Decisions of idle ticks, reused (see [`IdlePlans`]).
     idle: IdlePlans,
+    /// Forecasts of quiet ticks, reused (see [`quiet`]).
+    quiet: quiet::QuietForecasts,
 }
 
 /// Per environment, the decision of an idle tick, when the planner
@@ -196,6 +199,7 @@ impl Engine {
             ticks: Vec::new(),
             tick_span: tracing::Span::none(),
             idle: IdlePlans::default(),
+            quiet: Default::default(),
         }
     }
 
@@ -204,6 +208,12 @@ impl Engine {
     /// also counted in [`EngineCounters::ticks`].
     pub fn plans_reused(&self) -> u64 {
         self.idle.reused
+    }
+
+    /// Forecasts of quiet ticks answered from one made at the same time of
+    /// the week instead of forecasting again (see [`quiet`]).
+    pub fn forecasts_reused(&self) -> u64 {
+        self.quiet.reused()
     }
 
     /// The span of the last decision tick (see [`spans`]);
@@ -241,6 +251,7 @@ impl Engine {
     /// Swap the forecaster (e.g. after retraining); state is untouched.
     pub fn set_forecaster(&mut self, f: Arc<dyn Forecaster>) {
         self.forecaster = f;
+        self.quiet.clear();
     }
 
     /// Apply one input event; append any commands it triggers. A copy of a
@@ -272,6 +283,9 @@ impl Engine {
         self.ticks.clear();
         let mut ticks = std::mem::take(&mut self.ticks);
         let applied = self.st.demand.apply(ev, &mut ticks);
+        if !matches!(ev, Event::PriceTick(_)) {
+            self.quiet.forget_runs();
+        }
         // A job the state already knew changed nothing there; nor here.
         let copy = self.job_copy(ev, applied);
         match ev {
@@ -417,8 +431,19 @@ impl Engine {
     /// [`Engine::forecast_environment`], and where the forecast starts (the
     /// end of its history).
     fn forecast_from_history(&self, env: &str) -> Option<(Forecast, Millis)> {
-        // At least one bucket, so an environment with history but a
-        // `max_history_buckets` of 0 still forecasts (from nothing).
+        self.with_history(env, |h| {
+            let f = self
+                .forecaster
+                .forecast(h, self.cfg.horizon_buckets, &self.cfg.quantiles);
+            (f, h.end())
+        })
+    }
+
+    /// `f` of what the forecaster is shown of `env`: its last
+    /// `max_history_buckets` of closed vCPU history (at least one bucket,
+    /// so an environment with history but a `max_history_buckets` of 0
+    /// still forecasts, from nothing). `None` before any bucket closed.
+    fn with_history<R>(&self, env: &str, f: impl FnOnce(&History<'_>) -> R) -> Option<R> {
         let max = self.cfg.max_history_buckets;
         let (start, values) = self
             .st
@@ -429,16 +454,40 @@ impl Engine {
         }
         let n = values.len().min(max);
         let off = values.len() - n;
-        let h = History {
+        Some(f(&History {
             key: env,
             start: start + off as i64 * self.cfg.state.bucket_ms,
             bucket_ms: self.cfg.state.bucket_ms,
             values: &values[off..],
-        };
-        let f = self
-            .forecaster
-            .forecast(&h, self.cfg.horizon_buckets, &self.cfg.quantiles);
-        Some((f, h.end()))
+        }))
+    }
+
+    /// [`Engine::forecast_from_history`] at a decision tick, answered from
+    /// a quiet forecast of the same time of the week when it is one (see
+    /// [`quiet`]); a quiet forecast of a settled environment is kept. The
+    /// origin is the end of the closed history, which is the tick's time
+    /// but for the earlier ticks of an event that closed several buckets.
+    fn forecast_at_tick(&mut self, env: &str) -> Option<(Arc<Forecast>, Millis)> {
+        if let Some(origin) = self.st.demand.closed_end() {
+            if let Some(f) = self.quiet.get(env, origin) {
+                return Some((f, origin));
+            }
+        }
+        let (horizon, levels) = (self.cfg.horizon_buckets, &self.cfg.quantiles);
+        let (f, origin, run) = self.with_history(env, |h| {
+            let f = Arc::new(self.forecaster.forecast(h, horizon, levels));
+            let settled =
+                Some(h.end()) == self.st.demand.closed_end() && self.st.demand.settled(env);
+            let run = settled
+                .then(|| self.forecaster.quiet_ahead(h, horizon, levels))
+                .flatten();
+            (f, h.end(), run)
+        })?;
+        if let Some(run) = run {
+            self.quiet
+                .learn(env, origin, run, self.cfg.state.bucket_ms, &f);
+        }
+        Some((f, origin))
     }
 
     fn decide(
@@ -528,7 +577,7 @@ impl Engine {
             .collect();
         for env in envs {
             let Some((forecast, origin)) =
-                spans::forecast(1).in_scope(|| self.forecast_from_history(&env))
+                spans::forecast(1).in_scope(|| self.forecast_at_tick(&env))
             else {
                 continue;
             };
@@ -597,7 +646,7 @@ impl Engine {
                     compute_environment: env,
                     origin,
                     model: self.forecaster.name().to_string(),
-                    forecast,
+                    forecast: Forecast::clone(&forecast),
                 });
             }
         }

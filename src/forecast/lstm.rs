@@ -480,6 +480,11 @@ fn gemv_acc(x: &[f32], w: &[f32], out: &mut [f32]) {
 
 /// Plain-Rust forward of one origin: normalised quantiles `[horizon * Q]`.
 fn forward_one(w: &Weights, cfg: &LstmConfig, steps: &[f32], extra: &[f32]) -> Vec<f32> {
+    head(w, cfg, &recur(w, cfg, steps), extra)
+}
+
+/// The LSTM's hidden state after the input window.
+fn recur(w: &Weights, cfg: &LstmConfig, steps: &[f32]) -> Vec<f32> {
     let h = cfg.hidden;
     let mut hs = vec![0.0f32; h];
     let mut cs = vec![0.0f32; h];
@@ -497,8 +502,15 @@ fn forward_one(w: &Weights, cfg: &LstmConfig, steps: &[f32], extra: &[f32]) -> V
             hs[k] = o * tanh_f(cs[k]);
         }
     }
+    hs
+}
+
+/// The output head: normalised quantiles `[horizon * Q]` from the hidden
+/// state and the seasonal features.
+fn head(w: &Weights, cfg: &LstmConfig, hs: &[f32], extra: &[f32]) -> Vec<f32> {
+    let h = cfg.hidden;
     let mut z1 = w.b1.clone();
-    gemv_acc(&hs, &w.w1[..h * cfg.head_hidden], &mut z1);
+    gemv_acc(hs, &w.w1[..h * cfg.head_hidden], &mut z1);
     gemv_acc(extra, &w.w1[h * cfg.head_hidden..], &mut z1);
     z1.iter_mut().for_each(|v| *v = v.max(0.0));
     let mut raw = w.b2.clone();
@@ -535,16 +547,20 @@ pub struct LstmForecaster {
     /// Outputs for quiet inputs, by the origin's time in the week (see
     /// [`quiet_origin`]).
     quiet: QuietMemo,
+    /// Hidden states after an all-zero input window, by the origin's time
+    /// in the week (see [`quiet_window`]): after a burst the seasonal lags
+    /// read it for a week while the window is already empty.
+    recurrent: QuietMemo,
 }
 
-/// The network's normalised outputs for *quiet* inputs (every value the
-/// inputs read is exactly 0), by the forecast origin's time within the
-/// week. Such inputs differ only by their calendar features, which repeat
-/// every week, so the output is the same and one forward pass per time of
-/// the week serves every quiet stretch: after a burst of work the history
-/// window still holds it for days, but most ticks read only zeros. Exact:
-/// the same inputs give the same `f32`s. Each instance keeps its own (a
-/// clone starts empty), filled only by forecasts, after the weights are set.
+/// Memo of the network's values for *quiet* inputs, by the forecast
+/// origin's time within the week: outputs when every value the inputs read
+/// is exactly 0, hidden states when the input window is. Such inputs differ
+/// only by their calendar features, which repeat every week, so one pass
+/// per time of the week serves every quiet stretch: after a burst of work
+/// the history still holds it for days, but most ticks read only zeros.
+/// Exact: the same inputs give the same `f32`s. Each instance keeps its own
+/// (a clone starts empty), filled only by forecasts, after the weights are set.
 #[derive(Debug, Default)]
 struct QuietMemo(std::sync::Mutex<std::collections::HashMap<i64, std::sync::Arc<[f32]>>>);
 
@@ -578,13 +594,11 @@ impl QuietMemo {
 /// the week. `None` otherwise, or when `y` is shorter than the window.
 fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
     let n = y.len();
-    if n < cfg.window || cfg.season == 0 {
+    if cfg.season == 0 {
         return None;
     }
+    let week_time = quiet_window(y, start, cfg)?;
     let zero = |v: f64| v.to_bits() == 0;
-    if !y[n - cfg.window..].iter().all(|&v| zero(v)) {
-        return None;
-    }
     let m = cfg.season as i64;
     for h in 1..=cfg.horizon {
         let k0 = h.div_ceil(cfg.season).max(1) as i64;
@@ -595,8 +609,67 @@ fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
             }
         }
     }
+    Some(week_time)
+}
+
+/// The origin's time within the week when the input window of `y` is all
+/// exactly `+0.0`: the step inputs (and so the LSTM's hidden state) are then
+/// those of an all-zero window at that time of the week, whatever the
+/// seasonal lags read. `None` otherwise, or when `y` is shorter than the window.
+fn quiet_window(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
+    let n = y.len();
+    if n < cfg.window || !y[n - cfg.window..].iter().all(|&v| v.to_bits() == 0) {
+        return None;
+    }
     let origin = start.checked_add((n as i64).checked_mul(cfg.bucket_ms)?)?;
     Some(origin.rem_euclid(7 * DAY_MS))
+}
+
+/// How many origins from `y`'s end on stay quiet (see [`quiet_origin`])
+/// were only zeros appended: 0 when the end is not quiet, `u64::MAX` when
+/// no value `y` holds is ever read again. Origin `n` reads `y[n - d]` for
+/// each distance `d` of [`read_distances`]; a later origin `n + i` reads a
+/// non-zero `y[p]` first at the least `i = p + d - n ≥ 1`.
+fn quiet_run(y: &[f64], start: Millis, cfg: &LstmConfig) -> u64 {
+    if quiet_origin(y, start, cfg).is_none() {
+        return 0;
+    }
+    let n = y.len();
+    let ds = read_distances(cfg);
+    let far = ds.iter().copied().max().unwrap_or(0);
+    // Positions of the values that are not +0.0 and can still be read.
+    let nonzero: Vec<usize> = (n.saturating_sub(far)..n)
+        .filter(|&p| y[p].to_bits() != 0)
+        .collect();
+    let mut first = u64::MAX;
+    for d in ds {
+        // the least p with p + d - n >= 1
+        let lo = (n + 1).saturating_sub(d);
+        let i = nonzero.partition_point(|&p| p < lo);
+        if let Some(&p) = nonzero.get(i) {
+            first = first.min((p + d - n) as u64);
+        }
+    }
+    first
+}
+
+/// Every distance `d ≥ 1` back from the origin at which [`inputs`] reads
+/// the history: the window, and each horizon step's seasonal lags.
+fn read_distances(cfg: &LstmConfig) -> Vec<usize> {
+    let mut ds: Vec<usize> = (1..=cfg.window).collect();
+    let m = cfg.season;
+    for h in 1..=cfg.horizon {
+        let k0 = h.div_ceil(m).max(1);
+        for k in k0..k0 + 7 {
+            // j = n + h - 1 - k·m = n - d
+            if let Some(d) = (k * m + 1).checked_sub(h).filter(|&d| d >= 1) {
+                ds.push(d);
+            }
+        }
+    }
+    ds.sort_unstable();
+    ds.dedup();
+    ds
 }
 
 /// What training measured.
@@ -773,6 +846,7 @@ pub fn train(
         fallback: Ets::default(),
         clamped: Default::default(),
         quiet: Default::default(),
+        recurrent: Default::default(),
     };
     let val = model.raw_batch(series, &val_idx, &dev);
     let raw_cov = model.val_coverage(series, &val);
@@ -801,7 +875,19 @@ impl LstmForecaster {
             return Some((z.to_vec(), 0.0, 1.0));
         }
         let inp = inputs(y, start, &self.config)?;
-        let z = forward_one(&self.weights, &self.config, &inp.steps, &inp.extra);
+        let z = match quiet_window(y, start, &self.config) {
+            // Only the seasonal lags are non-zero: the hidden state is the
+            // quiet one of this time of the week.
+            Some(k) => {
+                let hs = self.recurrent.get(k).unwrap_or_else(|| {
+                    let hs = recur(&self.weights, &self.config, &inp.steps);
+                    self.recurrent.put(k, &hs);
+                    hs.into()
+                });
+                head(&self.weights, &self.config, &hs, &inp.extra)
+            }
+            None => forward_one(&self.weights, &self.config, &inp.steps, &inp.extra),
+        };
         if let Some(k) = quiet {
             self.quiet.put(k, &z);
         }
@@ -1042,6 +1128,7 @@ impl LstmForecaster {
             fallback: Ets::default(),
             clamped: Default::default(),
             quiet: Default::default(),
+            recurrent: Default::default(),
         })
     }
 
@@ -1093,6 +1180,12 @@ fn check_calibration(k: &[f32]) -> Result<(), String> {
 /// recent maximum of `y` (up to a week of seasons, at least 1) and say how
 /// many were clamped.
 fn clamp_to_recent(values: &mut [Vec<f64>], y: &[f64], season: usize) -> u64 {
+    // The maximum is at least 1, so values within the multiple of 1 stand
+    // whatever the history holds (and the history need not be read).
+    let floor = crate::limits::FORECAST_MAX_MULTIPLE;
+    if values.iter().flatten().all(|v| *v <= floor) {
+        return 0;
+    }
     let recent = &y[y.len().saturating_sub(7 * season.max(1))..];
     let max = recent
         .iter()
@@ -1158,14 +1251,7 @@ impl Forecaster for LstmForecaster {
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
         let cfg = &self.config;
-        let in_range = quantiles
-            .iter()
-            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
-        let usable = history.bucket_ms == cfg.bucket_ms
-            && horizon <= cfg.horizon
-            && in_range
-            && check_quantiles(quantiles).is_ok();
-        if usable {
+        if self.usable(history, horizon, quantiles) {
             if let Some(rows) = self.predict_trained(history.values, history.start) {
                 let mut values: Vec<Vec<f64>> = rows
                     .into_iter()
@@ -1186,22 +1272,51 @@ impl Forecaster for LstmForecaster {
         }
         self.fallback.forecast(history, horizon, quantiles)
     }
+
+    /// Quiet inputs (see [`quiet_origin`]) differ only by their calendar
+    /// features; the answer's clamp to the recent maximum keeps a zero a
+    /// zero and never reaches the memo. Not quiet where the fallback answers.
+    fn quiet_ahead(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Option<u64> {
+        if !self.usable(history, horizon, quantiles) {
+            return None;
+        }
+        Some(quiet_run(history.values, history.start, &self.config)).filter(|&k| k > 0)
+    }
+}
+
+impl LstmForecaster {
+    /// Whether the network answers (else the statistical fallback does):
+    /// the bucket it was trained on, a horizon and levels within its own.
+    fn usable(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> bool {
+        let cfg = &self.config;
+        let in_range = quantiles
+            .iter()
+            .all(|&q| q >= cfg.quantiles[0] - 1e-12 && q <= cfg.quantiles[cfg.nq() - 1] + 1e-12);
+        history.bucket_ms == cfg.bucket_ms
+            && horizon <= cfg.horizon
+            && in_range
+            && check_quantiles(quantiles).is_ok()
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
+    fn shipped_model() -> LstmForecaster {
+        let shipped = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lstm/model.json"
+        ));
+        LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap()
+    }
+
     /// Inputs that read only zeros are answered from the memo with the
     /// very forecast a fresh model (a clone: empty memo) computes, a week
     /// later too; inputs that read a value are not quiet.
     #[test]
     fn quiet_inputs_forecast_the_same_from_the_memo() {
-        let shipped = include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lstm/model.json"
-        ));
-        let m = LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap();
+        let m = shipped_model();
         let week = 7 * 288;
         let mut y = vec![0.0; 3 * week];
         // Far back: outside the window and every seasonal lag read below.
@@ -1223,6 +1338,61 @@ pub(crate) mod tests {
         assert_eq!(m.quiet.0.lock().unwrap().len(), 3);
         assert!(quiet_origin(&y[..40], 0, &m.config).is_none());
         assert!(quiet_origin(&y[..10 + 288], 0, &m.config).is_none());
+    }
+
+    /// An empty window whose seasonal lags read demand: the hidden state
+    /// comes from the memo (one per time of the week), and the output is
+    /// the plain forward pass's, bit for bit.
+    #[test]
+    fn an_empty_window_reuses_the_hidden_state() {
+        let m = shipped_model();
+        let (week, start) = (7 * 288, 1_262_304_000_000);
+        let mut y = vec![0.0; 3 * week];
+        let cuts = [week + 100, 2 * week + 100];
+        for (i, cut) in cuts.into_iter().enumerate() {
+            y[cut - 288] = 5.0 + i as f64;
+            y[cut - 3 * 288 + 4] = 2.0;
+        }
+        for cut in cuts {
+            let v = &y[..cut];
+            assert!(quiet_window(v, start, &m.config).is_some());
+            assert!(quiet_origin(v, start, &m.config).is_none());
+            let inp = inputs(v, start, &m.config).unwrap();
+            let direct = forward_one(&m.weights, &m.config, &inp.steps, &inp.extra);
+            assert_eq!(m.raw(v, start).unwrap().0, direct);
+        }
+        assert_eq!(m.recurrent.0.lock().unwrap().len(), 1);
+        assert!(quiet_window(&y[..week + 100 - 287], start, &m.config).is_none());
+    }
+
+    /// `quiet_run` counts exactly the quiet origins ahead: checked origin by
+    /// origin with zeros appended, for blips at many distances.
+    #[test]
+    fn quiet_run_matches_origin_by_origin() {
+        let cfg = LstmConfig::default();
+        let start = 1_262_304_000_000;
+        let week = 7 * 288;
+        for (len, blips) in [
+            (3 * week, vec![3 * week - 60]),
+            (3 * week, vec![3 * week - 300, 3 * week - 1000]),
+            (2 * week, vec![2 * week - 290, 5]),
+            (week + 50, vec![]),
+            (2 * week, vec![2 * week - 2 * 288 + 4, 2 * week - 49]),
+        ] {
+            let mut y = vec![0.0; len];
+            for b in blips {
+                y[b] = 3.5;
+            }
+            let run = quiet_run(&y, start, &cfg);
+            let mut ext = y.clone();
+            let mut seen = 0u64;
+            while seen < 9 * 288 && quiet_origin(&ext, start, &cfg).is_some() {
+                seen += 1;
+                ext.push(0.0);
+            }
+            let want = if seen == 9 * 288 { u64::MAX } else { seen };
+            assert_eq!(run, want, "blips in a series of {len}");
+        }
     }
 
     #[test]

@@ -70,7 +70,28 @@ pub trait Forecaster: Send + Sync {
         let _ = known;
         self.forecast(history, horizon, quantiles)
     }
+
+    /// How many origins, from `history`'s end on and one bucket apart,
+    /// would get a *quiet* forecast were only zeros appended to the
+    /// history: one that depends on nothing but the origin's time within
+    /// the week (and `horizon` and `quantiles`), so a forecast made at one
+    /// quiet origin is the forecast of every quiet origin at the same time
+    /// of the week. `Some(0)` or `None`: the forecast at `history`'s end is
+    /// not quiet. `u64::MAX`: quiet for ever. Cost grows with events, not
+    /// with time spans: after a burst of work the history holds it for days,
+    /// and the engine answers the ticks in between from one forecast per
+    /// time of the week instead of forecasting each (see
+    /// `engine::quiet`). Default: never quiet (a model that reads the whole
+    /// history, or a swappable one whose answers may change).
+    fn quiet_ahead(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Option<u64> {
+        let _ = (history, horizon, quantiles);
+        None
+    }
 }
+
+/// One week in milliseconds: the period of the calendar features a quiet
+/// forecast depends on (see [`Forecaster::quiet_ahead`]).
+pub const WEEK_MS: i64 = 7 * DAY_MS;
 
 pub mod arima;
 pub mod conformal;

@@ -92,6 +92,13 @@ impl Forecaster for FallbackForecaster {
             Self::Statistical { model, .. } => model.forecast(history, horizon, quantiles),
         }
     }
+
+    fn quiet_ahead(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Option<u64> {
+        match self {
+            Self::Lstm(m) => m.quiet_ahead(history, horizon, quantiles),
+            Self::Statistical { model, .. } => model.quiet_ahead(history, horizon, quantiles),
+        }
+    }
 }
 
 impl FallbackForecaster {

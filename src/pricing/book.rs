@@ -40,6 +40,25 @@ impl PoolKey {
     }
 }
 
+/// `f` of the id of `t`'s pool ([`PoolKey::id`]), written into a buffer
+/// kept per thread: every price tick looks its pool up (twice, with the
+/// engine's copy check), and a replay applies hundreds of thousands.
+fn with_tick_id<R>(t: &PriceTick, f: impl FnOnce(&str) -> R) -> R {
+    use std::fmt::Write;
+    thread_local!(static ID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+    ID.with(|buf| {
+        let mut id = buf.borrow_mut();
+        id.clear();
+        let zone = t.zone.as_deref().unwrap_or("-");
+        let _ = write!(
+            id,
+            "{}|{}|{zone}|{}|{}",
+            t.provider, t.region, t.instance_type, t.market
+        );
+        f(&id)
+    })
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pool {
     key: PoolKey,
@@ -168,23 +187,40 @@ impl PriceBook {
     /// equal to one already held (same pool, time and price) is ignored, so
     /// replays are idempotent.
     pub fn apply(&mut self, tick: &PriceTick) {
+        let known = with_tick_id(tick, |id| {
+            self.pools.get_mut(id).map(|pool| Self::record(pool, tick))
+        });
+        let changed = known.unwrap_or_else(|| self.add_pool(tick));
+        if changed {
+            self.stamp.renew();
+        }
+        self.ticks_applied += 1;
+    }
+
+    /// A pool first priced by `tick`, holding it.
+    fn add_pool(&mut self, tick: &PriceTick) -> bool {
         let key = PoolKey::of(tick);
         let id = key.id();
-        if !self.pools.contains_key(&id) {
-            if key.market != Market::Spot {
-                self.non_spot_pools += 1;
-            }
-            self.regional
-                .entry(Self::regional_key(&key))
-                .or_default()
-                .push(id.clone());
+        if key.market != Market::Spot {
+            self.non_spot_pools += 1;
         }
-        let pool = self.pools.entry(id).or_insert_with(|| Pool {
+        self.regional
+            .entry(Self::regional_key(&key))
+            .or_default()
+            .push(id.clone());
+        let mut pool = Pool {
             key,
             ticks: Vec::new(),
-        });
+        };
+        let changed = Self::record(&mut pool, tick);
+        self.pools.insert(id, pool);
+        changed
+    }
+
+    /// Put the tick in its pool's history; whether it was new.
+    fn record(pool: &mut Pool, tick: &PriceTick) -> bool {
         let v = (tick.at, tick.usd_per_hour);
-        let changed = match pool.ticks.last() {
+        match pool.ticks.last() {
             Some(last) if last.0 <= tick.at => {
                 *last != v && {
                     pool.ticks.push(v);
@@ -202,11 +238,7 @@ impl PriceBook {
                     true
                 }
             }
-        };
-        if changed {
-            self.stamp.renew();
         }
-        self.ticks_applied += 1;
     }
 
     /// The content of this book (see `BookStamp`).
@@ -385,7 +417,7 @@ impl PriceBook {
     /// The prices held for the tick's pool at exactly its time, oldest
     /// first: a copy of a tick already applied finds its own price here.
     pub fn prices_at(&self, tick: &PriceTick) -> Vec<f64> {
-        let Some(pool) = self.pools.get(&PoolKey::of(tick).id()) else {
+        let Some(pool) = with_tick_id(tick, |id| self.pools.get(id)) else {
             return Vec::new();
         };
         let from = pool.ticks.partition_point(|x| x.0 < tick.at);
@@ -399,73 +431,6 @@ impl PriceBook {
     pub fn ticks_applied(&self) -> u64 {
         self.ticks_applied
     }
-}
-
-/// Which ticks to keep when tiling a history onto a trace.
-#[derive(Debug, Clone, Default)]
-pub struct TileOptions {
-    /// Keep only these regions (all when empty).
-    pub regions: Vec<String>,
-    /// Keep only instance types the catalogue knows (the planner cannot use others).
-    pub catalog_types_only: bool,
-}
-
-/// Time-shift and tile a price history onto a trace's time span.
-///
-/// Public spot histories are short (the bundled one covers about 6 hours of
-/// 2022) while job traces span months of other years. The rule: the history
-/// is shifted so that its first tick falls on `start`, then repeated with a
-/// period of its span rounded up to whole hours until `end`. Within each copy
-/// every pool follows its real recorded path; at each copy boundary a pool
-/// jumps back to its first recorded price. Ticks that repeat a pool's
-/// previous price are dropped (they carry no information).
-pub fn tile_onto(
-    ticks: &[PriceTick],
-    start: Millis,
-    end: Millis,
-    catalog: &Catalog,
-    opts: &TileOptions,
-) -> Vec<PriceTick> {
-    let keep: Vec<&PriceTick> = ticks
-        .iter()
-        .filter(|t| opts.regions.is_empty() || opts.regions.contains(&t.region))
-        .filter(|t| !opts.catalog_types_only || catalog.spec(&t.instance_type).is_some())
-        .collect();
-    let (Some(first), Some(last)) = (
-        keep.iter().map(|t| t.at).min(),
-        keep.iter().map(|t| t.at).max(),
-    ) else {
-        return Vec::new();
-    };
-    const HOUR: i64 = 3_600_000;
-    let period = ((last - first) / HOUR + 1) * HOUR;
-    let mut sorted = keep;
-    sorted.sort_by_key(|t| t.at);
-    let mut out = Vec::new();
-    let mut last_price: BTreeMap<String, f64> = BTreeMap::new();
-    let mut k = 0i64;
-    loop {
-        let base = start + k * period;
-        if base > end {
-            break;
-        }
-        for t in &sorted {
-            let at = base + (t.at - first);
-            if at > end {
-                break;
-            }
-            let id = PoolKey::of(t).id();
-            if last_price.get(&id) == Some(&t.usd_per_hour) {
-                continue;
-            }
-            last_price.insert(id, t.usd_per_hour);
-            let mut shifted = (*t).clone();
-            shifted.at = at;
-            out.push(shifted);
-        }
-        k += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -582,26 +547,5 @@ pub(crate) mod tests {
         assert!(offers
             .iter()
             .any(|o| o.pool.market == Market::OnDemand && o.pool.instance_type == "m5.large"));
-    }
-
-    #[test]
-    fn tiling_shifts_and_repeats() {
-        let h = 3_600_000;
-        let ticks = vec![
-            tick(10 * h, "m5.large", 0.03),
-            tick(10 * h + h / 2, "m5.large", 0.04),
-        ];
-        let out = tile_onto(
-            &ticks,
-            0,
-            3 * h,
-            &Catalog::bundled(),
-            &TileOptions::default(),
-        );
-        let times: Vec<_> = out.iter().map(|t| t.at).collect();
-        assert_eq!(
-            times,
-            vec![0, h / 2, h, h + h / 2, 2 * h, 2 * h + h / 2, 3 * h]
-        );
     }
 }

@@ -3,9 +3,11 @@
 
 pub(crate) mod book;
 mod catalog;
+mod tile;
 
-pub use book::{tile_onto, Offer, OfferRef, PoolKey, PriceBook, TileOptions};
+pub use book::{Offer, OfferRef, PoolKey, PriceBook};
 pub use catalog::{Catalog, CatalogError, InstanceSpec};
+pub use tile::{tile_onto, TileOptions, TiledTick, Tiling};
 
 /// Spot interruptions per instance-hour assumed where nothing better is
 /// known (the planner's risk model, the simulator's draw).

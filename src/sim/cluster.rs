@@ -56,6 +56,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
 
 // Consolidation (the `karpenter` peer) moves jobs between instances, so it
 // lives in a child module of this one, with access to the instance state;
@@ -76,8 +77,9 @@ pub struct FloorCommand {
     /// Capacity brought up at once when less is alive (Batch
     /// `desiredvCpus`), milli-vCPUs.
     pub desired_mcpu: i64,
-    /// Pools the top-up may launch from (empty: on-demand BEST_FIT).
-    pub burst_pools: Vec<usize>,
+    /// Pools the top-up may launch from (empty: on-demand BEST_FIT);
+    /// shared, as a group's commands all name the same pools.
+    pub burst_pools: Arc<[usize]>,
     /// Cap on total capacity (milli-vCPUs), if any.
     pub max_mcpu: Option<i64>,
 }
@@ -539,7 +541,7 @@ pub struct Cluster<'a> {
     // commanded mode
     min_mcpu: i64,
     mix: Vec<(usize, u32)>,
-    burst_pools: Vec<usize>,
+    burst_pools: Arc<[usize]>,
     max_mcpu: Option<i64>,
     od_pools: Vec<usize>,
     /// The on-demand pools BEST_FIT can ever pick (see
@@ -560,6 +562,9 @@ pub struct Cluster<'a> {
     cost_closed: f64,
     /// Time of the last processed event.
     now: Millis,
+    /// Where the current [`Cluster::advance`] stops: nothing can be added
+    /// before it from outside (see `skip_empty_samples`).
+    until: Millis,
     /// The run is over (see [`Cluster::advance`]).
     done: bool,
     completions: Vec<SimCompletion>,
@@ -648,7 +653,7 @@ impl<'a> Cluster<'a> {
             horizon,
             min_mcpu: 0,
             mix: Vec::new(),
-            burst_pools: Vec::new(),
+            burst_pools: Arc::from([]),
             max_mcpu: cfg.max_vcpus.map(|v| v * 1000),
             od_pools,
             od_best,
@@ -671,6 +676,7 @@ impl<'a> Cluster<'a> {
             },
             cost_closed: 0.0,
             now: Millis::MIN,
+            until: Millis::MIN,
             done: false,
             completions: Vec::new(),
             rules: ProvisionRules::default(),
@@ -799,6 +805,7 @@ impl<'a> Cluster<'a> {
     /// Process every event at or before `until` (stops early when the run
     /// is over). Finished jobs are kept for [`Cluster::take_completions`].
     pub fn advance(&mut self, until: Millis) {
+        self.until = until;
         while let Some(t) = self.next_time() {
             if t > until {
                 break;
@@ -1319,6 +1326,23 @@ impl<'a> Cluster<'a> {
         if let Some(after) = self.rules.consolidate_after_ms {
             self.consolidate(t, after);
         }
+        if self.cfg.record_series {
+            self.record_sample(t);
+        }
+        let next = t + self.cfg.bucket_ms;
+        if next <= self.horizon
+            || self.running_jobs > 0
+            || !self.queue.is_empty()
+            || self.booting > 0
+        {
+            if let Some(next) = self.skip_empty_samples(next) {
+                self.push(next, Ev::Sample);
+            }
+        }
+    }
+
+    /// The sample at `t`: capacity, busy and queued vCPUs, dollars so far.
+    fn record_sample(&mut self, t: Millis) {
         let mut cost = self.cost_closed;
         for &i in &self.alive {
             let inst = &self.insts[i as usize];
@@ -1331,14 +1355,45 @@ impl<'a> Cluster<'a> {
         s.busy_vcpus.push(self.busy_mcpu as f64 / 1000.0);
         s.queued_vcpus.push(self.queued_mcpu as f64 / 1000.0);
         s.cum_cost_usd.push(cost);
-        let next = t + self.cfg.bucket_ms;
-        if next <= self.horizon
-            || self.running_jobs > 0
-            || !self.queue.is_empty()
-            || self.booting > 0
-        {
-            self.push(next, Ev::Sample);
+    }
+
+    /// Cost grows with events, not with time spans: while nothing is alive,
+    /// queued, running or booting, every sample is the one just taken (no
+    /// cost accrues, consolidation has nothing to look at), so the samples
+    /// before the next event, before where this advance stops and within
+    /// the trace are written at once. Returns the next sample to process,
+    /// if the samples go on (past the trace an empty cluster stops them).
+    fn skip_empty_samples(&mut self, mut next: Millis) -> Option<Millis> {
+        let empty = self.alive.is_empty()
+            && self.queue.is_empty()
+            && self.running_jobs == 0
+            && self.booting == 0;
+        if !empty {
+            return Some(next);
         }
+        let event = self.heap.peek().map_or(Millis::MAX, |Reverse((t, ..))| *t);
+        let s = &mut self.stats.series;
+        let last = |v: &Vec<f64>| v.last().copied().unwrap_or(0.0);
+        let row = [
+            last(&s.capacity_vcpus),
+            last(&s.busy_vcpus),
+            last(&s.queued_vcpus),
+            last(&s.cum_cost_usd),
+        ];
+        let keep = self.cfg.record_series;
+        while next < event && next < self.until && next <= self.horizon {
+            if keep {
+                s.capacity_vcpus.push(row[0]);
+                s.busy_vcpus.push(row[1]);
+                s.queued_vcpus.push(row[2]);
+                s.cum_cost_usd.push(row[3]);
+            }
+            // Counted as processed: the bench's event counts stay comparable.
+            self.stats.sim_events += 1;
+            self.now = next;
+            next += self.cfg.bucket_ms;
+        }
+        (next <= self.horizon).then_some(next)
     }
 
     fn launch(&mut self, pool: usize, t: Millis) -> u32 {

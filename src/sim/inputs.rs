@@ -7,7 +7,7 @@ use super::prices::{InstanceType, PriceCurve, SimPrices};
 use crate::engine::Engine;
 use crate::events::{Command, Event, Market, Millis, PriceTick, ScalingCommand};
 use crate::forecast::Forecaster;
-use crate::pricing::Catalog;
+use crate::pricing::{Catalog, Tiling};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -18,37 +18,106 @@ use std::sync::Arc;
 /// the mean neither favours nor penalises any zone). Spot prices of types
 /// the catalogue cannot shape are ignored.
 pub fn sim_prices(catalog: &Catalog, spot: &[PriceTick]) -> SimPrices {
+    let sources: Vec<&PriceTick> = spot.iter().collect();
+    sim_prices_from(catalog, &sources, spot.iter().map(|t| t.at).zip(0..))
+}
+
+/// [`sim_prices`] of a tiled history's emitted ticks, none written out.
+pub fn sim_prices_tiled(catalog: &Catalog, tiling: &Tiling<'_>) -> SimPrices {
+    let sources: Vec<&PriceTick> = (0..tiling.len()).map(|i| tiling.source(i)).collect();
+    sim_prices_from(catalog, &sources, tiling.iter().map(|t| (t.at, t.index)))
+}
+
+/// [`sim_prices`] of ticks given as `(time, index into sources)` in time
+/// order (a source's own time is not read: a tiling shifts it). Each
+/// source's (type, region) group and zone are looked up once, as a tiling
+/// repeats the same sources many times; the ticks are walked twice, to
+/// size each group's vector and to fill it.
+fn sim_prices_from(
+    catalog: &Catalog,
+    sources: &[&PriceTick],
+    ticks: impl Iterator<Item = (Millis, usize)> + Clone,
+) -> SimPrices {
     let mut p = SimPrices::new();
     for (region, spec, price) in catalog.ondemand_offers() {
         let ty = p.add_type(shape(spec));
         p.add_pool(ty, Market::OnDemand, region, PriceCurve::constant(price));
     }
-    // (type, region) → zone → ticks, in time order.
-    let mut groups: BTreeMap<(&str, &str), Vec<&PriceTick>> = BTreeMap::new();
-    for t in spot.iter().filter(|t| t.market == Market::Spot) {
-        groups
-            .entry((t.instance_type.as_str(), t.region.as_str()))
-            .or_default()
-            .push(t);
+    fn zone_of<'a>(t: &&'a PriceTick) -> &'a str {
+        t.zone.as_deref().unwrap_or("")
     }
-    for ((itype, region), mut ticks) in groups {
-        let Some(spec) = catalog.spec(itype) else {
+    let mut keys: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut zones: Vec<Vec<&str>> = Vec::new();
+    let group: Vec<Option<usize>> = sources
+        .iter()
+        .map(|t| {
+            (t.market == Market::Spot).then(|| {
+                let next = keys.len();
+                let g = *keys
+                    .entry((t.instance_type.as_str(), t.region.as_str()))
+                    .or_insert(next);
+                if g == zones.len() {
+                    zones.push(Vec::new());
+                }
+                zones[g].push(zone_of(t));
+                g
+            })
+        })
+        .collect();
+    zones.iter_mut().for_each(|z| {
+        z.sort_unstable();
+        z.dedup();
+    });
+    // Zones are numbered in name order, so means sum as a map by zone would.
+    let slot: Vec<usize> = sources
+        .iter()
+        .zip(&group)
+        .map(|(t, g)| g.map_or(0, |g| zones[g].binary_search(&zone_of(t)).unwrap_or(0)))
+        .collect();
+    let mut counts = vec![0usize; zones.len()];
+    ticks.clone().for_each(|(_, i)| {
+        if let Some(g) = group[i] {
+            counts[g] += 1;
+        }
+    });
+    let mut series: Vec<ZoneTicks> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (at, i) in ticks {
+        if let Some(g) = group[i] {
+            series[g].push((at, slot[i], sources[i].usd_per_hour));
+        }
+    }
+    for ((itype, region), g) in keys {
+        let mut ticks = std::mem::take(&mut series[g]);
+        let Some(spec) = catalog.spec(itype).filter(|_| !ticks.is_empty()) else {
             continue;
         };
-        ticks.sort_by_key(|t| t.at);
-        let mut latest: BTreeMap<&str, f64> = BTreeMap::new();
-        let mut pts: Vec<(Millis, f64)> = Vec::with_capacity(ticks.len());
-        for t in ticks {
-            latest.insert(t.zone.as_deref().unwrap_or(""), t.usd_per_hour);
-            let mean = latest.values().sum::<f64>() / latest.len() as f64;
-            pts.push((t.at, mean));
-        }
+        ticks.sort_by_key(|t| t.0);
         let ty = p.add_type(shape(spec));
-        if let Some(curve) = PriceCurve::from_points(pts) {
+        if let Some(curve) = PriceCurve::from_points(zone_means(&ticks, zones[g].len())) {
             p.add_pool(ty, Market::Spot, region, curve);
         }
     }
     p
+}
+
+/// One (type, region)'s spot ticks: time, zone (its number), price.
+type ZoneTicks = Vec<(Millis, usize, f64)>;
+
+/// After each tick, the mean over the zones seen so far of each zone's
+/// latest price (summed in zone order).
+fn zone_means(ticks: &[(Millis, usize, f64)], zones: usize) -> Vec<(Millis, f64)> {
+    let mut latest: Vec<Option<f64>> = vec![None; zones];
+    let mut seen = 0usize;
+    ticks
+        .iter()
+        .map(|&(at, zone, usd)| {
+            let s = &mut latest[zone];
+            seen += usize::from(s.is_none());
+            *s = Some(usd);
+            let mean = latest.iter().flatten().sum::<f64>() / seen as f64;
+            (at, mean)
+        })
+        .collect()
 }
 
 fn shape(spec: &crate::pricing::InstanceSpec) -> InstanceType {

@@ -82,6 +82,15 @@ pub struct SimConfig {
     /// (`backtest --spot-traces`); untraced pools keep the rate model.
     #[serde(skip)]
     pub spot_markets: Option<std::sync::Arc<spot_market::SpotMarkets>>,
+    /// Keep the per-bucket samples ([`cluster::Series`]) the plots draw:
+    /// a run without a plot skips them (on a ten-year trace they are a
+    /// million samples per policy). Counts and costs do not depend on them.
+    #[serde(skip, default = "yes")]
+    pub record_series: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for SimConfig {
@@ -100,6 +109,7 @@ impl Default for SimConfig {
             max_tail_ms: 30 * 86_400_000,
             seed: 42,
             spot_markets: None,
+            record_series: true,
         }
     }
 }

@@ -99,4 +99,25 @@ impl Forecaster for OracleForecaster {
             values,
         }
     }
+
+    /// Quiet (all zeros, whatever the time) while no demand of the
+    /// environment falls within the horizon: up to the next time its level
+    /// rises, less the horizon.
+    fn quiet_ahead(&self, history: &History<'_>, horizon: usize, _q: &[f64]) -> Option<u64> {
+        let (times, levels) = self.lookup(history.key)?;
+        let origin = history.end();
+        let b = history.bucket_ms.max(1);
+        let i = times.partition_point(|&t| t <= origin);
+        if i > 0 && levels[i - 1] != 0 {
+            return None;
+        }
+        // Levels are sums of job sizes, never negative: the next change
+        // after a zero level is a rise.
+        let Some(&rise) = times.get(i) else {
+            return Some(u64::MAX);
+        };
+        // origin + k·b + horizon·b <= rise for k = 0..run
+        let room = rise - origin - horizon as i64 * b;
+        Some(if room < 0 { 0 } else { (room / b + 1) as u64 })
+    }
 }

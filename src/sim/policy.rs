@@ -61,6 +61,18 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// Which policies take longest to simulate, lowest first: those the
+    /// engine decides (a decision per tick), then the hourly forecast of
+    /// `ec2_predictive`, then the reactive ones.
+    fn expected_cost_rank(self) -> u8 {
+        match self {
+            PolicyKind::Predictive => 0,
+            PolicyKind::Oracle => 1,
+            PolicyKind::Peer(Peer::Ec2Predictive) => 2,
+            _ => 3,
+        }
+    }
+
     pub const ALL: [PolicyKind; 7] = [
         PolicyKind::Reactive,
         PolicyKind::Static,
@@ -246,7 +258,7 @@ pub fn floor_command(
         mix: mix.into_iter().collect(),
         min_mcpu: c.min_vcpus.max(0) * 1000,
         desired_mcpu: c.desired_vcpus.max(c.min_vcpus).max(0) * 1000,
-        burst_pools,
+        burst_pools: burst_pools.into(),
         max_mcpu: (c.max_vcpus > 0).then_some(c.max_vcpus * 1000),
     };
     (Some((env, fc)), unknown)
@@ -345,13 +357,21 @@ pub fn run_backtest(
     report.demand = Series {
         start: series_start,
         bucket_ms: cfg.bucket_ms,
-        busy_vcpus: w.demand_series(None, series_start, cfg.bucket_ms, n),
+        busy_vcpus: if cfg.record_series {
+            w.demand_series(None, series_start, cfg.bucket_ms, n)
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     // Policies are independent (each its own engine, clusters and seeds), so
     // they run side by side; the report is keyed by name, so the order they
     // finish in changes nothing.
     let threads = input.threads.clamp(1, input.policies.len().max(1));
+    // The costliest first (the engine-driven ones decide every tick), so a
+    // long run does not start last and set the wall time alone.
+    let mut order: Vec<usize> = (0..input.policies.len()).collect();
+    order.sort_by_key(|&i| input.policies[i].expected_cost_rank());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -359,10 +379,11 @@ pub fn run_backtest(
                 scope.spawn(|| {
                     let mut out = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&kind) = input.policies.get(i) else {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = order.get(k) else {
                             return out;
                         };
+                        let kind = input.policies[i];
                         out.push((i, run_policy(input, kind, series_start)));
                         progress(kind.name());
                     }
@@ -461,7 +482,7 @@ fn run_policy(
         book.charge(&jobs, &st.spend, input.prices);
         merge(&mut total, &st);
         match &mut series {
-            None => series = Some(st.series.clone()),
+            None => series = Some(std::mem::take(&mut st.series)),
             Some(s) => s.add(&st.series),
         }
     }
@@ -618,7 +639,7 @@ fn run_closed_loop(
         run.book.charge(&env_jobs[env], &st.spend, input.prices);
         merge(&mut run.total, &st);
         match &mut series {
-            None => series = Some(st.series.clone()),
+            None => series = Some(std::mem::take(&mut st.series)),
             Some(s) => s.add(&st.series),
         }
     }

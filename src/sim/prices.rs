@@ -81,6 +81,19 @@ impl PriceCurve {
         }
     }
 
+    /// Hourly price at `t` on a walk forward in time: `from` is where the
+    /// previous call (at an earlier or equal time) left off. The same value
+    /// as [`PriceCurve::at`], in steps over the points passed instead of a
+    /// search per call.
+    pub fn at_walking(&self, t: Millis, from: &mut usize) -> f64 {
+        let mut i = (*from).min(self.times.len() - 1);
+        while i + 1 < self.times.len() && self.times[i + 1] <= t {
+            i += 1;
+        }
+        *from = i;
+        self.usd_per_hour[i]
+    }
+
     /// Hourly price at `t`.
     pub fn at(&self, t: Millis) -> f64 {
         self.usd_per_hour[self.idx(t)]
@@ -256,6 +269,18 @@ mod tests {
         // Before the first point the first price extends backwards.
         assert!((c.integral(-3_600_000, 0) - 1.0).abs() < 1e-9);
         assert!((c.mean(1_800_000, 5_400_000) - 1.5).abs() < 1e-9);
+    }
+
+    /// A forward walk reads what a search per time reads, at and between
+    /// the points, before the first and after the last, repeats included.
+    #[test]
+    fn walking_reads_what_a_search_reads() {
+        let pts = vec![(0, 1.0), (10, 2.0), (25, 1.5), (40, 3.0)];
+        let c = PriceCurve::from_points(pts).unwrap();
+        let mut from = 0;
+        for t in [-5, 0, 0, 3, 10, 24, 25, 39, 40, 41, 1_000] {
+            assert_eq!(c.at_walking(t, &mut from), c.at(t), "t {t}");
+        }
     }
 
     #[test]

@@ -335,7 +335,7 @@ mod tests {
             mix: vec![(spot, 2)],
             min_mcpu: 4000,
             desired_mcpu: 4000,
-            burst_pools: vec![spot],
+            burst_pools: vec![spot].into(),
             max_mcpu: None,
         }];
         let st = Cluster::new(

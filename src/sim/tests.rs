@@ -27,7 +27,7 @@ fn keep(p: &SimPrices, pool: usize, n: i64) -> FloorCommand {
         mix: vec![(pool, n as u32)],
         min_mcpu: n * vcpus_of(p, pool),
         desired_mcpu: n * vcpus_of(p, pool),
-        burst_pools: vec![pool],
+        burst_pools: vec![pool].into(),
         max_mcpu: None,
     }
 }
@@ -307,7 +307,7 @@ fn spot_gang_against_on_demand_giant_flips_with_the_interruption_rate() {
         mix: Vec::new(),
         min_mcpu: 0,
         desired_mcpu: 0,
-        burst_pools: all,
+        burst_pools: all.into(),
         max_mcpu: None,
     }];
     let jobs = [job("mpi", 0, 300, 5 * 3600, 0)];
@@ -705,7 +705,7 @@ fn migrate_moves_elastic_work_to_cheaper_ready_capacity() {
             // for two more, from the spot mix.
             min_mcpu: 4 * vcpus_of(&p, spot),
             desired_mcpu: 4 * vcpus_of(&p, spot),
-            burst_pools: vec![spot],
+            burst_pools: vec![spot].into(),
             max_mcpu: None,
         },
     );
@@ -816,7 +816,7 @@ fn commands_keep_min_preboot_desired_and_scale_the_rest_in() {
         mix: vec![(small, 1)],
         min_mcpu: 2_000,
         desired_mcpu: 6_000,
-        burst_pools: Vec::new(),
+        burst_pools: Vec::new().into(),
         max_mcpu: None,
     }];
     // One 2-vCPU job at t = 0 for 1 h; the trace ends at 2 h.
@@ -856,7 +856,7 @@ fn max_is_exceeded_by_at_most_one_instance() {
         mix: Vec::new(),
         min_mcpu: 0,
         desired_mcpu: 0,
-        burst_pools: Vec::new(),
+        burst_pools: Vec::new().into(),
         max_mcpu: Some(1_000),
     }];
     let jobs = [job("a", 0, 2, 600, 0), job("b", 0, 2, 600, 0)];
@@ -873,4 +873,66 @@ fn max_is_exceeded_by_at_most_one_instance() {
     assert_eq!(st.jobs_completed, 2);
     // One instance at a time: the second job waits for the first.
     assert_eq!(st.waits_ms, vec![0, 600_000]);
+}
+
+/// The oracle's quiet run ends exactly where its forecast first sees a
+/// job: checked origin by origin against the forecasts themselves.
+#[test]
+fn oracle_quiet_run_ends_where_demand_enters_the_horizon() {
+    use super::OracleForecaster;
+    use crate::forecast::History;
+    let w = Workload {
+        jobs: vec![
+            job("a", 3_600_000, 4, 600, 0),
+            job("b", 20_000_000, 2, 60, 0),
+        ],
+        envs: vec!["e".into()],
+        first_event: 0,
+        last_event: 21_000_000,
+        without_runtime: 0,
+        orphan_completions: 0,
+        duplicate_submissions: 0,
+    };
+    let o = OracleForecaster::from_workload(&w);
+    let (b, horizon, q) = (300_000i64, 12, [0.1, 0.5, 0.9]);
+    let zeros = vec![0.0; 80];
+    for n in [0usize, 1, 5, 14, 40, 47, 48, 60, 79] {
+        let h = History {
+            key: "e",
+            start: 0,
+            bucket_ms: b,
+            values: &zeros[..n],
+        };
+        let run = o.quiet_ahead(&h, horizon, &q).unwrap_or(0);
+        let mut want = 0u64;
+        loop {
+            let hk = History {
+                start: want as i64 * b,
+                ..h
+            };
+            let f = o.forecast(&hk, horizon, &q);
+            if f.values.iter().flatten().any(|&v| v != 0.0) || want > 200 {
+                break;
+            }
+            want += 1;
+        }
+        assert_eq!(
+            run,
+            if want > 200 { u64::MAX } else { want },
+            "origin bucket {n}"
+        );
+    }
+    assert_eq!(
+        o.quiet_ahead(
+            &History {
+                key: "other",
+                start: 0,
+                bucket_ms: b,
+                values: &zeros
+            },
+            horizon,
+            &q
+        ),
+        None
+    );
 }

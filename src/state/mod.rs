@@ -221,6 +221,12 @@ pub struct DemandState {
     /// Per series (same index), derived from the outstanding jobs (see [`EnvTotals`]).
     #[serde(skip)]
     totals: Vec<EnvTotals>,
+    /// The first bucket from which the stretch can be quiet (see
+    /// `skip_quiet`): a series with `z` trailing zero buckets needs at least
+    /// `window - z` more, and later events only add demand. Not kept in a
+    /// checkpoint (a restored state looks again at once).
+    #[serde(skip)]
+    quiet_not_before: Option<i64>,
 }
 
 /// What a checkpoint holds of a [`DemandState`]: every field but the
@@ -411,6 +417,7 @@ impl TryFrom<DemandStateData> for DemandState {
             counters: d.counters,
             closed_any: d.closed_any,
             totals,
+            quiet_not_before: None,
         })
     }
 }
@@ -445,6 +452,7 @@ impl DemandState {
             counters: StateCounters::default(),
             closed_any: false,
             totals: Vec::new(),
+            quiet_not_before: None,
         }
     }
 
@@ -678,7 +686,7 @@ impl DemandState {
         let Some(mut first) = self.first_open else {
             return;
         };
-        let mut check_quiet_at = Some(first);
+        let mut check_quiet_at = Some(self.quiet_not_before.map_or(first, |q| q.max(first)));
         while (first + 1) * b <= watermark {
             if check_quiet_at == Some(first) {
                 match self.skip_quiet(first, watermark.div_euclid(b) - 1) {
@@ -773,7 +781,9 @@ impl DemandState {
             .min()
             .unwrap_or(cap);
         if zeros < cap {
-            return Err(Some(first + (cap - zeros) as i64));
+            let at = first + (cap - zeros) as i64;
+            self.quiet_not_before = Some(at);
+            return Err(Some(at));
         }
         for s in &mut self.series {
             s.values = vec![[0.0; 3]; cap];
@@ -894,6 +904,35 @@ impl DemandState {
         s.gpus = gpus as f64;
         s.deadline_pressure = latest_start.is_some_and(|l| l <= now.saturating_add(lead_ms));
         s
+    }
+
+    /// End of the closed history (the start of the oldest open bucket):
+    /// where every series' values end, and so the origin of the forecasts
+    /// made until another bucket closes.
+    pub fn closed_end(&self) -> Option<Millis> {
+        self.first_open.map(|b| b * self.cfg.bucket_ms)
+    }
+
+    /// Whether `env`'s buckets close to zeros from now until its next job
+    /// event: nothing of it outstanding (held work included), its level
+    /// zero and no change of it waiting in an open bucket. The engine then
+    /// knows what its forecaster will be shown (see
+    /// `Forecaster::quiet_ahead`).
+    pub fn settled(&self, env: &str) -> bool {
+        let mine: Vec<usize> = (0..self.series.len())
+            .filter(|&s| self.series[s].compute_environment == env)
+            .collect();
+        let quiet =
+            |s: &usize| self.totals[*s].jobs == 0 && self.level[*s].iter().all(|&x| x == 0.0);
+        mine.iter().all(quiet)
+            && !self
+                .open
+                .values()
+                .any(|accs| mine.iter().any(|s| accs.contains_key(s)))
+            && !self
+                .jobs
+                .outstanding()
+                .any(|(_, o)| mine.contains(&(o.series as usize)))
     }
 
     pub fn outstanding_job(&self, job_id: &str) -> Option<&OutstandingJob> {

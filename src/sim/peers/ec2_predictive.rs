@@ -108,9 +108,10 @@ pub fn predictive_floor_commands(
     let h0 = workload.first_event - workload.first_event.rem_euclid(HOUR);
     let n = ((workload.last_event - h0) / HOUR + 2).max(1) as usize;
     let load = workload.demand_series(Some(env), h0, HOUR, n);
-    let burst = spot_and_on_demand_pools(prices);
+    let burst: std::sync::Arc<[usize]> = spot_and_on_demand_pools(prices).into();
     let max_mcpu = cfg.max_vcpus.map(|v| v * 1000);
     let fits = floor_types(workload, env, prices);
+    let mut cheapest = CheapestPerVcpu::new(prices, &fits);
     let mut out = vec![FloorCommand {
         at: workload.first_event,
         mix: Vec::new(),
@@ -132,9 +133,7 @@ pub fn predictive_floor_commands(
             continue;
         };
         let vcpus = (f / ps.target_utilization.max(1e-9)).ceil().max(0.0) as i64;
-        let mix = cheapest_per_vcpu(prices, &fits, at)
-            .map(|p| vec![(p, 1)])
-            .unwrap_or_default();
+        let mix = cheapest.at(at).map(|p| vec![(p, 1)]).unwrap_or_default();
         out.push(FloorCommand {
             at,
             mix,
@@ -181,11 +180,42 @@ fn floor_types(workload: &Workload, env: usize, prices: &SimPrices) -> Vec<usize
         .collect()
 }
 
-fn cheapest_per_vcpu(prices: &SimPrices, pools: &[usize], t: Millis) -> Option<usize> {
-    pools.iter().copied().min_by(|&a, &b| {
-        let per = |p: usize| {
-            prices.pools[p].curve.at(t) / prices.types[prices.pools[p].ty].vcpus.max(1) as f64
-        };
-        per(a).total_cmp(&per(b)).then(a.cmp(&b))
-    })
+/// The cheapest of some pools per vCPU at rising times (one per hour over
+/// the trace): each pool's curve is walked, not searched per hour.
+struct CheapestPerVcpu<'a> {
+    prices: &'a SimPrices,
+    pools: &'a [usize],
+    walk: Vec<usize>,
+}
+
+impl<'a> CheapestPerVcpu<'a> {
+    fn new(prices: &'a SimPrices, pools: &'a [usize]) -> Self {
+        let walk = vec![0; pools.len()];
+        CheapestPerVcpu {
+            prices,
+            pools,
+            walk,
+        }
+    }
+
+    /// At `t`, no earlier than the previous call's time; ties go to the
+    /// lower pool.
+    fn at(&mut self, t: Millis) -> Option<usize> {
+        let prices = self.prices;
+        let per: Vec<(f64, usize)> = self
+            .pools
+            .iter()
+            .zip(&mut self.walk)
+            .map(|(&p, w)| {
+                let usd = prices.pools[p].curve.at_walking(t, w);
+                (
+                    usd / prices.types[prices.pools[p].ty].vcpus.max(1) as f64,
+                    p,
+                )
+            })
+            .collect();
+        per.into_iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, p)| p)
+    }
 }

@@ -105,7 +105,7 @@ fn elastic_only(at: Millis, prices: &SimPrices, cfg: &SimConfig) -> FloorCommand
         mix: Vec::new(),
         min_mcpu: 0,
         desired_mcpu: 0,
-        burst_pools: spot_and_on_demand_pools(prices),
+        burst_pools: spot_and_on_demand_pools(prices).into(),
         max_mcpu: cfg.max_vcpus.map(|v| v * 1000),
     }
 }
