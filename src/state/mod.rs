@@ -961,7 +961,7 @@ fn resubmission(known: &JobEntry, j: &JobSubmitted) -> Option<&'static str> {
 /// version, since checkpoints keep them). Floats compare by bits: a copy is
 /// the same bytes.
 mod fingerprint {
-    use crate::events::{JobCompleted, JobSubmitted};
+    use crate::events::{JobCompleted, JobStatus, JobSubmitted};
 
     /// The first field `b` differs from `a` in.
     pub(super) fn submission_field(a: &JobSubmitted, b: &JobSubmitted) -> Option<&'static str> {
@@ -1062,13 +1062,36 @@ mod fingerprint {
         h.finish()
     }
 
+    /// The status as its `Debug` form, the bytes fingerprints have always
+    /// hashed, without formatting a string per completion.
+    fn status_name(s: JobStatus) -> &'static str {
+        match s {
+            JobStatus::Succeeded => "Succeeded",
+            JobStatus::Failed => "Failed",
+            JobStatus::Preempted => "Preempted",
+            JobStatus::Cancelled => "Cancelled",
+        }
+    }
+
+    #[test]
+    fn status_names_are_the_debug_forms() {
+        for s in [
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Preempted,
+            JobStatus::Cancelled,
+        ] {
+            assert_eq!(status_name(s), format!("{s:?}"));
+        }
+    }
+
     pub(super) fn completion(c: &JobCompleted) -> u32 {
         let mut h = Fnv::new();
         h.bytes(c.job_id.as_bytes())
             .bytes(c.compute_environment.as_bytes())
             .int(c.started_at)
             .int(c.finished_at)
-            .bytes(format!("{:?}", c.status).as_bytes())
+            .bytes(status_name(c.status).as_bytes())
             .bytes(c.instance_type.as_deref().unwrap_or("\0").as_bytes())
             .bytes(c.market.map_or("", |m| m.as_str()).as_bytes())
             .bytes(c.region.as_deref().unwrap_or("\0").as_bytes())

@@ -14,6 +14,8 @@ pub mod headers {
     /// merger breaks event-time ties with it so a replay orders equal-time
     /// events exactly as the file did.
     pub const SEQ: &str = "prescale-seq";
+    /// [`SEQ`] for librdkafka's header lookup.
+    pub const SEQ_C: &std::ffi::CStr = c"prescale-seq";
     /// Command id on command messages (also inside the value), so actuators
     /// can de-duplicate without decoding.
     pub const COMMAND_ID: &str = "prescale-command-id";
@@ -112,6 +114,11 @@ mod tests {
             market: Market::Spot,
             usd_per_hour: 0.03,
         })
+    }
+
+    #[test]
+    fn the_c_header_name_is_the_header_name() {
+        assert_eq!(headers::SEQ_C.to_str(), Ok(headers::SEQ));
     }
 
     #[test]

@@ -139,31 +139,27 @@ impl Active {
     pub(super) fn drain(
         &mut self,
         merge_idle: Duration,
-        mut caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+        caught: impl FnMut(&str, i32, Option<i64>) -> bool,
     ) -> Result<(), KafkaError> {
-        let now = Instant::now();
-        // No message is read during one drain, so an empty partition's
-        // answer cannot change between its pops except through a fetch
-        // landing meanwhile, which the next drain sees: ask librdkafka
-        // (locks and a topic lookup) once per partition per drain, not once
-        // per event.
-        let mut asked: Vec<(String, i32, Option<i64>, bool)> = Vec::new();
-        let mut caught = |t: &str, p: i32, next: Option<i64>| {
-            if let Some(&(.., v)) = asked
-                .iter()
-                .find(|(at, ap, an, _)| *ap == p && *an == next && at == t)
-            {
-                return v;
-            }
-            let v = caught(t, p, next);
-            asked.push((t.to_string(), p, next, v));
-            v
-        };
-        while let Some(r) = self.merger.pop(now, merge_idle, &mut caught) {
-            self.worker.push(r.event, r.produced_at, (r.slot, r.offset));
-            self.dirty = true;
-        }
+        self.release(merge_idle, caught);
         self.worker.flush()
+    }
+
+    /// [`Active::drain`] without sending: the events released wait in the
+    /// worker's batch for the next [`Worker::flush`] (the loop sends once
+    /// per wake-up, not once per pass over the partitions: each send may
+    /// wake the decision thread, a futex call on both threads).
+    pub(super) fn release(
+        &mut self,
+        merge_idle: Duration,
+        caught: impl FnMut(&str, i32, Option<i64>) -> bool,
+    ) {
+        let now = Instant::now();
+        let (worker, dirty) = (&mut self.worker, &mut self.dirty);
+        self.merger.release(now, merge_idle, caught, |r| {
+            worker.push(r.event, r.produced_at, (r.slot, r.offset));
+            *dirty = true;
+        });
     }
 }
 

@@ -396,18 +396,29 @@ impl<'a> Loop<'a> {
                 snapshot,
             } if !assignment.is_empty() => {
                 self.restored |= snapshot.is_some();
+                // The job partitions are split off at once, before the
+                // state is built (engine, metadata and watermark requests):
+                // see `Split::early`. Every one of them is in the merge;
+                // the budget-spend topic bypasses it.
+                let spend = self.cfg.topics.budget_spend();
+                let early = Split::early(
+                    self.group,
+                    assignment
+                        .iter()
+                        .filter(|(t, _)| *t != spend)
+                        .map(|(t, p)| (t.as_str(), *p)),
+                );
                 let active = Active::start(&self.start, assignment, snapshot)?;
+                let group = early.bind(|t, p| active.merger.slot(t, p));
                 let topics = self.cfg.topics.broadcast();
-                let broadcast = &topics;
-                let parts = |bc: bool| {
+                let prices = Split::new(
+                    self.prices,
                     active
                         .merger
                         .partitions()
-                        .filter(move |(_, (t, _))| broadcast.contains(t) == bc)
-                        .map(|(slot, (t, p))| (slot, t.as_str(), *p))
-                };
-                let group = Split::new(self.group, parts(false));
-                let prices = Split::new(self.prices, parts(true));
+                        .filter(|(_, (t, _))| topics.contains(t))
+                        .map(|(slot, (t, p))| (slot, t.as_str(), *p)),
+                );
                 self.phase = Phase::Consuming(Box::new(Consuming {
                     active,
                     group,
@@ -439,7 +450,8 @@ impl<'a> Loop<'a> {
             Step::Tick | Step::Ctl(_) | Step::Decided(_) => unreachable!("a message step"),
         };
         if let Some(first) = first {
-            if self.ing.take(self.phase.active_mut(), first, None, now)? {
+            let took = self.ing.take(self.phase.active_mut(), first, None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
         }
@@ -461,10 +473,14 @@ impl<'a> Loop<'a> {
                     .merge_peak
                     .fetch_max(a.merger.buffered() as u64, Ordering::Relaxed);
                 let ing = &self.ing;
-                a.drain(self.merge_idle, |t, p, next| ing.caught(t, p, next))?;
+                a.release(self.merge_idle, |t, p, next| ing.caught(t, p, next));
             }
             self.outbox.publish_ready()?;
             if n == before || n >= MAX_BATCH {
+                // What the passes released, to the decision thread at once.
+                if let Some(a) = self.phase.active_mut() {
+                    a.worker.flush()?;
+                }
                 return Ok(());
             }
         }
@@ -486,10 +502,10 @@ impl<'a> Loop<'a> {
                 break;
             };
             self.rebalance()?;
-            if self
+            let took = self
                 .ing
-                .take(self.phase.active_mut(), view(&m), None, now)?
-            {
+                .take(self.phase.active_mut(), view(&m), None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
             n += 1;
@@ -502,10 +518,10 @@ impl<'a> Loop<'a> {
             let Some(m) = poll_own(prices, split) else {
                 break;
             };
-            if self
+            let took = self
                 .ing
-                .take(self.phase.active_mut(), view(&m), None, now)?
-            {
+                .take(self.phase.active_mut(), view(&m), None, now)?;
+            if self.ing.count(took) {
                 self.last_input = now;
             }
             n += 1;
