@@ -348,6 +348,32 @@ pub struct PolicyFile {
 }
 
 impl PolicyFile {
+    /// Provisioning quantiles outside `lo..=hi` (the levels the engine
+    /// forecasts), each with the key that sets it: the planner reads the
+    /// forecast at the nearest level, so such a quantile provisions like
+    /// that level. An environment's value is named only where it differs
+    /// from the defaults'.
+    pub fn quantiles_outside(&self, lo: f64, hi: f64) -> Vec<(String, f64)> {
+        let levels = |p: &EnvPolicy| {
+            let q = &p.quantile_by_priority;
+            [("high", q.high), ("normal", q.normal), ("low", q.low)]
+        };
+        let defaults = levels(&self.defaults);
+        let mut out: Vec<(String, f64)> = defaults
+            .iter()
+            .filter(|(_, v)| *v < lo || *v > hi)
+            .map(|(k, v)| (format!("defaults.quantile_by_priority.{k}"), *v))
+            .collect();
+        for (env, p) in &self.environments {
+            for ((k, v), (_, d)) in levels(p).into_iter().zip(defaults) {
+                if (v < lo || v > hi) && v != d {
+                    out.push((format!("environments.{env}.quantile_by_priority.{k}"), v));
+                }
+            }
+        }
+        out
+    }
+
     /// Parses and validates policy TOML; `origin` names the source in errors.
     /// (`PolicyFile::load`, in `import::settings`, reads it from a file.)
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PolicyFile, PolicyError> {
@@ -510,6 +536,28 @@ reserved = [{ region = "us-east-1", instance_type = "g5.xlarge", count = 2 }]
         );
         assert_eq!(e.key, "defaults.quantile_by_priority.high");
         assert!(e.reason.contains("invalid type"), "{e}");
+    }
+
+    /// A quantile above the forecast's highest level is named once, where
+    /// it is set; one inherited from the defaults is not named again.
+    #[test]
+    fn quantiles_beyond_the_forecast_levels_are_named() {
+        let p = PolicyFile::from_toml_str(
+            "[defaults]\nquantile_by_priority = { high = 0.95, normal = 0.5, low = 0.3 }\n\
+             [environments.a]\nlead_time_s = 60\n\
+             [environments.b]\nquantile_by_priority = { high = 0.97, normal = 0.5, low = 0.05 }\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            p.quantiles_outside(0.1, 0.9),
+            vec![
+                ("defaults.quantile_by_priority.high".to_string(), 0.95),
+                ("environments.b.quantile_by_priority.high".to_string(), 0.97),
+                ("environments.b.quantile_by_priority.low".to_string(), 0.05),
+            ]
+        );
+        assert!(PolicyFile::default().quantiles_outside(0.1, 0.9).is_empty());
     }
 
     #[test]

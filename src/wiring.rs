@@ -162,11 +162,25 @@ pub fn serve_engine(
 }
 
 /// The policy file at `path`, or the defaults (see `policy::EnvPolicy`).
+/// A provisioning quantile beyond the levels the engine forecasts is named
+/// on stderr: the planner provisions it at the nearest level.
 pub fn load_policy(path: Option<&Path>) -> Result<PolicyFile, PolicyError> {
-    Ok(match path {
+    let policy = match path {
         Some(p) => PolicyFile::load(p)?,
         None => PolicyFile::default(),
-    })
+    };
+    let levels = crate::engine::EngineConfig::default().quantiles;
+    let lo = levels.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = levels.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for (key, v) in policy.quantiles_outside(lo, hi) {
+        let near = if v > hi { hi } else { lo };
+        eprintln!(
+            "policy {}: {key} = {v} is outside the forecast's levels {lo}..{hi}; \
+             it provisions at {near}",
+            policy.origin
+        );
+    }
+    Ok(policy)
 }
 
 /// The catalogue at `path`, or the bundled one ([`SAMPLE_CATALOG`]), so the
