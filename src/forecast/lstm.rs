@@ -598,18 +598,9 @@ fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
         return None;
     }
     let week_time = quiet_window(y, start, cfg)?;
-    let zero = |v: f64| v.to_bits() == 0;
-    let m = cfg.season as i64;
-    for h in 1..=cfg.horizon {
-        let k0 = h.div_ceil(cfg.season).max(1) as i64;
-        for k in k0..k0 + 7 {
-            let j = n as i64 + h as i64 - 1 - k * m;
-            if j >= 0 && !zero(y[j as usize]) {
-                return None;
-            }
-        }
-    }
-    Some(week_time)
+    lag_distances(cfg)
+        .all(|d| d > n || y[n - d].to_bits() == 0)
+        .then_some(week_time)
 }
 
 /// The origin's time within the week when the input window of `y` is all
@@ -656,20 +647,21 @@ fn quiet_run(y: &[f64], start: Millis, cfg: &LstmConfig) -> u64 {
 /// Every distance `d ≥ 1` back from the origin at which [`inputs`] reads
 /// the history: the window, and each horizon step's seasonal lags.
 fn read_distances(cfg: &LstmConfig) -> Vec<usize> {
-    let mut ds: Vec<usize> = (1..=cfg.window).collect();
-    let m = cfg.season;
-    for h in 1..=cfg.horizon {
-        let k0 = h.div_ceil(m).max(1);
-        for k in k0..k0 + 7 {
-            // j = n + h - 1 - k·m = n - d
-            if let Some(d) = (k * m + 1).checked_sub(h).filter(|&d| d >= 1) {
-                ds.push(d);
-            }
-        }
-    }
+    let mut ds: Vec<usize> = (1..=cfg.window).chain(lag_distances(cfg)).collect();
     ds.sort_unstable();
     ds.dedup();
     ds
+}
+
+/// The distances `d ≥ 1` back from the origin of each horizon step's seven
+/// seasonal lags ([`inputs`] reads `y[n + h - 1 - k·m] = y[n - d]`); none
+/// without a season.
+fn lag_distances(cfg: &LstmConfig) -> impl Iterator<Item = usize> {
+    let m = cfg.season;
+    (1..=cfg.horizon).filter(move |_| m > 0).flat_map(move |h| {
+        let k0 = h.div_ceil(m.max(1)).max(1);
+        (k0..k0 + 7).filter_map(move |k| (k * m + 1).checked_sub(h).filter(|&d| d >= 1))
+    })
 }
 
 /// What training measured.

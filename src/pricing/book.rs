@@ -29,31 +29,42 @@ impl PoolKey {
     }
 
     fn id(&self) -> String {
-        format!(
-            "{}|{}|{}|{}|{}",
-            self.provider,
-            self.region,
-            self.zone.as_deref().unwrap_or("-"),
-            self.instance_type,
-            self.market
-        )
+        let mut id = String::new();
+        write_id(
+            &mut id,
+            [
+                &self.provider,
+                &self.region,
+                self.zone.as_deref().unwrap_or("-"),
+                &self.instance_type,
+            ],
+            self.market,
+        );
+        id
     }
+}
+
+/// A pool's id, `provider|region|zone|type|market` (zone `-` when none):
+/// what [`PoolKey::id`] returns and [`with_tick_id`] writes.
+fn write_id(out: &mut String, parts: [&str; 4], market: Market) {
+    use std::fmt::Write;
+    let [provider, region, zone, itype] = parts;
+    let _ = write!(out, "{provider}|{region}|{zone}|{itype}|{market}");
 }
 
 /// `f` of the id of `t`'s pool ([`PoolKey::id`]), written into a buffer
 /// kept per thread: every price tick looks its pool up (twice, with the
 /// engine's copy check), and a replay applies hundreds of thousands.
 fn with_tick_id<R>(t: &PriceTick, f: impl FnOnce(&str) -> R) -> R {
-    use std::fmt::Write;
     thread_local!(static ID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
     ID.with(|buf| {
         let mut id = buf.borrow_mut();
         id.clear();
         let zone = t.zone.as_deref().unwrap_or("-");
-        let _ = write!(
-            id,
-            "{}|{}|{zone}|{}|{}",
-            t.provider, t.region, t.instance_type, t.market
+        write_id(
+            &mut id,
+            [&t.provider, &t.region, zone, &t.instance_type],
+            t.market,
         );
         f(&id)
     })

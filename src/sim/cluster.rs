@@ -1330,15 +1330,16 @@ impl<'a> Cluster<'a> {
             self.record_sample(t);
         }
         let next = t + self.cfg.bucket_ms;
-        if next <= self.horizon
-            || self.running_jobs > 0
-            || !self.queue.is_empty()
-            || self.booting > 0
-        {
+        if next <= self.horizon || self.has_work() {
             if let Some(next) = self.skip_empty_samples(next) {
                 self.push(next, Ev::Sample);
             }
         }
+    }
+
+    /// Jobs running or queued, or capacity booting: samples go on past the trace.
+    fn has_work(&self) -> bool {
+        self.running_jobs > 0 || !self.queue.is_empty() || self.booting > 0
     }
 
     /// The sample at `t`: capacity, busy and queued vCPUs, dollars so far.
@@ -1364,11 +1365,7 @@ impl<'a> Cluster<'a> {
     /// the trace are written at once. Returns the next sample to process,
     /// if the samples go on (past the trace an empty cluster stops them).
     fn skip_empty_samples(&mut self, mut next: Millis) -> Option<Millis> {
-        let empty = self.alive.is_empty()
-            && self.queue.is_empty()
-            && self.running_jobs == 0
-            && self.booting == 0;
-        if !empty {
+        if !self.alive.is_empty() || self.has_work() {
             return Some(next);
         }
         let event = self.heap.peek().map_or(Millis::MAX, |Reverse((t, ..))| *t);

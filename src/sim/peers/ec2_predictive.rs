@@ -202,8 +202,7 @@ impl<'a> CheapestPerVcpu<'a> {
     /// lower pool.
     fn at(&mut self, t: Millis) -> Option<usize> {
         let prices = self.prices;
-        let per: Vec<(f64, usize)> = self
-            .pools
+        self.pools
             .iter()
             .zip(&mut self.walk)
             .map(|(&p, w)| {
@@ -213,8 +212,6 @@ impl<'a> CheapestPerVcpu<'a> {
                     p,
                 )
             })
-            .collect();
-        per.into_iter()
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .map(|(_, p)| p)
     }
