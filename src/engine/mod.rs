@@ -15,6 +15,7 @@ use crate::forecast::{Forecast, Forecaster, History};
 use crate::pricing::{Catalog, PriceBook};
 use crate::state::{Applied, DemandState, StateConfig, StateCounters, VCPU};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -143,6 +144,33 @@ pub struct Engine {
     idle: IdlePlans,
     /// Forecasts of quiet ticks, reused (see [`quiet`]).
     quiet: quiet::QuietForecasts,
+    /// The environments' names, kept between ticks.
+    env_names: EnvNames,
+}
+
+/// The demand state's environment names, listed again only when it gained
+/// a series (series are never removed): a decision tick walks them without
+/// allocating a list of names.
+#[derive(Default)]
+struct EnvNames {
+    names: Vec<String>,
+    /// How many series the state had when `names` was listed.
+    series: usize,
+}
+
+impl EnvNames {
+    /// The names, taken out (put them back in `names` when done).
+    fn take(&mut self, demand: &DemandState) -> Vec<String> {
+        if demand.series_count() != self.series {
+            self.series = demand.series_count();
+            self.names = demand
+                .environments()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+        }
+        std::mem::take(&mut self.names)
+    }
 }
 
 /// Per environment, the decision of an idle tick, when the planner
@@ -200,6 +228,7 @@ impl Engine {
             tick_span: tracing::Span::none(),
             idle: IdlePlans::default(),
             quiet: Default::default(),
+            env_names: EnvNames::default(),
         }
     }
 
@@ -568,89 +597,145 @@ impl Engine {
         out: &mut Vec<Command>,
         mut report: Option<&mut TickReport>,
     ) {
-        let envs: Vec<String> = self
+        // Taken out while the tick runs (deciding needs `&mut self`), so a
+        // tick allocates no list of names.
+        let envs = self.env_names.take(&self.st.demand);
+        for env in &envs {
+            self.decide_environment(env, now, out, report.as_deref_mut());
+        }
+        self.env_names.names = envs;
+    }
+
+    /// One environment's forecast, plan and (when the plan changed) command.
+    fn decide_environment(
+        &mut self,
+        env: &str,
+        now: Millis,
+        out: &mut Vec<Command>,
+        report: Option<&mut TickReport>,
+    ) {
+        let Some((forecast, origin)) = spans::forecast(1).in_scope(|| self.forecast_at_tick(env))
+        else {
+            return;
+        };
+        let _plan = spans::plan().entered();
+        let summary = self
             .st
             .demand
-            .environments()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        for env in envs {
-            let Some((forecast, origin)) =
-                spans::forecast(1).in_scope(|| self.forecast_at_tick(&env))
-            else {
-                continue;
-            };
-            let _plan = spans::plan().entered();
-            let summary = self
-                .st
-                .demand
-                .environment_summary(&env, now, self.cfg.lead_time_ms);
-            let headroom = self.budget_headroom(&env, now);
-            let budgets = !self.st.ledger.accounts.is_empty();
-            let d = self.idle.plan_or_reuse(
-                self.planner.as_ref(),
-                budgets,
-                &PlanRequest {
-                    compute_environment: &env,
-                    now,
-                    bucket_ms: self.cfg.state.bucket_ms,
-                    forecast: &forecast,
-                    outstanding: &summary,
-                    book: &self.st.book,
-                    catalog: &self.catalog,
-                    budget_headroom_usd_per_h: headroom,
-                    previous: self.st.previous.get(&env).copied(),
-                },
-            );
-            let raised_at = match self.st.previous.get(&env) {
-                Some(p) if p.desired_vcpus >= d.desired_vcpus => p.raised_at,
-                _ => now,
-            };
-            self.st.previous.insert(
-                env.clone(),
-                PreviousPlan {
+            .environment_summary(env, now, self.cfg.lead_time_ms);
+        let headroom = self.budget_headroom(env, now);
+        let budgets = !self.st.ledger.accounts.is_empty();
+        let d = self.idle.plan_or_reuse(
+            self.planner.as_ref(),
+            budgets,
+            &PlanRequest {
+                compute_environment: env,
+                now,
+                bucket_ms: self.cfg.state.bucket_ms,
+                forecast: &forecast,
+                outstanding: &summary,
+                book: &self.st.book,
+                catalog: &self.catalog,
+                budget_headroom_usd_per_h: headroom,
+                previous: self.st.previous.get(env).copied(),
+            },
+        );
+        self.st.remember_plan(env, now, &d);
+        let changed = !self.st.last.get(env).is_some_and(|s| same_decision(s, &d));
+        if let Some(r) = report {
+            r.plans.push(TickPlan {
+                compute_environment: env.to_string(),
+                min_vcpus: d.min_vcpus,
+                desired_vcpus: d.desired_vcpus,
+                max_vcpus: d.max_vcpus,
+                usd_per_vcpu_hour: d.usd_per_vcpu_hour,
+                command: changed.then_some(out.len()),
+            });
+            r.forecasts.push(TickForecast {
+                compute_environment: env.to_string(),
+                origin,
+                model: self.forecaster.name().to_string(),
+                forecast: Forecast::clone(&forecast),
+            });
+        }
+        if changed {
+            let sig = (d.min_vcpus, d.desired_vcpus, d.max_vcpus, mix_signature(&d));
+            self.st.last.insert(env.to_string(), sig);
+            self.st.counters.scaling_commands += 1;
+            let d = d.into_owned();
+            out.push(Command::Scaling(scaling_command(env, now, d, &forecast)));
+        }
+    }
+}
+
+impl EngineState {
+    /// Keep `d` as `env`'s previous plan (raised at `now` unless it asks for
+    /// no more than the one before) and its vCPU-hour rate, updating the
+    /// entries in place once they exist.
+    fn remember_plan(&mut self, env: &str, now: Millis, d: &PlanDecision) {
+        match self.previous.get_mut(env) {
+            Some(p) => {
+                if p.desired_vcpus < d.desired_vcpus {
+                    p.raised_at = now;
+                }
+                p.desired_vcpus = d.desired_vcpus;
+            }
+            None => {
+                let p = PreviousPlan {
                     desired_vcpus: d.desired_vcpus,
-                    raised_at,
-                },
-            );
-            if d.usd_per_vcpu_hour > 0.0 {
-                self.st
-                    .usd_per_vcpu_hour
-                    .insert(env.clone(), d.usd_per_vcpu_hour);
+                    raised_at: now,
+                };
+                self.previous.insert(env.to_string(), p);
             }
-            let mix_sig: String = d
-                .instance_mix
-                .iter()
-                .map(|a| format!("{}:{}:{}:{};", a.instance_type, a.market, a.region, a.count))
-                .collect();
-            let sig = (d.min_vcpus, d.desired_vcpus, d.max_vcpus, mix_sig);
-            let changed = self.st.last.get(&env) != Some(&sig);
-            if let Some(r) = report.as_deref_mut() {
-                r.plans.push(TickPlan {
-                    compute_environment: env.clone(),
-                    min_vcpus: d.min_vcpus,
-                    desired_vcpus: d.desired_vcpus,
-                    max_vcpus: d.max_vcpus,
-                    usd_per_vcpu_hour: d.usd_per_vcpu_hour,
-                    command: changed.then_some(out.len()),
-                });
-            }
-            if changed {
-                self.st.last.insert(env.clone(), sig);
-                self.st.counters.scaling_commands += 1;
-                out.push(Command::Scaling(scaling_command(&env, now, d, &forecast)));
-            }
-            if let Some(r) = report.as_deref_mut() {
-                r.forecasts.push(TickForecast {
-                    compute_environment: env,
-                    origin,
-                    model: self.forecaster.name().to_string(),
-                    forecast: Forecast::clone(&forecast),
-                });
+        }
+        if d.usd_per_vcpu_hour > 0.0 {
+            match self.usd_per_vcpu_hour.get_mut(env) {
+                Some(r) => *r = d.usd_per_vcpu_hour,
+                None => {
+                    self.usd_per_vcpu_hour
+                        .insert(env.to_string(), d.usd_per_vcpu_hour);
+                }
             }
         }
     }
+}
+
+/// What [`EngineState::last`] keeps of a decision's instance mix, to tell
+/// a changed decision (and so a command) from a repeated one.
+fn mix_signature(d: &PlanDecision) -> String {
+    let mut s = String::new();
+    write_mix(&mut s, d).expect("writing to a String cannot fail");
+    s
+}
+
+fn write_mix(w: &mut impl std::fmt::Write, d: &PlanDecision) -> std::fmt::Result {
+    for a in &d.instance_mix {
+        write!(
+            w,
+            "{}:{}:{}:{};",
+            a.instance_type, a.market, a.region, a.count
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `d` is the decision `last` signed: the same vCPUs and the same
+/// [`mix_signature`], compared as it is written, without writing it out
+/// (most ticks repeat the decision before).
+fn same_decision(last: &(i64, i64, i64, String), d: &PlanDecision) -> bool {
+    /// Matches what is written against `rest`, consuming it.
+    struct Against<'a>(&'a str);
+    impl std::fmt::Write for Against<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
+            Ok(())
+        }
+    }
+    let (min, desired, max, mix) = last;
+    let mut rest = Against(mix);
+    (*min, *desired, *max) == (d.min_vcpus, d.desired_vcpus, d.max_vcpus)
+        && write_mix(&mut rest, d).is_ok()
+        && rest.0.is_empty()
 }
 
 impl IdlePlans {
@@ -666,20 +751,18 @@ impl IdlePlans {
         planner: &dyn CapacityPlanner,
         budgets: bool,
         req: &PlanRequest<'_>,
-    ) -> PlanDecision {
+    ) -> Cow<'_, PlanDecision> {
         let env = req.compute_environment;
         let idle = !budgets && planner.is_idle(req);
-        if idle {
-            if let Some(d) = self.plans.get(env) {
-                self.reused += 1;
-                return d.clone();
-            }
+        if idle && self.plans.contains_key(env) {
+            self.reused += 1;
+            return Cow::Borrowed(&self.plans[env]);
         }
         let d = planner.plan(req);
         if idle && d.desired_vcpus == 0 {
             self.plans.insert(env.to_string(), d.clone());
         }
-        d
+        Cow::Owned(d)
     }
 }
 

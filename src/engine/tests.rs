@@ -514,3 +514,40 @@ fn tick_reports_carry_budget_actions_and_accounts() {
     let acc = e.state().ledger.accounts.values().next().unwrap();
     assert_eq!((last.allocated, last.spent), (acc.allocated, acc.spent));
 }
+
+#[test]
+fn a_repeated_decision_is_told_from_its_signature_without_writing_it() {
+    let alloc = |t: &str, n| InstanceAllocation {
+        instance_type: t.into(),
+        market: Market::Spot,
+        region: "us-east-1".into(),
+        count: n,
+    };
+    let decision = |mix: Vec<InstanceAllocation>| PlanDecision {
+        min_vcpus: 0,
+        desired_vcpus: 8,
+        max_vcpus: 16,
+        instance_mix: mix,
+        constraints: BTreeMap::new(),
+        reason: String::new(),
+        usd_per_vcpu_hour: 0.01,
+    };
+    let two = decision(vec![alloc("m5.large", 2), alloc("c5.xlarge", 1)]);
+    let sig = |d: &PlanDecision| (d.min_vcpus, d.desired_vcpus, d.max_vcpus, mix_signature(d));
+    assert!(same_decision(&sig(&two), &two));
+    // A mix that is a prefix of the signed one, or extends it, or differs
+    // in a count, or the same mix at other vCPUs: changed.
+    let one = decision(vec![alloc("m5.large", 2)]);
+    assert!(!same_decision(&sig(&two), &one));
+    assert!(!same_decision(&sig(&one), &two));
+    let other = decision(vec![alloc("m5.large", 2), alloc("c5.xlarge", 3)]);
+    assert!(!same_decision(&sig(&two), &other));
+    let more = PlanDecision {
+        desired_vcpus: 9,
+        ..two.clone()
+    };
+    assert!(!same_decision(&sig(&two), &more));
+    let empty = decision(Vec::new());
+    assert!(same_decision(&sig(&empty), &empty));
+    assert!(!same_decision(&sig(&empty), &one));
+}
