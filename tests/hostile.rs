@@ -905,7 +905,7 @@ fn hostile_event() -> impl Strategy<Value = Event> {
             provider: "aws".into(),
             region: "us-east-1".into(),
             zone: None,
-            instance_type: ty,
+            instance_type: ty.into(),
             market: Market::Spot,
             usd_per_hour: p,
         })

@@ -280,7 +280,7 @@ async fn prices_and_decisions_are_stored_with_their_tags() {
         provider: "aws".into(),
         region: "us-east-1".into(),
         zone: Some("us-east-1a".into()),
-        instance_type: itype.clone(),
+        instance_type: itype.as_str().into(),
         market: Market::Spot,
         usd_per_hour: 0.0385,
     }));

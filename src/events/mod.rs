@@ -127,10 +127,10 @@ pub struct JobCompleted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceTick {
     pub at: Millis,
-    pub provider: String,
-    pub region: String,
-    pub zone: Option<String>,
-    pub instance_type: String,
+    pub provider: Text,
+    pub region: Text,
+    pub zone: Option<Text>,
+    pub instance_type: Text,
     pub market: Market,
     pub usd_per_hour: f64,
 }

@@ -338,10 +338,10 @@ fn parse_row(
     let region = region_of_zone(zone);
     Ok(Some(PriceTick {
         at,
-        provider: opts.provider.clone(),
-        zone: (region != zone).then(|| zone.to_string()),
-        region,
-        instance_type: itype.to_string(),
+        provider: opts.provider.as_str().into(),
+        zone: (region != zone).then(|| zone.into()),
+        region: region.into(),
+        instance_type: itype.into(),
         market: Market::Spot,
         usd_per_hour: price,
     }))

@@ -20,10 +20,10 @@ pub struct PoolKey {
 impl PoolKey {
     pub fn of(t: &PriceTick) -> PoolKey {
         PoolKey {
-            provider: t.provider.clone(),
-            region: t.region.clone(),
-            zone: t.zone.clone(),
-            instance_type: t.instance_type.clone(),
+            provider: t.provider.to_string(),
+            region: t.region.to_string(),
+            zone: t.zone.as_ref().map(|z| z.to_string()),
+            instance_type: t.instance_type.to_string(),
             market: t.market,
         }
     }

@@ -74,7 +74,7 @@ impl<'a> Tiling<'a> {
     ) -> Self {
         let mut keep: Vec<&PriceTick> = ticks
             .iter()
-            .filter(|t| opts.regions.is_empty() || opts.regions.contains(&t.region))
+            .filter(|t| opts.regions.is_empty() || opts.regions.iter().any(|r| *r == t.region))
             .filter(|t| !opts.catalog_types_only || catalog.spec(&t.instance_type).is_some())
             .collect();
         keep.sort_by_key(|t| t.at);

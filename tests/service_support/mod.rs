@@ -55,7 +55,7 @@ pub fn sample_slice(hours: i64, tag: &str) -> Vec<Event> {
                 at: t,
                 provider: "aws".into(),
                 region: "us-east-1".into(),
-                zone: Some(format!("use1-{tag}")),
+                zone: Some(format!("use1-{tag}").into()),
                 instance_type: ty.into(),
                 market: Market::Spot,
                 // few decimals: exact through the store's float encoding
