@@ -2,11 +2,15 @@
 //! own cache, which [`super::CostAwarePlanner`] holds; the engine knows
 //! nothing of it.
 
-use super::{plan_priced, priced_offers, Offer, PlanInput, PlanOutput};
+use super::market::{may_offer, offers_with_sources, ref_to_offer, MarketView, Source};
+use super::offers::SortKey;
+use super::{market_view, plan_priced, reserved_of, risk_model, Offer, PlanInput, PlanOutput};
 use crate::events::{Market, Millis};
 use crate::policy::ReservedInstances;
-use crate::pricing::book::BookStamp;
-use std::collections::BTreeMap;
+use crate::pricing::book::{BookStamp, PoolKey};
+use crate::pricing::PriceBook;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What [`super::priced_offers`] reads besides the book and the time (which the
 /// cache checks through [`CachedOffers`]).
@@ -50,73 +54,250 @@ impl OffersKey {
     }
 }
 
-/// Offers built once per market view and kept across decision ticks while
-/// they stay right. Building the offers (every priced pool of the book
-/// joined with the catalogue) was the largest part of a tick; they depend
-/// on the book, the catalogue, the policy's market view (the key) and the
-/// time only through which held prices apply and which of them are stale.
-/// So an entry serves any tick from the one it was built at until the book
-/// changes (its `BookStamp`) or [`crate::pricing::PriceBook::quiet_until`] says a held
-/// price takes effect or turns stale. Environments of one tick share it too.
-/// (A catalogue price's `price_at`, which only reports, is then the tick the
-/// offers were built at.)
+/// Offers built once per market view and kept across decision ticks,
+/// patched pool by pool as prices change. Building the offers (every priced
+/// pool of the book joined with the catalogue, then sorted) was the largest
+/// part of a tick. An offer depends on the book, the catalogue and the
+/// policy's market view (the key) only through its own pool, and on the
+/// time only through which of the pool's held prices applies and whether it
+/// is stale. So an entry, right at the tick it was last brought up to date,
+/// is right at a later tick once it re-derives
+///
+/// - the pools the book changed since then ([`PriceBook::changed_since`]),
+/// - the pools whose next held price took effect or whose price turned
+///   stale in between (each pool's [`PriceBook::pool_quiet_until`], kept in
+///   a time-ordered agenda),
+/// - and the catalogue's on-demand offer of the region and type of each
+///   on-demand pool among those (a book price hides the catalogue's).
+///
+/// Offers stay in pool-key order, which ranking sorts by at every plan.
+/// It builds them in full when it has none for the key, when the book
+/// cannot say what changed (another book, a change log overflowed, history
+/// pruned) or when the time went back. Environments of one tick share an
+/// entry. (The `price_at` of a catalogue price or of reserved capacity,
+/// which only reports, is the tick its offer was last derived at.)
 #[derive(Debug, Default)]
 pub struct OffersCache {
     pub(super) entries: std::sync::Mutex<Vec<CachedOffers>>,
-    built: std::sync::atomic::AtomicU64,
-    reused: std::sync::atomic::AtomicU64,
+    built: AtomicU64,
+    reused: AtomicU64,
+    patched: AtomicU64,
+    pools_patched: AtomicU64,
 }
 
 #[derive(Debug)]
 pub(super) struct CachedOffers {
     key: OffersKey,
+    /// The book's content the offers are right for.
     stamp: BookStamp,
-    /// Valid for ticks in `from..until`.
-    from: Millis,
-    until: Millis,
-    offers: Vec<Offer>,
+    /// The tick the offers are right at.
+    at: Millis,
+    /// What a fresh build sorted by [`Offer::pool_order`] would give (but
+    /// for reporting `price_at`, see [`OffersCache`]); ordered by (pool
+    /// key, source), since the sort is stable and builds in source order.
+    pub(super) offers: Vec<Offer>,
+    /// The source of each offer, by index.
+    pub(super) sources: Vec<Source>,
+    /// (time, pool id): when each pool that may give an offer, or may hide
+    /// a catalogue price, could next give another one (none after
+    /// `Millis::MAX`).
+    agenda: BTreeSet<(Millis, String)>,
+    /// Each pool's time in `agenda`.
+    due: HashMap<String, Millis, foldhash::fast::RandomState>,
 }
 
 impl OffersCache {
-    /// How many plans built their offers and how many reused cached ones.
+    /// How many plans built their offers in full and how many used kept
+    /// ones (as they were, or patched).
     pub fn built_and_reused(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.built.load(Relaxed), self.reused.load(Relaxed))
+        (
+            self.built.load(Relaxed),
+            self.reused.load(Relaxed) + self.patched.load(Relaxed),
+        )
+    }
+
+    /// Of the plans that used kept offers, how many patched them first,
+    /// and how many pools they re-derived in all.
+    pub fn patched(&self) -> (u64, u64) {
+        (self.patched.load(Relaxed), self.pools_patched.load(Relaxed))
     }
 }
 
-/// [`super::plan_environment`], with the offers taken from (or added to) `cache`:
-/// the same plan, with the offers built only when the book or the time made
-/// the cached ones wrong.
+/// [`super::plan_environment`], with the offers taken from (or added to)
+/// `cache`: the same plan, with the offers built only when the cache has
+/// none it can bring up to date.
 pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> PlanOutput {
-    use std::sync::atomic::Ordering::Relaxed;
     let key = OffersKey::of(input);
-    let stamp = input.book.stamp();
-    let now = input.now;
+    let (book, now) = (input.book, input.now);
     let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
-    entries.retain(|e| e.stamp == stamp && e.from <= now && now < e.until);
+    entries.retain(|e| e.at <= now && book.changed_since(e.stamp).is_some());
     let i = match entries.iter().position(|e| e.key == key) {
         Some(i) => {
-            cache.reused.fetch_add(1, Relaxed);
+            match entries[i].update(input) {
+                0 => cache.reused.fetch_add(1, Relaxed),
+                n => {
+                    cache.pools_patched.fetch_add(n as u64, Relaxed);
+                    cache.patched.fetch_add(1, Relaxed)
+                }
+            };
             i
         }
         None => {
             cache.built.fetch_add(1, Relaxed);
-            let until = input
-                .book
-                .quiet_until(now, input.policy.max_price_age_s.saturating_mul(1000));
-            // In pool-key order, which ranking sorts by at every plan.
-            let mut offers = priced_offers(input);
-            offers.sort_by(Offer::pool_order);
-            entries.push(CachedOffers {
-                key,
-                stamp,
-                from: now,
-                until,
-                offers,
-            });
+            entries.push(CachedOffers::build(input, key));
             entries.len() - 1
         }
     };
     plan_priced(input, &entries[i].offers)
+}
+
+impl CachedOffers {
+    /// The offers of `input`, built in full.
+    fn build(input: &PlanInput<'_>, key: OffersKey) -> CachedOffers {
+        let reserved = reserved_of(input);
+        let view = market_view(input, &reserved);
+        let (book, now) = (input.book, input.now);
+        let mut pairs = offers_with_sources(book, input.catalog, now, &view);
+        // Stable: equal pool keys stay in source order.
+        pairs.sort_by(|a, b| a.0.pool_order(&b.0));
+        let (mut offers, sources): (Vec<Offer>, Vec<Source>) = pairs.into_iter().unzip();
+        risk_model(input).apply(&mut offers);
+        let mut entry = CachedOffers {
+            key,
+            stamp: book.stamp(),
+            at: now,
+            offers,
+            sources,
+            agenda: BTreeSet::new(),
+            due: HashMap::default(),
+        };
+        for id in book.pool_ids() {
+            if let Some(pool) = book.pool_key(id) {
+                entry.schedule(book, id, pool, input.catalog, &view, now);
+            }
+        }
+        entry
+    }
+
+    /// Brings the offers from their tick and book content to `input`'s
+    /// (the caller checked the book can say what changed, and that the
+    /// time did not go back); how many pools it re-derived.
+    fn update(&mut self, input: &PlanInput<'_>) -> usize {
+        let (book, now) = (input.book, input.now);
+        let mut ids: BTreeSet<String> = book
+            .changed_since(self.stamp)
+            .into_iter()
+            .flatten()
+            .map(str::to_string)
+            .collect();
+        while self.agenda.first().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, id)) = self.agenda.pop_first() {
+                self.due.remove(&id);
+                ids.insert(id);
+            }
+        }
+        self.stamp = book.stamp();
+        self.at = now;
+        if ids.is_empty() {
+            return 0;
+        }
+        let reserved = reserved_of(input);
+        let view = market_view(input, &reserved);
+        let risk = risk_model(input);
+        let priced = |offer: Option<Offer>| {
+            offer.map(|mut o| {
+                risk.apply(std::slice::from_mut(&mut o));
+                o
+            })
+        };
+        // On-demand pools hide or show the catalogue's price of their type
+        // and region.
+        let mut catalogue: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for id in &ids {
+            let Some(pool) = book.pool_key(id) else {
+                continue;
+            };
+            let offer = book
+                .pool_offer_ref(id, now)
+                .and_then(|r| ref_to_offer(&r, input.catalog, now, &view));
+            self.put(pool_sort_key(pool), Source::Book, priced(offer));
+            self.schedule(book, id, pool, input.catalog, &view, now);
+            if pool.market == Market::OnDemand {
+                catalogue.insert((&pool.region, &pool.instance_type));
+            }
+        }
+        for (region, itype) in catalogue {
+            let offer = book
+                .catalog_offer_ref(input.catalog, region, itype, now)
+                .and_then(|r| ref_to_offer(&r, input.catalog, now, &view));
+            // The pool key of a catalogue price (`PriceBook::offer_refs`).
+            let key = ("aws", region, "-", itype, Market::OnDemand);
+            self.put(key, Source::Catalog, priced(offer));
+        }
+        ids.len()
+    }
+
+    /// Puts the pool `id` on the agenda at the time its offer could next
+    /// change, if it may ever give one or hide a catalogue price.
+    fn schedule(
+        &mut self,
+        book: &PriceBook,
+        id: &str,
+        pool: &PoolKey,
+        catalog: &crate::pricing::Catalog,
+        view: &MarketView<'_>,
+        now: Millis,
+    ) {
+        if let Some(t) = self.due.remove(id) {
+            self.agenda.remove(&(t, id.to_string()));
+        }
+        if pool.market != Market::OnDemand && !may_offer(pool, catalog, view) {
+            return;
+        }
+        let t = book.pool_quiet_until(id, now, view.max_price_age_ms);
+        if t != Millis::MAX {
+            self.agenda.insert((t, id.to_string()));
+            self.due.insert(id.to_string(), t);
+        }
+    }
+
+    /// Sets the offer of one pool and source: replaced, added in order, or
+    /// removed when `offer` is `None`.
+    fn put(&mut self, key: SortKey<'_>, source: Source, offer: Option<Offer>) {
+        let (mut lo, mut hi) = (0, self.offers.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if (self.offers[mid].sort_key(), self.sources[mid]) < (key, source) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let found = lo < self.offers.len()
+            && self.sources[lo] == source
+            && self.offers[lo].sort_key() == key;
+        match (found, offer) {
+            (true, Some(o)) => self.offers[lo] = o,
+            (true, None) => {
+                self.offers.remove(lo);
+                self.sources.remove(lo);
+            }
+            (false, Some(o)) => {
+                self.offers.insert(lo, o);
+                self.sources.insert(lo, source);
+            }
+            (false, None) => {}
+        }
+    }
+}
+
+/// The sort key ([`Offer::sort_key`]) of the offer of a book pool.
+fn pool_sort_key(k: &PoolKey) -> SortKey<'_> {
+    (
+        &k.provider,
+        &k.region,
+        k.zone.as_deref().unwrap_or("-"),
+        &k.instance_type,
+        k.market,
+    )
 }
