@@ -301,3 +301,238 @@ fn pool_sort_key(k: &PoolKey) -> SortKey<'_> {
         k.market,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::PriceTick;
+    use crate::forecast::Forecast;
+    use crate::policy::EnvPolicy;
+    use crate::pricing::Catalog;
+    use proptest::prelude::*;
+
+    /// Pools of every kind the offers treat apart: spot in two zones, a
+    /// burstable and an arm64 type (the default policy filters them), an
+    /// on-demand pool without a zone (it hides the catalogue's price of its
+    /// type) and one with a zone, a reserved pool (never offered from the
+    /// book), a region the catalogue has no on-demand prices for (a stale
+    /// spot price there is dropped) and a type it has no shape for.
+    const POOLS: &[(&str, Option<&str>, &str, Market)] = &[
+        ("us-east-1", Some("use1-az1"), "m5.large", Market::Spot),
+        ("us-east-1", Some("use1-az2"), "m5.large", Market::Spot),
+        ("us-east-1", Some("use1-az1"), "c5.xlarge", Market::Spot),
+        ("us-east-1", Some("use1-az1"), "t3.medium", Market::Spot),
+        ("us-east-1", Some("use1-az1"), "m6g.large", Market::Spot),
+        ("us-east-1", None, "c5.large", Market::OnDemand),
+        ("us-east-1", Some("use1-az1"), "r5.large", Market::OnDemand),
+        ("us-east-1", None, "m5.large", Market::Reserved),
+        ("us-west-2", Some("usw2-az1"), "c5.xlarge", Market::Spot),
+        ("us-east-1", Some("use1-az1"), "zz.unknown", Market::Spot),
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A price for `POOLS[pool]` at `dt_s` from the current tick
+        /// (before it: out of order; after it: held until it applies).
+        Tick { pool: usize, dt_s: i64, price: f64 },
+        /// The next decision tick, `advance_s` later.
+        Plan { advance_s: i64 },
+        /// History pruned (the book can then not say what changed).
+        Prune,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let price = prop_oneof![Just(0.05), (1u32..400).prop_map(|c| f64::from(c) / 1000.0)];
+        prop_oneof![
+            8 => (0..POOLS.len(), -1_800i64..7_200, price)
+                .prop_map(|(pool, dt_s, price)| Step::Tick { pool, dt_s, price }),
+            4 => prop_oneof![Just(0i64), 1i64..3_600].prop_map(|advance_s| Step::Plan { advance_s }),
+            1 => Just(Step::Prune),
+        ]
+    }
+
+    fn tick(pool: usize, at: Millis, price: f64) -> PriceTick {
+        let (region, zone, itype, market) = POOLS[pool];
+        PriceTick {
+            at,
+            provider: "aws".into(),
+            region: region.into(),
+            zone: zone.map(str::to_string),
+            instance_type: itype.into(),
+            market,
+            usd_per_hour: price,
+        }
+    }
+
+    /// The default policy with prices stale after 15 min and a reserved
+    /// inventory (two equal entries: equal pool keys), and a narrower one.
+    fn policies() -> [EnvPolicy; 2] {
+        let reserved = ReservedInstances {
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            instance_type: "c5.xlarge".into(),
+            count: 2,
+        };
+        [
+            EnvPolicy {
+                max_price_age_s: 900,
+                reserved: vec![reserved.clone(), reserved],
+                ..EnvPolicy::default()
+            },
+            EnvPolicy {
+                max_price_age_s: 1_800,
+                markets: vec![Market::Spot, Market::OnDemand],
+                instance_types: ["m5.large", "c5.large", "c5.xlarge", "r5.large", "t3.medium"]
+                    .map(String::from)
+                    .to_vec(),
+                architectures: Vec::new(),
+                exclude_burstable: false,
+                ..EnvPolicy::default()
+            },
+        ]
+    }
+
+    fn input<'a>(
+        now: Millis,
+        book: &'a PriceBook,
+        catalog: &'a Catalog,
+        policy: &'a EnvPolicy,
+        forecast: &'a Forecast,
+        rates: &'a BTreeMap<String, f64>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            env: "e",
+            now,
+            bucket_ms: 300_000,
+            forecast,
+            queued_vcpus: 8.0,
+            running_vcpus: 24.0,
+            top_priority: Some(0),
+            deadline_pressure: false,
+            memory_mib_per_vcpu: 2048.0,
+            gpus_per_vcpu: 0.0,
+            policy,
+            book,
+            catalog,
+            reserved: &[],
+            budget_headroom_usd_per_h: None,
+            previous: None,
+            interruption_rates: rates,
+        }
+    }
+
+    /// The kept offers of `input`'s key equal a fresh build sorted, but for
+    /// the reporting `price_at` of catalogue and reserved offers.
+    fn kept_equal_fresh(inp: &PlanInput<'_>, cache: &OffersCache) -> Result<(), TestCaseError> {
+        let key = OffersKey::of(inp);
+        let entries = cache.entries.lock().unwrap();
+        let e = entries.iter().find(|e| e.key == key).expect("an entry");
+        let mut kept = e.offers.clone();
+        for (o, s) in kept.iter_mut().zip(&e.sources) {
+            if *s != Source::Book {
+                o.price_at = inp.now;
+            }
+        }
+        let mut fresh = super::super::priced_offers(inp);
+        fresh.sort_by(Offer::pool_order);
+        prop_assert_eq!(kept, fresh, "at {}", inp.now);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Over random price ticks (new pools, changes, held, out of order,
+        /// repeated, going stale, history pruned) and decision ticks, the
+        /// kept offers are the fresh ones and so are the plans.
+        #[test]
+        fn patched_offers_and_plans_equal_fresh(steps in prop::collection::vec(step(), 1..80)) {
+            let catalog = Catalog::bundled();
+            let policies = policies();
+            let forecast = Forecast {
+                quantiles: vec![0.1, 0.5, 0.9],
+                values: vec![vec![20.0, 40.0, 60.0], vec![30.0, 50.0, 90.0]],
+            };
+            let mut rates = BTreeMap::new();
+            rates.insert("us-east-1/m5.large".to_string(), 0.2);
+            let cache = OffersCache::default();
+            let mut book = PriceBook::new();
+            let mut now: Millis = 10 * 3_600_000;
+            for s in steps {
+                match s {
+                    Step::Tick { pool, dt_s, price } => book.apply(&tick(pool, now + dt_s * 1000, price)),
+                    Step::Prune => book.prune_before(now - 3_600_000),
+                    Step::Plan { advance_s } => {
+                        now += advance_s * 1000;
+                        for p in &policies {
+                            let inp = input(now, &book, &catalog, p, &forecast, &rates);
+                            let fresh = crate::planner::plan_environment(&inp);
+                            prop_assert_eq!(plan_environment_cached(&inp, &cache), fresh);
+                            kept_equal_fresh(&inp, &cache)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ticks between plans patch the kept offers: built once, then only
+    /// the changed pools re-derived.
+    #[test]
+    fn price_ticks_patch_the_kept_offers() {
+        let catalog = Catalog::bundled();
+        let [p, _] = policies();
+        let forecast = Forecast {
+            quantiles: vec![0.5],
+            values: vec![vec![40.0]],
+        };
+        let rates = BTreeMap::new();
+        let cache = OffersCache::default();
+        let mut book = PriceBook::new();
+        for pool in 0..POOLS.len() {
+            book.apply(&tick(pool, 0, 0.05));
+        }
+        for k in 1..50i64 {
+            let now = k * 60_000;
+            book.apply(&tick((k as usize) % 3, now - 1, 0.01 * (k % 7 + 1) as f64));
+            let inp = input(now, &book, &catalog, &p, &forecast, &rates);
+            assert_eq!(
+                plan_environment_cached(&inp, &cache),
+                crate::planner::plan_environment(&inp)
+            );
+        }
+        let (built, reused) = cache.built_and_reused();
+        let (patched, pools) = cache.patched();
+        assert_eq!((built, reused), (1, 48));
+        assert!(
+            patched >= 48 && pools < 3 * 48,
+            "{patched} plans, {pools} pools"
+        );
+    }
+
+    #[test]
+    fn another_book_or_pruned_history_builds_again() {
+        let catalog = Catalog::bundled();
+        let [p, _] = policies();
+        let forecast = Forecast {
+            quantiles: vec![0.5],
+            values: vec![vec![40.0]],
+        };
+        let rates = BTreeMap::new();
+        let cache = OffersCache::default();
+        let mut book = PriceBook::new();
+        book.apply(&tick(0, 0, 0.05));
+        let plan = |book: &PriceBook, now| {
+            let inp = input(now, book, &catalog, &p, &forecast, &rates);
+            plan_environment_cached(&inp, &cache)
+        };
+        plan(&book, 1_000);
+        let copy = book.clone();
+        plan(&copy, 2_000);
+        book.prune_before(1_500);
+        plan(&book, 3_000);
+        // Back in time.
+        plan(&book, 2_500);
+        assert_eq!(cache.built_and_reused(), (4, 0));
+    }
+}

@@ -373,11 +373,16 @@ mod tests {
             plans.push(fresh);
         }
         // The held tick and the new price changed the plan; staleness
-        // (6 h after 0 and 2 h) was seen; most ticks reused their offers.
+        // (6 h after 0 and 2 h) was seen; the offers were built once and
+        // patched at those ticks.
         assert_ne!(plans[7], plans[8]);
         assert_ne!(plans[19], plans[20]);
         let (built, reused) = cache.built_and_reused();
-        assert!(built >= 4 && reused >= 30, "built {built}, reused {reused}");
+        let (patched, _) = cache.patched();
+        assert!(
+            built == 1 && reused == 39 && patched >= 4,
+            "built {built}, reused {reused}, patched {patched}"
+        );
     }
 
     #[test]

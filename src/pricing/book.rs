@@ -611,6 +611,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn changed_since_names_the_changed_pools_or_cannot_say() {
+        let mut b = PriceBook::new();
+        let s0 = b.stamp();
+        assert_eq!(b.changed_since(s0).unwrap().count(), 0);
+        b.apply(&tick(100, "m5.large", 0.03));
+        let s1 = b.stamp();
+        b.apply(&tick(100, "m5.large", 0.03));
+        b.apply(&tick(200, "c5.large", 0.05));
+        b.apply(&tick(50, "m5.large", 0.02));
+        let m5 = PoolKey::of(&tick(0, "m5.large", 0.0)).id();
+        let c5 = PoolKey::of(&tick(0, "c5.large", 0.0)).id();
+        fn since(b: &PriceBook, s: BookStamp) -> Option<Vec<&str>> {
+            b.changed_since(s).map(|i| i.collect())
+        }
+        assert_eq!(since(&b, s0), Some(vec![&*m5, &*c5, &*m5]));
+        assert_eq!(since(&b, s1), Some(vec![&*c5, &*m5]));
+        assert_eq!(since(&b, b.stamp()), Some(vec![]));
+        // Another book's stamp, a copy's, pruned history: cannot say.
+        assert!(b.clone().changed_since(s1).is_none());
+        assert!(PriceBook::new().changed_since(s1).is_none());
+        let s = b.stamp();
+        b.prune_before(150);
+        assert!(b.changed_since(s).is_none());
+        let s = b.stamp();
+        // More changes than kept: the oldest stamps can no longer say.
+        for k in 0..=CHANGES_KEPT as i64 {
+            b.apply(&tick(1_000 + k, "m5.large", 0.03 + k as f64));
+        }
+        assert!(b.changed_since(s).is_none());
+        let recent = b.stamp();
+        b.apply(&tick(1_000_000, "c5.large", 0.04));
+        assert_eq!(since(&b, recent), Some(vec![&*c5]));
+    }
+
+    #[test]
     fn quiet_until_is_the_next_held_tick_or_age_crossing() {
         let mut b = PriceBook::new();
         assert_eq!(b.quiet_until(0, 1_000), Millis::MAX);
