@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 /// normal priority, with 2 GiB per vCPU and no GPUs.
 ///
 /// It keeps the offers it builds ([`OffersCache`]) across plans: shared by
-/// the environments of a tick and kept across ticks while the book and the
-/// time leave them right. Engines sharing one planner share the cache; its
-/// entries are keyed by their book's content, so none is used for another
-/// book.
+/// the environments of a tick and kept across ticks, patched for the pools
+/// whose prices changed or took effect or turned stale since. Engines
+/// sharing one planner share the cache; an entry is used only with the book
+/// it was built from (which can say what changed since), so none is used
+/// for another book.
 #[derive(Debug, Default)]
 pub struct CostAwarePlanner {
     pub policy: PolicyFile,

@@ -5,7 +5,8 @@
 use super::offers::{canonical_arch, Offer};
 use crate::events::{Market, Millis, Text};
 use crate::policy::ReservedInstances;
-use crate::pricing::{Catalog, PriceBook};
+use crate::pricing::book::{OfferRef, PoolKey};
+use crate::pricing::{Catalog, InstanceSpec, PriceBook};
 
 /// What to do with prices.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,33 @@ impl ShapeFilter<'_> {
     }
 }
 
+impl MarketView<'_> {
+    /// Whether the policy buys in this market, region, provider and type.
+    fn allows(&self, m: Market, region: &str, provider: &str, itype: &str) -> bool {
+        (self.markets.is_empty() || self.markets.contains(&m))
+            && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
+            && (self.providers.is_empty()
+                || self
+                    .providers
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(provider)))
+            && (self.instance_types.is_empty() || self.instance_types.iter().any(|t| t == itype))
+    }
+}
+
+/// Where an offer of [`offers_from_book`] comes from. Its offers come in
+/// this order (book pools in id order, then catalogue prices, then the
+/// reserved inventory), which a stable sort keeps among equal pool keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Source {
+    /// A pool of the book.
+    Book,
+    /// A catalogue on-demand price no book pool overrides.
+    Catalog,
+    /// The policy's reserved inventory.
+    Reserved,
+}
+
 /// Every pool the planner may buy from as of `now`.
 ///
 /// Stale rule: a spot price not confirmed for `max_price_age_ms` is still
@@ -74,16 +102,27 @@ pub fn offers_from_book(
     now: Millis,
     view: &MarketView<'_>,
 ) -> Vec<Offer> {
-    let allowed = |m: Market, region: &str, provider: &str, itype: &str| {
-        (view.markets.is_empty() || view.markets.contains(&m))
-            && (view.regions.is_empty() || view.regions.iter().any(|r| r == region))
-            && (view.providers.is_empty()
-                || view
-                    .providers
-                    .iter()
-                    .any(|p| p.eq_ignore_ascii_case(provider)))
-            && (view.instance_types.is_empty() || view.instance_types.iter().any(|t| t == itype))
-    };
+    build(book, catalog, now, view, |o, _| o)
+}
+
+/// [`offers_from_book`], each offer with its [`Source`].
+pub(super) fn offers_with_sources(
+    book: &PriceBook,
+    catalog: &Catalog,
+    now: Millis,
+    view: &MarketView<'_>,
+) -> Vec<(Offer, Source)> {
+    build(book, catalog, now, view, |o, s| (o, s))
+}
+
+/// [`offers_from_book`], each offer passed through `wrap`.
+fn build<T>(
+    book: &PriceBook,
+    catalog: &Catalog,
+    now: Millis,
+    view: &MarketView<'_>,
+    wrap: impl Fn(Offer, Source) -> T,
+) -> Vec<T> {
     let refs = book.offer_refs(catalog, now);
     // At most one offer per pool: sized once, not grown by doubling (its
     // reallocations, copying offers and faulting fresh pages, were a
@@ -98,64 +137,42 @@ pub fn offers_from_book(
     // Pools come grouped by region: keep the region's on-demand table.
     let mut od_region: Option<(&str, Option<&std::collections::BTreeMap<String, f64>>)> = None;
     for o in refs {
-        let k = &o;
-        if k.market == Market::Reserved {
+        if o.market == Market::Reserved
+            || !view.allows(o.market, o.region, o.provider, o.instance_type)
+        {
             // Reserved capacity comes from the policy's inventory below.
             continue;
         }
-        if !allowed(k.market, k.region, k.provider, k.instance_type) {
-            continue;
-        }
-        let spec = *shape_ok.entry(k.instance_type).or_insert_with(|| {
+        let spec = *shape_ok.entry(o.instance_type).or_insert_with(|| {
             catalog
-                .spec(k.instance_type)
+                .spec(o.instance_type)
                 .filter(|spec| view.shape.allows(spec))
         });
         let Some(spec) = spec else {
             continue;
         };
         let table = match od_region {
-            Some((r, t)) if r == k.region => t,
+            Some((r, t)) if r == o.region => t,
             _ => {
-                let t = catalog.ondemand_prices_in(k.region);
-                od_region = Some((k.region, t));
+                let t = catalog.ondemand_prices_in(o.region);
+                od_region = Some((o.region, t));
                 t
             }
         };
-        let od = table.and_then(|t| t.get(k.instance_type)).copied();
-        let stale = o.age_ms.is_some_and(|a| a > view.max_price_age_ms);
-        let price = match (stale, k.market) {
-            (false, _) => o.usd_per_hour,
-            (true, Market::Spot) => match od {
-                Some(p) => p.max(o.usd_per_hour),
-                None => continue,
-            },
-            (true, _) => od.unwrap_or(o.usd_per_hour),
-        };
-        if !(price.is_finite() && price >= 0.0) {
-            continue;
+        let od = table.and_then(|t| t.get(o.instance_type)).copied();
+        if let Some(offer) = ref_offer(&o, spec, od, now, view) {
+            let source = if o.age_ms.is_some() {
+                Source::Book
+            } else {
+                Source::Catalog
+            };
+            out.push(wrap(offer, source));
         }
-        out.push(Offer {
-            provider: k.provider.into(),
-            region: k.region.into(),
-            zone: k.zone.map(Text::from),
-            instance_type: k.instance_type.into(),
-            market: k.market,
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            gpus: spec.gpus,
-            arch: spec.arch.as_str().into(),
-            usd_per_hour: price,
-            on_demand_usd_per_hour: od,
-            interruption_rate_per_h: 0.0,
-            available: None,
-            price_at: now - o.age_ms.unwrap_or(0),
-            stale,
-        });
     }
     if view.markets.is_empty() || view.markets.contains(&Market::Reserved) {
         for r in view.reserved {
-            if r.count <= 0 || !allowed(Market::Reserved, &r.region, &r.provider, &r.instance_type)
+            if r.count <= 0
+                || !view.allows(Market::Reserved, &r.region, &r.provider, &r.instance_type)
             {
                 continue;
             }
@@ -163,7 +180,7 @@ pub fn offers_from_book(
                 continue;
             };
             let od = catalog.ondemand_price(&r.region, &r.instance_type);
-            out.push(Offer {
+            let offer = Offer {
                 provider: r.provider.as_str().into(),
                 region: r.region.as_str().into(),
                 zone: None,
@@ -179,10 +196,79 @@ pub fn offers_from_book(
                 available: Some(r.count as i64),
                 price_at: now,
                 stale: false,
-            });
+            };
+            out.push(wrap(offer, Source::Reserved));
         }
     }
     out
+}
+
+/// Whether a pool of the book can ever give an offer under `view`: its
+/// market, region, provider and type allowed, its shape known and allowed.
+/// (Whether it does at a time depends on its price then.)
+pub(super) fn may_offer(key: &PoolKey, catalog: &Catalog, view: &MarketView<'_>) -> bool {
+    key.market != Market::Reserved
+        && view.allows(key.market, &key.region, &key.provider, &key.instance_type)
+        && catalog
+            .spec(&key.instance_type)
+            .is_some_and(|spec| view.shape.allows(spec))
+}
+
+/// The offer [`offers_from_book`] makes of one entry of
+/// [`PriceBook::offer_refs`] (a book pool or a catalogue price), if any:
+/// the same rules, one entry at a time.
+pub(super) fn ref_to_offer(
+    o: &OfferRef<'_>,
+    catalog: &Catalog,
+    now: Millis,
+    view: &MarketView<'_>,
+) -> Option<Offer> {
+    if o.market == Market::Reserved || !view.allows(o.market, o.region, o.provider, o.instance_type)
+    {
+        return None;
+    }
+    let spec = catalog
+        .spec(o.instance_type)
+        .filter(|spec| view.shape.allows(spec))?;
+    let od = catalog.ondemand_price(o.region, o.instance_type);
+    ref_offer(o, spec, od, now, view)
+}
+
+/// The offer of an allowed entry with a known shape (`spec`) and the
+/// type's on-demand price in its region (`od`): the stale rule applied.
+fn ref_offer(
+    o: &OfferRef<'_>,
+    spec: &InstanceSpec,
+    od: Option<f64>,
+    now: Millis,
+    view: &MarketView<'_>,
+) -> Option<Offer> {
+    let stale = o.age_ms.is_some_and(|a| a > view.max_price_age_ms);
+    let price = match (stale, o.market) {
+        (false, _) => o.usd_per_hour,
+        (true, Market::Spot) => od?.max(o.usd_per_hour),
+        (true, _) => od.unwrap_or(o.usd_per_hour),
+    };
+    if !(price.is_finite() && price >= 0.0) {
+        return None;
+    }
+    Some(Offer {
+        provider: o.provider.into(),
+        region: o.region.into(),
+        zone: o.zone.map(Text::from),
+        instance_type: o.instance_type.into(),
+        market: o.market,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        gpus: spec.gpus,
+        arch: spec.arch.as_str().into(),
+        usd_per_hour: price,
+        on_demand_usd_per_hour: od,
+        interruption_rate_per_h: 0.0,
+        available: None,
+        price_at: now - o.age_ms.unwrap_or(0),
+        stale,
+    })
 }
 
 #[cfg(test)]

@@ -106,9 +106,14 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 /// Sets each offer's interruption rate from the policy's base rate and the
 /// measured overrides.
 fn apply_risk(input: &PlanInput<'_>, offers: &mut [Offer]) {
+    risk_model(input).apply(offers);
+}
+
+/// The risk model of [`apply_risk`].
+fn risk_model(input: &PlanInput<'_>) -> RiskModel {
     let mut risk = RiskModel::new(input.policy.spot_interruption_rate_per_h);
     risk.overrides = input.interruption_rates.clone();
-    risk.apply(offers);
+    risk
 }
 
 /// Plans one environment: builds the offers allowed by its policy from the
@@ -121,30 +126,41 @@ pub fn plan_environment(input: &PlanInput<'_>) -> PlanOutput {
 /// The offers [`plan_environment`] plans over: allowed by the policy, from
 /// the book as of `input.now`, interruption rates set.
 fn priced_offers(input: &PlanInput<'_>) -> Vec<Offer> {
-    let p = input.policy;
-    let mut reserved = p.reserved.clone();
-    reserved.extend(input.reserved.iter().cloned());
-    let offers = offers_from_book(
+    let reserved = reserved_of(input);
+    let mut offers = offers_from_book(
         input.book,
         input.catalog,
         input.now,
-        &MarketView {
-            max_price_age_ms: p.max_price_age_s * 1000,
-            markets: &p.markets,
-            regions: &p.regions,
-            providers: &p.providers,
-            instance_types: &p.instance_types,
-            reserved: &reserved,
-            shape: ShapeFilter {
-                architectures: &p.architectures,
-                exclude_burstable: p.exclude_burstable,
-                min_vcpus: p.min_instance_vcpus,
-            },
-        },
+        &market_view(input, &reserved),
     );
-    let mut offers = offers;
     apply_risk(input, &mut offers);
     offers
+}
+
+/// The reserved inventory [`priced_offers`] offers: the policy's, then the
+/// input's.
+fn reserved_of(input: &PlanInput<'_>) -> Vec<ReservedInstances> {
+    let mut reserved = input.policy.reserved.clone();
+    reserved.extend(input.reserved.iter().cloned());
+    reserved
+}
+
+/// The market view [`priced_offers`] builds the offers with.
+fn market_view<'a>(input: &'a PlanInput<'_>, reserved: &'a [ReservedInstances]) -> MarketView<'a> {
+    let p = input.policy;
+    MarketView {
+        max_price_age_ms: p.max_price_age_s * 1000,
+        markets: &p.markets,
+        regions: &p.regions,
+        providers: &p.providers,
+        instance_types: &p.instance_types,
+        reserved,
+        shape: ShapeFilter {
+            architectures: &p.architectures,
+            exclude_burstable: p.exclude_burstable,
+            min_vcpus: p.min_instance_vcpus,
+        },
+    }
 }
 
 /// The cheapest expected-cost instances for a demand, optimum first, then
@@ -357,11 +373,17 @@ mod tests {
             plans.push(fresh);
         }
         // The held tick and the new price changed the plan; staleness
-        // (6 h after 0 and 2 h) was seen; most ticks reused their offers.
+        // (6 h after 0 and 2 h) was seen; the offers were built once and
+        // patched three times: the held m5 price at 2 h, the new c5 price
+        // at 5 h, the m5 price stale at 8 h.
         assert_ne!(plans[7], plans[8]);
         assert_ne!(plans[19], plans[20]);
         let (built, reused) = cache.built_and_reused();
-        assert!(built >= 4 && reused >= 30, "built {built}, reused {reused}");
+        let (patched, _) = cache.patched();
+        assert!(
+            built == 1 && reused == 39 && patched == 3,
+            "built {built}, reused {reused}, patched {patched}"
+        );
     }
 
     #[test]

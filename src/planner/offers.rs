@@ -7,6 +7,10 @@ use crate::events::{Market, Millis, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Provider, region, zone (`-` when none), instance type and market: the
+/// parts of a pool key ([`Offer::pool_order`]).
+pub(crate) type SortKey<'a> = (&'a str, &'a str, &'a str, &'a str, Market);
+
 /// One pool the planner may buy from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
@@ -40,16 +44,18 @@ pub struct Offer {
 impl Offer {
     /// Pool-key order ([`Offer::pool_key`]) without building key strings.
     pub fn pool_order(&self, other: &Offer) -> std::cmp::Ordering {
-        fn k(o: &Offer) -> (&str, &str, &str, &str, Market) {
-            (
-                o.provider.as_str(),
-                o.region.as_str(),
-                o.zone.as_deref().unwrap_or("-"),
-                o.instance_type.as_str(),
-                o.market,
-            )
-        }
-        k(self).cmp(&k(other))
+        self.sort_key().cmp(&other.sort_key())
+    }
+
+    /// What [`Offer::pool_order`] compares: the parts of the pool key.
+    pub(crate) fn sort_key(&self) -> SortKey<'_> {
+        (
+            self.provider.as_str(),
+            self.region.as_str(),
+            self.zone.as_deref().unwrap_or("-"),
+            self.instance_type.as_str(),
+            self.market,
+        )
     }
 
     /// Stable identity of the pool, used for sorting, diversification and

@@ -82,6 +82,49 @@ impl Pool {
         let i = self.ticks.partition_point(|(at, _)| *at <= t);
         (i > 0).then(|| self.ticks[i - 1])
     }
+
+    /// See [`PriceBook::pool_quiet_until`].
+    fn quiet_until(&self, t: Millis, max_age_ms: i64) -> Millis {
+        let mut until = Millis::MAX;
+        let i = self.ticks.partition_point(|(at, _)| *at <= t);
+        if let Some(&(next, _)) = self.ticks.get(i) {
+            until = until.min(next);
+        }
+        if let Some(&(at, _)) = i.checked_sub(1).and_then(|j| self.ticks.get(j)) {
+            let flips = at.saturating_add(max_age_ms).saturating_add(1);
+            if flips > t {
+                until = until.min(flips);
+            }
+        }
+        until
+    }
+
+    /// This pool's entry of [`PriceBook::offer_refs`].
+    fn offer_ref(&self, usd_per_hour: f64, age_ms: i64) -> OfferRef<'_> {
+        let k = &self.key;
+        OfferRef {
+            provider: &k.provider,
+            region: &k.region,
+            zone: k.zone.as_deref(),
+            instance_type: &k.instance_type,
+            market: k.market,
+            usd_per_hour,
+            age_ms: Some(age_ms),
+        }
+    }
+}
+
+/// A catalogue on-demand price's entry of [`PriceBook::offer_refs`].
+fn catalog_ref<'a>(region: &'a str, instance_type: &'a str, usd_per_hour: f64) -> OfferRef<'a> {
+    OfferRef {
+        provider: "aws",
+        region,
+        zone: None,
+        instance_type,
+        market: Market::OnDemand,
+        usd_per_hour,
+        age_ms: None,
+    }
 }
 
 /// A price the planner may buy at.
@@ -110,33 +153,85 @@ pub struct OfferRef<'a> {
 /// Names one content of one book in this process: any change to a book,
 /// and any new book (built, cloned or restored), gets a stamp never used
 /// before. Whoever derives data from a book (the planner's offers, kept
-/// across decision ticks) keeps the stamp and rebuilds when it differs.
+/// across decision ticks) keeps the stamp, asks the book which pools
+/// changed since it ([`PriceBook::changed_since`]) and re-derives those, or
+/// rebuilds when the book cannot say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BookStamp(u64);
 
-/// A [`BookStamp`] that is fresh on construction and on clone.
-#[derive(Debug)]
-struct Stamp(u64);
+/// How many pool changes a book remembers ([`PriceBook::changed_since`]).
+/// A reader further behind rebuilds what it derived; with more changes than
+/// that between two reads, re-deriving every pool costs no more anyway
+/// (a month of AWS spot prices holds ~10,000 pools).
+const CHANGES_KEPT: usize = 16_384;
 
-impl Stamp {
+/// The book's stamp and the pools changed under its latest stamps, oldest
+/// first: fresh (a new stamp, nothing remembered) on construction and on
+/// clone, since a copy may diverge from the original.
+#[derive(Debug)]
+struct Changes {
+    stamp: u64,
+    /// The oldest stamp `log` answers from: every change after it is in
+    /// `log`.
+    base: u64,
+    /// (the stamp a change gave the book, the id of the pool it changed),
+    /// stamps increasing.
+    log: std::collections::VecDeque<(u64, String)>,
+}
+
+impl Changes {
     fn next() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
-    fn renew(&mut self) {
-        self.0 = Self::next();
+
+    /// A new stamp for a change to the pool `id`.
+    fn pool_changed(&mut self, id: &str) {
+        self.stamp = Self::next();
+        self.log.push_back((self.stamp, id.to_string()));
+        if self.log.len() > CHANGES_KEPT {
+            if let Some((s, _)) = self.log.pop_front() {
+                self.base = s;
+            }
+        }
+    }
+
+    /// A new stamp for a change that names no pool: nothing before it can
+    /// be patched.
+    fn all_changed(&mut self) {
+        self.stamp = Self::next();
+        self.base = self.stamp;
+        self.log.clear();
+    }
+
+    fn since(&self, stamp: u64) -> Option<impl Iterator<Item = &str>> {
+        let from = if stamp == self.base {
+            0
+        } else {
+            let i = self.log.partition_point(|(s, _)| *s < stamp);
+            if self.log.get(i)?.0 != stamp {
+                return None;
+            }
+            i + 1
+        };
+        Some(self.log.range(from..).map(|(_, id)| id.as_str()))
     }
 }
 
-impl Default for Stamp {
+impl Default for Changes {
     fn default() -> Self {
-        Stamp(Self::next())
+        let stamp = Self::next();
+        Changes {
+            stamp,
+            base: stamp,
+            log: Default::default(),
+        }
     }
 }
 
-impl Clone for Stamp {
+impl Clone for Changes {
     fn clone(&self) -> Self {
-        Stamp::default()
+        Changes::default()
     }
 }
 
@@ -147,7 +242,7 @@ pub struct PriceBook {
     pools: BTreeMap<String, Pool>,
     ticks_applied: u64,
     #[serde(skip)]
-    stamp: Stamp,
+    changes: Changes,
     /// Pool ids by (instance type, market, region): regional prices without
     /// a scan of every pool. Derived from `pools` (rebuilt when restored).
     #[serde(skip)]
@@ -183,7 +278,7 @@ impl From<StoredBook> for PriceBook {
             pools: s.pools,
             ticks_applied: s.ticks_applied,
             regional,
-            stamp: Stamp::default(),
+            changes: Changes::default(),
             non_spot_pools,
         }
     }
@@ -203,7 +298,7 @@ impl PriceBook {
         });
         let changed = known.unwrap_or_else(|| self.add_pool(tick));
         if changed {
-            self.stamp.renew();
+            with_tick_id(tick, |id| self.changes.pool_changed(id));
         }
         self.ticks_applied += 1;
     }
@@ -254,7 +349,26 @@ impl PriceBook {
 
     /// The content of this book (see `BookStamp`).
     pub fn stamp(&self) -> BookStamp {
-        BookStamp(self.stamp.0)
+        BookStamp(self.changes.stamp)
+    }
+
+    /// The ids of the pools changed since the book held `stamp` (in the
+    /// order of the changes, a pool once per change): `None` when the book
+    /// cannot say (`stamp` is another book's, or older than the changes it
+    /// remembers, or a change named no pool), so whatever was derived from
+    /// it must be derived again. Empty when `stamp` is the current one.
+    pub fn changed_since(&self, stamp: BookStamp) -> Option<impl Iterator<Item = &str>> {
+        self.changes.since(stamp.0)
+    }
+
+    /// The key of the pool with this id ([`PriceBook::changed_since`]).
+    pub fn pool_key(&self, id: &str) -> Option<&PoolKey> {
+        self.pools.get(id).map(|p| &p.key)
+    }
+
+    /// The ids of every pool, in id order.
+    pub fn pool_ids(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(String::as_str)
     }
 
     /// The first time after `t` at which [`PriceBook::offer_refs`] could
@@ -263,20 +377,50 @@ impl PriceBook {
     /// but later than `t` takes effect, or a price crosses the age.
     /// `Millis::MAX` when neither happens.
     pub fn quiet_until(&self, t: Millis, max_age_ms: i64) -> Millis {
-        let mut until = Millis::MAX;
-        for pool in self.pools.values() {
-            let i = pool.ticks.partition_point(|(at, _)| *at <= t);
-            if let Some(&(next, _)) = pool.ticks.get(i) {
-                until = until.min(next);
-            }
-            if let Some(&(at, _)) = i.checked_sub(1).and_then(|j| pool.ticks.get(j)) {
-                let flips = at.saturating_add(max_age_ms).saturating_add(1);
-                if flips > t {
-                    until = until.min(flips);
-                }
-            }
+        self.pools
+            .values()
+            .map(|p| p.quiet_until(t, max_age_ms))
+            .min()
+            .unwrap_or(Millis::MAX)
+    }
+
+    /// [`PriceBook::quiet_until`] of the one pool with this id: when its
+    /// entry of [`PriceBook::offer_refs`] could next differ from its entry
+    /// at `t`, the book staying as it is. `Millis::MAX` for an unknown id.
+    pub fn pool_quiet_until(&self, id: &str, t: Millis, max_age_ms: i64) -> Millis {
+        self.pools
+            .get(id)
+            .map_or(Millis::MAX, |p| p.quiet_until(t, max_age_ms))
+    }
+
+    /// The entry of [`PriceBook::offer_refs`] at `t` of the pool with this
+    /// id: its price as of `t`, if it has one.
+    pub fn pool_offer_ref(&self, id: &str, t: Millis) -> Option<OfferRef<'_>> {
+        let pool = self.pools.get(id)?;
+        pool.at(t).map(|(at, p)| pool.offer_ref(p, t - at))
+    }
+
+    /// The entry of [`PriceBook::offer_refs`] at `t` for the catalogue's
+    /// on-demand price of `instance_type` in `region`: there when the
+    /// catalogue has that price and a shape for the type, and no ON_DEMAND
+    /// pool of the book prices that type in that region as of `t`.
+    pub fn catalog_offer_ref<'a>(
+        &self,
+        catalog: &Catalog,
+        region: &'a str,
+        instance_type: &'a str,
+        t: Millis,
+    ) -> Option<OfferRef<'a>> {
+        let p = catalog.ondemand_price(region, instance_type)?;
+        catalog.spec(instance_type)?;
+        if self
+            .region_prices(region, instance_type, Market::OnDemand, t)
+            .next()
+            .is_some()
+        {
+            return None;
         }
-        until
+        Some(catalog_ref(region, instance_type, p))
     }
 
     /// Price of a pool as of `t` (latest tick at or before it), with its time.
@@ -374,30 +518,14 @@ impl PriceBook {
                 if k.market == Market::OnDemand {
                     ticked_ondemand.insert((&k.region, &k.instance_type));
                 }
-                out.push(OfferRef {
-                    provider: &k.provider,
-                    region: &k.region,
-                    zone: k.zone.as_deref(),
-                    instance_type: &k.instance_type,
-                    market: k.market,
-                    usd_per_hour: p,
-                    age_ms: Some(t - at),
-                });
+                out.push(pool.offer_ref(p, t - at));
             }
         }
         for (region, spec, p) in catalog.ondemand_offers() {
             if ticked_ondemand.contains(&(region, spec.name.as_str())) {
                 continue;
             }
-            out.push(OfferRef {
-                provider: "aws",
-                region,
-                zone: None,
-                instance_type: &spec.name,
-                market: Market::OnDemand,
-                usd_per_hour: p,
-                age_ms: None,
-            });
+            out.push(catalog_ref(region, &spec.name, p));
         }
         out
     }
@@ -405,7 +533,7 @@ impl PriceBook {
     /// Drop history older than `t`, keeping each pool's last tick before it
     /// (so prices as of `t` and later are unchanged). Bounds memory in the service.
     pub fn prune_before(&mut self, t: Millis) {
-        self.stamp.renew();
+        self.changes.all_changed();
         for pool in self.pools.values_mut() {
             let i = pool.ticks.partition_point(|x| x.0 < t);
             if i > 1 {
@@ -480,6 +608,41 @@ pub(crate) mod tests {
         );
         b.apply(&tick(50, "m5.large", 0.02));
         assert_ne!(b.stamp(), s1);
+    }
+
+    #[test]
+    fn changed_since_names_the_changed_pools_or_cannot_say() {
+        let mut b = PriceBook::new();
+        let s0 = b.stamp();
+        assert_eq!(b.changed_since(s0).unwrap().count(), 0);
+        b.apply(&tick(100, "m5.large", 0.03));
+        let s1 = b.stamp();
+        b.apply(&tick(100, "m5.large", 0.03));
+        b.apply(&tick(200, "c5.large", 0.05));
+        b.apply(&tick(50, "m5.large", 0.02));
+        let m5 = PoolKey::of(&tick(0, "m5.large", 0.0)).id();
+        let c5 = PoolKey::of(&tick(0, "c5.large", 0.0)).id();
+        fn since(b: &PriceBook, s: BookStamp) -> Option<Vec<&str>> {
+            b.changed_since(s).map(|i| i.collect())
+        }
+        assert_eq!(since(&b, s0), Some(vec![&*m5, &*c5, &*m5]));
+        assert_eq!(since(&b, s1), Some(vec![&*c5, &*m5]));
+        assert_eq!(since(&b, b.stamp()), Some(vec![]));
+        // Another book's stamp, a copy's, pruned history: cannot say.
+        assert!(b.clone().changed_since(s1).is_none());
+        assert!(PriceBook::new().changed_since(s1).is_none());
+        let s = b.stamp();
+        b.prune_before(150);
+        assert!(b.changed_since(s).is_none());
+        let s = b.stamp();
+        // More changes than kept: the oldest stamps can no longer say.
+        for k in 0..=CHANGES_KEPT as i64 {
+            b.apply(&tick(1_000 + k, "m5.large", 0.03 + k as f64));
+        }
+        assert!(b.changed_since(s).is_none());
+        let recent = b.stamp();
+        b.apply(&tick(1_000_000, "c5.large", 0.04));
+        assert_eq!(since(&b, recent), Some(vec![&*c5]));
     }
 
     #[test]
