@@ -300,7 +300,13 @@ impl Engine {
         mut reports: Option<&mut Vec<TickReport>>,
     ) -> Handled {
         self.st.counters.events += 1;
-        let seen = self.seen_before(ev);
+        let seen = match ev {
+            // Checked and applied at once (one lookup of the pool); the
+            // demand state below reads no prices.
+            Event::PriceTick(p) if self.st.book.apply_unless_held(p) => Handled::Applied,
+            Event::PriceTick(_) => Handled::Duplicate,
+            _ => self.seen_before(ev),
+        };
         if seen != Handled::Applied {
             if let Handled::Conflict(_) = seen {
                 self.st.counters.conflicts += 1;
@@ -319,7 +325,7 @@ impl Engine {
         let copy = self.job_copy(ev, applied);
         match ev {
             _ if copy.is_some() => {}
-            Event::PriceTick(p) => self.st.book.apply(p),
+            Event::PriceTick(_) => {} // applied above
             Event::BudgetAllocation(a) => match self.st.ledger.on_allocation(a) {
                 Ok(_) => {
                     let seen = (a.usd, a.period.clone());
@@ -366,22 +372,12 @@ impl Engine {
         copy.unwrap_or(Handled::Applied)
     }
 
-    /// Whether a price tick or budget allocation is a copy of one already
-    /// applied (same pool or account, same time: same content) or
-    /// contradicts it. Job events are the demand state's to tell.
+    /// Whether a budget allocation is a copy of one already applied (same
+    /// account, same time: same content) or contradicts it. Price ticks
+    /// are the book's to tell ([`PriceBook::apply_unless_held`]), job
+    /// events the demand state's.
     fn seen_before(&self, ev: &Event) -> Handled {
         match ev {
-            Event::PriceTick(p) => {
-                let held = self.st.book.prices_at(p);
-                if held
-                    .iter()
-                    .any(|&x| x.to_bits() == p.usd_per_hour.to_bits())
-                {
-                    Handled::Duplicate
-                } else {
-                    Handled::Applied
-                }
-            }
             Event::BudgetAllocation(a) => match self.st.allocations.get(&allocation_key(a)) {
                 None => Handled::Applied,
                 Some((usd, period)) if usd.to_bits() == a.usd.to_bits() && *period == a.period => {

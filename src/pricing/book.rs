@@ -293,14 +293,52 @@ impl PriceBook {
     /// equal to one already held (same pool, time and price) is ignored, so
     /// replays are idempotent.
     pub fn apply(&mut self, tick: &PriceTick) {
+        self.apply_unless(tick, false);
+    }
+
+    /// [`PriceBook::apply`], unless the tick's pool already holds its price
+    /// at its time (a copy of a tick applied before, as
+    /// [`PriceBook::prices_at`] would show): whether it was applied. One
+    /// lookup of the pool where checking and applying took two.
+    pub fn apply_unless_held(&mut self, tick: &PriceTick) -> bool {
+        self.apply_unless(tick, true)
+    }
+
+    fn apply_unless(&mut self, tick: &PriceTick, held_is_copy: bool) -> bool {
         let known = with_tick_id(tick, |id| {
-            self.pools.get_mut(id).map(|pool| Self::record(pool, tick))
+            let pool = self.pools.get_mut(id)?;
+            if held_is_copy
+                && Self::held_at(pool, tick).any(|p| p.to_bits() == tick.usd_per_hour.to_bits())
+            {
+                return Some(None);
+            }
+            let changed = Self::record(pool, tick);
+            if changed {
+                self.changes.pool_changed(id);
+            }
+            Some(Some(()))
         });
-        let changed = known.unwrap_or_else(|| self.add_pool(tick));
-        if changed {
-            with_tick_id(tick, |id| self.changes.pool_changed(id));
+        match known {
+            Some(None) => return false,
+            Some(Some(())) => {}
+            None => {
+                if self.add_pool(tick) {
+                    with_tick_id(tick, |id| self.changes.pool_changed(id));
+                }
+            }
         }
         self.ticks_applied += 1;
+        true
+    }
+
+    /// The prices `pool` holds at exactly `tick`'s time, oldest first.
+    fn held_at<'p>(pool: &'p Pool, tick: &PriceTick) -> impl Iterator<Item = f64> + 'p {
+        let at = tick.at;
+        let from = pool.ticks.partition_point(|x| x.0 < at);
+        pool.ticks[from..]
+            .iter()
+            .take_while(move |x| x.0 == at)
+            .map(|x| x.1)
     }
 
     /// A pool first priced by `tick`, holding it.
@@ -559,12 +597,7 @@ impl PriceBook {
         let Some(pool) = with_tick_id(tick, |id| self.pools.get(id)) else {
             return Vec::new();
         };
-        let from = pool.ticks.partition_point(|x| x.0 < tick.at);
-        pool.ticks[from..]
-            .iter()
-            .take_while(|x| x.0 == tick.at)
-            .map(|x| x.1)
-            .collect()
+        Self::held_at(pool, tick).collect()
     }
 
     pub fn ticks_applied(&self) -> u64 {
