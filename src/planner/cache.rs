@@ -357,7 +357,7 @@ mod tests {
             at,
             provider: "aws".into(),
             region: region.into(),
-            zone: zone.map(str::to_string),
+            zone: zone.map(Into::into),
             instance_type: itype.into(),
             market,
             usd_per_hour: price,
