@@ -275,7 +275,7 @@ impl Ingest<'_> {
                     // needs it.
                     Msg::Held(m) => {
                         let key = OrderKey::new(&ev, input.kind, None, partition, offset);
-                        a.merger.push_held(slot, offset, key, ev, m, produced, now)
+                        a.merger.push_held(slot, key, ev, m, produced, now)
                     }
                 }
             }

@@ -306,13 +306,12 @@ impl<H: Hold> Merger<H> {
     }
 
     /// [`Merger::push`] with the key's sequence still in `held`, read only
-    /// if the merge needs it (see [`Hold`]); `key.seq` is ignored. `held`
-    /// is dropped when the event is released, or at once when the message
-    /// is not taken.
+    /// if the merge needs it (see [`Hold`]); `key.seq` is ignored, the
+    /// offset is `key.offset`. `held` is dropped when the event is
+    /// released, or at once when the message is not taken.
     pub fn push_held(
         &mut self,
         slot: usize,
-        offset: i64,
         key: OrderKey,
         event: Event,
         held: H,
@@ -321,7 +320,7 @@ impl<H: Hold> Merger<H> {
     ) -> Push {
         self.push_entry(
             slot,
-            offset,
+            key.offset,
             Some((key, event)),
             Some(held),
             produced_at,
@@ -651,7 +650,7 @@ mod tests {
             let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, p, off);
             let held = Counted(seq, reads.clone());
             assert_eq!(
-                lazy.push_held(p as usize, off, k, e, held, None, now),
+                lazy.push_held(p as usize, k, e, held, None, now),
                 Push::Taken
             );
         }
