@@ -42,6 +42,13 @@ pub struct BenchKafkaArgs {
     /// are compared (one run of each swings ±20 % on a busy machine).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
+    /// Raw and full-path runs before those, printed but left out of the
+    /// medians, for both alike: the first run of either in a process pays
+    /// for first-touch page faults of the allocator's and librdkafka's
+    /// memory and a cold cache (the raw consumer's first run was 0.59–0.60
+    /// µs per message where its later runs were 0.37–0.40).
+    #[arg(long, default_value_t = 1)]
+    pub warmup_runs: u32,
     /// Input rate (events/s) of the latency measurement.
     #[arg(long, default_value_t = 10_000.0, value_parser = super::values::positive_rate)]
     pub rate: f64,
@@ -480,6 +487,7 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         let j = serde_json::json!({
             "messages": args.messages,
             "repeat": args.repeat,
+            "warmup_runs": args.warmup_runs,
             "partitions": args.partitions,
             "raw_consume_msgs_per_s": tput.raw,
             "full_path_msgs_per_s": tput.full,
@@ -540,7 +548,8 @@ fn throughput(
     let (mut raws, mut fulls) = (Vec::new(), Vec::new());
     let (mut raw_cpus, mut full_cpus) = (Vec::new(), Vec::new());
     let mut roles: HashMap<String, Vec<f64>> = HashMap::new();
-    for i in 0..args.repeat {
+    for i in 0..args.warmup_runs + args.repeat {
+        let warmup = i < args.warmup_runs;
         let Pass {
             rate: raw,
             cpu_us: raw_cpu,
@@ -556,9 +565,13 @@ fn throughput(
             merge_peak,
             threads,
         } = full_path(&run_cfg, factory, n)?;
+        let name = if warmup {
+            format!("warm-up run {} (not counted)", i + 1)
+        } else {
+            format!("run {}", i + 1 - args.warmup_runs)
+        };
         println!(
-            "  run {}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages); CPU per message {raw_cpu:.2} / {full_cpu:.2} µs",
-            i + 1,
+            "  {name}: raw rdkafka consume {raw:>10.0} msg/s, prescale full path {full:>10.0} msg/s ({:.2}×; merge held at most {merge_peak} messages); CPU per message {raw_cpu:.2} / {full_cpu:.2} µs",
             full / raw
         );
         if !threads.is_empty() {
@@ -570,6 +583,9 @@ fn throughput(
                 "         full path CPU per message by thread (µs): {}",
                 line.join(", ")
             );
+        }
+        if warmup {
+            continue;
         }
         for (r, us) in threads {
             roles.entry(r).or_default().push(us);

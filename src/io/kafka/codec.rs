@@ -30,6 +30,12 @@ pub mod headers {
     pub const INSTANCE: &str = "prescale-instance";
 }
 
+/// The producer sequence a [`headers::SEQ`] header value carries (decimal
+/// text); `None` when it is not one.
+pub fn seq_value(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// Decode an input message value of a known kind.
 pub fn decode_input(cfg: &KafkaConfig, kind: EventKind, value: &[u8]) -> Result<Event, CodecError> {
     let datum = match cfg.framing {

@@ -9,6 +9,7 @@ use super::merge::{Merger, Tp};
 use super::port::BrainFactory;
 use super::rebalance::{reread_from, PriceCtx};
 use super::spend::Exchange;
+use super::split::Polled;
 use super::stats::{AppliedHook, Stats};
 use super::worker::{Decided, Worker};
 use super::{KafkaConfig, KafkaError};
@@ -32,7 +33,9 @@ pub(super) struct Active {
     /// Another instance owns part of the group: budgets are split, and the
     /// exchange runs (alone, there is nobody to exchange with).
     pub(super) split: bool,
-    pub(super) merger: Merger,
+    /// Events read in batches keep their messages until released or their
+    /// sequence is needed (see [`super::merge::Hold`]).
+    pub(super) merger: Merger<Polled>,
     /// Events were handed to the engine since the last checkpoint.
     pub(super) dirty: bool,
     /// The periodic checkpoint being written on another thread; it yields
@@ -183,7 +186,7 @@ fn assign_broadcast(
     s: &Start<'_>,
     assignment: &[Tp],
     offsets: &Offsets,
-) -> Result<Merger, KafkaError> {
+) -> Result<Merger<Polled>, KafkaError> {
     let spend_topic = &s.cfg.topics.budget_spend();
     let reread = s.cfg.reread_messages;
     let mut broadcast: Vec<Tp> = Vec::new();

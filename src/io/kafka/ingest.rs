@@ -5,12 +5,12 @@
 //! (rewind).
 
 use super::client::caught_up_c;
-use super::codec::{decode_input, headers};
+use super::codec::{decode_input, headers, seq_value};
 use super::handoff::Active;
 use super::merge::{OrderKey, Push};
 use super::publish::Publisher;
 use super::rebalance::{is_partition_eof, GroupCtx, PriceCtx};
-use super::split::{MessageView, Split, AHEAD};
+use super::split::{MessageView, Polled, Split, AHEAD};
 use super::stats::Stats;
 use super::{KafkaConfig, KafkaError};
 use crate::events::avro::EventKind;
@@ -48,6 +48,23 @@ pub(super) fn inputs(cfg: &KafkaConfig) -> Vec<Input> {
             kind,
         })
         .collect()
+}
+
+/// A message to take in: borrowed (read from a consumer's own queue or
+/// waited for), or taken off a partition queue in a batch, which the merge
+/// may keep until its sequence is needed (see [`super::merge::Hold`]).
+enum Msg<'m> {
+    View(&'m dyn MessageView),
+    Held(Polled),
+}
+
+impl Msg<'_> {
+    fn view(&self) -> &dyn MessageView {
+        match self {
+            Msg::View(m) => *m,
+            Msg::Held(m) => m,
+        }
+    }
 }
 
 /// What taking a message in needs besides the assignment's state.
@@ -96,7 +113,7 @@ impl Ingest<'_> {
         match m {
             Ok(m) => {
                 return match a {
-                    Some(a) => self.ingest(a, m, slot, now),
+                    Some(a) => self.ingest(a, Msg::View(m), slot, now),
                     None => Ok(Took::Message),
                 };
             }
@@ -135,7 +152,12 @@ impl Ingest<'_> {
             let room = AHEAD.saturating_sub(a.merger.queued(slot)).min(budget - n);
             let (mut messages, mut events) = (0u64, (0usize, 0u64));
             for m in q.read(room) {
-                match self.take(Some(a), m.result().as_ref().copied(), Some(slot), now)? {
+                // A message is handed over whole; an error only looked at.
+                let took = match m.result().err() {
+                    None => self.ingest(a, Msg::Held(m), Some(slot), now)?,
+                    Some(e) => self.take(Some(a), Err(&e), Some(slot), now)?,
+                };
+                match took {
                     Took::Nothing => continue,
                     Took::Message => {}
                     Took::Rewound => {
@@ -224,10 +246,11 @@ impl Ingest<'_> {
     fn ingest(
         &self,
         a: &mut Active,
-        m: &dyn MessageView,
+        msg: Msg<'_>,
         known: Option<usize>,
         now: Instant,
     ) -> Result<Took, KafkaError> {
+        let m = msg.view();
         let by_slot = known.and_then(|s| Some((a.input_of(s)?, s)));
         let found = match by_slot {
             Some(found) => Some(found),
@@ -237,18 +260,29 @@ impl Ingest<'_> {
             return Ok(Took::Message);
         };
         let input = &self.inputs[i];
+        let (partition, offset) = (m.partition(), m.offset());
         let mut event = false;
         let pushed = match decode_input(self.cfg, input.kind, m.payload().unwrap_or(&[])) {
             Ok(ev) => {
                 event = true;
-                let key = OrderKey::new(&ev, input.kind, seq_header(m), m.partition(), m.offset());
-                a.merger
-                    .push(slot, m.offset(), key, ev, m.timestamp_ms(), now)
+                let produced = m.timestamp_ms();
+                match msg {
+                    Msg::View(m) => {
+                        let key = OrderKey::new(&ev, input.kind, seq_header(m), partition, offset);
+                        a.merger.push(slot, offset, key, ev, produced, now)
+                    }
+                    // The sequence is read from the message if the merge
+                    // needs it.
+                    Msg::Held(m) => {
+                        let key = OrderKey::new(&ev, input.kind, None, partition, offset);
+                        a.merger.push_held(slot, key, ev, m, produced, now)
+                    }
+                }
             }
             Err(e) => {
                 // Dead-lettered once, not again when read again (a restart
                 // rereads messages before its resume point).
-                let pushed = a.merger.push_skipped(slot, m.offset(), now);
+                let pushed = a.merger.push_skipped(slot, offset, now);
                 if pushed == Push::Taken {
                     self.dead_letter(m, &e.to_string())?;
                     a.dirty = true;
@@ -258,7 +292,7 @@ impl Ingest<'_> {
         };
         Ok(match pushed {
             Push::Rewind(to) => {
-                self.rewind(m, to, input.broadcast)?;
+                self.rewind(&input.topic, partition, offset, to, input.broadcast)?;
                 Took::Rewound
             }
             Push::Taken if event => Took::Event(i),
@@ -274,14 +308,20 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// Seek the partition of `m` back to `to`, as the merger asked;
-    /// `broadcast`: the price consumer reads it.
-    fn rewind(&self, m: &dyn MessageView, to: i64, broadcast: bool) -> Result<(), KafkaError> {
-        let (t, p) = (m.topic(), m.partition());
+    /// Seek partition `p` of topic `t` back to `to`, as the merger asked
+    /// of the message at `offset`; `broadcast`: the price consumer reads it.
+    fn rewind(
+        &self,
+        t: &str,
+        p: i32,
+        offset: i64,
+        to: i64,
+        broadcast: bool,
+    ) -> Result<(), KafkaError> {
         tracing::info!(
             topic = t,
             partition = p,
-            offset = m.offset(),
+            offset,
             to,
             "offsets skipped after a seek: reading the partition again from further back"
         );
@@ -329,10 +369,7 @@ fn dead_letter(
 }
 
 fn seq_header(m: &dyn MessageView) -> Option<u64> {
-    std::str::from_utf8(m.header(headers::SEQ_C)?)
-        .ok()?
-        .parse()
-        .ok()
+    m.header(headers::SEQ_C).and_then(seq_value)
 }
 
 /// Poll a consumer's own queue without waiting. Seeing it empty makes its

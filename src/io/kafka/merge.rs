@@ -41,6 +41,32 @@ use std::time::{Duration, Instant};
 /// A topic-partition.
 pub type Tp = (String, i32);
 
+/// What a buffered event may keep of its message until it is released,
+/// for its producer sequence to be read only when the merge needs it.
+///
+/// The sequence (`prescale-seq` header) only breaks ties between partition
+/// heads of equal event time, and reading it is librdkafka parsing every
+/// header of the message into a list it allocates (about a fifth of the
+/// loop thread on `prescale bench kafka`). An event pushed with
+/// [`Merger::push_held`] keeps its message instead; the merge reads the
+/// sequence when the event's time ties with another head's, and otherwise
+/// never: the release order is the same as with every sequence read at
+/// push (the tie-break is still the same total order).
+pub trait Hold {
+    /// The message's producer sequence, when it has one.
+    fn seq(&self) -> Option<u64>;
+}
+
+/// Nothing held: every sequence is given at push ([`Merger::push`]).
+#[derive(Debug)]
+pub enum Unheld {}
+
+impl Hold for Unheld {
+    fn seq(&self) -> Option<u64> {
+        match *self {}
+    }
+}
+
 /// Messages before its resume point that a restored partition is read from
 /// by default (librdkafka producers batch up to 10,000 messages by default).
 /// A first rewind goes twice as far as this or the configured distance,
@@ -75,11 +101,14 @@ fn kind_rank(k: EventKind) -> u8 {
     }
 }
 
+/// The sequence of a key whose message has none.
+const NO_SEQ: u64 = u64::MAX;
+
 impl OrderKey {
     pub fn new(ev: &Event, kind: EventKind, seq: Option<u64>, partition: i32, offset: i64) -> Self {
         OrderKey {
             time: ev.time(),
-            seq: seq.unwrap_or(u64::MAX),
+            seq: seq.unwrap_or(NO_SEQ),
             kind: kind_rank(kind),
             partition,
             offset,
@@ -88,17 +117,19 @@ impl OrderKey {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<H> {
     offset: i64,
     /// `None`: a message that was dead-lettered; it only advances the offset.
     item: Option<(OrderKey, Event)>,
+    /// The message, while the key's sequence is not read yet (see [`Hold`]).
+    held: Option<H>,
     produced_at: Option<i64>,
     arrived: Instant,
 }
 
-#[derive(Debug, Default)]
-struct Part {
-    queue: VecDeque<Entry>,
+#[derive(Debug)]
+struct Part<H> {
+    queue: VecDeque<Entry<H>>,
     /// Offset after the last message released (or skipped) — the resume point.
     released: Option<i64>,
     /// Offset after the last message received from the consumer.
@@ -111,7 +142,7 @@ struct Part {
     back: i64,
 }
 
-impl Part {
+impl<H> Part<H> {
     fn settle(&mut self) {
         while let Some(Entry {
             item: None, offset, ..
@@ -129,21 +160,26 @@ impl Part {
 /// dozen queues, two cache lines each, for every event released).
 #[derive(Debug, Clone, Copy)]
 struct Head {
+    /// Its `seq` is not read yet while `held`.
     key: OrderKey,
     arrived: Instant,
+    /// The entry still holds its message (see [`Hold`]).
+    held: bool,
 }
 
-impl Part {
+impl<H> Part<H> {
     /// The head of the queue, which [`Part::settle`] makes an event.
     fn head(&self) -> Option<Head> {
         match self.queue.front() {
             Some(Entry {
                 item: Some((key, _)),
+                held,
                 arrived,
                 ..
             }) => Some(Head {
                 key: *key,
                 arrived: *arrived,
+                held: held.is_some(),
             }),
             Some(Entry { item: None, .. }) => {
                 unreachable!("settled queues start with an event")
@@ -182,8 +218,8 @@ pub struct Released {
 /// addressed by slot, so the per-message path allocates nothing (a consumer
 /// owns a dozen partitions or so; a linear scan beats hashing there).
 #[derive(Debug)]
-pub struct Merger {
-    parts: Vec<(Tp, Part)>,
+pub struct Merger<H = Unheld> {
+    parts: Vec<(Tp, Part<H>)>,
     /// Each part's [`Part::head`], by slot (`None`: nothing buffered).
     heads: Vec<Option<Head>>,
     /// [`Merger::release`]'s answers by slot, kept for its next call.
@@ -194,11 +230,11 @@ pub struct Merger {
     first_rewind: i64,
 }
 
-impl Merger {
+impl<H: Hold> Merger<H> {
     /// A merger over `assigned` partitions, each resuming at the given offset
     /// (`None`: from the beginning of the partition).
     pub fn new(assigned: impl IntoIterator<Item = (Tp, Option<i64>)>) -> Self {
-        let parts: BTreeMap<Tp, Part> = assigned
+        let parts: BTreeMap<Tp, Part<H>> = assigned
             .into_iter()
             .map(|(tp, start)| {
                 (
@@ -266,13 +302,36 @@ impl Merger {
         produced_at: Option<i64>,
         now: Instant,
     ) -> Push {
-        self.push_entry(slot, offset, Some((key, event)), produced_at, now)
+        self.push_entry(slot, offset, Some((key, event)), None, produced_at, now)
+    }
+
+    /// [`Merger::push`] with the key's sequence still in `held`, read only
+    /// if the merge needs it (see [`Hold`]); `key.seq` is ignored, the
+    /// offset is `key.offset`. `held` is dropped when the event is
+    /// released, or at once when the message is not taken.
+    pub fn push_held(
+        &mut self,
+        slot: usize,
+        key: OrderKey,
+        event: Event,
+        held: H,
+        produced_at: Option<i64>,
+        now: Instant,
+    ) -> Push {
+        self.push_entry(
+            slot,
+            key.offset,
+            Some((key, event)),
+            Some(held),
+            produced_at,
+            now,
+        )
     }
 
     /// Record a message that was dead-lettered: it is consumed in order but
     /// never reaches the engine.
     pub fn push_skipped(&mut self, slot: usize, offset: i64, now: Instant) -> Push {
-        self.push_entry(slot, offset, None, None, now)
+        self.push_entry(slot, offset, None, None, None, now)
     }
 
     fn push_entry(
@@ -280,6 +339,7 @@ impl Merger {
         slot: usize,
         offset: i64,
         item: Option<(OrderKey, Event)>,
+        held: Option<H>,
         produced_at: Option<i64>,
         arrived: Instant,
     ) -> Push {
@@ -304,9 +364,12 @@ impl Merger {
             self.buffered += 1;
         }
         let was_empty = p.queue.is_empty();
+        // Only an event's sequence is ever read.
+        let held = held.filter(|_| item.is_some());
         p.queue.push_back(Entry {
             offset,
             item,
+            held,
             produced_at,
             arrived,
         });
@@ -365,18 +428,31 @@ impl Merger {
     ) -> Option<Released> {
         // The smallest head first; the (costlier) caught-up questions only
         // when there is something to release.
-        let mut best: Option<(usize, &Head)> = None;
+        let mut best: Option<usize> = None;
         // Whether some partition has nothing buffered: only then are the
         // partitions looked at a second time (most pops of a busy merge
         // find a head everywhere).
         let mut some_empty = false;
-        for (i, h) in self.heads.iter().enumerate() {
-            match h {
-                Some(h) if best.is_none_or(|(_, b)| h.key < b.key) => best = Some((i, h)),
-                Some(_) => {}
-                None => some_empty = true,
+        for i in 0..self.heads.len() {
+            let Some(t) = self.heads[i].map(|h| h.key.time) else {
+                some_empty = true;
+                continue;
+            };
+            let better = match best.and_then(|b| Some((b, self.key(b)?.time))) {
+                None => true,
+                Some((_, time)) if t != time => t < time,
+                // A tie in time: the sequences decide (read now if held).
+                Some((b, _)) => {
+                    self.read_seq(i);
+                    self.read_seq(b);
+                    self.key(i) < self.key(b)
+                }
+            };
+            if better {
+                best = Some(i);
             }
         }
+        let best = best.and_then(|i| Some((i, self.heads[i].as_ref()?)));
         let (slot, arrived) = best.map(|(i, h)| (i, h.arrived))?;
         if some_empty {
             for (slot, h) in self.heads.iter().enumerate() {
@@ -407,6 +483,28 @@ impl Merger {
             event,
             produced_at,
         })
+    }
+
+    /// The key of the head in `slot` (`None`: nothing buffered).
+    fn key(&self, slot: usize) -> Option<OrderKey> {
+        self.heads[slot].map(|h| h.key)
+    }
+
+    /// Read the sequence of the head in `slot` from its held message, if
+    /// it is not read yet; the message is then let go.
+    fn read_seq(&mut self, slot: usize) {
+        let Some(h) = self.heads[slot].as_mut().filter(|h| h.held) else {
+            return;
+        };
+        let Some(e) = self.parts[slot].1.queue.front_mut() else {
+            return;
+        };
+        let seq = e.held.take().and_then(|m| m.seq()).unwrap_or(NO_SEQ);
+        if let Some((k, _)) = &mut e.item {
+            k.seq = seq;
+        }
+        h.key.seq = seq;
+        h.held = false;
     }
 
     /// True when nothing is buffered and every partition is caught up.
@@ -468,7 +566,8 @@ mod tests {
     #[test]
     fn release_equals_repeated_pops_and_asks_each_partition_once() {
         let build = || {
-            let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None), (tp("b", 0), None)]);
+            let mut m =
+                Merger::<Unheld>::new([(tp("a", 0), None), (tp("a", 1), None), (tp("b", 0), None)]);
             for (p, off, time) in [(0, 0, 5), (0, 1, 9), (1, 0, 7), (1, 1, 8), (0, 2, 30)] {
                 push(&mut m, "a", p, off, time, None);
             }
@@ -505,9 +604,73 @@ mod tests {
         assert_eq!(m.buffered(), 5);
     }
 
+    /// A held message that counts how often its sequence is read.
+    struct Counted(Option<u64>, std::rc::Rc<std::cell::Cell<usize>>);
+
+    impl Hold for Counted {
+        fn seq(&self) -> Option<u64> {
+            self.1.set(self.1.get() + 1);
+            self.0
+        }
+    }
+
+    /// Events pushed with their sequences held release in exactly the
+    /// order of the same events pushed with them read, and a sequence is
+    /// read only for a head whose time ties with another head's.
+    #[test]
+    fn held_sequences_release_in_the_same_order_and_are_read_only_on_ties() {
+        // (partition, time, seq): ties across partitions at 20 and 40, one
+        // without a sequence; none within a partition matters.
+        let input: [(i32, Millis, Option<u64>); 9] = [
+            (0, 10, Some(1)),
+            (0, 20, Some(5)),
+            (0, 40, None),
+            (1, 20, Some(4)),
+            (1, 30, Some(6)),
+            (1, 40, Some(9)),
+            (2, 15, Some(2)),
+            (2, 20, Some(3)),
+            (2, 50, Some(10)),
+        ];
+        let tps = [(tp("a", 0), None), (tp("a", 1), None), (tp("a", 2), None)];
+        let now = Instant::now();
+        let mut eager: Merger = Merger::new(tps.clone());
+        let mut lazy: Merger<Counted> = Merger::new(tps);
+        let reads = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut next = [0i64; 3];
+        for (p, time, seq) in input {
+            let off = next[p as usize];
+            next[p as usize] += 1;
+            let e = ev(time, &format!("a{p}@{off}"));
+            let k = OrderKey::new(&e, EventKind::BudgetAllocation, seq, p, off);
+            assert_eq!(
+                eager.push(p as usize, off, k, e.clone(), None, now),
+                Push::Taken
+            );
+            let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, p, off);
+            let held = Counted(seq, reads.clone());
+            assert_eq!(
+                lazy.push_held(p as usize, k, e, held, None, now),
+                Push::Taken
+            );
+        }
+        let order = |m: &mut dyn FnMut() -> Option<Released>| {
+            std::iter::from_fn(m).map(|r| id(&r)).collect::<Vec<_>>()
+        };
+        let want = order(&mut || eager.pop(now, Duration::ZERO, |_, _, _| true));
+        let got = order(&mut || lazy.pop(now, Duration::ZERO, |_, _, _| true));
+        assert_eq!(got, want);
+        assert_eq!(
+            want,
+            ["a0@0", "a2@0", "a2@1", "a1@0", "a0@1", "a1@1", "a1@2", "a0@2", "a2@2"]
+        );
+        // The heads at 20 (three) and 40 (two) were read, once each.
+        assert_eq!(reads.get(), 5);
+    }
+
     #[test]
     fn waits_for_partitions_that_are_not_caught_up() {
-        let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None)]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), None), (tp("a", 1), None)]);
         push(&mut m, "a", 0, 0, 10, None);
         // Partition 1 has nothing yet and is still fetching: hold.
         assert!(m
@@ -524,7 +687,7 @@ mod tests {
 
     #[test]
     fn idle_partitions_hold_the_merge_for_the_grace_period() {
-        let mut m = Merger::new([(tp("a", 0), None), (tp("a", 1), None)]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), None), (tp("a", 1), None)]);
         let t0 = Instant::now();
         let e = ev(10, "x");
         let k = OrderKey::new(&e, EventKind::BudgetAllocation, None, 0, 0);
@@ -548,7 +711,7 @@ mod tests {
         arrivals_b.reverse();
         let mut results = Vec::new();
         for arrivals in [arrivals_a, arrivals_b] {
-            let mut m = Merger::new([(tp("a", 0), None), (tp("b", 0), None)]);
+            let mut m = Merger::<Unheld>::new([(tp("a", 0), None), (tp("b", 0), None)]);
             // Arrival order within a partition is kept (offsets ascend).
             let mut sorted = arrivals.to_vec();
             sorted.sort_by_key(|x| (x.0, x.2));
@@ -567,7 +730,7 @@ mod tests {
 
     #[test]
     fn skipped_messages_advance_offsets_and_duplicates_are_ignored() {
-        let mut m = Merger::new([(tp("a", 0), Some(4))]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(4))]);
         assert_eq!(m.push_skipped(0, 4, Instant::now()), Push::Taken);
         assert_eq!(m.offsets()["a"][&0], 5);
         push(&mut m, "a", 0, 5, 1, None);
@@ -612,7 +775,7 @@ mod tests {
     fn a_stray_message_past_the_resume_point_is_not_taken() {
         // Resuming at 10: a message at 12 still in hand from before the seek
         // must not make 10 and 11 look like duplicates when they come.
-        let mut m = Merger::new([(tp("a", 0), Some(10))]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(10))]);
         assert_eq!(try_push(&mut m, 12), Push::Rewind(0), "stray taken");
         push(&mut m, "a", 0, 10, 1, None);
         push(&mut m, "a", 0, 11, 2, None);
@@ -627,7 +790,7 @@ mod tests {
         // before): the broker answers from 200,000. The merger rewinds 2×,
         // 4×, ... REREAD until the broker answers from before 175,000, and
         // ignores what precedes it.
-        let mut m = Merger::new([(tp("a", 0), Some(175_000))]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(175_000))]);
         let mut at = 175_000 - i64::from(REREAD);
         let mut seeks = Vec::new();
         loop {
@@ -653,9 +816,9 @@ mod tests {
 
     #[test]
     fn a_rewind_goes_further_than_the_configured_reread() {
-        let mut m = Merger::new([(tp("a", 0), Some(200_000))]).with_reread(50_000);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(200_000))]).with_reread(50_000);
         assert_eq!(try_push(&mut m, 250_000), Push::Rewind(100_000));
-        let mut m = Merger::new([(tp("a", 0), Some(200_000))]).with_reread(0);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(200_000))]).with_reread(0);
         assert_eq!(try_push(&mut m, 250_000), Push::Rewind(180_000));
     }
 
@@ -663,10 +826,10 @@ mod tests {
     fn a_gap_after_continuity_is_taken() {
         // Offsets 5 then 7 (6 is a transaction marker, say): a true gap,
         // as is one right after a message before the resume point.
-        let mut m = Merger::new([(tp("a", 0), Some(5))]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(5))]);
         assert_eq!(try_push(&mut m, 5), Push::Taken);
         assert_eq!(try_push(&mut m, 7), Push::Taken);
-        let mut m = Merger::new([(tp("a", 0), Some(5))]);
+        let mut m = Merger::<Unheld>::new([(tp("a", 0), Some(5))]);
         assert_eq!(try_push(&mut m, 4), Push::Ignored);
         assert_eq!(try_push(&mut m, 6), Push::Taken);
         assert_eq!(offsets(&mut m), vec![6]);

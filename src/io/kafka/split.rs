@@ -32,7 +32,8 @@
 //! rdkafka's stream ([`Split::waits`]), whose wake-up callback is the
 //! queue's own.
 
-use super::merge::Tp;
+use super::codec::{headers, seq_value};
+use super::merge::{Hold, Tp};
 use rdkafka::bindings as rd;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -290,6 +291,14 @@ impl Drop for Polled {
         // SAFETY: a message from `rd_kafka_consume_batch_queue`, destroyed
         // once.
         unsafe { rd::rd_kafka_message_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// A message read in a batch can wait in the merge for its sequence to be
+/// needed (see [`Hold`]): its headers are parsed only then.
+impl Hold for Polled {
+    fn seq(&self) -> Option<u64> {
+        self.header(headers::SEQ_C).and_then(seq_value)
     }
 }
 
