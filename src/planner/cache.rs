@@ -476,17 +476,22 @@ mod tests {
         }
     }
 
-    /// Ticks between plans patch the kept offers: built once, then only
-    /// the changed pools re-derived.
-    #[test]
-    fn price_ticks_patch_the_kept_offers() {
-        let catalog = Catalog::bundled();
+    /// The catalogue, the first policy, a one-step 40-vCPU forecast and no
+    /// interruption rates: one environment's plans, tick after tick.
+    fn one_plan_setting() -> (Catalog, EnvPolicy, Forecast, BTreeMap<String, f64>) {
         let [p, _] = policies();
         let forecast = Forecast {
             quantiles: vec![0.5],
             values: vec![vec![40.0]],
         };
-        let rates = BTreeMap::new();
+        (Catalog::bundled(), p, forecast, BTreeMap::new())
+    }
+
+    /// Ticks between plans patch the kept offers: built once, then only
+    /// the changed pools re-derived.
+    #[test]
+    fn price_ticks_patch_the_kept_offers() {
+        let (catalog, p, forecast, rates) = one_plan_setting();
         let cache = OffersCache::default();
         let mut book = PriceBook::new();
         for pool in 0..POOLS.len() {
@@ -512,13 +517,7 @@ mod tests {
 
     #[test]
     fn another_book_or_pruned_history_builds_again() {
-        let catalog = Catalog::bundled();
-        let [p, _] = policies();
-        let forecast = Forecast {
-            quantiles: vec![0.5],
-            values: vec![vec![40.0]],
-        };
-        let rates = BTreeMap::new();
+        let (catalog, p, forecast, rates) = one_plan_setting();
         let cache = OffersCache::default();
         let mut book = PriceBook::new();
         book.apply(&tick(0, 0, 0.05));
