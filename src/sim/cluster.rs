@@ -1585,13 +1585,18 @@ impl<'a> Cluster<'a> {
         if self.queue.is_empty() {
             return;
         }
-        let mut max_free = 0;
-        for &i in &self.alive {
-            let inst = &self.insts[i as usize];
-            if inst.ready {
-                max_free = max_free.max(inst.free_mcpu);
-            }
-        }
+        // Placing jobs changes free capacity, not which instances are
+        // ready: the ready ones are listed once, not found again for every
+        // queued job and shape (booting instances made that most of a run).
+        let ready: Vec<u32> = (self.alive.iter().copied())
+            .filter(|&i| self.insts[i as usize].ready)
+            .collect();
+        let max_free_of = |insts: &[Inst]| {
+            (ready.iter())
+                .map(|&i| insts[i as usize].free_mcpu)
+                .fold(0, i64::max)
+        };
+        let mut max_free = max_free_of(&self.insts);
         if max_free == 0 {
             return;
         }
@@ -1618,10 +1623,9 @@ impl<'a> Cluster<'a> {
                 }
                 chosen.clear();
                 let od_only = self.od_only_if(j, t, self.shape_spot_ok(j, &shape));
-                for &i in &self.alive {
+                for &i in &ready {
                     let inst = &self.insts[i as usize];
-                    if inst.ready
-                        && Self::fits_shape(inst, &shape)
+                    if Self::fits_shape(inst, &shape)
                         && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
                     {
                         chosen.push(i);
@@ -1642,13 +1646,7 @@ impl<'a> Cluster<'a> {
             self.queue.remove(&key);
             let list = chosen.clone();
             self.start_job(t, j, list);
-            max_free = 0;
-            for &i in &self.alive {
-                let inst = &self.insts[i as usize];
-                if inst.ready {
-                    max_free = max_free.max(inst.free_mcpu);
-                }
-            }
+            max_free = max_free_of(&self.insts);
             if max_free == 0 {
                 break;
             }
