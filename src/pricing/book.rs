@@ -53,8 +53,8 @@ fn write_id(out: &mut String, parts: [&str; 4], market: Market) {
 }
 
 /// `f` of the id of `t`'s pool ([`PoolKey::id`]), written into a buffer
-/// kept per thread: every price tick looks its pool up (twice, with the
-/// engine's copy check), and a replay applies hundreds of thousands.
+/// kept per thread: every price tick looks its pool up, and a replay
+/// applies hundreds of thousands.
 fn with_tick_id<R>(t: &PriceTick, f: impl FnOnce(&str) -> R) -> R {
     thread_local!(static ID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
     ID.with(|buf| {
@@ -305,30 +305,22 @@ impl PriceBook {
     }
 
     fn apply_unless(&mut self, tick: &PriceTick, held_is_copy: bool) -> bool {
+        // Whether it was applied, for a known pool; `None` for a new one.
         let known = with_tick_id(tick, |id| {
             let pool = self.pools.get_mut(id)?;
-            if held_is_copy
-                && Self::held_at(pool, tick).any(|p| p.to_bits() == tick.usd_per_hour.to_bits())
-            {
-                return Some(None);
-            }
-            let changed = Self::record(pool, tick);
-            if changed {
+            let copy = held_is_copy
+                && Self::held_at(pool, tick).any(|p| p.to_bits() == tick.usd_per_hour.to_bits());
+            if !copy && Self::record(pool, tick) {
                 self.changes.pool_changed(id);
             }
-            Some(Some(()))
+            Some(!copy)
         });
-        match known {
-            Some(None) => return false,
-            Some(Some(())) => {}
-            None => {
-                if self.add_pool(tick) {
-                    with_tick_id(tick, |id| self.changes.pool_changed(id));
-                }
-            }
-        }
-        self.ticks_applied += 1;
-        true
+        let applied = known.unwrap_or_else(|| {
+            self.add_pool(tick);
+            true
+        });
+        self.ticks_applied += u64::from(applied);
+        applied
     }
 
     /// The prices `pool` holds at exactly `tick`'s time, oldest first.
@@ -341,8 +333,8 @@ impl PriceBook {
             .map(|x| x.1)
     }
 
-    /// A pool first priced by `tick`, holding it.
-    fn add_pool(&mut self, tick: &PriceTick) -> bool {
+    /// A pool first priced by `tick`, holding it (a change of the book).
+    fn add_pool(&mut self, tick: &PriceTick) {
         let key = PoolKey::of(tick);
         let id = key.id();
         if key.market != Market::Spot {
@@ -356,9 +348,9 @@ impl PriceBook {
             key,
             ticks: Vec::new(),
         };
-        let changed = Self::record(&mut pool, tick);
+        Self::record(&mut pool, tick);
+        self.changes.pool_changed(&id);
         self.pools.insert(id, pool);
-        changed
     }
 
     /// Put the tick in its pool's history; whether it was new.
