@@ -619,14 +619,14 @@ impl QuietMemo {
 /// lags): the inputs are then those of an all-zero history at that time of
 /// the week. `None` otherwise, or when `y` is shorter than the window.
 fn quiet_origin(y: &[f64], start: Millis, cfg: &LstmConfig) -> Option<i64> {
+    quiet_window(y, start, cfg).filter(|_| lags_quiet(y, cfg))
+}
+
+/// Whether every seasonal lag [`inputs`] reads of `y` is exactly `+0.0`
+/// (never, without a season): with a quiet window, the origin is then quiet.
+fn lags_quiet(y: &[f64], cfg: &LstmConfig) -> bool {
     let n = y.len();
-    if cfg.season == 0 {
-        return None;
-    }
-    let week_time = quiet_window(y, start, cfg)?;
-    lag_distances(cfg)
-        .all(|d| d > n || y[n - d].to_bits() == 0)
-        .then_some(week_time)
+    cfg.season > 0 && lag_distances(cfg).all(|d| d > n || y[n - d].to_bits() == 0)
 }
 
 /// The origin's time within the week when the input window of `y` is all
@@ -887,13 +887,14 @@ pub fn train(
 impl LstmForecaster {
     /// Normalised, uncalibrated quantiles and the inputs' last/scale.
     fn raw(&self, y: &[f64], start: Millis) -> Option<(Vec<f32>, f64, f64)> {
-        let quiet = quiet_origin(y, start, &self.config);
+        let window = quiet_window(y, start, &self.config);
+        let quiet = window.filter(|_| lags_quiet(y, &self.config));
         if let Some(z) = quiet.and_then(|k| self.quiet.get(k)) {
             // What `inputs` gives a quiet history: last 0, scale 1.
             return Some((z.to_vec(), 0.0, 1.0));
         }
         let inp = inputs(y, start, &self.config)?;
-        let z = match quiet_window(y, start, &self.config) {
+        let z = match window {
             // Only the seasonal lags are non-zero: the hidden state is the
             // quiet one of this time of the week.
             Some(k) => {
