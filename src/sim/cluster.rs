@@ -531,6 +531,9 @@ pub struct Cluster<'a> {
     jobs: Vec<&'a SimJob>,
     js: Vec<JobState>,
     insts: Vec<Inst>,
+    /// Scratch list of the ready instances, kept so placing allocates
+    /// nothing (see [`Cluster::place`]).
+    ready: Vec<u32>,
     alive: Vec<u32>,
     heap: BinaryHeap<Reverse<(Millis, u8, u64, Ev)>>,
     seq: u64,
@@ -644,6 +647,7 @@ impl<'a> Cluster<'a> {
             jobs,
             js,
             insts: Vec::new(),
+            ready: Vec::new(),
             alive: Vec::new(),
             heap: BinaryHeap::new(),
             seq: 0,
@@ -1588,18 +1592,19 @@ impl<'a> Cluster<'a> {
         // Placing jobs changes free capacity, not which instances are
         // ready: the ready ones are listed once, not found again for every
         // queued job and shape (booting instances made that most of a run).
-        let ready: Vec<u32> = (self.alive.iter().copied())
-            .filter(|&i| self.insts[i as usize].ready)
-            .collect();
-        let max_free_of = |insts: &[Inst]| {
-            (ready.iter())
-                .map(|&i| insts[i as usize].free_mcpu)
-                .fold(0, i64::max)
-        };
-        let mut max_free = max_free_of(&self.insts);
-        if max_free == 0 {
-            return;
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend((self.alive.iter().copied()).filter(|&i| self.insts[i as usize].ready));
+        let max_free = freest(&self.insts, &ready);
+        if max_free > 0 {
+            self.place_on(t, &ready, max_free);
         }
+        self.ready = ready;
+    }
+
+    /// [`Cluster::place`] on the `ready` instances, of which the freest has
+    /// `max_free` milli-vCPUs.
+    fn place_on(&mut self, t: Millis, ready: &[u32], mut max_free: i64) {
         let queued: Vec<(Reverse<i32>, Millis, u32)> = self.queue.iter().copied().collect();
         let mut chosen: Vec<u32> = Vec::new();
         for key in queued {
@@ -1623,7 +1628,7 @@ impl<'a> Cluster<'a> {
                 }
                 chosen.clear();
                 let od_only = self.od_only_if(j, t, self.shape_spot_ok(j, &shape));
-                for &i in &ready {
+                for &i in ready {
                     let inst = &self.insts[i as usize];
                     if Self::fits_shape(inst, &shape)
                         && !(od_only && self.prices.pools[inst.pool].market == Market::Spot)
@@ -1646,7 +1651,7 @@ impl<'a> Cluster<'a> {
             self.queue.remove(&key);
             let list = chosen.clone();
             self.start_job(t, j, list);
-            max_free = max_free_of(&self.insts);
+            max_free = freest(&self.insts, ready);
             if max_free == 0 {
                 break;
             }
@@ -1888,4 +1893,11 @@ impl<'a> Cluster<'a> {
         }
         (fit(&from).map(|(s, p)| ((0, s), p)), failed)
     }
+}
+
+/// The most free milli-vCPUs of one of the `ready` instances (0 when none).
+fn freest(insts: &[Inst], ready: &[u32]) -> i64 {
+    (ready.iter())
+        .map(|&i| insts[i as usize].free_mcpu)
+        .fold(0, i64::max)
 }
