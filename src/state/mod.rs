@@ -825,13 +825,13 @@ impl DemandState {
         &self.series
     }
 
-    /// Compute environments, sorted.
     /// How many (environment, job type) series the state holds; it only
     /// grows, so a caller can tell when [`DemandState::environments`] changed.
     pub fn series_count(&self) -> usize {
         self.series.len()
     }
 
+    /// Compute environments, sorted.
     pub fn environments(&self) -> Vec<&str> {
         let mut envs: Vec<&str> = self
             .series

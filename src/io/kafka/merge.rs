@@ -364,8 +364,8 @@ impl<H: Hold> Merger<H> {
             self.buffered += 1;
         }
         let was_empty = p.queue.is_empty();
-        // Only an event's sequence is ever read.
-        let held = held.filter(|_| item.is_some());
+        // Only an event's message is held (for its sequence).
+        debug_assert!(held.is_none() || item.is_some());
         p.queue.push_back(Entry {
             offset,
             item,
