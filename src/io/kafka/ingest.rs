@@ -5,7 +5,7 @@
 //! (rewind).
 
 use super::client::caught_up_c;
-use super::codec::{decode_input, headers, seq_value};
+use super::codec::{decode_input, headers};
 use super::handoff::Active;
 use super::merge::{OrderKey, Push};
 use super::publish::Publisher;
@@ -268,7 +268,8 @@ impl Ingest<'_> {
                 let produced = m.timestamp_ms();
                 match msg {
                     Msg::View(m) => {
-                        let key = OrderKey::new(&ev, input.kind, seq_header(m), partition, offset);
+                        let key =
+                            OrderKey::new(&ev, input.kind, m.producer_seq(), partition, offset);
                         a.merger.push(slot, offset, key, ev, produced, now)
                     }
                     // The sequence is read from the message if the merge
@@ -366,10 +367,6 @@ fn dead_letter(
         ],
         None,
     )
-}
-
-fn seq_header(m: &dyn MessageView) -> Option<u64> {
-    m.header(headers::SEQ_C).and_then(seq_value)
 }
 
 /// Poll a consumer's own queue without waiting. Seeing it empty makes its

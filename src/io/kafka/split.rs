@@ -298,7 +298,7 @@ impl Drop for Polled {
 /// needed (see [`Hold`]): its headers are parsed only then.
 impl Hold for Polled {
     fn seq(&self) -> Option<u64> {
-        self.header(headers::SEQ_C).and_then(seq_value)
+        self.producer_seq()
     }
 }
 
@@ -408,6 +408,10 @@ pub trait MessageView {
     fn timestamp_ms(&self) -> Option<i64>;
     /// The value of the first header named `name`.
     fn header(&self, name: &CStr) -> Option<&[u8]>;
+    /// The producer sequence of its [`headers::SEQ`] header, if it has one.
+    fn producer_seq(&self) -> Option<u64> {
+        self.header(headers::SEQ_C).and_then(seq_value)
+    }
 }
 
 impl<M: Message> MessageView for M {
