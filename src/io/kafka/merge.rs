@@ -428,7 +428,8 @@ impl<H: Hold> Merger<H> {
     ) -> Option<Released> {
         // The smallest head first; the (costlier) caught-up questions only
         // when there is something to release.
-        let mut best: Option<usize> = None;
+        // (slot, its head's time)
+        let mut best: Option<(usize, Millis)> = None;
         // Whether some partition has nothing buffered: only then are the
         // partitions looked at a second time (most pops of a busy merge
         // find a head everywhere).
@@ -438,7 +439,7 @@ impl<H: Hold> Merger<H> {
                 some_empty = true;
                 continue;
             };
-            let better = match best.and_then(|b| Some((b, self.key(b)?.time))) {
+            let better = match best {
                 None => true,
                 Some((_, time)) if t != time => t < time,
                 // A tie in time: the sequences decide (read now if held).
@@ -449,11 +450,11 @@ impl<H: Hold> Merger<H> {
                 }
             };
             if better {
-                best = Some(i);
+                best = Some((i, t));
             }
         }
-        let best = best.and_then(|i| Some((i, self.heads[i].as_ref()?)));
-        let (slot, arrived) = best.map(|(i, h)| (i, h.arrived))?;
+        let (slot, _) = best?;
+        let arrived = self.heads[slot]?.arrived;
         if some_empty {
             for (slot, h) in self.heads.iter().enumerate() {
                 let (tp, p) = &self.parts[slot];
