@@ -15,10 +15,10 @@ use crate::forecast::{Forecast, Forecaster, History};
 use crate::pricing::{Catalog, PriceBook};
 use crate::state::{Applied, DemandState, StateConfig, StateCounters, VCPU};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod memo;
 mod port;
 mod quiet;
 mod report;
@@ -140,8 +140,8 @@ pub struct Engine {
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
     tick_span: tracing::Span,
-    /// Decisions of idle ticks, reused (see [`IdlePlans`]).
-    idle: IdlePlans,
+    /// Decisions reused instead of planned (see [`memo`]).
+    plans: memo::PlanMemo,
     /// Forecasts of quiet ticks, reused (see [`quiet`]).
     quiet: quiet::QuietForecasts,
     /// The environments' names, kept between ticks.
@@ -171,17 +171,6 @@ impl EnvNames {
         }
         std::mem::take(&mut self.names)
     }
-}
-
-/// Per environment, the decision of an idle tick, when the planner
-/// promised every idle tick the same (see [`IdlePlans::plan_or_reuse`]).
-/// Derived: not checkpointed (a restored engine plans its first idle tick
-/// again).
-#[derive(Default)]
-struct IdlePlans {
-    plans: BTreeMap<String, PlanDecision>,
-    /// Decisions taken from `plans` instead of planning.
-    reused: u64,
 }
 
 impl Engine {
@@ -226,7 +215,7 @@ impl Engine {
             planner,
             ticks: Vec::new(),
             tick_span: tracing::Span::none(),
-            idle: IdlePlans::default(),
+            plans: memo::PlanMemo::default(),
             quiet: Default::default(),
             env_names: EnvNames::default(),
         }
@@ -236,7 +225,14 @@ impl Engine {
     /// planning again (see [`CapacityPlanner::is_idle`]); they are
     /// also counted in [`EngineCounters::ticks`].
     pub fn plans_reused(&self) -> u64 {
-        self.idle.reused
+        self.plans.idle_reused
+    }
+
+    /// Decisions of busy environments taken from their last plan, all of
+    /// whose inputs were the same and whose promise had not run out (see
+    /// [`CapacityPlanner::plan_until`]).
+    pub fn busy_plans_reused(&self) -> u64 {
+        self.plans.busy_reused
     }
 
     /// Forecasts of quiet ticks answered from one made at the same time of
@@ -621,7 +617,7 @@ impl Engine {
             .environment_summary(env, now, self.cfg.lead_time_ms);
         let headroom = self.budget_headroom(env, now);
         let budgets = !self.st.ledger.accounts.is_empty();
-        let d = self.idle.plan_or_reuse(
+        let d = self.plans.plan_or_reuse(
             self.planner.as_ref(),
             budgets,
             &PlanRequest {
@@ -635,6 +631,7 @@ impl Engine {
                 budget_headroom_usd_per_h: headroom,
                 previous: self.st.previous.get(env).copied(),
             },
+            &forecast,
         );
         self.st.remember_plan(env, now, &d);
         let changed = !self.st.last.get(env).is_some_and(|s| same_decision(s, &d));
@@ -732,34 +729,6 @@ fn same_decision(last: &(i64, i64, i64, String), d: &PlanDecision) -> bool {
     (*min, *desired, *max) == (d.min_vcpus, d.desired_vcpus, d.max_vcpus)
         && write_mix(&mut rest, d).is_ok()
         && rest.0.is_empty()
-}
-
-impl IdlePlans {
-    /// The planner's decision for `req`; for an idle request (see
-    /// [`CapacityPlanner::is_idle`]) the decision of the
-    /// environment's last idle plan when the planner promised that every
-    /// idle request gets it. Cost grows with events, not with time spans:
-    /// after a burst of work the forecaster still sees it for a history
-    /// window of ticks, most of them forecasting nothing, and those ticks
-    /// no longer plan (a plan was most of a tick).
-    fn plan_or_reuse(
-        &mut self,
-        planner: &dyn CapacityPlanner,
-        budgets: bool,
-        req: &PlanRequest<'_>,
-    ) -> Cow<'_, PlanDecision> {
-        let env = req.compute_environment;
-        let idle = !budgets && planner.is_idle(req);
-        if idle && self.plans.contains_key(env) {
-            self.reused += 1;
-            return Cow::Borrowed(&self.plans[env]);
-        }
-        let d = planner.plan(req);
-        if idle && d.desired_vcpus == 0 {
-            self.plans.insert(env.to_string(), d.clone());
-        }
-        Cow::Owned(d)
-    }
 }
 
 /// The command a changed decision becomes; its `forecast` is the first
