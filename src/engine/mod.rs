@@ -460,55 +460,79 @@ impl Engine {
         })
     }
 
-    /// `f` of what the forecaster is shown of `env`: its last
-    /// `max_history_buckets` of closed vCPU history (at least one bucket,
-    /// so an environment with history but a `max_history_buckets` of 0
-    /// still forecasts, from nothing). `None` before any bucket closed.
+    /// `f` of what the forecaster is shown of `env` (see [`Engine::history`]).
     fn with_history<R>(&self, env: &str, f: impl FnOnce(&History<'_>) -> R) -> Option<R> {
+        let (start, values) = self.history(env)?;
+        Some(f(&History {
+            key: env,
+            start,
+            bucket_ms: self.cfg.state.bucket_ms,
+            values: &values,
+        }))
+    }
+
+    /// The start and values of what the forecaster is shown of `env`: its
+    /// last `max_history_buckets` of closed vCPU history (at least one
+    /// bucket, so an environment with history but a `max_history_buckets`
+    /// of 0 still forecasts, from nothing). `None` before any bucket closed.
+    fn history(&self, env: &str) -> Option<(Millis, Vec<f64>)> {
         let max = self.cfg.max_history_buckets;
-        let (start, values) = self
+        let (start, mut values) = self
             .st
             .demand
             .environment_history_tail(env, VCPU, max.max(1));
         if values.is_empty() {
             return None;
         }
-        let n = values.len().min(max);
-        let off = values.len() - n;
-        Some(f(&History {
-            key: env,
-            start: start + off as i64 * self.cfg.state.bucket_ms,
-            bucket_ms: self.cfg.state.bucket_ms,
-            values: &values[off..],
-        }))
+        let off = values.len() - values.len().min(max);
+        values.drain(..off);
+        Some((start + off as i64 * self.cfg.state.bucket_ms, values))
     }
 
-    /// [`Engine::forecast_from_history`] at a decision tick, answered from
-    /// a quiet forecast of the same time of the week when it is one (see
-    /// [`quiet`]); a quiet forecast of a settled environment is kept. The
-    /// origin is the end of the closed history, which is the tick's time
-    /// but for the earlier ticks of an event that closed several buckets.
-    fn forecast_at_tick(&mut self, env: &str) -> Option<(Arc<Forecast>, Millis)> {
-        if let Some(origin) = self.st.demand.closed_end() {
-            if let Some(f) = self.quiet.get(env, origin) {
-                return Some((f, origin));
+    /// Every environment's forecast at a decision tick, in `envs`' order:
+    /// answered from a quiet forecast of the same time of the week where it
+    /// is one (see [`quiet`]), the others in one
+    /// [`Forecaster::forecast_batch`] call; a quiet forecast of a settled
+    /// environment is kept. The origin is the end of the closed history,
+    /// which is the tick's time but for the earlier ticks of an event that
+    /// closed several buckets. `None`: no closed history yet.
+    fn forecasts_at_tick(&mut self, envs: &[String]) -> Vec<Option<(Arc<Forecast>, Millis)>> {
+        let closed = self.st.demand.closed_end();
+        let mut got = Vec::with_capacity(envs.len());
+        let mut asked: Vec<(usize, Millis, Vec<f64>)> = Vec::new();
+        for env in envs {
+            let kept = closed.and_then(|o| self.quiet.get(env, o).map(|f| (f, o)));
+            if kept.is_none() {
+                if let Some((start, values)) = self.history(env) {
+                    asked.push((got.len(), start, values));
+                }
             }
+            got.push(kept);
         }
+        let bucket_ms = self.cfg.state.bucket_ms;
+        let histories: Vec<History<'_>> = asked
+            .iter()
+            .map(|(i, start, values)| History {
+                key: &envs[*i],
+                start: *start,
+                bucket_ms,
+                values,
+            })
+            .collect();
         let (horizon, levels) = (self.cfg.horizon_buckets, &self.cfg.quantiles);
-        let (f, origin, run) = self.with_history(env, |h| {
-            let f = Arc::new(self.forecaster.forecast(h, horizon, levels));
-            let settled =
-                Some(h.end()) == self.st.demand.closed_end() && self.st.demand.settled(env);
-            let run = settled
+        let forecasts = self.forecaster.forecast_batch(&histories, horizon, levels);
+        for ((i, _, _), (h, f)) in asked.iter().zip(histories.iter().zip(forecasts)) {
+            let f = Arc::new(f);
+            let settled = Some(h.end()) == closed && self.st.demand.settled(h.key);
+            if let Some(run) = settled
                 .then(|| self.forecaster.quiet_ahead(h, horizon, levels))
-                .flatten();
-            (f, h.end(), run)
-        })?;
-        if let Some(run) = run {
-            self.quiet
-                .learn(env, origin, run, self.cfg.state.bucket_ms, &f);
+                .flatten()
+            {
+                self.quiet.learn(h.key, h.end(), run, bucket_ms, &f);
+            }
+            got[*i] = Some((f, h.end()));
         }
-        Some((f, origin))
+        got
     }
 
     fn decide(
@@ -592,24 +616,24 @@ impl Engine {
         // Taken out while the tick runs (deciding needs `&mut self`), so a
         // tick allocates no list of names.
         let envs = self.env_names.take(&self.st.demand);
-        for env in &envs {
-            self.decide_environment(env, now, out, report.as_deref_mut());
+        let forecasts = spans::forecast(envs.len()).in_scope(|| self.forecasts_at_tick(&envs));
+        for (env, f) in envs.iter().zip(forecasts) {
+            if let Some((forecast, origin)) = f {
+                self.decide_environment(env, (forecast, origin), now, out, report.as_deref_mut());
+            }
         }
         self.env_names.names = envs;
     }
 
-    /// One environment's forecast, plan and (when the plan changed) command.
+    /// One environment's plan from its forecast, and (when the plan changed) its command.
     fn decide_environment(
         &mut self,
         env: &str,
+        (forecast, origin): (Arc<Forecast>, Millis),
         now: Millis,
         out: &mut Vec<Command>,
         report: Option<&mut TickReport>,
     ) {
-        let Some((forecast, origin)) = spans::forecast(1).in_scope(|| self.forecast_at_tick(env))
-        else {
-            return;
-        };
         let _plan = spans::plan().entered();
         let summary = self
             .st
