@@ -306,7 +306,7 @@ impl Pipeline {
         threads: usize,
         sources: Vec<Source>,
     ) -> Result<Self, std::io::Error> {
-        let n = threads.clamp(1, sources.len().max(1));
+        let n = threads.min(sources.len());
         let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(Notify::new());
         let mut feeds: Vec<Vec<Feed>> = (0..n).map(|_| Vec::new()).collect();
