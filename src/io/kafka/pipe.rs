@@ -575,6 +575,163 @@ mod tests {
         }
     }
 
+    fn allocation(i: i64) -> Event {
+        Event::BudgetAllocation(BudgetAllocation {
+            at: 1_000 + i,
+            scope: BudgetScope::Project,
+            id: format!("p{i}").into(),
+            usd: 1.0,
+            period: None,
+        })
+    }
+
+    /// A batch of the epoch before a rewind is dropped; the next one is
+    /// taken, and the emptied vectors go back to the reader.
+    #[test]
+    fn batches_older_than_a_rewind_are_dropped() {
+        let (tx, rx) = mpsc::channel(4);
+        let (spare, spare_rx) = sync_mpsc::channel();
+        let mut pipe = Pipe {
+            slot: 0,
+            rx,
+            epoch: 0,
+            shared: Arc::default(),
+            spare,
+            reader: 0,
+        };
+        let batch = |epoch: u64, at: i64| Decoded {
+            epoch,
+            items: vec![Item::Bad {
+                dead: Dead {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: at,
+                    key: None,
+                    payload: None,
+                },
+                error: String::new(),
+            }],
+        };
+        tx.try_send(batch(0, 1)).unwrap();
+        assert_eq!(pipe.next().unwrap().items[0].offset(), 1);
+        tx.try_send(batch(0, 2)).unwrap();
+        pipe.rewound();
+        assert_eq!(pipe.shared.load(Ordering::Acquire), 1);
+        tx.try_send(batch(1, 0)).unwrap();
+        let d = pipe.next().unwrap();
+        assert_eq!(
+            (d.epoch, d.items[0].offset()),
+            (1, 0),
+            "a stale batch taken"
+        );
+        assert!(pipe.next().is_none());
+        pipe.recycle(d.items);
+        assert_eq!(spare_rx.try_iter().count(), 2, "the stale one and this one");
+    }
+
+    /// Reader threads against librdkafka's in-process mock broker: nothing
+    /// is read before the gate opens; then every offset of each partition
+    /// arrives once, in order (with what came through the consumer's own
+    /// queue before the split first), decoded, and a message that does not
+    /// decode arrives as a copy in its place; dropping the pipeline joins
+    /// the threads.
+    #[tokio::test]
+    async fn readers_deliver_every_offset_once_in_order_after_the_gate_opens() {
+        use crate::io::kafka::client::consumer_config;
+        use crate::io::kafka::split::Split;
+        use futures::FutureExt;
+        use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+        use rdkafka::Message;
+        use std::time::Instant;
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let counts = [700i64, 20];
+        for (p, n) in counts.iter().enumerate() {
+            for i in 0..*n {
+                let v = if p == 1 && i == 7 {
+                    b"\xff\xff".to_vec()
+                } else {
+                    encode_event(&allocation(i)).unwrap()
+                };
+                producer
+                    .send(BaseRecord::<(), _>::to("t").partition(p as i32).payload(&v))
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let cfg = KafkaConfig {
+            brokers,
+            ..KafkaConfig::default()
+        };
+        let c: Arc<StreamConsumer<DefaultConsumerContext>> =
+            Arc::new(consumer_config(&cfg, None).create().unwrap());
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("t", 1, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut split = Split::new(&c, [(0, "t", 0), (1, "t", 1)]);
+        let gate = Gate::new(Arc::default());
+        let sources = split
+            .hand_over()
+            .into_iter()
+            .map(|(slot, reader)| Source {
+                slot,
+                kind: EventKind::BudgetAllocation,
+                reader,
+                gate: gate.clone(),
+            })
+            .collect();
+        let mut pipeline = Pipeline::start(&cfg, 2, sources).unwrap();
+        assert_eq!(split.ready().count(), 0, "the split reads nothing itself");
+        let mut seen: [Vec<i64>; 2] = Default::default();
+        // The consumer's own queue first, until seen empty; the readers
+        // read nothing meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Some(m) = c.recv().now_or_never() {
+            let m = m.unwrap();
+            seen[m.partition() as usize].push(m.offset());
+        }
+        assert!(!pipeline.has_ready(|_| true), "read before the gate opened");
+        pipeline.open(&gate);
+        let mut bad = Vec::new();
+        while Instant::now() < deadline
+            && (seen[0].len() < counts[0] as usize || seen[1].len() < counts[1] as usize)
+        {
+            for i in 0..pipeline.pipes.len() {
+                while let Some(d) = pipeline.pipes[i].next() {
+                    pipeline.took(i);
+                    let slot = pipeline.pipes[i].slot;
+                    for item in d.items {
+                        if let Item::Event { event, key, .. } = &item {
+                            assert_eq!(*event, allocation(key.offset));
+                            assert_eq!(key.partition as usize, slot);
+                        } else {
+                            bad.push((slot, item.offset()));
+                        }
+                        seen[slot].push(item.offset());
+                    }
+                }
+            }
+            pipeline.wake_readers();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(seen[0], (0..counts[0]).collect::<Vec<_>>());
+        assert_eq!(seen[1], (0..counts[1]).collect::<Vec<_>>());
+        assert_eq!(bad, [(1, 7)]);
+        drop(pipeline);
+        drop(split);
+    }
+
     /// A fence's pass waits for a read in progress, and readers of an
     /// earlier generation read nothing after it; a gate reads nothing
     /// until opened.
