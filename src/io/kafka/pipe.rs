@@ -644,7 +644,6 @@ mod tests {
         use rdkafka::mocking::MockCluster;
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
         use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-        use rdkafka::Message;
         use std::time::Instant;
 
         let cluster = MockCluster::new(1).unwrap();
