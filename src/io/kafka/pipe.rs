@@ -579,7 +579,7 @@ mod tests {
         Event::BudgetAllocation(BudgetAllocation {
             at: 1_000 + i,
             scope: BudgetScope::Project,
-            id: format!("p{i}").into(),
+            id: format!("p{i}"),
             usd: 1.0,
             period: None,
         })
