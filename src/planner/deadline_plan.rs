@@ -20,6 +20,12 @@
 //! Pure: no I/O, no clock. Cost: O(steps × work steps × states) per solve
 //! (a 48 h job at 6-minute steps: a few million operations); the caller
 //! re-solves when the learned rates move.
+//!
+//! This memoryless plan is the reference of the one the planner uses,
+//! [`SpellPlan`] ([`semi_markov`]): the same induction with capacity *and
+//! its age*, on hazards learned per spell age ([`spells`]) — measured
+//! markets are far from memoryless. With one hazard for every age the two
+//! plans agree action for action (tested).
 
 use super::deadline::Placement;
 
