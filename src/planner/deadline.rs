@@ -4,13 +4,14 @@
 //!
 //! Two parts, both here and in [`super::deadline_plan`]:
 //!
-//! 1. **The plan** ([`super::deadline_plan::DeadlinePlan`]): the action of
+//! 1. **The plan** ([`super::deadline_plan::SpellPlan`]): the action of
 //!    least expected cost under the market the pool has shown — capacity
-//!    lost and regained at the rates learned by [`super::spot_risk`] —
-//!    with the deadline as a hard constraint.
+//!    lost and regained at hazards learned per spell age
+//!    ([`super::deadline_plan::spells`]) — with the deadline as a hard
+//!    constraint.
 //! 2. **The placement** ([`place`]): the plan says *spot*, *on-demand* or
 //!    *wait*; spot goes to the zone already running, else the available zone
-//!    with the lowest learned hazard; and every action passes the **slack
+//!    with the lowest hazard now; and every action passes the **slack
 //!    guard** ([`DeadlineView::slack_after`]): it is allowed only if, should
 //!    spot be lost right after it, on-demand started at the next decision
 //!    point still finishes in time (one step of detection delay plus one
@@ -36,7 +37,8 @@ pub enum Placement {
 pub struct ZoneSpot {
     /// A spot launch would get capacity now (or the instance still runs).
     pub available: bool,
-    /// Learned interruptions per instance-hour.
+    /// The zone's loss rate now, per hour: with age-dependent hazards, one
+    /// over its expected remaining up-time given the current spell's age.
     pub hazard_per_h: f64,
 }
 
@@ -85,7 +87,7 @@ impl DeadlineView {
 
 /// The planner's deadline decision: the planned action placed (spot in the
 /// running zone if it still has capacity, else the available zone with the
-/// lowest learned hazard) and checked by the slack guard; anything that
+/// lowest hazard now) and checked by the slack guard; anything that
 /// fails the guard, or spot with no zone available, is on-demand.
 pub fn place(view: &DeadlineView, planned: Placement, zones: &[ZoneSpot]) -> Placement {
     if view.work_left_h <= 0.0 {

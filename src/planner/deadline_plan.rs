@@ -20,12 +20,42 @@
 //! Pure: no I/O, no clock. Cost: O(steps × work steps × states) per solve
 //! (a 48 h job at 6-minute steps: a few million operations); the caller
 //! re-solves when the learned rates move.
+//!
+//! This memoryless plan is the reference of the one the planner uses,
+//! [`SpellPlan`] ([`semi_markov`]): the same induction with capacity *and
+//! its age*, on hazards learned per spell age ([`spells`]) — measured
+//! markets are far from memoryless. With one hazard for every age the two
+//! plans agree action for action (tested).
 
 use super::deadline::Placement;
+
+pub mod semi_markov;
+pub mod spells;
+
+pub use semi_markov::{Capacity, SpellPlan, SpellProblem};
+pub use spells::{AgeBuckets, SpellLearner};
 
 /// Cost that marks "cannot make the deadline" (finite so that expectations
 /// never produce NaN; far above any real cost).
 const PROHIBITIVE: f64 = 1e12;
+
+/// The least of the three action values (0 wait, 1 on-demand, 2 spot),
+/// capped at [`PROHIBITIVE`]. An action must beat the one before it by more
+/// than rounding to be chosen, so that exact ties (common: near the
+/// deadline every safe path is "on-demand to the end") resolve the same way
+/// whatever the order of the sums — waiting first (it keeps every option),
+/// then on-demand.
+fn best_action(wait: f64, od: f64, spot: f64) -> (f64, u8) {
+    let beats = |x: f64, best: f64| x < best - 1e-9 * best.abs().max(1.0);
+    let (mut best, mut a) = (wait, 0u8);
+    if beats(od, best) {
+        (best, a) = (od, 1);
+    }
+    if beats(spot, best) {
+        (best, a) = (spot, 2);
+    }
+    (best.min(PROHIBITIVE), a)
+}
 
 /// One job and its market, in decision steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,14 +165,8 @@ impl DeadlinePlan {
                         };
                         let od = if j == 0 { run(0, r) } else { launch_od };
                         let spot = if j == 1 { run(1, r) } else { launch_spot };
-                        let (mut best, mut a) = (wait, 0u8);
-                        if od < best {
-                            (best, a) = (od, 1);
-                        }
-                        if spot < best {
-                            (best, a) = (spot, 2);
-                        }
-                        cur[vi(pr, s, up)] = best.min(PROHIBITIVE);
+                        let (best, a) = best_action(wait, od, spot);
+                        cur[vi(pr, s, up)] = best;
                         actions[((t * w + pr) * states + s) * 2 + up] = a;
                     }
                 }

@@ -20,8 +20,10 @@
 //! calls *Omniscient*. Pure: no I/O, no clock.
 
 use crate::planner::deadline::{place, DeadlineView, Placement, ZoneSpot};
-use crate::planner::deadline_plan::{DeadlinePlan, PlanProblem, Running};
-use crate::planner::spot_risk::HazardEstimate;
+use crate::planner::deadline_plan::spells::{age_hazards, expected_residual_h, RatePrior};
+use crate::planner::deadline_plan::{
+    AgeBuckets, Capacity, Running, SpellLearner, SpellPlan, SpellProblem,
+};
 
 /// The job and the market's prices, in ticks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -260,115 +262,142 @@ impl OnlinePolicy for UniformProgressPolicy {
     }
 }
 
-/// `prescale`: the planner's deadline plan
-/// ([`crate::planner::deadline_plan::DeadlinePlan`]) on the market's learned
-/// rates. Every tick the policy updates Gamma-Poisson estimates
-/// ([`HazardEstimate`]) of how often capacity goes (per hour up) and comes
-/// back (per hour down), for each zone and for "any zone" (the market the
-/// plan sees with several zones); it re-solves the plan when those rates
-/// have moved or every [`PrescalePolicy::RESOLVE_EVERY`] ticks, and runs
-/// places it with [`crate::planner::deadline::place`] (spot in the zone
-/// with the lowest learned hazard, every action through the slack guard).
+/// `prescale`: the planner's semi-Markov deadline plan
+/// ([`crate::planner::deadline_plan::SpellPlan`]) on the market's learned
+/// age-dependent hazards. Every tick the policy feeds what it sees to one
+/// [`SpellLearner`] per zone and one for "any zone has capacity"; the plan's
+/// loss hazards per up-age are those of the zones' up-spells (pooled over
+/// the zones: an instance is lost when *its* zone goes), its return hazards
+/// per down-age those of the any-zone down-spells (spot is back when some
+/// zone has it), and with several zones a loss finds another zone up with
+/// the learned share of losses that did. It re-solves the plan every tenth
+/// of the evidence half-life (2.4 h at the default 24 h: the learned
+/// hazards drift with the evidence) and places each action with
+/// [`crate::planner::deadline::place`]: spot stays in its zone while it
+/// holds, else goes to the available zone with the longest expected
+/// remaining up-time given its age; every action passes the slack guard.
 pub struct PrescalePolicy {
-    zone_loss: Vec<HazardEstimate>,
-    any_loss: HazardEstimate,
-    any_return: HazardEstimate,
+    zones: Vec<SpellLearner>,
+    any: SpellLearner,
+    /// Discounted zone losses, and those that left another zone up.
+    losses: f64,
+    moves: f64,
     last: Vec<bool>,
-    last_any: bool,
-    warmed: bool,
-    half_life_h: f64,
-    /// The plan, the tick and progress it was solved at, and the rates.
-    plan: Option<(DeadlinePlan, u32, u32, f64, f64)>,
+    cfg: crate::planner::spot_risk::SpotRiskConfig,
+    /// The plan and the tick and progress it was solved at.
+    plan: Option<(SpellPlan, u32, u32)>,
 }
 
 impl PrescalePolicy {
-    /// Re-solve at least this often (ticks).
-    pub const RESOLVE_EVERY: u32 = 20;
+    /// Re-solve period as a share of the evidence half-life: in a tenth of
+    /// it old evidence loses 7 % of its weight, so the plan never runs on
+    /// hazards much staler than the estimates.
+    pub const RESOLVE_SHARE_OF_HALF_LIFE: f64 = 0.1;
 
-    pub fn new(zones: usize, cfg: &crate::planner::spot_risk::SpotRiskConfig) -> Self {
-        let loss = HazardEstimate::new(cfg.prior_rate_per_h, cfg.prior_hours);
+    fn resolve_every_ticks(&self, tick_h: f64) -> u32 {
+        let h = Self::RESOLVE_SHARE_OF_HALF_LIFE * self.cfg.half_life_h.max(0.0);
+        ((h / tick_h).round() as u32).max(1)
+    }
+
+    pub fn new(zones: usize, tick_h: f64, cfg: &crate::planner::spot_risk::SpotRiskConfig) -> Self {
+        let learner = SpellLearner::new(AgeBuckets::new(tick_h), cfg.half_life_h);
         PrescalePolicy {
-            zone_loss: vec![loss; zones],
-            any_loss: loss,
-            any_return: HazardEstimate::new(cfg.prior_recovery_per_h, cfg.prior_hours),
+            zones: vec![learner.clone(); zones],
+            any: learner,
+            losses: 0.0,
+            moves: 0.0,
             last: vec![false; zones],
-            last_any: false,
-            warmed: false,
-            half_life_h: cfg.half_life_h,
+            cfg: *cfg,
             plan: None,
         }
     }
 
     /// Learns from the market's past before the job starts (`past[zone]
     /// [tick]`): what a running service has seen of these pools.
-    pub fn warm_up(&mut self, past: &Market, tick_h: f64) {
+    pub fn warm_up(&mut self, past: &Market) {
         let ticks = past.iter().map(Vec::len).min().unwrap_or(0);
         let mut now = vec![false; past.len()];
         for t in 0..ticks {
             for (a, zone) in now.iter_mut().zip(past) {
                 *a = zone[t];
             }
-            self.observe(&now, tick_h, t > 0);
+            self.observe(&now);
         }
-        self.warmed = ticks > 0;
     }
 
-    fn learn(&mut self, v: &TickView<'_>) {
-        self.observe(v.available, v.spec.tick_h, v.tick > 0 || self.warmed);
-    }
-
-    fn observe(&mut self, available: &[bool], tick_h: f64, has_last: bool) {
-        let hl = self.half_life_h;
-        for (z, h) in self.zone_loss.iter_mut().enumerate() {
-            h.forget(tick_h, hl);
-            if has_last && self.last[z] {
-                h.observe(tick_h, u32::from(!available[z]));
+    fn observe(&mut self, available: &[bool]) {
+        let seen = self.any.state().is_some();
+        let w = if self.cfg.half_life_h > 0.0 {
+            0.5f64.powf(self.any.buckets().step_h() / self.cfg.half_life_h)
+        } else {
+            1.0
+        };
+        self.losses *= w;
+        self.moves *= w;
+        for (z, l) in self.zones.iter_mut().enumerate() {
+            if seen && self.last[z] && !available[z] {
+                self.losses += 1.0;
+                if available.iter().enumerate().any(|(o, &a)| a && o != z) {
+                    self.moves += 1.0;
+                }
             }
-            self.last[z] = available[z];
+            l.observe(available[z]);
         }
-        let any = available.iter().any(|&a| a);
-        self.any_loss.forget(tick_h, hl);
-        self.any_return.forget(tick_h, hl);
-        if has_last {
-            if self.last_any {
-                self.any_loss.observe(tick_h, u32::from(!any));
-            } else {
-                self.any_return.observe(tick_h, u32::from(any));
-            }
-        }
-        self.last_any = any;
+        self.any.observe(available.iter().any(|&a| a));
+        self.last.copy_from_slice(available);
     }
 
-    fn plan_for(&mut self, v: &TickView<'_>) -> &(DeadlinePlan, u32, u32, f64, f64) {
-        // An instance is lost at its own zone's hazard (a move to another
-        // zone costs a restart too), while capacity returns as soon as any
-        // zone has it again.
-        let zone_loss = self
-            .zone_loss
-            .iter()
-            .map(HazardEstimate::rate_per_h)
-            .fold(f64::INFINITY, f64::min);
-        let loss = zone_loss.max(self.any_loss.rate_per_h());
-        let ret = self.any_return.rate_per_h();
-        let moved = |a: f64, b: f64| (a - b).abs() > 0.25 * b;
+    /// Loss hazards per up-age bucket (the zones' up-spells pooled).
+    fn loss_table(&self) -> Vec<f64> {
+        let stats: Vec<_> = self.zones.iter().map(|l| &l.up).collect();
+        age_hazards(self.any.buckets(), &stats, self.loss_prior())
+    }
+
+    fn loss_prior(&self) -> RatePrior {
+        RatePrior {
+            rate_per_h: self.cfg.prior_rate_per_h,
+            hours: self.cfg.prior_hours,
+        }
+    }
+
+    /// Expected remaining up-time of zone `z` given its age, hours (its own
+    /// up-spells, shrunk towards its own pooled rate).
+    fn residual_up_h(&self, z: usize) -> f64 {
+        let l = &self.zones[z];
+        let table = age_hazards(l.buckets(), &[&l.up], self.loss_prior());
+        expected_residual_h(l.buckets(), &table)[l.bucket()]
+    }
+
+    fn plan_for(&mut self, v: &TickView<'_>) -> &(SpellPlan, u32, u32) {
+        let every = self.resolve_every_ticks(v.spec.tick_h);
         let stale = match &self.plan {
             None => true,
-            Some((_, t0, _, l0, r0)) => {
-                v.tick - t0 >= Self::RESOLVE_EVERY || moved(loss, *l0) || moved(ret, *r0)
-            }
+            Some((_, t0, _)) => v.tick - t0 >= every,
         };
         if stale {
             let s = v.spec;
-            let plan = DeadlinePlan::solve(PlanProblem {
+            let ret_prior = RatePrior {
+                rate_per_h: self.cfg.prior_recovery_per_h,
+                hours: self.cfg.prior_hours,
+            };
+            // Jeffreys prior on the share of losses that find another zone
+            // up; none with one zone.
+            let move_p = if self.zones.len() > 1 {
+                (self.moves + 0.5) / (self.losses + 1.0)
+            } else {
+                0.0
+            };
+            let plan = SpellPlan::solve(&SpellProblem {
                 work: s.work - v.progress,
                 steps: s.deadline - v.tick,
                 restart: s.restart,
-                step_h: s.tick_h,
                 spot_ratio: s.spot_ratio,
-                loss_per_h: loss,
-                return_per_h: ret,
+                buckets: self.any.buckets().clone(),
+                loss_per_h: self.loss_table(),
+                return_per_h: age_hazards(self.any.buckets(), &[&self.any.down], ret_prior),
+                move_p,
             });
-            self.plan = Some((plan, v.tick, v.progress, loss, ret));
+            self.plan = Some((plan, v.tick, v.progress));
         }
         self.plan.as_ref().expect("just solved")
     }
@@ -376,22 +405,44 @@ impl PrescalePolicy {
 
 impl OnlinePolicy for PrescalePolicy {
     fn decide(&mut self, v: &TickView<'_>) -> Placement {
-        self.learn(v);
+        self.observe(v.available);
         let s = v.spec;
         let running = match v.current {
             Placement::Wait => Running::Wait,
             Placement::OnDemand => Running::OnDemand(v.restart_left),
             Placement::Spot(_) => Running::Spot(v.restart_left),
         };
-        let any = v.available.iter().any(|&a| a);
-        let (plan, t0, p0, _, _) = self.plan_for(v);
-        let planned = plan.action(v.tick - t0, v.progress - p0, running, any);
+        // Zones ranked by expected remaining up-time (as a rate, so that
+        // `place` takes the lowest).
         let zones: Vec<ZoneSpot> = (0..v.available.len())
             .map(|z| ZoneSpot {
                 available: v.available[z],
-                hazard_per_h: self.zone_loss[z].rate_per_h(),
+                hazard_per_h: 1.0 / self.residual_up_h(z).max(1e-9),
             })
             .collect();
+        // The capacity the plan sees: the zone spot runs in or would go to,
+        // at its age; with none up, the age of the outage.
+        let zone = match v.current {
+            Placement::Spot(z) if v.available[z] => Some(z),
+            _ => zones
+                .iter()
+                .enumerate()
+                .filter(|(_, zs)| zs.available)
+                .min_by(|a, b| a.1.hazard_per_h.total_cmp(&b.1.hazard_per_h))
+                .map(|(z, _)| z),
+        };
+        let cap = match zone {
+            Some(z) => Capacity {
+                up: true,
+                bucket: self.zones[z].bucket(),
+            },
+            None => Capacity {
+                up: false,
+                bucket: self.any.bucket(),
+            },
+        };
+        let (plan, t0, p0) = self.plan_for(v);
+        let planned = plan.action(v.tick - t0, v.progress - p0, running, cap);
         let view = DeadlineView {
             work_left_h: f64::from(s.work - v.progress) * s.tick_h,
             time_left_h: f64::from(s.deadline - v.tick) * s.tick_h,
@@ -491,8 +542,8 @@ pub fn run_policy(name: PolicyName, spec: &JobSpec, market: &Market, history: &M
             simulate(spec, market, &mut UniformProgressPolicy::default())
         }
         PolicyName::Prescale => {
-            let mut p = PrescalePolicy::new(market.len(), &cfg);
-            p.warm_up(history, spec.tick_h);
+            let mut p = PrescalePolicy::new(market.len(), spec.tick_h, &cfg);
+            p.warm_up(history);
             simulate(spec, market, &mut p)
         }
         PolicyName::Omniscient => {
