@@ -148,7 +148,17 @@ pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> Pl
             entries.len() - 1
         }
     };
-    plan_priced(input, &entries[i].offers)
+    match input.spot_risk {
+        // The learned risk changes at every tick (exposure accrues, old
+        // evidence fades), so it is not part of the key (each tick would
+        // build and keep another entry): it is laid over a copy.
+        Some(book) => {
+            let mut offers = entries[i].offers.clone();
+            book.apply(&mut offers);
+            plan_priced(input, &offers)
+        }
+        None => plan_priced(input, &entries[i].offers),
+    }
 }
 
 impl CachedOffers {
@@ -418,6 +428,7 @@ mod tests {
             budget_headroom_usd_per_h: None,
             previous: None,
             interruption_rates: rates,
+            spot_risk: None,
         }
     }
 

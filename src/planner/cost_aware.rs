@@ -73,6 +73,7 @@ impl CapacityPlanner for CostAwarePlanner {
             budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
             previous: req.previous,
             interruption_rates: &self.interruption_rates,
+            spot_risk: req.spot_risk,
         };
         let out = plan_environment_cached(&input, &self.offers);
         PlanDecision {
