@@ -369,6 +369,7 @@ impl Engine {
                 if let Some(usd) = actual {
                     self.learn_paid_rate(c, usd);
                 }
+                self.st.spot.on_completed(c, &self.catalog);
             }
             _ => {}
         }

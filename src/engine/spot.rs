@@ -8,10 +8,13 @@
 //! - interruptions: each warning counts 1 (a rebalance recommendation
 //!   `rebalance_weight`) in its pool, `region/zone/type` when the signal
 //!   names a zone, else `region/type`;
-//! - exposure: the spot instances the engine last commanded per
-//!   `region/type` (summed over environments), times the event time
-//!   between decision ticks. The engine does not see the fleet itself: this
-//!   is what it asked for, the best it knows of what it holds;
+//! - exposure: the spot instance-hours the scheduler reports busy, per
+//!   `region/type`: each completed job that ran on spot adds its
+//!   `vcpu_seconds` over its instance type's vCPUs. The engine does not see
+//!   the fleet itself; what it commanded is no measure of what it held (an
+//!   actuator meets a floor with any capacity, and a refused pool holds
+//!   nothing), while busy hours are hours it certainly held. Idle hours
+//!   and interrupted attempts are left out, so the hazard errs high;
 //! - launches: per decision tick and `region/type`, the refused launches
 //!   reported since the last tick (at most one per commanded instance, at
 //!   least one: a retry loop reporting each attempt counts once per
@@ -27,7 +30,8 @@
 //! [`super::EngineState`] (left out of it while unused), so a restored
 //! engine goes on from the same evidence.
 
-use crate::events::{InstanceAllocation, Market, Millis, SpotSignal, SpotSignalKind};
+use crate::events::{InstanceAllocation, JobCompleted, Market, Millis, SpotSignal, SpotSignalKind};
+use crate::pricing::Catalog;
 use crate::planner::spot_risk::{region_key, zone_key, SpotRiskBook, SpotRiskConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -119,9 +123,29 @@ impl SpotLearner {
         }
     }
 
-    /// Advance the evidence to the decision tick `now`: fade it, add the
-    /// exposure of the commanded instances since the last tick, and fold
-    /// the refused launches reported since then.
+    /// A completed job: its busy spot hours are exposure of its pool
+    /// (ignored until a signal arrived, or when the job did not run on
+    /// spot or its type is unknown to the catalogue).
+    pub fn on_completed(&mut self, c: &JobCompleted, catalog: &Catalog) {
+        let Some(book) = self.book.as_mut() else {
+            return;
+        };
+        let (Some(Market::Spot), Some(ty), Some(region)) =
+            (c.market, c.instance_type.as_deref(), c.region.as_deref())
+        else {
+            return;
+        };
+        let Some(vcpus) = catalog.spec(ty).map(|s| s.vcpus).filter(|v| *v > 0.0) else {
+            return;
+        };
+        if c.vcpu_seconds.is_finite() && c.vcpu_seconds > 0.0 {
+            book.observe_hours(&region_key(region, ty), c.vcpu_seconds / vcpus / 3600.0);
+        }
+    }
+
+    /// Advance the evidence to the decision tick `now`: fade it by the
+    /// event time since the last tick, and fold the refused launches
+    /// reported since then against the instances commanded.
     pub fn advance(&mut self, now: Millis) {
         let Some(book) = self.book.as_mut() else {
             return;
@@ -156,7 +180,6 @@ impl SpotLearner {
         }
         for (&pool, &n) in &held {
             let n = n as f64;
-            book.observe_hours(pool, n * elapsed_h);
             // The instances asked for and not refused held this tick.
             let failed = refused.get(pool).map_or(0.0, |f| f * scale[pool]);
             book.observe_launch_weights(pool, (n - failed).max(0.0), 0.0);
@@ -193,15 +216,33 @@ mod tests {
 
     const H: Millis = 3_600_000;
 
-    /// A synthetic pool: 10 instances held, interrupted at a known rate
+    /// Ten busy c5.xlarge (4 vCPUs) for `ms`, reported as one completion.
+    fn busy(at: Millis, ms: Millis) -> JobCompleted {
+        JobCompleted {
+            job_id: format!("j{at}").into(),
+            compute_environment: "e".into(),
+            started_at: at - ms,
+            finished_at: at,
+            status: crate::events::JobStatus::Succeeded,
+            instance_type: Some("c5.xlarge".into()),
+            market: Some(Market::Spot),
+            region: Some("us-east-1".into()),
+            vcpu_seconds: 10.0 * 4.0 * ms as f64 / 1000.0,
+            max_memory_mib: None,
+        }
+    }
+
+    /// A synthetic pool: 10 instances busy, interrupted at a known rate
     /// (one warning every 4 h among them: 0.025 per instance-hour); the
     /// learned hazard converges on it from the 0.01 prior.
     #[test]
     fn learned_hazard_converges_on_the_pool_rate() {
+        let cat = Catalog::bundled();
         let mut l = SpotLearner::default();
         assert!(l.is_empty());
         // Before any signal nothing is kept.
         l.commanded("e", &spot(10));
+        l.on_completed(&busy(0, H), &cat);
         l.advance(0);
         assert!(l.book().is_none());
         l.on_signal(&signal(0, SpotSignalKind::InterruptionWarning, None, 1));
@@ -209,6 +250,7 @@ mod tests {
         let mut t = 0;
         for step in 1..=20 * 24 * 12 {
             t = step * H / 12;
+            l.on_completed(&busy(t, H / 12), &cat);
             if step % 48 == 0 {
                 l.on_signal(&signal(t, SpotSignalKind::InterruptionWarning, None, 1));
             }

@@ -423,7 +423,11 @@ fn run_policy(
     } else {
         None
     };
-    if engine_driven && !input.budgets.is_empty() {
+    // A measured spot market answers the plan (notices, refusals): the
+    // engine must see the simulation to learn from it, so it runs in
+    // closed loop, as with budgets.
+    let closed = !input.budgets.is_empty() || cfg.spot_markets.is_some();
+    if engine_driven && closed {
         let engine = input
             .source
             .engine(fc)
@@ -547,7 +551,7 @@ fn run_closed_loop(
                 w.last_event,
             );
             c.start();
-            if input.cfg.spot_markets.is_some() {
+            if input.cfg.spot_markets.is_some() && input.cfg.spot_signals {
                 c.report_spot_signals();
             }
             c
