@@ -31,8 +31,8 @@
 //! engine goes on from the same evidence.
 
 use crate::events::{InstanceAllocation, JobCompleted, Market, Millis, SpotSignal, SpotSignalKind};
-use crate::pricing::Catalog;
 use crate::planner::spot_risk::{region_key, zone_key, SpotRiskBook, SpotRiskConfig};
+use crate::pricing::Catalog;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -282,7 +282,12 @@ mod tests {
         l.advance(0);
         l.commanded("e", &spot(4));
         // A retry loop reports 1000 refusals in one tick.
-        l.on_signal(&signal(H / 12, SpotSignalKind::CapacityUnavailable, None, 1000));
+        l.on_signal(&signal(
+            H / 12,
+            SpotSignalKind::CapacityUnavailable,
+            None,
+            1000,
+        ));
         l.advance(H / 12);
         let (_, lf) = l.book().unwrap().pools["us-east-1/c5.xlarge"];
         assert!(lf.failures <= 5.0 + 1e-9, "{lf:?}");

@@ -564,6 +564,7 @@ mod tests {
                 usd: 10.0,
                 period: None,
             }),
+            Event::SpotSignal(sample_signal()),
         ];
         for ev in evs {
             let kind = match &ev {
@@ -571,6 +572,7 @@ mod tests {
                 Event::JobCompleted(_) => EventKind::JobCompleted,
                 Event::PriceTick(_) => EventKind::PriceTick,
                 Event::BudgetAllocation(_) => EventKind::BudgetAllocation,
+                Event::SpotSignal(_) => EventKind::SpotSignal,
             };
             let bytes = encode_event(&ev).unwrap();
             assert_eq!(decode_event(kind, &bytes).unwrap(), ev);
@@ -611,6 +613,82 @@ mod tests {
         };
         let b = encode_command(&Command::Preemption(p.clone())).unwrap();
         assert_eq!(decode_preemption(&b).unwrap(), p);
+    }
+
+    fn sample_signal() -> SpotSignal {
+        SpotSignal {
+            at: 1_700_000_000_000,
+            kind: SpotSignalKind::InterruptionWarning,
+            region: "us-east-1".into(),
+            zone: Some("us-east-1a".into()),
+            instance_type: "c5.xlarge".into(),
+            instance_id: Some("i-0123456789abcdef0".into()),
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn spot_signal_round_trips_through_both_decoders() {
+        assert_eq!(
+            EventKind::from_default_topic(topics::SPOT_SIGNAL).unwrap(),
+            EventKind::SpotSignal
+        );
+        for kind in [
+            SpotSignalKind::InterruptionWarning,
+            SpotSignalKind::RebalanceRecommendation,
+            SpotSignalKind::CapacityUnavailable,
+        ] {
+            for zone in [None, Some("us-east-1c".into())] {
+                let s = SpotSignal {
+                    kind,
+                    zone,
+                    count: 7,
+                    ..sample_signal()
+                };
+                let ev = Event::SpotSignal(s.clone());
+                let b = encode_event(&ev).unwrap();
+                // The positional decoder, and the schema-driven one.
+                assert_eq!(decode_event(EventKind::SpotSignal, &b).unwrap(), ev);
+                assert_eq!(codecs().spot_signal.decode::<SpotSignal>(&b).unwrap(), s);
+            }
+        }
+    }
+
+    #[test]
+    fn spot_signal_nonsense_is_refused_naming_the_field() {
+        type Bad = (&'static str, fn(&mut SpotSignal));
+        let cases: [Bad; 8] = [
+            ("count", |s| s.count = 0),
+            ("count", |s| s.count = -3),
+            ("count", |s| s.count = i32::MAX),
+            ("region", |s| s.region = " ".into()),
+            ("instance_type", |s| s.instance_type = "".into()),
+            ("zone", |s| s.zone = Some("".into())),
+            ("instance_id", |s| {
+                s.instance_id = Some("x".repeat(300).into())
+            }),
+            ("at", |s| s.at = -5),
+        ];
+        for (field, spoil) in cases {
+            let mut s = sample_signal();
+            spoil(&mut s);
+            let b = encode_event(&Event::SpotSignal(s)).unwrap();
+            let e = decode_event(EventKind::SpotSignal, &b)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("SpotSignal: field `{field}`")),
+                "{field}: {e}"
+            );
+        }
+        // An enum index past the symbols is named too.
+        let mut b = encode_event(&Event::SpotSignal(sample_signal())).unwrap();
+        let at_len = b.iter().position(|x| x & 0x80 == 0).unwrap() + 1;
+        b[at_len] = 2 * 3; // zigzag 3: a fourth kind
+        let e = decode_event(EventKind::SpotSignal, &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("SpotSignal: field `kind`"), "{e}");
     }
 
     #[test]

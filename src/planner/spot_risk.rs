@@ -361,7 +361,6 @@ impl Group<'_> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +387,84 @@ mod tests {
         // 6000 expected events: standard error ≈ 1.3 %; 5 % is ~4 σ.
         assert!(errs[2] < 0.05, "{errs:?}");
         assert!(errs[2] < errs[0], "{errs:?}");
+    }
+
+    /// Two zones of one spot pool at the same price: once warnings were
+    /// learned in zone a, the plan moves to zone b, which holds; and zone
+    /// b reads safer than the region's prior, since it ran without one.
+    #[test]
+    fn the_plan_moves_to_the_zone_that_holds() {
+        use crate::planner::optimize::tests_support::offer;
+        use crate::planner::{rank_offers, InstanceRequest};
+        let mut offers: Vec<Offer> = ["us-east-1a", "us-east-1b"]
+            .iter()
+            .map(|z| {
+                let mut o = offer("c5.xlarge", Market::Spot, 4.0, 8192, 0, 0.06);
+                o.zone = Some((*z).into());
+                o.on_demand_usd_per_hour = Some(0.17);
+                o.interruption_rate_per_h = 0.01;
+                o
+            })
+            .collect();
+        offers.push(offer("c5.xlarge", Market::OnDemand, 4.0, 8192, 0, 0.17));
+        let req = InstanceRequest {
+            vcpus: 4.0,
+            duration_s: Some(2 * 3600),
+            ..Default::default()
+        };
+        // Equal: the tie goes to pool-key order, zone a.
+        let best = &rank_offers(&req, &offers, 0)[0];
+        assert_eq!(best.pools[0].zone.as_deref(), Some("us-east-1a"));
+
+        let mut book = SpotRiskBook::new(SpotRiskConfig::default());
+        book.observe_hours(&region_key("us-east-1", "c5.xlarge"), 40.0);
+        book.observe_interruptions(&zone_key("us-east-1", "us-east-1a", "c5.xlarge"), 12.0);
+        let mut learned = offers.clone();
+        book.apply(&mut learned);
+        let (a, b) = (&learned[0], &learned[1]);
+        assert!(a.interruption_rate_per_h > 0.5, "{a:?}");
+        assert!(b.interruption_rate_per_h < 0.01, "{b:?}");
+        assert_eq!(learned[2], offers[2], "on-demand untouched");
+        let best = &rank_offers(&req, &learned, 0)[0];
+        assert_eq!(best.pools[0].zone.as_deref(), Some("us-east-1b"));
+        assert_eq!(best.pools[0].market, Market::Spot);
+
+        // Zone b then refuses launches: a refused launch is served
+        // on-demand, so b's expected cost nears on-demand's, and zone a,
+        // interrupted but launching, is the cheaper again.
+        let zb = zone_key("us-east-1", "us-east-1b", "c5.xlarge");
+        for _ in 0..20 {
+            book.observe_launch_weights(&zb, 1.0, 1.0);
+        }
+        let mut learned = offers.clone();
+        book.apply(&mut learned);
+        let b = &learned[1];
+        assert!(b.launch_failure_p > 0.8, "{b:?}");
+        assert!(b.expected_usd_per_hour(7200.0, 120.0) > 0.14, "{b:?}");
+        let best = &rank_offers(&req, &learned, 0)[0];
+        assert_eq!(best.pools[0].zone.as_deref(), Some("us-east-1a"));
+
+        // Both zones reclaim often: on-demand is the cheaper.
+        book.observe_interruptions(&zb, 60.0);
+        book.observe_interruptions(&zone_key("us-east-1", "us-east-1a", "c5.xlarge"), 60.0);
+        let mut learned = offers.clone();
+        book.apply(&mut learned);
+        let best = &rank_offers(&req, &learned, 0)[0];
+        assert_eq!(best.pools[0].market, Market::OnDemand);
+    }
+
+    #[test]
+    fn an_empty_book_changes_no_offer() {
+        use crate::planner::optimize::tests_support::offer;
+        let offers = vec![offer("c5.xlarge", Market::Spot, 4.0, 8192, 0, 0.06)];
+        let mut same = offers.clone();
+        SpotRiskBook::new(SpotRiskConfig::default()).apply(&mut same);
+        assert_eq!(same, offers);
+        // Evidence for another pool changes none either.
+        let mut book = SpotRiskBook::new(SpotRiskConfig::default());
+        book.observe_interruptions(&region_key("eu-west-1", "c5.xlarge"), 3.0);
+        book.apply(&mut same);
+        assert_eq!(same, offers);
     }
 
     #[test]

@@ -721,7 +721,10 @@ impl<'a> Cluster<'a> {
 
     /// Notices and refusals since the last call, in the order they happened.
     pub fn take_spot_signals(&mut self) -> Vec<SimSpotSignal> {
-        self.spot_signals.as_mut().map(std::mem::take).unwrap_or_default()
+        self.spot_signals
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Keeps a signal when asked to, one per (time, pool, kind) with a count.

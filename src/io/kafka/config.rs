@@ -107,7 +107,11 @@ impl Topics {
     /// allocations, spot signals: pool-wide facts), outside the consumer
     /// group's split.
     pub fn broadcast(&self) -> [String; 3] {
-        [self.price_tick(), self.budget_allocation(), self.spot_signal()]
+        [
+            self.price_tick(),
+            self.budget_allocation(),
+            self.spot_signal(),
+        ]
     }
     pub fn dlq(&self, topic: &str) -> String {
         format!("{topic}{}", self.dlq_suffix)
