@@ -52,9 +52,9 @@ pub struct SpotLearner {
     /// Refused launches reported since the last tick, per book key, and the
     /// `region/type` each key belongs to.
     refused: BTreeMap<String, (String, f64)>,
-    /// (kind, instance id) of signals applied, with their time, to tell a
-    /// copy from a new signal.
-    seen: BTreeMap<(SpotSignalKind, String), Millis>,
+    /// `KIND/instance-id` of signals applied, with their time, to tell a
+    /// copy from a new signal (a string key: the checkpoint is JSON).
+    seen: BTreeMap<String, Millis>,
 }
 
 impl SpotLearner {
@@ -74,13 +74,13 @@ impl SpotLearner {
     pub fn is_copy(&self, s: &SpotSignal) -> bool {
         s.instance_id
             .as_deref()
-            .is_some_and(|id| self.seen.contains_key(&(s.kind, id.to_string())))
+            .is_some_and(|id| self.seen.contains_key(&seen_key(s.kind, id)))
     }
 
     /// Take one signal in.
     pub fn on_signal(&mut self, s: &SpotSignal) {
         if let Some(id) = s.instance_id.as_deref() {
-            self.seen.insert((s.kind, id.to_string()), s.at);
+            self.seen.insert(seen_key(s.kind, id), s.at);
         }
         let book = self
             .book
@@ -187,6 +187,10 @@ impl SpotLearner {
         self.refused.clear();
         self.seen.retain(|_, at| *at + SEEN_FOR_MS >= now);
     }
+}
+
+fn seen_key(kind: SpotSignalKind, id: &str) -> String {
+    format!("{}/{id}", kind.as_str())
 }
 
 #[cfg(test)]
@@ -298,6 +302,28 @@ mod tests {
         }
         let p_later = l.book().unwrap().launch_failure("us-east-1/c5.xlarge");
         assert!(p_later < 0.1, "{p_bad} → {p_later}");
+    }
+
+    /// The learner is checkpointed with the engine state, as JSON.
+    #[test]
+    fn the_learner_survives_a_json_checkpoint() {
+        let mut l = SpotLearner::default();
+        let mut s = signal(
+            0,
+            SpotSignalKind::InterruptionWarning,
+            Some("us-east-1a"),
+            2,
+        );
+        s.instance_id = Some("i-0abc".into());
+        l.on_signal(&s);
+        l.on_signal(&signal(0, SpotSignalKind::CapacityUnavailable, None, 3));
+        l.commanded("e", &spot(4));
+        l.advance(H);
+        l.on_signal(&signal(H, SpotSignalKind::CapacityUnavailable, None, 1));
+        let json = serde_json::to_string(&l).unwrap();
+        let back: SpotLearner = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l);
+        assert!(back.is_copy(&s));
     }
 
     #[test]
