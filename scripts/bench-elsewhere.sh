@@ -7,11 +7,13 @@
 #   bash scripts/bench-elsewhere.sh pack        # here: build, strip, bundle into target/bench-elsewhere/
 #   OUT=DIR bash scripts/bench-elsewhere.sh run  # there, from the repository root: figures into DIR
 #
-# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` three
-# ways (all cores; broker and bench pinned to two cores with taskset, as on
-# a 2-core CI machine; all cores with 12 partitions per topic), then
+# `run` measures `prescale bench kafka --messages 1000000 --repeat 3` five
+# ways (all cores, with the default read path (pipelined there) and with
+# `--decode-threads 0`; broker and bench pinned to two cores with taskset,
+# as on a 2-core CI machine, with the default (inline there) and with
+# `--decode-threads 2`; all cores with 12 partitions per topic), then
 # `prescale bench replay --scale 300 --stages decode,state,dense`. The text
-# goes to $OUT/all.txt, each Kafka run's figures to $OUT/<name>.json (four
+# goes to $OUT/all.txt, each Kafka run's figures to $OUT/<name>.json (six
 # files: a device machine returns at most eight). docs/service.md
 # ("Session 9", "Session 11") has the figures of 16-core runs.
 set -uo pipefail
@@ -70,9 +72,13 @@ run() {
     {
         lscpu | grep -E 'Model name|^CPU\(s\)'
         local m=(--messages 1000000 --repeat 3)
+        # The read path by default: pipelined (reader threads decode) on
+        # more than two cores, inline on two; each also the other way.
         kafka all-cores -- "${m[@]}" --latency-secs 10
+        kafka all-cores-inline -- "${m[@]}" --latency-secs 10 --decode-threads 0
         # As on a 2-core CI machine: broker and bench on two cores.
         kafka two-cores taskset -c 0,1 -- "${m[@]}" --latency-secs 10
+        kafka two-cores-piped taskset -c 0,1 -- "${m[@]}" --latency-secs 10 --decode-threads 2
         kafka all-cores-12p -- "${m[@]}" --latency-secs 5 --partitions 12
         echo "=== replay"
         "$DIR/prescale" bench replay --scale 300 --stages decode,state,dense --repeat 3 2>&1

@@ -254,16 +254,22 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     bench_decode_and_state(&msgs, a.repeat, &on, &mut figs);
     let mut cmds = None;
     if on(Stage::Full) {
-        let (t_full, (out, ticks, built, plans)) =
-            best(a.repeat, || full_loop(&base.catalog, &msgs));
+        let (t_full, r) = best(a.repeat, || full_loop(&base.catalog, &msgs));
+        let LoopRun {
+            out,
+            ticks,
+            built,
+            plans,
+            reused,
+        } = r;
         println!(
-            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — decode → state → engine",
+            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans, {reused} decisions reused) — decode → state → engine",
             n / t_full,
             t_full,
             t_full * 1e6 / ticks.max(1) as f64,
             out.len()
         );
-        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built, "decisions_reused": reused});
         figs.stage("full", n / t_full, t_full, extra);
         cmds = Some(out);
     }
@@ -272,7 +278,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         bench_dense(&base, &jobs, &a, &mut figs)?;
     }
     if on(Stage::Sim) {
-        let cmds = cmds.unwrap_or_else(|| full_loop(&base.catalog, &msgs).0);
+        let cmds = cmds.unwrap_or_else(|| full_loop(&base.catalog, &msgs).out);
         bench_sim(&all, &prices, cmds, a.repeat, n, &mut figs);
     }
     match &a.json {
@@ -330,12 +336,20 @@ fn bench_decode_and_state(
     }
 }
 
-/// The whole decision loop over encoded events: decode → state → engine;
-/// the commands, ticks, offers built and plans made.
-fn full_loop(
-    catalog: &Arc<Catalog>,
-    msgs: &[(EventKind, Vec<u8>)],
-) -> (Vec<Command>, u64, u64, u64) {
+/// What one pass of the whole decision loop did.
+struct LoopRun {
+    out: Vec<Command>,
+    ticks: u64,
+    /// Plans whose offers were built in full.
+    built: u64,
+    /// Plans made.
+    plans: u64,
+    /// Decisions reused instead of planned (idle and busy).
+    reused: u64,
+}
+
+/// The whole decision loop over encoded events: decode → state → engine.
+fn full_loop(catalog: &Arc<Catalog>, msgs: &[(EventKind, Vec<u8>)]) -> LoopRun {
     let mut engine = make_engine(catalog.clone(), None, &Default::default());
     let mut out: Vec<Command> = Vec::new();
     for (k, b) in msgs {
@@ -344,9 +358,14 @@ fn full_loop(
         }
     }
     engine.finish(&mut out);
-    let ticks = engine.counters().ticks;
-    let (built, reused) = engine.offers_built_and_reused();
-    (out, ticks, built, built + reused)
+    let (built, patched) = engine.offers_built_and_reused();
+    LoopRun {
+        out,
+        ticks: engine.counters().ticks,
+        built,
+        plans: built + patched,
+        reused: engine.plans_reused() + engine.busy_plans_reused(),
+    }
 }
 
 /// The `dense` stage of `bench replay`: the sample's jobs copied onto its
@@ -372,9 +391,16 @@ fn bench_dense(
     }
     dense.sort_by_key(|e| e.time());
     let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
-    let (t_dense, (out, ticks, built, plans)) = best(a.repeat, || full_loop(&base.catalog, &dmsgs));
+    let (t_dense, r) = best(a.repeat, || full_loop(&base.catalog, &dmsgs));
+    let LoopRun {
+        out,
+        ticks,
+        built,
+        plans,
+        reused,
+    } = r;
     println!(
-            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans) — {}x jobs on the sample's own span",
+            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans, {reused} decisions reused) — {}x jobs on the sample's own span",
             dmsgs.len() as f64 / t_dense,
             t_dense,
             dmsgs.len(),
@@ -382,7 +408,7 @@ fn bench_dense(
             out.len(),
             a.dense_scale
         );
-    let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built});
+    let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built, "decisions_reused": reused});
     figs.stage("dense", dmsgs.len() as f64 / t_dense, t_dense, extra);
     println!(
             "  whole loop per core, event-bound (dense x{}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",

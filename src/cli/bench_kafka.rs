@@ -6,7 +6,9 @@
 //! and to the command it triggers arriving on the command topic.
 //!
 //! Figures are printed (and optionally written as JSON); nothing asserts on
-//! them, as timings depend on the machine.
+//! them, as timings depend on the machine. `--decode-threads N` picks the
+//! full path's read path (0: the loop decodes; N: reader threads do, see
+//! `io::kafka::pipe`), so both can be measured alternately on one broker.
 
 use super::run::KafkaArgs;
 use anyhow::{bail, Context};
@@ -477,9 +479,16 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
         .or_insert_with(|| "1".into());
     // `fetch.queue.backoff.ms` is 5 ms for every consumer of prescale's
     // (`consumer_config`), the raw one here included.
+    // The full path's read path: `--decode-threads N` (or
+    // `PRESCALE_KAFKA_DECODE_THREADS`); 0 is the inline path.
+    let decode_threads = base.decode_threads();
     println!(
-        "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments",
-        base.brokers, args.partitions, args.messages, args.environments
+        "bench kafka: broker {}, {} partitions per topic, {} messages, {} environments, {decode_threads} decode threads{}",
+        base.brokers,
+        args.partitions,
+        args.messages,
+        args.environments,
+        if decode_threads == 0 { " (inline: the loop decodes)" } else { " (pipelined)" }
     );
     let mut tput = throughput(&args, &base, &factory)?;
     let lat = latency(&args, &base, &factory)?;
@@ -489,6 +498,7 @@ pub fn run(args: BenchKafkaArgs, core: prescale::wiring::DecisionCore) -> anyhow
             "repeat": args.repeat,
             "warmup_runs": args.warmup_runs,
             "partitions": args.partitions,
+            "decode_threads": decode_threads,
             "raw_consume_msgs_per_s": tput.raw,
             "full_path_msgs_per_s": tput.full,
             "full_over_raw": tput.full / tput.raw,

@@ -49,6 +49,12 @@ pub struct KafkaArgs {
     /// live input across partitions).
     #[arg(long)]
     pub merge_idle_ms: Option<u64>,
+    /// Reader threads that take and decode the input partitions' messages
+    /// off the loop thread (0: the loop does it; default: 0 on two cores or
+    /// fewer, 1 on three or four, 2 above). Also `decode_threads` in the
+    /// file, `PRESCALE_KAFKA_DECODE_THREADS`.
+    #[arg(long, value_name = "N")]
+    pub decode_threads: Option<u32>,
     /// librdkafka property, as kcat takes it: -X security.protocol=SASL_SSL
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub property: Vec<String>,
@@ -72,6 +78,7 @@ impl KafkaArgs {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_interval_ms: self.checkpoint_interval_ms,
             merge_idle_ms: self.merge_idle_ms,
+            decode_threads: self.decode_threads,
             ..Default::default()
         };
         if let Some(p) = &self.topic_prefix {

@@ -15,10 +15,10 @@ use crate::forecast::{Forecast, Forecaster, History};
 use crate::pricing::{Catalog, PriceBook};
 use crate::state::{Applied, DemandState, StateConfig, StateCounters, VCPU};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod memo;
 mod port;
 mod quiet;
 mod report;
@@ -145,8 +145,8 @@ pub struct Engine {
     /// The span of the last decision tick, kept open so the adapter that
     /// publishes its commands can nest its `publish` span under it.
     tick_span: tracing::Span,
-    /// Decisions of idle ticks, reused (see [`IdlePlans`]).
-    idle: IdlePlans,
+    /// Decisions reused instead of planned (see [`memo`]).
+    plans: memo::PlanMemo,
     /// Forecasts of quiet ticks, reused (see [`quiet`]).
     quiet: quiet::QuietForecasts,
     /// The environments' names, kept between ticks.
@@ -176,17 +176,6 @@ impl EnvNames {
         }
         std::mem::take(&mut self.names)
     }
-}
-
-/// Per environment, the decision of an idle tick, when the planner
-/// promised every idle tick the same (see [`IdlePlans::plan_or_reuse`]).
-/// Derived: not checkpointed (a restored engine plans its first idle tick
-/// again).
-#[derive(Default)]
-struct IdlePlans {
-    plans: BTreeMap<String, PlanDecision>,
-    /// Decisions taken from `plans` instead of planning.
-    reused: u64,
 }
 
 impl Engine {
@@ -232,7 +221,7 @@ impl Engine {
             planner,
             ticks: Vec::new(),
             tick_span: tracing::Span::none(),
-            idle: IdlePlans::default(),
+            plans: memo::PlanMemo::default(),
             quiet: Default::default(),
             env_names: EnvNames::default(),
         }
@@ -242,7 +231,14 @@ impl Engine {
     /// planning again (see [`CapacityPlanner::is_idle`]); they are
     /// also counted in [`EngineCounters::ticks`].
     pub fn plans_reused(&self) -> u64 {
-        self.idle.reused
+        self.plans.idle_reused
+    }
+
+    /// Decisions of busy environments taken from their last plan, all of
+    /// whose inputs were the same and whose promise had not run out (see
+    /// [`CapacityPlanner::plan_until`]).
+    pub fn busy_plans_reused(&self) -> u64 {
+        self.plans.busy_reused
     }
 
     /// Forecasts of quiet ticks answered from one made at the same time of
@@ -473,55 +469,79 @@ impl Engine {
         })
     }
 
-    /// `f` of what the forecaster is shown of `env`: its last
-    /// `max_history_buckets` of closed vCPU history (at least one bucket,
-    /// so an environment with history but a `max_history_buckets` of 0
-    /// still forecasts, from nothing). `None` before any bucket closed.
+    /// `f` of what the forecaster is shown of `env` (see [`Engine::history`]).
     fn with_history<R>(&self, env: &str, f: impl FnOnce(&History<'_>) -> R) -> Option<R> {
+        let (start, values) = self.history(env)?;
+        Some(f(&History {
+            key: env,
+            start,
+            bucket_ms: self.cfg.state.bucket_ms,
+            values: &values,
+        }))
+    }
+
+    /// The start and values of what the forecaster is shown of `env`: its
+    /// last `max_history_buckets` of closed vCPU history (at least one
+    /// bucket, so an environment with history but a `max_history_buckets`
+    /// of 0 still forecasts, from nothing). `None` before any bucket closed.
+    fn history(&self, env: &str) -> Option<(Millis, Vec<f64>)> {
         let max = self.cfg.max_history_buckets;
-        let (start, values) = self
+        let (start, mut values) = self
             .st
             .demand
             .environment_history_tail(env, VCPU, max.max(1));
         if values.is_empty() {
             return None;
         }
-        let n = values.len().min(max);
-        let off = values.len() - n;
-        Some(f(&History {
-            key: env,
-            start: start + off as i64 * self.cfg.state.bucket_ms,
-            bucket_ms: self.cfg.state.bucket_ms,
-            values: &values[off..],
-        }))
+        let off = values.len() - values.len().min(max);
+        values.drain(..off);
+        Some((start + off as i64 * self.cfg.state.bucket_ms, values))
     }
 
-    /// [`Engine::forecast_from_history`] at a decision tick, answered from
-    /// a quiet forecast of the same time of the week when it is one (see
-    /// [`quiet`]); a quiet forecast of a settled environment is kept. The
-    /// origin is the end of the closed history, which is the tick's time
-    /// but for the earlier ticks of an event that closed several buckets.
-    fn forecast_at_tick(&mut self, env: &str) -> Option<(Arc<Forecast>, Millis)> {
-        if let Some(origin) = self.st.demand.closed_end() {
-            if let Some(f) = self.quiet.get(env, origin) {
-                return Some((f, origin));
+    /// Every environment's forecast at a decision tick, in `envs`' order:
+    /// answered from a quiet forecast of the same time of the week where it
+    /// is one (see [`quiet`]), the others in one
+    /// [`Forecaster::forecast_batch`] call; a quiet forecast of a settled
+    /// environment is kept. The origin is the end of the closed history,
+    /// which is the tick's time but for the earlier ticks of an event that
+    /// closed several buckets. `None`: no closed history yet.
+    fn forecasts_at_tick(&mut self, envs: &[String]) -> Vec<Option<(Arc<Forecast>, Millis)>> {
+        let closed = self.st.demand.closed_end();
+        let mut got = Vec::with_capacity(envs.len());
+        let mut asked: Vec<(usize, Millis, Vec<f64>)> = Vec::new();
+        for env in envs {
+            let kept = closed.and_then(|o| self.quiet.get(env, o).map(|f| (f, o)));
+            if kept.is_none() {
+                if let Some((start, values)) = self.history(env) {
+                    asked.push((got.len(), start, values));
+                }
             }
+            got.push(kept);
         }
+        let bucket_ms = self.cfg.state.bucket_ms;
+        let histories: Vec<History<'_>> = asked
+            .iter()
+            .map(|(i, start, values)| History {
+                key: &envs[*i],
+                start: *start,
+                bucket_ms,
+                values,
+            })
+            .collect();
         let (horizon, levels) = (self.cfg.horizon_buckets, &self.cfg.quantiles);
-        let (f, origin, run) = self.with_history(env, |h| {
-            let f = Arc::new(self.forecaster.forecast(h, horizon, levels));
-            let settled =
-                Some(h.end()) == self.st.demand.closed_end() && self.st.demand.settled(env);
-            let run = settled
+        let forecasts = self.forecaster.forecast_batch(&histories, horizon, levels);
+        for ((i, _, _), (h, f)) in asked.iter().zip(histories.iter().zip(forecasts)) {
+            let f = Arc::new(f);
+            let settled = Some(h.end()) == closed && self.st.demand.settled(h.key);
+            if let Some(run) = settled
                 .then(|| self.forecaster.quiet_ahead(h, horizon, levels))
-                .flatten();
-            (f, h.end(), run)
-        })?;
-        if let Some(run) = run {
-            self.quiet
-                .learn(env, origin, run, self.cfg.state.bucket_ms, &f);
+                .flatten()
+            {
+                self.quiet.learn(h.key, h.end(), run, bucket_ms, &f);
+            }
+            got[*i] = Some((f, h.end()));
         }
-        Some((f, origin))
+        got
     }
 
     fn decide(
@@ -606,24 +626,24 @@ impl Engine {
         // Taken out while the tick runs (deciding needs `&mut self`), so a
         // tick allocates no list of names.
         let envs = self.env_names.take(&self.st.demand);
-        for env in &envs {
-            self.decide_environment(env, now, out, report.as_deref_mut());
+        let forecasts = spans::forecast(envs.len()).in_scope(|| self.forecasts_at_tick(&envs));
+        for (env, f) in envs.iter().zip(forecasts) {
+            if let Some((forecast, origin)) = f {
+                self.decide_environment(env, (forecast, origin), now, out, report.as_deref_mut());
+            }
         }
         self.env_names.names = envs;
     }
 
-    /// One environment's forecast, plan and (when the plan changed) command.
+    /// One environment's plan from its forecast, and (when the plan changed) its command.
     fn decide_environment(
         &mut self,
         env: &str,
+        (forecast, origin): (Arc<Forecast>, Millis),
         now: Millis,
         out: &mut Vec<Command>,
         report: Option<&mut TickReport>,
     ) {
-        let Some((forecast, origin)) = spans::forecast(1).in_scope(|| self.forecast_at_tick(env))
-        else {
-            return;
-        };
         let _plan = spans::plan().entered();
         let summary = self
             .st
@@ -631,7 +651,7 @@ impl Engine {
             .environment_summary(env, now, self.cfg.lead_time_ms);
         let headroom = self.budget_headroom(env, now);
         let budgets = !self.st.ledger.accounts.is_empty();
-        let d = self.idle.plan_or_reuse(
+        let d = self.plans.plan_or_reuse(
             self.planner.as_ref(),
             budgets,
             &PlanRequest {
@@ -646,6 +666,7 @@ impl Engine {
                 previous: self.st.previous.get(env).copied(),
                 spot_risk: self.st.spot.book(),
             },
+            &forecast,
         );
         self.st.remember_plan(env, now, &d);
         self.st.spot.commanded(env, &d.instance_mix);
@@ -744,34 +765,6 @@ fn same_decision(last: &(i64, i64, i64, String), d: &PlanDecision) -> bool {
     (*min, *desired, *max) == (d.min_vcpus, d.desired_vcpus, d.max_vcpus)
         && write_mix(&mut rest, d).is_ok()
         && rest.0.is_empty()
-}
-
-impl IdlePlans {
-    /// The planner's decision for `req`; for an idle request (see
-    /// [`CapacityPlanner::is_idle`]) the decision of the
-    /// environment's last idle plan when the planner promised that every
-    /// idle request gets it. Cost grows with events, not with time spans:
-    /// after a burst of work the forecaster still sees it for a history
-    /// window of ticks, most of them forecasting nothing, and those ticks
-    /// no longer plan (a plan was most of a tick).
-    fn plan_or_reuse(
-        &mut self,
-        planner: &dyn CapacityPlanner,
-        budgets: bool,
-        req: &PlanRequest<'_>,
-    ) -> Cow<'_, PlanDecision> {
-        let env = req.compute_environment;
-        let idle = !budgets && planner.is_idle(req);
-        if idle && self.plans.contains_key(env) {
-            self.reused += 1;
-            return Cow::Borrowed(&self.plans[env]);
-        }
-        let d = planner.plan(req);
-        if idle && d.desired_vcpus == 0 {
-            self.plans.insert(env.to_string(), d.clone());
-        }
-        Cow::Owned(d)
-    }
 }
 
 /// The command a changed decision becomes; its `forecast` is the first

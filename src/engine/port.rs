@@ -56,6 +56,17 @@ pub struct PlanDecision {
 pub trait CapacityPlanner: Send + Sync {
     fn plan(&self, req: &PlanRequest<'_>) -> PlanDecision;
 
+    /// [`CapacityPlanner::plan`], and until when (exclusive) the planner
+    /// promises the same decision for every request equal to `req` but for
+    /// a later `now`: the time is the one input the engine cannot compare,
+    /// as the planner alone knows what it reads of it. The engine reuses
+    /// the decision of a busy environment whose inputs are all equal to the
+    /// last plan's (see `engine::memo`) until then. Default: `req.now`, no
+    /// promise.
+    fn plan_until(&self, req: &PlanRequest<'_>) -> (PlanDecision, Millis) {
+        (self.plan(req), req.now)
+    }
+
     /// What happens to a submission that would overrun its budget in `env`
     /// (the user policy of the environment, when the planner has one).
     fn over_budget(&self, _env: &str) -> OverBudget {

@@ -551,3 +551,69 @@ fn a_repeated_decision_is_told_from_its_signature_without_writing_it() {
     assert!(same_decision(&sig(&empty), &empty));
     assert!(!same_decision(&sig(&empty), &one));
 }
+
+/// The cost-aware planner without its promise ([`CapacityPlanner::plan_until`]
+/// left at its default): every request is planned.
+struct Unpromising(crate::planner::CostAwarePlanner);
+impl CapacityPlanner for Unpromising {
+    fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+        self.0.plan(r)
+    }
+    fn is_idle(&self, r: &PlanRequest<'_>) -> bool {
+        self.0.is_idle(r)
+    }
+}
+
+/// A busy environment's decision is reused only where planning would give
+/// it again: steady long jobs (inputs that repeat), a burst that comes and
+/// goes (a raise, then the scale-in cool-down's hold, whose reason names
+/// the time), and spot prices that change and repeat, decide the same
+/// commands and tick reports with and without the reuse.
+#[test]
+fn busy_decisions_are_reused_only_where_planning_gives_the_same() {
+    let mut evs = Vec::new();
+    for i in 0..8 {
+        evs.push(job(&format!("long{i}"), i * MIN, 4.0));
+        evs.push(done(&format!("long{i}"), 1500 * MIN + i * MIN));
+    }
+    for i in 0..6 {
+        evs.push(job(&format!("burst{i}"), 400 * MIN + i * MIN, 16.0));
+        evs.push(done(&format!("burst{i}"), 520 * MIN + i * MIN));
+    }
+    for k in 0..60 {
+        evs.push(price(k * 37 * MIN, 0.02 + (k % 4) as f64 * 0.005));
+    }
+    evs.sort_by_key(|e| e.time());
+    let catalog = Catalog::parse(crate::wiring::SAMPLE_CATALOG, "sample").unwrap();
+    let catalog = Arc::new(catalog);
+    let run = |planner: Arc<dyn CapacityPlanner>| {
+        let mut e = Engine::new(
+            EngineConfig::default(),
+            catalog.clone(),
+            Arc::new(Last),
+            planner,
+        );
+        let (mut out, mut reports) = (Vec::new(), Vec::new());
+        for ev in &evs {
+            e.handle_reporting(ev, &mut out, Some(&mut reports));
+        }
+        e.finish_reporting(&mut out, Some(&mut reports));
+        (out, reports, e.busy_plans_reused())
+    };
+    let policy = crate::policy::PolicyFile::default;
+    let (out, reports, reused) = run(Arc::new(crate::planner::CostAwarePlanner::new(policy())));
+    let planned = run(Arc::new(Unpromising(
+        crate::planner::CostAwarePlanner::new(policy()),
+    )));
+    assert_eq!(planned.2, 0);
+    assert!(reused > 50, "{reused} of {} ticks", reports.len());
+    assert!(out.len() > 3, "{out:?}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.plans.iter().any(|p| p.desired_vcpus > 32)),
+        "the burst raised the plan"
+    );
+    assert_eq!(out, planned.0);
+    assert_eq!(reports, planned.1);
+}

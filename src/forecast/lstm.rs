@@ -531,6 +531,84 @@ fn recur(w: &Weights, cfg: &LstmConfig, steps: &[f32]) -> Vec<f32> {
     hs
 }
 
+/// [`recur`] of several input windows of the same length at once: the
+/// hidden states, one after another (`[windows * hidden]`). Each window
+/// gets the same `f32` operations in the same order as alone, so the same
+/// states; the weights are walked once per step for all of them
+/// ([`gemm_acc`]).
+fn recur_batch(w: &Weights, cfg: &LstmConfig, windows: &[&[f32]]) -> Vec<f32> {
+    let (h, b) = (cfg.hidden, windows.len());
+    let len = windows.first().map_or(0, |x| x.len());
+    debug_assert!(windows.iter().all(|x| x.len() == len));
+    let mut hs = vec![0.0f32; b * h];
+    let mut cs = vec![0.0f32; b * h];
+    let mut g = vec![0.0f32; b * 4 * h];
+    let mut xs = vec![0.0f32; b * STEP_FEATURES];
+    for t in (0..len).step_by(STEP_FEATURES) {
+        for (x, win) in xs.chunks_exact_mut(STEP_FEATURES).zip(windows) {
+            x.copy_from_slice(&win[t..t + STEP_FEATURES]);
+        }
+        for gk in g.chunks_exact_mut(4 * h) {
+            gk.copy_from_slice(&w.b);
+        }
+        gemm_acc(&xs, STEP_FEATURES, &w.wx, &mut g);
+        gemm_acc(&hs, h, &w.wh, &mut g);
+        let each = g.chunks_exact(4 * h).zip(hs.chunks_exact_mut(h));
+        for ((g, hs), cs) in each.zip(cs.chunks_exact_mut(h)) {
+            for k in 0..h {
+                let i = sigm(g[k]);
+                let f = sigm(g[h + k]);
+                let gg = tanh_f(g[2 * h + k]);
+                let o = sigm(g[3 * h + k]);
+                cs[k] = f * cs[k] + i * gg;
+                hs[k] = o * tanh_f(cs[k]);
+            }
+        }
+    }
+    hs
+}
+
+/// [`gemv_acc`] of each row of `x` (`[rows, n_in]`) into the same row of
+/// `out` (`[rows, n]`): per output, the same multiplications and additions
+/// in the same order as [`gemv_acc`] (input index ascending, zero inputs
+/// skipped), so the same `f32`s. Each weight row is read once for every
+/// row of `x`, while it is in cache.
+fn gemm_acc(x: &[f32], n_in: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { gemm_acc_avx2(x, n_in, w, out) };
+    }
+    gemm_acc_plain(x, n_in, w, out);
+}
+
+/// [`gemm_acc_plain`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_acc_avx2(x: &[f32], n_in: usize, w: &[f32], out: &mut [f32]) {
+    gemm_acc_plain(x, n_in, w, out);
+}
+
+#[inline(always)]
+fn gemm_acc_plain(x: &[f32], n_in: usize, w: &[f32], out: &mut [f32]) {
+    let n = w.len() / n_in.max(1);
+    for i in 0..n_in {
+        let row = &w[i * n..(i + 1) * n];
+        for (xr, o) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n)) {
+            let xi = xr[i];
+            if xi == 0.0 {
+                continue;
+            }
+            for (o, &wv) in o.iter_mut().zip(row) {
+                *o += xi * wv;
+            }
+        }
+    }
+}
+
 /// The output head: normalised quantiles `[horizon * Q]` from the hidden
 /// state and the seasonal features.
 fn head(w: &Weights, cfg: &LstmConfig, hs: &[f32], extra: &[f32]) -> Vec<f32> {
@@ -884,39 +962,81 @@ pub fn train(
     Ok((model, report))
 }
 
+/// Normalised, uncalibrated quantiles and the inputs' last and scale.
+type Raw = (Vec<f32>, f64, f64);
+
+/// A history's way through the network: answered (from a memo, or through
+/// the output head on a memoised hidden state), or needing the recurrence.
+enum Prepared {
+    Answered(Raw),
+    Recur(Inputs),
+}
+
 impl LstmForecaster {
     /// Normalised, uncalibrated quantiles and the inputs' last/scale.
-    fn raw(&self, y: &[f64], start: Millis) -> Option<(Vec<f32>, f64, f64)> {
+    fn raw(&self, y: &[f64], start: Millis) -> Option<Raw> {
+        Some(match self.prepare(y, start)? {
+            Prepared::Answered(raw) => raw,
+            Prepared::Recur(inp) => {
+                let z = forward_one(&self.weights, &self.config, &inp.steps, &inp.extra);
+                (z, inp.last, inp.scale)
+            }
+        })
+    }
+
+    /// [`LstmForecaster::raw`] of several histories (`None`: not asked),
+    /// the recurrences of those the memos do not answer run together
+    /// ([`recur_batch`], the same `f32`s as one by one).
+    fn raw_batch_cpu(&self, hs: &[Option<&History<'_>>]) -> Vec<Option<Raw>> {
+        let mut out: Vec<Option<Raw>> = Vec::with_capacity(hs.len());
+        let mut pending: Vec<(usize, Inputs)> = Vec::new();
+        for h in hs {
+            match h.and_then(|h| self.prepare(h.values, h.start)) {
+                Some(Prepared::Recur(inp)) => {
+                    pending.push((out.len(), inp));
+                    out.push(None);
+                }
+                Some(Prepared::Answered(raw)) => out.push(Some(raw)),
+                None => out.push(None),
+            }
+        }
+        let windows: Vec<&[f32]> = pending.iter().map(|(_, inp)| &inp.steps[..]).collect();
+        let states = recur_batch(&self.weights, &self.config, &windows);
+        for ((i, inp), hs) in pending
+            .into_iter()
+            .zip(states.chunks_exact(self.config.hidden))
+        {
+            let z = head(&self.weights, &self.config, hs, &inp.extra);
+            out[i] = Some((z, inp.last, inp.scale));
+        }
+        out
+    }
+
+    /// How `raw` answers `y`: from the quiet memos where they apply (see
+    /// [`QuietMemo`]), else the inputs for the whole network.
+    fn prepare(&self, y: &[f64], start: Millis) -> Option<Prepared> {
         let window = quiet_window(y, start, &self.config);
         let quiet = window.filter(|_| lags_quiet(y, &self.config));
         if let Some(z) = quiet.and_then(|k| self.quiet.get(k)) {
             // What `inputs` gives a quiet history: last 0, scale 1.
-            return Some((z.to_vec(), 0.0, 1.0));
+            return Some(Prepared::Answered((z.to_vec(), 0.0, 1.0)));
         }
         let inp = inputs(y, start, &self.config)?;
-        let z = match window {
-            // Only the seasonal lags are non-zero: the hidden state is the
-            // quiet one of this time of the week.
-            Some(k) => {
-                let hs = self.recurrent.get(k).unwrap_or_else(|| {
-                    let hs = recur(&self.weights, &self.config, &inp.steps);
-                    self.recurrent.put(k, &hs);
-                    hs.into()
-                });
-                head(&self.weights, &self.config, &hs, &inp.extra)
-            }
-            None => forward_one(&self.weights, &self.config, &inp.steps, &inp.extra),
+        // Only the seasonal lags are non-zero: the hidden state is the
+        // quiet one of this time of the week.
+        let Some(k) = window else {
+            return Some(Prepared::Recur(inp));
         };
+        let hs = self.recurrent.get(k).unwrap_or_else(|| {
+            let hs = recur(&self.weights, &self.config, &inp.steps);
+            self.recurrent.put(k, &hs);
+            hs.into()
+        });
+        let z = head(&self.weights, &self.config, &hs, &inp.extra);
         if let Some(k) = quiet {
             self.quiet.put(k, &z);
         }
-        Some((z, inp.last, inp.scale))
-    }
-
-    /// Denormalised, calibrated `[h][q]` at the trained levels.
-    fn predict_trained(&self, y: &[f64], start: Millis) -> Option<Vec<Vec<f64>>> {
-        let (z, last, scale) = self.raw(y, start)?;
-        Some(self.denormalise(&z, last, scale))
+        Some(Prepared::Answered((z, inp.last, inp.scale)))
     }
 
     /// Normalised forecasts of many origins through burn in batches (fast
@@ -1039,20 +1159,6 @@ impl LstmForecaster {
         } else {
             inside as f64 / total as f64
         }
-    }
-
-    /// Forecast many series at once (the decision tick's batch). Each series
-    /// is independent; the loop shares the weights in cache.
-    pub fn forecast_batch(
-        &self,
-        histories: &[History<'_>],
-        horizon: usize,
-        quantiles: &[f64],
-    ) -> Vec<Forecast> {
-        histories
-            .iter()
-            .map(|h| self.forecast(h, horizon, quantiles))
-            .collect()
     }
 
     /// Run the burn forward on a batch (used to check the plain path and by
@@ -1269,27 +1375,30 @@ impl Forecaster for LstmForecaster {
     }
 
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast {
-        let cfg = &self.config;
-        if self.usable(history, horizon, quantiles) {
-            if let Some(rows) = self.predict_trained(history.values, history.start) {
-                let mut values: Vec<Vec<f64>> = rows
-                    .into_iter()
-                    .take(horizon)
-                    .map(|r| interpolate(&cfg.quantiles, &r, quantiles))
-                    .collect();
-                super::tidy_rows(&mut values);
-                let n = clamp_to_recent(&mut values, history.values, cfg.season);
-                if n > 0 {
-                    self.clamped
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                }
-                return Forecast {
-                    quantiles: quantiles.to_vec(),
-                    values,
-                };
-            }
-        }
-        self.fallback.forecast(history, horizon, quantiles)
+        let raw = self
+            .usable(history, horizon, quantiles)
+            .then(|| self.raw(history.values, history.start))
+            .flatten();
+        self.answer(history, raw, horizon, quantiles)
+    }
+
+    /// The recurrences of the histories the memos do not answer run as one
+    /// batch (see [`recur_batch`]); each answer is the one alone.
+    fn forecast_batch(
+        &self,
+        hs: &[History<'_>],
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Vec<Forecast> {
+        let asked: Vec<Option<&History<'_>>> = hs
+            .iter()
+            .map(|h| self.usable(h, horizon, quantiles).then_some(h))
+            .collect();
+        let raws = self.raw_batch_cpu(&asked);
+        hs.iter()
+            .zip(raws)
+            .map(|(h, raw)| self.answer(h, raw, horizon, quantiles))
+            .collect()
     }
 
     /// Quiet inputs (see [`quiet_origin`]) differ only by their calendar
@@ -1304,6 +1413,37 @@ impl Forecaster for LstmForecaster {
 }
 
 impl LstmForecaster {
+    /// The forecast of `history` from the network's `raw` answer, or the
+    /// statistical fallback's where the network did not answer.
+    fn answer(
+        &self,
+        history: &History<'_>,
+        raw: Option<Raw>,
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Forecast {
+        let Some((z, last, scale)) = raw else {
+            return self.fallback.forecast(history, horizon, quantiles);
+        };
+        let cfg = &self.config;
+        let mut values: Vec<Vec<f64>> = self
+            .denormalise(&z, last, scale)
+            .into_iter()
+            .take(horizon)
+            .map(|r| interpolate(&cfg.quantiles, &r, quantiles))
+            .collect();
+        super::tidy_rows(&mut values);
+        let n = clamp_to_recent(&mut values, history.values, cfg.season);
+        if n > 0 {
+            self.clamped
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        Forecast {
+            quantiles: quantiles.to_vec(),
+            values,
+        }
+    }
+
     /// Whether the network answers (else the statistical fallback does):
     /// the bucket it was trained on, a horizon and levels within its own.
     fn usable(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> bool {
@@ -1328,6 +1468,60 @@ pub(crate) mod tests {
             "/models/lstm/model.json"
         ));
         LstmForecaster::from_checkpoint(shipped, "models/lstm/model.json").unwrap()
+    }
+
+    /// A batch answers each history as a fresh model (a clone: empty
+    /// memos) answers it alone, bit for bit: busy histories of different
+    /// lengths and levels (through the batched recurrence), a quiet one, an
+    /// empty window with busy seasonal lags (the memos), one too short for
+    /// the network (the fallback), and a level the network was not trained
+    /// for (the fallback for all). The plain kernel gives the AVX2 one's.
+    #[test]
+    fn a_batch_forecasts_each_history_as_alone() {
+        let m = shipped_model();
+        let (week, start) = (7 * 288, 1_262_304_000_000);
+        let busy: Vec<f64> = (0..week)
+            .map(|i| 40.0 + 30.0 * ((i % 97) as f64).sin())
+            .collect();
+        let burst: Vec<f64> = (0..2 * week)
+            .map(|i| if i % 500 < 60 { 256.0 } else { 3.0 })
+            .collect();
+        let mut lags = vec![0.0; week + 100];
+        lags[week + 100 - 288] = 7.0;
+        let quiet = vec![0.0; week];
+        let short = vec![5.0; 20];
+        let series: [&[f64]; 6] = [&busy, &burst, &lags, &quiet, &short, &busy[..week - 7]];
+        let hs: Vec<History<'_>> = series
+            .iter()
+            .map(|v| History {
+                key: "e",
+                start,
+                bucket_ms: 300_000,
+                values: v,
+            })
+            .collect();
+        for q in [vec![0.1, 0.5, 0.9], vec![0.01, 0.5]] {
+            let batch = m.forecast_batch(&hs, 12, &q);
+            let alone: Vec<Forecast> = hs.iter().map(|h| m.clone().forecast(h, 12, &q)).collect();
+            assert_eq!(format!("{batch:?}"), format!("{alone:?}"));
+        }
+        let windows: Vec<Vec<f32>> = [&busy[..], &burst[..]]
+            .iter()
+            .map(|v| inputs(v, start, &m.config).unwrap().steps)
+            .collect();
+        let refs: Vec<&[f32]> = windows.iter().map(|w| &w[..]).collect();
+        let states = recur_batch(&m.weights, &m.config, &refs);
+        for (w, s) in windows.iter().zip(states.chunks_exact(m.config.hidden)) {
+            assert_eq!(recur(&m.weights, &m.config, w), s);
+        }
+        let mut plain = vec![0.5f32; 2 * 4 * m.config.hidden];
+        let mut fast = plain.clone();
+        let x: Vec<f32> = (0..2 * STEP_FEATURES)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        gemm_acc_plain(&x, STEP_FEATURES, &m.weights.wx, &mut plain);
+        gemm_acc(&x, STEP_FEATURES, &m.weights.wx, &mut fast);
+        assert_eq!(plain, fast);
     }
 
     /// Inputs that read only zeros are answered from the memo with the

@@ -58,6 +58,23 @@ pub trait Forecaster: Send + Sync {
     fn name(&self) -> &str;
     /// Forecast `horizon` buckets ahead at the given ascending quantile levels.
     fn forecast(&self, history: &History<'_>, horizon: usize, quantiles: &[f64]) -> Forecast;
+    /// [`Forecaster::forecast`] of several histories in one call, in their
+    /// order: the engine asks once per tick for every environment it
+    /// forecasts, so a model whose cost is per call (a network's weights
+    /// walked once per step for all of them, a device launch) pays it once.
+    /// Each answer must be what `forecast` gives that history alone.
+    fn forecast_batch(
+        &self,
+        histories: &[History<'_>],
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Vec<Forecast> {
+        histories
+            .iter()
+            .map(|h| self.forecast(h, horizon, quantiles))
+            .collect()
+    }
+
     /// Forecast with what the state knows besides the series (when the
     /// caller has it). Models that use only the series ignore it.
     fn forecast_known(

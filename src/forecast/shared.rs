@@ -58,6 +58,15 @@ impl Forecaster for SharedForecaster {
         self.current().forecast(history, horizon, quantiles)
     }
 
+    fn forecast_batch(
+        &self,
+        hs: &[History<'_>],
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Vec<Forecast> {
+        self.current().forecast_batch(hs, horizon, quantiles)
+    }
+
     fn forecast_known(
         &self,
         history: &History<'_>,
@@ -90,6 +99,18 @@ impl Forecaster for FallbackForecaster {
         match self {
             Self::Lstm(m) => m.forecast(history, horizon, quantiles),
             Self::Statistical { model, .. } => model.forecast(history, horizon, quantiles),
+        }
+    }
+
+    fn forecast_batch(
+        &self,
+        hs: &[History<'_>],
+        horizon: usize,
+        quantiles: &[f64],
+    ) -> Vec<Forecast> {
+        match self {
+            Self::Lstm(m) => m.forecast_batch(hs, horizon, quantiles),
+            Self::Statistical { model, .. } => model.forecast_batch(hs, horizon, quantiles),
         }
     }
 

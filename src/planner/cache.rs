@@ -4,7 +4,9 @@
 
 use super::market::{may_offer, offers_with_sources, ref_to_offer, MarketView, Source};
 use super::offers::SortKey;
-use super::{market_view, plan_priced, reserved_of, risk_model, Offer, PlanInput, PlanOutput};
+use super::{
+    market_view, plan_priced_until, reserved_of, risk_model, Offer, PlanInput, PlanOutput,
+};
 use crate::events::{Market, Millis};
 use crate::policy::ReservedInstances;
 use crate::pricing::book::{BookStamp, PoolKey};
@@ -127,6 +129,17 @@ impl OffersCache {
 /// `cache`: the same plan, with the offers built only when the cache has
 /// none it can bring up to date.
 pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> PlanOutput {
+    plan_environment_kept(input, cache).0
+}
+
+/// [`plan_environment_cached`], and the first time after `input.now` at
+/// which the same input at a later time could be planned otherwise: when
+/// the offers it planned with could change while the book does not (a held
+/// price taking effect, a price turning stale: the entry's agenda) or the
+/// scale-in cool-down's answer could (`Millis::MAX` for never). These are
+/// the plan's only ways to depend on the time, so the engine may reuse the
+/// plan for the same inputs until then (see `CapacityPlanner::plan_until`).
+pub fn plan_environment_kept(input: &PlanInput<'_>, cache: &OffersCache) -> (PlanOutput, Millis) {
     let key = OffersKey::of(input);
     let (book, now) = (input.book, input.now);
     let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,16 +161,21 @@ pub fn plan_environment_cached(input: &PlanInput<'_>, cache: &OffersCache) -> Pl
             entries.len() - 1
         }
     };
+    let offers_until = entries[i].agenda.first().map_or(Millis::MAX, |(t, _)| *t);
     match input.spot_risk {
         // The learned risk changes at every tick (exposure accrues, old
         // evidence fades), so it is not part of the key (each tick would
-        // build and keep another entry): it is laid over a copy.
+        // build and keep another entry): it is laid over a copy, and the
+        // plan is promised for no later time (the engine plans again).
         Some(book) => {
             let mut offers = entries[i].offers.clone();
             book.apply(&mut offers);
-            plan_priced(input, &offers)
+            (plan_priced_until(input, &offers).0, now)
         }
-        None => plan_priced(input, &entries[i].offers),
+        None => {
+            let (out, steady_until) = plan_priced_until(input, &entries[i].offers);
+            (out, steady_until.min(offers_until))
+        }
     }
 }
 

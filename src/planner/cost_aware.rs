@@ -2,8 +2,9 @@
 //! the engine's request becomes the planner's [`PlanInput`] and its
 //! [`PlanOutput`] the engine's answer.
 
-use super::{plan_environment_cached, OffersCache, PlanInput};
+use super::{plan_environment_kept, OffersCache, PlanInput};
 use crate::engine::{CapacityPlanner, PlanDecision, PlanRequest};
+use crate::events::Millis;
 use crate::policy::{OverBudget, PolicyFile};
 use std::collections::BTreeMap;
 
@@ -49,6 +50,14 @@ impl Clone for CostAwarePlanner {
 
 impl CapacityPlanner for CostAwarePlanner {
     fn plan(&self, req: &PlanRequest<'_>) -> PlanDecision {
+        self.plan_until(req).0
+    }
+
+    /// The plan depends on the time only through the offers (held prices
+    /// taking effect, prices turning stale) and the scale-in cool-down; the
+    /// planner's offers cache and its cool-down step say until when neither
+    /// can change the answer (see `planner::plan_environment_kept`).
+    fn plan_until(&self, req: &PlanRequest<'_>) -> (PlanDecision, Millis) {
         let policy = self.policy.for_env(req.compute_environment);
         let o = req.outstanding;
         let input = PlanInput {
@@ -75,8 +84,8 @@ impl CapacityPlanner for CostAwarePlanner {
             interruption_rates: &self.interruption_rates,
             spot_risk: req.spot_risk,
         };
-        let out = plan_environment_cached(&input, &self.offers);
-        PlanDecision {
+        let (out, until) = plan_environment_kept(&input, &self.offers);
+        let d = PlanDecision {
             min_vcpus: out.min_vcpus,
             desired_vcpus: out.desired_vcpus,
             max_vcpus: out.max_vcpus,
@@ -84,7 +93,8 @@ impl CapacityPlanner for CostAwarePlanner {
             constraints: out.constraints,
             reason: out.reason,
             usd_per_vcpu_hour: out.usd_per_vcpu_hour,
-        }
+        };
+        (d, until)
     }
 
     fn over_budget(&self, env: &str) -> OverBudget {

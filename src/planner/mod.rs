@@ -17,7 +17,7 @@ pub mod spot_risk;
 
 /// The engine keeps what the previous tick decided; the planner reads it.
 pub use crate::engine::PreviousPlan;
-pub use cache::{plan_environment_cached, OffersCache};
+pub use cache::{plan_environment_cached, plan_environment_kept, OffersCache};
 pub use cost_aware::CostAwarePlanner;
 pub use market::{offers_from_book, MarketView, ShapeFilter};
 pub use offers::{spot_slowdown, Offer, RiskModel};
@@ -27,7 +27,7 @@ use crate::events::{InstanceAllocation, Millis, QuantileValue};
 use crate::forecast::Forecast;
 use crate::policy::{EnvPolicy, ReservedInstances};
 use crate::pricing::{Catalog, PriceBook};
-use plan::plan_priced;
+use plan::{plan_priced, plan_priced_until};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@ use super::RankedChoice;
 use super::{
     quantile_value, rank_offers, ChosenPool, InstanceRequest, Offer, PlanInput, PlanOutput,
 };
-use crate::events::{InstanceAllocation, Market, QuantileValue};
+use crate::events::{InstanceAllocation, Market, Millis, QuantileValue};
 use crate::policy::{EnvPolicy, PriorityClass};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +21,14 @@ fn fmt_num(x: f64) -> String {
 /// already set: borrowed, so offers shared by several environments in one
 /// tick ([`super::OffersCache`]) are not copied per environment.
 pub(super) fn plan_priced(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
+    plan_priced_until(input, offers).0
+}
+
+/// [`plan_priced`], and until when (exclusive) its own steps answer an
+/// input equal to `input` but for a later time the same (see
+/// [`cool_down_steady_until`]; the offers' own dependence on time is the
+/// caller's).
+pub(super) fn plan_priced_until(input: &PlanInput<'_>, offers: &[Offer]) -> (PlanOutput, Millis) {
     let p = input.policy;
     let (class, q) = priority_quantile(input);
     let mut reason = String::new();
@@ -42,6 +50,7 @@ pub(super) fn plan_priced(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput
     let mut desired = lead.desired;
 
     // 2. Scale-in cool-down.
+    let steady_until = cool_down_steady_until(input, lead.desired);
     desired = cool_down(input, desired, &mut reason);
 
     // 3. Reserved capacity (already paid) and floors.
@@ -83,7 +92,7 @@ pub(super) fn plan_priced(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput
     min = min.min(desired);
     let _ = write!(reason, " => min {min} desired {desired} max {max}");
 
-    PlanOutput {
+    let out = PlanOutput {
         min_vcpus: min,
         desired_vcpus: desired,
         max_vcpus: max,
@@ -95,7 +104,8 @@ pub(super) fn plan_priced(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput
         expected_usd_per_hour: bought.expected_usd_h,
         usd_per_vcpu_hour,
         reason,
-    }
+    };
+    (out, steady_until)
 }
 
 /// The priority class of the pending work (deadline pressure counts as
@@ -222,6 +232,26 @@ fn cool_down(input: &PlanInput<'_>, desired: i64, reason: &mut String) -> i64 {
         }
     }
     desired
+}
+
+/// Until when (exclusive) [`cool_down`] answers an input equal to `input`
+/// but for a later time as it answers `input`, given the lead-time demand
+/// `desired` it holds back (which does not depend on the time). It holds
+/// only a demand below the previous plan's, and only inside the cool-down:
+/// past it, or for a demand not below, time cannot change its answer. A
+/// hold names the seconds since the raise in the reason: no later time.
+pub(super) fn cool_down_steady_until(input: &PlanInput<'_>, desired: i64) -> Millis {
+    let Some(prev) = input.previous else {
+        return Millis::MAX;
+    };
+    let end = prev
+        .raised_at
+        .saturating_add(input.policy.scale_in_cooldown_s.saturating_mul(1000));
+    if input.now >= end || desired >= prev.desired_vcpus {
+        Millis::MAX
+    } else {
+        input.now
+    }
 }
 
 /// vCPUs of reserved capacity among the offers (already paid for).

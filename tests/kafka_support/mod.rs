@@ -122,6 +122,12 @@ pub fn config(broker: &Broker, test: &str, state: &Path) -> KafkaConfig {
         // Live tests produce while the service consumes: give partitions
         // that look idle time to deliver, so the merge is deterministic.
         merge_idle_ms: 300,
+        // The read path under test, as the CLI reads it: a suite run with
+        // `PRESCALE_KAFKA_DECODE_THREADS=2` tests the pipelined path, with
+        // `=0` the inline one (unset: the machine's default).
+        decode_threads: std::env::var("PRESCALE_KAFKA_DECODE_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     cfg.topics.prefix = format!("{test}-{}-{}.", std::process::id(), now_ms());
@@ -501,6 +507,10 @@ pub fn cli_args(cfg: &KafkaConfig) -> Vec<String> {
         "--merge-idle-ms".into(),
         cfg.merge_idle_ms.to_string(),
     ];
+    if let Some(n) = cfg.decode_threads {
+        v.push("--decode-threads".into());
+        v.push(n.to_string());
+    }
     for (k, val) in &cfg.properties {
         v.push("-X".into());
         v.push(format!("{k}={val}"));

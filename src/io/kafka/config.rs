@@ -205,6 +205,14 @@ pub struct KafkaConfig {
     /// that seek once stalled on tansu, so keep this above the producers'
     /// batch size (librdkafka's default batch is 10,000 messages).
     pub reread_messages: u32,
+    /// Reader threads that take the input partitions' messages off
+    /// librdkafka's queues and decode them, so the loop thread only merges
+    /// and hands over (see `io::kafka::pipe`); 0: the loop reads and
+    /// decodes itself. Unset: [`auto_decode_threads`] (0 on two cores or
+    /// fewer, where the hand-over between threads costs more CPU per
+    /// message than it saves; the loop thread is the bound only where
+    /// other cores are free).
+    pub decode_threads: Option<u32>,
 }
 
 impl Default for KafkaConfig {
@@ -221,6 +229,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             merge_idle_ms: 0,
             reread_messages: super::merge::REREAD,
+            decode_threads: None,
         }
     }
 }
@@ -258,6 +267,8 @@ pub struct Overrides {
     pub checkpoint_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merge_idle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_threads: Option<u32>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub topics: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -286,9 +297,36 @@ impl KafkaConfig {
         f.extract().map_err(|e| ConfigError::Figment(Box::new(e)))
     }
 
+    /// Reader threads of the pipelined path: `decode_threads`, or
+    /// [`auto_decode_threads`] for this machine when unset.
+    pub fn decode_threads(&self) -> usize {
+        match self.decode_threads {
+            Some(n) => n as usize,
+            None => auto_decode_threads(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
+        }
+    }
+
     /// The `schema_ids` key for an input kind.
     pub fn schema_id(&self, kind: EventKind) -> Option<u32> {
         self.schema_ids.get(kind_name(kind)).copied()
+    }
+}
+
+/// Reader threads by default on a machine with `cores` (CPUs this process
+/// may run on): none on two or fewer, where `prescale bench kafka` measures
+/// CPU per message over all threads and a reader adds a hand-over per batch
+/// (see docs/benchmarks.md); one on three or four cores; two above, where a
+/// reader's per-message work (librdkafka's batch serve, decode, header,
+/// destroy) is about the loop's own, so two readers keep ahead of one loop
+/// thread, and more would only compete with librdkafka's and the decision
+/// thread.
+pub fn auto_decode_threads(cores: usize) -> usize {
+    match cores {
+        0..=2 => 0,
+        3..=4 => 1,
+        _ => 2,
     }
 }
 
@@ -355,6 +393,33 @@ price_tick = "prices"
         assert_eq!(c.properties["fetch.wait.max.ms"], "10");
         assert_eq!(c.topics.kind_of("prices"), Some(EventKind::PriceTick));
         assert_eq!(c.topics.kind_of("nope"), None);
+    }
+
+    #[test]
+    fn decode_threads_come_from_file_env_and_flags_else_the_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prescale.toml");
+        std::fs::write(&path, "decode_threads = 3\n").unwrap();
+        let none = Overrides::default();
+        let c = KafkaConfig::load_with_env(Some(&path), &none, Env::prefixed("NOPE_")).unwrap();
+        assert_eq!(c.decode_threads(), 3);
+        std::env::set_var("XDT_DECODE_THREADS", "0");
+        let c = KafkaConfig::load_with_env(Some(&path), &none, Env::prefixed("XDT_")).unwrap();
+        std::env::remove_var("XDT_DECODE_THREADS");
+        assert_eq!(c.decode_threads, Some(0));
+        let flag = Overrides {
+            decode_threads: Some(2),
+            ..Default::default()
+        };
+        let c = KafkaConfig::load_with_env(Some(&path), &flag, Env::prefixed("NOPE_")).unwrap();
+        assert_eq!(c.decode_threads(), 2);
+        let auto = KafkaConfig::default().decode_threads();
+        assert_eq!(
+            auto,
+            auto_decode_threads(std::thread::available_parallelism().unwrap().get())
+        );
+        let by_cores: Vec<usize> = [1, 2, 3, 4, 8, 64].map(auto_decode_threads).to_vec();
+        assert_eq!(by_cores, [0, 0, 1, 1, 2, 2]);
     }
 
     #[test]

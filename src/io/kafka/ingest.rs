@@ -8,6 +8,7 @@ use super::client::caught_up_c;
 use super::codec::{decode_input, headers};
 use super::handoff::Active;
 use super::merge::{OrderKey, Push};
+use super::pipe::{Item, Pipeline};
 use super::publish::Publisher;
 use super::rebalance::{is_partition_eof, GroupCtx, PriceCtx};
 use super::split::{MessageView, Polled, Split, AHEAD};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 pub(super) struct Input {
     pub(super) topic: String,
     c_topic: std::ffi::CString,
-    kind: EventKind,
+    pub(super) kind: EventKind,
     /// Read whole by every instance (prices, budget allocations).
     pub(super) broadcast: bool,
     counter: prometheus_client::metrics::counter::Counter,
@@ -259,23 +260,22 @@ impl Ingest<'_> {
         let Some((i, slot)) = found else {
             return Ok(Took::Message);
         };
-        let input = &self.inputs[i];
+        let kind = self.inputs[i].kind;
         let (partition, offset) = (m.partition(), m.offset());
         let mut event = false;
-        let pushed = match decode_input(self.cfg, input.kind, m.payload().unwrap_or(&[])) {
+        let pushed = match decode_input(self.cfg, kind, m.payload().unwrap_or(&[])) {
             Ok(ev) => {
                 event = true;
                 let produced = m.timestamp_ms();
                 match msg {
                     Msg::View(m) => {
-                        let key =
-                            OrderKey::new(&ev, input.kind, m.producer_seq(), partition, offset);
+                        let key = OrderKey::new(&ev, kind, m.producer_seq(), partition, offset);
                         a.merger.push(slot, offset, key, ev, produced, now)
                     }
                     // The sequence is read from the message if the merge
                     // needs it.
                     Msg::Held(m) => {
-                        let key = OrderKey::new(&ev, input.kind, None, partition, offset);
+                        let key = OrderKey::new(&ev, kind, None, partition, offset);
                         a.merger.push_held(slot, key, ev, m, produced, now)
                     }
                 }
@@ -291,14 +291,113 @@ impl Ingest<'_> {
                 pushed
             }
         };
+        self.outcome(pushed, i, event, partition, offset, || {})
+    }
+
+    /// What a push into the merge took (see [`Took`]); on
+    /// [`Push::Rewind`], `before_seek` runs, then the partition is sought
+    /// back.
+    fn outcome(
+        &self,
+        pushed: Push,
+        i: usize,
+        event: bool,
+        partition: i32,
+        offset: i64,
+        before_seek: impl FnOnce(),
+    ) -> Result<Took, KafkaError> {
+        let input = &self.inputs[i];
         Ok(match pushed {
             Push::Rewind(to) => {
+                before_seek();
                 self.rewind(&input.topic, partition, offset, to, input.broadcast)?;
                 Took::Rewound
             }
             Push::Taken if event => Took::Event(i),
             _ => Took::Message,
         })
+    }
+
+    /// Take up to `budget` decoded messages from the reader threads' pipes
+    /// (see [`super::pipe`]) whose partitions the merge holds fewer than
+    /// [`AHEAD`] of, counting them once per pipe, as [`Ingest::pump`] does
+    /// with the partition queues.
+    pub(super) fn pump_piped(
+        &self,
+        pipeline: &mut Pipeline,
+        budget: usize,
+        a: &mut Active,
+        now: Instant,
+    ) -> Result<usize, KafkaError> {
+        let mut n = 0;
+        for p in 0..pipeline.pipes.len() {
+            let slot = pipeline.pipes[p].slot;
+            let Some(i) = a.input_of(slot) else {
+                continue;
+            };
+            let (mut messages, mut events) = (0u64, 0u64);
+            while n + (messages as usize) < budget && a.merger.queued(slot) < AHEAD {
+                let Some(d) = pipeline.pipes[p].next() else {
+                    break;
+                };
+                pipeline.took(p);
+                let mut items = d.items;
+                for item in items.drain(..) {
+                    messages += 1;
+                    let pipe = &mut pipeline.pipes[p];
+                    match self.ingest_decoded(a, i, slot, item, now, || pipe.rewound())? {
+                        Took::Event(_) => events += 1,
+                        // The rest of the batch predates the seek.
+                        Took::Rewound => break,
+                        Took::Message | Took::Nothing => {}
+                    }
+                }
+                pipeline.pipes[p].recycle(items);
+            }
+            if events > 0 {
+                self.inputs[i].counter.inc_by(events);
+            }
+            if messages > 0 {
+                self.stats.messages.fetch_add(messages, Ordering::Relaxed);
+            }
+            n += messages as usize;
+        }
+        pipeline.wake_readers();
+        Ok(n)
+    }
+
+    /// [`Ingest::ingest`] for a message a reader thread decoded, of input
+    /// `i` in merge slot `slot`. `before_seek`: see [`Ingest::outcome`].
+    fn ingest_decoded(
+        &self,
+        a: &mut Active,
+        i: usize,
+        slot: usize,
+        item: Item,
+        now: Instant,
+        before_seek: impl FnOnce(),
+    ) -> Result<Took, KafkaError> {
+        let offset = item.offset();
+        let (pushed, event, partition) = match item {
+            Item::Event {
+                key,
+                event,
+                produced,
+            } => {
+                let partition = key.partition;
+                let pushed = a.merger.push(slot, offset, key, event, produced, now);
+                (pushed, true, partition)
+            }
+            Item::Bad { dead, error } => {
+                let pushed = a.merger.push_skipped(slot, offset, now);
+                if pushed == Push::Taken {
+                    self.dead_letter(&dead, &error)?;
+                    a.dirty = true;
+                }
+                (pushed, false, dead.partition)
+            }
+        };
+        self.outcome(pushed, i, event, partition, offset, before_seek)
     }
 
     /// Dead-letter `m` (see [`dead_letter`]) and count it.

@@ -6,7 +6,8 @@
 //! - [`merge`]: the deterministic event-time merge across partitions that
 //!   lets a Kafka replay give exactly a file replay's commands; [`split`]:
 //!   a queue per partition, so the merge reads no further ahead than it
-//!   needs.
+//!   needs; [`pipe`]: reader threads that take and decode those queues'
+//!   messages off the loop thread (`decode_threads`).
 //! - [`client`], [`publish`]: rdkafka plumbing.
 //! - [`observe`], [`extras`], [`lag`]: what the service reports (prediction
 //!   store, metrics) and periodic retraining, around the engine.
@@ -40,6 +41,7 @@ pub mod lag;
 pub mod merge;
 pub mod observe;
 mod outbox;
+mod pipe;
 pub mod port;
 pub mod produce;
 pub mod publish;

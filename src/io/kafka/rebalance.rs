@@ -11,6 +11,7 @@
 
 use super::client::{consumer_config, partitions_of};
 use super::merge::Tp;
+use super::pipe::Fence;
 use super::KafkaConfig;
 use super::KafkaError;
 use crate::checkpoint::{self, Snapshot};
@@ -21,6 +22,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -77,6 +79,11 @@ pub(super) struct GroupCtx {
     /// Snapshots refused at restore (checksum or JSON), see
     /// [`checkpoint::read_with_fallback`].
     refused_snapshots: AtomicU64,
+    /// Passed before every `assign` and `unassign`: reader threads of the
+    /// pipelined path stop reading the old assignment's queues first (an
+    /// assign forwards them to the consumer's own queue; see
+    /// [`super::pipe`]).
+    fence: Arc<Fence>,
 }
 
 impl GroupCtx {
@@ -90,8 +97,14 @@ impl GroupCtx {
             reread: cfg.reread_messages,
             tx,
             refused_snapshots: AtomicU64::new(0),
+            fence: Arc::default(),
         };
         (ctx, Rebalances(rx))
+    }
+
+    /// The fence reader threads of this consumer's partitions read under.
+    pub(super) fn fence(&self) -> Arc<Fence> {
+        self.fence.clone()
     }
 
     /// Snapshots refused at restore so far.
@@ -142,6 +155,7 @@ impl GroupCtx {
                 .unwrap_or(Offset::Beginning);
             let _ = tpl.set_partition_offset(t, *p, off);
         }
+        self.fence.pass();
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(error = %e, "assign failed");
         }
@@ -213,6 +227,7 @@ impl ConsumerContext for GroupCtx {
         let msg = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             _ => {
+                self.fence.pass();
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassign failed");
                 }

@@ -27,13 +27,14 @@
 
 use super::checkpoints::{finish_pending, save, Write};
 use super::handoff::{Active, Start};
-use super::ingest::{self, poll_own, view, Ingest};
+use super::ingest::{self, poll_own, view, Ingest, Input};
 use super::outbox::{Outbox, Sink};
+use super::pipe::{Fence, Gate, Pipeline, Source};
 use super::publish::Publisher;
 use super::rebalance::{
     service_consumer_config, GroupCtx, GroupDone, Orphans, PriceCtx, Rebalance, Rebalances,
 };
-use super::split::{Split, Woken};
+use super::split::{Split, Woken, AHEAD};
 use super::worker::Decided;
 use super::{KafkaConfig, KafkaError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -227,10 +228,80 @@ enum Phase {
 
 struct Consuming {
     active: Active,
+    /// Reader threads reading the split queues (`decode_threads` ≥ 1).
+    /// Before the splits: dropped (threads joined) first, since they use
+    /// the splits' queues.
+    piped: Option<Piped>,
     /// The assignment's input partitions, each on a queue of its own (see
     /// [`super::split`]).
     group: Split<GroupCtx>,
     prices: Split<PriceCtx>,
+}
+
+/// The pipelined path's reader threads and the gate of each consumer's
+/// split queues (group, prices).
+struct Piped {
+    pipeline: Pipeline,
+    gates: [Arc<Gate>; 2],
+}
+
+impl Consuming {
+    /// Build the state of a new assignment: the splits, and with
+    /// `decode_threads` ≥ 1 the reader threads that take them over.
+    fn new(
+        cfg: &KafkaConfig,
+        inputs: &[Input],
+        fence: Arc<Fence>,
+        active: Active,
+        mut group: Split<GroupCtx>,
+        mut prices: Split<PriceCtx>,
+    ) -> Result<Self, KafkaError> {
+        let threads = cfg.decode_threads();
+        let piped = if threads == 0 {
+            None
+        } else {
+            let gates = [Gate::new(fence), Gate::new(Arc::default())];
+            let mut sources = Vec::new();
+            let handed = [group.hand_over(), prices.hand_over()];
+            for (readers, gate) in handed.into_iter().zip(&gates) {
+                for (slot, reader) in readers {
+                    let Some(i) = active.input_of(slot) else {
+                        continue;
+                    };
+                    sources.push(Source {
+                        slot,
+                        kind: inputs[i].kind,
+                        reader,
+                        gate: gate.clone(),
+                    });
+                }
+            }
+            let pipeline = Pipeline::start(cfg, threads, sources)
+                .map_err(|e| KafkaError::Thread(format!("starting the reader threads: {e}")))?;
+            Some(Piped { pipeline, gates })
+        };
+        Ok(Consuming {
+            active,
+            piped,
+            group,
+            prices,
+        })
+    }
+
+    /// Open the readers' gate of each consumer whose own queue was seen
+    /// empty since the split (see [`super::split`]).
+    fn sync_gates(&self) {
+        if let Some(p) = &self.piped {
+            for (clear, gate) in [self.group.is_clear(), self.prices.is_clear()]
+                .into_iter()
+                .zip(&p.gates)
+            {
+                if clear {
+                    p.pipeline.open(gate);
+                }
+            }
+        }
+    }
 }
 
 impl Phase {
@@ -248,6 +319,8 @@ enum Step<'c> {
     Msg(Result<BorrowedMessage<'c>, RdError>),
     /// From a partition queue, waited for.
     Woken(Result<OwnedMessage, RdError>),
+    /// A reader thread sent decoded messages.
+    Piped,
     /// The decision thread decided something.
     Decided(Option<Decided>),
     Tick,
@@ -294,7 +367,7 @@ impl<'a> Loop<'a> {
             // A rebalance happened inside a poll: rebuild before anything else.
             let fresh = self.rebalance()?;
             let go_on = match step {
-                Step::Msg(_) | Step::Woken(_) => {
+                Step::Msg(_) | Step::Woken(_) | Step::Piped => {
                     self.batch(step, fresh)?;
                     true
                 }
@@ -335,7 +408,25 @@ impl<'a> Loop<'a> {
                     return Step::Msg(m);
                 }
             }
+            c.sync_gates();
+            // Decoded messages already waiting: no need to sleep.
+            if let Some(p) = &c.piped {
+                let merger = &c.active.merger;
+                if p.pipeline.has_ready(|slot| merger.queued(slot) < AHEAD) {
+                    return Step::Piped;
+                }
+            }
         }
+        let ready = match &self.phase {
+            Phase::Consuming(c) => c.piped.as_ref().map(|p| p.pipeline.ready()),
+            Phase::Idle => None,
+        };
+        let piped = async move {
+            match ready {
+                Some(r) => r.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         // The partitions with room in the merge, waited on alongside the
         // consumers' own queues.
         let waits: Vec<_> = match &self.phase {
@@ -359,6 +450,7 @@ impl<'a> Loop<'a> {
             m = group.recv() => Step::Msg(m),
             m = prices.recv() => Step::Msg(m),
             (_, m) = woken => Step::Woken(m),
+            () = piped => Step::Piped,
             d = self.outbox.decided.recv() => Step::Decided(d),
             _ = tick.tick() => Step::Tick,
             c = control.recv() => Step::Ctl(c),
@@ -419,11 +511,14 @@ impl<'a> Loop<'a> {
                         .filter(|(_, (t, _))| topics.contains(t))
                         .map(|(slot, (t, p))| (slot, t.as_str(), *p)),
                 );
-                self.phase = Phase::Consuming(Box::new(Consuming {
+                self.phase = Phase::Consuming(Box::new(Consuming::new(
+                    self.cfg,
+                    self.start.inputs,
+                    self.group.context().fence(),
                     active,
                     group,
                     prices,
-                }));
+                )?));
             }
             _ => self.prices.unassign()?,
         }
@@ -447,6 +542,7 @@ impl<'a> Loop<'a> {
         let first = match &step {
             Step::Msg(m) => (!(fresh && self.ing.read_by_prices(m))).then(|| view(m)),
             Step::Woken(m) => (!fresh).then(|| view(m)),
+            Step::Piped => None,
             Step::Tick | Step::Ctl(_) | Step::Decided(_) => unreachable!("a message step"),
         };
         if let Some(first) = first {
@@ -461,9 +557,15 @@ impl<'a> Loop<'a> {
             n = self.take_own(n, now)?;
             // Then each partition with room in the merge.
             if let Phase::Consuming(c) = &mut self.phase {
+                c.sync_gates();
                 let a = &mut c.active;
-                let pumped = self.ing.pump(&c.group, MAX_BATCH - n, a, now)?
+                let mut pumped = self.ing.pump(&c.group, MAX_BATCH - n, a, now)?
                     + self.ing.pump(&c.prices, MAX_BATCH - n, a, now)?;
+                if let Some(p) = &mut c.piped {
+                    pumped += self
+                        .ing
+                        .pump_piped(&mut p.pipeline, MAX_BATCH - n, a, now)?;
+                }
                 if pumped > 0 {
                     self.last_input = now;
                 }

@@ -57,6 +57,9 @@ pub struct Split<C: ConsumerContext + 'static> {
     queues: Vec<(usize, Queue<C>)>,
     /// The consumer's own queue was seen empty since the split.
     clear: bool,
+    /// The queues are read by reader threads ([`Split::hand_over`]): the
+    /// loop neither reads nor waits on them.
+    handed_over: bool,
 }
 
 /// A message taken off a partition queue while waiting, with its merge slot.
@@ -81,6 +84,7 @@ impl<C: ConsumerContext + 'static> Split<C> {
         Split {
             queues,
             clear: false,
+            handed_over: false,
         }
     }
 
@@ -120,8 +124,25 @@ impl<C: ConsumerContext + 'static> Split<C> {
     /// none until [`Split::set_clear`]. The reader keeps each partition's
     /// merge buffer under [`AHEAD`].
     pub fn ready(&self) -> impl Iterator<Item = (usize, &Reader)> {
-        let n = if self.clear { self.queues.len() } else { 0 };
-        self.queues[..n].iter().map(|(slot, q)| (*slot, &q.reader))
+        let n = if self.clear && !self.handed_over {
+            self.queues.len()
+        } else {
+            0
+        };
+        self.queues[..n].iter().map(|(slot, q)| (*slot, &*q.reader))
+    }
+
+    /// The partitions' merge slots and batch readers, for reader threads
+    /// (see [`super::pipe`]); from now on [`Split::ready`] and
+    /// [`Split::waits`] give nothing. The queues stay here, dropped with
+    /// the split; the readers' handles must be dropped first (the
+    /// pipeline is joined before its split is dropped).
+    pub fn hand_over(&mut self) -> Vec<(usize, Arc<Reader>)> {
+        self.handed_over = true;
+        self.queues
+            .iter()
+            .map(|(slot, q)| (*slot, q.reader.clone()))
+            .collect()
     }
 
     /// Futures resolving with the next message of each partition that has
@@ -132,7 +153,7 @@ impl<C: ConsumerContext + 'static> Split<C> {
     ) -> impl Iterator<Item = Pin<Box<dyn Future<Output = Woken> + 's>>> {
         self.queues
             .iter()
-            .filter(move |(slot, _)| self.clear && queued(*slot) < AHEAD)
+            .filter(move |(slot, _)| self.clear && !self.handed_over && queued(*slot) < AHEAD)
             .map(|(slot, q)| {
                 let slot = *slot;
                 Box::pin(async move { (slot, q.stream.recv().await.map(|m| m.detach())) })
@@ -145,7 +166,7 @@ impl<C: ConsumerContext + 'static> Split<C> {
 /// same queue for waiting. The reader is declared first so it is dropped
 /// first: its handle must go before the consumer the stream keeps alive.
 struct Queue<C: ConsumerContext + 'static> {
-    reader: Reader,
+    reader: Arc<Reader>,
     stream: StreamPartitionQueue<C>,
 }
 
@@ -158,7 +179,7 @@ fn split_one<C: ConsumerContext + 'static>(
     let q = consumer
         .split_partition_queue(topic, partition)
         .and_then(|stream| {
-            let reader = Reader::new(consumer, topic, partition)?;
+            let reader = Arc::new(Reader::new(consumer, topic, partition)?);
             Some(Queue { reader, stream })
         });
     if q.is_none() {
@@ -197,6 +218,22 @@ impl Reader {
             )
         };
         NonNull::new(q).map(Reader)
+    }
+
+    /// Set (or, with `None`, remove) librdkafka's callback for messages
+    /// arriving in the queue, replacing the one the split's stream set.
+    ///
+    /// # Safety
+    /// `opaque` must stay valid for `cb` until the callback is removed or
+    /// replaced (librdkafka calls it with the queue's lock held, which
+    /// removing it takes, so no call runs after removal returns).
+    pub unsafe fn on_nonempty(
+        &self,
+        cb: Option<unsafe extern "C" fn(*mut rd::rd_kafka_t, *mut std::ffi::c_void)>,
+        opaque: *mut std::ffi::c_void,
+    ) {
+        // SAFETY: a live queue handle; the caller answers for `opaque`.
+        unsafe { rd::rd_kafka_queue_cb_event_enable(self.0.as_ptr(), cb, opaque) }
     }
 
     /// Take up to `max` (at most [`AHEAD`]) messages waiting in the queue,
@@ -393,6 +430,7 @@ impl<C: ConsumerContext + 'static> Unbound<C> {
         Split {
             queues,
             clear: false,
+            handed_over: false,
         }
     }
 }
