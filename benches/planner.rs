@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
         budget_headroom_usd_per_h: None,
         previous: None,
         interruption_rates: &rates,
+        spot_risk: None,
     };
     let n = offers_from_book(
         &book,

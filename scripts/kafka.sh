@@ -89,7 +89,7 @@ kafka_topics() {
     # receive a bad record has a `.dlq` twin. `prescale.budget-spend` is the
     # internal topic that re-keys spend by project; it must have the inputs'
     # partition count (see docs/service.md, "Budgets across instances").
-    for t in job-submission job-completion price-tick budget-allocation; do
+    for t in job-submission job-completion price-tick budget-allocation spot-signal; do
         _kafka_create_topic "$prefix$t" "$KAFKA_PARTITIONS"
         _kafka_create_topic "$prefix$t.dlq" 1
     done

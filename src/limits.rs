@@ -63,6 +63,9 @@ pub const MAX_LSTM_DIM: usize = 1 << 16;
 /// Longest name (instance type, zone, environment, job id) accepted, bytes:
 /// real ones are under 64; a megabyte "name" is an attack on memory.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// The most instances (or refused launches) one spot signal may stand for.
+pub const MAX_SPOT_SIGNAL_COUNT: i32 = 1_000_000;
 /// Longest value quoted in an error message, in characters; longer values
 /// are cut and end in "…" (a 10 MB line is never echoed whole).
 pub const MAX_QUOTED_CHARS: usize = 80;

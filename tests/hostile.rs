@@ -20,7 +20,7 @@ use prescale::engine::{CapacityPlanner, Engine, EngineConfig, PlanDecision, Plan
 use prescale::events::avro::{decode_event, encode_event, EventKind};
 use prescale::events::{
     BudgetAllocation, BudgetScope, Command, Event, JobCompleted, JobStatus, JobSubmitted, Market,
-    PriceTick,
+    PriceTick, SpotSignal, SpotSignalKind,
 };
 use prescale::forecast::{Ets, Forecast, Forecaster, History};
 use prescale::import::prices::{parse_prices, PriceOptions};
@@ -659,6 +659,17 @@ fn check_event(e: &Event) -> Result<(), String> {
                 return Err("allocation".into());
             }
         }
+        Event::SpotSignal(s) => {
+            let blank = |v: &str| v.trim().is_empty();
+            if !(time_ok(s.at)
+                && (1..=limits::MAX_SPOT_SIGNAL_COUNT).contains(&s.count)
+                && !blank(&s.region)
+                && !blank(&s.instance_type)
+                && !s.zone.as_deref().is_some_and(blank))
+            {
+                return Err(format!("spot signal {} {}", s.at, s.count));
+            }
+        }
     }
     Ok(())
 }
@@ -930,7 +941,29 @@ fn hostile_event() -> impl Strategy<Value = Event> {
                 period: period.map(str::to_string),
             })
         });
-    prop_oneof![sub, com, tick, alloc]
+    let signal = (
+        hostile_time(),
+        any::<i32>(),
+        0usize..3,
+        "[a-z0-9.-]{0,10}",
+        prop::option::of("[a-z0-9 -]{0,4}"),
+    )
+        .prop_map(|(at, count, kind, ty, zone)| {
+            Event::SpotSignal(SpotSignal {
+                at,
+                kind: [
+                    SpotSignalKind::InterruptionWarning,
+                    SpotSignalKind::RebalanceRecommendation,
+                    SpotSignalKind::CapacityUnavailable,
+                ][kind],
+                region: "us-east-1".into(),
+                zone: zone.map(Into::into),
+                instance_type: ty.into(),
+                instance_id: None,
+                count,
+            })
+        });
+    prop_oneof![sub, com, tick, alloc, signal]
 }
 
 /// An event as bytes: encoded and then sometimes mutated (flipped, cut or

@@ -16,6 +16,13 @@ use prescale::wiring::{load_policy, make_engine};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `backtest --spot-signals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpotSignalsArg {
+    Learn,
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct BacktestArgs {
     /// SWF log (plain or .gz) or events file; default: the bundled RICC excerpt.
@@ -78,6 +85,13 @@ pub struct BacktestArgs {
     /// scale`).
     #[arg(long)]
     pub spot_trace_map: Option<PathBuf>,
+    /// With measured spot markets, whether the engine-driven policies
+    /// (predictive, oracle), which then run in closed loop, are told of
+    /// the traced pools' two-minute notices and refused launches as spot
+    /// signals and learn each pool's risk from them (`learn`), or plan with
+    /// the constant rate (`off`).
+    #[arg(long, value_enum, default_value = "learn")]
+    pub spot_signals: SpotSignalsArg,
     /// Static fleet size in vCPUs (default: p90 of the trace's demand).
     #[arg(long, value_parser = super::values::vcpus)]
     pub static_vcpus: Option<i64>,
@@ -186,6 +200,7 @@ pub fn run(a: BacktestArgs) -> anyhow::Result<()> {
         max_vcpus: a.max_vcpus,
         seed: a.seed,
         spot_markets: load_spot_markets(&a)?.map(Arc::new),
+        spot_signals: a.spot_signals == SpotSignalsArg::Learn,
         record_series: a.plot.is_some() || a.html.is_some(),
         ..Default::default()
     };

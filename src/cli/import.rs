@@ -21,6 +21,31 @@ pub enum ImportCmd {
     Swf(SwfArgs),
     /// Spot price history (AWS TSV/CSV, plain, .gz or .zst) into an events file of price ticks.
     Prices(PricesArgs),
+    /// AWS EventBridge events ("EC2 Spot Instance Interruption Warning",
+    /// "EC2 Instance Rebalance Recommendation"; a JSON array or one event
+    /// per line) into an events file of spot signals, which the engine
+    /// learns each pool's interruption risk from. Other events are counted
+    /// and left out.
+    Eventbridge(EventBridgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventBridgeArgs {
+    /// EventBridge events to read.
+    pub input: PathBuf,
+    /// Instance id → type and zone (the events name neither): lines of
+    /// `instance-id type zone`, e.g. the output of `aws ec2
+    /// describe-instances --query 'Reservations[].Instances[].[InstanceId,InstanceType,Placement.AvailabilityZone]'
+    /// --output text`.
+    #[arg(long)]
+    pub instances: PathBuf,
+    /// Events file to write.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Skip (and count) malformed records, and events of instances the map
+    /// lacks, instead of failing on the first.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +132,16 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
             let imp = read_prices(&a.input, &opts)?;
             let n = write_events(&a.out, imp.ticks.into_iter().map(Event::PriceTick))?;
             eprintln!("wrote {n} price ticks to {}", a.out.display());
+            println!("{}", serde_json::to_string_pretty(&imp.report)?);
+        }
+        ImportCmd::Eventbridge(a) => {
+            use prescale::import::eventbridge::{read_eventbridge, InstanceMap};
+            let text = std::fs::read_to_string(&a.instances)
+                .with_context(|| format!("reading {}", a.instances.display()))?;
+            let map = InstanceMap::parse(&text, &a.instances.display().to_string())?;
+            let imp = read_eventbridge(&a.input, &map, a.skip_bad)?;
+            let n = write_events(&a.out, imp.signals.into_iter().map(Event::SpotSignal))?;
+            eprintln!("wrote {n} spot signals to {}", a.out.display());
             println!("{}", serde_json::to_string_pretty(&imp.report)?);
         }
     }

@@ -112,7 +112,12 @@ impl PlanMemo {
             book,
             budget_headroom_usd_per_h,
             previous,
+            spot_risk,
         } = req;
+        // Learned spot risk changes at every tick: never the same input.
+        if spot_risk.is_some() {
+            return false;
+        }
         let Some(k) = self.busy.get(*compute_environment) else {
             return false;
         };

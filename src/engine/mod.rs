@@ -23,6 +23,7 @@ mod port;
 mod quiet;
 mod report;
 pub mod spans;
+mod spot;
 
 pub use port::{CapacityPlanner, PlanDecision, PlanRequest, PreviousPlan};
 pub use report::{BudgetLine, TickForecast, TickPlan, TickReport};
@@ -128,6 +129,10 @@ pub struct EngineState {
     /// is nothing to enforce, and the hot path stays cheap).
     pub ledger: Ledger,
     pub counters: EngineCounters,
+    /// Spot risk learned from spot signals (see [`spot`]); left out of the
+    /// checkpoint while nothing was learned.
+    #[serde(default, skip_serializing_if = "spot::SpotLearner::is_empty")]
+    spot: spot::SpotLearner,
 }
 
 pub struct Engine {
@@ -195,6 +200,7 @@ impl Engine {
                 ..Ledger::default()
             },
             counters: EngineCounters::default(),
+            spot: spot::SpotLearner::default(),
         };
         Self::restore(cfg, st, catalog, forecaster, planner)
     }
@@ -314,7 +320,7 @@ impl Engine {
         self.ticks.clear();
         let mut ticks = std::mem::take(&mut self.ticks);
         let applied = self.st.demand.apply(ev, &mut ticks);
-        if !matches!(ev, Event::PriceTick(_)) {
+        if !matches!(ev, Event::PriceTick(_) | Event::SpotSignal(_)) {
             self.quiet.forget_runs();
         }
         // A job the state already knew changed nothing there; nor here.
@@ -322,6 +328,7 @@ impl Engine {
         match ev {
             _ if copy.is_some() => {}
             Event::PriceTick(_) => {} // applied above
+            Event::SpotSignal(s) => self.st.spot.on_signal(s),
             Event::BudgetAllocation(a) => match self.st.ledger.on_allocation(a) {
                 Ok(_) => {
                     let seen = (a.usd, a.period.clone());
@@ -358,6 +365,7 @@ impl Engine {
                 if let Some(usd) = actual {
                     self.learn_paid_rate(c, usd);
                 }
+                self.st.spot.on_completed(c, &self.catalog);
             }
             _ => {}
         }
@@ -400,6 +408,7 @@ impl Engine {
                     },
                 )),
             },
+            Event::SpotSignal(s) if self.st.spot.is_copy(s) => Handled::Duplicate,
             _ => Handled::Applied,
         }
     }
@@ -545,6 +554,7 @@ impl Engine {
         let entered = tick.enter();
         let n0 = out.len();
         self.st.counters.ticks += 1;
+        self.st.spot.advance(now);
         if !self.st.ledger.accounts.is_empty() {
             let _budget = spans::budget().entered();
             self.budget_tick(now, out);
@@ -654,10 +664,12 @@ impl Engine {
                 catalog: &self.catalog,
                 budget_headroom_usd_per_h: headroom,
                 previous: self.st.previous.get(env).copied(),
+                spot_risk: self.st.spot.book(),
             },
             &forecast,
         );
         self.st.remember_plan(env, now, &d);
+        self.st.spot.commanded(env, &d.instance_mix);
         let changed = !self.st.last.get(env).is_some_and(|s| same_decision(s, &d));
         if let Some(r) = report {
             r.plans.push(TickPlan {

@@ -26,6 +26,8 @@ pub struct PlanRequest<'a> {
     pub budget_headroom_usd_per_h: Option<f64>,
     /// What the previous tick decided.
     pub previous: Option<PreviousPlan>,
+    /// Spot risk learned from spot signals (None before the first).
+    pub spot_risk: Option<&'a crate::planner::spot_risk::SpotRiskBook>,
 }
 
 /// What the previous tick decided, for the scale-in cool-down. The engine

@@ -34,6 +34,7 @@ pub struct Schemas {
     pub job_completed: Schema,
     pub price_tick: Schema,
     pub budget_allocation: Schema,
+    pub spot_signal: Schema,
     pub scaling_command: Schema,
     pub preemption_command: Schema,
 }
@@ -42,6 +43,7 @@ pub const JOB_SUBMITTED_AVSC: &str = include_str!("../../schemas/job_submitted.a
 pub const JOB_COMPLETED_AVSC: &str = include_str!("../../schemas/job_completed.avsc");
 pub const PRICE_TICK_AVSC: &str = include_str!("../../schemas/price_tick.avsc");
 pub const BUDGET_ALLOCATION_AVSC: &str = include_str!("../../schemas/budget_allocation.avsc");
+pub const SPOT_SIGNAL_AVSC: &str = include_str!("../../schemas/spot_signal.avsc");
 pub const SCALING_COMMAND_AVSC: &str = include_str!("../../schemas/scaling_command.avsc");
 pub const PREEMPTION_COMMAND_AVSC: &str = include_str!("../../schemas/preemption_command.avsc");
 
@@ -56,6 +58,7 @@ pub fn schemas() -> &'static Schemas {
             job_completed: p(JOB_COMPLETED_AVSC),
             price_tick: p(PRICE_TICK_AVSC),
             budget_allocation: p(BUDGET_ALLOCATION_AVSC),
+            spot_signal: p(SPOT_SIGNAL_AVSC),
             scaling_command: p(SCALING_COMMAND_AVSC),
             preemption_command: p(PREEMPTION_COMMAND_AVSC),
         }
@@ -80,6 +83,7 @@ struct Codecs {
     job_completed: Codec,
     price_tick: Codec,
     budget_allocation: Codec,
+    spot_signal: Codec,
     scaling_command: Codec,
     preemption_command: Codec,
 }
@@ -103,6 +107,7 @@ fn codecs() -> &'static Codecs {
             job_completed: c("JobCompleted", &s.job_completed),
             price_tick: c("PriceTick", &s.price_tick),
             budget_allocation: c("BudgetAllocation", &s.budget_allocation),
+            spot_signal: c("SpotSignal", &s.spot_signal),
             scaling_command: c("ScalingCommand", &s.scaling_command),
             preemption_command: c("PreemptionCommand", &s.preemption_command),
         }
@@ -151,6 +156,7 @@ pub fn encode_event(ev: &Event) -> Result<Vec<u8>, CodecError> {
         Event::JobCompleted(e) => c.job_completed.encode(e),
         Event::PriceTick(e) => c.price_tick.encode(e),
         Event::BudgetAllocation(e) => c.budget_allocation.encode(e),
+        Event::SpotSignal(e) => c.spot_signal.encode(e),
     }
 }
 
@@ -162,6 +168,7 @@ pub enum EventKind {
     JobCompleted,
     PriceTick,
     BudgetAllocation,
+    SpotSignal,
 }
 
 impl EventKind {
@@ -172,6 +179,7 @@ impl EventKind {
             topics::JOB_COMPLETION => EventKind::JobCompleted,
             topics::PRICE_TICK => EventKind::PriceTick,
             topics::BUDGET_ALLOCATION => EventKind::BudgetAllocation,
+            topics::SPOT_SIGNAL => EventKind::SpotSignal,
             other => return Err(CodecError::UnknownTopic(other.to_string())),
         })
     }
@@ -187,6 +195,7 @@ pub fn decode_event(kind: EventKind, bytes: &[u8]) -> Result<Event, CodecError> 
         EventKind::JobCompleted => Event::JobCompleted(super::binary::job_completed(bytes)?),
         EventKind::PriceTick => Event::PriceTick(c.price_tick.decode(bytes)?),
         EventKind::BudgetAllocation => Event::BudgetAllocation(c.budget_allocation.decode(bytes)?),
+        EventKind::SpotSignal => Event::SpotSignal(super::binary::spot_signal(bytes)?),
     };
     validate(&ev)?;
     Ok(ev)
@@ -207,7 +216,7 @@ fn bad(schema: &'static str, field: &'static str, message: String) -> CodecError
 fn check_limits(ev: &Event) -> Result<(), CodecError> {
     use crate::limits::{
         quote, time_ok, MAX_BUDGET_USD, MAX_DURATION_S, MAX_JOB_MEMORY_MIB, MAX_JOB_VCPUS,
-        MAX_NAME_LEN, MAX_PRICE_USD_PER_HOUR,
+        MAX_NAME_LEN, MAX_PRICE_USD_PER_HOUR, MAX_SPOT_SIGNAL_COUNT,
     };
     let time = |s, field, t: Millis| {
         if time_ok(t) {
@@ -291,6 +300,25 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
                         "{} is above the limit of {MAX_PRICE_USD_PER_HOUR}",
                         e.usd_per_hour
                     ),
+                ));
+            }
+        }
+        Event::SpotSignal(e) => {
+            const S: &str = "SpotSignal";
+            time(S, "at", e.at)?;
+            name(S, "region", &e.region)?;
+            name(S, "instance_type", &e.instance_type)?;
+            if let Some(z) = &e.zone {
+                name(S, "zone", z)?;
+            }
+            if let Some(i) = &e.instance_id {
+                name(S, "instance_id", i)?;
+            }
+            if e.count > MAX_SPOT_SIGNAL_COUNT {
+                return Err(bad(
+                    S,
+                    "count",
+                    format!("{} is above the limit of {MAX_SPOT_SIGNAL_COUNT}", e.count),
                 ));
             }
         }
@@ -407,6 +435,31 @@ pub fn validate(ev: &Event) -> Result<(), CodecError> {
                 return Err(bad(S, "usd", format!("must be finite, got {}", e.usd)));
             }
         }
+        Event::SpotSignal(e) => validate_spot_signal(e)?,
+    }
+    Ok(())
+}
+
+/// What a [`SpotSignal`] must say: a pool (region and instance type, and a
+/// zone or instance id that is not blank when given) and a count of at
+/// least one (a signal of nothing, or of a negative number, is not news).
+fn validate_spot_signal(e: &SpotSignal) -> Result<(), CodecError> {
+    const S: &str = "SpotSignal";
+    let blank = |v: &str| v.trim().is_empty();
+    if blank(&e.region) {
+        return Err(bad(S, "region", "must not be empty".into()));
+    }
+    if blank(&e.instance_type) {
+        return Err(bad(S, "instance_type", "must not be empty".into()));
+    }
+    if e.zone.as_deref().is_some_and(blank) {
+        return Err(bad(S, "zone", "must not be empty when given".into()));
+    }
+    if e.instance_id.as_deref().is_some_and(blank) {
+        return Err(bad(S, "instance_id", "must not be empty when given".into()));
+    }
+    if e.count < 1 {
+        return Err(bad(S, "count", format!("must be >= 1, got {}", e.count)));
     }
     Ok(())
 }
@@ -511,6 +564,7 @@ mod tests {
                 usd: 10.0,
                 period: None,
             }),
+            Event::SpotSignal(sample_signal()),
         ];
         for ev in evs {
             let kind = match &ev {
@@ -518,6 +572,7 @@ mod tests {
                 Event::JobCompleted(_) => EventKind::JobCompleted,
                 Event::PriceTick(_) => EventKind::PriceTick,
                 Event::BudgetAllocation(_) => EventKind::BudgetAllocation,
+                Event::SpotSignal(_) => EventKind::SpotSignal,
             };
             let bytes = encode_event(&ev).unwrap();
             assert_eq!(decode_event(kind, &bytes).unwrap(), ev);
@@ -558,6 +613,82 @@ mod tests {
         };
         let b = encode_command(&Command::Preemption(p.clone())).unwrap();
         assert_eq!(decode_preemption(&b).unwrap(), p);
+    }
+
+    fn sample_signal() -> SpotSignal {
+        SpotSignal {
+            at: 1_700_000_000_000,
+            kind: SpotSignalKind::InterruptionWarning,
+            region: "us-east-1".into(),
+            zone: Some("us-east-1a".into()),
+            instance_type: "c5.xlarge".into(),
+            instance_id: Some("i-0123456789abcdef0".into()),
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn spot_signal_round_trips_through_both_decoders() {
+        assert_eq!(
+            EventKind::from_default_topic(topics::SPOT_SIGNAL).unwrap(),
+            EventKind::SpotSignal
+        );
+        for kind in [
+            SpotSignalKind::InterruptionWarning,
+            SpotSignalKind::RebalanceRecommendation,
+            SpotSignalKind::CapacityUnavailable,
+        ] {
+            for zone in [None, Some("us-east-1c".into())] {
+                let s = SpotSignal {
+                    kind,
+                    zone,
+                    count: 7,
+                    ..sample_signal()
+                };
+                let ev = Event::SpotSignal(s.clone());
+                let b = encode_event(&ev).unwrap();
+                // The positional decoder, and the schema-driven one.
+                assert_eq!(decode_event(EventKind::SpotSignal, &b).unwrap(), ev);
+                assert_eq!(codecs().spot_signal.decode::<SpotSignal>(&b).unwrap(), s);
+            }
+        }
+    }
+
+    #[test]
+    fn spot_signal_nonsense_is_refused_naming_the_field() {
+        type Bad = (&'static str, fn(&mut SpotSignal));
+        let cases: [Bad; 8] = [
+            ("count", |s| s.count = 0),
+            ("count", |s| s.count = -3),
+            ("count", |s| s.count = i32::MAX),
+            ("region", |s| s.region = " ".into()),
+            ("instance_type", |s| s.instance_type = "".into()),
+            ("zone", |s| s.zone = Some("".into())),
+            ("instance_id", |s| {
+                s.instance_id = Some("x".repeat(300).into())
+            }),
+            ("at", |s| s.at = -5),
+        ];
+        for (field, spoil) in cases {
+            let mut s = sample_signal();
+            spoil(&mut s);
+            let b = encode_event(&Event::SpotSignal(s)).unwrap();
+            let e = decode_event(EventKind::SpotSignal, &b)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("SpotSignal: field `{field}`")),
+                "{field}: {e}"
+            );
+        }
+        // An enum index past the symbols is named too.
+        let mut b = encode_event(&Event::SpotSignal(sample_signal())).unwrap();
+        let at_len = b.iter().position(|x| x & 0x80 == 0).unwrap() + 1;
+        b[at_len] = 2 * 3; // zigzag 3: a fourth kind
+        let e = decode_event(EventKind::SpotSignal, &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("SpotSignal: field `kind`"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! of a record is an error (never a panic).
 
 use super::avro::CodecError;
-use super::{JobCompleted, JobStatus, JobSubmitted, Market, Text};
+use super::{JobCompleted, JobStatus, JobSubmitted, Market, SpotSignal, SpotSignalKind, Text};
 
 /// A cursor over one datum that names the record and field of any error.
 struct Datum<'a> {
@@ -212,6 +212,28 @@ pub(crate) fn job_completed(bytes: &[u8]) -> Result<JobCompleted, CodecError> {
     })
 }
 
+const SIGNAL_KINDS: [SpotSignalKind; 3] = [
+    SpotSignalKind::InterruptionWarning,
+    SpotSignalKind::RebalanceRecommendation,
+    SpotSignalKind::CapacityUnavailable,
+];
+
+/// Decode a `SpotSignal` datum (fields in `schemas/spot_signal.avsc` order).
+/// Not a hot record, but read the same way so its errors name the field.
+pub(crate) fn spot_signal(bytes: &[u8]) -> Result<SpotSignal, CodecError> {
+    read(bytes, "SpotSignal", |d| {
+        Ok(SpotSignal {
+            at: d.long("at")?,
+            kind: d.symbol("kind", &SIGNAL_KINDS)?,
+            region: d.text("region")?,
+            zone: d.optional("zone", Datum::text)?,
+            instance_type: d.text("instance_type")?,
+            instance_id: d.optional("instance_id", Datum::text)?,
+            count: d.int("count")?,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +293,18 @@ mod tests {
             region: r.random_bool(0.5).then(|| text(r)),
             vcpu_seconds: r.random::<f64>() * 1e6,
             max_memory_mib: r.random_bool(0.5).then(|| long(r)),
+        }
+    }
+
+    fn signal(r: &mut ChaCha8Rng) -> SpotSignal {
+        SpotSignal {
+            at: long(r),
+            kind: SIGNAL_KINDS[r.random_range(0..SIGNAL_KINDS.len())],
+            region: text(r),
+            zone: r.random_bool(0.5).then(|| text(r)),
+            instance_type: text(r),
+            instance_id: r.random_bool(0.5).then(|| text(r)),
+            count: r.random(),
         }
     }
 
@@ -348,6 +382,16 @@ mod tests {
             completed,
             Event::JobCompleted,
             job_completed,
+        );
+    }
+
+    #[test]
+    fn spot_signal_matches_apache_avro() {
+        check(
+            &schemas().spot_signal,
+            signal,
+            Event::SpotSignal,
+            spot_signal,
         );
     }
 

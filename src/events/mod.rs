@@ -24,6 +24,9 @@ pub mod topics {
     pub const JOB_COMPLETION: &str = "job-completion";
     pub const PRICE_TICK: &str = "price-tick";
     pub const BUDGET_ALLOCATION: &str = "budget-allocation";
+    /// Spot interruption warnings, rebalance recommendations and launches
+    /// refused for capacity ([`super::SpotSignal`]).
+    pub const SPOT_SIGNAL: &str = "spot-signal";
     pub const SCALING_COMMAND: &str = "scaling-command";
     pub const PREEMPTION_COMMAND: &str = "preemption-command";
     /// Internal: project budget use and shares between instances
@@ -202,6 +205,49 @@ pub struct PreemptionCommand {
     pub reason: String,
 }
 
+/// What a [`SpotSignal`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SpotSignalKind {
+    /// The two-minute notice: the instance will be reclaimed (AWS "EC2 Spot
+    /// Instance Interruption Warning"; GCP preemption notice).
+    InterruptionWarning,
+    /// The instance is at elevated risk of interruption (AWS "EC2 Instance
+    /// Rebalance Recommendation"); not every one is followed by a reclaim.
+    RebalanceRecommendation,
+    /// A spot launch in the pool was refused for lack of capacity
+    /// (`InsufficientInstanceCapacity`, a fleet's launch error).
+    CapacityUnavailable,
+}
+
+impl SpotSignalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpotSignalKind::InterruptionWarning => "INTERRUPTION_WARNING",
+            SpotSignalKind::RebalanceRecommendation => "REBALANCE_RECOMMENDATION",
+            SpotSignalKind::CapacityUnavailable => "CAPACITY_UNAVAILABLE",
+        }
+    }
+}
+
+/// Something the spot market told us about one pool (instance type in a
+/// region, and zone when known). The engine learns each pool's
+/// interruption hazard and launch-failure probability from these
+/// (`engine::spot`, `planner::spot_risk`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpotSignal {
+    pub at: Millis,
+    pub kind: SpotSignalKind,
+    pub region: Text,
+    pub zone: Option<Text>,
+    pub instance_type: Text,
+    /// The instance warned (interruption, rebalance), when known: a copy of
+    /// a signal with an instance id is told from a new one by it.
+    pub instance_id: Option<Text>,
+    /// How many instances (or refused launches) the signal stands for, ≥ 1.
+    pub count: i32,
+}
+
 /// An input event, as read from one of the input topics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -210,6 +256,7 @@ pub enum Event {
     JobCompleted(JobCompleted),
     PriceTick(PriceTick),
     BudgetAllocation(BudgetAllocation),
+    SpotSignal(SpotSignal),
 }
 
 impl Event {
@@ -220,6 +267,7 @@ impl Event {
             Event::JobCompleted(e) => e.finished_at,
             Event::PriceTick(e) => e.at,
             Event::BudgetAllocation(e) => e.at,
+            Event::SpotSignal(e) => e.at,
         }
     }
 
@@ -230,17 +278,20 @@ impl Event {
             Event::JobCompleted(_) => topics::JOB_COMPLETION,
             Event::PriceTick(_) => topics::PRICE_TICK,
             Event::BudgetAllocation(_) => topics::BUDGET_ALLOCATION,
+            Event::SpotSignal(_) => topics::SPOT_SIGNAL,
         }
     }
 
     /// The Kafka key: jobs by compute environment (so one owner sees a whole
-    /// environment), prices by instance type, budgets by scope id.
+    /// environment), prices and spot signals by instance type, budgets by
+    /// scope id.
     pub fn key(&self) -> &str {
         match self {
             Event::JobSubmitted(e) => &e.compute_environment,
             Event::JobCompleted(e) => &e.compute_environment,
             Event::PriceTick(e) => &e.instance_type,
             Event::BudgetAllocation(e) => &e.id,
+            Event::SpotSignal(e) => &e.instance_type,
         }
     }
 }

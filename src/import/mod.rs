@@ -3,6 +3,7 @@
 //! They read files; the decision core never does.
 
 pub mod alibaba;
+pub mod eventbridge;
 pub mod events_file;
 pub mod prices;
 pub mod settings;

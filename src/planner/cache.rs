@@ -162,8 +162,21 @@ pub fn plan_environment_kept(input: &PlanInput<'_>, cache: &OffersCache) -> (Pla
         }
     };
     let offers_until = entries[i].agenda.first().map_or(Millis::MAX, |(t, _)| *t);
-    let (out, steady_until) = plan_priced_until(input, &entries[i].offers);
-    (out, steady_until.min(offers_until))
+    match input.spot_risk {
+        // The learned risk changes at every tick (exposure accrues, old
+        // evidence fades), so it is not part of the key (each tick would
+        // build and keep another entry): it is laid over a copy, and the
+        // plan is promised for no later time (the engine plans again).
+        Some(book) => {
+            let mut offers = entries[i].offers.clone();
+            book.apply(&mut offers);
+            (plan_priced_until(input, &offers).0, now)
+        }
+        None => {
+            let (out, steady_until) = plan_priced_until(input, &entries[i].offers);
+            (out, steady_until.min(offers_until))
+        }
+    }
 }
 
 impl CachedOffers {
@@ -433,6 +446,7 @@ mod tests {
             budget_headroom_usd_per_h: None,
             previous: None,
             interruption_rates: rates,
+            spot_risk: None,
         }
     }
 

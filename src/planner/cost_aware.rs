@@ -82,6 +82,7 @@ impl CapacityPlanner for CostAwarePlanner {
             budget_headroom_usd_per_h: req.budget_headroom_usd_per_h,
             previous: req.previous,
             interruption_rates: &self.interruption_rates,
+            spot_risk: req.spot_risk,
         };
         let (out, until) = plan_environment_kept(&input, &self.offers);
         let d = PlanDecision {

@@ -64,6 +64,9 @@ pub struct PlanInput<'a> {
     pub previous: Option<PreviousPlan>,
     /// Measured spot interruption rates per pool (see [`RiskModel`]).
     pub interruption_rates: &'a BTreeMap<String, f64>,
+    /// Spot risk learned from spot signals (see [`spot_risk`]), applied
+    /// over the rates above, which are its prior. None: nothing learned.
+    pub spot_risk: Option<&'a spot_risk::SpotRiskBook>,
 }
 
 /// The decision for one environment at one tick.
@@ -104,9 +107,12 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 }
 
 /// Sets each offer's interruption rate from the policy's base rate and the
-/// measured overrides.
+/// measured overrides, then the learned risk over them.
 fn apply_risk(input: &PlanInput<'_>, offers: &mut [Offer]) {
     risk_model(input).apply(offers);
+    if let Some(book) = input.spot_risk {
+        book.apply(offers);
+    }
 }
 
 /// The risk model of [`apply_risk`].
@@ -226,6 +232,7 @@ mod tests {
             budget_headroom_usd_per_h: None,
             previous: None,
             interruption_rates: rates,
+            spot_risk: None,
         }
     }
 

@@ -33,6 +33,11 @@ pub struct Offer {
     pub on_demand_usd_per_hour: Option<f64>,
     /// Expected interruptions per instance-hour (0 for on-demand/reserved).
     pub interruption_rate_per_h: f64,
+    /// Probability that a spot launch in the pool is refused for capacity,
+    /// learned from spot signals (`planner::spot_risk`); 0 when nothing was
+    /// learned (then it is left out of the serialized offer).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub launch_failure_p: f64,
     /// How many instances the pool can supply (reserved: the count owned).
     pub available: Option<i64>,
     /// When the price was last observed (event time).
@@ -82,10 +87,25 @@ impl Offer {
 
     /// Expected cost per hour of *useful* work for jobs of `job_s` seconds
     /// that restart from scratch after an interruption (see
-    /// [`spot_slowdown`]).
+    /// [`spot_slowdown`]). A spot pool with a learned launch-failure
+    /// probability `p` is served on-demand that share of the time (a
+    /// refused launch falls back to on-demand capacity of the same type,
+    /// as a fleet's fallback or the reactive scheduler does), so its
+    /// expected cost is `(1 − p) · spot + p · on-demand`.
     pub fn expected_usd_per_hour(&self, job_s: f64, restart_s: f64) -> f64 {
-        self.marginal_usd_per_hour()
-            * spot_slowdown(self.effective_rate(), job_s / 3600.0, restart_s / 3600.0)
+        let spot = self.marginal_usd_per_hour()
+            * spot_slowdown(self.effective_rate(), job_s / 3600.0, restart_s / 3600.0);
+        let p = self.launch_failure_p;
+        if self.market != Market::Spot || p <= 0.0 {
+            return spot;
+        }
+        let fallback = self
+            .on_demand_usd_per_hour
+            .filter(|od| od.is_finite() && *od >= 0.0)
+            .unwrap_or(self.usd_per_hour)
+            .max(self.marginal_usd_per_hour());
+        let p = p.min(1.0);
+        (1.0 - p) * spot + p * fallback
     }
 
     pub fn effective_rate(&self) -> f64 {
@@ -170,6 +190,10 @@ impl RiskModel {
             o.interruption_rate_per_h = self.rate_for(o);
         }
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Filters an offer list by allowed markets/regions/providers/types

@@ -654,6 +654,7 @@ pub(crate) mod tests_support {
             usd_per_hour: p,
             on_demand_usd_per_hour: None,
             interruption_rate_per_h: 0.0,
+            launch_failure_p: 0.0,
             available: None,
             price_at: 0,
             stale: false,

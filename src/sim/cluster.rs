@@ -578,6 +578,21 @@ pub struct Cluster<'a> {
     consolidation: consolidation::Pending,
     /// Measured capacity of each traced spot pool (`SimConfig::spot_markets`).
     spot_feed: Vec<Option<&'a super::spot_market::PoolFeed>>,
+    /// Traced pools' notices and refusals not yet taken (kept only when
+    /// [`Cluster::report_spot_signals`] asked for them).
+    spot_signals: Option<Vec<SimSpotSignal>>,
+}
+
+/// What a traced spot pool told the environment, as a live scheduler (or
+/// AWS EventBridge) would report it: a two-minute notice, or a refused
+/// launch (see [`Cluster::take_spot_signals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimSpotSignal {
+    pub at: Millis,
+    /// Index into [`SimPrices::pools`].
+    pub pool: usize,
+    pub kind: crate::events::SpotSignalKind,
+    pub count: u32,
 }
 
 impl<'a> Cluster<'a> {
@@ -694,6 +709,39 @@ impl<'a> Cluster<'a> {
                     _ => None,
                 })
                 .collect(),
+            spot_signals: None,
+        }
+    }
+
+    /// Keep the traced pools' notices and refusals for
+    /// [`Cluster::take_spot_signals`] (a closed-loop policy learns from them).
+    pub fn report_spot_signals(&mut self) {
+        self.spot_signals.get_or_insert_with(Vec::new);
+    }
+
+    /// Notices and refusals since the last call, in the order they happened.
+    pub fn take_spot_signals(&mut self) -> Vec<SimSpotSignal> {
+        self.spot_signals
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Keeps a signal when asked to, one per (time, pool, kind) with a count.
+    fn signal(&mut self, at: Millis, pool: usize, kind: crate::events::SpotSignalKind, n: u32) {
+        let Some(v) = self.spot_signals.as_mut() else {
+            return;
+        };
+        match v.last_mut() {
+            Some(s) if s.at == at && s.pool == pool && s.kind == kind => {
+                s.count = s.count.saturating_add(n)
+            }
+            _ => v.push(SimSpotSignal {
+                at,
+                pool,
+                kind,
+                count: n,
+            }),
         }
     }
 
@@ -1201,9 +1249,10 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    fn refuse_launch(&mut self, p: usize) {
+    fn refuse_launch(&mut self, p: usize, t: Millis) {
         let k = self.pool_key(p);
         self.stats.spot_pools.entry(k).or_default().failed_launches += 1;
+        self.signal(t, p, crate::events::SpotSignalKind::CapacityUnavailable, 1);
     }
 
     /// A traced pool's capacity at `t`: while it is below the pool's running
@@ -1232,6 +1281,8 @@ impl<'a> Cluster<'a> {
                     self.push(t + SPOT_NOTICE_MS, Ev::Interrupt(i));
                 }
                 self.stats.spot_pools.entry(key).or_default().interruptions += excess as u64;
+                let n = u32::try_from(excess).unwrap_or(u32::MAX);
+                self.signal(t, p, crate::events::SpotSignalKind::InterruptionWarning, n);
             }
         }
         let next = self.stats.series.start + feed.next_change(offset);
@@ -1318,7 +1369,7 @@ impl<'a> Cluster<'a> {
             for _ in 0..count {
                 if !self.spot_room(p, t) {
                     // Refused: once per pool and attempt, not per instance.
-                    self.refuse_launch(p);
+                    self.refuse_launch(p, t);
                     break;
                 }
                 self.launch(p, t);
@@ -1769,7 +1820,7 @@ impl<'a> Cluster<'a> {
                         self.stats.spot_launch_failures += failed.len() as u64;
                         for p in failed {
                             if self.spot_feed[p].is_some() {
-                                self.refuse_launch(p);
+                                self.refuse_launch(p, t);
                             }
                         }
                         if let Some((score, pool)) = choice {

@@ -82,6 +82,13 @@ pub struct SimConfig {
     /// (`backtest --spot-traces`); untraced pools keep the rate model.
     #[serde(skip)]
     pub spot_markets: Option<std::sync::Arc<spot_market::SpotMarkets>>,
+    /// With `spot_markets`: run the engine-driven policies in closed loop
+    /// and feed them the traced pools' notices and refused launches as
+    /// spot signals, as a live scheduler would (`backtest --spot-signals
+    /// learn`, the default); `false` runs the same closed loop without
+    /// them (the constant-rate planner on the measured market).
+    #[serde(skip)]
+    pub spot_signals: bool,
     /// Keep the per-bucket samples ([`cluster::Series`]) the plots draw:
     /// a run without a plot skips them (on a ten-year trace they are a
     /// million samples per policy). Counts and costs do not depend on them.
@@ -109,6 +116,7 @@ impl Default for SimConfig {
             max_tail_ms: 30 * 86_400_000,
             seed: 42,
             spot_markets: None,
+            spot_signals: true,
             record_series: true,
         }
     }

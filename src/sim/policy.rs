@@ -45,6 +45,7 @@ use super::{SimConfig, SimError};
 use crate::engine::Engine;
 use crate::events::{
     BudgetAllocation, Command, Event, JobCompleted, JobStatus, Market, Millis, ScalingCommand,
+    SpotSignal,
 };
 use crate::forecast::Forecaster;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -422,7 +423,11 @@ fn run_policy(
     } else {
         None
     };
-    if engine_driven && !input.budgets.is_empty() {
+    // A measured spot market answers the plan (notices, refusals): the
+    // engine must see the simulation to learn from it, so it runs in
+    // closed loop, as with budgets.
+    let closed = !input.budgets.is_empty() || cfg.spot_markets.is_some();
+    if engine_driven && closed {
         let engine = input
             .source
             .engine(fc)
@@ -546,6 +551,9 @@ fn run_closed_loop(
                 w.last_event,
             );
             c.start();
+            if input.cfg.spot_markets.is_some() && input.cfg.spot_signals {
+                c.report_spot_signals();
+            }
             c
         })
         .collect();
@@ -605,6 +613,9 @@ fn run_closed_loop(
                 let done = advance_all(&mut clusters, &env_jobs, input, s);
                 for c in done {
                     engine.handle(&Event::JobCompleted(c), &mut out);
+                }
+                for s in spot_signals(&mut clusters, input) {
+                    engine.handle(&s, &mut out);
                 }
             }
             (false, None) if !finished => {
@@ -678,6 +689,32 @@ fn advance_all(
     }
     done.sort_by(|a, b| (a.finished_at, &a.job_id).cmp(&(b.finished_at, &b.job_id)));
     done
+}
+
+/// The traced pools' notices and refusals since the last call, as the
+/// spot signals a live scheduler would publish (region and type, no zone:
+/// the simulator's pools are per region), in (time, pool, kind) order.
+fn spot_signals(clusters: &mut [Cluster<'_>], input: &BacktestInput<'_>) -> Vec<Event> {
+    let mut all: Vec<super::cluster::SimSpotSignal> = clusters
+        .iter_mut()
+        .flat_map(Cluster::take_spot_signals)
+        .collect();
+    all.sort_by_key(|s| (s.at, s.pool, s.kind));
+    let prices = input.prices;
+    all.into_iter()
+        .map(|s| {
+            let pool = &prices.pools[s.pool];
+            Event::SpotSignal(SpotSignal {
+                at: s.at,
+                kind: s.kind,
+                region: pool.region.as_str().into(),
+                zone: None,
+                instance_type: prices.types[pool.ty].name.as_str().into(),
+                instance_id: None,
+                count: i32::try_from(s.count).unwrap_or(i32::MAX),
+            })
+        })
+        .collect()
 }
 
 fn merge(total: &mut RunStats, st: &RunStats) {

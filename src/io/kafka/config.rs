@@ -39,6 +39,7 @@ pub struct Topics {
     pub job_completion: Option<String>,
     pub price_tick: Option<String>,
     pub budget_allocation: Option<String>,
+    pub spot_signal: Option<String>,
     pub scaling_command: Option<String>,
     pub preemption_command: Option<String>,
     /// Internal topic of project budget use and shares (see
@@ -59,6 +60,7 @@ impl Default for Topics {
             job_completion: None,
             price_tick: None,
             budget_allocation: None,
+            spot_signal: None,
             scaling_command: None,
             preemption_command: None,
             budget_spend: None,
@@ -86,6 +88,9 @@ impl Topics {
     pub fn budget_allocation(&self) -> String {
         self.name(&self.budget_allocation, topics::BUDGET_ALLOCATION)
     }
+    pub fn spot_signal(&self) -> String {
+        self.name(&self.spot_signal, topics::SPOT_SIGNAL)
+    }
     pub fn scaling_command(&self) -> String {
         self.name(&self.scaling_command, topics::SCALING_COMMAND)
     }
@@ -98,22 +103,28 @@ impl Topics {
     pub fn api_directory(&self) -> String {
         self.name(&self.api_directory, topics::API_DIRECTORY)
     }
-    /// The input topics every instance reads whole (prices and budget
-    /// allocations), outside the consumer group's split.
-    pub fn broadcast(&self) -> [String; 2] {
-        [self.price_tick(), self.budget_allocation()]
+    /// The input topics every instance reads whole (prices, budget
+    /// allocations, spot signals: pool-wide facts), outside the consumer
+    /// group's split.
+    pub fn broadcast(&self) -> [String; 3] {
+        [
+            self.price_tick(),
+            self.budget_allocation(),
+            self.spot_signal(),
+        ]
     }
     pub fn dlq(&self, topic: &str) -> String {
         format!("{topic}{}", self.dlq_suffix)
     }
 
     /// The configured topic carrying each kind of input event.
-    pub fn inputs(&self) -> [(EventKind, String); 4] {
+    pub fn inputs(&self) -> [(EventKind, String); 5] {
         [
             (EventKind::JobSubmitted, self.job_submission()),
             (EventKind::JobCompleted, self.job_completion()),
             (EventKind::PriceTick, self.price_tick()),
             (EventKind::BudgetAllocation, self.budget_allocation()),
+            (EventKind::SpotSignal, self.spot_signal()),
         ]
     }
 
@@ -133,6 +144,7 @@ impl Topics {
             topics::JOB_COMPLETION => self.job_completion(),
             topics::PRICE_TICK => self.price_tick(),
             topics::BUDGET_ALLOCATION => self.budget_allocation(),
+            topics::SPOT_SIGNAL => self.spot_signal(),
             topics::SCALING_COMMAND => self.scaling_command(),
             topics::PREEMPTION_COMMAND => self.preemption_command(),
             _ => return None,
@@ -325,6 +337,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::JobCompleted => "job_completed",
         EventKind::PriceTick => "price_tick",
         EventKind::BudgetAllocation => "budget_allocation",
+        EventKind::SpotSignal => "spot_signal",
     }
 }
 

@@ -98,6 +98,7 @@ fn kind_rank(k: EventKind) -> u8 {
         EventKind::BudgetAllocation => 1,
         EventKind::JobSubmitted => 2,
         EventKind::JobCompleted => 3,
+        EventKind::SpotSignal => 4,
     }
 }
 

@@ -82,6 +82,7 @@ impl<'a> Sink<'a> {
             Event::JobCompleted(_) => EventKind::JobCompleted,
             Event::PriceTick(_) => EventKind::PriceTick,
             Event::BudgetAllocation(_) => EventKind::BudgetAllocation,
+            Event::SpotSignal(_) => EventKind::SpotSignal,
         };
         let value = encode_input(self.cfg, kind, &r.event)?;
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
