@@ -34,6 +34,10 @@ pub struct SparseArgs {
     /// Policies the `backtest` stage simulates (default: all).
     #[arg(long, default_value = PolicyKind::DEFAULT_LIST)]
     pub policies: String,
+    /// Also write the figures as JSON to this file (for CI to keep): one
+    /// entry per case, with the columns printed.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 const YEAR_S: i64 = 365 * 86_400;
@@ -75,19 +79,25 @@ pub fn run(a: SparseArgs) -> anyhow::Result<()> {
         ("100 jobs over 10 years", Some(&ten)),
         ("bundled sample", None),
     ];
+    let mut rows = Vec::new();
     for (name, path) in cases {
-        case(name, path, &policies, a.repeat.max(1))?;
+        rows.push(case(name, path, &policies, a.repeat.max(1))?);
+    }
+    if let Some(path) = &a.json {
+        let j = serde_json::json!({"bench": "sparse", "repeat": a.repeat.max(1), "cases": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-/// One case's stages, best of `repeat`.
+/// One case's stages, best of `repeat`: printed, and returned for `--json`.
 fn case(
     name: &str,
     trace: Option<&Path>,
     policies: &[PolicyKind],
     repeat: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let best = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         let mut best = f64::INFINITY;
         for _ in 0..repeat {
@@ -152,5 +162,15 @@ fn case(
         engine_ms,
         backtest_ms
     );
-    Ok(())
+    Ok(serde_json::json!({
+        "case": name,
+        "events": prep.events.len(),
+        "ticks": ticks,
+        "planned": ticks - reused,
+        "reused": reused,
+        "quiet": quiet,
+        "prepare_ms": prepare_ms,
+        "engine_ms": engine_ms,
+        "backtest_ms": backtest_ms,
+    }))
 }

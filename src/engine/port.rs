@@ -27,7 +27,7 @@ pub struct PlanRequest<'a> {
     /// What the previous tick decided.
     pub previous: Option<PreviousPlan>,
     /// Spot risk learned from spot signals (None before the first).
-    pub spot_risk: Option<&'a crate::planner::spot_risk::SpotRiskBook>,
+    pub spot_risk: Option<&'a crate::pricing::spot_risk::SpotRiskBook>,
 }
 
 /// What the previous tick decided, for the scale-in cool-down. The engine

@@ -31,7 +31,7 @@
 //! engine goes on from the same evidence.
 
 use crate::events::{InstanceAllocation, JobCompleted, Market, Millis, SpotSignal, SpotSignalKind};
-use crate::planner::spot_risk::{region_key, zone_key, SpotRiskBook, SpotRiskConfig};
+use crate::pricing::spot_risk::{region_key, zone_key, SpotRiskBook, SpotRiskConfig};
 use crate::pricing::Catalog;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -261,20 +261,14 @@ mod tests {
             l.advance(t);
             l.commanded("e", &spot(10));
         }
-        let mut o = crate::planner::optimize::tests_support::offer(
-            "c5.xlarge",
-            Market::Spot,
-            4.0,
-            8192,
-            0,
-            0.06,
-        );
-        o.interruption_rate_per_h = 0.01;
-        l.book().unwrap().apply(std::slice::from_mut(&mut o));
-        let rate = o.interruption_rate_per_h;
+        // What the planner lays over a zone-less offer of the pool with the
+        // prior 0.01/h: the book's own posterior of the pool.
+        let (book, key) = (l.book().unwrap(), region_key("us-east-1", "c5.xlarge"));
+        let rate = book.hazard_per_h(&key);
         assert!((rate - 0.025).abs() < 0.0025, "learned {rate} at {t}");
         // No refusal: the launch-failure probability fell far below the prior.
-        assert!(o.launch_failure_p < 0.01, "{}", o.launch_failure_p);
+        let p = book.launch_failure(&key);
+        assert!(p < 0.01, "{p}");
     }
 
     /// Refused launches raise the probability, at most once per commanded

@@ -169,7 +169,7 @@ pub fn plan_environment_kept(input: &PlanInput<'_>, cache: &OffersCache) -> (Pla
         // plan is promised for no later time (the engine plans again).
         Some(book) => {
             let mut offers = entries[i].offers.clone();
-            book.apply(&mut offers);
+            super::spot_risk::apply(book, &mut offers);
             (plan_priced_until(input, &offers).0, now)
         }
         None => {

@@ -126,3 +126,111 @@ impl CapacityPlanner for CostAwarePlanner {
             && super::plan::nothing_forecast(p, req.bucket_ms, req.forecast)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::events::{Event, Market, PriceTick};
+    use crate::forecast::{Forecast, Forecaster, History};
+    use crate::pricing::Catalog;
+    use crate::state::tests_support::{done, job};
+    use std::sync::Arc;
+
+    const MIN: i64 = 60_000;
+
+    /// Repeats the last value at every quantile.
+    struct Last;
+    impl Forecaster for Last {
+        fn name(&self) -> &str {
+            "last"
+        }
+        fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
+            let v = h.values.last().copied().unwrap_or(0.0);
+            Forecast {
+                quantiles: q.to_vec(),
+                values: vec![vec![v; q.len()]; horizon],
+            }
+        }
+    }
+
+    fn price(at: Millis, usd: f64) -> Event {
+        Event::PriceTick(PriceTick {
+            at,
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            zone: None,
+            instance_type: "m5.large".into(),
+            market: Market::Spot,
+            usd_per_hour: usd,
+        })
+    }
+
+    /// This planner without its promise ([`CapacityPlanner::plan_until`]
+    /// left at its default): every request is planned.
+    struct Unpromising(CostAwarePlanner);
+    impl CapacityPlanner for Unpromising {
+        fn plan(&self, r: &PlanRequest<'_>) -> PlanDecision {
+            self.0.plan(r)
+        }
+        fn is_idle(&self, r: &PlanRequest<'_>) -> bool {
+            self.0.is_idle(r)
+        }
+    }
+
+    /// A busy environment's decision is reused only where planning would give
+    /// it again: steady long jobs (inputs that repeat), a burst that comes and
+    /// goes (a raise, then the scale-in cool-down's hold, whose reason names
+    /// the time), and spot prices that change and repeat, decide the same
+    /// commands and tick reports with and without the reuse.
+    #[test]
+    fn busy_decisions_are_reused_only_where_planning_gives_the_same() {
+        let mut evs = Vec::new();
+        for i in 0..8 {
+            evs.push(job(&format!("long{i}"), i * MIN, 4.0));
+            evs.push(done(&format!("long{i}"), 1500 * MIN + i * MIN));
+        }
+        for i in 0..6 {
+            evs.push(job(&format!("burst{i}"), 400 * MIN + i * MIN, 16.0));
+            evs.push(done(&format!("burst{i}"), 520 * MIN + i * MIN));
+        }
+        for k in 0..60 {
+            evs.push(price(k * 37 * MIN, 0.02 + (k % 4) as f64 * 0.005));
+        }
+        evs.sort_by_key(|e| e.time());
+        let csv = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/aws-ondemand-us-east-1.csv"
+        ));
+        let catalog = Catalog::parse(&csv[..], "sample").unwrap();
+        let catalog = Arc::new(catalog);
+        let run = |planner: Arc<dyn CapacityPlanner>| {
+            let mut e = Engine::new(
+                EngineConfig::default(),
+                catalog.clone(),
+                Arc::new(Last),
+                planner,
+            );
+            let (mut out, mut reports) = (Vec::new(), Vec::new());
+            for ev in &evs {
+                e.handle_reporting(ev, &mut out, Some(&mut reports));
+            }
+            e.finish_reporting(&mut out, Some(&mut reports));
+            (out, reports, e.busy_plans_reused())
+        };
+        let policy = crate::policy::PolicyFile::default;
+        let (out, reports, reused) = run(Arc::new(CostAwarePlanner::new(policy())));
+        let planned = run(Arc::new(Unpromising(CostAwarePlanner::new(policy()))));
+        assert_eq!(planned.2, 0);
+        assert!(reused > 50, "{reused} of {} ticks", reports.len());
+        assert!(out.len() > 3, "{out:?}");
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.plans.iter().any(|p| p.desired_vcpus > 32)),
+            "the burst raised the plan"
+        );
+        assert_eq!(out, planned.0);
+        assert_eq!(reports, planned.1);
+    }
+}

@@ -111,7 +111,7 @@ pub fn plan_with_offers(input: &PlanInput<'_>, offers: &[Offer]) -> PlanOutput {
 fn apply_risk(input: &PlanInput<'_>, offers: &mut [Offer]) {
     risk_model(input).apply(offers);
     if let Some(book) = input.spot_risk {
-        book.apply(offers);
+        spot_risk::apply(book, offers);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod book;
 mod catalog;
+pub mod spot_risk;
 mod tile;
 
 pub use book::{Offer, OfferRef, PoolKey, PriceBook};
