@@ -519,16 +519,23 @@ fn recur(w: &Weights, cfg: &LstmConfig, steps: &[f32]) -> Vec<f32> {
         g.copy_from_slice(&w.b);
         gemv_acc(x, &w.wx, &mut g);
         gemv_acc(&hs, &w.wh, &mut g);
-        for k in 0..h {
-            let i = sigm(g[k]);
-            let f = sigm(g[h + k]);
-            let gg = tanh_f(g[2 * h + k]);
-            let o = sigm(g[3 * h + k]);
-            cs[k] = f * cs[k] + i * gg;
-            hs[k] = o * tanh_f(cs[k]);
-        }
+        cell(&g, &mut hs, &mut cs);
     }
     hs
+}
+
+/// One LSTM cell update from the gates `g` (`[4 * hidden]`: input, forget,
+/// candidate, output): the cell state `cs` and hidden state `hs` in place.
+fn cell(g: &[f32], hs: &mut [f32], cs: &mut [f32]) {
+    let h = hs.len();
+    for k in 0..h {
+        let i = sigm(g[k]);
+        let f = sigm(g[h + k]);
+        let gg = tanh_f(g[2 * h + k]);
+        let o = sigm(g[3 * h + k]);
+        cs[k] = f * cs[k] + i * gg;
+        hs[k] = o * tanh_f(cs[k]);
+    }
 }
 
 /// [`recur`] of several input windows of the same length at once: the
@@ -555,14 +562,7 @@ fn recur_batch(w: &Weights, cfg: &LstmConfig, windows: &[&[f32]]) -> Vec<f32> {
         gemm_acc(&hs, h, &w.wh, &mut g);
         let each = g.chunks_exact(4 * h).zip(hs.chunks_exact_mut(h));
         for ((g, hs), cs) in each.zip(cs.chunks_exact_mut(h)) {
-            for k in 0..h {
-                let i = sigm(g[k]);
-                let f = sigm(g[h + k]);
-                let gg = tanh_f(g[2 * h + k]);
-                let o = sigm(g[3 * h + k]);
-                cs[k] = f * cs[k] + i * gg;
-                hs[k] = o * tanh_f(cs[k]);
-            }
+            cell(g, hs, cs);
         }
     }
     hs

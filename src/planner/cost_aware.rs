@@ -132,27 +132,12 @@ mod tests {
     use super::*;
     use crate::engine::{Engine, EngineConfig};
     use crate::events::{Event, Market, PriceTick};
-    use crate::forecast::{Forecast, Forecaster, History};
+    use crate::forecast::Naive;
     use crate::pricing::Catalog;
     use crate::state::tests_support::{done, job};
     use std::sync::Arc;
 
     const MIN: i64 = 60_000;
-
-    /// Repeats the last value at every quantile.
-    struct Last;
-    impl Forecaster for Last {
-        fn name(&self) -> &str {
-            "last"
-        }
-        fn forecast(&self, h: &History<'_>, horizon: usize, q: &[f64]) -> Forecast {
-            let v = h.values.last().copied().unwrap_or(0.0);
-            Forecast {
-                quantiles: q.to_vec(),
-                values: vec![vec![v; q.len()]; horizon],
-            }
-        }
-    }
 
     fn price(at: Millis, usd: f64) -> Event {
         Event::PriceTick(PriceTick {
@@ -208,7 +193,7 @@ mod tests {
             let mut e = Engine::new(
                 EngineConfig::default(),
                 catalog.clone(),
-                Arc::new(Last),
+                Arc::new(Naive::default()),
                 planner,
             );
             let (mut out, mut reports) = (Vec::new(), Vec::new());
