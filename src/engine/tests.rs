@@ -1,6 +1,6 @@
 use super::*;
 use crate::events::{InstanceAllocation, Market};
-use crate::state::tests_support::{done, job};
+use crate::state::tests_support::{done, job, price};
 
 const MIN: i64 = 60_000;
 
@@ -333,18 +333,6 @@ fn a_dear_completion_raises_the_rate_of_running_work() {
     );
     e.handle(&job("d", 30 * MIN + 86_400_000, 2.0), &mut out);
     assert!(rate(&e, "d") < 0.06 * 2.0, "{}", rate(&e, "d"));
-}
-
-fn price(at: Millis, usd: f64) -> Event {
-    Event::PriceTick(crate::events::PriceTick {
-        at,
-        provider: "aws".into(),
-        region: "us-east-1".into(),
-        zone: None,
-        instance_type: "m5.large".into(),
-        market: Market::Spot,
-        usd_per_hour: usd,
-    })
 }
 
 /// At-least-once input: every job event, price tick and budget record

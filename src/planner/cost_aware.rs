@@ -131,25 +131,12 @@ impl CapacityPlanner for CostAwarePlanner {
 mod tests {
     use super::*;
     use crate::engine::{Engine, EngineConfig};
-    use crate::events::{Event, Market, PriceTick};
     use crate::forecast::Naive;
     use crate::pricing::Catalog;
-    use crate::state::tests_support::{done, job};
+    use crate::state::tests_support::{done, job, price};
     use std::sync::Arc;
 
     const MIN: i64 = 60_000;
-
-    fn price(at: Millis, usd: f64) -> Event {
-        Event::PriceTick(PriceTick {
-            at,
-            provider: "aws".into(),
-            region: "us-east-1".into(),
-            zone: None,
-            instance_type: "m5.large".into(),
-            market: Market::Spot,
-            usd_per_hour: usd,
-        })
-    }
 
     /// This planner without its promise ([`CapacityPlanner::plan_until`]
     /// left at its default): every request is planned.

@@ -1216,4 +1216,18 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod tests_support {
     pub(crate) use super::tests::{done, job};
+
+    /// A spot price tick of `m5.large` in `us-east-1` (the engine's and the
+    /// planner's tests decide over it).
+    pub(crate) fn price(at: crate::events::Millis, usd: f64) -> crate::events::Event {
+        crate::events::Event::PriceTick(crate::events::PriceTick {
+            at,
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            zone: None,
+            instance_type: "m5.large".into(),
+            market: crate::events::Market::Spot,
+            usd_per_hour: usd,
+        })
+    }
 }
