@@ -10,7 +10,7 @@ use prescale::import::events_file::{read_events, EventsWriter};
 use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::produce::Pace;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -90,32 +90,8 @@ fn duplicated_input_gives_the_reference_commands() {
     assert_same_lines(&json_lines_by_id(&lines), &bt.commands);
 
     // The dead letters name the record and the field.
-    let dlq = cfg.topics.dlq(&cfg.topics.job_submission());
-    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&dlq, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let started = Instant::now();
-    let m = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no dead letter"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            break m;
-        }
-    };
-    let error = m
-        .headers()
-        .unwrap()
-        .iter()
-        .find(|h| h.key == headers::DLQ_ERROR)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .unwrap_or_default();
+    let (_, h) = first_dead_letter(&cfg, &cfg.topics.job_submission(), 1);
+    let error = &h[headers::DLQ_ERROR];
     assert!(
         error.contains("JobSubmitted") && error.contains("field `vcpus`"),
         "{error}"

@@ -7,9 +7,6 @@ mod kafka_support;
 use kafka_support::*;
 use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::produce::Pace;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -74,36 +71,8 @@ fn malformed_message_goes_to_dlq_and_run_continues() {
     assert_same(&distinct(&read_commands(&cfg)), &want);
 
     // The dead letter: same bytes, headers naming error and origin.
-    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
-        .create()
-        .unwrap();
-    let dlq = cfg.topics.dlq(&topic);
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&dlq, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let started = Instant::now();
-    let m = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no dead letter arrived"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            break m;
-        }
-    };
-    assert_eq!(m.payload().unwrap(), b"\x02\xff\xffnot avro at all");
-    let h: BTreeMap<String, String> = m
-        .headers()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h.key.to_string(),
-                String::from_utf8_lossy(h.value.unwrap_or(&[])).to_string(),
-            )
-        })
-        .collect();
+    let (payload, h) = first_dead_letter(&cfg, &topic, 1);
+    assert_eq!(payload, b"\x02\xff\xffnot avro at all");
     // The record and the field: a 1-byte job id of 0xff is not UTF-8.
     assert!(
         h[headers::DLQ_ERROR].contains("JobSubmitted: field `job_id`: not UTF-8"),

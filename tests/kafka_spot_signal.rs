@@ -11,9 +11,7 @@ use prescale::events::avro::encode_event;
 use prescale::events::{Event, SpotSignal, SpotSignalKind};
 use prescale::io::kafka::codec::headers;
 use prescale::io::kafka::produce::Pace;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn spot_signals_are_read_and_nonsense_is_dead_lettered() {
@@ -49,39 +47,10 @@ fn spot_signals_are_read_and_nonsense_is_dead_lettered() {
     assert_eq!(report.events, evs.len() as u64);
     assert_same(&distinct(&read_commands(&cfg)), &want);
 
-    let consumer: BaseConsumer = prescale::io::kafka::client::consumer_config(&cfg, None)
-        .create()
-        .unwrap();
     // Keyed like the signal: any of the topic's three partitions.
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for partition in 0..3 {
-        tpl.add_partition_offset(
-            &cfg.topics.dlq(&topic),
-            partition,
-            rdkafka::Offset::Beginning,
-        )
-        .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let started = Instant::now();
-    let m = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no dead letter arrived"
-        );
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            break m;
-        }
-    };
-    assert_eq!(m.payload().unwrap(), &nonsense[..]);
-    let error = m
-        .headers()
-        .unwrap()
-        .iter()
-        .find(|h| h.key == headers::DLQ_ERROR)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .unwrap_or_default();
+    let (payload, h) = first_dead_letter(&cfg, &topic, 3);
+    assert_eq!(payload, nonsense);
+    let error = &h[headers::DLQ_ERROR];
     assert!(
         error.contains("SpotSignal: field `count`: must be >= 1, got 0"),
         "{error}"

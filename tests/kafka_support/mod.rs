@@ -635,3 +635,43 @@ pub fn run_report(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no run report in {stdout:?}"));
     serde_json::from_str(line).expect("run report is JSON")
 }
+
+/// The first message on the dead-letter topic of `topic` (read from its
+/// first `partitions` partitions, from the beginning): its value and its
+/// headers by name. Fails the test when none arrives within 20 s.
+pub fn first_dead_letter(
+    cfg: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> (Vec<u8>, BTreeMap<String, String>) {
+    let consumer: BaseConsumer = consumer_config(cfg, None).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions {
+        tpl.add_partition_offset(&cfg.topics.dlq(topic), partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let m = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no dead letter arrived on {}",
+            cfg.topics.dlq(topic)
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            break m;
+        }
+    };
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or(&[]));
+                    (h.key.to_string(), value.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (m.payload().unwrap_or(&[]).to_vec(), headers)
+}
