@@ -255,23 +255,13 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut cmds = None;
     if on(Stage::Full) {
         let (t_full, r) = best(a.repeat, || full_loop(&base.catalog, &msgs));
-        let LoopRun {
-            out,
-            ticks,
-            built,
-            plans,
-            reused,
-        } = r;
         println!(
-            "  full loop           {:>10.0} events/s  ({:.3} s, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans, {reused} decisions reused) — decode → state → engine",
+            "  full loop           {:>10.0} events/s  ({}) — decode → state → engine",
             n / t_full,
-            t_full,
-            t_full * 1e6 / ticks.max(1) as f64,
-            out.len()
+            r.summary(t_full)
         );
-        let extra = serde_json::json!({"ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built, "decisions_reused": reused});
-        figs.stage("full", n / t_full, t_full, extra);
-        cmds = Some(out);
+        figs.stage("full", n / t_full, t_full, r.json());
+        cmds = Some(r.out);
     }
 
     if on(Stage::Dense) {
@@ -348,6 +338,26 @@ struct LoopRun {
     reused: u64,
 }
 
+impl LoopRun {
+    /// The run's time and counts, for the figure's line.
+    fn summary(&self, secs: f64) -> String {
+        format!(
+            "{secs:.3} s, {} ticks, {:.1} µs/tick, {} commands, offers built for {} of {} plans, {} decisions reused",
+            self.ticks,
+            secs * 1e6 / self.ticks.max(1) as f64,
+            self.out.len(),
+            self.built,
+            self.plans,
+            self.reused
+        )
+    }
+
+    /// The counts for `--json`.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"ticks": self.ticks, "commands": self.out.len(), "plans": self.plans, "offers_built": self.built, "decisions_reused": self.reused})
+    }
+}
+
 /// The whole decision loop over encoded events: decode → state → engine.
 fn full_loop(catalog: &Arc<Catalog>, msgs: &[(EventKind, Vec<u8>)]) -> LoopRun {
     let mut engine = make_engine(catalog.clone(), None, &Default::default());
@@ -392,23 +402,15 @@ fn bench_dense(
     dense.sort_by_key(|e| e.time());
     let dmsgs = encode_all(&dense).context("encoding the dense sample")?;
     let (t_dense, r) = best(a.repeat, || full_loop(&base.catalog, &dmsgs));
-    let LoopRun {
-        out,
-        ticks,
-        built,
-        plans,
-        reused,
-    } = r;
     println!(
-            "  full loop (dense)   {:>10.0} events/s  ({:.3} s, {} events, {ticks} ticks, {:.1} µs/tick, {} commands, offers built for {built} of {plans} plans, {reused} decisions reused) — {}x jobs on the sample's own span",
-            dmsgs.len() as f64 / t_dense,
-            t_dense,
-            dmsgs.len(),
-            t_dense * 1e6 / ticks.max(1) as f64,
-            out.len(),
-            a.dense_scale
-        );
-    let extra = serde_json::json!({"events": dmsgs.len(), "ticks": ticks, "commands": out.len(), "plans": plans, "offers_built": built, "decisions_reused": reused});
+        "  full loop (dense)   {:>10.0} events/s  ({}, {} events) — {}x jobs on the sample's own span",
+        dmsgs.len() as f64 / t_dense,
+        r.summary(t_dense),
+        dmsgs.len(),
+        a.dense_scale
+    );
+    let mut extra = r.json();
+    extra["events"] = dmsgs.len().into();
     figs.stage("dense", dmsgs.len() as f64 / t_dense, t_dense, extra);
     println!(
             "  whole loop per core, event-bound (dense x{}): {:.2} M events/s (target >= 1 M); tick-bound layouts are limited by the µs per tick instead",
