@@ -523,8 +523,6 @@ fn run_closed_loop(
     series_start: Millis,
 ) -> ClosedRun {
     let w = input.workload;
-    let cfg = input.cfg;
-    let no_schedule: [FloorCommand; 0] = [];
     let env_jobs: Vec<Vec<&super::trace::SimJob>> = (0..w.envs.len())
         .map(|env| w.jobs.iter().filter(|j| j.env == env).collect())
         .collect();
@@ -534,56 +532,9 @@ fn run_closed_loop(
             index.insert(j.id.as_str(), (env, i as u32));
         }
     }
-    let mut clusters: Vec<Cluster<'_>> = env_jobs
-        .iter()
-        .enumerate()
-        .map(|(env, jobs)| {
-            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
-            let mut c = Cluster::new(
-                cfg,
-                input.prices,
-                jobs.clone(),
-                Mode::Commanded {
-                    commands: &no_schedule,
-                },
-                seed,
-                series_start,
-                w.last_event,
-            );
-            c.start();
-            if input.cfg.spot_markets.is_some() && input.cfg.spot_signals {
-                c.report_spot_signals();
-            }
-            c
-        })
-        .collect();
-    // The simulator reports completions of the jobs it runs; the trace's
-    // own completions of those jobs are not the engine's to see. Jobs
-    // cancelled before they ran keep their recorded cancellation.
-    let simulated: HashSet<&str> = w
-        .jobs
-        .iter()
-        .filter(|j| !j.cancelled_in_queue)
-        .map(|j| j.id.as_str())
-        .collect();
-    let t0 = w.first_event;
-    let allocations: Vec<Event> = input
-        .budgets
-        .iter()
-        .map(|a| {
-            Event::BudgetAllocation(BudgetAllocation {
-                at: t0,
-                ..a.clone()
-            })
-        })
-        .collect();
-    let mut trace = allocations
-        .iter()
-        .chain(input.events.iter().filter(|e| match e {
-            Event::JobCompleted(c) => !simulated.contains(c.job_id.as_str()),
-            _ => true,
-        }))
-        .peekable();
+    let mut clusters = commanded_clusters(input, kind, &env_jobs, series_start);
+    let allocations = allocations_at(input.budgets, w.first_event);
+    let mut trace = engine_trace(input, &allocations).peekable();
     let mut run = ClosedRun {
         total: RunStats::default(),
         series: Series::default(),
@@ -594,7 +545,7 @@ fn run_closed_loop(
     };
     let mut out: Vec<Command> = Vec::new();
     let mut finished = false;
-    let mut clock = t0;
+    let mut clock = w.first_event;
     loop {
         let sim_next = clusters.iter_mut().filter_map(|c| c.next_time()).min();
         let trace_next = trace.peek().map(|e| e.time());
@@ -625,29 +576,122 @@ fn run_closed_loop(
             (false, None) => break,
         }
         for cmd in out.drain(..) {
-            match cmd {
-                Command::Scaling(sc) => {
-                    run.scaling_commands += 1;
-                    let (fc, u) = floor_command(&sc, w, input.prices);
-                    run.unknown += u;
-                    if let Some((env, fc)) = fc {
-                        clusters[env].apply_floor(clock, &fc);
-                    }
-                }
-                Command::Preemption(p) => {
-                    run.budget_commands += 1;
-                    if let Some(&(env, j)) = index.get(p.job_id.as_str()) {
-                        clusters[env].apply_preemption(clock, j, p.action);
-                    }
-                }
+            apply_command(cmd, clock, &mut clusters, &index, input, &mut run);
+        }
+    }
+    settle(clusters, &env_jobs, input.prices, &mut run);
+    run
+}
+
+/// One commanded cluster per environment, started (and reporting its
+/// traced spot pools' notices when the engine is to learn from them).
+fn commanded_clusters<'a>(
+    input: &BacktestInput<'a>,
+    kind: PolicyKind,
+    env_jobs: &[Vec<&'a super::trace::SimJob>],
+    series_start: Millis,
+) -> Vec<Cluster<'a>> {
+    let (w, cfg) = (input.workload, input.cfg);
+    env_jobs
+        .iter()
+        .enumerate()
+        .map(|(env, jobs)| {
+            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
+            let mode = Mode::Commanded { commands: &[] };
+            let mut c = Cluster::new(
+                cfg,
+                input.prices,
+                jobs.clone(),
+                mode,
+                seed,
+                series_start,
+                w.last_event,
+            );
+            c.start();
+            if cfg.spot_markets.is_some() && cfg.spot_signals {
+                c.report_spot_signals();
+            }
+            c
+        })
+        .collect()
+}
+
+/// The budget allocations, given to the engine at the trace start `t0`.
+fn allocations_at(budgets: &[BudgetAllocation], t0: Millis) -> Vec<Event> {
+    budgets
+        .iter()
+        .map(|a| {
+            Event::BudgetAllocation(BudgetAllocation {
+                at: t0,
+                ..a.clone()
+            })
+        })
+        .collect()
+}
+
+/// What the engine is fed from the trace: the allocations, then the
+/// trace's events but for the completions of the jobs the simulator runs
+/// (it reports those itself). Jobs cancelled before they ran keep their
+/// recorded cancellation.
+fn engine_trace<'e>(
+    input: &'e BacktestInput<'_>,
+    allocations: &'e [Event],
+) -> impl Iterator<Item = &'e Event> + 'e {
+    let simulated: HashSet<&str> = input
+        .workload
+        .jobs
+        .iter()
+        .filter(|j| !j.cancelled_in_queue)
+        .map(|j| j.id.as_str())
+        .collect();
+    allocations
+        .iter()
+        .chain(input.events.iter().filter(move |e| match e {
+            Event::JobCompleted(c) => !simulated.contains(c.job_id.as_str()),
+            _ => true,
+        }))
+}
+
+/// Apply one engine command to the clusters at `clock`, counting it.
+fn apply_command(
+    cmd: Command,
+    clock: Millis,
+    clusters: &mut [Cluster<'_>],
+    index: &HashMap<&str, (usize, u32)>,
+    input: &BacktestInput<'_>,
+    run: &mut ClosedRun,
+) {
+    match cmd {
+        Command::Scaling(sc) => {
+            run.scaling_commands += 1;
+            let (fc, u) = floor_command(&sc, input.workload, input.prices);
+            run.unknown += u;
+            if let Some((env, fc)) = fc {
+                clusters[env].apply_floor(clock, &fc);
+            }
+        }
+        Command::Preemption(p) => {
+            run.budget_commands += 1;
+            if let Some(&(env, j)) = index.get(p.job_id.as_str()) {
+                clusters[env].apply_preemption(clock, j, p.action);
             }
         }
     }
+}
+
+/// Finish every cluster and add its spend, budget charges, statistics and
+/// series to `run`.
+fn settle(
+    clusters: Vec<Cluster<'_>>,
+    env_jobs: &[Vec<&super::trace::SimJob>],
+    prices: &SimPrices,
+    run: &mut ClosedRun,
+) {
     let mut series: Option<Series> = None;
     for (env, c) in clusters.into_iter().enumerate() {
         let mut st = c.finish();
-        super::costs::attribute_spend(&mut st, &env_jobs[env], input.prices);
-        run.book.charge(&env_jobs[env], &st.spend, input.prices);
+        super::costs::attribute_spend(&mut st, &env_jobs[env], prices);
+        run.book.charge(&env_jobs[env], &st.spend, prices);
         merge(&mut run.total, &st);
         match &mut series {
             None => series = Some(std::mem::take(&mut st.series)),
@@ -655,7 +699,6 @@ fn run_closed_loop(
         }
     }
     run.series = series.unwrap_or_default();
-    run
 }
 
 /// Advance every environment's cluster to `s` and return the completions
