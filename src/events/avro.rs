@@ -215,30 +215,8 @@ fn bad(schema: &'static str, field: &'static str, message: String) -> CodecError
 /// for that (the reason a dead-letter record carries).
 fn check_limits(ev: &Event) -> Result<(), CodecError> {
     use crate::limits::{
-        quote, time_ok, MAX_BUDGET_USD, MAX_DURATION_S, MAX_JOB_MEMORY_MIB, MAX_JOB_VCPUS,
-        MAX_NAME_LEN, MAX_PRICE_USD_PER_HOUR, MAX_SPOT_SIGNAL_COUNT,
-    };
-    let time = |s, field, t: Millis| {
-        if time_ok(t) {
-            Ok(())
-        } else {
-            Err(bad(
-                s,
-                field,
-                format!("{t} ms is outside the accepted window (1970..2200)"),
-            ))
-        }
-    };
-    let name = |s, field, v: &str| {
-        if v.len() <= MAX_NAME_LEN {
-            Ok(())
-        } else {
-            Err(bad(
-                s,
-                field,
-                format!("`{}` is longer than {MAX_NAME_LEN} bytes", quote(v)),
-            ))
-        }
+        MAX_BUDGET_USD, MAX_DURATION_S, MAX_JOB_MEMORY_MIB, MAX_JOB_VCPUS, MAX_PRICE_USD_PER_HOUR,
+        MAX_SPOT_SIGNAL_COUNT,
     };
     match ev {
         Event::JobSubmitted(e) => {
@@ -249,32 +227,11 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
             if let Some(d) = e.deadline {
                 time(S, "deadline", d)?;
             }
-            if e.vcpus > MAX_JOB_VCPUS as f64 {
-                return Err(bad(
-                    S,
-                    "vcpus",
-                    format!("{} is above the limit of {MAX_JOB_VCPUS}", e.vcpus),
-                ));
-            }
-            if e.memory_mib > MAX_JOB_MEMORY_MIB {
-                return Err(bad(
-                    S,
-                    "memory_mib",
-                    format!(
-                        "{} is above the limit of {MAX_JOB_MEMORY_MIB}",
-                        e.memory_mib
-                    ),
-                ));
-            }
-            if e.gpus as i64 > MAX_JOB_VCPUS {
-                return Err(bad(S, "gpus", format!("{} is above the limit", e.gpus)));
-            }
-            if e.estimated_runtime_s.is_some_and(|r| r > MAX_DURATION_S) {
-                return Err(bad(
-                    S,
-                    "estimated_runtime_s",
-                    format!("is longer than the limit of {MAX_DURATION_S} s"),
-                ));
+            at_most(S, "vcpus", e.vcpus, MAX_JOB_VCPUS as f64)?;
+            at_most(S, "memory_mib", e.memory_mib, MAX_JOB_MEMORY_MIB)?;
+            at_most(S, "gpus", i64::from(e.gpus), MAX_JOB_VCPUS)?;
+            if let Some(r) = e.estimated_runtime_s {
+                at_most(S, "estimated_runtime_s", r, MAX_DURATION_S)?;
             }
         }
         Event::JobCompleted(e) => {
@@ -283,8 +240,8 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
             name(S, "compute_environment", &e.compute_environment)?;
             time(S, "started_at", e.started_at)?;
             time(S, "finished_at", e.finished_at)?;
-            if e.max_memory_mib.is_some_and(|m| m > MAX_JOB_MEMORY_MIB) {
-                return Err(bad(S, "max_memory_mib", "is above the limit".into()));
+            if let Some(m) = e.max_memory_mib {
+                at_most(S, "max_memory_mib", m, MAX_JOB_MEMORY_MIB)?;
             }
         }
         Event::PriceTick(e) => {
@@ -292,16 +249,7 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
             time(S, "at", e.at)?;
             name(S, "instance_type", &e.instance_type)?;
             name(S, "region", &e.region)?;
-            if e.usd_per_hour > MAX_PRICE_USD_PER_HOUR {
-                return Err(bad(
-                    S,
-                    "usd_per_hour",
-                    format!(
-                        "{} is above the limit of {MAX_PRICE_USD_PER_HOUR}",
-                        e.usd_per_hour
-                    ),
-                ));
-            }
+            at_most(S, "usd_per_hour", e.usd_per_hour, MAX_PRICE_USD_PER_HOUR)?;
         }
         Event::SpotSignal(e) => {
             const S: &str = "SpotSignal";
@@ -314,13 +262,7 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
             if let Some(i) = &e.instance_id {
                 name(S, "instance_id", i)?;
             }
-            if e.count > MAX_SPOT_SIGNAL_COUNT {
-                return Err(bad(
-                    S,
-                    "count",
-                    format!("{} is above the limit of {MAX_SPOT_SIGNAL_COUNT}", e.count),
-                ));
-            }
+            at_most(S, "count", e.count, MAX_SPOT_SIGNAL_COUNT)?;
         }
         Event::BudgetAllocation(e) => {
             const S: &str = "BudgetAllocation";
@@ -335,7 +277,7 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
                     "period",
                     format!(
                         "`{}` is not total, day, week or month",
-                        quote(e.period.as_deref().unwrap_or_default())
+                        crate::limits::quote(e.period.as_deref().unwrap_or_default())
                     ),
                 ));
             }
@@ -349,6 +291,47 @@ fn check_limits(ev: &Event) -> Result<(), CodecError> {
         }
     }
     Ok(())
+}
+
+/// A time inside the accepted window.
+fn time(s: &'static str, field: &'static str, t: Millis) -> Result<(), CodecError> {
+    if crate::limits::time_ok(t) {
+        Ok(())
+    } else {
+        Err(bad(
+            s,
+            field,
+            format!("{t} ms is outside the accepted window (1970..2200)"),
+        ))
+    }
+}
+
+/// A name no longer than [`crate::limits::MAX_NAME_LEN`].
+fn name(s: &'static str, field: &'static str, v: &str) -> Result<(), CodecError> {
+    use crate::limits::{quote, MAX_NAME_LEN};
+    if v.len() <= MAX_NAME_LEN {
+        Ok(())
+    } else {
+        Err(bad(
+            s,
+            field,
+            format!("`{}` is longer than {MAX_NAME_LEN} bytes", quote(v)),
+        ))
+    }
+}
+
+/// A size, count or duration not above its limit.
+fn at_most<T: PartialOrd + std::fmt::Display>(
+    s: &'static str,
+    field: &'static str,
+    v: T,
+    limit: T,
+) -> Result<(), CodecError> {
+    if v > limit {
+        Err(bad(s, field, format!("{v} is above the limit of {limit}")))
+    } else {
+        Ok(())
+    }
 }
 
 /// Check the invariants Avro's types cannot express.
