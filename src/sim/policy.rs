@@ -483,13 +483,14 @@ fn run_policy(
         )
         .with_rules(rules)
         .run();
-        super::costs::attribute_spend(&mut st, &jobs, input.prices);
-        book.charge(&jobs, &st.spend, input.prices);
-        merge(&mut total, &st);
-        match &mut series {
-            None => series = Some(std::mem::take(&mut st.series)),
-            Some(s) => s.add(&st.series),
-        }
+        settle_env(
+            &mut st,
+            &jobs,
+            input.prices,
+            &mut total,
+            &mut series,
+            &mut book,
+        );
     }
     let rep = PolicyReport::from_stats(&total, n_cmds, unknown)
         .with_budgets(&book, 0)
@@ -690,15 +691,29 @@ fn settle(
     let mut series: Option<Series> = None;
     for (env, c) in clusters.into_iter().enumerate() {
         let mut st = c.finish();
-        super::costs::attribute_spend(&mut st, &env_jobs[env], prices);
-        run.book.charge(&env_jobs[env], &st.spend, prices);
-        merge(&mut run.total, &st);
-        match &mut series {
-            None => series = Some(std::mem::take(&mut st.series)),
-            Some(s) => s.add(&st.series),
-        }
+        let (total, book) = (&mut run.total, &mut run.book);
+        settle_env(&mut st, &env_jobs[env], prices, total, &mut series, book);
     }
     run.series = series.unwrap_or_default();
+}
+
+/// Add one environment's run to the policy's totals: its spend attributed
+/// to its jobs and charged to their budgets, its statistics and its series.
+fn settle_env(
+    st: &mut RunStats,
+    jobs: &[&super::trace::SimJob],
+    prices: &SimPrices,
+    total: &mut RunStats,
+    series: &mut Option<Series>,
+    book: &mut BudgetBook,
+) {
+    super::costs::attribute_spend(st, jobs, prices);
+    book.charge(jobs, &st.spend, prices);
+    merge(total, st);
+    match series {
+        None => *series = Some(std::mem::take(&mut st.series)),
+        Some(s) => s.add(&st.series),
+    }
 }
 
 /// Advance every environment's cluster to `s` and return the completions
