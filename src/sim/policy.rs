@@ -471,18 +471,9 @@ fn run_policy(
             PolicyKind::Peer(p) => p.rules(cfg),
             _ => ProvisionRules::default(),
         };
-        let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
-        let mut st = Cluster::new(
-            cfg,
-            input.prices,
-            jobs.clone(),
-            mode,
-            seed,
-            series_start,
-            w.last_event,
-        )
-        .with_rules(rules)
-        .run();
+        let mut st = env_cluster(input, kind, env, jobs.clone(), mode, series_start)
+            .with_rules(rules)
+            .run();
         settle_env(
             &mut st,
             &jobs,
@@ -592,22 +583,13 @@ fn commanded_clusters<'a>(
     env_jobs: &[Vec<&'a super::trace::SimJob>],
     series_start: Millis,
 ) -> Vec<Cluster<'a>> {
-    let (w, cfg) = (input.workload, input.cfg);
+    let cfg = input.cfg;
     env_jobs
         .iter()
         .enumerate()
         .map(|(env, jobs)| {
-            let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
             let mode = Mode::Commanded { commands: &[] };
-            let mut c = Cluster::new(
-                cfg,
-                input.prices,
-                jobs.clone(),
-                mode,
-                seed,
-                series_start,
-                w.last_event,
-            );
+            let mut c = env_cluster(input, kind, env, jobs.clone(), mode, series_start);
             c.start();
             if cfg.spot_markets.is_some() && cfg.spot_signals {
                 c.report_spot_signals();
@@ -615,6 +597,30 @@ fn commanded_clusters<'a>(
             c
         })
         .collect()
+}
+
+/// The simulated cluster of environment `env` under policy `kind`, with
+/// its own random draws (seeded by policy and environment, so adding a
+/// policy or an environment changes no other's draws).
+fn env_cluster<'a>(
+    input: &BacktestInput<'a>,
+    kind: PolicyKind,
+    env: usize,
+    jobs: Vec<&'a super::trace::SimJob>,
+    mode: Mode<'a>,
+    series_start: Millis,
+) -> Cluster<'a> {
+    let (w, cfg) = (input.workload, input.cfg);
+    let seed = cfg.seed ^ fnv(&[kind.name(), &w.envs[env]]);
+    Cluster::new(
+        cfg,
+        input.prices,
+        jobs,
+        mode,
+        seed,
+        series_start,
+        w.last_event,
+    )
 }
 
 /// The budget allocations, given to the engine at the trace start `t0`.
