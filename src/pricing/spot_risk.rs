@@ -53,17 +53,27 @@ impl HazardEstimate {
     /// Discounts the evidence for `elapsed_h` hours with half-life
     /// `half_life_h` (non-positive half-life: no forgetting).
     pub fn forget(&mut self, elapsed_h: f64, half_life_h: f64) {
-        if half_life_h > 0.0 && elapsed_h > 0.0 {
-            let w = 0.5f64.powf(elapsed_h / half_life_h);
-            self.exposure_h *= w;
-            self.interruptions *= w;
-        }
+        let w = half_life_weight(elapsed_h, half_life_h);
+        self.exposure_h *= w;
+        self.interruptions *= w;
     }
 
     /// Posterior mean hazard per instance-hour.
     pub fn rate_per_h(&self) -> f64 {
         (self.prior_rate_per_h * self.prior_hours + self.interruptions)
             / (self.prior_hours + self.exposure_h)
+    }
+}
+
+/// The weight left to evidence `elapsed_h` hours old under exponential
+/// forgetting with half-life `half_life_h`: 1 when nothing is forgotten (a
+/// non-positive half-life or no time passed). Every learned spot figure
+/// (hazards, launch failures, spell ages) forgets this way.
+pub fn half_life_weight(elapsed_h: f64, half_life_h: f64) -> f64 {
+    if half_life_h > 0.0 && elapsed_h > 0.0 {
+        0.5f64.powf(elapsed_h / half_life_h)
+    } else {
+        1.0
     }
 }
 
@@ -92,11 +102,9 @@ impl LaunchFailureEstimate {
     }
 
     pub fn forget(&mut self, elapsed_h: f64, half_life_h: f64) {
-        if half_life_h > 0.0 && elapsed_h > 0.0 {
-            let w = 0.5f64.powf(elapsed_h / half_life_h);
-            self.attempts *= w;
-            self.failures *= w;
-        }
+        let w = half_life_weight(elapsed_h, half_life_h);
+        self.attempts *= w;
+        self.failures *= w;
     }
 
     pub fn p(&self) -> f64 {

@@ -327,11 +327,10 @@ impl PrescalePolicy {
 
     fn observe(&mut self, available: &[bool]) {
         let seen = self.any.state().is_some();
-        let w = if self.cfg.half_life_h > 0.0 {
-            0.5f64.powf(self.any.buckets().step_h() / self.cfg.half_life_h)
-        } else {
-            1.0
-        };
+        let w = crate::pricing::spot_risk::half_life_weight(
+            self.any.buckets().step_h(),
+            self.cfg.half_life_h,
+        );
         self.losses *= w;
         self.moves *= w;
         for (z, l) in self.zones.iter_mut().enumerate() {

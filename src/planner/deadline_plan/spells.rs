@@ -198,11 +198,9 @@ impl SpellLearner {
     /// first call only sets the state).
     pub fn observe(&mut self, available: bool) {
         let dt = self.buckets.step_h;
-        if self.half_life_h > 0.0 {
-            let w = 0.5f64.powf(dt / self.half_life_h);
-            self.up.scale(w);
-            self.down.scale(w);
-        }
+        let w = crate::pricing::spot_risk::half_life_weight(dt, self.half_life_h);
+        self.up.scale(w);
+        self.down.scale(w);
         let Some(was) = self.state else {
             self.state = Some(available);
             return;
