@@ -7,7 +7,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use prescale::sim::spot_bench::{run_policy, JobSpec, PolicyName};
+use prescale::sim::spot_bench::{run_policy, JobSpec, Outcome, PolicyName};
 use prescale::sim::spot_trace::{parse_trace_name, SpotTrace};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -82,6 +82,11 @@ pub struct BenchSpotArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write every run as CSV here (market, start, policy, cost ratio,
+    /// missed, spot and on-demand hours paid, launches): what each mean is
+    /// made of, per start.
+    #[arg(long)]
+    pub per_run: Option<PathBuf>,
 }
 
 /// One market: one or several zones of the same type and period.
@@ -186,6 +191,41 @@ struct Tally {
     runs: u64,
 }
 
+/// One market's tallies per policy and its `--per-run` CSV rows.
+#[derive(Default, Clone)]
+struct MarketResult {
+    tallies: Vec<(PolicyName, Tally)>,
+    rows: Vec<String>,
+}
+
+const PER_RUN_HEADER: &str =
+    "market,start,start_offset_h,policy,cost_vs_on_demand,missed,spot_hours,on_demand_hours,launches";
+
+fn per_run_row(
+    market: &str,
+    s: usize,
+    start_s: f64,
+    p: PolicyName,
+    ratio: f64,
+    o: &Outcome,
+    tick_h: f64,
+) -> String {
+    let (spot, od, launches) = match o.usage {
+        Some(u) => (
+            format!("{:.2}", f64::from(u.spot_ticks) * tick_h),
+            format!("{:.2}", f64::from(u.on_demand_ticks) * tick_h),
+            u.launches.to_string(),
+        ),
+        None => Default::default(),
+    };
+    format!(
+        "{market},{s},{:.2},{},{ratio:.5},{},{spot},{od},{launches}",
+        start_s / 3600.0,
+        p.as_str(),
+        o.missed
+    )
+}
+
 /// Runs every policy on one market at every start; ratios to `on_demand`.
 fn bench_market(
     m: &MarketSrc,
@@ -193,7 +233,7 @@ fn bench_market(
     spec: &JobSpec,
     tick_s: f64,
     bar: &ProgressBar,
-) -> Vec<(PolicyName, Tally)> {
+) -> MarketResult {
     let span = m
         .zones
         .iter()
@@ -204,10 +244,13 @@ fn bench_market(
     let history_ticks = (history_s / tick_s).round() as usize;
     let room = (span - horizon - history_s).max(0.0);
     let room = if room > 0.0 { room } else { span };
-    let mut out: Vec<(PolicyName, Tally)> = PolicyName::ALL
-        .iter()
-        .map(|&p| (p, Tally::default()))
-        .collect();
+    let mut out = MarketResult {
+        tallies: PolicyName::ALL
+            .iter()
+            .map(|&p| (p, Tally::default()))
+            .collect(),
+        rows: Vec::new(),
+    };
     for s in 0..a.starts {
         let start = room * s as f64 / a.starts.max(1) as f64;
         let start = (start / tick_s).floor() * tick_s + history_s;
@@ -222,11 +265,15 @@ fn bench_market(
             .map(|z| z.resample(start, tick_s, spec.deadline as usize, a.instances))
             .collect();
         let base = spec.on_demand_cost();
-        for (p, t) in out.iter_mut() {
+        for (p, t) in out.tallies.iter_mut() {
             let o = run_policy(*p, spec, &market, &past);
             t.ratio_sum += o.cost / base;
             t.misses += u64::from(o.missed);
             t.runs += 1;
+            if a.per_run.is_some() {
+                let row = per_run_row(&m.name, s, start, *p, o.cost / base, &o, spec.tick_h);
+                out.rows.push(row);
+            }
         }
         bar.inc(1);
     }
@@ -262,7 +309,7 @@ pub fn run(a: BenchSpotArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut per_market: Vec<Option<Vec<(PolicyName, Tally)>>> = vec![None; markets.len()];
+    let mut per_market: Vec<Option<MarketResult>> = vec![None; markets.len()];
     std::thread::scope(|sc| {
         let workers: Vec<_> = (0..threads.min(markets.len()))
             .map(|_| {
@@ -285,6 +332,19 @@ pub fn run(a: BenchSpotArgs) -> anyhow::Result<()> {
         }
     });
     bar.finish_and_clear();
+    if let Some(path) = &a.per_run {
+        let mut csv = String::from(PER_RUN_HEADER);
+        csv.push('\n');
+        for r in per_market.iter().flatten().flat_map(|m| &m.rows) {
+            csv.push_str(r);
+            csv.push('\n');
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let per_market: Vec<Option<Vec<(PolicyName, Tally)>>> = per_market
+        .into_iter()
+        .map(|m| m.map(|m| m.tallies))
+        .collect();
     report(&a, &markets, &specs, &per_market)
 }
 

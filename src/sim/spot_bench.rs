@@ -101,6 +101,18 @@ pub struct Outcome {
     /// In on-demand ticks.
     pub cost: f64,
     pub missed: bool,
+    /// Where the ticks went (`None` for the optimum, which is a value, not
+    /// a run).
+    pub usage: Option<Usage>,
+}
+
+/// Ticks paid per market and launches of one run: what a cost is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub spot_ticks: u32,
+    pub on_demand_ticks: u32,
+    /// Every launch, moves between zones included; each pays `restart`.
+    pub launches: u32,
 }
 
 /// A stateful online policy.
@@ -117,6 +129,7 @@ pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) 
     let zones = market.len();
     let mut avail = vec![false; zones];
     let (mut cur, mut left, mut p, mut cost) = (Placement::Wait, 0u32, 0u32, 0.0);
+    let mut usage = Usage::default();
     let mut i = 0u32;
     while p < spec.work {
         for (z, a) in avail.iter_mut().enumerate() {
@@ -151,13 +164,20 @@ pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) 
             left = if a == Placement::Wait {
                 0
             } else {
+                usage.launches += 1;
                 spec.restart
             };
         }
         match cur {
             Placement::Wait => {}
-            Placement::OnDemand => cost += 1.0,
-            Placement::Spot(_) => cost += spec.spot_ratio,
+            Placement::OnDemand => {
+                cost += 1.0;
+                usage.on_demand_ticks += 1;
+            }
+            Placement::Spot(_) => {
+                cost += spec.spot_ratio;
+                usage.spot_ticks += 1;
+            }
         }
         if cur != Placement::Wait {
             if left > 0 {
@@ -171,6 +191,7 @@ pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) 
     Outcome {
         cost,
         missed: i > spec.deadline,
+        usage: Some(usage),
     }
 }
 
@@ -550,6 +571,7 @@ pub fn run_policy(name: PolicyName, spec: &JobSpec, market: &Market, history: &M
             Outcome {
                 cost: best.unwrap_or(f64::NAN),
                 missed: best.is_none(),
+                usage: None,
             }
         }
     }
@@ -646,6 +668,12 @@ mod tests {
         let o = simulate(&s, &m, &mut GreedyPolicy::default());
         assert!(!o.missed);
         assert!((o.cost - (0.6 + 4.0)).abs() < 1e-9, "{o:?}");
+        let usage = Usage {
+            spot_ticks: 2,
+            on_demand_ticks: 4,
+            launches: 2,
+        };
+        assert_eq!(o.usage, Some(usage));
         // Spot always up: spot all the way (1 restart + 4 work).
         let all = vec![vec![true; 8]];
         let o = simulate(&s, &all, &mut GreedyPolicy::default());
