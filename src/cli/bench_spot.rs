@@ -206,10 +206,10 @@ fn per_run_row(
     s: usize,
     start_s: f64,
     p: PolicyName,
-    ratio: f64,
     o: &Outcome,
-    tick_h: f64,
+    spec: &JobSpec,
 ) -> String {
+    let (ratio, tick_h) = (o.cost / spec.on_demand_cost(), spec.tick_h);
     let (spot, od, launches) = match o.usage {
         Some(u) => (
             format!("{:.2}", f64::from(u.spot_ticks) * tick_h),
@@ -271,8 +271,7 @@ fn bench_market(
             t.misses += u64::from(o.missed);
             t.runs += 1;
             if a.per_run.is_some() {
-                let row = per_run_row(&m.name, s, start, *p, o.cost / base, &o, spec.tick_h);
-                out.rows.push(row);
+                out.rows.push(per_run_row(&m.name, s, start, *p, &o, spec));
             }
         }
         bar.inc(1);
@@ -341,10 +340,6 @@ pub fn run(a: BenchSpotArgs) -> anyhow::Result<()> {
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
-    let per_market: Vec<Option<Vec<(PolicyName, Tally)>>> = per_market
-        .into_iter()
-        .map(|m| m.map(|m| m.tallies))
-        .collect();
     report(&a, &markets, &specs, &per_market)
 }
 
@@ -352,13 +347,13 @@ fn report(
     a: &BenchSpotArgs,
     markets: &[MarketSrc],
     specs: &[(JobSpec, f64)],
-    per_market: &[Option<Vec<(PolicyName, Tally)>>],
+    per_market: &[Option<MarketResult>],
 ) -> anyhow::Result<()> {
     let mut total: BTreeMap<PolicyName, Tally> = BTreeMap::new();
     let mut market_json = Vec::new();
     for ((m, r), (spec, _)) in markets.iter().zip(per_market).zip(specs) {
         let mut pj = serde_json::Map::new();
-        for (p, t) in r.iter().flatten() {
+        for (p, t) in r.iter().flat_map(|m| &m.tallies) {
             let e = total.entry(*p).or_default();
             e.ratio_sum += t.ratio_sum;
             e.misses += t.misses;

@@ -115,6 +115,13 @@ pub struct Usage {
     pub launches: u32,
 }
 
+impl Usage {
+    /// What the paid ticks cost, in on-demand ticks.
+    pub fn cost(&self, spec: &JobSpec) -> f64 {
+        f64::from(self.on_demand_ticks) + spec.spot_ratio * f64::from(self.spot_ticks)
+    }
+}
+
 /// A stateful online policy.
 pub trait OnlinePolicy {
     fn decide(&mut self, v: &TickView<'_>) -> Placement;
@@ -128,7 +135,7 @@ fn first_available(avail: &[bool]) -> Option<usize> {
 pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) -> Outcome {
     let zones = market.len();
     let mut avail = vec![false; zones];
-    let (mut cur, mut left, mut p, mut cost) = (Placement::Wait, 0u32, 0u32, 0.0);
+    let (mut cur, mut left, mut p) = (Placement::Wait, 0u32, 0u32);
     let mut usage = Usage::default();
     let mut i = 0u32;
     while p < spec.work {
@@ -170,14 +177,8 @@ pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) 
         }
         match cur {
             Placement::Wait => {}
-            Placement::OnDemand => {
-                cost += 1.0;
-                usage.on_demand_ticks += 1;
-            }
-            Placement::Spot(_) => {
-                cost += spec.spot_ratio;
-                usage.spot_ticks += 1;
-            }
+            Placement::OnDemand => usage.on_demand_ticks += 1,
+            Placement::Spot(_) => usage.spot_ticks += 1,
         }
         if cur != Placement::Wait {
             if left > 0 {
@@ -189,7 +190,7 @@ pub fn simulate(spec: &JobSpec, market: &Market, policy: &mut dyn OnlinePolicy) 
         i += 1;
     }
     Outcome {
-        cost,
+        cost: usage.cost(spec),
         missed: i > spec.deadline,
         usage: Some(usage),
     }
